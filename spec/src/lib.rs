@@ -1,0 +1,11 @@
+//! The shared vocabulary of `pod`: names, labels, image IDs and the appc image
+//! manifest. Parsing and validation only; no I/O.
+#![forbid(unsafe_code)]
+
+pub mod id;
+pub mod manifest;
+pub mod name;
+
+pub use id::{ImageId, ImageIdError};
+pub use manifest::{App, Dependency, ImageManifest, Label, ManifestError, MAX_MANIFEST_BYTES};
+pub use name::{AcIdentifier, AcName, NameError};

@@ -1,0 +1,15 @@
+//! stage0 of `pod`: the image store, fetching, signature verification, trust,
+//! image building and dependency resolution. `main.rs` is a thin CLI over it.
+#![forbid(unsafe_code)]
+
+pub mod archive;
+pub mod build;
+pub mod deps;
+pub mod exit;
+pub mod fetch;
+pub mod keys;
+pub mod paths;
+pub mod render;
+pub mod sources;
+pub mod store;
+pub mod trust;
