@@ -1,1 +1,320 @@
-//! (in progress)
+//! Signing keys, key files and detached image signatures.
+//!
+//! Key files are one line of text, so they can be read, diffed and pasted:
+//!
+//! ```text
+//! pod-ed25519-public <base64 of the 32-byte public key> [comment]
+//! pod-ed25519-secret <base64 of the 32-byte seed> [comment]
+//! ```
+//!
+//! A key's ID (its fingerprint, shown to users) is the first 20 bytes of
+//! SHA-256 over the public key, in hex. A signature file (`IMAGE.aci.sig`) is
+//! one line, `pod-ed25519-signature <key ID> <base64 of 64 bytes>`, holding an
+//! Ed25519ph (RFC 8032, SHA-512 prehash) signature with context
+//! `pod-image-v1` over the image file's bytes, exactly as fetched. Prehashing
+//! lets a multi-gigabyte image be signed and verified in one streaming pass.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256, Sha512};
+
+use crate::exit::{Exit, ExitCodeOf};
+
+const PUBLIC_TAG: &str = "pod-ed25519-public";
+const SECRET_TAG: &str = "pod-ed25519-secret";
+const SIG_TAG: &str = "pod-ed25519-signature";
+/// Domain separation: a pod image signature can't be replayed as anything else.
+const CONTEXT: &[u8] = b"pod-image-v1";
+/// Key and signature files are tiny; anything larger is not one.
+const MAX_KEY_FILE: u64 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: not a {what} file ({why})")]
+    Format { path: PathBuf, what: &'static str, why: String },
+    #[error("{path}: private key is readable by group or others (mode {mode:o}); chmod 600 it")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("{path} already exists; refusing to overwrite a key")]
+    Exists { path: PathBuf },
+    #[error("could not get randomness from the OS: {0}")]
+    Random(String),
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+impl ExitCodeOf for KeyError {
+    fn exit(&self) -> Exit {
+        match self {
+            Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Exit::NotFound,
+            Self::Format { .. } | Self::Permissions { .. } => Exit::InvalidInput,
+            Self::Exists { .. } => Exit::Conflict,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> KeyError + 'a {
+    move |source| KeyError::Io { op, path: path.to_owned(), source }
+}
+
+/// A key's fingerprint: 40 hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub fn of(key: &VerifyingKey) -> Self {
+        let digest = Sha256::digest(key.as_bytes());
+        Self(hex::encode(&digest[..20]))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Parses a key ID as written in signature files and on the command line.
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then(|| Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A public key with its ID and the comment from its file.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    pub key: VerifyingKey,
+    pub id: KeyId,
+    pub comment: String,
+}
+
+impl PublicKey {
+    pub fn new(key: VerifyingKey, comment: impl Into<String>) -> Self {
+        Self { id: KeyId::of(&key), key, comment: comment.into() }
+    }
+    /// The key file line.
+    pub fn to_line(&self) -> String {
+        let mut s = format!("{PUBLIC_TAG} {}", B64.encode(self.key.as_bytes()));
+        if !self.comment.is_empty() {
+            s.push(' ');
+            s.push_str(&self.comment);
+        }
+        s.push('\n');
+        s
+    }
+    /// Parses a public key file's text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, KeyError> {
+        let (bytes, comment) = parse_line(text, PUBLIC_TAG, path, "public key")?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::Format {
+            path: path.to_owned(),
+            what: "public key",
+            why: e.to_string(),
+        })?;
+        if key.is_weak() {
+            return Err(KeyError::Format { path: path.to_owned(), what: "public key", why: "weak key".into() });
+        }
+        Ok(Self::new(key, comment))
+    }
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        Self::parse(&read_small(path)?, path)
+    }
+}
+
+fn read_small(path: &Path) -> Result<String, KeyError> {
+    let f = fs::File::open(path).map_err(io_err("open", path))?;
+    let mut text = String::new();
+    f.take(MAX_KEY_FILE + 1).read_to_string(&mut text).map_err(io_err("read", path))?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(KeyError::Format { path: path.to_owned(), what: "key", why: "file too large".into() });
+    }
+    Ok(text)
+}
+
+fn parse_line(text: &str, tag: &str, path: &Path, what: &'static str) -> Result<([u8; 32], String), KeyError> {
+    let bad = |why: &str| KeyError::Format { path: path.to_owned(), what, why: why.to_owned() };
+    let line = text.lines().find(|l| !l.trim().is_empty() && !l.starts_with('#')).ok_or_else(|| bad("empty"))?;
+    let mut parts = line.splitn(3, ' ');
+    if parts.next() != Some(tag) {
+        return Err(bad(&format!("expected a line starting with {tag:?}")));
+    }
+    let b64 = parts.next().ok_or_else(|| bad("missing key material"))?;
+    let raw = B64.decode(b64.trim()).map_err(|_| bad("key material is not base64"))?;
+    let bytes: [u8; 32] = raw.try_into().map_err(|_| bad("key material is not 32 bytes"))?;
+    Ok((bytes, parts.next().unwrap_or("").trim().to_owned()))
+}
+
+/// Generates a new keypair from the OS's randomness.
+pub fn generate() -> Result<SigningKey, KeyError> {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Writes `<dir>/<name>.key` (mode 0600) and `<dir>/<name>.pub`; refuses to
+/// overwrite either. Returns the public key.
+pub fn write_keypair(dir: &Path, name: &str, key: &SigningKey, comment: &str) -> Result<PublicKey, KeyError> {
+    fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+    let secret_path = dir.join(format!("{name}.key"));
+    let public_path = dir.join(format!("{name}.pub"));
+    for p in [&secret_path, &public_path] {
+        if p.symlink_metadata().is_ok() {
+            return Err(KeyError::Exists { path: p.clone() });
+        }
+    }
+    let public = PublicKey::new(key.verifying_key(), comment);
+    let secret_line = format!("{SECRET_TAG} {} {comment}\n", B64.encode(key.to_bytes()));
+    // create_new + mode 0600 at creation: the secret is never readable by others,
+    // not even for an instant.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret_path)
+        .map_err(io_err("create", &secret_path))?;
+    f.write_all(secret_line.as_bytes()).map_err(io_err("write", &secret_path))?;
+    f.sync_all().map_err(io_err("sync", &secret_path))?;
+    fs::write(&public_path, public.to_line()).map_err(io_err("write", &public_path))?;
+    Ok(public)
+}
+
+/// Loads a private key, refusing one that group or others can read.
+pub fn load_secret(path: &Path) -> Result<SigningKey, KeyError> {
+    let meta = fs::metadata(path).map_err(io_err("stat", path))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Permissions { path: path.to_owned(), mode });
+    }
+    let (seed, _) = parse_line(&read_small(path)?, SECRET_TAG, path, "private key")?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A parsed signature file.
+#[derive(Debug, Clone)]
+pub struct ImageSignature {
+    pub key_id: KeyId,
+    pub signature: Signature,
+}
+
+impl ImageSignature {
+    pub fn to_line(&self) -> String {
+        format!("{SIG_TAG} {} {}\n", self.key_id, B64.encode(self.signature.to_bytes()))
+    }
+    /// Parses signature text from an untrusted source; `origin` names it.
+    pub fn parse(text: &[u8], origin: &Path) -> Result<Self, KeyError> {
+        let bad = |why: &str| KeyError::Format { path: origin.to_owned(), what: "signature", why: why.to_owned() };
+        if text.len() as u64 > MAX_KEY_FILE {
+            return Err(bad("file too large"));
+        }
+        let text = std::str::from_utf8(text).map_err(|_| bad("not UTF-8 text"))?;
+        let mut parts = text.trim().split(' ');
+        if parts.next() != Some(SIG_TAG) {
+            return Err(bad(&format!("expected a line starting with {SIG_TAG:?}")));
+        }
+        let key_id = parts.next().and_then(KeyId::parse).ok_or_else(|| bad("missing or malformed key ID"))?;
+        let raw = parts.next().and_then(|s| B64.decode(s).ok()).ok_or_else(|| bad("signature is not base64"))?;
+        let bytes: [u8; 64] = raw.try_into().map_err(|_| bad("signature is not 64 bytes"))?;
+        if parts.next().is_some() {
+            return Err(bad("trailing data"));
+        }
+        Ok(Self { key_id, signature: Signature::from_bytes(&bytes) })
+    }
+}
+
+/// SHA-512 state over a whole reader: the prehash that is signed.
+pub fn prehash(mut r: impl Read) -> io::Result<Sha512> {
+    let mut h = Sha512::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+    }
+    Ok(h)
+}
+
+/// Signs a prehashed image.
+pub fn sign(key: &SigningKey, prehashed: Sha512) -> Result<ImageSignature, KeyError> {
+    let signature = key.sign_prehashed(prehashed, Some(CONTEXT)).map_err(|e| KeyError::Sign(e.to_string()))?;
+    Ok(ImageSignature { key_id: KeyId::of(&key.verifying_key()), signature })
+}
+
+/// Signs the file at `image`, writing `<image>.sig`. Returns the sig path.
+pub fn sign_file(key: &SigningKey, image: &Path) -> Result<PathBuf, KeyError> {
+    let f = fs::File::open(image).map_err(io_err("open", image))?;
+    let hashed = prehash(io::BufReader::new(f)).map_err(io_err("read", image))?;
+    let sig = sign(key, hashed)?;
+    let mut sig_path = image.as_os_str().to_owned();
+    sig_path.push(".sig");
+    let sig_path = PathBuf::from(sig_path);
+    fs::write(&sig_path, sig.to_line()).map_err(io_err("write", &sig_path))?;
+    Ok(sig_path)
+}
+
+/// True if `sig` is a valid signature by `key` over the prehashed image.
+pub fn verify(key: &VerifyingKey, prehashed: Sha512, sig: &ImageSignature) -> bool {
+    key.verify_prehashed_strict(prehashed, Some(CONTEXT), &sig.signature).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key = generate().unwrap_or_else(|e| panic!("{e}"));
+        let public = write_keypair(dir.path(), "k", &key, "test key").unwrap_or_else(|e| panic!("{e}"));
+        let mode = fs::metadata(dir.path().join("k.key")).map(|m| m.permissions().mode() & 0o777).ok();
+        assert_eq!(mode, Some(0o600));
+        let loaded = PublicKey::load(&dir.path().join("k.pub")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.id, public.id);
+        assert_eq!(loaded.comment, "test key");
+        let secret = load_secret(&dir.path().join("k.key")).unwrap_or_else(|e| panic!("{e}"));
+
+        let image = dir.path().join("x.aci");
+        fs::write(&image, b"image bytes").unwrap_or_else(|e| panic!("{e}"));
+        let sig_path = sign_file(&secret, &image).unwrap_or_else(|e| panic!("{e}"));
+        let sig = ImageSignature::parse(&fs::read(&sig_path).unwrap_or_default(), &sig_path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sig.key_id, public.id);
+        let h = |b: &[u8]| prehash(b).unwrap_or_else(|e| panic!("{e}"));
+        assert!(verify(&loaded.key, h(b"image bytes"), &sig));
+        assert!(!verify(&loaded.key, h(b"image bytez"), &sig));
+        let other = generate().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!verify(&other.verifying_key(), h(b"image bytes"), &sig));
+        assert!(matches!(write_keypair(dir.path(), "k", &key, ""), Err(KeyError::Exists { .. })));
+    }
+
+    #[test]
+    fn rejects_loose_secret_and_garbage() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key = generate().unwrap_or_else(|e| panic!("{e}"));
+        write_keypair(dir.path(), "k", &key, "").unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("k.key");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(load_secret(&p), Err(KeyError::Permissions { .. })));
+        let junk = Path::new("junk");
+        assert!(PublicKey::parse("ssh-ed25519 AAAA", junk).is_err());
+        assert!(PublicKey::parse("pod-ed25519-public !!!", junk).is_err());
+        assert!(PublicKey::parse("pod-ed25519-public AAAA", junk).is_err());
+        assert!(ImageSignature::parse(b"pod-ed25519-signature abc xyz", junk).is_err());
+    }
+}

@@ -1,1 +1,536 @@
-fn main(){}
+//! `pod`: the command line. Parses, calls the library, maps errors to the
+//! documented exit codes (see `exit.rs` and README.md).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use stage0::archive::{Compression, Limits};
+use stage0::exit::{Exit, ExitCodeOf};
+use stage0::fetch::{FetchOptions, Fetcher, ImageRef, Insecure, PullPolicy};
+use stage0::keys;
+use stage0::paths::{Dirs, DEFAULT_CONFIG_DIR, DEFAULT_DATA_DIR};
+use stage0::render;
+use stage0::sources::{Source, Sources};
+use stage0::store::Store;
+use stage0::trust::{Scope, TrustStore};
+
+const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failure, 2 usage, 3 verification failed (signature, \
+trust, name), 4 not found, 5 invalid or hostile input, 6 network, 7 conflict (in use, ambiguous, locked)";
+
+#[derive(Debug, Parser)]
+#[command(name = "pod", version, about = "Run pods of signed images", after_help = EXIT_CODES)]
+struct Cli {
+    /// Data directory: the image store, trees and pods.
+    #[arg(long, global = true, env = "POD_DIR", default_value = DEFAULT_DATA_DIR)]
+    dir: PathBuf,
+    /// Configuration directory: trusted keys and image sources.
+    #[arg(long, global = true, env = "POD_CONFIG", default_value = DEFAULT_CONFIG_DIR)]
+    config: PathBuf,
+    /// Log debug detail to stderr.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Signing keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Keys trusted to sign images, per name prefix.
+    #[command(subcommand)]
+    Trust(TrustCmd),
+    /// Where images are fetched from by name.
+    #[command(subcommand)]
+    Source(SourceCmd),
+    /// Fetch images (file, https URL or name[:version][,label=value]) into the
+    /// store, verifying their signatures; prints each image ID.
+    Fetch(FetchArgs),
+    /// Build, sign and manage images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCmd {
+    /// Generate an ed25519 keypair: NAME.key (mode 0600) and NAME.pub.
+    Gen {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "pod")]
+        name: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct ScopeArg {
+    /// Trust the key for image names under this prefix (e.g. example.com/).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Trust the key for every image name.
+    #[arg(long)]
+    root: bool,
+}
+
+impl ScopeArg {
+    fn scope(&self) -> Result<Scope, Failed> {
+        match &self.prefix {
+            Some(p) => Ok(Scope::prefix(p)?),
+            None => Ok(Scope::Root),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCmd {
+    /// Trust a public key file for a prefix (or --root for all names).
+    Add {
+        #[command(flatten)]
+        scope: ScopeArg,
+        key: PathBuf,
+    },
+    /// List trusted keys.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Stop trusting a key (by ID or an 8+ digit prefix of it).
+    Rm {
+        key: String,
+        /// Only for this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only its all-names trust.
+        #[arg(long, conflicts_with = "prefix")]
+        root: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SourceCmd {
+    /// Fetch names under PREFIX from URL (a template: {name}, {basename}, {version}, {os}, {arch}, {<label>}).
+    Add {
+        #[arg(long)]
+        prefix: String,
+        url: String,
+    },
+    List,
+    Rm {
+        prefix: String,
+    },
+}
+
+fn parse_insecure(s: &str) -> Result<Insecure, String> {
+    let mut i = Insecure::default();
+    for part in s.split(',') {
+        match part {
+            "image" => i.image = true,
+            "http" => i.http = true,
+            "all" => i = Insecure { http: true, image: true },
+            "none" | "" => {}
+            other => return Err(format!("unknown insecure option {other:?} (image, http, all)")),
+        }
+    }
+    Ok(i)
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.trim().to_ascii_uppercase() {
+        t if t.ends_with('G') => (t[..t.len() - 1].to_owned(), 1u64 << 30),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_owned(), 1 << 20),
+        t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 1 << 10),
+        t => (t, 1),
+    };
+    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("{s:?} is not a size like 4G, 512M or 1048576"))
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+enum Pull {
+    #[default]
+    Missing,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Args)]
+struct FetchArgs {
+    /// Skip checks, each by name: image (signature verification), http (plain http), all.
+    #[arg(long, value_parser = parse_insecure, default_value = "none")]
+    insecure_options: Insecure,
+    /// Extra CA certificate (PEM) trusted for https, besides the system's.
+    #[arg(long)]
+    ca_cert: Vec<PathBuf>,
+    /// For names: use the store (missing), always fetch (always), or store only (never).
+    #[arg(long, value_enum, default_value_t)]
+    pull_policy: Pull,
+    /// Largest image accepted, compressed or not (e.g. 4G, 512M).
+    #[arg(long, value_parser = parse_size, env = "POD_MAX_IMAGE_SIZE")]
+    max_image_size: Option<u64>,
+    #[arg(required = true)]
+    images: Vec<String>,
+}
+
+impl FetchArgs {
+    fn options(&self) -> FetchOptions {
+        let mut limits = Limits::default();
+        if let Some(max) = self.max_image_size {
+            limits.max_uncompressed = max;
+        }
+        FetchOptions {
+            insecure: self.insecure_options,
+            ca_certs: self.ca_cert.clone(),
+            limits,
+            pull: match self.pull_policy {
+                Pull::Missing => PullPolicy::Missing,
+                Pull::Always => PullPolicy::Always,
+                Pull::Never => PullPolicy::Never,
+            },
+            progress: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+enum CompressionArg {
+    #[default]
+    Zstd,
+    Gzip,
+    None,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCmd {
+    /// Build an image from a recipe (a directory and/or Debian packages).
+    Build {
+        recipe: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        compression: CompressionArg,
+        /// Where downloaded .deb files are cached.
+        #[arg(long, default_value = "/var/cache/pod/debs")]
+        cache_dir: PathBuf,
+    },
+    /// Sign image files with a private key, writing IMAGE.sig beside each.
+    Sign {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// List stored images.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove images from the store.
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove leftovers of interrupted imports and unused rendered trees.
+    Gc,
+    /// Print an image's manifest.
+    CatManifest { image: String },
+    /// Write a stored image file (as fetched) to OUT, with its signature.
+    Export { image: String, out: PathBuf },
+    /// Re-hash store entries (all if none named) against their IDs.
+    Verify { images: Vec<String> },
+}
+
+/// An error on its way out of `main`, with the exit code it maps to.
+#[derive(Debug)]
+struct Failed {
+    exit: Exit,
+    err: anyhow::Error,
+}
+
+impl<E: ExitCodeOf + std::error::Error + Send + Sync + 'static> From<E> for Failed {
+    fn from(e: E) -> Self {
+        Self { exit: e.exit(), err: e.into() }
+    }
+}
+
+fn fail(exit: Exit, msg: String) -> Failed {
+    Failed { exit, err: anyhow::anyhow!(msg) }
+}
+
+/// The error and its causes, skipping causes already spelled out above them.
+fn describe(err: &anyhow::Error) -> String {
+    let mut s = err.to_string();
+    for cause in err.chain().skip(1) {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+    }
+    s
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.debug { "debug" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().with_target(false).init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("pod: {}", describe(&f.err));
+            ExitCode::from(f.exit.code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failed> {
+    let dirs = Dirs::new(&cli.dir, &cli.config);
+    match cli.command {
+        Command::Key(KeyCmd::Gen { out, name, comment }) => {
+            let key = keys::generate()?;
+            let public = keys::write_keypair(&out, &name, &key, &comment)?;
+            println!("{}", public.id);
+            eprintln!("wrote {0}/{name}.key (keep it secret) and {0}/{name}.pub", out.display());
+        }
+        Command::Trust(cmd) => trust(&dirs, cmd)?,
+        Command::Source(cmd) => source(&dirs, cmd)?,
+        Command::Fetch(args) => {
+            let store = Store::open(&dirs)?;
+            let trust = TrustStore::new(dirs.trust());
+            let sources = Sources::new(dirs.sources());
+            let mut fetcher = Fetcher::new(&store, &trust, &sources, args.options())?;
+            for img in &args.images {
+                let r = ImageRef::parse(img)?;
+                let fetched = fetcher.fetch(&r)?;
+                println!("{}", fetched.meta.id);
+            }
+        }
+        Command::Image(cmd) => image(&dirs, cmd)?,
+    }
+    Ok(())
+}
+
+fn trust(dirs: &Dirs, cmd: TrustCmd) -> Result<(), Failed> {
+    let store = TrustStore::new(dirs.trust());
+    match cmd {
+        TrustCmd::Add { scope, key } => {
+            let scope = scope.scope()?;
+            let k = store.add(&scope, &key)?;
+            eprintln!("trusting key {} for {scope}", k.id);
+        }
+        TrustCmd::List { format } => {
+            let list = store.list()?;
+            match format {
+                Format::Json => {
+                    let v: Vec<_> = list
+                        .iter()
+                        .map(|t| {
+                            serde_json::json!({
+                                "key": t.key.id.as_str(),
+                                "prefix": match &t.scope { Scope::Root => None, Scope::Prefix(p) => Some(p) },
+                                "root": t.scope == Scope::Root,
+                                "comment": t.key.comment,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                }
+                Format::Table => {
+                    let mut out = String::from("PREFIX\tKEY\tCOMMENT\n");
+                    for t in &list {
+                        out.push_str(&format!("{}\t{}\t{}\n", t.scope, t.key.id, t.key.comment));
+                    }
+                    print_table(&out);
+                }
+            }
+        }
+        TrustCmd::Rm { key, prefix, root } => {
+            let scope = match (prefix, root) {
+                (Some(p), _) => Some(Scope::prefix(&p)?),
+                (None, true) => Some(Scope::Root),
+                (None, false) => None,
+            };
+            let n = store.remove(&key, scope.as_ref())?;
+            eprintln!("removed {n} trust entr{}", if n == 1 { "y" } else { "ies" });
+        }
+    }
+    Ok(())
+}
+
+fn source(dirs: &Dirs, cmd: SourceCmd) -> Result<(), Failed> {
+    let sources = Sources::new(dirs.sources());
+    match cmd {
+        SourceCmd::Add { prefix, url } => sources.add(Source::new(&prefix, &url)?)?,
+        SourceCmd::List => {
+            let mut out = String::from("PREFIX\tURL\n");
+            for s in sources.list()? {
+                out.push_str(&format!("{}\t{}\n", s.prefix, s.url));
+            }
+            print_table(&out);
+        }
+        SourceCmd::Rm { prefix } => sources.remove(&prefix)?,
+    }
+    Ok(())
+}
+
+fn human_size(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+/// Prints tab-separated rows as aligned columns.
+fn print_table(text: &str) {
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    // A closed pipe (pod image list | head) is not an error worth reporting.
+    let _ = std::io::stdout().write_all(out.as_bytes());
+}
+
+fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
+    match cmd {
+        ImageCmd::Build { recipe, output, compression, cache_dir } => {
+            // BUILD-PENDING: wired once stage0::build lands.
+            let _ = (recipe, output, compression, cache_dir, Compression::Zstd);
+            let report: stage0::exit::Exit = Err(fail(Exit::Failure, "image build is not wired yet".into()))?;
+            let _ = report;
+            return Ok(());
+        }
+        ImageCmd::Sign { key, images } => {
+            let secret = keys::load_secret(&key)?;
+            for img in images {
+                let sig = keys::sign_file(&secret, &img)?;
+                eprintln!("wrote {}", sig.display());
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let store = Store::open(dirs)?;
+    match cmd {
+        ImageCmd::List { format } => {
+            let list = store.list()?;
+            match format {
+                Format::Json => {
+                    let v: Vec<_> = list
+                        .iter()
+                        .map(|m| {
+                            serde_json::json!({
+                                "id": m.id, "name": m.name, "labels": m.labels, "size": m.size,
+                                "uncompressedSize": m.uncompressed_size, "signer": m.signer,
+                                "importedAt": m.imported_at, "source": m.source,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                }
+                Format::Table => {
+                    let mut out = String::from("ID\tNAME\tVERSION\tSIZE\tSIGNER\tIMPORTED\n");
+                    for m in &list {
+                        out.push_str(&format!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\n",
+                            m.id.short(),
+                            m.name,
+                            m.labels.get("version").map_or("-", String::as_str),
+                            human_size(m.uncompressed_size),
+                            m.signer.as_deref().map_or("INSECURE (unverified)", |k| &k[..16]),
+                            m.imported_at
+                        ));
+                    }
+                    print_table(&out);
+                }
+            }
+        }
+        ImageCmd::Rm { images } => {
+            for q in images {
+                let meta = store.lookup(&q)?;
+                store.remove(&meta.id)?;
+                println!("{}", meta.id);
+            }
+        }
+        ImageCmd::Gc => {
+            let _lock = store.lock_exclusive()?;
+            for name in store.gc_tmp()? {
+                eprintln!("removed leftover {name}");
+            }
+            let removed = render::gc_trees(dirs, |layers| layers.iter().all(|id| store.image_dir(id).join("meta.json").is_file()))?;
+            for key in removed {
+                eprintln!("removed tree {key}");
+            }
+        }
+        ImageCmd::CatManifest { image } => {
+            let meta = store.lookup(&image)?;
+            let manifest = store.manifest(&meta.id)?;
+            println!("{}", String::from_utf8_lossy(&manifest.to_json()));
+        }
+        ImageCmd::Export { image, out } => {
+            let meta = store.lookup(&image)?;
+            let dir = store.image_dir(&meta.id);
+            std::fs::copy(dir.join("image.aci"), &out).map_err(|e| fail(Exit::Failure, format!("export to {}: {e}", out.display())))?;
+            let sig = dir.join("image.aci.sig");
+            if sig.is_file() {
+                let mut sig_out = out.clone().into_os_string();
+                sig_out.push(".sig");
+                std::fs::copy(&sig, &sig_out).map_err(|e| fail(Exit::Failure, format!("export signature: {e}")))?;
+            }
+            println!("{}", meta.id);
+        }
+        ImageCmd::Verify { images } => {
+            let metas = if images.is_empty() {
+                store.list()?
+            } else {
+                images.iter().map(|q| store.lookup(q)).collect::<Result<_, _>>()?
+            };
+            let mut bad = 0;
+            for m in &metas {
+                match store.verify(&m.id, &Limits { max_uncompressed: u64::MAX }) {
+                    Ok(_) => println!("ok\t{}\t{}", m.id.short(), m.name),
+                    Err(e) => {
+                        bad += 1;
+                        println!("CORRUPT\t{}\t{}\t{e}", m.id.short(), m.name);
+                    }
+                }
+            }
+            if bad > 0 {
+                return Err(fail(Exit::Failure, format!("{bad} of {} images failed verification", metas.len())));
+            }
+        }
+        ImageCmd::Build { .. } | ImageCmd::Sign { .. } => {}
+    }
+    Ok(())
+}
