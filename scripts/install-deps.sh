@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages pod's build, tests and demo need. Idempotent:
+# installs only what is missing, refreshes apt's lists only when needed.
+set -euo pipefail
+
+packages=(
+  ca-certificates   # https fetches
+  zstd gzip tar     # image compression, the benchmark's peer pipeline
+  openssl           # the tests' throwaway CA
+  python3           # the tests' https server
+  appc-spec         # actool: appc's own tool, for the interoperability test
+  hyperfine         # benchmarks
+  apt-utils         # apt-get download for `pod image build` from packages
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+# `pod image build` resolves packages through apt's lists: make sure they exist.
+if [ ${#missing[@]} -gt 0 ] || ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+rustup component add clippy rustfmt >/dev/null 2>&1 || true
