@@ -167,7 +167,8 @@ fn check_labels(field: &str, labels: &[Label]) -> Result<(), ManifestError> {
     let mut seen = BTreeSet::new();
     for (i, l) in labels.iter().enumerate() {
         let f = format!("{field}[{i}]");
-        AcIdentifier::new(l.name.clone()).map_err(|source| ManifestError::Name { field: format!("{f}.name"), source })?;
+        AcIdentifier::new(l.name.clone())
+            .map_err(|source| ManifestError::Name { field: format!("{f}.name"), source })?;
         if l.value.len() > MAX_VALUE {
             return Err(field_err(format!("{f}.value"), "value longer than 64 KiB"));
         }
@@ -207,7 +208,9 @@ impl ImageManifest {
         }
         let v = &self.ac_version;
         let core = v.split(['-', '+']).next().unwrap_or("");
-        if core.split('.').count() != 3 || !core.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        if core.split('.').count() != 3
+            || !core.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
             return Err(field_err("acVersion", format!("{v:?} is not a semantic version")));
         }
         check_labels("labels", &self.labels)?;
@@ -256,7 +259,8 @@ impl App {
         }
         check_len("app.environment", &self.environment)?;
         for (i, e) in self.environment.iter().enumerate() {
-            if e.name.is_empty() || e.name.contains(['=', '\0']) || e.value.contains('\0') || e.value.len() > MAX_VALUE {
+            if e.name.is_empty() || e.name.contains(['=', '\0']) || e.value.contains('\0') || e.value.len() > MAX_VALUE
+            {
                 return Err(field_err(format!("app.environment[{i}]"), format!("invalid variable {:?}", e.name)));
             }
         }
@@ -267,7 +271,10 @@ impl App {
         check_len("app.ports", &self.ports)?;
         for (i, p) in self.ports.iter().enumerate() {
             if !["tcp", "udp"].contains(&p.protocol.as_str()) {
-                return Err(field_err(format!("app.ports[{i}].protocol"), format!("{:?} is not tcp or udp", p.protocol)));
+                return Err(field_err(
+                    format!("app.ports[{i}].protocol"),
+                    format!("{:?} is not tcp or udp", p.protocol),
+                ));
             }
             if p.port == 0 || p.count == 0 || u32::from(p.port) + p.count - 1 > 65535 {
                 return Err(field_err(format!("app.ports[{i}]"), "port range outside 1-65535"));
@@ -315,7 +322,13 @@ mod tests {
             (GOOD.replace("\"linux\"", "\"plan9\""), "labels.os"),
             (GOOD.replace("\"exec\": [\"/usr/bin/redis-server\"]", "\"exec\": [\"redis-server\"]"), "app.exec[0]"),
             (GOOD.replace("\"tcp\"", "\"sctp\""), "app.ports[0].protocol"),
-            (GOOD.replace("[\"/usr/bin/redis-server\"],\n        \"annotations", "[\"../etc\"],\n        \"annotations"), "pathWhitelist[0]"),
+            (
+                GOOD.replace(
+                    "[\"/usr/bin/redis-server\"],\n        \"annotations",
+                    "[\"../etc\"],\n        \"annotations",
+                ),
+                "pathWhitelist[0]",
+            ),
             (GOOD.replace("\"version\",\"value\":\"7.0\"", "\"os\",\"value\":\"linux\""), "labels[1]"),
         ];
         for (text, field) in cases {

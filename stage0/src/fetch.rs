@@ -119,7 +119,10 @@ pub enum ImageRef {
     File(PathBuf),
     Url(String),
     /// `example.com/redis:7.0,os=linux`: a name, `:version` and more labels.
-    Name { name: AcIdentifier, labels: BTreeMap<String, String> },
+    Name {
+        name: AcIdentifier,
+        labels: BTreeMap<String, String>,
+    },
 }
 
 impl ImageRef {
@@ -236,7 +239,12 @@ struct Staged {
 }
 
 impl<'a> Fetcher<'a> {
-    pub fn new(store: &'a Store, trust: &'a TrustStore, sources: &'a Sources, opts: FetchOptions) -> Result<Self, FetchError> {
+    pub fn new(
+        store: &'a Store,
+        trust: &'a TrustStore,
+        sources: &'a Sources,
+        opts: FetchOptions,
+    ) -> Result<Self, FetchError> {
         if opts.insecure.image {
             tracing::warn!(
                 "--insecure-options=image: signatures are NOT verified; whoever can alter these images controls what runs"
@@ -286,7 +294,9 @@ impl<'a> Fetcher<'a> {
         full.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let url = self.sources.url_for(name, &full)?;
         let location = match ImageRef::parse(&url)? {
-            ImageRef::Name { .. } => return Err(FetchError::Reference { reference: url, why: "source must be a URL".into() }),
+            ImageRef::Name { .. } => {
+                return Err(FetchError::Reference { reference: url, why: "source must be a URL".into() })
+            }
             loc => loc,
         };
         self.fetch_location(&location, Some((name, labels)))
@@ -300,7 +310,9 @@ impl<'a> Fetcher<'a> {
         let staged = match r {
             ImageRef::File(p) => self.stage_file(p)?,
             ImageRef::Url(u) => self.stage_url(u)?,
-            ImageRef::Name { .. } => return Err(FetchError::Reference { reference: format!("{r:?}"), why: "not a location".into() }),
+            ImageRef::Name { .. } => {
+                return Err(FetchError::Reference { reference: format!("{r:?}"), why: "not a location".into() })
+            }
         };
         let location = match r {
             ImageRef::File(p) => p.display().to_string(),
@@ -317,11 +329,7 @@ impl<'a> Fetcher<'a> {
         location: &str,
         expect: Option<(&AcIdentifier, &BTreeMap<String, String>)>,
     ) -> Result<(ImageMeta, bool), FetchError> {
-        let signer = if self.opts.insecure.image {
-            None
-        } else {
-            Some(self.verify_signature(&staged, location)?)
-        };
+        let signer = if self.opts.insecure.image { None } else { Some(self.verify_signature(&staged, location)?) };
         let dir = staged.staging.path().to_owned();
         let extract_dir = dir.join("extract");
         fs::create_dir(&extract_dir).map_err(io_err("create directory", &extract_dir))?;
@@ -373,7 +381,11 @@ impl<'a> Fetcher<'a> {
     }
 
     /// Returns the signer's key ID and the scopes it is trusted for.
-    fn verify_signature(&self, staged: &Staged, location: &str) -> Result<(String, Vec<crate::trust::Scope>), FetchError> {
+    fn verify_signature(
+        &self,
+        staged: &Staged,
+        location: &str,
+    ) -> Result<(String, Vec<crate::trust::Scope>), FetchError> {
         let Some(sig_bytes) = &staged.sig else {
             return Err(FetchError::MissingSignature { location: location.to_owned(), sig: format!("{location}.sig") });
         };
@@ -395,7 +407,9 @@ impl<'a> Fetcher<'a> {
         }
         let bar = len.map_or_else(indicatif::ProgressBar::new_spinner, indicatif::ProgressBar::new);
         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}") {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+        {
             bar.set_style(style);
         }
         bar.set_message(what.to_owned());
@@ -420,7 +434,10 @@ impl<'a> Fetcher<'a> {
             };
             size += n as u64;
             if size > self.opts.limits.max_uncompressed {
-                return Err(FetchError::TooLarge { location: location.to_owned(), limit: self.opts.limits.max_uncompressed });
+                return Err(FetchError::TooLarge {
+                    location: location.to_owned(),
+                    limit: self.opts.limits.max_uncompressed,
+                });
             }
             hash.update(&buf[..n]);
             out.write_all(&buf[..n]).map_err(io_err("write", &image))?;
@@ -434,7 +451,9 @@ impl<'a> Fetcher<'a> {
     fn stage_file(&self, path: &Path) -> Result<Staged, FetchError> {
         let f = match File::open(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(FetchError::Missing(path.display().to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(FetchError::Missing(path.display().to_string()))
+            }
             Err(e) => return Err(FetchError::Io { op: "open", path: path.to_owned(), source: e }),
         };
         let len = f.metadata().ok().map(|m| m.len());
@@ -484,7 +503,11 @@ impl<'a> Fetcher<'a> {
         if url.starts_with("http://") && !self.opts.insecure.http {
             return Err(FetchError::PlainHttp(url.to_owned()));
         }
-        let resp = self.client()?.get(url).send().map_err(|e| FetchError::Http { url: url.to_owned(), why: error_chain(&e) })?;
+        let resp = self
+            .client()?
+            .get(url)
+            .send()
+            .map_err(|e| FetchError::Http { url: url.to_owned(), why: error_chain(&e) })?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             reqwest::StatusCode::NOT_FOUND => Err(FetchError::Missing(url.to_owned())),
@@ -501,7 +524,9 @@ impl<'a> Fetcher<'a> {
             match self.get(&sig_url) {
                 Ok(resp) => {
                     let mut v = Vec::new();
-                    resp.take(8192).read_to_end(&mut v).map_err(|e| FetchError::Http { url: sig_url, why: e.to_string() })?;
+                    resp.take(8192)
+                        .read_to_end(&mut v)
+                        .map_err(|e| FetchError::Http { url: sig_url, why: e.to_string() })?;
                     Some(v)
                 }
                 Err(FetchError::Missing(_)) => None,

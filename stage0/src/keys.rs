@@ -85,7 +85,8 @@ impl KeyId {
     }
     /// Parses a key ID as written in signature files and on the command line.
     pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then(|| Self(s.to_owned()))
+        (s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+            .then(|| Self(s.to_owned()))
     }
 }
 
@@ -293,7 +294,8 @@ mod tests {
         let image = dir.path().join("x.aci");
         fs::write(&image, b"image bytes").unwrap_or_else(|e| panic!("{e}"));
         let sig_path = sign_file(&secret, &image).unwrap_or_else(|e| panic!("{e}"));
-        let sig = ImageSignature::parse(&fs::read(&sig_path).unwrap_or_default(), &sig_path).unwrap_or_else(|e| panic!("{e}"));
+        let sig = ImageSignature::parse(&fs::read(&sig_path).unwrap_or_default(), &sig_path)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sig.key_id, public.id);
         let h = |b: &[u8]| prehash(b).unwrap_or_else(|e| panic!("{e}"));
         assert!(verify(&loaded.key, h(b"image bytes"), &sig));

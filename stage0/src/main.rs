@@ -154,7 +154,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 1 << 10),
         t => (t, 1),
     };
-    num.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("{s:?} is not a size like 4G, 512M or 1048576"))
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size like 4G, 512M or 1048576"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
@@ -284,8 +287,14 @@ fn describe(err: &anyhow::Error) -> String {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = if cli.debug { "debug" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("POD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -404,7 +413,8 @@ fn human_size(n: u64) -> String {
 fn print_table(text: &str) {
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for r in rows {
         let mut line = String::new();
@@ -488,7 +498,9 @@ fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
             for name in store.gc_tmp()? {
                 eprintln!("removed leftover {name}");
             }
-            let removed = render::gc_trees(dirs, |layers| layers.iter().all(|id| store.image_dir(id).join("meta.json").is_file()))?;
+            let removed = render::gc_trees(dirs, |layers| {
+                layers.iter().all(|id| store.image_dir(id).join("meta.json").is_file())
+            })?;
             for key in removed {
                 eprintln!("removed tree {key}");
             }
@@ -501,7 +513,8 @@ fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
         ImageCmd::Export { image, out } => {
             let meta = store.lookup(&image)?;
             let dir = store.image_dir(&meta.id);
-            std::fs::copy(dir.join("image.aci"), &out).map_err(|e| fail(Exit::Failure, format!("export to {}: {e}", out.display())))?;
+            std::fs::copy(dir.join("image.aci"), &out)
+                .map_err(|e| fail(Exit::Failure, format!("export to {}: {e}", out.display())))?;
             let sig = dir.join("image.aci.sig");
             if sig.is_file() {
                 let mut sig_out = out.clone().into_os_string();

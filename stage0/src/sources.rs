@@ -82,7 +82,8 @@ impl Source {
         let mut rest = self.url.as_str();
         while let Some(start) = rest.find('{') {
             out.push_str(&rest[..start]);
-            let end = rest[start..].find('}').map(|e| start + e).ok_or_else(|| SourceError::Invalid(self.url.clone()))?;
+            let end =
+                rest[start..].find('}').map(|e| start + e).ok_or_else(|| SourceError::Invalid(self.url.clone()))?;
             let var = &rest[start + 1..end];
             let value = match var {
                 "name" => name.as_str(),
@@ -124,15 +125,21 @@ impl Sources {
         let list: Vec<Source> =
             serde_yaml::from_str(&text).map_err(|source| SourceError::Parse { path: self.path.clone(), source })?;
         for s in &list {
-            Source::new(&s.prefix, &s.url).map_err(|e| SourceError::Invalid(format!("{}: {e}", self.path.display())))?;
+            Source::new(&s.prefix, &s.url)
+                .map_err(|e| SourceError::Invalid(format!("{}: {e}", self.path.display())))?;
         }
         Ok(list)
     }
 
     fn save(&self, list: &[Source]) -> Result<(), SourceError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(|source| SourceError::Io { op: "create directory", path: dir.to_owned(), source })?;
-        let text = serde_yaml::to_string(list).map_err(|source| SourceError::Parse { path: self.path.clone(), source })?;
+        fs::create_dir_all(dir).map_err(|source| SourceError::Io {
+            op: "create directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let text =
+            serde_yaml::to_string(list).map_err(|source| SourceError::Parse { path: self.path.clone(), source })?;
         let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
         fs::write(&tmp, text).map_err(|source| SourceError::Io { op: "write", path: tmp.clone(), source })?;
         fs::rename(&tmp, &self.path).map_err(|source| SourceError::Io { op: "rename", path: self.path.clone(), source })
@@ -176,13 +183,18 @@ mod tests {
     fn longest_prefix_and_expansion() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let s = Sources::new(dir.path().join("sources.yaml"));
-        let add = |p: &str, u: &str| s.add(Source::new(p, u).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
+        let add = |p: &str, u: &str| {
+            s.add(Source::new(p, u).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"))
+        };
         add("example.com/", "https://a/{basename}-{version}.aci");
         add("example.com/db/", "https://b/{name}.aci");
         let labels: BTreeMap<String, String> = [("version".to_owned(), "7.0".to_owned())].into();
         let n = |x: &str| AcIdentifier::new(x).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.url_for(&n("example.com/redis"), &labels).ok().as_deref(), Some("https://a/redis-7.0.aci"));
-        assert_eq!(s.url_for(&n("example.com/db/pg"), &labels).ok().as_deref(), Some("https://b/example.com/db/pg.aci"));
+        assert_eq!(
+            s.url_for(&n("example.com/db/pg"), &labels).ok().as_deref(),
+            Some("https://b/example.com/db/pg.aci")
+        );
         assert!(matches!(s.url_for(&n("other.org/x"), &labels), Err(SourceError::NoSource(_))));
         assert!(matches!(s.url_for(&n("example.com/x"), &BTreeMap::new()), Err(SourceError::MissingLabel { .. })));
         assert!(Source::new("example.com/", "ftp://x").is_err());

@@ -176,8 +176,11 @@ impl Store {
             .keep();
         let lock_path = dir.join(LOCK_NAME);
         let f = File::create(&lock_path).map_err(io_err("create", &lock_path))?;
-        let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, e)| StoreError::Io { op: "lock", path: lock_path.clone(), source: e.into() })?;
+        let lock = Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| StoreError::Io {
+            op: "lock",
+            path: lock_path.clone(),
+            source: e.into(),
+        })?;
         Ok(Staging { path: dir, _lock: lock, keep: false })
     }
 
@@ -215,13 +218,15 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(id.to_string())),
             Err(e) => return Err(StoreError::Io { op: "read", path: p, source: e }),
         };
-        serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt { id: id.to_string(), why: format!("meta.json: {e}") })
+        serde_json::from_slice(&text)
+            .map_err(|e| StoreError::Corrupt { id: id.to_string(), why: format!("meta.json: {e}") })
     }
 
     pub fn manifest(&self, id: &ImageId) -> Result<ImageManifest, StoreError> {
         let p = self.image_dir(id).join("manifest");
         let bytes = fs::read(&p).map_err(io_err("read", &p))?;
-        ImageManifest::parse(&bytes).map_err(|e| StoreError::Corrupt { id: id.to_string(), why: format!("manifest: {e}") })
+        ImageManifest::parse(&bytes)
+            .map_err(|e| StoreError::Corrupt { id: id.to_string(), why: format!("manifest: {e}") })
     }
 
     /// Every image, newest first.
@@ -243,7 +248,11 @@ impl Store {
     }
 
     /// The newest image named `name` carrying all of `labels`.
-    pub fn find(&self, name: &AcIdentifier, labels: &BTreeMap<String, String>) -> Result<Option<ImageMeta>, StoreError> {
+    pub fn find(
+        &self,
+        name: &AcIdentifier,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Option<ImageMeta>, StoreError> {
         Ok(self.list()?.into_iter().find(|m| m.matches(name, labels)))
     }
 
@@ -254,7 +263,9 @@ impl Store {
             return self.meta(&id);
         }
         let all = self.list()?;
-        if query.starts_with("sha512-") || (query.len() >= spec::id::MIN_PREFIX_HEX && query.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if query.starts_with("sha512-")
+            || (query.len() >= spec::id::MIN_PREFIX_HEX && query.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
             let hits: Vec<_> = all.into_iter().filter(|m| m.id.matches_prefix(query)).collect();
             return match hits.len() {
                 0 => Err(StoreError::NotFound(query.to_owned())),

@@ -149,7 +149,8 @@ impl TrustStore {
             for entry in entries {
                 let entry = entry.map_err(io_err("read directory", dir))?;
                 let path = entry.path();
-                if path.extension().is_some_and(|e| e == "pub") && !entry.file_name().to_string_lossy().starts_with('.') {
+                if path.extension().is_some_and(|e| e == "pub") && !entry.file_name().to_string_lossy().starts_with('.')
+                {
                     out.push(TrustedKey { scope: scope.clone(), key: PublicKey::load(&path)? });
                 }
             }
