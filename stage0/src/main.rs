@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use stage0::archive::{Compression, Limits};
+use stage0::build::{self, BuildOptions};
 use stage0::exit::{Exit, ExitCodeOf};
 use stage0::fetch::{FetchOptions, Fetcher, ImageRef, Insecure, PullPolicy};
 use stage0::keys;
@@ -435,10 +436,24 @@ fn print_table(text: &str) {
 fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
     match cmd {
         ImageCmd::Build { recipe, output, compression, cache_dir } => {
-            // BUILD-PENDING: wired once stage0::build lands.
-            let _ = (recipe, output, compression, cache_dir, Compression::Zstd);
-            let report: stage0::exit::Exit = Err(fail(Exit::Failure, "image build is not wired yet".into()))?;
-            let _ = report;
+            let opts = BuildOptions {
+                cache_dir,
+                compression: match compression {
+                    CompressionArg::Zstd => Compression::Zstd,
+                    CompressionArg::Gzip => Compression::Gzip,
+                    CompressionArg::None => Compression::None,
+                },
+                ..BuildOptions::default()
+            };
+            let report = build::build(&recipe, &output, &opts)?;
+            eprintln!(
+                "built {} ({}, {} Debian packages) -> {}",
+                report.manifest.name,
+                human_size(report.size),
+                report.packages.len(),
+                output.display()
+            );
+            println!("{}", report.id);
             return Ok(());
         }
         ImageCmd::Sign { key, images } => {
