@@ -225,8 +225,12 @@ enum ImageCmd {
         #[arg(long, value_enum, default_value_t)]
         compression: CompressionArg,
         /// Where downloaded .deb files are cached.
-        #[arg(long, default_value = "/var/cache/pod/debs")]
+        #[arg(long, default_value = build::DEFAULT_CACHE_DIR)]
         cache_dir: PathBuf,
+        /// Clamp timestamps to this time (seconds since the epoch) so that
+        /// rebuilding gives the same image ID.
+        #[arg(long, env = "SOURCE_DATE_EPOCH")]
+        source_date_epoch: Option<u64>,
     },
     /// Sign image files with a private key, writing IMAGE.sig beside each.
     Sign {
@@ -435,7 +439,7 @@ fn print_table(text: &str) {
 
 fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
     match cmd {
-        ImageCmd::Build { recipe, output, compression, cache_dir } => {
+        ImageCmd::Build { recipe, output, compression, cache_dir, source_date_epoch } => {
             let opts = BuildOptions {
                 cache_dir,
                 compression: match compression {
@@ -443,6 +447,7 @@ fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
                     CompressionArg::Gzip => Compression::Gzip,
                     CompressionArg::None => Compression::None,
                 },
+                source_date_epoch,
                 ..BuildOptions::default()
             };
             let report = build::build(&recipe, &output, &opts)?;
