@@ -444,7 +444,6 @@ impl<'a> Fetcher<'a> {
             bar.inc(n as u64);
         }
         bar.finish_and_clear();
-        out.sync_all().map_err(io_err("sync", &image))?;
         Ok(Staged { staging, image, size, prehash: hash, sig: None })
     }
 
