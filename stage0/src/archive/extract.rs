@@ -1,0 +1,497 @@
+//! Unpacking the tar of an untrusted ACI into a fresh directory.
+//!
+//! Every entry is hostile until checked, and a refusal names the entry:
+//! - paths are normalised (`./` and empty components dropped); absolute
+//!   paths and `..` components are refused;
+//! - only `manifest` (a regular file of at most [`MAX_MANIFEST_BYTES`]) and
+//!   `rootfs` / `rootfs/...` may appear, each path once (directories too);
+//! - nothing is written through a symlink or a non-directory: every ancestor
+//!   of an entry must be a directory this extraction made, which the map of
+//!   extracted paths enforces and an `lstat` of each ancestor, top down,
+//!   backs up; files are created `O_EXCL|O_NOFOLLOW`, so nothing is
+//!   followed or overwritten;
+//! - hard links may only point at regular files extracted earlier in rootfs;
+//! - device nodes and exotic entry types are refused; fifos are fine.
+//!
+//! Symlink *targets* are not checked: they are resolved inside the
+//! container, never by this code.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use spec::{ImageManifest, ManifestError, MAX_MANIFEST_BYTES};
+use tar::EntryType;
+
+use super::stream::ChunkReader;
+use super::{ArchiveError, Reject};
+
+const BLOCK: u64 = 512;
+/// Copy buffer for file data: large writes, few syscalls.
+const COPY_BUF: usize = 1 << 20;
+const MANIFEST: &[u8] = b"manifest";
+const ROOTFS: &[u8] = b"rootfs";
+
+/// The manifest found while unpacking.
+#[derive(Debug)]
+pub(super) struct Unpacked {
+    pub manifest: ImageManifest,
+    pub manifest_bytes: Vec<u8>,
+}
+
+/// What an extracted path is, as far as later entries are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A directory made for an entry below it, with no entry of its own yet.
+    ImplicitDir,
+    Dir,
+    File,
+    Symlink,
+    Fifo,
+}
+
+/// Ownership, mode and time from an entry's header.
+#[derive(Debug)]
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: FileTime,
+}
+
+/// Unpacks the tar read from `reader` into the empty directory `dest`, then
+/// reads the stream to its end so all of it is hashed.
+pub(super) fn unpack(reader: ChunkReader, dest: &Path) -> Result<Unpacked, ArchiveError> {
+    let mut ex = Extractor::new(dest);
+    let mut archive = tar::Archive::new(reader);
+    // Where the last entry's data ends: an end-of-archive block must follow.
+    let mut data_end = 0u64;
+    let mut last: Option<String> = None;
+    let entries = archive.entries().map_err(|e| malformed(last.as_deref(), e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| malformed(last.as_deref(), e))?;
+        let raw = entry.path_bytes().into_owned();
+        let name = lossy(&raw);
+        let padded = entry.size().div_ceil(BLOCK).saturating_mul(BLOCK);
+        data_end = entry.raw_file_position().saturating_add(padded);
+        ex.entry(&mut entry, &raw, &name)?;
+        last = Some(name);
+    }
+    let mut reader = archive.into_inner();
+    // The tar crate takes a clean EOF where a header should be as the end;
+    // only the zero block it read (or not) tells a cut archive apart.
+    if reader.consumed() < data_end.saturating_add(BLOCK) {
+        return Err(ArchiveError::Truncated(match last {
+            Some(name) => format!("no end-of-archive marker after entry {name:?}"),
+            None => "no tar entries and no end-of-archive marker".to_owned(),
+        }));
+    }
+    reader.drain().map_err(|e| malformed(last.as_deref(), e))?;
+    ex.finish()
+}
+
+struct Extractor<'d> {
+    dest: &'d Path,
+    /// Every path extracted (or made as an ancestor), normalised.
+    seen: HashMap<Vec<u8>, Kind>,
+    /// Directory entries: their mode and mtime are applied at the end.
+    dirs: Vec<(PathBuf, Meta)>,
+    manifest: Option<Unpacked>,
+    /// The last parent directory verified on disk; entries come grouped by
+    /// directory, so this saves most of the `lstat`s.
+    checked_parent: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    is_root: bool,
+}
+
+impl<'d> Extractor<'d> {
+    fn new(dest: &'d Path) -> Self {
+        Self {
+            dest,
+            seen: HashMap::new(),
+            dirs: Vec::new(),
+            manifest: None,
+            checked_parent: None,
+            buf: vec![0; COPY_BUF],
+            is_root: nix::unistd::geteuid().is_root(),
+        }
+    }
+
+    fn entry(&mut self, entry: &mut tar::Entry<'_, ChunkReader>, raw: &[u8], name: &str) -> Result<(), ArchiveError> {
+        let rel = normalise(raw).map_err(|reason| rejected(name, reason))?;
+        let ty = entry.header().entry_type();
+        if rel.is_empty() {
+            // `./`, the archive's root: the destination itself.
+            return if ty.is_dir() { Ok(()) } else { Err(rejected(name, Reject::NotDirectory)) };
+        }
+        if rel == MANIFEST {
+            return self.manifest(entry, name);
+        }
+        if rel.split(|&b| b == b'/').next() != Some(ROOTFS) {
+            return Err(rejected(name, Reject::UnexpectedTopLevel));
+        }
+        if rel == ROOTFS && !ty.is_dir() {
+            return Err(rejected(name, Reject::NotDirectory));
+        }
+        let kind = match ty {
+            // `Continuous` is a regular file to every extractor in use.
+            EntryType::Regular | EntryType::Continuous | EntryType::Link => Kind::File,
+            EntryType::Directory => Kind::Dir,
+            EntryType::Symlink => Kind::Symlink,
+            EntryType::Fifo => Kind::Fifo,
+            EntryType::Char => return Err(rejected(name, Reject::Device { kind: "character" })),
+            EntryType::Block => return Err(rejected(name, Reject::Device { kind: "block" })),
+            other => return Err(rejected(name, Reject::UnsupportedType(char::from(other.as_byte())))),
+        };
+        let upgrade = match self.seen.get(&rel[..]) {
+            None => false,
+            Some(Kind::ImplicitDir) if kind == Kind::Dir => true,
+            Some(_) => return Err(rejected(name, Reject::Duplicate)),
+        };
+        self.prepare_parents(&rel, name)?;
+        let path = self.dest.join(OsStr::from_bytes(&rel));
+        match ty {
+            EntryType::Link => self.hard_link(entry, &path, name)?,
+            EntryType::Directory => self.dir(path, header_meta(entry.header(), name)?, upgrade)?,
+            EntryType::Symlink => self.symlink(entry, &path, &header_meta(entry.header(), name)?, name)?,
+            EntryType::Fifo => self.fifo(&path, &header_meta(entry.header(), name)?)?,
+            _ => {
+                let meta = header_meta(entry.header(), name)?;
+                let size = entry.size();
+                self.file(entry, size, &path, &meta, name)?;
+            }
+        }
+        self.seen.insert(rel, kind);
+        Ok(())
+    }
+
+    fn manifest(&mut self, entry: &mut tar::Entry<'_, ChunkReader>, name: &str) -> Result<(), ArchiveError> {
+        if !matches!(entry.header().entry_type(), EntryType::Regular | EntryType::Continuous) {
+            return Err(rejected(name, Reject::NotRegular));
+        }
+        if self.manifest.is_some() {
+            return Err(rejected(name, Reject::Duplicate));
+        }
+        // Checked on the header, before a byte is buffered.
+        let size = entry.size();
+        let len = match usize::try_from(size) {
+            Ok(len) if len <= MAX_MANIFEST_BYTES => len,
+            _ => return Err(ManifestError::TooLarge { size: usize::try_from(size).unwrap_or(usize::MAX) }.into()),
+        };
+        let mut bytes = Vec::with_capacity(len);
+        entry.read_to_end(&mut bytes).map_err(|e| malformed_at(name, e))?;
+        if bytes.len() != len {
+            return Err(ArchiveError::Truncated(format!("entry {name:?} ends after {} of {len} bytes", bytes.len())));
+        }
+        let manifest = ImageManifest::parse(&bytes)?;
+        let path = self.dest.join("manifest");
+        let mut file = create_new(&path, 0o644)?;
+        file.write_all(&bytes).map_err(ArchiveError::io("write", &path))?;
+        self.manifest = Some(Unpacked { manifest, manifest_bytes: bytes });
+        Ok(())
+    }
+
+    /// Checks that every ancestor of `rel` is a directory made by this
+    /// extraction, making those that have no entry yet.
+    fn prepare_parents(&mut self, rel: &[u8], name: &str) -> Result<(), ArchiveError> {
+        let Some(slash) = rel.iter().rposition(|&b| b == b'/') else {
+            return Ok(()); // `rootfs` itself, whose parent is dest
+        };
+        let parent = &rel[..slash];
+        if self.checked_parent.as_deref() == Some(parent) {
+            return Ok(());
+        }
+        // Ancestors shared with the parent checked last were checked then,
+        // and a directory, once made, is never replaced.
+        let checked = self.checked_parent.as_deref().map_or(0, |last| shared_dirs(last, parent));
+        for end in (checked + 1..=slash).filter(|&i| rel[i] == b'/') {
+            let ancestor = &rel[..end];
+            match self.seen.get(ancestor) {
+                Some(Kind::Dir | Kind::ImplicitDir) => {}
+                Some(Kind::Symlink) => return Err(rejected(name, Reject::ThroughSymlink { link: lossy(ancestor) })),
+                Some(_) => return Err(rejected(name, Reject::ParentNotDirectory { parent: lossy(ancestor) })),
+                None => self.implicit_dir(ancestor)?,
+            }
+            // Defence in depth: whatever the map says, each ancestor on disk
+            // must be a real directory, checked from the top down before
+            // anything is made inside it. lstat resolves the components
+            // above the last one, but those were checked just before.
+            let path = self.dest.join(OsStr::from_bytes(ancestor));
+            let file_type = fs::symlink_metadata(&path).map_err(ArchiveError::io("stat", &path))?.file_type();
+            if !file_type.is_dir() {
+                let found = if file_type.is_symlink() { "a symlink" } else { "a non-directory" };
+                return Err(rejected(name, Reject::UnexpectedOnDisk { at: lossy(ancestor), found }));
+            }
+        }
+        self.checked_parent = Some(parent.to_vec());
+        Ok(())
+    }
+
+    /// Makes a directory that only appears as an ancestor: 0755, root's.
+    fn implicit_dir(&mut self, rel: &[u8]) -> Result<(), ArchiveError> {
+        let path = self.dest.join(OsStr::from_bytes(rel));
+        fs::DirBuilder::new().mode(0o755).create(&path).map_err(ArchiveError::io("create directory", &path))?;
+        // The umask applied to mkdir; the mode must be exactly 0755.
+        fs::set_permissions(&path, Permissions::from_mode(0o755)).map_err(ArchiveError::io("chmod", &path))?;
+        self.chown(std::os::unix::fs::lchown(&path, Some(0), Some(0)), &path)?;
+        self.seen.insert(rel.to_vec(), Kind::ImplicitDir);
+        Ok(())
+    }
+
+    fn file(
+        &mut self,
+        data: &mut impl Read,
+        size: u64,
+        path: &Path,
+        meta: &Meta,
+        name: &str,
+    ) -> Result<(), ArchiveError> {
+        let file = create_new(path, 0o600)?;
+        let mut remaining = size;
+        while remaining > 0 {
+            let want = usize::try_from(remaining).map_or(self.buf.len(), |r| r.min(self.buf.len()));
+            let n = read_full(data, &mut self.buf[..want]).map_err(|e| malformed_at(name, e))?;
+            if n == 0 {
+                let got = size - remaining;
+                return Err(ArchiveError::Truncated(format!("entry {name:?} ends after {got} of {size} bytes")));
+            }
+            (&file).write_all(&self.buf[..n]).map_err(ArchiveError::io("write", path))?;
+            remaining -= n as u64;
+        }
+        // Owner before mode: chown clears the setuid and setgid bits.
+        self.chown(std::os::unix::fs::fchown(&file, Some(meta.uid), Some(meta.gid)), path)?;
+        file.set_permissions(Permissions::from_mode(meta.mode)).map_err(ArchiveError::io("chmod", path))?;
+        filetime::set_file_handle_times(&file, None, Some(meta.mtime)).map_err(ArchiveError::io("set times of", path))
+    }
+
+    /// `upgrade`: the directory was made earlier as an ancestor.
+    fn dir(&mut self, path: PathBuf, meta: Meta, upgrade: bool) -> Result<(), ArchiveError> {
+        if !upgrade {
+            // Owner-writable until the end, so that the contents can be
+            // written even when not root; the real mode comes last.
+            fs::DirBuilder::new().mode(0o700).create(&path).map_err(ArchiveError::io("create directory", &path))?;
+        }
+        self.chown(std::os::unix::fs::lchown(&path, Some(meta.uid), Some(meta.gid)), &path)?;
+        self.dirs.push((path, meta));
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        entry: &tar::Entry<'_, ChunkReader>,
+        path: &Path,
+        meta: &Meta,
+        name: &str,
+    ) -> Result<(), ArchiveError> {
+        let target = entry.link_name_bytes().map(Cow::into_owned).unwrap_or_default();
+        if target.is_empty() {
+            return Err(rejected(name, Reject::EmptyLinkTarget));
+        }
+        if target.contains(&0) {
+            return Err(rejected(name, Reject::Nul));
+        }
+        std::os::unix::fs::symlink(OsStr::from_bytes(&target), path)
+            .map_err(ArchiveError::io("create symlink", path))?;
+        self.chown(std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)), path)?;
+        filetime::set_symlink_file_times(path, meta.mtime, meta.mtime).map_err(ArchiveError::io("set times of", path))
+    }
+
+    fn fifo(&mut self, path: &Path, meta: &Meta) -> Result<(), ArchiveError> {
+        // mkfifo does not follow a symlink in the last component.
+        nix::unistd::mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR)
+            .map_err(|e| ArchiveError::io("create fifo", path)(e.into()))?;
+        self.chown(std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)), path)?;
+        // chmod follows symlinks, but this is the fifo just made in a verified
+        // directory; the only fd-based way would be opening the fifo.
+        fs::set_permissions(path, Permissions::from_mode(meta.mode)).map_err(ArchiveError::io("chmod", path))?;
+        filetime::set_symlink_file_times(path, meta.mtime, meta.mtime).map_err(ArchiveError::io("set times of", path))
+    }
+
+    fn hard_link(&mut self, entry: &tar::Entry<'_, ChunkReader>, path: &Path, name: &str) -> Result<(), ArchiveError> {
+        let raw = entry.link_name_bytes().map(Cow::into_owned).unwrap_or_default();
+        let bad = |why| rejected(name, Reject::HardLinkTarget { target: lossy(&raw), why });
+        let target = normalise(&raw).map_err(|reason| {
+            bad(match reason {
+                Reject::Absolute => "is absolute",
+                Reject::ParentDir => "has a '..' component",
+                _ => "contains a NUL byte",
+            })
+        })?;
+        if !target.starts_with(b"rootfs/") {
+            return Err(bad("is not inside rootfs/"));
+        }
+        if self.seen.get(&target[..]) != Some(&Kind::File) {
+            let through_symlink = (0..target.len())
+                .filter(|&i| target[i] == b'/')
+                .any(|end| self.seen.get(&target[..end]) == Some(&Kind::Symlink));
+            return Err(bad(if through_symlink {
+                "goes through a symlink"
+            } else {
+                "is not a regular file extracted earlier in the archive"
+            }));
+        }
+        // Defence in depth, as for parents: the target on disk must be that
+        // regular file. (linkat without AT_SYMLINK_FOLLOW would link a
+        // symlink itself, not its target, but no symlink belongs here.)
+        let target_path = self.dest.join(OsStr::from_bytes(&target));
+        let md = fs::symlink_metadata(&target_path).map_err(ArchiveError::io("stat", &target_path))?;
+        if !md.file_type().is_file() {
+            return Err(bad("is not a regular file on disk"));
+        }
+        fs::hard_link(&target_path, path).map_err(ArchiveError::io("create hard link", path))
+    }
+
+    /// Tolerates EPERM from chown when not root: an unprivileged extraction
+    /// cannot give files away, and owns them instead.
+    fn chown(&self, result: io::Result<()>, path: &Path) -> Result<(), ArchiveError> {
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && !self.is_root => Ok(()),
+            Err(e) => Err(ArchiveError::io("chown", path)(e)),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    fn finish(mut self) -> Result<Unpacked, ArchiveError> {
+        let manifest = self.manifest.take().ok_or(ArchiveError::NoManifest)?;
+        if !self.seen.contains_key(ROOTFS) {
+            self.implicit_dir(ROOTFS)?;
+        }
+        // Directories last, deepest first: writing their contents changed
+        // their mtimes, and a read-only mode would have blocked the writing.
+        // chmod follows symlinks, but each of these was made by mkdir and
+        // nothing can have replaced it (duplicates are refused).
+        for (path, meta) in self.dirs.iter().rev() {
+            fs::set_permissions(path, Permissions::from_mode(meta.mode)).map_err(ArchiveError::io("chmod", path))?;
+            filetime::set_symlink_file_times(path, meta.mtime, meta.mtime)
+                .map_err(ArchiveError::io("set times of", path))?;
+        }
+        Ok(manifest)
+    }
+}
+
+/// Length of the whole leading components `a` and `b` share: 8 (`rootfs/a`)
+/// for `rootfs/a/b` and `rootfs/a/c`, 6 for `rootfs/a` and `rootfs/ab`.
+fn shared_dirs(a: &[u8], b: &[u8]) -> usize {
+    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let boundary = |p: &[u8]| common == p.len() || p[common] == b'/';
+    if boundary(a) && boundary(b) {
+        common
+    } else {
+        a[..common].iter().rposition(|&c| c == b'/').unwrap_or(0)
+    }
+}
+
+/// Normalises an archive path to `a/b/c`: `.` and empty components are
+/// dropped; absolute paths, `..` and NUL are refused. The root is `""`.
+fn normalise(raw: &[u8]) -> Result<Vec<u8>, Reject> {
+    if raw.contains(&0) {
+        return Err(Reject::Nul);
+    }
+    if raw.first() == Some(&b'/') {
+        return Err(Reject::Absolute);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for component in raw.split(|&b| b == b'/') {
+        match component {
+            b"" | b"." => continue,
+            b".." => return Err(Reject::ParentDir),
+            _ => {}
+        }
+        if !out.is_empty() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(component);
+    }
+    Ok(out)
+}
+
+fn header_meta(header: &tar::Header, name: &str) -> Result<Meta, ArchiveError> {
+    let uid = header.uid().map_err(|e| malformed_at(name, e))?;
+    let gid = header.gid().map_err(|e| malformed_at(name, e))?;
+    let mtime = header.mtime().map_err(|e| malformed_at(name, e))?;
+    Ok(Meta {
+        mode: header.mode().map_err(|e| malformed_at(name, e))? & 0o7777,
+        uid: u32::try_from(uid).map_err(|_| rejected(name, Reject::IdOutOfRange(uid)))?,
+        gid: u32::try_from(gid).map_err(|_| rejected(name, Reject::IdOutOfRange(gid)))?,
+        mtime: FileTime::from_unix_time(i64::try_from(mtime).unwrap_or(i64::MAX), 0),
+    })
+}
+
+/// Creates a file that must not exist yet, never following a symlink.
+fn create_new(path: &Path, mode: u32) -> Result<File, ArchiveError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(path)
+        .map_err(ArchiveError::io("create", path))?;
+    Ok(file)
+}
+
+/// Reads until `buf` is full or the data ends.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn lossy(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+fn rejected(name: &str, reason: Reject) -> ArchiveError {
+    ArchiveError::Rejected { path: name.to_owned(), reason }
+}
+
+fn malformed(after: Option<&str>, source: io::Error) -> ArchiveError {
+    let context = match after {
+        Some(name) => format!("after entry {name:?}"),
+        None => "at its start".to_owned(),
+    };
+    ArchiveError::Tar { context, source }
+}
+
+fn malformed_at(name: &str, source: io::Error) -> ArchiveError {
+    ArchiveError::Tar { context: format!("at entry {name:?}"), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_paths() {
+        assert_eq!(normalise(b"./rootfs//a/./b/").as_deref(), Ok(&b"rootfs/a/b"[..]));
+        assert_eq!(normalise(b"./").as_deref(), Ok(&b""[..]));
+        assert_eq!(normalise(b"/rootfs"), Err(Reject::Absolute));
+        assert_eq!(normalise(b"rootfs/a/../b"), Err(Reject::ParentDir));
+        assert_eq!(normalise(b"rootfs/.../..a").as_deref(), Ok(&b"rootfs/.../..a"[..]));
+        assert_eq!(normalise(b"rootfs/\x00"), Err(Reject::Nul));
+    }
+
+    #[test]
+    fn finds_shared_directories() {
+        assert_eq!(shared_dirs(b"rootfs/a/b", b"rootfs/a/c"), 8);
+        assert_eq!(shared_dirs(b"rootfs/a", b"rootfs/ab"), 6);
+        assert_eq!(shared_dirs(b"rootfs/ab", b"rootfs/ac"), 6);
+        assert_eq!(shared_dirs(b"rootfs/a/b", b"rootfs/a"), 8);
+        assert_eq!(shared_dirs(b"rootfs", b"rootfs/a"), 6);
+        assert_eq!(shared_dirs(b"x", b"y"), 0);
+    }
+}

@@ -1,0 +1,258 @@
+//! ACI archives: packing a rootfs into an image and extracting untrusted
+//! images safely.
+//!
+//! An ACI is a tar — zstd-, gzip- or un-compressed — holding exactly a
+//! `manifest` file and a `rootfs/` tree. Its image ID is the SHA-512 of the
+//! whole uncompressed tar stream, read to EOF, so it equals `sha512sum` of
+//! the decompressed file.
+//!
+//! Extraction is a pipeline of three threads joined by bounded channels of
+//! large chunks ([`stream`]): the calling thread reads, decompresses and
+//! counts the stream; a second hashes it; a third parses the tar and writes
+//! files ([`extract`]). Everything in an archive is treated as hostile; see
+//! [`extract`] for the rules.
+
+mod extract;
+mod pack;
+mod stream;
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use spec::{ImageId, ImageManifest, ManifestError};
+
+use crate::exit::{Exit, ExitCodeOf};
+
+/// Compression of an ACI file, detected from its magic bytes when reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl Compression {
+    /// Detects the compression from the first bytes of a file: zstd
+    /// (`28 B5 2F FD`), gzip (`1F 8B`), otherwise a plain tar.
+    pub fn detect(magic: &[u8]) -> Self {
+        if magic.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
+            Self::Zstd
+        } else if magic.starts_with(&[0x1F, 0x8B]) {
+            Self::Gzip
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// Caps applied while reading an untrusted archive.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest uncompressed tar accepted (decompression-bomb guard).
+    pub max_uncompressed: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_uncompressed: 4 << 30 }
+    }
+}
+
+/// What extraction found.
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    pub id: ImageId,
+    pub manifest: ImageManifest,
+    pub manifest_bytes: Vec<u8>,
+    pub uncompressed_size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// A local file operation failed (not the archive's fault).
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the (compressed) image itself failed.
+    #[error("reading the image: {0}")]
+    Read(#[source] io::Error),
+    #[error("corrupt or truncated {format} stream: {source}")]
+    Decompress {
+        format: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("uncompressed image is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("malformed tar {context}: {source}")]
+    Tar {
+        /// Where in the archive, e.g. `at entry "rootfs/bin"`.
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("truncated archive: {0}")]
+    Truncated(String),
+    #[error("archive has no manifest")]
+    NoManifest,
+    #[error("invalid image manifest: {0}")]
+    Manifest(#[from] ManifestError),
+    /// An entry that is hostile or outside the ACI format.
+    #[error("archive entry {path:?}: {reason}")]
+    Rejected { path: String, reason: Reject },
+    #[error("extraction directory {path} is not empty")]
+    DestNotEmpty { path: String },
+    /// A file in a rootfs being packed that an image cannot hold.
+    #[error("cannot pack {path}: {kind} files cannot be put in an image")]
+    Unpackable { path: String, kind: &'static str },
+}
+
+/// Why an archive entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("absolute paths are not allowed")]
+    Absolute,
+    #[error("'..' path components are not allowed")]
+    ParentDir,
+    #[error("path contains a NUL byte")]
+    Nul,
+    #[error("only \"manifest\" and \"rootfs/\" may be at the top of an image")]
+    UnexpectedTopLevel,
+    #[error("must be a regular file")]
+    NotRegular,
+    #[error("must be a directory")]
+    NotDirectory,
+    #[error("path goes through the symlink {link:?} created earlier in the archive")]
+    ThroughSymlink { link: String },
+    #[error("parent {parent:?} is not a directory")]
+    ParentNotDirectory { parent: String },
+    #[error("{found} found on disk at {at:?} where a directory was extracted")]
+    UnexpectedOnDisk { at: String, found: &'static str },
+    #[error("duplicate entry")]
+    Duplicate,
+    #[error("{kind} device nodes are not allowed in images")]
+    Device { kind: &'static str },
+    #[error("unsupported entry type {0:?}")]
+    UnsupportedType(char),
+    #[error("symlink has an empty target")]
+    EmptyLinkTarget,
+    #[error("hard link target {target:?} {why}")]
+    HardLinkTarget { target: String, why: &'static str },
+    #[error("owner {0} does not fit in 32 bits")]
+    IdOutOfRange(u64),
+}
+
+impl ArchiveError {
+    fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Self + 'a {
+        move |source| Self::Io { op, path: path.display().to_string(), source }
+    }
+}
+
+impl ExitCodeOf for ArchiveError {
+    fn exit(&self) -> Exit {
+        match self {
+            Self::Io { .. } | Self::Read(_) | Self::DestNotEmpty { .. } => Exit::Failure,
+            Self::Decompress { .. }
+            | Self::TooLarge { .. }
+            | Self::Tar { .. }
+            | Self::Truncated(_)
+            | Self::NoManifest
+            | Self::Manifest(_)
+            | Self::Rejected { .. }
+            | Self::Unpackable { .. } => Exit::InvalidInput,
+        }
+    }
+}
+
+/// How many chunks may wait between two stages of a pipeline. Small: it only
+/// has to absorb jitter between the threads, and it bounds memory use.
+const QUEUE_DEPTH: usize = 4;
+
+/// Extracts an ACI from `src` (zstd, gzip or plain tar) into the empty
+/// directory `dest`, which receives `manifest` and `rootfs/`.
+///
+/// On error `dest` may hold a partial tree, never anything outside it; the
+/// caller removes it.
+pub fn extract_aci(src: impl Read, dest: &Path, limits: &Limits) -> Result<Extracted, ArchiveError> {
+    let mut listing = std::fs::read_dir(dest).map_err(ArchiveError::io("read directory", dest))?;
+    if listing.next().is_some() {
+        return Err(ArchiveError::DestNotEmpty { path: dest.display().to_string() });
+    }
+    let mut pump = stream::Decompressor::new(src, limits)?;
+    let (to_hash, hash_rx) = mpsc::sync_channel(QUEUE_DEPTH);
+    let (to_tar, tar_rx) = mpsc::sync_channel(QUEUE_DEPTH);
+    let (recycle_tx, recycle_rx) = mpsc::channel();
+    // Three stages, each on its own thread: decompress | hash | untar. `src`
+    // need not be `Send`, so decompression stays on this thread.
+    let (pumped, id, unpacked) = thread::scope(|s| {
+        let untar = move || extract::unpack(stream::ChunkReader::new(tar_rx, recycle_tx), dest);
+        // Should a spawn fail, the channels moved into it close and the
+        // threads already running end on their own.
+        let tar = spawn(s, "aci-untar", untar)?;
+        let hasher = spawn(s, "aci-hash", stream::hasher(hash_rx, stream::AfterHash::Tar(to_tar)))?;
+        let pumped = pump.pump_into(&to_hash, &recycle_rx);
+        drop(to_hash);
+        Ok::<_, ArchiveError>((pumped, join(hasher), join(tar)))
+    })?;
+    // A decompression error explains whatever the tar side then saw (a cut
+    // stream), so it wins; otherwise the tar side's verdict stands.
+    pumped?;
+    let unpacked = unpacked?;
+    let uncompressed_size = pump.size();
+    tracing::debug!(id = id.as_str(), uncompressed_size, dest = %dest.display(), "extracted image");
+    Ok(Extracted { id, manifest: unpacked.manifest, manifest_bytes: unpacked.manifest_bytes, uncompressed_size })
+}
+
+/// Decompresses and hashes an ACI without extracting it: its image ID and
+/// uncompressed size.
+pub fn image_id_of(src: impl Read, limits: &Limits) -> Result<(ImageId, u64), ArchiveError> {
+    let mut pump = stream::Decompressor::new(src, limits)?;
+    let (to_hash, hash_rx) = mpsc::sync_channel(QUEUE_DEPTH);
+    let (recycle_tx, recycle_rx) = mpsc::channel();
+    let (pumped, id) = thread::scope(|s| {
+        let hasher = spawn(s, "aci-hash", stream::hasher(hash_rx, stream::AfterHash::Recycle(recycle_tx)))?;
+        let pumped = pump.pump_into(&to_hash, &recycle_rx);
+        drop(to_hash);
+        Ok::<_, ArchiveError>((pumped, join(hasher)))
+    })?;
+    pumped?;
+    Ok((id, pump.size()))
+}
+
+fn spawn<'s, T: Send + 's>(
+    scope: &'s thread::Scope<'s, '_>,
+    name: &'static str,
+    f: impl FnOnce() -> T + Send + 's,
+) -> Result<thread::ScopedJoinHandle<'s, T>, ArchiveError> {
+    thread::Builder::new().name(name.to_owned()).spawn_scoped(scope, f).map_err(|source| ArchiveError::Io {
+        op: "start thread",
+        path: name.to_owned(),
+        source,
+    })
+}
+
+/// Joins a pipeline thread. A panic there is a bug: it is re-raised here
+/// rather than turned into an error.
+fn join<T>(handle: thread::ScopedJoinHandle<'_, T>) -> T {
+    handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Writes `manifest` and the directory `rootfs` as an ACI to `out`; returns
+/// the image ID (hash of the uncompressed tar).
+pub fn pack_aci(
+    manifest: &ImageManifest,
+    rootfs: &Path,
+    out: impl Write,
+    compression: Compression,
+) -> Result<ImageId, ArchiveError> {
+    pack::pack(manifest, rootfs, out, compression)
+}
