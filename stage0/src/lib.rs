@@ -9,6 +9,7 @@ pub mod exit;
 pub mod fetch;
 pub mod keys;
 pub mod paths;
+pub mod pods;
 pub mod render;
 pub mod sources;
 pub mod store;
