@@ -5,6 +5,9 @@
 pub mod id;
 pub mod manifest;
 pub mod name;
+pub mod stage1;
+pub mod pod;
+pub mod unit;
 
 pub use id::{ImageId, ImageIdError};
 pub use manifest::{App, Dependency, ImageManifest, Label, ManifestError, MAX_MANIFEST_BYTES};

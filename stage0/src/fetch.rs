@@ -254,6 +254,11 @@ impl<'a> Fetcher<'a> {
         Ok(Self { store, trust, sources, opts, client: None, _lock: lock })
     }
 
+    /// The store this fetcher imports into.
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
     /// Fetches `r` and its dependencies, then renders the flattened tree.
     pub fn fetch(&mut self, r: &ImageRef) -> Result<Fetched, FetchError> {
         let (meta, added) = match r {

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod keys;
 pub mod paths;
 pub mod pods;
+pub mod prepare;
 pub mod render;
 pub mod sources;
 pub mod store;

@@ -1,0 +1,123 @@
+//! The pod file as serde_yaml sees it: the shape of the YAML with unknown
+//! fields denied. Leaves stay the text the user wrote (serde_yaml gives any
+//! scalar to a `String` verbatim: `cpu: 0.5` is "0.5", `host: 8080` is
+//! "8080"), so `check` parses them with messages and positions of its own.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a pod: a mapping with name, apps and optionally isolation, network, accel, volumes, annotations"
+)]
+pub(super) struct Pod {
+    pub name: String,
+    #[serde(default)]
+    pub isolation: Option<String>,
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub accel: Option<String>,
+    pub apps: Vec<App>,
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", expecting = "an app: a mapping with name, image, ...")]
+pub(super) struct App {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub exec: Option<Vec<String>>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub working_directory: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub after: Vec<String>,
+    #[serde(default)]
+    pub requires: Vec<String>,
+    #[serde(default)]
+    pub readiness: Option<Readiness>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    #[serde(default)]
+    pub restart: Option<String>,
+    #[serde(default)]
+    pub stop_timeout: Option<String>,
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a readiness probe: { tcp: PORT } or { exec: [ARGV...] }, optional timeout")]
+pub(super) struct Readiness {
+    #[serde(default)]
+    pub tcp: Option<String>,
+    #[serde(default)]
+    pub exec: Option<Vec<String>>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a port mapping: { name: PORT-NAME, host: PORT }, optional hostIP, protocol")]
+pub(super) struct Port {
+    pub name: String,
+    pub host: String,
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "resources: { memory: SIZE, cpu: CPUS, pids: COUNT }")]
+pub(super) struct Resources {
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub cpu: Option<String>,
+    #[serde(default)]
+    pub pids: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mount: { volume: NAME, path: /ABS }, optional readOnly"
+)]
+pub(super) struct Mount {
+    pub volume: String,
+    pub path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a volume: { name: NAME, kind: empty } or { name: NAME, kind: host, source: /ABS, readOnly: BOOL }"
+)]
+pub(super) struct Volume {
+    pub name: String,
+    pub kind: String,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub read_only: Option<bool>,
+}

@@ -1,0 +1,192 @@
+//! The stage0 → stage1 contract: two JSON files in the pod directory.
+//!
+//! - `pod.json` ([`ResolvedPod`]): the frozen, fully resolved pod — every
+//!   image by ID and rendered tree, every app's exec, user, environment and
+//!   ports merged from its image and the pod file. What runs.
+//! - `stage1.json` ([`Invocation`]): how to run it on this host — versioned,
+//!   with host paths (stage2 binary, CNI directories). A stage1 that meets a
+//!   version or an option it cannot honour fails; nothing is dropped.
+//!
+//! stage1 is exec'd as `<stage1 binary> <pod directory>` with the pod's lock
+//! fd inherited (its number in `POD_LOCK_FD`); holding it keeps the pod
+//! `running`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::ImageId;
+use crate::name::{AcIdentifier, AcName};
+
+/// The invocation version this build writes and reads.
+pub const INVOCATION_VERSION: u32 = 1;
+pub const INVOCATION_FILE: &str = "stage1.json";
+pub const POD_MANIFEST_FILE: &str = "pod.json";
+/// Environment variable naming the inherited pod lock fd.
+pub const LOCK_FD_ENV: &str = "POD_LOCK_FD";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    Namespace,
+    Vm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    Never,
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Network {
+    /// Loopback only.
+    None,
+    /// The host's network namespace.
+    Host,
+    /// A CNI network by name (`default` is the built-in bridge).
+    Cni { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Probe {
+    Tcp(u16),
+    Exec(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Readiness {
+    pub probe: Probe,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Port {
+    pub name: AcName,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    pub container_port: u16,
+    pub host_port: u16,
+    pub host_ip: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mount {
+    pub volume: AcName,
+    pub path: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum VolumeSource {
+    /// `volumes/<name>` in the pod directory, created by stage0.
+    Empty,
+    /// A host directory.
+    Host { path: PathBuf, read_only: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Volume {
+    pub name: AcName,
+    pub source: VolumeSource,
+}
+
+/// One app, fully resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct App {
+    pub name: AcName,
+    pub image_name: AcIdentifier,
+    pub image_id: ImageId,
+    /// The rendered tree: the read-only lower layer of the app's rootfs.
+    pub tree: PathBuf,
+    pub exec: Vec<String>,
+    pub user: String,
+    pub group: String,
+    pub supplementary_gids: Vec<u32>,
+    pub working_directory: String,
+    /// In order; later entries win.
+    pub env: Vec<(String, String)>,
+    pub after: Vec<AcName>,
+    pub requires: Vec<AcName>,
+    pub readiness: Option<Readiness>,
+    pub restart: Restart,
+    pub stop_timeout_ms: u64,
+    pub resources: Resources,
+    pub ports: Vec<Port>,
+    pub mounts: Vec<Mount>,
+}
+
+/// `pod.json`: what runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResolvedPod {
+    pub uuid: String,
+    pub name: AcName,
+    /// The pod file it came from, for humans.
+    pub source: String,
+    pub isolation: Isolation,
+    pub accel: Accel,
+    pub network: Network,
+    /// In start order (dependencies first).
+    pub apps: Vec<App>,
+    pub volumes: Vec<Volume>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+}
+
+/// `stage1.json`: how to run it on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Invocation {
+    pub version: u32,
+    /// The stage2 PID 1 binary (`pod-init`) on the host.
+    pub stage2: PathBuf,
+    /// Where CNI network configurations live.
+    pub cni_conf_dir: PathBuf,
+    /// Where CNI plugins are looked up.
+    pub cni_plugin_dirs: Vec<PathBuf>,
+    /// Where network namespaces are bind-mounted (one file per pod uuid).
+    pub netns_dir: PathBuf,
+    /// Log debug detail.
+    pub debug: bool,
+}
+
+impl Invocation {
+    /// Checks the version before anything else is trusted.
+    pub fn check_version(&self) -> Result<(), String> {
+        if self.version == INVOCATION_VERSION {
+            Ok(())
+        } else {
+            Err(format!(
+                "stage1 invocation version {} is not supported (this stage1 reads {INVOCATION_VERSION})",
+                self.version
+            ))
+        }
+    }
+}

@@ -1,0 +1,806 @@
+//! Unit files: the stage1 → stage2 contract. stage1 writes one unit per app,
+//! `pod-init` (stage2) reads them. Parsing and rendering only; no I/O.
+//!
+//! # The pod root `pod-init --root DIR` sees
+//!
+//! - `DIR/units/<app>.unit`: one unit per app, named by its appc AC name
+//!   (`[a-z0-9]+(-[a-z0-9]+)*`); at most [`MAX_UNIT_BYTES`] each.
+//! - `DIR/apps/<app>/rootfs`: the app's root filesystem, fully prepared by
+//!   stage1 (its `/proc`, `/dev`, `/sys`, `/etc/hosts` and volumes mounted).
+//! - `DIR/status/` and `DIR/logs/`: `pod-init` writes `status/<app>.json`,
+//!   `status/pod.json` and `logs/<app>.log` there (see stage2-init/README.md).
+//!
+//! # Syntax: a documented subset of systemd's unit files
+//!
+//! ```text
+//! # a comment (a whole line starting with '#' or ';'; there are no trailing comments)
+//! [Unit]
+//! Description=redis
+//! After=db other
+//! Requires=db
+//! [Service]
+//! ExecStart=/usr/bin/redis-server --port 6379 "arg with spaces"
+//! Environment="REDIS_ADDR=127.0.0.1:6379" B=2
+//! WorkingDirectory=/data
+//! User=redis
+//! Group=redis
+//! SupplementaryGroups=audio 44
+//! Restart=on-failure
+//! RestartSec=0.5
+//! TimeoutStopSec=10
+//! [X-Pod]
+//! ReadinessTCP=6379
+//! ReadinessTimeoutSec=60
+//! ```
+//!
+//! - Sections `[Unit]`, `[Service]` and `[X-Pod]`, in any order. An unknown
+//!   section or key is an error, as is a scalar key given twice. Whitespace
+//!   around `=` and at both ends of a value is dropped; there is no line
+//!   continuation.
+//! - `After=`/`Requires=`: app names separated by spaces, repeatable.
+//!   `Requires=` implies `After=`. An app starts once each app it is ordered
+//!   after is *settled*: ready, or exited for good. If a required app ends
+//!   for good as a failure without ever having been ready, the requiring app
+//!   is not started.
+//! - `ExecStart=` (required), `ReadinessExec=`, `Environment=`,
+//!   `SupplementaryGroups=`: words split on spaces and tabs, systemd quoting:
+//!   a word may be wrapped whole in `"..."` or `'...'` (the closing quote must
+//!   end the word); C escapes `\a \b \f \n \r \t \v \\ \" \' \s \xHH` work in
+//!   and outside quotes. Unlike systemd there is no `$VAR` or `%` expansion
+//!   and no `-@+!:` prefixes: `$` and `%` are literal. The first word of a
+//!   command is an absolute path or a bare name looked up in `PATH`.
+//! - `Environment=`: `NAME=VALUE` words, repeatable; a later value for a name
+//!   replaces the earlier one. `Environment=`, `After=`, `Requires=` and
+//!   `SupplementaryGroups=` with an empty value reset the list.
+//! - `User=`/`Group=`: a name or a numeric id, resolved in the app's rootfs
+//!   (`/etc/passwd`, `/etc/group`). Default: root; the group defaults to the
+//!   user's primary group.
+//! - `Restart=no|on-failure|always` (default `no`). `RestartSec=` (default 1)
+//!   is the first backoff; it doubles up to 30 s and is reset once an app
+//!   stays up 10 s. `TimeoutStopSec=` (default 10) is the grace between
+//!   SIGTERM and SIGKILL.
+//! - Durations: seconds as a decimal number (`0.25`), or with an `s` or `ms`
+//!   suffix (`250ms`); at most [`MAX_DURATION`].
+//! - `[X-Pod]`: at most one of `ReadinessTCP=` (`PORT`, meaning
+//!   `127.0.0.1:PORT`, or `ADDR:PORT`: ready once a TCP connection succeeds)
+//!   and `ReadinessExec=` (ready once the command exits 0; it runs in the
+//!   app's rootfs as the app's user). `ReadinessTimeoutSec=` (default 60)
+//!   bounds the wait; an app that is not ready in time counts as failed. An
+//!   app without a readiness check is ready once its program is executing.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::name::{AcName, NameError};
+
+/// A unit file larger than this is rejected.
+pub const MAX_UNIT_BYTES: usize = 1024 * 1024;
+/// The longest duration any key accepts (a year).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+pub const DEFAULT_RESTART_SEC: Duration = Duration::from_secs(1);
+pub const DEFAULT_TIMEOUT_STOP: Duration = Duration::from_secs(10);
+pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One app's unit: what to run, as whom, in which order, and how to supervise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub description: Option<String>,
+    pub after: Vec<AcName>,
+    pub requires: Vec<AcName>,
+    pub exec_start: Vec<String>,
+    /// Unique names, in first-assignment order.
+    pub environment: Vec<(String, String)>,
+    pub working_directory: Option<String>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub supplementary_groups: Vec<String>,
+    pub restart: Restart,
+    pub restart_sec: Duration,
+    pub timeout_stop: Duration,
+    pub readiness: Option<Readiness>,
+}
+
+/// When a finished app is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    No,
+    OnFailure,
+    Always,
+}
+
+/// How to tell that an app is ready, and how long to wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub check: ReadinessCheck,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadinessCheck {
+    /// Ready once a TCP connection to this address succeeds.
+    Tcp(SocketAddr),
+    /// Ready once this command exits 0.
+    Exec(Vec<String>),
+}
+
+/// Why a unit file was rejected: the file, line and key, and the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub kind: UnitErrorKind,
+}
+
+impl fmt::Display for UnitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.kind)
+    }
+}
+
+impl std::error::Error for UnitError {}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitErrorKind {
+    #[error("unit is {len} bytes, the limit is {MAX_UNIT_BYTES}")]
+    TooLarge { len: usize },
+    #[error("expected `[Section]`, `Key=Value`, a comment or an empty line")]
+    Syntax,
+    #[error("unknown section [{0}] (known: [Unit], [Service], [X-Pod])")]
+    UnknownSection(String),
+    #[error("key outside of any section")]
+    NoSection,
+    #[error("unknown key in [{0}]")]
+    UnknownKey(&'static str),
+    #[error("given twice")]
+    Duplicate,
+    #[error("{0}")]
+    Quote(#[from] QuoteError),
+    #[error("{0}")]
+    Name(#[from] NameError),
+    #[error("invalid value {value:?}: {why}")]
+    Invalid { value: String, why: &'static str },
+    #[error("{0} is required")]
+    Missing(&'static str),
+}
+
+/// Why a line could not be split into words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuoteError {
+    #[error("unterminated quote")]
+    Unterminated,
+    #[error("a closing quote must end the word")]
+    AfterQuote,
+    #[error("a quote inside a word: quote the whole word")]
+    InWord,
+    #[error("a backslash at the end of the value")]
+    TrailingBackslash,
+    #[error("unknown escape \\{0}")]
+    BadEscape(char),
+    #[error("a NUL character")]
+    Nul,
+    #[error("escapes make invalid UTF-8")]
+    Utf8,
+}
+
+/// Splits a value into words with systemd's quoting (see the module doc).
+pub fn split_words(s: &str) -> Result<Vec<String>, QuoteError> {
+    let is_space = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n');
+    let mut words = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|&c| is_space(c)).is_some() {}
+        let Some(&first) = chars.peek() else { break };
+        let mut buf = Vec::new();
+        if first == '"' || first == '\'' {
+            chars.next();
+            loop {
+                match chars.next().ok_or(QuoteError::Unterminated)? {
+                    c if c == first => break,
+                    '\\' => unescape(&mut chars, &mut buf)?,
+                    c => push_char(&mut buf, c)?,
+                }
+            }
+            if chars.peek().is_some_and(|&c| !is_space(c)) {
+                return Err(QuoteError::AfterQuote);
+            }
+        } else {
+            while let Some(c) = chars.next_if(|&c| !is_space(c)) {
+                match c {
+                    '"' | '\'' => return Err(QuoteError::InWord),
+                    '\\' => unescape(&mut chars, &mut buf)?,
+                    c => push_char(&mut buf, c)?,
+                }
+            }
+        }
+        words.push(String::from_utf8(buf).map_err(|_| QuoteError::Utf8)?);
+    }
+    Ok(words)
+}
+
+fn push_char(buf: &mut Vec<u8>, c: char) -> Result<(), QuoteError> {
+    if c == '\0' {
+        return Err(QuoteError::Nul);
+    }
+    buf.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    Ok(())
+}
+
+fn unescape(chars: &mut impl Iterator<Item = char>, buf: &mut Vec<u8>) -> Result<(), QuoteError> {
+    let c = chars.next().ok_or(QuoteError::TrailingBackslash)?;
+    let byte = match c {
+        'a' => 7,
+        'b' => 8,
+        'f' => 12,
+        'n' => b'\n',
+        'r' => b'\r',
+        't' => b'\t',
+        'v' => 11,
+        's' => b' ',
+        '\\' | '"' | '\'' => return push_char(buf, c),
+        'x' => {
+            let mut hex = || chars.next().and_then(|h| h.to_digit(16)).ok_or(QuoteError::BadEscape('x'));
+            let value = hex()? * 16 + hex()?;
+            u8::try_from(value).map_err(|_| QuoteError::BadEscape('x'))?
+        }
+        other => return Err(QuoteError::BadEscape(other)),
+    };
+    if byte == 0 {
+        return Err(QuoteError::Nul);
+    }
+    buf.push(byte);
+    Ok(())
+}
+
+/// Quotes one word so that [`split_words`] reads it back unchanged: as is
+/// when that is unambiguous, else in double quotes with escapes.
+pub fn quote_word(word: &str) -> Cow<'_, str> {
+    let plain = |c: char| !(c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'));
+    if !word.is_empty() && word.chars().all(plain) {
+        return Cow::Borrowed(word);
+    }
+    let mut out = String::with_capacity(word.len() + 2);
+    out.push('"');
+    for c in word.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                    out.push_str(&format!("\\x{b:02x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    Cow::Owned(out)
+}
+
+/// Joins words with single spaces, quoting each as needed.
+pub fn join_words<S: AsRef<str>>(words: &[S]) -> String {
+    words.iter().map(|w| quote_word(w.as_ref())).collect::<Vec<_>>().join(" ")
+}
+
+/// Parses a duration: decimal seconds, or with an `s` or `ms` suffix.
+/// Exact (no floating point), so rendering round-trips.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    // Seconds carry 9 fractional digits of nanoseconds, milliseconds 6.
+    let (number, scale_digits) = match s.strip_suffix("ms") {
+        Some(n) => (n, 6u32),
+        None => (s.strip_suffix('s').unwrap_or(s), 9u32),
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || !digits(frac) || frac.len() > scale_digits as usize || int.len() > 12 {
+        return None;
+    }
+    let frac_padded = format!("{frac:0<width$}", width = scale_digits as usize);
+    let nanos: u128 = int.parse::<u128>().ok()? * 10u128.pow(scale_digits) + frac_padded.parse::<u128>().ok()?;
+    let d = Duration::new(u64::try_from(nanos / 1_000_000_000).ok()?, u32::try_from(nanos % 1_000_000_000).ok()?);
+    (d <= MAX_DURATION).then_some(d)
+}
+
+/// Renders a duration as decimal seconds, exactly.
+pub fn render_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        return d.as_secs().to_string();
+    }
+    let frac = format!("{:09}", d.subsec_nanos());
+    format!("{}.{}", d.as_secs(), frac.trim_end_matches('0'))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Unit,
+    Service,
+    Pod,
+}
+
+impl Unit {
+    /// A unit running `exec_start` with every other setting at its default.
+    pub fn new(exec_start: Vec<String>) -> Unit {
+        Unit {
+            description: None,
+            after: Vec::new(),
+            requires: Vec::new(),
+            exec_start,
+            environment: Vec::new(),
+            working_directory: None,
+            user: None,
+            group: None,
+            supplementary_groups: Vec::new(),
+            restart: Restart::No,
+            restart_sec: DEFAULT_RESTART_SEC,
+            timeout_stop: DEFAULT_TIMEOUT_STOP,
+            readiness: None,
+        }
+    }
+
+    /// The apps this one starts after: `After=` and `Requires=`, without
+    /// repeats.
+    pub fn dependencies(&self) -> Vec<&AcName> {
+        let mut deps: Vec<&AcName> = Vec::new();
+        for name in self.after.iter().chain(&self.requires) {
+            if !deps.contains(&name) {
+                deps.push(name);
+            }
+        }
+        deps
+    }
+
+    /// Parses a unit; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Unit, UnitError> {
+        let err = |line: Option<usize>, key: Option<&str>, kind: UnitErrorKind| UnitError {
+            file: file.to_owned(),
+            line,
+            key: key.map(str::to_owned),
+            kind,
+        };
+        if text.len() > MAX_UNIT_BYTES {
+            return Err(err(None, None, UnitErrorKind::TooLarge { len: text.len() }));
+        }
+        let mut unit = Unit::new(Vec::new());
+        let mut section = None;
+        let mut seen: Vec<&str> = Vec::new();
+        let (mut readiness_timeout, mut readiness_check) = (None, None);
+        for (index, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            let lineno = Some(index + 1);
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = Some(match name {
+                    "Unit" => Section::Unit,
+                    "Service" => Section::Service,
+                    "X-Pod" => Section::Pod,
+                    other => return Err(err(lineno, None, UnitErrorKind::UnknownSection(other.to_owned()))),
+                });
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(err(lineno, None, UnitErrorKind::Syntax));
+            };
+            let (key, value) = (key.trim_end(), value.trim_start());
+            let fail = |kind| err(lineno, Some(key), kind);
+            let Some(section) = section else { return Err(fail(UnitErrorKind::NoSection)) };
+            let known = match section {
+                Section::Unit => &["Description", "After", "Requires"][..],
+                Section::Service => &[
+                    "ExecStart",
+                    "Environment",
+                    "WorkingDirectory",
+                    "User",
+                    "Group",
+                    "SupplementaryGroups",
+                    "Restart",
+                    "RestartSec",
+                    "TimeoutStopSec",
+                ][..],
+                Section::Pod => &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec"][..],
+            };
+            let Some(&key_static) = known.iter().find(|k| **k == key) else {
+                let name = match section {
+                    Section::Unit => "Unit",
+                    Section::Service => "Service",
+                    Section::Pod => "X-Pod",
+                };
+                return Err(fail(UnitErrorKind::UnknownKey(name)));
+            };
+            let is_list = matches!(key, "After" | "Requires" | "Environment" | "SupplementaryGroups");
+            if !is_list {
+                if seen.contains(&key_static) {
+                    return Err(fail(UnitErrorKind::Duplicate));
+                }
+                seen.push(key_static);
+            }
+            let invalid = |why| fail(UnitErrorKind::Invalid { value: value.to_owned(), why });
+            let words = || split_words(value).map_err(|e| fail(e.into()));
+            let duration = |positive: bool| match parse_duration(value) {
+                Some(d) if !positive || !d.is_zero() => Ok(d),
+                _ if positive => Err(invalid("expected a positive number of seconds, at most a year")),
+                _ => Err(invalid("expected a number of seconds, at most a year")),
+            };
+            match key {
+                "Description" => unit.description = Some(value.to_owned()),
+                "After" | "Requires" => {
+                    let list = if key == "After" { &mut unit.after } else { &mut unit.requires };
+                    if value.is_empty() {
+                        list.clear();
+                    }
+                    for word in words()? {
+                        list.push(AcName::new(word).map_err(|e| fail(e.into()))?);
+                    }
+                }
+                "ExecStart" => unit.exec_start = command(words()?).map_err(invalid)?,
+                "ReadinessExec" => readiness_check = Some(ReadinessCheck::Exec(command(words()?).map_err(invalid)?)),
+                "Environment" => {
+                    if value.is_empty() {
+                        unit.environment.clear();
+                    }
+                    for word in words()? {
+                        let (name, val) = word.split_once('=').filter(|(n, _)| env_name_ok(n)).ok_or_else(|| {
+                            fail(UnitErrorKind::Invalid { value: word.clone(), why: "expected NAME=VALUE" })
+                        })?;
+                        match unit.environment.iter_mut().find(|(n, _)| n == name) {
+                            Some(slot) => slot.1 = val.to_owned(),
+                            None => unit.environment.push((name.to_owned(), val.to_owned())),
+                        }
+                    }
+                }
+                "WorkingDirectory" => {
+                    if !value.starts_with('/') || value.chars().any(char::is_control) {
+                        return Err(invalid("expected an absolute path"));
+                    }
+                    unit.working_directory = Some(value.to_owned());
+                }
+                "User" | "Group" => {
+                    if !account_ok(value) {
+                        return Err(invalid("expected a user or group name, or a numeric id"));
+                    }
+                    *(if key == "User" { &mut unit.user } else { &mut unit.group }) = Some(value.to_owned());
+                }
+                "SupplementaryGroups" => {
+                    if value.is_empty() {
+                        unit.supplementary_groups.clear();
+                    }
+                    for word in words()? {
+                        if !account_ok(&word) {
+                            return Err(fail(UnitErrorKind::Invalid { value: word, why: "expected a group or gid" }));
+                        }
+                        unit.supplementary_groups.push(word);
+                    }
+                }
+                "Restart" => {
+                    unit.restart = match value {
+                        "no" => Restart::No,
+                        "on-failure" => Restart::OnFailure,
+                        "always" => Restart::Always,
+                        _ => return Err(invalid("expected no, on-failure or always")),
+                    }
+                }
+                "RestartSec" => unit.restart_sec = duration(false)?,
+                "TimeoutStopSec" => unit.timeout_stop = duration(true)?,
+                "ReadinessTimeoutSec" => readiness_timeout = Some((duration(true)?, lineno, value)),
+                "ReadinessTCP" => {
+                    readiness_check = Some(ReadinessCheck::Tcp(
+                        tcp_addr(value)
+                            .ok_or_else(|| invalid("expected PORT (meaning 127.0.0.1:PORT) or ADDR:PORT"))?,
+                    ))
+                }
+                // Every key in `known` has an arm above.
+                _ => return Err(fail(UnitErrorKind::UnknownKey("Service"))),
+            }
+            if seen.contains(&"ReadinessTCP") && seen.contains(&"ReadinessExec") {
+                return Err(invalid("ReadinessTCP and ReadinessExec exclude each other"));
+            }
+        }
+        if unit.exec_start.is_empty() {
+            return Err(err(None, None, UnitErrorKind::Missing("ExecStart in [Service]")));
+        }
+        unit.readiness = match (readiness_check, readiness_timeout) {
+            (Some(check), timeout) => {
+                Some(Readiness { check, timeout: timeout.map_or(DEFAULT_READINESS_TIMEOUT, |(t, _, _)| t) })
+            }
+            (None, Some((_, line, value))) => {
+                let why = "needs ReadinessTCP or ReadinessExec";
+                let kind = UnitErrorKind::Invalid { value: value.to_owned(), why };
+                return Err(err(line, Some("ReadinessTimeoutSec"), kind));
+            }
+            (None, None) => None,
+        };
+        Ok(unit)
+    }
+
+    /// Renders the unit; [`Unit::parse`] reads it back equal. The
+    /// description is trimmed and kept to one line.
+    pub fn render(&self) -> String {
+        fn line(out: &mut String, key: &str, value: &str) {
+            out.push_str(key);
+            out.push('=');
+            out.push_str(value);
+            out.push('\n');
+        }
+        let mut out = String::from("[Unit]\n");
+        if let Some(description) = &self.description {
+            line(&mut out, "Description", description.replace(['\n', '\r'], " ").trim());
+        }
+        if !self.after.is_empty() {
+            line(&mut out, "After", &join_words(&self.after));
+        }
+        if !self.requires.is_empty() {
+            line(&mut out, "Requires", &join_words(&self.requires));
+        }
+        out.push_str("[Service]\n");
+        line(&mut out, "ExecStart", &join_words(&self.exec_start));
+        for (name, value) in &self.environment {
+            line(&mut out, "Environment", &quote_word(&format!("{name}={value}")));
+        }
+        let optional = [("WorkingDirectory", &self.working_directory), ("User", &self.user), ("Group", &self.group)];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                line(&mut out, key, value);
+            }
+        }
+        if !self.supplementary_groups.is_empty() {
+            line(&mut out, "SupplementaryGroups", &join_words(&self.supplementary_groups));
+        }
+        let restart = match self.restart {
+            Restart::No => "no",
+            Restart::OnFailure => "on-failure",
+            Restart::Always => "always",
+        };
+        line(&mut out, "Restart", restart);
+        line(&mut out, "RestartSec", &render_duration(self.restart_sec));
+        line(&mut out, "TimeoutStopSec", &render_duration(self.timeout_stop));
+        if let Some(readiness) = &self.readiness {
+            out.push_str("[X-Pod]\n");
+            match &readiness.check {
+                ReadinessCheck::Tcp(addr) if addr.ip() == Ipv4Addr::LOCALHOST => {
+                    line(&mut out, "ReadinessTCP", &addr.port().to_string())
+                }
+                ReadinessCheck::Tcp(addr) => line(&mut out, "ReadinessTCP", &addr.to_string()),
+                ReadinessCheck::Exec(argv) => line(&mut out, "ReadinessExec", &join_words(argv)),
+            }
+            line(&mut out, "ReadinessTimeoutSec", &render_duration(readiness.timeout));
+        }
+        out
+    }
+}
+
+fn command(words: Vec<String>) -> Result<Vec<String>, &'static str> {
+    let Some(first) = words.first() else { return Err("expected a command") };
+    if first.starts_with(['-', '@', '+', '!', ':']) {
+        return Err("systemd command prefixes (-@+!:) are not supported");
+    }
+    if !first.starts_with('/') && first.contains('/') {
+        return Err("the program must be an absolute path or a bare name looked up in PATH");
+    }
+    Ok(words)
+}
+
+fn env_name_ok(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b == b'_' || b.is_ascii_alphabetic())
+        && bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
+}
+
+fn account_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && !s.starts_with('-')
+        && s.chars().all(|c| !(c.is_whitespace() || c.is_control() || matches!(c, ':' | ',' | '/' | '"' | '\'' | '\\')))
+}
+
+fn tcp_addr(value: &str) -> Option<SocketAddr> {
+    let addr = match value.parse::<u16>() {
+        Ok(port) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Err(_) => value.parse().ok()?,
+    };
+    (addr.port() != 0).then_some(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        split_words(s).expect(s)
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(
+            words(r#"/bin/redis --port 6379 "arg with spaces""#),
+            ["/bin/redis", "--port", "6379", "arg with spaces"]
+        );
+        assert_eq!(words("  a\t b  "), ["a", "b"]);
+        assert_eq!(words(r#"'it"s' "it's" "" ''"#), ["it\"s", "it's", "", ""]);
+        assert_eq!(words(r#"a\sb "x\ny" \x41\t 'q\'q' \\"#), ["a b", "x\ny", "A\t", "q'q", "\\"]);
+        assert_eq!(words(r#""\xc3\xa9" é $HOME %n"#), ["é", "é", "$HOME", "%n"]);
+        assert_eq!(words(""), Vec::<String>::new());
+        for (bad, e) in [
+            (r#""open"#, QuoteError::Unterminated),
+            (r#""a"b"#, QuoteError::AfterQuote),
+            (r#"a"b""#, QuoteError::InWord),
+            (r#"don't"#, QuoteError::InWord),
+            ("a\\", QuoteError::TrailingBackslash),
+            (r"\q", QuoteError::BadEscape('q')),
+            (r"\x4", QuoteError::BadEscape('x')),
+            (r"\x00", QuoteError::Nul),
+            (r"\xff", QuoteError::Utf8),
+        ] {
+            assert_eq!(split_words(bad), Err(e), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quote_round_trip() {
+        let cases = [
+            "plain",
+            "",
+            "two words",
+            "it's",
+            "say \"hi\"",
+            "back\\slash",
+            "tab\there",
+            "nl\nx",
+            "\u{1}\u{85}",
+            "é",
+            "$x%",
+        ];
+        for case in cases {
+            assert_eq!(words(&quote_word(case)), [case], "{case:?} -> {}", quote_word(case));
+        }
+        assert_eq!(quote_word("plain"), "plain");
+        assert_eq!(words(&join_words(&cases)), cases);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_duration("0.05"), Some(Duration::from_millis(50)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5ms"), Some(Duration::from_micros(1500)));
+        for bad in ["", "-1", "1e3", ".5", "1.", "x", "1min", "31536001", "0.0000000001"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        for d in [Duration::ZERO, Duration::from_millis(1500), Duration::new(3, 1), Duration::from_secs(30)] {
+            assert_eq!(parse_duration(&render_duration(d)), Some(d));
+        }
+        assert_eq!(render_duration(Duration::from_millis(100)), "0.1");
+    }
+
+    const FULL: &str = r#"
+# redis, started after db
+[Unit]
+Description = redis cache
+After=db
+After=other
+Requires=db
+[Service]
+ExecStart=/usr/bin/redis-server --port 6379 "arg with spaces"
+Environment="REDIS_ADDR=127.0.0.1:6379" "B=2"
+Environment=B=3 C=
+WorkingDirectory=/data
+User=redis
+Group=1000
+SupplementaryGroups=audio 44
+Restart=on-failure
+RestartSec=0.5
+TimeoutStopSec=3
+; a comment
+[X-Pod]
+ReadinessExec=redis-cli ping
+ReadinessTimeoutSec=5
+"#;
+
+    #[test]
+    fn parse_full() {
+        let u = Unit::parse(FULL, "redis.unit").expect("parse");
+        assert_eq!(u.description.as_deref(), Some("redis cache"));
+        assert_eq!(u.after.iter().map(AcName::as_str).collect::<Vec<_>>(), ["db", "other"]);
+        assert_eq!(u.dependencies().len(), 2);
+        assert_eq!(u.exec_start[3], "arg with spaces");
+        let env: Vec<(&str, &str)> = u.environment.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(env, [("REDIS_ADDR", "127.0.0.1:6379"), ("B", "3"), ("C", "")]);
+        assert_eq!((u.user.as_deref(), u.group.as_deref()), (Some("redis"), Some("1000")));
+        assert_eq!(u.supplementary_groups, ["audio", "44"]);
+        assert_eq!(
+            (u.restart, u.restart_sec, u.timeout_stop),
+            (Restart::OnFailure, Duration::from_millis(500), Duration::from_secs(3))
+        );
+        let r = u.readiness.as_ref().expect("readiness");
+        assert_eq!(r.check, ReadinessCheck::Exec(vec!["redis-cli".into(), "ping".into()]));
+        assert_eq!(r.timeout, Duration::from_secs(5));
+        assert_eq!(Unit::parse(&u.render(), "rendered").expect("round trip"), u);
+    }
+
+    #[test]
+    fn defaults_and_round_trip() {
+        let u = Unit::parse("[Service]\nExecStart=sleep 1\n[X-Pod]\nReadinessTCP=6379\n", "a.unit").expect("parse");
+        assert_eq!(
+            (u.restart, u.restart_sec, u.timeout_stop),
+            (Restart::No, DEFAULT_RESTART_SEC, DEFAULT_TIMEOUT_STOP)
+        );
+        let r = u.readiness.as_ref().expect("readiness");
+        assert_eq!(
+            (r.check.clone(), r.timeout),
+            (ReadinessCheck::Tcp(([127, 0, 0, 1], 6379).into()), DEFAULT_READINESS_TIMEOUT)
+        );
+        assert_eq!(Unit::parse(&u.render(), "r").expect("round trip"), u);
+
+        let mut odd = Unit::new(vec!["/bin/sh".into(), "-c".into(), "echo \"$1\" 'x'\n\\".into(), String::new()]);
+        odd.description = Some(String::new());
+        odd.environment = vec![("A".into(), "with space \"and\" 'quotes'".into()), ("E".into(), String::new())];
+        odd.after = vec![AcName::new("db").expect("name")];
+        odd.working_directory = Some("/srv/my data".into());
+        odd.restart = Restart::Always;
+        odd.restart_sec = Duration::ZERO;
+        odd.readiness = Some(Readiness {
+            check: ReadinessCheck::Tcp("[::1]:80".parse().expect("addr")),
+            timeout: Duration::from_millis(1),
+        });
+        let text = odd.render();
+        assert_eq!(Unit::parse(&text, "odd").expect(&text), odd);
+        assert_eq!(Unit::parse(&Unit::new(vec!["x".into()]).render(), "n").expect("n"), Unit::new(vec!["x".into()]));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases = [
+            ("[Service]\nExecStart=/bin/x\nRestart=sometimes\n", "u.unit:3: Restart: invalid value \"sometimes\": expected no, on-failure or always"),
+            ("[Service]\nExecStart=/bin/x\nBogus=1\n", "u.unit:3: Bogus: unknown key in [Service]"),
+            ("[Install]\n", "u.unit:1: unknown section [Install] (known: [Unit], [Service], [X-Pod])"),
+            ("ExecStart=/bin/x\n", "u.unit:1: ExecStart: key outside of any section"),
+            ("[Service]\nExecStart=/bin/x\nExecStart=/bin/y\n", "u.unit:3: ExecStart: given twice"),
+            ("[Service]\nExecStart=\"/bin/x\n", "u.unit:2: ExecStart: unterminated quote"),
+            ("[Unit]\nAfter=Db\n[Service]\nExecStart=x\n", "u.unit:2: After: invalid name \"Db\": a name is lowercase letters and digits separated by single '-'"),
+            ("[Unit]\nDescription=x\n", "u.unit: ExecStart in [Service] is required"),
+            ("[Service]\nExecStart=bin/x\n", "u.unit:2: ExecStart: invalid value \"bin/x\": the program must be an absolute path or a bare name looked up in PATH"),
+            ("[Service]\nExecStart=-/bin/x\n", "u.unit:2: ExecStart: invalid value \"-/bin/x\": systemd command prefixes (-@+!:) are not supported"),
+            ("[Service]\nExecStart=x\nEnvironment=1A=b\n", "u.unit:3: Environment: invalid value \"1A=b\": expected NAME=VALUE"),
+            ("[Service]\nExecStart=x\nTimeoutStopSec=0\n", "u.unit:3: TimeoutStopSec: invalid value \"0\": expected a positive number of seconds, at most a year"),
+            ("[Service]\nExecStart=x\nWorkingDirectory=data\n", "u.unit:3: WorkingDirectory: invalid value \"data\": expected an absolute path"),
+            ("[Service]\nExecStart=x\nUser=a b\n", "u.unit:3: User: invalid value \"a b\": expected a user or group name, or a numeric id"),
+            ("[Service]\nExecStart=x\n[X-Pod]\nReadinessTCP=0\n", "u.unit:4: ReadinessTCP: invalid value \"0\": expected PORT (meaning 127.0.0.1:PORT) or ADDR:PORT"),
+            ("[Service]\nExecStart=x\n[X-Pod]\nReadinessTCP=1\nReadinessExec=true\n", "u.unit:5: ReadinessExec: invalid value \"true\": ReadinessTCP and ReadinessExec exclude each other"),
+            ("[Service]\nExecStart=x\n[X-Pod]\nReadinessTimeoutSec=3\n", "u.unit:4: ReadinessTimeoutSec: invalid value \"3\": needs ReadinessTCP or ReadinessExec"),
+            ("[Service]\nExecStart x\n", "u.unit:2: expected `[Section]`, `Key=Value`, a comment or an empty line"),
+        ];
+        for (text, want) in cases {
+            let got = Unit::parse(text, "u.unit").map(|_| ()).expect_err(text);
+            assert_eq!(got.to_string(), want);
+        }
+        // No trailing comments, as in systemd: `#` after a value is part of it.
+        let u = Unit::parse("[Service]\nExecStart=/bin/echo # not a comment\n", "u").expect("parse");
+        assert_eq!(u.exec_start, ["/bin/echo", "#", "not", "a", "comment"]);
+        let big = "#".repeat(MAX_UNIT_BYTES + 1);
+        assert!(matches!(Unit::parse(&big, "u").map(|_| ()).expect_err("big").kind, UnitErrorKind::TooLarge { .. }));
+    }
+
+    #[test]
+    fn list_resets() {
+        let u = Unit::parse(
+            "[Unit]\nAfter=a\nAfter=\nAfter=b\n[Service]\nExecStart=x\nEnvironment=A=1\nEnvironment=\n",
+            "u",
+        )
+        .expect("parse");
+        assert_eq!(u.after.len(), 1);
+        assert!(u.environment.is_empty());
+    }
+}

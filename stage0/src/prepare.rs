@@ -1,0 +1,405 @@
+//! Preparing a pod: parse the pod file, order the apps (petgraph), fetch and
+//! verify every image, merge each image's app section with the pod file's
+//! overrides, and write the pod directory with its frozen `pod.json` and the
+//! stage1 invocation. A failure at any step removes the embryo: nothing
+//! half-prepared is left behind.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use petgraph::algo::toposort;
+use petgraph::graph::DiGraph;
+use spec::pod::{self, AppSpec, ImageSource, PodFile, PodFileError, Probe, RestartPolicy, VolumeKind};
+use spec::stage1::{self, Invocation, ResolvedPod};
+use spec::ImageManifest;
+
+use crate::exit::{Exit, ExitCodeOf};
+use crate::fetch::{FetchError, Fetcher, ImageRef};
+use crate::pods::{LockedPod, PodError, PodState, Pods};
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    PodFile(#[from] PodFileError),
+    #[error("{file}: app {app}: {why}")]
+    App { file: String, app: String, why: String },
+    #[error("{file}: apps form a cycle: {cycle}")]
+    Cycle { file: String, cycle: String },
+    #[error("{file}: app {app}: image {image}: {source}")]
+    Image {
+        file: String,
+        app: String,
+        image: String,
+        #[source]
+        source: FetchError,
+    },
+    #[error(transparent)]
+    Pod(#[from] PodError),
+}
+
+impl ExitCodeOf for PrepareError {
+    fn exit(&self) -> Exit {
+        match self {
+            Self::Io { .. } => Exit::Failure,
+            Self::PodFile(_) | Self::App { .. } | Self::Cycle { .. } => Exit::InvalidInput,
+            Self::Image { source, .. } => source.exit(),
+            Self::Pod(e) => e.exit(),
+        }
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PrepareError + 'a {
+    move |source| PrepareError::Io { op, path: path.to_owned(), source }
+}
+
+/// Host settings for the invocation.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub stage2: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_plugin_dirs: Vec<PathBuf>,
+    pub netns_dir: PathBuf,
+    pub debug: bool,
+}
+
+/// Overrides from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub isolation: Option<stage1::Isolation>,
+    pub network: Option<stage1::Network>,
+}
+
+/// The start order of the apps: dependencies first, ties in file order.
+/// The pod file parser already rejects cycles; this is the engine's own
+/// check, so a pod built some other way is held to the same rule.
+pub fn app_order<'a>(file: &str, pod: &'a PodFile) -> Result<Vec<&'a AppSpec>, PrepareError> {
+    let mut g = DiGraph::<usize, ()>::new();
+    let nodes: Vec<_> = (0..pod.apps.len()).map(|i| g.add_node(i)).collect();
+    let index: BTreeMap<&str, usize> = pod.apps.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+    for (i, app) in pod.apps.iter().enumerate() {
+        for dep in app.after.iter().chain(&app.requires) {
+            let j = *index.get(dep.as_str()).ok_or_else(|| PrepareError::App {
+                file: file.to_owned(),
+                app: app.name.to_string(),
+                why: format!("depends on unknown app {dep}"),
+            })?;
+            g.update_edge(nodes[j], nodes[i], ());
+        }
+    }
+    match toposort(&g, None) {
+        Ok(_) => Ok(pod.app_order()),
+        Err(cycle) => {
+            let start = g[cycle.node_id()];
+            Err(PrepareError::Cycle {
+                file: file.to_owned(),
+                cycle: format!("{} is part of one", pod.apps[start].name),
+            })
+        }
+    }
+}
+
+fn image_ref(spec: &ImageSource, base: &Path) -> ImageRef {
+    match spec {
+        ImageSource::Name { name, labels } => ImageRef::Name { name: name.clone(), labels: labels.clone() },
+        ImageSource::Url(u) => ImageRef::Url(u.clone()),
+        ImageSource::File(p) => {
+            let p = p.strip_prefix("file://").unwrap_or(p);
+            ImageRef::File(if Path::new(p).is_absolute() { PathBuf::from(p) } else { base.join(p) })
+        }
+    }
+}
+
+/// Merges an image's app section with the pod file's overrides.
+fn resolve_app(
+    file: &str,
+    app: &AppSpec,
+    meta: &store::ImageMeta,
+    manifest: &ImageManifest,
+    tree: PathBuf,
+) -> Result<stage1::App, PrepareError> {
+    let err = |why: String| PrepareError::App { file: file.to_owned(), app: app.name.to_string(), why };
+    let image_app = manifest.app.as_ref();
+    let exec = match (&app.exec, image_app.map(|a| &a.exec)) {
+        (Some(e), _) => e.clone(),
+        (None, Some(e)) if !e.is_empty() => e.clone(),
+        _ => return Err(err(format!("image {} has no exec; give `exec` in the pod file", meta.name))),
+    };
+    let mut env: Vec<(String, String)> = image_app
+        .map(|a| a.environment.iter().map(|l| (l.name.clone(), l.value.clone())).collect())
+        .unwrap_or_default();
+    for (k, v) in &app.env {
+        env.retain(|(name, _)| name != k);
+        env.push((k.clone(), v.clone()));
+    }
+    let mut ports = Vec::new();
+    for (i, p) in app.ports.iter().enumerate() {
+        let decl = image_app.and_then(|a| a.ports.iter().find(|ip| ip.name == p.name)).ok_or_else(|| {
+            err(format!("ports[{i}]: image {} declares no port named {:?}", meta.name, p.name.as_str()))
+        })?;
+        if decl.protocol != p.protocol.to_string() {
+            return Err(err(format!(
+                "ports[{i}]: port {} is {} in the image, not {}",
+                p.name, decl.protocol, p.protocol
+            )));
+        }
+        ports.push(stage1::Port {
+            name: p.name.clone(),
+            protocol: decl.protocol.clone(),
+            container_port: decl.port,
+            host_port: p.host_port,
+            host_ip: p.host_ip.to_string(),
+        });
+    }
+    Ok(stage1::App {
+        name: app.name.clone(),
+        image_name: meta.name.clone(),
+        image_id: meta.id.clone(),
+        tree,
+        exec,
+        user: app.user.clone().or_else(|| image_app.map(|a| a.user.clone())).unwrap_or_else(|| "0".into()),
+        group: app.group.clone().or_else(|| image_app.map(|a| a.group.clone())).unwrap_or_else(|| "0".into()),
+        supplementary_gids: image_app.map(|a| a.supplementary_gids.clone()).unwrap_or_default(),
+        working_directory: app
+            .working_directory
+            .clone()
+            .or_else(|| image_app.and_then(|a| a.working_directory.clone()))
+            .unwrap_or_else(|| "/".into()),
+        env,
+        after: app.after.clone(),
+        requires: app.requires.clone(),
+        readiness: app.readiness.as_ref().map(|r| stage1::Readiness {
+            probe: match &r.probe {
+                Probe::Tcp(p) => stage1::Probe::Tcp(*p),
+                Probe::Exec(argv) => stage1::Probe::Exec(argv.clone()),
+            },
+            timeout_ms: u64::try_from(r.timeout.as_millis()).unwrap_or(u64::MAX),
+        }),
+        restart: match app.restart {
+            RestartPolicy::Never => stage1::Restart::Never,
+            RestartPolicy::OnFailure => stage1::Restart::OnFailure,
+            RestartPolicy::Always => stage1::Restart::Always,
+        },
+        stop_timeout_ms: u64::try_from(app.stop_timeout.as_millis()).unwrap_or(u64::MAX),
+        resources: stage1::Resources {
+            memory_bytes: app.resources.memory_bytes,
+            cpu_millis: app.resources.cpu_millis,
+            pids: app.resources.pids,
+        },
+        ports,
+        mounts: app
+            .mounts
+            .iter()
+            .map(|m| stage1::Mount { volume: m.volume.clone(), path: m.path.clone(), read_only: m.read_only })
+            .collect(),
+    })
+}
+
+/// A prepared pod, still locked by us.
+#[derive(Debug)]
+pub struct Prepared {
+    pub pod: LockedPod,
+    pub resolved: ResolvedPod,
+}
+
+/// Prepares the pod file at `path`: everything short of running it.
+pub fn prepare(
+    pods: &Pods,
+    fetcher: &mut Fetcher<'_>,
+    path: &Path,
+    overrides: &Overrides,
+    host: &HostConfig,
+) -> Result<Prepared, PrepareError> {
+    let file = path.display().to_string();
+    let bytes = fs::read(path).map_err(io_err("read pod file", path))?;
+    let pod_file = PodFile::parse(&bytes, &file)?;
+    let order = app_order(&file, &pod_file)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    // Fetch (and verify) every image before creating anything on disk.
+    let mut apps = Vec::new();
+    for app in order {
+        let r = image_ref(&app.image.source, &base);
+        let image_err = |source| PrepareError::Image {
+            file: file.clone(),
+            app: app.name.to_string(),
+            image: app.image.reference.clone(),
+            source,
+        };
+        let fetched = fetcher.fetch(&r).map_err(image_err)?;
+        let manifest = fetcher.store().manifest(&fetched.meta.id).map_err(|e| image_err(e.into()))?;
+        apps.push(resolve_app(&file, app, &fetched.meta, &manifest, fetched.tree)?);
+    }
+
+    let mut locked = pods.create()?;
+    match write_pod(&locked, &pod_file, &file, apps, overrides, host) {
+        Ok(resolved) => {
+            pods.transition(&mut locked, PodState::Prepared)?;
+            Ok(Prepared { pod: locked, resolved })
+        }
+        Err(e) => {
+            // Best effort: an embryo left by a failure here is also found
+            // and removed by `pod gc`.
+            let _ = fs::remove_dir_all(&locked.dir);
+            Err(e)
+        }
+    }
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), PrepareError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| io_err("serialize", path)(e.into()))?;
+    fs::write(path, json).map_err(io_err("write", path))
+}
+
+fn write_pod(
+    pod: &LockedPod,
+    pod_file: &PodFile,
+    file: &str,
+    apps: Vec<stage1::App>,
+    overrides: &Overrides,
+    host: &HostConfig,
+) -> Result<ResolvedPod, PrepareError> {
+    let dir = &pod.dir;
+    for sub in ["units", "status", "logs", "volumes", "net"] {
+        let d = dir.join(sub);
+        fs::create_dir(&d).map_err(io_err("create directory", &d))?;
+    }
+    for app in &apps {
+        for sub in ["rootfs", "upper", "work"] {
+            let d = dir.join("apps").join(app.name.as_str()).join(sub);
+            fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+        }
+    }
+    let mut volumes = Vec::new();
+    for v in &pod_file.volumes {
+        let source = match &v.kind {
+            VolumeKind::Empty => {
+                let d = dir.join("volumes").join(v.name.as_str());
+                fs::create_dir(&d).map_err(io_err("create directory", &d))?;
+                stage1::VolumeSource::Empty
+            }
+            VolumeKind::Host { source, read_only } => {
+                let meta = fs::metadata(source).map_err(|e| PrepareError::App {
+                    file: file.to_owned(),
+                    app: format!("(volume {})", v.name),
+                    why: format!("host source {source}: {e}"),
+                })?;
+                if !meta.is_dir() {
+                    return Err(PrepareError::App {
+                        file: file.to_owned(),
+                        app: format!("(volume {})", v.name),
+                        why: format!("host source {source} is not a directory"),
+                    });
+                }
+                stage1::VolumeSource::Host { path: PathBuf::from(source), read_only: *read_only }
+            }
+        };
+        volumes.push(stage1::Volume { name: v.name.clone(), source });
+    }
+    let network = overrides.network.clone().unwrap_or(match &pod_file.network {
+        pod::Network::None => stage1::Network::None,
+        pod::Network::Host => stage1::Network::Host,
+        pod::Network::Default => stage1::Network::Cni { name: "default".into() },
+        pod::Network::Named(n) => stage1::Network::Cni { name: n.clone() },
+    });
+    let resolved = ResolvedPod {
+        uuid: pod.uuid.clone(),
+        name: pod_file.name.clone(),
+        source: file.to_owned(),
+        isolation: overrides.isolation.unwrap_or(match pod_file.isolation {
+            pod::Isolation::Namespace => stage1::Isolation::Namespace,
+            pod::Isolation::Vm => stage1::Isolation::Vm,
+        }),
+        accel: match pod_file.accel {
+            pod::Accel::Auto => stage1::Accel::Auto,
+            pod::Accel::Kvm => stage1::Accel::Kvm,
+            pod::Accel::Tcg => stage1::Accel::Tcg,
+        },
+        network,
+        apps,
+        volumes,
+        created_at: store::now_rfc3339(),
+    };
+    write_json(&dir.join(stage1::POD_MANIFEST_FILE), &resolved)?;
+    let invocation = Invocation {
+        version: stage1::INVOCATION_VERSION,
+        stage2: host.stage2.clone(),
+        cni_conf_dir: host.cni_conf_dir.clone(),
+        cni_plugin_dirs: host.cni_plugin_dirs.clone(),
+        netns_dir: host.netns_dir.clone(),
+        debug: host.debug,
+    };
+    write_json(&dir.join(stage1::INVOCATION_FILE), &invocation)?;
+    Ok(resolved)
+}
+
+/// Reads a pod's `pod.json`.
+pub fn read_resolved(dir: &Path) -> Option<ResolvedPod> {
+    fs::read(dir.join(stage1::POD_MANIFEST_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POD: &str = r#"
+name: web-db
+apps:
+  - name: db
+    image: example.com/redis:7.0
+  - name: web
+    image: example.com/web:1.0
+    after: [db]
+    env: { B: "pod" }
+    ports: [{ name: http, host: 8080 }]
+"#;
+
+    const IMAGE: &str = r#"{"acKind":"ImageManifest","acVersion":"0.8.11","name":"example.com/web",
+        "app":{"exec":["/usr/bin/web"],"user":"www","group":"www",
+               "environment":[{"name":"A","value":"image"},{"name":"B","value":"image"}],
+               "ports":[{"name":"http","protocol":"tcp","port":80}]}}"#;
+
+    fn meta() -> store::ImageMeta {
+        store::ImageMeta {
+            id: spec::ImageId::from_digest(&[7; 64]),
+            name: spec::AcIdentifier::new("example.com/web").unwrap_or_else(|e| panic!("{e}")),
+            labels: BTreeMap::new(),
+            size: 1,
+            uncompressed_size: 1,
+            signer: None,
+            imported_at: String::new(),
+            source: String::new(),
+        }
+    }
+
+    #[test]
+    fn order_and_merge() {
+        let pod = PodFile::parse(POD.as_bytes(), "p.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let order: Vec<_> = app_order("p.yaml", &pod).unwrap_or_default().iter().map(|a| a.name.to_string()).collect();
+        assert_eq!(order, ["db", "web"]);
+        let manifest = ImageManifest::parse(IMAGE.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let web = &pod.apps[1];
+        let app = resolve_app("p.yaml", web, &meta(), &manifest, PathBuf::from("/t")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(app.exec, ["/usr/bin/web"]);
+        assert_eq!(app.user, "www");
+        assert_eq!(app.env, [("A".to_owned(), "image".to_owned()), ("B".to_owned(), "pod".to_owned())]);
+        assert_eq!((app.ports[0].container_port, app.ports[0].host_port), (80, 8080));
+
+        let mut bad = web.clone();
+        bad.ports[0].name = spec::AcName::new("https").unwrap_or_else(|e| panic!("{e}"));
+        let err = resolve_app("p.yaml", &bad, &meta(), &manifest, PathBuf::new()).err().map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("p.yaml: app web: ports[0]: image example.com/web declares no port named \"https\"")
+        );
+    }
+}
