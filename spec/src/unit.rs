@@ -31,6 +31,7 @@
 //! [X-Pod]
 //! ReadinessTCP=6379
 //! ReadinessTimeoutSec=60
+//! Cgroup=/cgroup/db/0 /cgroup/db/1
 //! ```
 //!
 //! - Sections `[Unit]`, `[Service]` and `[X-Pod]`, in any order. An unknown
@@ -50,8 +51,8 @@
 //!   and no `-@+!:` prefixes: `$` and `%` are literal. The first word of a
 //!   command is an absolute path or a bare name looked up in `PATH`.
 //! - `Environment=`: `NAME=VALUE` words, repeatable; a later value for a name
-//!   replaces the earlier one. `Environment=`, `After=`, `Requires=` and
-//!   `SupplementaryGroups=` with an empty value reset the list.
+//!   replaces the earlier one. `Environment=`, `After=`, `Requires=`,
+//!   `SupplementaryGroups=` and `Cgroup=` with an empty value reset the list.
 //! - `User=`/`Group=`: a name or a numeric id, resolved in the app's rootfs
 //!   (`/etc/passwd`, `/etc/group`). Default: root; the group defaults to the
 //!   user's primary group.
@@ -67,6 +68,11 @@
 //!   app's rootfs as the app's user). `ReadinessTimeoutSec=` (default 60)
 //!   bounds the wait; an app that is not ready in time counts as failed. An
 //!   app without a readiness check is ready once its program is executing.
+//! - `[X-Pod] Cgroup=`: absolute paths (inside the pod root) of cgroup
+//!   directories, repeatable. Each process of the app (and its readiness
+//!   probes) joins them before exec, writing its pid into each
+//!   `cgroup.procs`, then unshares a cgroup namespace, so the app sees its
+//!   own cgroup as the root. stage1 binds these directories into the pod root.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -100,6 +106,10 @@ pub struct Unit {
     pub restart_sec: Duration,
     pub timeout_stop: Duration,
     pub readiness: Option<Readiness>,
+    /// `[X-Pod] Cgroup=`: cgroup directories (paths inside the pod root)
+    /// the app's process joins before exec, by writing its pid into each
+    /// `cgroup.procs`; then it unshares a cgroup namespace rooted there.
+    pub cgroups: Vec<String>,
 }
 
 /// When a finished app is started again.
@@ -346,6 +356,7 @@ impl Unit {
             restart_sec: DEFAULT_RESTART_SEC,
             timeout_stop: DEFAULT_TIMEOUT_STOP,
             readiness: None,
+            cgroups: Vec::new(),
         }
     }
 
@@ -410,7 +421,7 @@ impl Unit {
                     "RestartSec",
                     "TimeoutStopSec",
                 ][..],
-                Section::Pod => &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec"][..],
+                Section::Pod => &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup"][..],
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
                 let name = match section {
@@ -420,7 +431,7 @@ impl Unit {
                 };
                 return Err(fail(UnitErrorKind::UnknownKey(name)));
             };
-            let is_list = matches!(key, "After" | "Requires" | "Environment" | "SupplementaryGroups");
+            let is_list = matches!(key, "After" | "Requires" | "Environment" | "SupplementaryGroups" | "Cgroup");
             if !is_list {
                 if seen.contains(&key_static) {
                     return Err(fail(UnitErrorKind::Duplicate));
@@ -482,6 +493,17 @@ impl Unit {
                             return Err(fail(UnitErrorKind::Invalid { value: word, why: "expected a group or gid" }));
                         }
                         unit.supplementary_groups.push(word);
+                    }
+                }
+                "Cgroup" => {
+                    if value.is_empty() {
+                        unit.cgroups.clear();
+                    }
+                    for word in words()? {
+                        if !word.starts_with('/') || word.split('/').any(|c| c == "..") {
+                            return Err(fail(UnitErrorKind::Invalid { value: word, why: "expected an absolute path" }));
+                        }
+                        unit.cgroups.push(word);
                     }
                 }
                 "Restart" => {
@@ -566,8 +588,13 @@ impl Unit {
         line(&mut out, "Restart", restart);
         line(&mut out, "RestartSec", &render_duration(self.restart_sec));
         line(&mut out, "TimeoutStopSec", &render_duration(self.timeout_stop));
-        if let Some(readiness) = &self.readiness {
+        if self.readiness.is_some() || !self.cgroups.is_empty() {
             out.push_str("[X-Pod]\n");
+        }
+        if !self.cgroups.is_empty() {
+            line(&mut out, "Cgroup", &join_words(&self.cgroups));
+        }
+        if let Some(readiness) = &self.readiness {
             match &readiness.check {
                 ReadinessCheck::Tcp(addr) if addr.ip() == Ipv4Addr::LOCALHOST => {
                     line(&mut out, "ReadinessTCP", &addr.port().to_string())
@@ -751,6 +778,7 @@ ReadinessTimeoutSec=5
         odd.working_directory = Some("/srv/my data".into());
         odd.restart = Restart::Always;
         odd.restart_sec = Duration::ZERO;
+        odd.cgroups = vec!["/cgroup/odd/0".into(), "/cgroup/with space".into()];
         odd.readiness = Some(Readiness {
             check: ReadinessCheck::Tcp("[::1]:80".parse().expect("addr")),
             timeout: Duration::from_millis(1),
@@ -779,6 +807,7 @@ ReadinessTimeoutSec=5
             ("[Service]\nExecStart=x\nUser=a b\n", "u.unit:3: User: invalid value \"a b\": expected a user or group name, or a numeric id"),
             ("[Service]\nExecStart=x\n[X-Pod]\nReadinessTCP=0\n", "u.unit:4: ReadinessTCP: invalid value \"0\": expected PORT (meaning 127.0.0.1:PORT) or ADDR:PORT"),
             ("[Service]\nExecStart=x\n[X-Pod]\nReadinessTCP=1\nReadinessExec=true\n", "u.unit:5: ReadinessExec: invalid value \"true\": ReadinessTCP and ReadinessExec exclude each other"),
+            ("[Service]\nExecStart=x\n[X-Pod]\nCgroup=/a ../b\n", "u.unit:4: Cgroup: invalid value \"../b\": expected an absolute path"),
             ("[Service]\nExecStart=x\n[X-Pod]\nReadinessTimeoutSec=3\n", "u.unit:4: ReadinessTimeoutSec: invalid value \"3\": needs ReadinessTCP or ReadinessExec"),
             ("[Service]\nExecStart x\n", "u.unit:2: expected `[Section]`, `Key=Value`, a comment or an empty line"),
         ];

@@ -53,6 +53,63 @@ enum Command {
     /// Build, sign and manage images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Run a pod file: fetch and verify its images, prepare it, start it.
+    Run(RunArgs),
+    /// List pods.
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show a pod's apps: state, pid, exit code or signal.
+    Status {
+        pod: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Print a pod's app logs.
+    Logs {
+        /// Keep printing new lines while the pod runs.
+        #[arg(short, long)]
+        follow: bool,
+        pod: String,
+        app: Option<String>,
+    },
+    /// Stop a running pod: SIGTERM to its apps, SIGKILL after the grace period.
+    Stop {
+        pod: String,
+        /// Seconds before SIGKILL (default: the longest app stop timeout plus 5).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Remove exited or prepared pods.
+    Rm {
+        #[arg(required = true)]
+        pods: Vec<String>,
+    },
+    /// Remove exited pods and whatever a killed pod left behind.
+    Gc,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum Stage1Arg {
+    Ns,
+    Vm,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Start in the background and print the pod's uuid.
+    #[arg(short, long)]
+    pub(crate) detach: bool,
+    /// Override the pod file's isolation.
+    #[arg(long, value_enum)]
+    pub(crate) stage1: Option<Stage1Arg>,
+    /// Override the pod file's network: none, host, default or a CNI network name.
+    #[arg(long)]
+    pub(crate) net: Option<String>,
+    #[command(flatten)]
+    pub(crate) fetch: FetchFlags,
+    pub(crate) file: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,7 +146,7 @@ impl ScopeArg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
-enum Format {
+pub(crate) enum Format {
     #[default]
     Table,
     Json,
@@ -171,6 +228,14 @@ enum Pull {
 
 #[derive(Debug, Args)]
 struct FetchArgs {
+    #[command(flatten)]
+    flags: FetchFlags,
+    #[arg(required = true)]
+    images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FetchFlags {
     /// Skip checks, each by name: image (signature verification), http (plain http), all.
     #[arg(long, value_parser = parse_insecure, default_value = "none")]
     insecure_options: Insecure,
@@ -183,12 +248,10 @@ struct FetchArgs {
     /// Largest image accepted, compressed or not (e.g. 4G, 512M).
     #[arg(long, value_parser = parse_size, env = "POD_MAX_IMAGE_SIZE")]
     max_image_size: Option<u64>,
-    #[arg(required = true)]
-    images: Vec<String>,
 }
 
-impl FetchArgs {
-    fn options(&self) -> FetchOptions {
+impl FetchFlags {
+    pub(crate) fn options(&self) -> FetchOptions {
         let mut limits = Limits::default();
         if let Some(max) = self.max_image_size {
             limits.max_uncompressed = max;
@@ -261,7 +324,7 @@ enum ImageCmd {
 
 /// An error on its way out of `main`, with the exit code it maps to.
 #[derive(Debug)]
-struct Failed {
+pub(crate) struct Failed {
     exit: Exit,
     err: anyhow::Error,
 }
@@ -272,7 +335,7 @@ impl<E: ExitCodeOf + std::error::Error + Send + Sync + 'static> From<E> for Fail
     }
 }
 
-fn fail(exit: Exit, msg: String) -> Failed {
+pub(crate) fn fail(exit: Exit, msg: String) -> Failed {
     Failed { exit, err: anyhow::anyhow!(msg) }
 }
 
@@ -288,6 +351,8 @@ fn describe(err: &anyhow::Error) -> String {
     }
     s
 }
+
+mod pods_cmd;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -324,7 +389,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
             let store = Store::open(&dirs)?;
             let trust = TrustStore::new(dirs.trust());
             let sources = Sources::new(dirs.sources());
-            let mut fetcher = Fetcher::new(&store, &trust, &sources, args.options())?;
+            let mut fetcher = Fetcher::new(&store, &trust, &sources, args.flags.options())?;
             for img in &args.images {
                 let r = ImageRef::parse(img)?;
                 let fetched = fetcher.fetch(&r)?;
@@ -332,6 +397,13 @@ fn run(cli: Cli) -> Result<(), Failed> {
             }
         }
         Command::Image(cmd) => image(&dirs, cmd)?,
+        Command::Run(args) => return pods_cmd::run(&dirs, args, cli.debug),
+        Command::List { format } => pods_cmd::list(&dirs, format)?,
+        Command::Status { pod, format } => pods_cmd::status(&dirs, &pod, format)?,
+        Command::Logs { follow, pod, app } => pods_cmd::logs(&dirs, &pod, app.as_deref(), follow)?,
+        Command::Stop { pod, timeout } => pods_cmd::stop(&dirs, &pod, timeout)?,
+        Command::Rm { pods } => pods_cmd::rm(&dirs, &pods)?,
+        Command::Gc => pods_cmd::gc(&dirs)?,
     }
     Ok(())
 }
@@ -415,7 +487,7 @@ fn human_size(n: u64) -> String {
 }
 
 /// Prints tab-separated rows as aligned columns.
-fn print_table(text: &str) {
+pub(crate) fn print_table(text: &str) {
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> =

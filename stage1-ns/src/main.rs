@@ -1,8 +1,39 @@
-//! `pod-stage1-ns`: reserved for its own issue (see DESIGN.md). It refuses to run
-//! rather than pretend, so stage0 never mistakes it for a working stage.
-#![forbid(unsafe_code)]
+//! `pod-stage1-ns`: the namespace stage1. stage0 execs it as
+//! `pod-stage1-ns [--stream-logs] POD_DIR` (run the pod, exit with its
+//! status) or `pod-stage1-ns gc POD_DIR` (clean up after a pod whose stage1
+//! died). See spec::stage1 for the contract.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("pod-stage1-ns: not built yet in this version of pod");
-    std::process::ExitCode::from(70)
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: pod-stage1-ns [--stream-logs] POD_DIR | pod-stage1-ns gc POD_DIR");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let lock_fd = std::env::var(spec::stage1::LOCK_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok());
+    stage1_ns::sanitize(lock_fd);
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["gc", dir] => match stage1_ns::monitor::gc(&PathBuf::from(dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pod-stage1-ns: gc: {e}");
+                ExitCode::from(1)
+            }
+        },
+        [flag @ .., dir] if flag.iter().all(|f| *f == "--stream-logs") => {
+            match stage1_ns::monitor::run(&PathBuf::from(dir), !flag.is_empty()) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+                Err(e) => {
+                    eprintln!("pod-stage1-ns: {e}");
+                    // 125: the pod could not be started (as podman and
+                    // systemd-nspawn use it).
+                    ExitCode::from(125)
+                }
+            }
+        }
+        _ => usage(),
+    }
 }

@@ -1,0 +1,198 @@
+//! Pod lifecycle operations on pods that already exist: reading their
+//! status, stopping, removing and garbage-collecting them.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use spec::stage1::{Isolation, ResolvedPod};
+
+use crate::exit::{Exit, ExitCodeOf};
+use crate::pods::{self, PodError, PodRef, PodState, Pods};
+use crate::prepare::read_resolved;
+use crate::run;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pod {uuid} is {state}; {what}")]
+    State { uuid: String, state: PodState, what: &'static str },
+    #[error("pod {0} did not stop after SIGKILL")]
+    Unkillable(String),
+    #[error("cleaning up pod {uuid}: {why}")]
+    Cleanup { uuid: String, why: String },
+}
+
+impl ExitCodeOf for LifecycleError {
+    fn exit(&self) -> Exit {
+        match self {
+            Self::Pod(e) => e.exit(),
+            Self::State { .. } => Exit::Conflict,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// An app's status file, as stage2-init writes it.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    #[serde(default)]
+    pub app: String,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub pid: Option<i64>,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub signal: Option<i64>,
+    #[serde(default)]
+    pub restarts: Option<u64>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The pod's name, from its `pod.json`.
+pub fn name_of(dir: &Path) -> Option<String> {
+    read_resolved(dir).map(|p| p.name.to_string())
+}
+
+pub fn find(pods: &Pods, query: &str) -> Result<PodRef, LifecycleError> {
+    Ok(pods.find(query, name_of)?)
+}
+
+/// Every app's status, in start order; apps not started yet are "waiting".
+pub fn app_statuses(dir: &Path, pod: &ResolvedPod) -> Vec<AppStatus> {
+    pod.apps
+        .iter()
+        .map(|a| {
+            let p = dir.join("status").join(format!("{}.json", a.name));
+            fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| AppStatus {
+                app: a.name.to_string(),
+                state: "waiting".into(),
+                ..AppStatus::default()
+            })
+        })
+        .collect()
+}
+
+fn stage1_pid(dir: &Path) -> Option<Pid> {
+    fs::read_to_string(dir.join("pid")).ok()?.trim().parse::<i32>().ok().map(Pid::from_raw)
+}
+
+/// Stops a running pod: SIGTERM to its PID 1 (which stops the apps in
+/// reverse order), SIGKILL after `grace`. Waits until stage1 has released
+/// the pod (cleaned up and exited).
+pub fn stop(pod: &PodRef, grace: Option<Duration>) -> Result<(), LifecycleError> {
+    if pod.state != PodState::Running {
+        return Err(LifecycleError::State { uuid: pod.uuid.clone(), state: pod.state, what: "only running pods stop" });
+    }
+    let resolved = read_resolved(&pod.dir);
+    let grace = grace.unwrap_or_else(|| {
+        let longest = resolved.as_ref().and_then(|p| p.apps.iter().map(|a| a.stop_timeout_ms).max()).unwrap_or(10_000);
+        Duration::from_millis(longest) + Duration::from_secs(5)
+    });
+    let Some(pid) = stage1_pid(&pod.dir) else {
+        return Err(LifecycleError::Cleanup { uuid: pod.uuid.clone(), why: "no pid file".into() });
+    };
+    let _ = kill(pid, Signal::SIGTERM);
+    let released = |limit: Duration| {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if !pods::is_locked(&pod.dir) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    if released(grace) {
+        return Ok(());
+    }
+    tracing::warn!(pod = %pod.uuid, "grace period over: SIGKILL");
+    let _ = kill(pid, Signal::SIGKILL);
+    if released(Duration::from_secs(10)) {
+        Ok(())
+    } else {
+        Err(LifecycleError::Unkillable(pod.uuid.clone()))
+    }
+}
+
+/// Cleans what a pod's stage1 may have left (after a kill -9): processes,
+/// cgroups, network. Runs the stage1's own gc entrypoint, as rkt does.
+fn stage1_gc(pod: &PodRef) -> Result<(), LifecycleError> {
+    let Some(resolved) = read_resolved(&pod.dir) else { return Ok(()) };
+    if resolved.isolation != Isolation::Namespace {
+        return Ok(());
+    }
+    let stage1 = run::stage1_for(resolved.isolation)
+        .map_err(|e| LifecycleError::Cleanup { uuid: pod.uuid.clone(), why: e.to_string() })?;
+    let out = Command::new(&stage1).arg("gc").arg(&pod.dir).env_clear().output().map_err(|e| LifecycleError::Io {
+        op: "run",
+        path: stage1.clone(),
+        source: e,
+    })?;
+    if !out.status.success() {
+        return Err(LifecycleError::Cleanup {
+            uuid: pod.uuid.clone(),
+            why: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes an exited or prepared pod (locking it first, so a pod that is
+/// starting or running is refused).
+pub fn remove(pods: &Pods, pod: &PodRef) -> Result<(), LifecycleError> {
+    if matches!(pod.state, PodState::Running) {
+        return Err(LifecycleError::State { uuid: pod.uuid.clone(), state: pod.state, what: "stop it first" });
+    }
+    let mut locked = pods.lock(pod)?;
+    if pod.state == PodState::Exited {
+        stage1_gc(pod)?;
+    }
+    pods.transition(&mut locked, PodState::Garbage)?;
+    fs::remove_dir_all(&locked.dir).map_err(|e| LifecycleError::Io {
+        op: "remove",
+        path: locked.dir.clone(),
+        source: e,
+    })
+}
+
+/// Removes every exited pod and abandoned embryo. Returns the uuids removed.
+pub fn gc(pods: &Pods) -> Result<Vec<String>, LifecycleError> {
+    let mut removed = Vec::new();
+    for pod in pods.list()? {
+        let doomed = match pod.state {
+            PodState::Exited | PodState::Garbage => true,
+            // An embryo nobody holds is a prepare that died.
+            PodState::Embryo => !pods::is_locked(&pod.dir),
+            PodState::Prepared | PodState::Running => false,
+        };
+        if !doomed {
+            continue;
+        }
+        match remove(pods, &pod) {
+            Ok(()) => removed.push(pod.uuid.clone()),
+            Err(LifecycleError::Pod(PodError::Locked(_))) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,244 @@
+//! The pod commands of the CLI: run, list, status, logs, stop, rm, gc.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use stage0::exit::Exit;
+use stage0::fetch::Fetcher;
+use stage0::lifecycle::{self, app_statuses};
+use stage0::paths::Dirs;
+use stage0::pods::{PodState, Pods};
+use stage0::prepare::{self, read_resolved, HostConfig, Overrides};
+use stage0::run;
+use stage0::sources::Sources;
+use stage0::store::Store;
+use stage0::trust::TrustStore;
+
+use crate::{fail, print_table, Failed, Format, RunArgs, Stage1Arg};
+
+fn network_override(s: &str) -> spec::stage1::Network {
+    match s {
+        "none" => spec::stage1::Network::None,
+        "host" => spec::stage1::Network::Host,
+        name => spec::stage1::Network::Cni { name: name.to_owned() },
+    }
+}
+
+pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed> {
+    let store = Store::open(dirs)?;
+    let trust = TrustStore::new(dirs.trust());
+    let sources = Sources::new(dirs.sources());
+    let pods = Pods::new(dirs);
+    let host = HostConfig {
+        stage2: run::stage2(),
+        cni_conf_dir: dirs.config.join("net.d"),
+        cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+        netns_dir: "/run/pod/netns".into(),
+        debug,
+    };
+    let overrides = Overrides {
+        isolation: args.stage1.map(|s| match s {
+            Stage1Arg::Ns => spec::stage1::Isolation::Namespace,
+            Stage1Arg::Vm => spec::stage1::Isolation::Vm,
+        }),
+        network: args.net.as_deref().map(network_override),
+    };
+    let prepared = {
+        let mut fetcher = Fetcher::new(&store, &trust, &sources, args.fetch.options())?;
+        prepare::prepare(&pods, &mut fetcher, &args.file, &overrides, &host)?
+    };
+    let stage1 = run::stage1_for(prepared.resolved.isolation)?;
+    let mut pod = prepared.pod;
+    pods.transition(&mut pod, PodState::Running)?;
+    let uuid = pod.uuid.clone();
+    let dir = pod.dir.clone();
+    if args.detach {
+        run::start_detached(&stage1, &dir, &uuid, pod.into_fd())?;
+        println!("{uuid}");
+        Ok(())
+    } else {
+        eprintln!("pod {uuid} ({})", prepared.resolved.name);
+        Err(run::exec_foreground(&stage1, &dir, pod.into_fd()).into())
+    }
+}
+
+pub(crate) fn list(dirs: &Dirs, format: Format) -> Result<(), Failed> {
+    let pods = Pods::new(dirs);
+    let mut rows = Vec::new();
+    for p in pods.list()? {
+        let resolved = read_resolved(&p.dir);
+        let (name, isolation, apps, ports, created) = match &resolved {
+            Some(r) => (
+                r.name.to_string(),
+                match r.isolation {
+                    spec::stage1::Isolation::Namespace => "namespace",
+                    spec::stage1::Isolation::Vm => "vm",
+                },
+                r.apps.iter().map(|a| a.name.to_string()).collect::<Vec<_>>(),
+                r.apps
+                    .iter()
+                    .flat_map(|a| a.ports.iter())
+                    .map(|pt| format!("{}:{}->{}/{}", pt.host_ip, pt.host_port, pt.container_port, pt.protocol))
+                    .collect::<Vec<_>>(),
+                r.created_at.clone(),
+            ),
+            None => ("-".into(), "-", Vec::new(), Vec::new(), String::new()),
+        };
+        let ips: Vec<String> = std::fs::read_to_string(p.dir.join("etc").join("hosts"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("127.") && !l.starts_with("::1"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        rows.push((p, name, isolation, apps, ips, ports, created));
+    }
+    match format {
+        Format::Json => {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|(p, name, iso, apps, ips, ports, created)| {
+                    serde_json::json!({"uuid": p.uuid, "name": name, "state": p.state.as_str(), "isolation": iso,
+                        "apps": apps, "ips": ips, "ports": ports, "created": created})
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(v));
+        }
+        Format::Table => {
+            let mut out = String::from("UUID\tNAME\tSTATE\tISOLATION\tAPPS\tIPS\tPORTS\tCREATED\n");
+            for (p, name, iso, apps, ips, ports, created) in &rows {
+                out.push_str(&format!(
+                    "{}\t{name}\t{}\t{iso}\t{}\t{}\t{}\t{created}\n",
+                    &p.uuid[..8],
+                    p.state,
+                    apps.join(","),
+                    if ips.is_empty() { "-".into() } else { ips.join(",") },
+                    if ports.is_empty() { "-".into() } else { ports.join(",") },
+                ));
+            }
+            print_table(&out);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn status(dirs: &Dirs, query: &str, format: Format) -> Result<(), Failed> {
+    let pods = Pods::new(dirs);
+    let pod = lifecycle::find(&pods, query)?;
+    let resolved =
+        read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
+    let apps = app_statuses(&pod.dir, &resolved);
+    let exit: Option<i64> =
+        std::fs::read_to_string(pod.dir.join("stage1-exit")).ok().and_then(|s| s.trim().parse().ok());
+    match format {
+        Format::Json => {
+            let v = serde_json::json!({"uuid": pod.uuid, "name": resolved.name.as_str(), "state": pod.state.as_str(),
+                "exitCode": exit, "apps": apps});
+            println!("{v}");
+        }
+        Format::Table => {
+            println!(
+                "pod {} ({}): {}{}",
+                pod.uuid,
+                resolved.name,
+                pod.state,
+                exit.map(|c| format!(", exit code {c}")).unwrap_or_default()
+            );
+            let mut out = String::from("APP\tSTATE\tPID\tEXIT\tRESTARTS\tSTARTED\tMESSAGE\n");
+            for a in &apps {
+                let exit = match (a.exit_code, a.signal) {
+                    (_, Some(sig)) => format!("signal {sig}"),
+                    (Some(c), None) => c.to_string(),
+                    _ => "-".into(),
+                };
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{exit}\t{}\t{}\t{}\n",
+                    a.app,
+                    a.state,
+                    a.pid.map_or("-".into(), |p| p.to_string()),
+                    a.restarts.unwrap_or(0),
+                    a.started_at.as_deref().unwrap_or("-"),
+                    a.message.as_deref().unwrap_or("")
+                ));
+            }
+            print_table(&out);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn logs(dirs: &Dirs, query: &str, app: Option<&str>, follow: bool) -> Result<(), Failed> {
+    let pods = Pods::new(dirs);
+    let pod = lifecycle::find(&pods, query)?;
+    let resolved =
+        read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
+    let apps: Vec<String> = match app {
+        Some(a) if resolved.apps.iter().any(|x| x.name.as_str() == a) => vec![a.to_owned()],
+        Some(a) => return Err(fail(Exit::NotFound, format!("pod {} has no app {a}", pod.uuid))),
+        None => resolved.apps.iter().map(|a| a.name.to_string()).collect(),
+    };
+    let prefix = apps.len() > 1;
+    let mut offsets = vec![0u64; apps.len()];
+    let mut partial = vec![Vec::new(); apps.len()];
+    let mut out = std::io::stdout().lock();
+    loop {
+        for (i, a) in apps.iter().enumerate() {
+            let Ok(mut f) = File::open(pod.dir.join("logs").join(format!("{a}.log"))) else { continue };
+            let mut buf = Vec::new();
+            if f.seek(SeekFrom::Start(offsets[i])).is_ok() && f.read_to_end(&mut buf).is_ok() {
+                offsets[i] += buf.len() as u64;
+                partial[i].extend_from_slice(&buf);
+                while let Some(nl) = partial[i].iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = partial[i].drain(..=nl).collect();
+                    if prefix {
+                        let _ = write!(out, "[{a}] ");
+                    }
+                    if out.write_all(&line).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let _ = out.flush();
+        if !follow || !stage0::pods::is_locked(&pod.dir) {
+            for (i, a) in apps.iter().enumerate() {
+                if !partial[i].is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "{}{}",
+                        if prefix { format!("[{a}] ") } else { String::new() },
+                        String::from_utf8_lossy(&partial[i])
+                    );
+                }
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub(crate) fn stop(dirs: &Dirs, query: &str, timeout: Option<u64>) -> Result<(), Failed> {
+    let pods = Pods::new(dirs);
+    let pod = lifecycle::find(&pods, query)?;
+    lifecycle::stop(&pod, timeout.map(Duration::from_secs))?;
+    println!("{}", pod.uuid);
+    Ok(())
+}
+
+pub(crate) fn rm(dirs: &Dirs, queries: &[String]) -> Result<(), Failed> {
+    let pods = Pods::new(dirs);
+    for q in queries {
+        let pod = lifecycle::find(&pods, q)?;
+        lifecycle::remove(&pods, &pod)?;
+        println!("{}", pod.uuid);
+    }
+    Ok(())
+}
+
+pub(crate) fn gc(dirs: &Dirs) -> Result<(), Failed> {
+    let pods = Pods::new(dirs);
+    for uuid in lifecycle::gc(&pods)? {
+        eprintln!("removed pod {uuid}");
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! A pod's cgroups in any mode: create them with limits, put processes in,
+//! count OOM kills, kill, destroy, and find leftovers for `pod gc`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use super::detect::Layout;
+use super::{fsx, v1, v2, validate_app, validate_uuid, CgroupError, Hierarchy, Limits, Result};
+
+/// The directory under each hierarchy root that holds every pod.
+pub const POD_BASE: &str = "pod";
+
+/// The leaf for the pod's PID 1. Not an appc name, so no app can collide.
+pub const INIT_CGROUP: &str = "init.scope";
+
+/// How long SIGKILL may take to empty a pod.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cgroups of one pod: `pod/<uuid>` in each hierarchy, with a leaf per
+/// app and [`INIT_CGROUP`].
+#[derive(Debug, Clone)]
+pub struct PodCgroup {
+    hierarchy: Hierarchy,
+    uuid: String,
+    apps: Vec<String>,
+}
+
+/// Creates the pod's cgroups and applies each app's limits.
+///
+/// Idempotent: directories that exist are reused and limits rewritten.
+/// Fails before touching the host if a limit needs a controller the host
+/// lacks; on a later failure, removes every directory it made (the shared
+/// [`POD_BASE`] excepted: another pod may be appearing in it).
+pub fn create_pod(h: &Hierarchy, uuid: &str, apps: &[(&str, Limits)]) -> Result<PodCgroup> {
+    validate_uuid(uuid)?;
+    let mut names: Vec<String> = Vec::with_capacity(apps.len());
+    let mut required: Vec<&'static str> = Vec::new();
+    for (app, limits) in apps {
+        validate_app(app)?;
+        limits.validate(app)?;
+        if names.iter().any(|n| n == app) {
+            return Err(CgroupError::DuplicateApp((*app).to_owned()));
+        }
+        names.push((*app).to_owned());
+        required.extend(limits.controllers().filter(|c| !required.contains(c)).collect::<Vec<_>>());
+    }
+    let enable = match &h.layout {
+        Layout::V2 { root } => v2::check_available(root, &required)?,
+        Layout::V1 { root, controllers, .. } => {
+            v1::check_available(root, controllers, &required)?;
+            Vec::new()
+        }
+    };
+    let pod = PodCgroup { hierarchy: h.clone(), uuid: uuid.to_owned(), apps: names };
+    let mut created = Vec::new();
+    match pod.build(apps, &enable, &mut created) {
+        Ok(()) => {
+            tracing::debug!(uuid, mode = ?h.mode(), apps = pod.apps.len(), "pod cgroups ready");
+            Ok(pod)
+        }
+        Err(e) => {
+            for dir in created.iter().rev() {
+                if let Err(undo) = fsx::rmdir(dir) {
+                    tracing::warn!(error = %undo, "could not undo a half-made pod cgroup");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The pod `uuid`'s cgroups if any hierarchy still has them (after a stage1
+/// was killed, say). Its apps are the leaves found.
+pub fn open_pod(h: &Hierarchy, uuid: &str) -> Result<Option<PodCgroup>> {
+    validate_uuid(uuid)?;
+    let mut found = false;
+    let mut apps = BTreeSet::new();
+    for root in h.roots() {
+        let dir = root.join(POD_BASE).join(uuid);
+        if dir.is_dir() {
+            found = true;
+            apps.extend(fsx::subdirs(&dir)?.into_iter().filter(|n| validate_app(n).is_ok()));
+        }
+    }
+    Ok(found.then(|| PodCgroup { hierarchy: h.clone(), uuid: uuid.to_owned(), apps: apps.into_iter().collect() }))
+}
+
+/// The uuids of every pod with a cgroup in any hierarchy, sorted.
+pub fn list_pods(h: &Hierarchy) -> Result<Vec<String>> {
+    let mut uuids = BTreeSet::new();
+    for root in h.roots() {
+        uuids.extend(fsx::subdirs(&root.join(POD_BASE))?.into_iter().filter(|n| validate_uuid(n).is_ok()));
+    }
+    Ok(uuids.into_iter().collect())
+}
+
+/// Moves `pid` (all its threads) into every directory of `dirs`, as
+/// returned by [`PodCgroup::app_dirs`] or [`PodCgroup::init_dirs`].
+pub fn add_pid(dirs: &[PathBuf], pid: Pid) -> Result<()> {
+    let value = pid.to_string();
+    dirs.iter().try_for_each(|dir| fsx::write(&dir.join("cgroup.procs"), &value))
+}
+
+impl PodCgroup {
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    /// App names, in the order given to [`create_pod`] (sorted after
+    /// [`open_pod`]).
+    pub fn apps(&self) -> &[String] {
+        &self.apps
+    }
+
+    /// `pod/<uuid>`, relative to a hierarchy root.
+    fn rel(&self) -> PathBuf {
+        Path::new(POD_BASE).join(&self.uuid)
+    }
+
+    fn leaf_dirs(&self, leaf: &str) -> Vec<PathBuf> {
+        let rel = self.rel().join(leaf);
+        self.hierarchy.roots().into_iter().map(|root| root.join(&rel)).collect()
+    }
+
+    fn check_app(&self, app: &str) -> Result<()> {
+        if self.apps.iter().any(|a| a == app) {
+            Ok(())
+        } else {
+            Err(CgroupError::UnknownApp { uuid: self.uuid.clone(), app: app.to_owned() })
+        }
+    }
+
+    /// Every directory a process of `app` must be added to: one in Unified,
+    /// one per managed v1 hierarchy (plus the cgroup2 one in Hybrid).
+    pub fn app_dirs(&self, app: &str) -> Result<Vec<PathBuf>> {
+        self.check_app(app)?;
+        Ok(self.leaf_dirs(app))
+    }
+
+    /// Every directory the pod's PID 1 must be added to.
+    pub fn init_dirs(&self) -> Vec<PathBuf> {
+        self.leaf_dirs(INIT_CGROUP)
+    }
+
+    /// How many of `app`'s processes the kernel has OOM-killed.
+    pub fn oom_kills(&self, app: &str) -> Result<u64> {
+        self.check_app(app)?;
+        let rel = self.rel().join(app);
+        match &self.hierarchy.layout {
+            Layout::V2 { root } => v2::oom_kills(&root.join(rel)),
+            Layout::V1 { root, controllers, .. } => match controllers.get("memory") {
+                Some(mount) => v1::oom_kills(&mount.join(rel)),
+                None => Err(CgroupError::ControllerMissing { controller: "memory", path: root.clone() }),
+            },
+        }
+    }
+
+    /// Every process in any of the pod's cgroups, sorted, each once.
+    pub fn procs(&self) -> Result<Vec<Pid>> {
+        let rel = self.rel();
+        let mut pids = BTreeSet::new();
+        for root in self.hierarchy.roots() {
+            for dir in fsx::tree(&root.join(&rel))? {
+                pids.extend(fsx::procs(&dir)?);
+            }
+        }
+        Ok(pids.into_iter().collect())
+    }
+
+    /// SIGKILLs every process of the pod and waits until none is left.
+    ///
+    /// Where the pod is in a cgroup2 tree (Unified, and Hybrid's mirror),
+    /// `cgroup.kill` does it in one write. Then, for older kernels and for
+    /// processes only in v1 hierarchies: freeze (v1 freezer, if mounted) so
+    /// nothing forks, SIGKILL each process, thaw so they act on it; repeat.
+    pub fn kill_all(&self) -> Result<()> {
+        let rel = self.rel();
+        let start = Instant::now();
+        if let Some(dir) = self.hierarchy.unified().map(|u| u.join(&rel)).filter(|d| d.is_dir()) {
+            v2::kill(&dir)?;
+        }
+        let freezer = self.hierarchy.controller_mount("freezer").map(|m| m.join(&rel)).filter(|d| d.is_dir());
+        loop {
+            let pids = self.procs()?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= KILL_TIMEOUT {
+                return Err(CgroupError::KillTimeout {
+                    uuid: self.uuid.clone(),
+                    left: pids.len(),
+                    ms: start.elapsed().as_millis(),
+                });
+            }
+            match &freezer {
+                Some(dir) => {
+                    v1::freeze(dir)?;
+                    // Listed again while frozen: nothing can fork or exit
+                    // (and free its pid for reuse) in between.
+                    let killed = self.procs().and_then(|pids| sigkill(&pids));
+                    v1::thaw(dir)?;
+                    killed?;
+                }
+                None => sigkill(&pids)?,
+            }
+            thread::sleep(fsx::POLL);
+        }
+    }
+
+    /// Kills what is left, then removes every directory of the pod in every
+    /// hierarchy, leaves first. Safe to call again after a failure.
+    pub fn destroy(&self) -> Result<()> {
+        self.kill_all()?;
+        let rel = self.rel();
+        for root in self.hierarchy.roots() {
+            for dir in fsx::tree(&root.join(&rel))? {
+                fsx::rmdir(&dir)?;
+            }
+        }
+        tracing::debug!(uuid = %self.uuid, "pod cgroups removed");
+        Ok(())
+    }
+
+    /// Makes every directory (recording those it made in `created`), enables
+    /// controllers down the path (v2) and writes the limits.
+    fn build(&self, apps: &[(&str, Limits)], enable: &[&str], created: &mut Vec<PathBuf>) -> Result<()> {
+        let rel = self.rel();
+        for root in self.hierarchy.roots() {
+            // The shared base is made but never recorded, so never undone.
+            fsx::mkdir(&root.join(POD_BASE))?;
+            let pod = root.join(&rel);
+            let leaves = self.apps.iter().map(String::as_str).chain([INIT_CGROUP]).map(|leaf| pod.join(leaf));
+            for dir in [pod.clone()].into_iter().chain(leaves) {
+                if fsx::mkdir(&dir)? {
+                    created.push(dir);
+                }
+            }
+        }
+        match &self.hierarchy.layout {
+            Layout::V2 { root } => {
+                v2::enable(&[root.clone(), root.join(POD_BASE), root.join(&rel)], enable)?;
+                for (app, limits) in apps {
+                    v2::apply(&root.join(&rel).join(app), app, limits)?;
+                }
+            }
+            Layout::V1 { controllers, .. } => {
+                for (app, limits) in apps {
+                    v1::apply(controllers, &rel.join(app), app, limits)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sigkill(pids: &[Pid]) -> Result<()> {
+    for &pid in pids {
+        match signal::kill(pid, Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(source) => return Err(CgroupError::Kill { pid, source }),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! The stage1 monitor: the host-side process of a namespace pod. It owns the
+//! pod from stage0's exec until the pod exits: cgroups, the network (CNI and
+//! loopback port proxies), the unit files, then the pod's PID 1 in new pid,
+//! mount, uts and ipc namespaces (and the pod's net namespace), which sets up
+//! the root filesystems, pivots into the pod directory and execs stage2-init.
+//! It forwards SIGTERM/SIGINT to that PID 1, streams app logs in the
+//! foreground, and on exit tears down everything it made and exits with the
+//! pod's status.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+use spec::stage1::{Invocation, ResolvedPod, INVOCATION_FILE, POD_MANIFEST_FILE};
+
+use crate::cgroups::{self, Limits, PodCgroup};
+use crate::network::{self, Cni, NetworkHost, PodNetwork, PortMapping};
+use crate::{rootfs, sys, units};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Stage1Error {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    #[error("{what}: {errno}")]
+    Sys { what: &'static str, errno: nix::errno::Errno },
+    #[error("starting the pod: {0}")]
+    Launch(String),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Stage1Error + 'a {
+    move |source| Stage1Error::Io { op, path: path.to_owned(), source }
+}
+
+fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> Stage1Error {
+    move |errno| Stage1Error::Sys { what, errno }
+}
+
+/// Reads and checks `stage1.json` and `pod.json`.
+pub fn load(pod_dir: &Path) -> Result<(Invocation, ResolvedPod), Stage1Error> {
+    let read = |name: &str| {
+        let p = pod_dir.join(name);
+        fs::read(&p).map_err(io_err("read", &p))
+    };
+    let inv: Invocation = serde_json::from_slice(&read(INVOCATION_FILE)?)
+        .map_err(|e| Stage1Error::Invalid(format!("{INVOCATION_FILE}: {e}")))?;
+    inv.check_version().map_err(Stage1Error::Invalid)?;
+    let pod: ResolvedPod = serde_json::from_slice(&read(POD_MANIFEST_FILE)?)
+        .map_err(|e| Stage1Error::Invalid(format!("{POD_MANIFEST_FILE}: {e}")))?;
+    if pod.isolation != spec::stage1::Isolation::Namespace {
+        return Err(Stage1Error::Invalid("this is the namespace stage1; the pod asks for vm isolation".into()));
+    }
+    Ok((inv, pod))
+}
+
+fn network_host(pod_dir: &Path, inv: &Invocation) -> NetworkHost {
+    NetworkHost {
+        netns_dir: inv.netns_dir.clone(),
+        cni: Cni::new(&inv.cni_conf_dir, pod_dir.join("net")).with_plugin_dirs(inv.cni_plugin_dirs.clone()),
+    }
+}
+
+fn hierarchy() -> Result<cgroups::Hierarchy, Stage1Error> {
+    Ok(cgroups::detect_host(Path::new("/proc/self/mountinfo"), Path::new("/sys/fs/cgroup"))?)
+}
+
+/// What the monitor made, undone in reverse on every way out.
+struct Made {
+    cgroup: Option<PodCgroup>,
+    network: Option<PodNetwork>,
+}
+
+impl Made {
+    fn teardown(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.kill_all().and_then(|()| cg.destroy()) {
+                eprintln!("pod-stage1-ns: removing cgroups: {e}");
+            }
+        }
+        if let Some(net) = self.network.take() {
+            if let Err(e) = net.teardown() {
+                eprintln!("pod-stage1-ns: removing the network: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// What the launcher needs, sent over a pipe once the host side is ready.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Go {
+    netns: Option<PathBuf>,
+    init_cgroups: Vec<PathBuf>,
+    app_cgroups: BTreeMap<String, Vec<PathBuf>>,
+}
+
+/// Runs the pod in the pod directory; returns its exit status.
+pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, Stage1Error> {
+    let (inv, pod) = load(pod_dir)?;
+    // Children reparent to us when the launcher exits: we wait for the pod's
+    // PID 1 ourselves.
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys_err("PR_SET_CHILD_SUBREAPER"))?;
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(sys_err("block signals"))?;
+
+    // Fork the launcher now, while single-threaded; it waits for "go".
+    let (go_r, go_w) = nix::unistd::pipe().map_err(sys_err("pipe"))?;
+    let (res_r, res_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+    let launcher = match sys::fork_process().map_err(sys_err("fork"))? {
+        ForkResult::Child => {
+            drop(go_w);
+            drop(res_r);
+            let code = match launch(pod_dir, &inv, &pod, go_r, &res_w) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = File::from(res_w).write_all(format!("E{e}").as_bytes());
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(go_r);
+    drop(res_w);
+
+    let mut made = Made { cgroup: None, network: None };
+    let go = prepare_host(pod_dir, &inv, &pod, &mut made);
+    let go = match go {
+        Ok(go) => go,
+        Err(e) => {
+            drop(go_w);
+            let _ = waitpid(launcher, None);
+            return Err(e);
+        }
+    };
+    let msg = serde_json::to_vec(&go).map_err(|e| Stage1Error::Launch(e.to_string()))?;
+    File::from(go_w).write_all(&msg).map_err(io_err("write", Path::new("launcher pipe")))?;
+    let mut reply = String::new();
+    File::from(res_r).read_to_string(&mut reply).map_err(io_err("read", Path::new("launcher pipe")))?;
+    let _ = waitpid(launcher, None);
+    let init: Pid = match reply.strip_prefix('P').and_then(|p| p.trim().parse::<i32>().ok()) {
+        Some(pid) => Pid::from_raw(pid),
+        None => return Err(Stage1Error::Launch(reply.strip_prefix('E').unwrap_or(&reply).to_owned())),
+    };
+    let pid_file = pod_dir.join("pid");
+    fs::write(&pid_file, format!("{init}\n")).map_err(io_err("write", &pid_file))?;
+    let status = supervise(pod_dir, init, &mask, stream_logs, &pod)?;
+    let exit_file = pod_dir.join("stage1-exit");
+    let _ = fs::write(exit_file, format!("{status}\n"));
+    made.teardown();
+    Ok(status)
+}
+
+fn prepare_host(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, made: &mut Made) -> Result<Go, Stage1Error> {
+    let h = hierarchy()?;
+    let apps: Vec<(&str, Limits)> = pod.apps.iter().map(|a| (a.name.as_str(), Limits::from(a.resources))).collect();
+    let cg = cgroups::create_pod(&h, &pod.uuid, &apps)?;
+    let init_cgroups = cg.init_dirs();
+    let mut app_cgroups = BTreeMap::new();
+    for a in &pod.apps {
+        app_cgroups.insert(a.name.to_string(), cg.app_dirs(a.name.as_str())?);
+    }
+    made.cgroup = Some(cg);
+
+    let ports = pod
+        .apps
+        .iter()
+        .flat_map(|a| a.ports.iter())
+        .map(PortMapping::from_spec)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(network::NetworkError::from)?;
+    let net = network::setup(&pod.network, &pod.uuid, &network_host(pod_dir, inv), &ports)?;
+    let ips: Vec<String> =
+        net.attachment().map(|a| a.ips.iter().map(|ip| ip.addr.to_string()).collect()).unwrap_or_default();
+    let netns = net.netns().map(|n| n.path().to_path_buf());
+    made.network = Some(net);
+
+    let resolv = match &pod.network {
+        spec::stage1::Network::None => String::new(),
+        _ => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    rootfs::write_etc(pod_dir, pod.name.as_str(), &ips, &resolv).map_err(|e| Stage1Error::Launch(e.to_string()))?;
+    units::write_units(pod_dir, pod, &app_cgroups).map_err(|(p, e)| io_err("write", &p)(e))?;
+    for sub in ["status", "logs"] {
+        let d = pod_dir.join(sub);
+        fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+    }
+    Ok(Go { netns, init_cgroups, app_cgroups })
+}
+
+/// The launcher (a child of the monitor): joins the pod's cgroup and
+/// network, unshares the other namespaces and forks the pod's PID 1, whose
+/// host pid it reports before exiting.
+fn launch(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go_r: OwnedFd, res_w: &OwnedFd) -> Result<(), String> {
+    let mut buf = Vec::new();
+    File::from(go_r).read_to_end(&mut buf).map_err(|e| format!("reading the go message: {e}"))?;
+    if buf.is_empty() {
+        return Err("monitor gave up before launch".into());
+    }
+    let go: Go = serde_json::from_slice(&buf).map_err(|e| e.to_string())?;
+    cgroups::add_pid(&go.init_cgroups, Pid::from_raw(0)).map_err(|e| e.to_string())?;
+    if let Some(ns) = &go.netns {
+        let f = File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
+        nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
+    }
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID)
+        .map_err(|e| format!("unshare: {e}"))?;
+    // The launcher is single-threaded (forked before the monitor started
+    // any thread), so forking again is safe.
+    match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            let err = pod_init(pod_dir, inv, pod, &go);
+            let _ = nix::unistd::write(res_w, format!("E{err}").as_bytes());
+            std::process::exit(1);
+        }
+        ForkResult::Parent { child } => {
+            // The child writes "E<error>" first if it fails before exec; the
+            // monitor reads to EOF, which comes once both ends are closed
+            // (the child's by exec, thanks to CLOEXEC, or by exit).
+            nix::unistd::write(res_w, format!("P{child}").as_bytes()).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    }
+}
+
+/// In the pod's PID 1, before exec: mounts, hostname, pivot, exec pod-init.
+fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: &Go) -> String {
+    let step = || -> Result<std::convert::Infallible, String> {
+        rootfs::make_private().map_err(|e| e.to_string())?;
+        nix::unistd::sethostname(pod.name.as_str()).map_err(|e| format!("sethostname: {e}"))?;
+        rootfs::setup_apps(pod_dir, pod).map_err(|e| e.to_string())?;
+        rootfs::bind_cgroups(pod_dir, &go.app_cgroups).map_err(|e| e.to_string())?;
+        let stage2 = rootfs::bind_stage2(pod_dir, &inv.stage2).map_err(|e| e.to_string())?;
+        rootfs::pivot_into(pod_dir).map_err(|e| e.to_string())?;
+        SigSet::all().thread_unblock().map_err(|e| format!("unblock signals: {e}"))?;
+        let prog = CString::new(stage2).map_err(|e| e.to_string())?;
+        let args = [prog.clone(), c"--root".into(), c"/".into()];
+        let env: [CString; 0] = [];
+        nix::unistd::execve(&prog, &args, &env).map_err(|e| format!("exec pod-init: {e}"))?;
+        Err("exec returned".into())
+    };
+    match step() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// Waits for the pod's PID 1, forwarding signals and streaming logs.
+fn supervise(
+    pod_dir: &Path,
+    init: Pid,
+    mask: &SigSet,
+    stream_logs: bool,
+    pod: &ResolvedPod,
+) -> Result<i32, Stage1Error> {
+    let sfd =
+        SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(sys_err("signalfd"))?;
+    let mut tail = LogTail::new(pod_dir, pod.apps.iter().map(|a| a.name.to_string()).collect());
+    loop {
+        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&sfd), nix::poll::PollFlags::POLLIN)];
+        let _ = nix::poll::poll(&mut fds, 200u16);
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+            if let Ok(sig) = Signal::try_from(signo) {
+                if sig != Signal::SIGCHLD {
+                    let _ = kill(init, Signal::SIGTERM);
+                }
+            }
+        }
+        if stream_logs {
+            tail.pump();
+        }
+        // Reap everything that reparented to us; note PID 1's end.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == init => {
+                    tail.finish(stream_logs);
+                    return Ok(code);
+                }
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => {
+                    tail.finish(stream_logs);
+                    return Ok(128 + sig as i32);
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// Follows the apps' log files and prints new lines prefixed by the app.
+struct LogTail {
+    dir: PathBuf,
+    apps: Vec<(String, u64, Vec<u8>)>,
+}
+
+impl LogTail {
+    fn new(pod_dir: &Path, apps: Vec<String>) -> Self {
+        Self { dir: pod_dir.join("logs"), apps: apps.into_iter().map(|a| (a, 0, Vec::new())).collect() }
+    }
+
+    fn pump(&mut self) {
+        let mut out = io::stdout().lock();
+        for (app, offset, partial) in &mut self.apps {
+            let Ok(mut f) = File::open(self.dir.join(format!("{app}.log"))) else { continue };
+            if f.seek(SeekFrom::Start(*offset)).is_err() {
+                continue;
+            }
+            let mut buf = Vec::new();
+            if f.read_to_end(&mut buf).is_err() {
+                continue;
+            }
+            *offset += buf.len() as u64;
+            partial.extend_from_slice(&buf);
+            while let Some(nl) = partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=nl).collect();
+                let _ = write!(out, "[{app}] ");
+                let _ = out.write_all(&line);
+            }
+        }
+        let _ = out.flush();
+    }
+
+    fn finish(&mut self, stream: bool) {
+        if stream {
+            std::thread::sleep(Duration::from_millis(50));
+            self.pump();
+        }
+    }
+}
+
+/// `pod-stage1-ns gc <pod dir>`: undoes what a monitor that died (kill -9)
+/// left: kills the pod's processes, removes its cgroups, detaches its
+/// network and removes its namespace file. Idempotent.
+pub fn gc(pod_dir: &Path) -> Result<(), Stage1Error> {
+    let (inv, pod) = load(pod_dir)?;
+    let h = hierarchy()?;
+    if let Some(cg) = cgroups::open_pod(&h, &pod.uuid)? {
+        cg.kill_all()?;
+        cg.destroy()?;
+    }
+    network::teardown_leftovers(&pod.network, &pod.uuid, &network_host(pod_dir, &inv))?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The pod's network: a pinned network namespace ([`netns`]), attached to a
+//! CNI network ([`cni`]), with published ports served by portmap and, on
+//! loopback, by userspace proxies ([`ports`], [`proxy`]).
+//!
+//! The stage1 monitor stays on the host: it calls [`setup`] before forking
+//! the pod's PID 1 (which enters [`PodNetwork::netns`]), keeps the
+//! [`PodNetwork`] for the pod's lifetime (the proxies run in it), and calls
+//! [`PodNetwork::teardown`] after. gc uses [`teardown_leftovers`] for pods
+//! whose stage1 died without tearing down.
+//!
+//! - `network: host`: nothing to do, no namespace.
+//! - `network: none`: a namespace with only `lo`, up.
+//! - a CNI network: a namespace plus `eth0` from the named list; `default`
+//!   is written to the configuration directory on first use.
+
+pub mod cni;
+pub mod netns;
+pub mod ports;
+pub mod proxy;
+mod sys;
+
+#[cfg(test)]
+mod kernel_tests;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use spec::stage1::Network;
+
+pub use cni::{Attachment, Cni, CniError, IpNet};
+pub use netns::{create_netns, is_pinned, list_netns, remove_netns, NetNs, NetnsError, DEFAULT_NETNS_DIR};
+pub use ports::{plan_forwarding, ForwardingPlan, PortError, PortMapping, Protocol};
+pub use proxy::{PortProxy, ProxyError};
+
+/// The pod's interface name inside its namespace.
+pub const POD_IFNAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Cni(#[from] CniError),
+    #[error(transparent)]
+    Ports(#[from] PortError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("network {0}: published ports need a CNI network")]
+    PortsWithoutCni(&'static str),
+    #[error("CNI network {0:?} gave the pod no address to forward ports to")]
+    NoAddress(String),
+}
+
+/// The host side of a pod's network: where namespaces are pinned and the
+/// pod's CNI runtime (with the cache inside the pod directory).
+#[derive(Debug, Clone)]
+pub struct NetworkHost {
+    pub netns_dir: PathBuf,
+    pub cni: Cni,
+}
+
+/// A pod's network while it runs.
+#[derive(Debug)]
+pub enum PodNetwork {
+    /// `network: host`: the host's namespace; nothing to undo.
+    Host,
+    /// `network: none` (no attachment) or a CNI network.
+    Namespaced { netns: NetNs, container_id: String, cni: Option<Box<(Cni, Attachment)>>, proxies: Vec<PortProxy> },
+}
+
+/// Builds the pod's network. `pod_id` names the namespace file and is the
+/// CNI container ID. On failure nothing is left behind.
+pub fn setup(
+    network: &Network,
+    pod_id: &str,
+    host: &NetworkHost,
+    ports: &[PortMapping],
+) -> Result<PodNetwork, NetworkError> {
+    let name = match network {
+        Network::Host if ports.is_empty() => return Ok(PodNetwork::Host),
+        Network::Host => return Err(NetworkError::PortsWithoutCni("host")),
+        Network::None if !ports.is_empty() => return Err(NetworkError::PortsWithoutCni("none")),
+        Network::None => None,
+        Network::Cni { name } => Some(name),
+    };
+    let plan = plan_forwarding(ports)?;
+    if name.is_some_and(|n| n == cni::DEFAULT_NETWORK) {
+        cni::ensure_default(host.cni.conf_dir())?;
+    }
+    let netns = create_netns(&host.netns_dir, pod_id)?;
+    let Some(name) = name else {
+        return Ok(PodNetwork::Namespaced { netns, container_id: pod_id.to_owned(), cni: None, proxies: Vec::new() });
+    };
+    let undo_netns = |netns: &NetNs| {
+        if let Err(undo) = remove_netns(netns.path()) {
+            tracing::warn!(error = %undo, "removing the namespace after failed network setup");
+        }
+    };
+    // add() undoes its own partial work when it fails.
+    let attachment = match host.cni.add(netns.path(), pod_id, POD_IFNAME, name, &plan.cni) {
+        Ok(attachment) => attachment,
+        Err(e) => {
+            undo_netns(&netns);
+            return Err(e.into());
+        }
+    };
+    match start_proxies(&plan, &attachment) {
+        Ok(proxies) => Ok(PodNetwork::Namespaced {
+            netns,
+            container_id: pod_id.to_owned(),
+            cni: Some(Box::new((host.cni.clone(), attachment))),
+            proxies,
+        }),
+        Err(e) => {
+            if let Err(undo) = host.cni.del(netns.path(), pod_id, POD_IFNAME, name) {
+                tracing::warn!(error = %undo, "CNI DEL after failed network setup");
+            }
+            undo_netns(&netns);
+            Err(e)
+        }
+    }
+}
+
+fn start_proxies(plan: &ForwardingPlan, attachment: &Attachment) -> Result<Vec<PortProxy>, NetworkError> {
+    if plan.loopback.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pod_ip = attachment.primary_ip().ok_or_else(|| NetworkError::NoAddress(attachment.network.clone()))?;
+    // Dropping the vector on an error stops the proxies already started.
+    plan.loopback
+        .iter()
+        .map(|fwd| {
+            let target = SocketAddr::new(pod_ip, fwd.container_port);
+            PortProxy::start(fwd.listen.ip(), fwd.listen.port(), target).map_err(NetworkError::from)
+        })
+        .collect()
+}
+
+impl PodNetwork {
+    /// The namespace the pod's PID 1 enters; `None` for `network: host`.
+    pub fn netns(&self) -> Option<&NetNs> {
+        match self {
+            Self::Host => None,
+            Self::Namespaced { netns, .. } => Some(netns),
+        }
+    }
+
+    /// What the CNI network gave the pod, if it has one.
+    pub fn attachment(&self) -> Option<&Attachment> {
+        match self {
+            Self::Namespaced { cni: Some(cni), .. } => Some(&cni.1),
+            _ => None,
+        }
+    }
+
+    /// Loopback addresses served by proxies.
+    pub fn proxied(&self) -> Vec<SocketAddr> {
+        match self {
+            Self::Host => Vec::new(),
+            Self::Namespaced { proxies, .. } => proxies.iter().map(PortProxy::local_addr).collect(),
+        }
+    }
+
+    /// Stops the proxies, detaches from the CNI network, removes the
+    /// namespace. Every step runs even if one before failed; the first error
+    /// is returned.
+    pub fn teardown(self) -> Result<(), NetworkError> {
+        let Self::Namespaced { netns, container_id, cni, proxies } = self else { return Ok(()) };
+        proxies.into_iter().for_each(PortProxy::stop);
+        let detached = match cni.as_deref() {
+            Some((cni, attachment)) => cni.del(netns.path(), &container_id, POD_IFNAME, &attachment.network),
+            None => Ok(()),
+        };
+        let removed = remove_netns(netns.path());
+        detached?;
+        removed?;
+        Ok(())
+    }
+}
+
+/// Undoes what [`setup`] left for pod `pod_id` when its stage1 is gone
+/// (gc): CNI DEL from the pod's cache, then the namespace file. Idempotent.
+pub fn teardown_leftovers(network: &Network, pod_id: &str, host: &NetworkHost) -> Result<(), NetworkError> {
+    let path: PathBuf = host.netns_dir.join(pod_id);
+    let detached = match network {
+        Network::Host => return Ok(()),
+        Network::None => Ok(()),
+        Network::Cni { name } => host.cni.del(&path, pod_id, POD_IFNAME, name),
+    };
+    let removed = remove_netns(Path::new(&path));
+    detached?;
+    removed?;
+    Ok(())
+}

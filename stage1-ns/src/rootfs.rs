@@ -1,0 +1,305 @@
+//! The pod's filesystems, set up by its PID 1-to-be inside the pod's new
+//! mount namespace: an overlay rootfs per app (the rendered tree as the
+//! read-only lower, a per-pod upper), /proc, read-only /sys, a minimal /dev,
+//! the generated /etc files and the volumes; then pivot_root into the pod
+//! directory so stage2-init sees `/units`, `/apps/<app>/rootfs`, `/status`
+//! and `/logs`. Every mount lives in the pod's mount namespace and vanishes
+//! with it, so a killed pod leaks no mount on the host.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use spec::stage1::{ResolvedPod, VolumeSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mount {what} on {target}: {errno}")]
+    Mount { what: String, target: PathBuf, errno: nix::errno::Errno },
+    #[error("path {0:?} escapes the app's rootfs")]
+    Escape(String),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
+    move |source| RootfsError::Io { op, path: path.to_owned(), source }
+}
+
+fn do_mount(
+    src: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    what: &str,
+) -> Result<(), RootfsError> {
+    mount(src, target, fstype, flags, data).map_err(|errno| RootfsError::Mount {
+        what: what.to_owned(),
+        target: target.to_owned(),
+        errno,
+    })
+}
+
+/// `rel` (absolute inside the app) joined onto `root`, refusing `..`.
+/// Symlinks inside the rootfs are not followed by the join; the mount
+/// syscalls below resolve the target path, so a rootfs symlink could point a
+/// mount elsewhere *within the pod's own mount namespace* only — the host's
+/// mounts are unaffected since the namespace is private.
+pub fn inside(root: &Path, rel: &str) -> Result<PathBuf, RootfsError> {
+    let mut out = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(p) => out.push(p),
+            Component::ParentDir | Component::Prefix(_) => return Err(RootfsError::Escape(rel.to_owned())),
+        }
+    }
+    Ok(out)
+}
+
+fn mkdir_p(p: &Path) -> Result<(), RootfsError> {
+    fs::create_dir_all(p).map_err(io_err("create directory", p))
+}
+
+fn touch(p: &Path) -> Result<(), RootfsError> {
+    if let Some(parent) = p.parent() {
+        mkdir_p(parent)?;
+    }
+    if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+        // An image's /etc/resolv.conf is often a symlink into /run: replace
+        // it in the upper layer with a plain file to bind-mount over.
+        fs::remove_file(p).map_err(io_err("remove", p))?;
+    }
+    fs::OpenOptions::new().create(true).append(true).open(p).map(drop).map_err(io_err("create", p))
+}
+
+/// Writes the pod's /etc/hosts, /etc/hostname and /etc/resolv.conf into
+/// `<pod>/etc`, bound into every app.
+pub fn write_etc(pod_dir: &Path, hostname: &str, ips: &[String], resolv: &str) -> Result<(), RootfsError> {
+    let etc = pod_dir.join("etc");
+    mkdir_p(&etc)?;
+    let mut hosts = format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for ip in ips {
+        hosts.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    for (name, text) in [("hosts", hosts), ("hostname", format!("{hostname}\n")), ("resolv.conf", resolv.to_owned())] {
+        let p = etc.join(name);
+        fs::write(&p, text).map_err(io_err("write", &p))?;
+    }
+    Ok(())
+}
+
+/// Makes every mount in this (new) namespace private, so nothing below
+/// propagates back to the host.
+pub fn make_private() -> Result<(), RootfsError> {
+    do_mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, "private propagation")
+}
+
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+fn setup_dev(rootfs: &Path) -> Result<(), RootfsError> {
+    let dev = rootfs.join("dev");
+    mkdir_p(&dev)?;
+    do_mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+        "tmpfs /dev",
+    )?;
+    for d in DEVICES {
+        let target = dev.join(d);
+        touch(&target)?;
+        // Bind the host's nodes rather than mknod: works the same under a
+        // user namespace later, and gives exactly these devices, no others.
+        do_mount(Some(&Path::new("/dev").join(d)), &target, None, MsFlags::MS_BIND, None, d)?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts)?;
+    do_mount(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+        "devpts",
+    )?;
+    symlink("pts/ptmx", dev.join("ptmx")).map_err(io_err("symlink", &dev.join("ptmx")))?;
+    let console = dev.join("console");
+    touch(&console)?;
+    do_mount(Some(Path::new("/dev/null")), &console, None, MsFlags::MS_BIND, None, "console")?;
+    let shm = dev.join("shm");
+    mkdir_p(&shm)?;
+    do_mount(
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+        "/dev/shm",
+    )?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(name)).map_err(io_err("symlink", &dev.join(name)))?;
+    }
+    Ok(())
+}
+
+fn bind(src: &Path, target: &Path, read_only: bool, what: &str) -> Result<(), RootfsError> {
+    do_mount(Some(src), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, what)?;
+    if read_only {
+        do_mount(
+            None,
+            target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            None,
+            what,
+        )?;
+    }
+    Ok(())
+}
+
+/// Mounts every app's root filesystem under `<pod>/apps/<app>/rootfs`.
+/// Runs in the pod's mount namespace, after the pid namespace exists (so
+/// /proc shows the pod's processes).
+pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod) -> Result<(), RootfsError> {
+    for app in &pod.apps {
+        let base = pod_dir.join("apps").join(app.name.as_str());
+        let rootfs = base.join("rootfs");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            app.tree.display(),
+            base.join("upper").display(),
+            base.join("work").display()
+        );
+        do_mount(
+            Some(Path::new("overlay")),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&opts),
+            "overlay rootfs",
+        )?;
+
+        let proc_dir = rootfs.join("proc");
+        mkdir_p(&proc_dir)?;
+        do_mount(
+            Some(Path::new("proc")),
+            &proc_dir,
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+            "proc",
+        )?;
+        let sys = rootfs.join("sys");
+        mkdir_p(&sys)?;
+        do_mount(
+            Some(Path::new("sysfs")),
+            &sys,
+            Some("sysfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+            None,
+            "sysfs",
+        )?;
+        setup_dev(&rootfs)?;
+        let tmp = rootfs.join("tmp");
+        mkdir_p(&tmp)?;
+
+        for name in ["hosts", "hostname", "resolv.conf"] {
+            let target = rootfs.join("etc").join(name);
+            touch(&target)?;
+            bind(&pod_dir.join("etc").join(name), &target, true, name)?;
+        }
+        for m in &app.mounts {
+            let Some(vol) = pod.volumes.iter().find(|v| v.name == m.volume) else { continue };
+            let (src, vol_ro) = match &vol.source {
+                VolumeSource::Empty => (pod_dir.join("volumes").join(vol.name.as_str()), false),
+                VolumeSource::Host { path, read_only } => (path.clone(), *read_only),
+            };
+            let target = inside(&rootfs, &m.path)?;
+            mkdir_p(&target)?;
+            bind(&src, &target, m.read_only || vol_ro, &format!("volume {}", vol.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds each app's cgroup directories at `<pod>/cgroup/<app>/<n>`, where
+/// stage2-init's child for that app joins them (the units' `Cgroup=`).
+pub fn bind_cgroups(
+    pod_dir: &Path,
+    apps: &std::collections::BTreeMap<String, Vec<PathBuf>>,
+) -> Result<(), RootfsError> {
+    for (app, dirs) in apps {
+        for (i, dir) in dirs.iter().enumerate() {
+            let target = cgroup_mount(pod_dir, app, i);
+            mkdir_p(&target)?;
+            bind(dir, &target, false, "app cgroup")?;
+        }
+    }
+    Ok(())
+}
+
+/// Where app `app`'s `n`th cgroup directory is bound, as seen from the pod root.
+pub fn cgroup_path_in_pod(app: &str, n: usize) -> String {
+    format!("/cgroup/{app}/{n}")
+}
+
+fn cgroup_mount(pod_dir: &Path, app: &str, n: usize) -> PathBuf {
+    pod_dir.join("cgroup").join(app).join(n.to_string())
+}
+
+/// Binds the host's stage2 binary into the pod root; returns its path there.
+pub fn bind_stage2(pod_dir: &Path, stage2: &Path) -> Result<String, RootfsError> {
+    let target = pod_dir.join("stage2").join("pod-init");
+    touch(&target)?;
+    bind(stage2, &target, true, "stage2")?;
+    Ok("/stage2/pod-init".to_owned())
+}
+
+/// Makes `pod_dir` the root: bind it onto itself (pivot_root needs a mount
+/// point), pivot, and detach the host's root.
+pub fn pivot_into(pod_dir: &Path) -> Result<(), RootfsError> {
+    bind(pod_dir, pod_dir, false, "pod root")?;
+    let old = pod_dir.join(".oldroot");
+    mkdir_p(&old)?;
+    nix::unistd::pivot_root(pod_dir, &old).map_err(|errno| RootfsError::Mount {
+        what: "pivot_root".into(),
+        target: pod_dir.to_owned(),
+        errno,
+    })?;
+    nix::unistd::chdir("/").map_err(|e| io_err("chdir", Path::new("/"))(e.into()))?;
+    umount2("/.oldroot", MntFlags::MNT_DETACH).map_err(|errno| RootfsError::Mount {
+        what: "detach old root".into(),
+        target: PathBuf::from("/.oldroot"),
+        errno,
+    })?;
+    let _ = fs::remove_dir("/.oldroot");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inside_refuses_escapes() {
+        let r = Path::new("/pod/apps/web/rootfs");
+        assert_eq!(inside(r, "/data/x").ok(), Some(PathBuf::from("/pod/apps/web/rootfs/data/x")));
+        assert!(inside(r, "/data/../../etc").is_err());
+    }
+}

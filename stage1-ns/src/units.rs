@@ -1,0 +1,57 @@
+//! Generates the unit file of each app from the resolved pod: the contract
+//! stage2-init reads (see `spec::unit`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use spec::stage1::{App, Probe, ResolvedPod, Restart};
+use spec::unit::{self, ReadinessCheck, Unit};
+
+/// The unit for one app; `cgroups` are the paths (inside the pod root) of
+/// the cgroup directories its processes join.
+pub fn unit_for(app: &App, cgroups: Vec<String>) -> Unit {
+    let mut u = Unit::new(app.exec.clone());
+    u.description = Some(format!("{} ({})", app.name, app.image_name));
+    u.after = app.after.clone();
+    u.requires = app.requires.clone();
+    u.environment = app.env.clone();
+    u.working_directory = Some(app.working_directory.clone());
+    u.user = Some(app.user.clone());
+    u.group = Some(app.group.clone());
+    u.supplementary_groups = app.supplementary_gids.iter().map(ToString::to_string).collect();
+    u.restart = match app.restart {
+        Restart::Never => unit::Restart::No,
+        Restart::OnFailure => unit::Restart::OnFailure,
+        Restart::Always => unit::Restart::Always,
+    };
+    u.timeout_stop = Duration::from_millis(app.stop_timeout_ms);
+    u.readiness = app.readiness.as_ref().map(|r| unit::Readiness {
+        check: match &r.probe {
+            Probe::Tcp(port) => ReadinessCheck::Tcp(([127, 0, 0, 1], *port).into()),
+            Probe::Exec(argv) => ReadinessCheck::Exec(argv.clone()),
+        },
+        timeout: Duration::from_millis(r.timeout_ms),
+    });
+    u.cgroups = cgroups;
+    u
+}
+
+/// Writes `<pod>/units/<app>.unit` for every app.
+pub fn write_units(
+    pod_dir: &Path,
+    pod: &ResolvedPod,
+    cgroups: &BTreeMap<String, Vec<PathBuf>>,
+) -> Result<(), (PathBuf, io::Error)> {
+    let dir = pod_dir.join("units");
+    fs::create_dir_all(&dir).map_err(|e| (dir.clone(), e))?;
+    for app in &pod.apps {
+        let p = dir.join(format!("{}.unit", app.name));
+        let n = cgroups.get(app.name.as_str()).map_or(0, Vec::len);
+        let paths = (0..n).map(|i| crate::rootfs::cgroup_path_in_pod(app.name.as_str(), i)).collect();
+        fs::write(&p, unit_for(app, paths).render()).map_err(|e| (p.clone(), e))?;
+    }
+    Ok(())
+}
