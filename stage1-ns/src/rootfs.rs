@@ -97,6 +97,21 @@ pub fn write_etc(pod_dir: &Path, hostname: &str, ips: &[String], resolv: &str) -
     Ok(())
 }
 
+/// A fresh empty volume takes the owner and mode of the directory it is
+/// mounted over in the image (as Docker does for new volumes), so an app
+/// running as its own user can write to its data directory.
+fn adopt_owner(volume: &Path, target: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(image_dir) = fs::symlink_metadata(target) else { return Ok(()) };
+    let vol = fs::symlink_metadata(volume).map_err(io_err("inspect", volume))?;
+    let fresh = fs::read_dir(volume).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if !image_dir.is_dir() || !fresh || (vol.uid(), vol.gid()) != (0, 0) {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(volume, Some(image_dir.uid()), Some(image_dir.gid())).map_err(io_err("chown", volume))?;
+    fs::set_permissions(volume, fs::Permissions::from_mode(image_dir.mode() & 0o7777)).map_err(io_err("chmod", volume))
+}
+
 /// Makes every mount in this (new) namespace private, so nothing below
 /// propagates back to the host.
 pub fn make_private() -> Result<(), RootfsError> {
@@ -231,6 +246,9 @@ pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod) -> Result<(), RootfsError> 
                 VolumeSource::Host { path, read_only } => (path.clone(), *read_only),
             };
             let target = inside(&rootfs, &m.path)?;
+            if matches!(vol.source, VolumeSource::Empty) {
+                adopt_owner(&src, &target)?;
+            }
             mkdir_p(&target)?;
             bind(&src, &target, m.read_only || vol_ro, &format!("volume {}", vol.name))?;
         }

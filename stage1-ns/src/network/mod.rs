@@ -22,7 +22,7 @@ mod sys;
 #[cfg(test)]
 mod kernel_tests;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use spec::stage1::Network;
@@ -104,7 +104,7 @@ pub fn setup(
             return Err(e.into());
         }
     };
-    match start_proxies(&plan, &attachment) {
+    match start_proxies(&plan, &netns, attachment.primary_ip()) {
         Ok(proxies) => Ok(PodNetwork::Namespaced {
             netns,
             container_id: pod_id.to_owned(),
@@ -121,17 +121,19 @@ pub fn setup(
     }
 }
 
-fn start_proxies(plan: &ForwardingPlan, attachment: &Attachment) -> Result<Vec<PortProxy>, NetworkError> {
-    if plan.loopback.is_empty() {
-        return Ok(Vec::new());
-    }
-    let pod_ip = attachment.primary_ip().ok_or_else(|| NetworkError::NoAddress(attachment.network.clone()))?;
+fn start_proxies(plan: &ForwardingPlan, netns: &NetNs, pod_ip: Option<IpAddr>) -> Result<Vec<PortProxy>, NetworkError> {
     // Dropping the vector on an error stops the proxies already started.
     plan.loopback
         .iter()
         .map(|fwd| {
-            let target = SocketAddr::new(pod_ip, fwd.container_port);
-            PortProxy::start(fwd.listen.ip(), fwd.listen.port(), target).map_err(NetworkError::from)
+            // Dial from inside the pod's namespace (see
+            // PortProxy::start_in_netns): the pod's own address, which is
+            // local there, so no host route to the pod is needed; loopback
+            // when the pod has no address.
+            let ip = pod_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+            let target = SocketAddr::new(ip, fwd.container_port);
+            PortProxy::start_in_netns(fwd.listen.ip(), fwd.listen.port(), target, netns.path())
+                .map_err(NetworkError::from)
         })
         .collect()
 }

@@ -89,11 +89,35 @@ impl PortProxy {
         Self::with_limits(host_ip, host_port, target, ProxyLimits::default())
     }
 
+    /// Like [`start`](Self::start), but dials `target` from inside the
+    /// network namespace pinned at `netns` (each connection thread joins it
+    /// first), so `target` can be the pod's own 127.0.0.1. This needs no
+    /// address on the host side of the pod's network, no forwarding and no
+    /// route_localnet: traffic never crosses a bridge.
+    pub fn start_in_netns(
+        host_ip: IpAddr,
+        host_port: u16,
+        target: SocketAddr,
+        netns: &std::path::Path,
+    ) -> Result<Self, ProxyError> {
+        Self::spawn(host_ip, host_port, target, ProxyLimits::default(), Some(Arc::new(netns.to_path_buf())))
+    }
+
     pub fn with_limits(
         host_ip: IpAddr,
         host_port: u16,
         target: SocketAddr,
         limits: ProxyLimits,
+    ) -> Result<Self, ProxyError> {
+        Self::spawn(host_ip, host_port, target, limits, None)
+    }
+
+    fn spawn(
+        host_ip: IpAddr,
+        host_port: u16,
+        target: SocketAddr,
+        limits: ProxyLimits,
+        netns: Option<Arc<std::path::PathBuf>>,
     ) -> Result<Self, ProxyError> {
         let addr = SocketAddr::new(host_ip, host_port);
         let listener = TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
@@ -103,7 +127,7 @@ impl PortProxy {
         let state = Arc::clone(&shared);
         let thread = thread::Builder::new()
             .name(format!("proxy-{}", local_addr.port()))
-            .spawn(move || accept_loop(&accept_side, target, limits, &state))
+            .spawn(move || accept_loop(&accept_side, target, limits, &state, netns))
             .map_err(|source| ProxyError::Thread { addr: local_addr, source })?;
         tracing::info!(listen = %local_addr, %target, "port proxy started");
         Ok(Self { local_addr, target, listener: Some(listener), shared, thread: Some(thread) })
@@ -151,7 +175,13 @@ impl Drop for PortProxy {
     }
 }
 
-fn accept_loop(listener: &TcpListener, target: SocketAddr, limits: ProxyLimits, shared: &Arc<Shared>) {
+fn accept_loop(
+    listener: &TcpListener,
+    target: SocketAddr,
+    limits: ProxyLimits,
+    shared: &Arc<Shared>,
+    netns: Option<Arc<std::path::PathBuf>>,
+) {
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     loop {
         let accepted = listener.accept();
@@ -179,7 +209,21 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, limits: ProxyLimits, 
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
         let state = Arc::clone(shared);
+        let netns = netns.clone();
         let spawned = thread::Builder::new().name("proxy-conn".into()).spawn(move || {
+            // This thread exists for this one connection: joining the pod's
+            // network namespace here affects nothing else.
+            if let Some(ns) = &netns {
+                let joined = std::fs::File::open(ns.as_path())
+                    .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))
+                    .and_then(|f| nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET));
+                if let Err(e) = joined {
+                    tracing::warn!(netns = %ns.display(), error = %e, "proxy could not enter the pod's network");
+                    state.sockets().remove(&id);
+                    state.active.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            }
             forward(id, client, target, limits.connect_timeout, &state);
             state.sockets().remove(&id);
             state.active.fetch_sub(1, Ordering::SeqCst);
