@@ -2,13 +2,15 @@
 # Sets everything up on a fresh Debian machine (as root) and runs the main
 # job end to end: builds pod, makes and trusts a demo signing key for
 # example.com/ only, builds the demo images from Debian packages, signs them,
-# and fetches them into the store (verified).
+# fetches them into the store (verified), and runs manifests/web-db.yaml in
+# the background: a web app counting visits in redis, on 127.0.0.1:8080.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --workspace
-pod=$PWD/target/release/pod
-install -m 0755 "$pod" /usr/local/bin/pod
+for bin in pod pod-stage1-ns pod-stage1-vm pod-init; do
+  install -m 0755 "target/release/$bin" "/usr/local/bin/$bin"
+done
 
 keys=/etc/pod/demo-keys
 if [ ! -f "$keys/demo.key" ]; then
@@ -26,3 +28,19 @@ for recipe in manifests/images/*.yaml; do
   pod fetch "$out/$name.aci"
 done
 pod image list
+
+# Replace an earlier demo pod, if any, then start web-db.
+if pod status web-db >/dev/null 2>&1; then
+  pod stop web-db >/dev/null 2>&1 || true
+  pod rm web-db >/dev/null 2>&1 || true
+fi
+uuid=$(pod run -d manifests/web-db.yaml)
+pod status "$uuid"
+for _ in 1 2 3; do curl -s --retry 5 --retry-connrefused http://127.0.0.1:8080/; done
+cat <<EOF
+
+web-db is running as pod $uuid. Try:
+  curl http://127.0.0.1:8080/      # the visit counter, kept in redis
+  pod list; pod status web-db; pod logs web-db
+  pod stop web-db; pod rm web-db
+EOF

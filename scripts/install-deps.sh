@@ -11,6 +11,10 @@ packages=(
   appc-spec         # actool: appc's own tool, for the interoperability test
   hyperfine         # benchmarks
   apt-utils         # apt-get download for `pod image build` from packages
+  containernetworking-plugins  # CNI: bridge, host-local, portmap
+  iptables iproute2 # portmap's rules; tests remove their bridges with ip(8)
+  curl              # the demo and tests talk to pods
+  busybox-static    # stage2-init's tests build app rootfs from /bin/busybox
 )
 
 missing=()
