@@ -334,7 +334,9 @@ impl<'a> Fetcher<'a> {
         location: &str,
         expect: Option<(&AcIdentifier, &BTreeMap<String, String>)>,
     ) -> Result<(ImageMeta, bool), FetchError> {
+        tracing::debug!(size = staged.size, "staged");
         let signer = if self.opts.insecure.image { None } else { Some(self.verify_signature(&staged, location)?) };
+        tracing::debug!("signature checked");
         let dir = staged.staging.path().to_owned();
         let extract_dir = dir.join("extract");
         fs::create_dir(&extract_dir).map_err(io_err("create directory", &extract_dir))?;

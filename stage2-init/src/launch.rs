@@ -1,0 +1,250 @@
+//! Starting one process of an app (its main program or a readiness probe):
+//! fork, then in the child: own session, stdio, own mount namespace rooted
+//! at the app's rootfs, the app's user, a clean environment, execve.
+//!
+//! The child reports a failure before exec through a close-on-exec pipe:
+//! the parent reads EOF when exec succeeded, or a message, and the child
+//! exits 127 (126 when the program cannot be executed).
+
+use std::convert::Infallible;
+use std::ffi::{CStr, CString};
+use std::io::Read;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::unistd::{chdir, chroot, dup2, execve, pivot_root, setgid, setgroups, setsid, setuid, Gid, Pid, Uid};
+use spec::unit::Unit;
+
+use crate::creds::{self, Creds};
+use crate::exit::{EXIT_CANNOT_EXEC, EXIT_LAUNCH_FAILED};
+use crate::sys::{self, Fork};
+
+/// `PATH` for every app unless its unit sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// `/etc/passwd` or `/etc/group` larger than this is refused.
+const MAX_ACCOUNTS_BYTES: u64 = 4 << 20;
+
+/// What to start, prepared by the parent.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    pub app: &'a str,
+    pub unit: &'a Unit,
+    /// The app's rootfs, as pod-init sees it.
+    pub rootfs: CString,
+    /// `cgroup.procs` of each cgroup to join (`Cgroup=`), as pod-init sees them.
+    pub cgroups: &'a [PathBuf],
+    pub argv: Vec<CString>,
+    pub stdin: BorrowedFd<'a>,
+    /// Where stdout and stderr go.
+    pub output: BorrowedFd<'a>,
+}
+
+/// A forked process; `report` is readable (EOF or a message) once it exec'd
+/// or failed to.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: Pid,
+    pub report: OwnedFd,
+}
+
+/// A failure in the child before exec: its exit code and what went wrong.
+struct ChildError {
+    code: i32,
+    message: String,
+}
+
+fn step(what: &'static str) -> impl Fn(Errno) -> ChildError {
+    move |e| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("{what}: {e}") }
+}
+
+/// Converts a command line for execve.
+pub fn c_strings(words: &[String]) -> Result<Vec<CString>, String> {
+    words.iter().map(|w| CString::new(w.as_bytes()).map_err(|_| format!("NUL byte in {w:?}"))).collect()
+}
+
+/// Forks and launches. Errors are the parent's (pipe, fork).
+pub fn spawn(launch: &Launch<'_>) -> nix::Result<Spawned> {
+    let (report, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+    match sys::fork()? {
+        Fork::Parent(pid) => Ok(Spawned { pid, report }),
+        Fork::Child => {
+            drop(report);
+            let e = match child(launch) {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            // The pipe is non-blocking; a message this short always fits.
+            let _ = nix::unistd::write(&report_w, e.message.as_bytes());
+            sys::exit_now(e.code)
+        }
+    }
+}
+
+/// Reads what the child reported so far: `Some(message)` for a failure,
+/// `Some("")` for a successful exec (EOF), `None` if it has not got there.
+pub fn read_report(fd: &OwnedFd) -> Option<String> {
+    let mut buf = [0u8; 1024];
+    let mut message = Vec::new();
+    loop {
+        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&message).into_owned()),
+            Ok(n) => message.extend_from_slice(&buf[..n]),
+            Err(Errno::EINTR) => {}
+            // EAGAIN: the child is still on its way; a message is written
+            // whole before the child exits, so a partial one reads as none.
+            Err(_) => return (!message.is_empty()).then(|| String::from_utf8_lossy(&message).into_owned()),
+        }
+    }
+}
+
+fn child(l: &Launch<'_>) -> Result<Infallible, ChildError> {
+    sys::reset_signal_dispositions();
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(step("sigprocmask"))?;
+    setsid().map_err(step("setsid"))?;
+    dup2(l.stdin.as_raw_fd(), 0).map_err(step("stdin"))?;
+    dup2(l.output.as_raw_fd(), 1).map_err(step("stdout"))?;
+    dup2(l.output.as_raw_fd(), 2).map_err(step("stderr"))?;
+    join_cgroups(l.cgroups)?;
+    enter_rootfs(&l.rootfs)?;
+    let creds = read_creds(l.unit)?;
+    setgroups(&creds.groups.iter().map(|&g| Gid::from_raw(g)).collect::<Vec<_>>()).map_err(step("setgroups"))?;
+    setgid(Gid::from_raw(creds.gid)).map_err(step("setgid"))?;
+    setuid(Uid::from_raw(creds.uid)).map_err(step("setuid"))?;
+    // As the app's user, so a directory it may not enter fails here.
+    let dir = l.unit.working_directory.as_deref().unwrap_or("/");
+    chdir(dir).map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("chdir {dir}: {e}") })?;
+    let env = environment(l.app, l.unit, &creds);
+    exec(&l.argv, &env)
+}
+
+/// Moves this process into the app's cgroups, before it execs or forks, so
+/// nothing of the app ever runs outside them; then the app gets a cgroup
+/// namespace rooted there.
+fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), ChildError> {
+    if procs_files.is_empty() {
+        return Ok(());
+    }
+    let pid = std::process::id().to_string();
+    for file in procs_files {
+        std::fs::write(file, &pid).map_err(|e| ChildError {
+            code: EXIT_LAUNCH_FAILED,
+            message: format!("join cgroup {}: {e}", file.display()),
+        })?;
+    }
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(step("unshare cgroup namespace"))
+}
+
+/// Makes the app's rootfs this process's `/`, in a mount namespace of its
+/// own so the pod's mounts are untouched. pivot_root detaches the pod root
+/// entirely; where it cannot work (the pod root is an initramfs, as in the
+/// VM stage1: EINVAL) chroot is the fallback, which is as good here because
+/// the namespace is private and the app gets no CAP_SYS_CHROOT-style way
+/// back unless it runs as root, which the pod root holds nothing against.
+fn enter_rootfs(rootfs: &CStr) -> Result<(), ChildError> {
+    let none = None::<&str>;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare mount namespace"))?;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(step("make mounts private"))?;
+    // pivot_root needs the new root to be a mount point; MS_REC keeps the
+    // /proc, /dev and volumes stage1 mounted inside it.
+    mount(Some(rootfs), rootfs, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(step("bind rootfs"))?;
+    chdir(rootfs).map_err(step("chdir rootfs"))?;
+    match pivot_root(".", ".") {
+        // The old root now sits on top of the new one: detach it.
+        Ok(()) => umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root"))?,
+        Err(Errno::EINVAL) => chroot(".").map_err(step("chroot"))?,
+        Err(e) => return Err(step("pivot_root")(e)),
+    }
+    chdir("/").map_err(step("chdir /"))
+}
+
+fn read_small(path: &str) -> Result<String, ChildError> {
+    let mut text = String::new();
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            let read = f.take(MAX_ACCOUNTS_BYTES).read_to_string(&mut text);
+            read.map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("{path}: {e}") })?;
+        }
+        // Numeric ids need no account files.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ChildError { code: EXIT_LAUNCH_FAILED, message: format!("{path}: {e}") }),
+    }
+    Ok(text)
+}
+
+fn read_creds(unit: &Unit) -> Result<Creds, ChildError> {
+    let (passwd, group) = (read_small("/etc/passwd")?, read_small("/etc/group")?);
+    creds::resolve(unit.user.as_deref(), unit.group.as_deref(), &unit.supplementary_groups, &passwd, &group)
+        .map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: e.to_string() })
+}
+
+/// The app's environment: nothing from pod-init's, then the unit's on top.
+pub fn environment(app: &str, unit: &Unit, creds: &Creds) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+        ("AC_APP_NAME".to_owned(), app.to_owned()),
+        ("HOME".to_owned(), creds.home.clone()),
+    ];
+    if let Some(name) = &creds.name {
+        env.push(("USER".to_owned(), name.clone()));
+        env.push(("LOGNAME".to_owned(), name.clone()));
+    }
+    for (name, value) in &unit.environment {
+        match env.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1.clone_from(value),
+            None => env.push((name.clone(), value.clone())),
+        }
+    }
+    env
+}
+
+/// execve, looking a bare program name up in the app's `PATH` as execvp
+/// does: a directory where it is missing is skipped, EACCES is remembered.
+fn exec(argv: &[CString], env: &[(String, String)]) -> Result<Infallible, ChildError> {
+    let envp: Vec<CString> = env.iter().filter_map(|(n, v)| CString::new(format!("{n}={v}")).ok()).collect();
+    let program = argv.first().ok_or(ChildError { code: EXIT_LAUNCH_FAILED, message: "empty command".into() })?;
+    let name = program.to_string_lossy();
+    let failed = |e: Errno, what: &str| ChildError {
+        code: if matches!(e, Errno::EACCES | Errno::ENOEXEC) { EXIT_CANNOT_EXEC } else { EXIT_LAUNCH_FAILED },
+        message: format!("exec failed: {e} ({what})"),
+    };
+    if name.contains('/') {
+        return match execve(program, argv, &envp) {
+            Ok(never) => match never {},
+            Err(e) => Err(failed(e, &name)),
+        };
+    }
+    let path = env.iter().find(|(n, _)| n == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    let mut denied = false;
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let Ok(candidate) = CString::new(format!("{dir}/{name}")) else { continue };
+        match execve(&candidate, argv, &envp) {
+            Err(Errno::EACCES) => denied = true,
+            Err(Errno::ENOENT | Errno::ENOTDIR) => {}
+            Err(e) => return Err(failed(e, &candidate.to_string_lossy())),
+        }
+    }
+    let e = if denied { Errno::EACCES } else { Errno::ENOENT };
+    Err(failed(e, &format!("{name} in PATH={path}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_is_clean_and_unit_wins() {
+        let mut unit = Unit::new(vec!["x".into()]);
+        unit.environment = vec![("PATH".into(), "/opt/bin".into()), ("A".into(), "1".into())];
+        let creds = Creds { uid: 5, gid: 5, groups: vec![5], name: Some("app".into()), home: "/home/app".into() };
+        let env = environment("web", &unit, &creds);
+        let pairs: Vec<String> = env.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        assert_eq!(pairs, ["PATH=/opt/bin", "AC_APP_NAME=web", "HOME=/home/app", "USER=app", "LOGNAME=app", "A=1"]);
+        let anonymous = Creds { name: None, home: "/".into(), ..creds };
+        assert_eq!(environment("web", &Unit::new(vec!["x".into()]), &anonymous).len(), 3);
+    }
+}

@@ -1,0 +1,115 @@
+//! `pod-init`, the pod's PID 1 (stage2): reads one unit per app from the pod
+//! root (`spec::unit` has the contract), starts the apps in dependency
+//! order, each in its own mount namespace rooted at its rootfs, supervises
+//! and reaps, stops the pod on SIGTERM, and exits with the pod's status.
+//!
+//! Logging is one terse line per event on stderr, prefixed `pod-init:`, for
+//! stage1 to capture; no `tracing`, to keep PID 1's dependency tree (and its
+//! memory) tiny.
+
+pub mod creds;
+pub mod exit;
+pub mod plan;
+pub mod status;
+
+mod app;
+mod launch;
+mod supervise;
+mod sys;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+pub use exit::EXIT_INIT_FAILED;
+pub use launch::DEFAULT_PATH;
+pub use supervise::READINESS_POLL;
+
+/// Writes one line to stderr, prefixed `pod-init:`. A failed write is
+/// ignored: PID 1 must not die because its stderr went away.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "pod-init: {}", format_args!($($arg)*));
+    }};
+}
+
+/// What `pod-init` is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The pod root: `units/`, `apps/<app>/rootfs`, `status/`, `logs/`.
+    pub root: PathBuf,
+}
+
+/// pod-init's own failures; each ends it with [`EXIT_INIT_FAILED`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Plan(#[from] plan::PlanError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Sys(nix::errno::Errno),
+}
+
+/// Runs the pod to its end and returns its exit code (see README.md).
+pub fn run(options: &Options) -> Result<u8, Error> {
+    sys::ignore_sigpipe();
+    sys::ensure_stdio();
+    sys::cloexec_inherited_fds();
+    let signals = signals()?;
+    if std::process::id() != 1 {
+        // Not PID 1 (tests, or a stage1 without a pid namespace): become a
+        // subreaper so orphans of the apps still come to us.
+        nix::sys::prctl::set_child_subreaper(true).map_err(Error::Sys)?;
+    }
+    let started_at = SystemTime::now();
+    let root = options.root.as_path();
+    for dir in ["status", "logs"] {
+        let path = root.join(dir);
+        // Not create_dir_all: a mistyped --root must not be created.
+        match std::fs::create_dir(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(Error::Io { path, source: e }),
+            _ => {}
+        }
+    }
+    let plan = match plan::load(root) {
+        Ok(plan) => plan,
+        Err(e) => {
+            record_failure(root, started_at, &e.to_string());
+            return Err(e.into());
+        }
+    };
+    supervise::Supervisor::new(plan, root, signals, started_at)?.run()
+}
+
+/// Blocks the signals pod-init handles and returns a signalfd for them.
+/// Blocked before any fork, so no SIGCHLD is missed.
+fn signals() -> Result<SignalFd, Error> {
+    let mut mask = SigSet::empty();
+    for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(signal);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(Error::Sys)?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(Error::Sys)
+}
+
+/// `status/pod.json` for a pod that never started.
+fn record_failure(root: &Path, started_at: SystemTime, message: &str) {
+    let status = status::PodStatus {
+        state: "exited",
+        pid: std::process::id(),
+        started_at,
+        finished_at: Some(SystemTime::now()),
+        exit_code: Some(EXIT_INIT_FAILED),
+        message,
+    };
+    let _ = status::write_atomic(&root.join("status"), "pod.json", &status.to_json());
+}

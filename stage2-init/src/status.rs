@@ -1,0 +1,183 @@
+//! Status files: `status/<app>.json` and `status/pod.json`, replaced
+//! atomically (temp file + rename) so a reader never sees half a file.
+//! Written by hand: a few flat objects do not justify serde in PID 1.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// One app's status, as stage0 reads it.
+#[derive(Debug)]
+pub struct AppStatus<'a> {
+    pub app: &'a str,
+    /// waiting, starting, running, ready, exited, failed, restarting, stopped
+    pub state: &'a str,
+    pub pid: Option<i32>,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub restarts: u32,
+    pub message: &'a str,
+}
+
+/// The pod's status, as stage0 reads it.
+#[derive(Debug)]
+pub struct PodStatus<'a> {
+    /// running, stopping, exited
+    pub state: &'a str,
+    pub pid: u32,
+    pub started_at: SystemTime,
+    pub finished_at: Option<SystemTime>,
+    pub exit_code: Option<u8>,
+    pub message: &'a str,
+}
+
+impl AppStatus<'_> {
+    pub fn to_json(&self) -> String {
+        let mut o = Object::default();
+        o.str("app", self.app);
+        o.str("state", self.state);
+        o.num("pid", self.pid);
+        o.time("startedAt", self.started_at);
+        o.time("finishedAt", self.finished_at);
+        o.num("exitCode", self.exit_code);
+        o.num("signal", self.signal);
+        o.num("restarts", Some(self.restarts));
+        o.str("message", self.message);
+        o.finish()
+    }
+}
+
+impl PodStatus<'_> {
+    pub fn to_json(&self) -> String {
+        let mut o = Object::default();
+        o.str("state", self.state);
+        o.num("pid", Some(self.pid));
+        o.time("startedAt", Some(self.started_at));
+        o.time("finishedAt", self.finished_at);
+        o.num("exitCode", self.exit_code);
+        o.str("message", self.message);
+        o.finish()
+    }
+}
+
+/// Writes `dir/name` atomically.
+pub fn write_atomic(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+#[derive(Default)]
+struct Object(String);
+
+impl Object {
+    fn key(&mut self, key: &str) {
+        self.0.push(if self.0.is_empty() { '{' } else { ',' });
+        quote(&mut self.0, key);
+        self.0.push(':');
+    }
+    fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        quote(&mut self.0, value);
+    }
+    fn num(&mut self, key: &str, value: Option<impl std::fmt::Display>) {
+        self.key(key);
+        match value {
+            Some(v) => {
+                let _ = write!(self.0, "{v}");
+            }
+            None => self.0.push_str("null"),
+        }
+    }
+    fn time(&mut self, key: &str, value: Option<SystemTime>) {
+        match value {
+            Some(t) => self.str(key, &rfc3339(t)),
+            None => self.num(key, None::<u8>),
+        }
+    }
+    fn finish(mut self) -> String {
+        self.0.push_str("}\n");
+        self.0
+    }
+}
+
+fn quote(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2024-05-01T12:00:00.250Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (>= 0).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn dates() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(at(1_714_564_800) + Duration::from_millis(250)), "2024-05-01T12:00:00.250Z");
+        assert_eq!(rfc3339(at(4_102_444_799)), "2099-12-31T23:59:59.000Z");
+    }
+
+    #[test]
+    fn app_json() {
+        let s = AppStatus {
+            app: "db",
+            state: "failed",
+            pid: Some(42),
+            started_at: Some(UNIX_EPOCH),
+            finished_at: None,
+            exit_code: Some(127),
+            signal: None,
+            restarts: 2,
+            message: "exec failed: \"x\"\n\u{1}",
+        };
+        assert_eq!(
+            s.to_json(),
+            concat!(
+                r#"{"app":"db","state":"failed","pid":42,"startedAt":"1970-01-01T00:00:00.000Z","finishedAt":null,"#,
+                r#""exitCode":127,"signal":null,"restarts":2,"message":"exec failed: \"x\"\n\u0001"}"#,
+                "\n"
+            )
+        );
+    }
+}
