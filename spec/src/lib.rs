@@ -5,8 +5,8 @@
 pub mod id;
 pub mod manifest;
 pub mod name;
-pub mod stage1;
 pub mod pod;
+pub mod stage1;
 pub mod unit;
 
 pub use id::{ImageId, ImageIdError};

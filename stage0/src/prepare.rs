@@ -41,7 +41,7 @@ pub enum PrepareError {
         app: String,
         image: String,
         #[source]
-        source: FetchError,
+        source: Box<FetchError>,
     },
     #[error(transparent)]
     Pod(#[from] PodError),
@@ -233,7 +233,7 @@ pub fn prepare(
             file: file.clone(),
             app: app.name.to_string(),
             image: app.image.reference.clone(),
-            source,
+            source: Box::new(source),
         };
         let fetched = fetcher.fetch(&r).map_err(image_err)?;
         let manifest = fetcher.store().manifest(&fetched.meta.id).map_err(|e| image_err(e.into()))?;

@@ -3,11 +3,11 @@
 //! stage2-init as the pod's PID 1.
 
 pub mod cgroups;
+pub mod monitor;
 pub mod network;
 pub mod rootfs;
-pub mod units;
-pub mod monitor;
 mod sys;
+pub mod units;
 
 /// Cleans the process before anything else: inherited fds (but the pod's
 /// lock) are closed on exec, and the environment is emptied.

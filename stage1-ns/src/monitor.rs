@@ -144,6 +144,8 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, Stage1Error> {
                     1
                 }
             };
+            // A forked child must never return into the monitor's code.
+            #[allow(clippy::exit)]
             std::process::exit(code);
         }
         ForkResult::Parent { child } => child,
@@ -239,6 +241,7 @@ fn launch(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go_r: OwnedFd, re
         ForkResult::Child => {
             let err = pod_init(pod_dir, inv, pod, &go);
             let _ = nix::unistd::write(res_w, format!("E{err}").as_bytes());
+            #[allow(clippy::exit)] // a forked child must not return into the launcher
             std::process::exit(1);
         }
         ForkResult::Parent { child } => {
