@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod build;
 pub mod deps;
+pub mod enter;
 pub mod exit;
 pub mod fetch;
 pub mod keys;

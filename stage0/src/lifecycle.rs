@@ -66,6 +66,9 @@ pub struct AppStatus {
     pub restarts: Option<u64>,
     #[serde(default)]
     pub message: Option<String>,
+    /// OOM kills of the app's cgroup, as the kernel counted them.
+    #[serde(default)]
+    pub oom_kills: Option<u64>,
 }
 
 /// The pod's name, from its `pod.json`.
@@ -83,11 +86,26 @@ pub fn app_statuses(dir: &Path, pod: &ResolvedPod) -> Vec<AppStatus> {
         .iter()
         .map(|a| {
             let p = dir.join("status").join(format!("{}.json", a.name));
-            fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| AppStatus {
-                app: a.name.to_string(),
-                state: "waiting".into(),
-                ..AppStatus::default()
-            })
+            let mut st: AppStatus =
+                fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_else(|| AppStatus {
+                    app: a.name.to_string(),
+                    state: "waiting".into(),
+                    ..AppStatus::default()
+                });
+            // stage1 records the kernel's OOM kills of the app's cgroup.
+            let oom = fs::read_to_string(dir.join("status").join(format!("{}.oom", a.name)))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            if let Some(n) = oom {
+                st.oom_kills = Some(n);
+                let limit = a.resources.memory_bytes.map(|b| format!(" of {b} bytes")).unwrap_or_default();
+                let note = format!("OOM-killed {n} time(s): out of memory (limit{limit})");
+                st.message = Some(match st.message.take() {
+                    Some(m) if !m.is_empty() => format!("{m}; {note}"),
+                    _ => note,
+                });
+            }
+            st
         })
         .collect()
 }

@@ -81,6 +81,14 @@ enum Command {
         #[arg(long)]
         timeout: Option<u64>,
     },
+    /// Run a command in a running pod's app (default: the first app, /bin/sh).
+    Enter {
+        pod: String,
+        #[arg(long)]
+        app: Option<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Remove exited or prepared pods.
     Rm {
         #[arg(required = true)]
@@ -327,16 +335,19 @@ enum ImageCmd {
 pub(crate) struct Failed {
     exit: Exit,
     err: anyhow::Error,
+    /// A status passed through as is (a command's, under `pod enter`),
+    /// printed without the error line.
+    code: Option<i32>,
 }
 
 impl<E: ExitCodeOf + std::error::Error + Send + Sync + 'static> From<E> for Failed {
     fn from(e: E) -> Self {
-        Self { exit: e.exit(), err: e.into() }
+        Self { exit: e.exit(), err: e.into(), code: None }
     }
 }
 
 pub(crate) fn fail(exit: Exit, msg: String) -> Failed {
-    Failed { exit, err: anyhow::anyhow!(msg) }
+    Failed { exit, err: anyhow::anyhow!(msg), code: None }
 }
 
 /// The error and its causes, skipping causes already spelled out above them.
@@ -367,6 +378,7 @@ fn main() -> ExitCode {
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(Failed { code: Some(code), .. }) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(f) => {
             eprintln!("pod: {}", describe(&f.err));
             ExitCode::from(f.exit.code())
@@ -403,6 +415,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
         Command::Logs { follow, pod, app } => pods_cmd::logs(&dirs, &pod, app.as_deref(), follow)?,
         Command::Stop { pod, timeout } => pods_cmd::stop(&dirs, &pod, timeout)?,
         Command::Rm { pods } => pods_cmd::rm(&dirs, &pods)?,
+        Command::Enter { pod, app, command } => return pods_cmd::enter(&dirs, &pod, app.as_deref(), &command),
         Command::Gc => pods_cmd::gc(&dirs)?,
     }
     Ok(())

@@ -242,3 +242,29 @@ pub(crate) fn gc(dirs: &Dirs) -> Result<(), Failed> {
     }
     Ok(())
 }
+
+pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[String]) -> Result<(), Failed> {
+    let pods = Pods::new(dirs);
+    let pod = lifecycle::find(&pods, query)?;
+    if pod.state != PodState::Running {
+        return Err(fail(Exit::Conflict, format!("pod {} is {}, not running", pod.uuid, pod.state)));
+    }
+    let resolved =
+        read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
+    if resolved.isolation != spec::stage1::Isolation::Namespace {
+        return Err(fail(Exit::Failure, "pod enter supports namespace pods only".into()));
+    }
+    let app = match app {
+        Some(a) => a.to_owned(),
+        None => resolved.apps.first().map(|a| a.name.to_string()).unwrap_or_default(),
+    };
+    let pid = stage0::enter::init_pid(&pod.dir)
+        .ok_or_else(|| fail(Exit::Conflict, format!("pod {} has no PID 1 yet", pod.uuid)))?;
+    let code = stage0::enter::enter(pid, &app, command)?;
+    if code == 0 {
+        Ok(())
+    } else {
+        // The command's own status, as `pod run` passes the pod's.
+        Err(Failed { exit: Exit::Ok, err: anyhow::anyhow!("command exited with status {code}"), code: Some(code) })
+    }
+}

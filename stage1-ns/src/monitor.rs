@@ -174,7 +174,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, Stage1Error> {
     };
     let pid_file = pod_dir.join("pid");
     fs::write(&pid_file, format!("{init}\n")).map_err(io_err("write", &pid_file))?;
-    let status = supervise(pod_dir, init, &mask, stream_logs, &pod)?;
+    let status = supervise(pod_dir, init, &mask, stream_logs, &pod, made.cgroup.as_ref())?;
     let exit_file = pod_dir.join("stage1-exit");
     let _ = fs::write(exit_file, format!("{status}\n"));
     made.teardown();
@@ -283,7 +283,23 @@ fn supervise(
     mask: &SigSet,
     stream_logs: bool,
     pod: &ResolvedPod,
+    cgroup: Option<&PodCgroup>,
 ) -> Result<i32, Stage1Error> {
+    let mut ooms: BTreeMap<String, u64> = BTreeMap::new();
+    // The kernel counts OOM kills per cgroup; pod-init only sees SIGKILL.
+    // Record them beside the app's status so `pod status` can say why.
+    let mut note_ooms = || {
+        let Some(cg) = cgroup else { return };
+        for app in &pod.apps {
+            let name = app.name.to_string();
+            let n = cg.oom_kills(&name).unwrap_or(0);
+            if n > 0 && ooms.get(&name) != Some(&n) {
+                let p = pod_dir.join("status").join(format!("{name}.oom"));
+                let _ = fs::write(p, format!("{n}\n"));
+                ooms.insert(name, n);
+            }
+        }
+    };
     let sfd =
         SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(sys_err("signalfd"))?;
     let mut tail = LogTail::new(pod_dir, pod.apps.iter().map(|a| a.name.to_string()).collect());
@@ -301,14 +317,17 @@ fn supervise(
         if stream_logs {
             tail.pump();
         }
+        note_ooms();
         // Reap everything that reparented to us; note PID 1's end.
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == init => {
+                    note_ooms();
                     tail.finish(stream_logs);
                     return Ok(code);
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => {
+                    note_ooms();
                     tail.finish(stream_logs);
                     return Ok(128 + sig as i32);
                 }
