@@ -97,6 +97,27 @@ pub fn write_etc(pod_dir: &Path, hostname: &str, ips: &[String], resolv: &str) -
     Ok(())
 }
 
+/// Copies a rendered tree, preserving owners, modes, links and times.
+fn copy_tree(tree: &Path, dest: &Path) -> Result<(), RootfsError> {
+    let mut src = tree.as_os_str().to_owned();
+    src.push("/.");
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&src)
+        .arg(dest)
+        .output()
+        .map_err(io_err("run cp for", tree))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(RootfsError::Io {
+            op: "copy tree",
+            path: tree.to_owned(),
+            source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        })
+    }
+}
+
 /// A fresh empty volume takes the owner and mode of the directory it is
 /// mounted over in the image (as Docker does for new volumes), so an app
 /// running as its own user can write to its data directory.
@@ -201,14 +222,21 @@ pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod) -> Result<(), RootfsError> 
             base.join("upper").display(),
             base.join("work").display()
         );
-        do_mount(
+        let overlay = do_mount(
             Some(Path::new("overlay")),
             &rootfs,
             Some("overlay"),
             MsFlags::empty(),
             Some(&opts),
             "overlay rootfs",
-        )?;
+        );
+        if let Err(overlay) = overlay {
+            // No overlayfs here (or not on this filesystem): fall back to a
+            // private copy of the tree, the slow path rkt also had.
+            eprintln!("pod-stage1-ns: {overlay}; copying the tree instead");
+            copy_tree(&app.tree, &base.join("upper"))?;
+            bind(&base.join("upper"), &rootfs, false, "copied rootfs")?;
+        }
 
         let proc_dir = rootfs.join("proc");
         mkdir_p(&proc_dir)?;
