@@ -9,10 +9,12 @@ pub mod rootfs;
 mod sys;
 pub mod units;
 
-/// Cleans the process before anything else: inherited fds (but the pod's
-/// lock) are closed on exec, and the environment is emptied.
-pub fn sanitize(lock_fd: Option<i32>) {
-    sys::cloexec_inherited(lock_fd);
+/// Cleans the process before anything else: every inherited fd is closed on
+/// exec, the pod's lock included — the monitor holds it, and neither CNI
+/// plugins nor the pod's PID 1 may (a pod whose monitor died must read as
+/// exited, so `pod gc` can clean it up). The environment is emptied.
+pub fn sanitize() {
+    sys::cloexec_inherited(None);
     let keys: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
     for k in keys {
         // Single-threaded here (main, before any thread starts).

@@ -13,8 +13,7 @@ fn usage() -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let lock_fd = std::env::var(spec::stage1::LOCK_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok());
-    stage1_ns::sanitize(lock_fd);
+    stage1_ns::sanitize();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["gc", dir] => match stage1_ns::monitor::gc(&PathBuf::from(dir)) {
             Ok(()) => ExitCode::SUCCESS,

@@ -133,17 +133,12 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, Stage1Error> {
     // Fork the launcher now, while single-threaded; it waits for "go".
     let (go_r, go_w) = nix::unistd::pipe().map_err(sys_err("pipe"))?;
     let (res_r, res_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+    let monitor_pid = nix::unistd::getpid();
     let launcher = match sys::fork_process().map_err(sys_err("fork"))? {
         ForkResult::Child => {
             drop(go_w);
             drop(res_r);
-            let code = match launch(pod_dir, &inv, &pod, go_r, &res_w) {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = File::from(res_w).write_all(format!("E{e}").as_bytes());
-                    1
-                }
-            };
+            let code = launch(pod_dir, &inv, &pod, go_r, res_w, monitor_pid);
             // A forked child must never return into the monitor's code.
             #[allow(clippy::exit)]
             std::process::exit(code);
@@ -167,14 +162,16 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, Stage1Error> {
     File::from(go_w).write_all(&msg).map_err(io_err("write", Path::new("launcher pipe")))?;
     let mut reply = String::new();
     File::from(res_r).read_to_string(&mut reply).map_err(io_err("read", Path::new("launcher pipe")))?;
-    let _ = waitpid(launcher, None);
     let init: Pid = match reply.strip_prefix('P').and_then(|p| p.trim().parse::<i32>().ok()) {
         Some(pid) => Pid::from_raw(pid),
-        None => return Err(Stage1Error::Launch(reply.strip_prefix('E').unwrap_or(&reply).to_owned())),
+        None => {
+            let _ = waitpid(launcher, None);
+            return Err(Stage1Error::Launch(reply.strip_prefix('E').unwrap_or(&reply).to_owned()));
+        }
     };
     let pid_file = pod_dir.join("pid");
     fs::write(&pid_file, format!("{init}\n")).map_err(io_err("write", &pid_file))?;
-    let status = supervise(pod_dir, init, &mask, stream_logs, &pod, made.cgroup.as_ref())?;
+    let status = supervise(pod_dir, init, launcher, &mask, stream_logs, &pod, made.cgroup.as_ref())?;
     let exit_file = pod_dir.join("stage1-exit");
     let _ = fs::write(exit_file, format!("{status}\n"));
     made.teardown();
@@ -219,9 +216,45 @@ fn prepare_host(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, made: &mut 
 }
 
 /// The launcher (a child of the monitor): joins the pod's cgroup and
-/// network, unshares the other namespaces and forks the pod's PID 1, whose
-/// host pid it reports before exiting.
-fn launch(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go_r: OwnedFd, res_w: &OwnedFd) -> Result<(), String> {
+/// network, unshares the other namespaces and forks the pod's PID 1, reports
+/// its host pid, then waits for it and exits with its status. It dies with
+/// the monitor (PR_SET_PDEATHSIG), and the pod's PID 1 dies with it, so a
+/// killed monitor takes the whole pod down and `pod gc` can clean up.
+fn launch(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go_r: OwnedFd, res_w: OwnedFd, monitor: Pid) -> i32 {
+    let report = |msg: String| {
+        let _ = nix::unistd::write(&res_w, msg.as_bytes());
+    };
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != monitor {
+        report("E the monitor is gone".into());
+        return 1;
+    }
+    let child = match launch_pod(pod_dir, inv, pod, go_r, &res_w) {
+        Ok(child) => child,
+        Err(e) => {
+            report(format!("E{e}"));
+            return 1;
+        }
+    };
+    report(format!("P{child}"));
+    // The monitor reads to EOF: close our end now that the pid is sent.
+    drop(res_w);
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 125,
+        }
+    }
+}
+
+fn launch_pod(
+    pod_dir: &Path,
+    inv: &Invocation,
+    pod: &ResolvedPod,
+    go_r: OwnedFd,
+    res_w: &OwnedFd,
+) -> Result<Pid, String> {
     let mut buf = Vec::new();
     File::from(go_r).read_to_end(&mut buf).map_err(|e| format!("reading the go message: {e}"))?;
     if buf.is_empty() {
@@ -239,18 +272,16 @@ fn launch(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go_r: OwnedFd, re
     // any thread), so forking again is safe.
     match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            let err = pod_init(pod_dir, inv, pod, &go);
+            // PID 1 of the pod dies with the launcher (and so with the monitor).
+            let err = match nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+                Ok(()) => pod_init(pod_dir, inv, pod, &go),
+                Err(e) => format!("PR_SET_PDEATHSIG: {e}"),
+            };
             let _ = nix::unistd::write(res_w, format!("E{err}").as_bytes());
             #[allow(clippy::exit)] // a forked child must not return into the launcher
             std::process::exit(1);
         }
-        ForkResult::Parent { child } => {
-            // The child writes "E<error>" first if it fails before exec; the
-            // monitor reads to EOF, which comes once both ends are closed
-            // (the child's by exec, thanks to CLOEXEC, or by exit).
-            nix::unistd::write(res_w, format!("P{child}").as_bytes()).map_err(|e| e.to_string())?;
-            Ok(())
-        }
+        ForkResult::Parent { child } => Ok(child),
     }
 }
 
@@ -276,10 +307,12 @@ fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: &Go) -> Str
     }
 }
 
-/// Waits for the pod's PID 1, forwarding signals and streaming logs.
+/// Waits for the pod's PID 1 (through the launcher, which exits with its
+/// status), forwarding signals to it and streaming logs.
 fn supervise(
     pod_dir: &Path,
     init: Pid,
+    launcher: Pid,
     mask: &SigSet,
     stream_logs: bool,
     pod: &ResolvedPod,
@@ -321,12 +354,12 @@ fn supervise(
         // Reap everything that reparented to us; note PID 1's end.
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == init => {
+                Ok(WaitStatus::Exited(pid, code)) if pid == launcher => {
                     note_ooms();
                     tail.finish(stream_logs);
                     return Ok(code);
                 }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => {
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == launcher => {
                     note_ooms();
                     tail.finish(stream_logs);
                     return Ok(128 + sig as i32);

@@ -20,22 +20,38 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+mod host;
+mod pods;
+#[allow(unused_imports)] // Only the tests that run pods use these.
+pub use host::*;
+#[allow(unused_imports)]
+pub use pods::*;
+
 /// Exit codes from stage0/src/exit.rs.
 pub const EXIT_VERIFICATION: i32 = 3;
 pub const EXIT_NOT_FOUND: i32 = 4;
 pub const EXIT_INVALID: i32 = 5;
 pub const EXIT_NETWORK: i32 = 6;
+pub const EXIT_CONFLICT: i32 = 7;
 
-/// The `pod` binary built by `cargo build --workspace`.
-pub fn pod_bin() -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir.parent().unwrap();
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+/// The workspace root (where `manifests/` and `target/` are).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// Cargo's target directory.
+pub fn target_dir() -> PathBuf {
+    let workspace = workspace();
+    match std::env::var_os("CARGO_TARGET_DIR") {
         Some(t) if Path::new(&t).is_absolute() => PathBuf::from(t),
         Some(t) => workspace.join(t),
         None => workspace.join("target"),
-    };
-    let bin = target.join("debug").join("pod");
+    }
+}
+
+/// The `pod` binary built by `cargo build --workspace`.
+pub fn pod_bin() -> PathBuf {
+    let bin = target_dir().join("debug").join("pod");
     assert!(bin.is_file(), "{} is missing: run `cargo build --workspace` first", bin.display());
     bin
 }

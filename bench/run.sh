@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Benchmark: start-to-exit of a one-app pod running `true` from a busybox
+# image already in the store, `pod run` versus crun on an OCI bundle of the
+# same rootfs, measured in the same run with hyperfine; plus the resident
+# memory of stage2-init (pod-init) and of the stage1 monitor.
+#
+#   bench/run.sh            # needs root, hyperfine, crun, busybox-static
+#
+# crun 1.8 refuses this kind of host's hybrid cgroups (v1 controllers plus a
+# cgroup2 mount at /sys/fs/cgroup/unified), so the whole comparison runs in a
+# private mount namespace with that mount detached: both engines see the
+# same cgroup v1 host. With the network: `pod run` joins a bridge network
+# shaped like the default one (bridge + host-local + portmap) but without
+# isGateway/ipMasq, so the benchmark does not switch on IP forwarding.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-20}
+for t in hyperfine crun; do command -v $t >/dev/null || { echo "$t is needed (apt-get install $t)" >&2; exit 1; }; done
+cargo build --release -q --workspace
+bin=$PWD/target/release
+
+work=$(mktemp -d /var/tmp/pod-bench-run.XXXXXX)
+export POD_DIR=$work/store POD_CONFIG=$work/config
+cleanup() {
+  "$bin/pod" gc >/dev/null 2>&1 || true
+  ip link del podbench0 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin/pod" image build manifests/images/busybox.yaml -o "$work/busybox.aci" >/dev/null 2>&1
+"$bin/pod" fetch --insecure-options=image "$work/busybox.aci" >/dev/null 2>&1
+tree=$(dirname "$(ls -d "$POD_DIR"/trees/*/rootfs)")/rootfs
+
+mkdir -p "$POD_CONFIG/net.d"
+cat > "$POD_CONFIG/net.d/10-bench.conflist" <<JSON
+{"cniVersion":"1.0.0","name":"bench","plugins":[
+ {"type":"bridge","bridge":"podbench0","isGateway":false,"ipMasq":false,"hairpinMode":true,
+  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.213.250.0/24"}]],"dataDir":"$work/ipam"}},
+ {"type":"portmap","capabilities":{"portMappings":true},"snat":false}]}
+JSON
+for net in none bench; do
+  cat > "$work/true-$net.yaml" <<YAML
+name: bench-$net
+network: $([ $net = none ] && echo none || echo bench)
+apps:
+  - name: t
+    image: example.com/busybox:1.35
+    exec: [/bin/true]
+YAML
+done
+
+# The same rootfs as an OCI bundle for crun (its default spec: new pid,
+# mount, uts, ipc and network namespaces, like a pod with network: none).
+mkdir -p "$work/bundle"
+cp -a "$tree" "$work/bundle/rootfs"
+(cd "$work/bundle" && crun spec && python3 - <<'PY'
+import json
+c = json.load(open("config.json"))
+c["process"]["args"] = ["/bin/true"]
+c["process"]["terminal"] = False
+json.dump(c, open("config.json", "w"))
+PY
+)
+
+unshare -m bash -euo pipefail -c "
+  umount /sys/fs/cgroup/unified 2>/dev/null || true
+  hyperfine --runs $runs --warmup 3 --export-json $work/result.json \
+    --prepare '$bin/pod gc >/dev/null 2>&1' \
+    -n crun 'crun run -b $work/bundle bench-\$RANDOM\$RANDOM' \
+    -n 'pod network none' '$bin/pod run $work/true-none.yaml' \
+    -n 'pod network bridge' '$bin/pod run $work/true-bench.yaml'
+"
+
+python3 - "$work/result.json" <<'PY'
+import json, sys
+r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
+crun = r["crun"]
+for name in ("pod network none", "pod network bridge"):
+    print(f"{name}: {r[name]*1000:.1f} ms = {r[name]/crun:.2f}x crun ({crun*1000:.1f} ms)")
+PY
+
+# Resident memory of the pod's PID 1 and of the stage1 monitor while a pod runs.
+cat > "$work/sleep.yaml" <<'YAML'
+name: bench-rss
+network: none
+apps:
+  - name: s
+    image: example.com/busybox:1.35
+    exec: [/bin/sleep, "30"]
+YAML
+uuid=$("$bin/pod" run -d "$work/sleep.yaml")
+sleep 1
+init=$(cat "$POD_DIR/pods/run/$uuid/pid")
+monitor=$(pgrep -f "pod-stage1-ns $POD_DIR/pods/run/$uuid" | head -1)
+echo "RSS: pod-init $(awk '/VmRSS/{print $2, $3}' /proc/$init/status), stage1 monitor $(awk '/VmRSS/{print $2, $3}' /proc/$monitor/status)"
+"$bin/pod" stop "$uuid" >/dev/null

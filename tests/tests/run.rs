@@ -1,0 +1,264 @@
+//! Running pods without a network (`network: none`): what `pod run` exits
+//! with, what it prints, restarts, resource limits as the apps feel them,
+//! pod files refused before anything is created, and the commands around a
+//! pod's life (`logs`, `rm`, `gc`). Needs root; reports a skip without it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const BUSYBOX: &str = "example.com/busybox:1.35";
+/// Generous: a foreground pod here lives a few seconds.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// A pod file with `network: none`: each `(app, script, extra)` is an app
+/// of the busybox image running `/bin/sh -c script`, with `extra` (YAML
+/// lines indented as the app's fields) added; `tail` ends the file.
+fn busybox_pod(name: &str, apps: &[(&str, &str, &str)], tail: &str) -> String {
+    let mut y = format!("name: {name}\nnetwork: none\napps:\n");
+    for (app, script, extra) in apps {
+        let script = serde_json::to_string(script).unwrap();
+        y.push_str(&format!("  - name: {app}\n    image: {BUSYBOX}\n    exec: [/bin/sh, -c, {script}]\n"));
+        y.push_str(extra);
+    }
+    y.push_str(tail);
+    y
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `file` in the foreground (`--net none`).
+fn run_fg(live: &Live, file: &Path) -> std::process::Output {
+    live.run_within(&["run", "--net", "none", p(file)], RUN_LIMIT)
+}
+
+macro_rules! skip_unless_pods {
+    () => {
+        if let Some(why) = skip_reason(false) {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+}
+
+#[test]
+fn exit_status_is_the_first_failing_apps_code_and_output_is_prefixed() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let file = live.pod_file(
+        "codes",
+        &busybox_pod(
+            "codes",
+            &[
+                ("fine", "echo fine says hi; exit 0", ""),
+                ("five", "echo five says bye; sleep 0.5; exit 5", ""),
+                // Fails too, but after `five`: the pod's status stays 5.
+                ("seven", "sleep 1.5; echo seven was late; exit 7", ""),
+            ],
+            "",
+        ),
+    );
+    let out = run_fg(&live, &file);
+    let args = ["run", "--net", "none", p(&file)];
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&args, &out));
+    let text = stdout(&out);
+    for line in ["[fine] fine says hi\n", "[five] five says bye\n", "[seven] seven was late\n"] {
+        assert!(text.contains(line), "the foreground run does not print {line:?}\n{}", describe(&args, &out));
+    }
+
+    let st = live.status("codes");
+    assert_eq!(st["state"], "exited", "{st}");
+    assert_eq!(st["exitCode"], 5, "{st}");
+    let fine = live.app_status("codes", "fine");
+    assert_eq!((&fine["exitCode"], &fine["signal"]), (&0.into(), &serde_json::Value::Null), "{fine}");
+    let five = live.app_status("codes", "five");
+    assert_eq!(five["exitCode"], 5, "{five}");
+    assert_eq!(live.app_status("codes", "seven")["exitCode"], 7, "{st}");
+}
+
+#[test]
+fn an_app_killed_by_a_signal_makes_the_pod_exit_128_plus_it() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let file = live.pod_file("sig", &busybox_pod("sig", &[("victim", "echo about to die; kill -9 $$", "")], ""));
+    let out = run_fg(&live, &file);
+    assert_eq!(out.status.code(), Some(137), "{}", describe(&["run", p(&file)], &out));
+    assert!(stdout(&out).contains("[victim] about to die\n"), "{}", describe(&["run", p(&file)], &out));
+    let app = live.app_status("sig", "victim");
+    assert_eq!(app["signal"], 9, "{app}");
+    assert_eq!(live.status("sig")["exitCode"], 137);
+}
+
+#[test]
+fn on_failure_restarts_until_the_app_succeeds() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    // The empty volume outlives each run, so the app counts its attempts.
+    let script = "echo run >> /data/count; n=$(wc -l < /data/count); echo attempt $n; [ $n -ge 3 ] || exit 1";
+    let extra = "    restart: on-failure\n    mounts: [{ volume: scratch, path: /data }]\n";
+    let yaml = busybox_pod("flaky", &[("flaky", script, extra)], "volumes:\n  - { name: scratch, kind: empty }\n");
+    let file = live.pod_file("flaky", &yaml);
+    let out = run_fg(&live, &file);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&["run", p(&file)], &out));
+    let text = stdout(&out);
+    for n in 1..=3 {
+        assert!(text.contains(&format!("[flaky] attempt {n}\n")), "attempt {n} missing:\n{text}");
+    }
+    assert!(!text.contains("attempt 4"), "restarted after succeeding:\n{text}");
+    let app = live.app_status("flaky", "flaky");
+    assert!(app["restarts"].as_u64().is_some_and(|r| r >= 2), "{app}");
+    assert_eq!(app["exitCode"], 0, "{app}");
+}
+
+#[test]
+fn an_app_over_its_memory_limit_is_killed() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    // 64 MiB held in a shell variable, twice the limit.
+    let hog = "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo holding ${#x} bytes";
+    let limited = live.pod_file("mem", &busybox_pod("mem", &[("hog", hog, "    resources: { memory: 32Mi }\n")], ""));
+    let out = run_fg(&live, &limited);
+    assert_eq!(out.status.code(), Some(137), "{}", describe(&["run", p(&limited)], &out));
+    assert!(!stdout(&out).contains("holding"), "the hog got its memory:\n{}", stdout(&out));
+    let app = live.app_status("mem", "hog");
+    assert_eq!(app["signal"], 9, "{app}");
+    // Observed: the message says "killed by SIGKILL" and nothing of the OOM
+    // killer, though stage1 can count OOM kills per app cgroup.
+
+    // The same app without the limit gets its memory: the limit killed it.
+    let free = live.pod_file("mem-free", &busybox_pod("mem-free", &[("hog", hog, "")], ""));
+    let out = run_fg(&live, &free);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&["run", p(&free)], &out));
+    assert!(stdout(&out).contains("[hog] holding 67108864 bytes\n"), "{}", stdout(&out));
+}
+
+#[test]
+fn an_app_over_its_pids_limit_cannot_fork() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do sleep 3 & echo forked $i; done; \
+                  wait; echo all forked";
+    let file = live.pod_file("pids", &busybox_pod("pids", &[("forker", script, "    resources: { pids: 8 }\n")], ""));
+    let out = run_fg(&live, &file);
+    let text = stdout(&out);
+    assert_mentions_any(&text, &["can't fork", "Resource temporarily unavailable"]);
+    assert!(!text.contains("all forked") && !text.contains("forked 20"), "20 forks under pids: 8:\n{text}");
+    // The shell and at most seven sleeps fit in eight.
+    assert!(text.contains("forked 1\n") && !text.contains("forked 8\n"), "{text}");
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&["run", p(&file)], &out));
+    let logged = live.ok(&["logs", "pids", "forker"]);
+    assert_mentions_any(&logged, &["can't fork", "Resource temporarily unavailable"]);
+}
+
+/// Every pod directory under `POD_DIR/pods`, whatever its state.
+fn pod_dirs(live: &Live) -> Vec<String> {
+    let mut out = Vec::new();
+    for state in ["embryo", "prepared", "run", "garbage"] {
+        if let Ok(rd) = fs::read_dir(live.data.join("pods").join(state)) {
+            out.extend(rd.flatten().map(|e| format!("{state}/{}", e.file_name().to_string_lossy())));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bad_pod_file_is_refused_naming_file_line_and_field() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let unknown = live.pod_file(
+        "unknown-field",
+        &format!("name: bad\nnetwork: none\napps:\n  - name: a\n    image: {BUSYBOX}\n    colour: blue\n"),
+    );
+    let err = live.fails(&["run", p(&unknown)], EXIT_INVALID);
+    assert_mentions(&err, &["unknown-field.yaml", "line 6", "colour", "apps[0]"]);
+
+    let size = live.pod_file(
+        "bad-size",
+        &format!(
+            "name: bad\nnetwork: none\napps:\n  - name: a\n    image: {BUSYBOX}\n    exec: [/bin/true]\n    \
+             resources: {{ memory: 12 parsecs }}\n"
+        ),
+    );
+    let err = live.fails(&["run", "-d", p(&size)], EXIT_INVALID);
+    assert_mentions(&err, &["bad-size.yaml", "line 7", "apps[0].resources.memory", "12 parsecs"]);
+
+    assert!(pod_dirs(&live).is_empty(), "a refused pod file left pods: {:?}", pod_dirs(&live));
+    assert!(live.pods().is_empty(), "{:?}", live.pods());
+}
+
+#[test]
+fn logs_show_each_apps_lines_and_rm_and_gc_remove_exited_pods() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let chatty = live.pod_file(
+        "chatty",
+        &busybox_pod(
+            "chatty",
+            &[("alpha", "echo alpha one; echo alpha two", ""), ("beta", "echo beta one >&2; echo beta two", "")],
+            "",
+        ),
+    );
+    let out = run_fg(&live, &chatty);
+    assert!(out.status.success(), "{}", describe(&["run", p(&chatty)], &out));
+    let other = live.pod_file("other", &busybox_pod("other", &[("quiet", "true", "")], ""));
+    let out = run_fg(&live, &other);
+    assert!(out.status.success(), "{}", describe(&["run", p(&other)], &out));
+
+    // One app: its lines, as written, and nothing else.
+    assert_eq!(live.ok(&["logs", "chatty", "alpha"]), "alpha one\nalpha two");
+    // stderr is logged too.
+    assert_eq!(live.ok(&["logs", "chatty", "beta"]), "beta one\nbeta two");
+    // All apps: each line prefixed with its app.
+    let all = live.ok(&["logs", "chatty"]);
+    for line in ["[alpha] alpha one", "[alpha] alpha two", "[beta] beta one", "[beta] beta two"] {
+        assert!(all.lines().any(|l| l == line), "{line:?} missing from pod logs:\n{all}");
+    }
+    let err = live.fails(&["logs", "chatty", "gamma"], EXIT_NOT_FOUND);
+    assert_mentions(&err, &["gamma"]);
+
+    // A running pod is not removed.
+    let sleeper = live.pod_file("sleeper", &busybox_pod("sleeper", &[("nap", "exec sleep 60", "")], ""));
+    let sleeper_uuid = live.start(&sleeper);
+    live.wait_all_up(&sleeper_uuid, Duration::from_secs(20));
+    live.fails(&["rm", &sleeper_uuid], EXIT_CONFLICT);
+    assert_eq!(live.listed(&sleeper_uuid).unwrap()["state"], "running");
+
+    // rm removes the exited pod named, by its uuid prefix; its logs go with it.
+    let chatty_uuid = live.status("chatty")["uuid"].as_str().unwrap().to_owned();
+    assert_eq!(live.ok(&["rm", &chatty_uuid[..8]]), chatty_uuid);
+    assert!(live.listed(&chatty_uuid).is_none(), "{:?}", live.pods());
+    assert!(!pod_dirs(&live).iter().any(|d| d.ends_with(&chatty_uuid)), "{:?}", pod_dirs(&live));
+    live.fails(&["logs", &chatty_uuid], EXIT_NOT_FOUND);
+
+    // gc removes exited pods and leaves the running one.
+    let other_uuid = live.status("other")["uuid"].as_str().unwrap().to_owned();
+    let out = live.run(&["gc"]);
+    assert!(out.status.success(), "{}", describe(&["gc"], &out));
+    assert!(live.listed(&other_uuid).is_none(), "gc left an exited pod: {:?}", live.pods());
+    assert_eq!(live.listed(&sleeper_uuid).unwrap()["state"], "running", "gc touched a running pod");
+
+    let out = live.run_within(&["stop", "--timeout", "5", &sleeper_uuid], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", describe(&["stop", &sleeper_uuid], &out));
+    live.ok(&["gc"]);
+    assert!(live.pods().is_empty(), "{:?}", live.pods());
+    assert!(pod_dirs(&live).is_empty(), "{:?}", pod_dirs(&live));
+}
+
+#[test]
+fn logs_follow_prints_lines_as_they_come_until_the_pod_exits() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let file = live.pod_file("ticker", &busybox_pod("ticker", &[("tick", "echo first; sleep 2; echo second", "")], ""));
+    let uuid = live.start(&file);
+    let out = live.run_within(&["logs", "-f", &uuid, "tick"], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", describe(&["logs", "-f", &uuid], &out));
+    assert_eq!(stdout(&out), "first\nsecond\n");
+    assert_eq!(live.listed(&uuid).unwrap()["state"], "exited");
+}
