@@ -46,7 +46,7 @@ network: $([ $net = none ] && echo none || echo bench)
 apps:
   - name: t
     image: example.com/busybox:1.35
-    exec: [/bin/true]
+    exec: [/bin/busybox, "true"]
 YAML
 done
 
@@ -57,7 +57,7 @@ cp -a "$tree" "$work/bundle/rootfs"
 (cd "$work/bundle" && crun spec && python3 - <<'PY'
 import json
 c = json.load(open("config.json"))
-c["process"]["args"] = ["/bin/true"]
+c["process"]["args"] = ["/bin/busybox", "true"]
 c["process"]["terminal"] = False
 json.dump(c, open("config.json", "w"))
 PY
@@ -87,7 +87,7 @@ network: none
 apps:
   - name: s
     image: example.com/busybox:1.35
-    exec: [/bin/sleep, "30"]
+    exec: [/bin/busybox, sleep, "30"]
 YAML
 uuid=$("$bin/pod" run -d "$work/sleep.yaml")
 sleep 1

@@ -13,7 +13,6 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -92,7 +91,11 @@ struct Made {
 impl Made {
     fn teardown(&mut self) {
         if let Some(cg) = self.cgroup.take() {
-            if let Err(e) = cg.kill_all().and_then(|()| cg.destroy()) {
+            // Usually empty by now (PID 1 took its apps along); killing is
+            // only for what outlived it.
+            let empty = cg.procs().is_ok_and(|p| p.is_empty());
+            let killed = if empty { Ok(()) } else { cg.kill_all() };
+            if let Err(e) = killed.and_then(|()| cg.destroy()) {
                 eprintln!("pod-stage1-ns: removing cgroups: {e}");
             }
         }
@@ -404,9 +407,9 @@ impl LogTail {
         let _ = out.flush();
     }
 
+    /// pod-init has exited, so its apps' output is all in the files.
     fn finish(&mut self, stream: bool) {
         if stream {
-            std::thread::sleep(Duration::from_millis(50));
             self.pump();
         }
     }

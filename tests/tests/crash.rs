@@ -79,13 +79,9 @@ fn fds_into(pid: u32, dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-// FAILS as of this writing, a stage1-ns bug: the pod lock fd stage0 hands to
-// stage1 stays open (no FD_CLOEXEC) in the pod's PID 1, pod-init, and nothing
-// ties pod-init's life to the monitor's (no PR_SET_PDEATHSIG). So after a
-// kill -9 of the monitor the apps keep running unsupervised, the pod stays
-// "running" (pod-init holds its lock), and `pod gc` skips it: cgroups, the
-// netns pin, the veth and the port rules all stay. `pod stop` then `pod gc`
-// does clean up, but a user who lost stage1 has to know to do that.
+// A kill -9 of the monitor takes the pod down with it (the launcher and the
+// pod's PID 1 die through PR_SET_PDEATHSIG; the lock was the monitor's
+// alone), so the pod reads as exited and `pod gc` restores the host.
 #[test]
 fn killing_stage1_then_gc_leaves_the_host_as_it_was() {
     if let Some(why) = skip_reason(true) {
