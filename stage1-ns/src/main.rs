@@ -13,6 +13,7 @@ fn usage() -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let lock_fd = std::env::var(spec::stage1::LOCK_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok());
     stage1_ns::sanitize();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["gc", dir] => match stage1_ns::monitor::gc(&PathBuf::from(dir)) {
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
             }
         },
         [flag @ .., dir] if flag.iter().all(|f| *f == "--stream-logs") => {
-            match stage1_ns::monitor::run(&PathBuf::from(dir), !flag.is_empty()) {
+            match stage1_ns::monitor::run(&PathBuf::from(dir), !flag.is_empty(), lock_fd) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
                 Err(e) => {
                     eprintln!("pod-stage1-ns: {e}");

@@ -122,7 +122,7 @@ struct Go {
 }
 
 /// Runs the pod in the pod directory; returns its exit status.
-pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, Stage1Error> {
+pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i32, Stage1Error> {
     let (inv, pod) = load(pod_dir)?;
     // Children reparent to us when the launcher exits: we wait for the pod's
     // PID 1 ourselves.
@@ -141,6 +141,11 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, Stage1Error> {
         ForkResult::Child => {
             drop(go_w);
             drop(res_r);
+            // The pod's lock is the monitor's alone: a launcher outliving a
+            // killed monitor for an instant must not keep the pod "running".
+            if let Some(fd) = lock_fd {
+                let _ = nix::unistd::close(fd);
+            }
             let code = launch(pod_dir, &inv, &pod, go_r, res_w, monitor_pid);
             // A forked child must never return into the monitor's code.
             #[allow(clippy::exit)]

@@ -119,7 +119,12 @@ fn killing_stage1_then_gc_leaves_the_host_as_it_was() {
     let pod_dir = live.data.join("pods/run").join(&uuid);
     let init_pid: u32 = fs::read_to_string(pod_dir.join("pid")).unwrap().trim().parse().unwrap();
     let init = proc_of(init_pid).unwrap();
-    let monitor = proc_of(init.ppid).unwrap();
+    // The pod's PID 1 is forked by a launcher, a child of the monitor; both
+    // run pod-stage1-ns. The monitor is the outermost of them.
+    let mut monitor = proc_of(init.ppid).unwrap();
+    while let Some(parent) = proc_of(monitor.ppid).filter(|p| p.cmdline.contains("pod-stage1-ns")) {
+        monitor = parent;
+    }
     assert!(
         monitor.cmdline.contains("pod-stage1-ns") && monitor.cmdline.contains(&uuid),
         "the parent of the pod's PID 1 is not its stage1: {monitor:?}"
