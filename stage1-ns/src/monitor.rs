@@ -274,16 +274,21 @@ fn launch_pod(
         let f = File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
         nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
     }
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID)
-        .map_err(|e| format!("unshare: {e}"))?;
+    // Only the pid namespace here (it applies to the next child); the
+    // others are the pod's PID 1's own. A launcher with a mount namespace
+    // of its own would pay for tearing that copy of the host's mount table
+    // down when it exits (an RCU grace period: ~100 ms measured).
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid: {e}"))?;
     // The launcher is single-threaded (forked before the monitor started
     // any thread), so forking again is safe.
     match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             // PID 1 of the pod dies with the launcher (and so with the monitor).
-            let err = match nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+            let err = match nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+                .and_then(|()| unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC))
+            {
                 Ok(()) => pod_init(pod_dir, inv, pod, &go),
-                Err(e) => format!("PR_SET_PDEATHSIG: {e}"),
+                Err(e) => format!("PR_SET_PDEATHSIG or unshare: {e}"),
             };
             let _ = nix::unistd::write(res_w, format!("E{err}").as_bytes());
             #[allow(clippy::exit)] // a forked child must not return into the launcher
