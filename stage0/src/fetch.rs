@@ -38,7 +38,8 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
-    #[error("invalid image reference {reference:?}: {why}")]
+    /// `why` names the reference itself.
+    #[error("{why}")]
     Reference { reference: String, why: String },
     #[error("refusing plain http for {0}: use https, or --insecure-options=http to allow it")]
     PlainHttp(String),
@@ -126,44 +127,19 @@ pub enum ImageRef {
 }
 
 impl ImageRef {
-    /// Parses a fetch argument. URLs have a scheme; paths contain a '/' and
-    /// exist, or end in `.aci`; anything else is a name with labels.
+    /// Parses a fetch argument, in the syntax of pod files
+    /// (`spec::pod::ImageSource::parse`); besides, a relative path to a file
+    /// that exists is that file, though it may look like a name.
     pub fn parse(s: &str) -> Result<Self, FetchError> {
-        let bad = |why: &str| FetchError::Reference { reference: s.to_owned(), why: why.to_owned() };
-        if let Some(path) = s.strip_prefix("file://") {
-            return Ok(Self::File(PathBuf::from(path)));
-        }
-        if s.starts_with("https://") || s.starts_with("http://") {
-            return Ok(Self::Url(s.to_owned()));
-        }
-        if s.contains("://") {
-            return Err(bad("only file://, https:// and http:// URLs are supported"));
-        }
-        if s.ends_with(".aci") || s.starts_with('/') || s.starts_with('.') || Path::new(s).is_file() {
+        if !s.contains("://") && Path::new(s).is_file() {
             return Ok(Self::File(PathBuf::from(s)));
         }
-        let mut parts = s.split(',');
-        let head = parts.next().unwrap_or_default();
-        let (name, version) = match head.split_once(':') {
-            Some((n, v)) => (n, Some(v)),
-            None => (head, None),
-        };
-        let name = AcIdentifier::new(name).map_err(|e| bad(&e.to_string()))?;
-        let mut labels = BTreeMap::new();
-        if let Some(v) = version {
-            if v.is_empty() {
-                return Err(bad("empty version after ':'"));
-            }
-            labels.insert("version".to_owned(), v.to_owned());
+        match spec::pod::ImageSource::parse(s) {
+            Ok(spec::pod::ImageSource::File(p)) => Ok(Self::File(PathBuf::from(p))),
+            Ok(spec::pod::ImageSource::Url(u)) => Ok(Self::Url(u)),
+            Ok(spec::pod::ImageSource::Name { name, labels }) => Ok(Self::Name { name, labels }),
+            Err(why) => Err(FetchError::Reference { reference: s.to_owned(), why }),
         }
-        for kv in parts {
-            let (k, v) = kv.split_once('=').ok_or_else(|| bad("labels are written name=value"))?;
-            AcIdentifier::new(k).map_err(|e| bad(&e.to_string()))?;
-            if labels.insert(k.to_owned(), v.to_owned()).is_some() {
-                return Err(bad(&format!("label {k} given twice")));
-            }
-        }
-        Ok(Self::Name { name, labels })
     }
 }
 
@@ -300,7 +276,7 @@ impl<'a> Fetcher<'a> {
         let url = self.sources.url_for(name, &full)?;
         let location = match ImageRef::parse(&url)? {
             ImageRef::Name { .. } => {
-                return Err(FetchError::Reference { reference: url, why: "source must be a URL".into() })
+                return Err(FetchError::Reference { why: format!("source {url:?} must be a URL"), reference: url })
             }
             loc => loc,
         };
@@ -316,7 +292,10 @@ impl<'a> Fetcher<'a> {
             ImageRef::File(p) => self.stage_file(p)?,
             ImageRef::Url(u) => self.stage_url(u)?,
             ImageRef::Name { .. } => {
-                return Err(FetchError::Reference { reference: format!("{r:?}"), why: "not a location".into() })
+                return Err(FetchError::Reference {
+                    reference: format!("{r:?}"),
+                    why: format!("{r:?} is not a location"),
+                })
             }
         };
         let location = match r {
@@ -494,7 +473,7 @@ impl<'a> Fetcher<'a> {
             let pem = fs::read(ca).map_err(io_err("read CA certificate", ca))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| FetchError::Reference {
                 reference: ca.display().to_string(),
-                why: format!("not a PEM certificate: {e}"),
+                why: format!("CA certificate {}: not a PEM certificate: {e}", ca.display()),
             })?;
             for c in certs {
                 b = b.add_root_certificate(c);

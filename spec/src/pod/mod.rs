@@ -168,6 +168,15 @@ pub enum ImageSource {
     File(String),
 }
 
+impl ImageSource {
+    /// Parses an image reference as `pod fetch` and pod files write it:
+    /// `file://PATH`, an absolute path, a path starting with `.` or ending in
+    /// `.aci`, an `https://`/`http://` URL, or `name[:version][,label=value...]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        values::image(s)
+    }
+}
+
 /// When an app counts as ready, for the apps that come `after` it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
