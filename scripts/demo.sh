@@ -34,9 +34,13 @@ if pod status web-db >/dev/null 2>&1; then
   pod stop web-db >/dev/null 2>&1 || true
   pod rm web-db >/dev/null 2>&1 || true
 fi
-uuid=$(pod run -d manifests/web-db.yaml)
+# POD_DEMO_NET=NAME runs the pod on another CNI network than the default
+# (whose bridge turns on IP forwarding, as podman's does).
+uuid=$(pod run -d ${POD_DEMO_NET:+--net "$POD_DEMO_NET"} manifests/web-db.yaml)
+# web starts once redis is ready: wait for it to answer, then count visits.
+for _ in $(seq 60); do curl -sf -o /dev/null http://127.0.0.1:8080/ && break; sleep 1; done
 pod status "$uuid"
-for _ in 1 2 3; do curl -s --retry 5 --retry-connrefused http://127.0.0.1:8080/; done
+for _ in 1 2 3; do curl -sf http://127.0.0.1:8080/; done
 cat <<EOF
 
 web-db is running as pod $uuid. Try:
