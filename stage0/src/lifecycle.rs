@@ -214,3 +214,25 @@ pub fn gc(pods: &Pods) -> Result<Vec<String>, LifecycleError> {
     }
     Ok(removed)
 }
+
+/// Pods not yet exited (prepared or running) that use image `id`, as an app's
+/// image or as a layer of an app's tree.
+pub fn pods_using(pods: &Pods, id: &spec::ImageId) -> Result<Vec<String>, LifecycleError> {
+    let mut users = Vec::new();
+    for p in pods.list()? {
+        if !matches!(p.state, PodState::Prepared | PodState::Running | PodState::Embryo) {
+            continue;
+        }
+        let Some(resolved) = read_resolved(&p.dir) else { continue };
+        let uses = resolved.apps.iter().any(|a| {
+            &a.image_id == id
+                || a.tree.parent().is_some_and(|t| {
+                    fs::read_to_string(t.join("layers")).is_ok_and(|l| l.lines().any(|x| x == id.as_str()))
+                })
+        });
+        if uses {
+            users.push(format!("{} ({})", p.uuid, resolved.name));
+        }
+    }
+    Ok(users)
+}

@@ -594,6 +594,15 @@ fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
         ImageCmd::Rm { images } => {
             for q in images {
                 let meta = store.lookup(&q)?;
+                // Running pods' rootfs sit on the image's files: refuse, as
+                // podman does for images in use.
+                let users = stage0::lifecycle::pods_using(&stage0::pods::Pods::new(dirs), &meta.id)?;
+                if !users.is_empty() {
+                    return Err(fail(
+                        Exit::Conflict,
+                        format!("image {} is used by pod {}", meta.name, users.join(", ")),
+                    ));
+                }
                 store.remove(&meta.id)?;
                 println!("{}", meta.id);
             }

@@ -129,8 +129,9 @@ fn an_app_over_its_memory_limit_is_killed() {
     assert!(!stdout(&out).contains("holding"), "the hog got its memory:\n{}", stdout(&out));
     let app = live.app_status("mem", "hog");
     assert_eq!(app["signal"], 9, "{app}");
-    // Observed: the message says "killed by SIGKILL" and nothing of the OOM
-    // killer, though stage1 can count OOM kills per app cgroup.
+    // stage1 counts the OOM kills of the app's cgroup; status says why.
+    assert!(app["oomKills"].as_u64().unwrap_or(0) >= 1, "{app}");
+    assert!(app["message"].as_str().unwrap_or("").contains("OOM"), "{app}");
 
     // The same app without the limit gets its memory: the limit killed it.
     let free = live.pod_file("mem-free", &busybox_pod("mem-free", &[("hog", hog, "")], ""));
@@ -228,6 +229,9 @@ fn logs_show_each_apps_lines_and_rm_and_gc_remove_exited_pods() {
     let sleeper_uuid = live.start(&sleeper);
     live.wait_all_up(&sleeper_uuid, Duration::from_secs(20));
     live.fails(&["rm", &sleeper_uuid], EXIT_CONFLICT);
+    // Nor the image its rootfs sits on.
+    let err = live.fails(&["image", "rm", BUSYBOX], EXIT_CONFLICT);
+    assert_mentions(&err, &[&sleeper_uuid]);
     assert_eq!(live.listed(&sleeper_uuid).unwrap()["state"], "running");
 
     // rm removes the exited pod named, by its uuid prefix; its logs go with it.
