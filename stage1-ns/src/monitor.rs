@@ -117,6 +117,9 @@ impl Drop for Made {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Go {
     netns: Option<PathBuf>,
+    /// `network: none`: the pod's PID 1 unshares a network namespace of its
+    /// own (with only `lo`); nothing on the host to pin or undo.
+    private_net: bool,
     init_cgroups: Vec<PathBuf>,
     app_cgroups: BTreeMap<String, Vec<PathBuf>>,
 }
@@ -204,11 +207,20 @@ fn prepare_host(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, made: &mut 
         .map(PortMapping::from_spec)
         .collect::<Result<Vec<_>, _>>()
         .map_err(network::NetworkError::from)?;
-    let net = network::setup(&pod.network, &pod.uuid, &network_host(pod_dir, inv), &ports)?;
-    let ips: Vec<String> =
-        net.attachment().map(|a| a.ips.iter().map(|ip| ip.addr.to_string()).collect()).unwrap_or_default();
-    let netns = net.netns().map(|n| n.path().to_path_buf());
-    made.network = Some(net);
+    let private_net = pod.network == spec::stage1::Network::None;
+    let (ips, netns) = if private_net {
+        if !ports.is_empty() {
+            return Err(network::NetworkError::PortsWithoutCni("none").into());
+        }
+        (Vec::new(), None)
+    } else {
+        let net = network::setup(&pod.network, &pod.uuid, &network_host(pod_dir, inv), &ports)?;
+        let ips: Vec<String> =
+            net.attachment().map(|a| a.ips.iter().map(|ip| ip.addr.to_string()).collect()).unwrap_or_default();
+        let netns = net.netns().map(|n| n.path().to_path_buf());
+        made.network = Some(net);
+        (ips, netns)
+    };
 
     let resolv = match &pod.network {
         spec::stage1::Network::None => String::new(),
@@ -220,7 +232,7 @@ fn prepare_host(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, made: &mut 
         let d = pod_dir.join(sub);
         fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
     }
-    Ok(Go { netns, init_cgroups, app_cgroups })
+    Ok(Go { netns, private_net, init_cgroups, app_cgroups })
 }
 
 /// The launcher (a child of the monitor): joins the pod's cgroup and
@@ -284,11 +296,16 @@ fn launch_pod(
     match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             // PID 1 of the pod dies with the launcher (and so with the monitor).
+            let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+            if go.private_net {
+                flags |= CloneFlags::CLONE_NEWNET;
+            }
             let err = match nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                .and_then(|()| unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC))
+                .and_then(|()| unshare(flags))
+                .and_then(|()| if go.private_net { network::bring_lo_up() } else { Ok(()) })
             {
                 Ok(()) => pod_init(pod_dir, inv, pod, &go),
-                Err(e) => format!("PR_SET_PDEATHSIG or unshare: {e}"),
+                Err(e) => format!("PR_SET_PDEATHSIG, unshare or lo up: {e}"),
             };
             let _ = nix::unistd::write(res_w, format!("E{err}").as_bytes());
             #[allow(clippy::exit)] // a forked child must not return into the launcher

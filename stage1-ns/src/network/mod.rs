@@ -68,6 +68,12 @@ pub enum PodNetwork {
     Namespaced { netns: NetNs, container_id: String, cni: Option<Box<(Cni, Attachment)>>, proxies: Vec<PortProxy> },
 }
 
+/// Brings `lo` up in the calling thread's network namespace: for a pod that
+/// unshares a private namespace itself (`network: none` needs no pinned file).
+pub fn bring_lo_up() -> Result<(), nix::errno::Errno> {
+    sys::set_link_up("lo")
+}
+
 /// Builds the pod's network. `pod_id` names the namespace file and is the
 /// CNI container ID. On failure nothing is left behind.
 pub fn setup(
