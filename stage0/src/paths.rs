@@ -1,7 +1,7 @@
 //! Where stage0 keeps its state. Both roots are parameters (flags or
 //! environment), so tests and benchmarks point them at a temp dir.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Default data directory: the store, trees and pods.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/pod";
@@ -43,8 +43,5 @@ impl Dirs {
     /// Image sources (URL template per name prefix).
     pub fn sources(&self) -> PathBuf {
         self.config.join("sources.yaml")
-    }
-    pub fn data(&self) -> &Path {
-        &self.data
     }
 }

@@ -34,8 +34,6 @@ pub enum PodError {
     NotFound(String),
     #[error("{query:?} matches {count} pods; use more of the uuid")]
     Ambiguous { query: String, count: usize },
-    #[error("pod {uuid} is {state}, not {wanted}")]
-    WrongState { uuid: String, state: PodState, wanted: &'static str },
     #[error("pod {0} is locked by another pod process")]
     Locked(String),
 }
@@ -45,7 +43,7 @@ impl ExitCodeOf for PodError {
         match self {
             Self::Io { .. } => Exit::Failure,
             Self::NotFound(_) => Exit::NotFound,
-            Self::Ambiguous { .. } | Self::WrongState { .. } | Self::Locked(_) => Exit::Conflict,
+            Self::Ambiguous { .. } | Self::Locked(_) => Exit::Conflict,
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod units;
 /// plugins nor the pod's PID 1 may (a pod whose monitor died must read as
 /// exited, so `pod gc` can clean it up). The environment is emptied.
 pub fn sanitize() {
-    sys::cloexec_inherited(None);
+    sys::cloexec_inherited();
     let keys: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
     for k in keys {
         // Single-threaded here (main, before any thread starts).

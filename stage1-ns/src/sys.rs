@@ -12,16 +12,14 @@ pub fn fork_process() -> nix::Result<ForkResult> {
     unsafe { fork() }
 }
 
-/// Marks every inherited fd above stderr close-on-exec, except `keep`: a
-/// privileged entrypoint hands nothing it did not mean to into the pod.
-pub fn cloexec_inherited(keep: Option<i32>) {
+/// Marks every inherited fd above stderr close-on-exec: a privileged
+/// entrypoint hands nothing it did not mean to into the pod.
+pub fn cloexec_inherited() {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return };
     let fds: Vec<i32> =
         entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect();
     for fd in fds {
-        if Some(fd) != keep {
-            // A stale number (closed since the listing) fails with EBADF: ignored.
-            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-        }
+        // A stale number (closed since the listing) fails with EBADF: ignored.
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     }
 }

@@ -1,0 +1,167 @@
+//! The image commands of the CLI: build, sign, list, rm, gc, cat-manifest,
+//! export, verify.
+
+use stage0::archive::{Compression, Limits};
+use stage0::build::{self, BuildOptions};
+use stage0::exit::Exit;
+use stage0::keys;
+use stage0::paths::Dirs;
+use stage0::render;
+use stage0::store::Store;
+
+use crate::{fail, print_table, CompressionArg, Failed, Format, ImageCmd};
+
+pub(crate) fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
+    match cmd {
+        ImageCmd::Build { recipe, output, compression, cache_dir, source_date_epoch } => {
+            let opts = BuildOptions {
+                cache_dir,
+                compression: match compression {
+                    CompressionArg::Zstd => Compression::Zstd,
+                    CompressionArg::Gzip => Compression::Gzip,
+                    CompressionArg::None => Compression::None,
+                },
+                source_date_epoch,
+                ..BuildOptions::default()
+            };
+            let report = build::build(&recipe, &output, &opts)?;
+            eprintln!(
+                "built {} ({}, {} Debian packages) -> {}",
+                report.manifest.name,
+                human_size(report.size),
+                report.packages.len(),
+                output.display()
+            );
+            println!("{}", report.id);
+            return Ok(());
+        }
+        ImageCmd::Sign { key, images } => {
+            let secret = keys::load_secret(&key)?;
+            for img in images {
+                let sig = keys::sign_file(&secret, &img)?;
+                eprintln!("wrote {}", sig.display());
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let store = Store::open(dirs)?;
+    match cmd {
+        ImageCmd::List { format } => {
+            let list = store.list()?;
+            match format {
+                Format::Json => {
+                    let v: Vec<_> = list
+                        .iter()
+                        .map(|m| {
+                            serde_json::json!({
+                                "id": m.id, "name": m.name, "labels": m.labels, "size": m.size,
+                                "uncompressedSize": m.uncompressed_size, "signer": m.signer,
+                                "importedAt": m.imported_at, "source": m.source,
+                            })
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                }
+                Format::Table => {
+                    let mut out = String::from("ID\tNAME\tVERSION\tSIZE\tSIGNER\tIMPORTED\n");
+                    for m in &list {
+                        out.push_str(&format!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\n",
+                            m.id.short(),
+                            m.name,
+                            m.labels.get("version").map_or("-", String::as_str),
+                            human_size(m.uncompressed_size),
+                            m.signer.as_deref().map_or("INSECURE (unverified)", |k| &k[..16]),
+                            m.imported_at
+                        ));
+                    }
+                    print_table(&out);
+                }
+            }
+        }
+        ImageCmd::Rm { images } => {
+            for q in images {
+                let meta = store.lookup(&q)?;
+                // Running pods' rootfs sit on the image's files: refuse, as
+                // podman does for images in use.
+                let users = stage0::lifecycle::pods_using(&stage0::pods::Pods::new(dirs), &meta.id)?;
+                if !users.is_empty() {
+                    return Err(fail(
+                        Exit::Conflict,
+                        format!("image {} is used by pod {}", meta.name, users.join(", ")),
+                    ));
+                }
+                store.remove(&meta.id)?;
+                println!("{}", meta.id);
+            }
+        }
+        ImageCmd::Gc => {
+            let _lock = store.lock_exclusive()?;
+            for name in store.gc_tmp()? {
+                eprintln!("removed leftover {name}");
+            }
+            let removed = render::gc_trees(dirs, |layers| {
+                layers.iter().all(|id| store.image_dir(id).join("meta.json").is_file())
+            })?;
+            for key in removed {
+                eprintln!("removed tree {key}");
+            }
+        }
+        ImageCmd::CatManifest { image } => {
+            let meta = store.lookup(&image)?;
+            let manifest = store.manifest(&meta.id)?;
+            println!("{}", String::from_utf8_lossy(&manifest.to_json()));
+        }
+        ImageCmd::Export { image, out } => {
+            let meta = store.lookup(&image)?;
+            let dir = store.image_dir(&meta.id);
+            std::fs::copy(dir.join("image.aci"), &out)
+                .map_err(|e| fail(Exit::Failure, format!("export to {}: {e}", out.display())))?;
+            let sig = dir.join("image.aci.sig");
+            if sig.is_file() {
+                let mut sig_out = out.clone().into_os_string();
+                sig_out.push(".sig");
+                std::fs::copy(&sig, &sig_out).map_err(|e| fail(Exit::Failure, format!("export signature: {e}")))?;
+            }
+            println!("{}", meta.id);
+        }
+        ImageCmd::Verify { images } => {
+            let metas = if images.is_empty() {
+                store.list()?
+            } else {
+                images.iter().map(|q| store.lookup(q)).collect::<Result<_, _>>()?
+            };
+            let mut bad = 0;
+            for m in &metas {
+                match store.verify(&m.id, &Limits { max_uncompressed: u64::MAX }) {
+                    Ok(_) => println!("ok\t{}\t{}", m.id.short(), m.name),
+                    Err(e) => {
+                        bad += 1;
+                        println!("CORRUPT\t{}\t{}\t{e}", m.id.short(), m.name);
+                    }
+                }
+            }
+            if bad > 0 {
+                return Err(fail(Exit::Failure, format!("{bad} of {} images failed verification", metas.len())));
+            }
+        }
+        ImageCmd::Build { .. } | ImageCmd::Sign { .. } => {}
+    }
+    Ok(())
+}
+
+fn human_size(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
