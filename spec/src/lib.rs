@@ -8,6 +8,7 @@ pub mod name;
 pub mod pod;
 pub mod stage1;
 pub mod unit;
+pub mod vm;
 
 pub use id::{ImageId, ImageIdError};
 pub use manifest::{App, Dependency, ImageManifest, Label, ManifestError, MAX_MANIFEST_BYTES};
