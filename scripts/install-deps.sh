@@ -15,6 +15,7 @@ packages=(
   iptables iproute2 # portmap's rules; tests remove their bridges with ip(8)
   curl              # the demo and tests talk to pods
   busybox-static    # stage2-init's tests build app rootfs from /bin/busybox
+  qemu-system-x86   # VM pods (stage1-vm); 9p and user-mode networking are built in
 )
 
 missing=()
@@ -30,6 +31,25 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The guest kernel of VM pods: Debian's own, unpacked (not installed: the
+# host keeps its kernel and boot loader untouched) into /usr/lib/pod/guest.
+guest=/usr/lib/pod/guest
+if [ ! -f "$guest/vmlinuz" ] || [ ! -d "$guest/modules/kernel" ]; then
+  pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
+  echo "installing the VM guest kernel: $pkg -> $guest"
+  tmp=$(mktemp -d /var/tmp/pod-guest.XXXXXX)
+  (cd "$tmp" && apt-get download -qq "$pkg" 2>/dev/null && dpkg-deb -x ./*.deb x)
+  ver=$(ls "$tmp/x/lib/modules")
+  mkdir -p "$tmp/guest"
+  mv "$tmp/x/boot/vmlinuz-$ver" "$tmp/guest/vmlinuz"
+  mv "$tmp/x/lib/modules/$ver" "$tmp/guest/modules"
+  echo "$ver" > "$tmp/guest/version"
+  mkdir -p "$(dirname "$guest")"
+  rm -rf "$guest"
+  mv "$tmp/guest" "$guest"
+  rm -rf "$tmp"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -175,6 +175,23 @@ pub struct Invocation {
     pub netns_dir: PathBuf,
     /// Log debug detail.
     pub debug: bool,
+    /// What a VM stage1 boots; absent where stage0 found no guest kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmHost>,
+}
+
+/// The host side of VM pods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VmHost {
+    /// The qemu system emulator.
+    pub qemu: PathBuf,
+    /// The guest kernel: a bzImage (decompressed once and cached) or an ELF vmlinux.
+    pub kernel: PathBuf,
+    /// The guest kernel's module tree (`lib/modules/<version>`).
+    pub modules: PathBuf,
+    /// Where the decompressed kernel and the initramfs are cached.
+    pub cache_dir: PathBuf,
 }
 
 impl Invocation {

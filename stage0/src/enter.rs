@@ -27,6 +27,8 @@ pub enum EnterError {
     NoApp(String),
     #[error("the pod's PID 1 is gone; is the pod running?")]
     NotRunning,
+    #[error("in the VM: {0}")]
+    Guest(String),
 }
 
 impl ExitCodeOf for EnterError {
@@ -91,6 +93,32 @@ pub fn enter(pid: i32, app: &str, argv: &[String]) -> Result<i32, EnterError> {
         .map_err(|e| EnterError::Io { op: "run", path: PathBuf::from(prog), source: e })?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Runs `argv` in app `app` of a running VM pod through the guest's enter
+/// port (`spec::vm`): its output is copied to stdout; returns its status.
+/// No stdin and no terminal: the channel carries output only.
+pub fn enter_vm(pod_dir: &Path, app: &str, argv: &[String]) -> Result<i32, EnterError> {
+    use spec::vm::{EnterRequest, Frame};
+    use std::io::{BufReader, Write};
+    let socket = pod_dir.join("vm").join("enter.sock");
+    let io = |op, e| EnterError::Io { op, path: socket.clone(), source: e };
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| io("connect to", e))?;
+    let argv = if argv.is_empty() { vec!["/bin/sh".to_owned()] } else { argv.to_vec() };
+    let request = EnterRequest { app: app.to_owned(), argv };
+    stream.write_all(request.encode().as_bytes()).map_err(|e| io("write to", e))?;
+    let mut reader = BufReader::new(stream);
+    let mut out = std::io::stdout();
+    loop {
+        match Frame::read(&mut reader).map_err(|e| io("read from", e))? {
+            Some(Frame::Output(bytes)) => {
+                let _ = out.write_all(&bytes).and_then(|()| out.flush());
+            }
+            Some(Frame::Exit(code)) => return Ok(code),
+            Some(Frame::Error(why)) => return Err(EnterError::Guest(why)),
+            None => return Err(EnterError::Guest("the guest closed the enter channel".into())),
+        }
+    }
 }
 
 /// The host pid of a running pod's PID 1, from its directory.

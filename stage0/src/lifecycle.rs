@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
-use spec::stage1::{Isolation, ResolvedPod};
+use spec::stage1::ResolvedPod;
 
 use crate::exit::{Exit, ExitCodeOf};
 use crate::pods::{self, PodError, PodRef, PodState, Pods};
@@ -156,9 +156,6 @@ pub fn stop(pod: &PodRef, grace: Option<Duration>) -> Result<(), LifecycleError>
 /// cgroups, network. Runs the stage1's own gc entrypoint, as rkt does.
 fn stage1_gc(pod: &PodRef) -> Result<(), LifecycleError> {
     let Some(resolved) = read_resolved(&pod.dir) else { return Ok(()) };
-    if resolved.isolation != Isolation::Namespace {
-        return Ok(());
-    }
     let stage1 = run::stage1_for(resolved.isolation)
         .map_err(|e| LifecycleError::Cleanup { uuid: pod.uuid.clone(), why: e.to_string() })?;
     let out = Command::new(&stage1).arg("gc").arg(&pod.dir).env_clear().output().map_err(|e| LifecycleError::Io {

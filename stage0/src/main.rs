@@ -103,6 +103,13 @@ pub(crate) enum Stage1Arg {
     Vm,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// Start in the background and print the pod's uuid.
@@ -111,6 +118,10 @@ pub(crate) struct RunArgs {
     /// Override the pod file's isolation.
     #[arg(long, value_enum)]
     pub(crate) stage1: Option<Stage1Arg>,
+    /// Override the pod file's accelerator for VM pods: kvm where the CPU
+    /// has vmx/svm, tcg (emulation) anywhere; auto picks kvm, else tcg.
+    #[arg(long, value_enum)]
+    pub(crate) accel: Option<AccelArg>,
     /// Override the pod file's network: none, host, default or a CNI network name.
     #[arg(long)]
     pub(crate) net: Option<String>,

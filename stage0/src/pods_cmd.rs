@@ -15,7 +15,7 @@ use stage0::sources::Sources;
 use stage0::store::Store;
 use stage0::trust::TrustStore;
 
-use crate::{fail, print_table, Failed, Format, RunArgs, Stage1Arg};
+use crate::{fail, print_table, AccelArg, Failed, Format, RunArgs, Stage1Arg};
 
 fn network_override(s: &str) -> spec::stage1::Network {
     match s {
@@ -36,6 +36,7 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
         netns_dir: "/run/pod/netns".into(),
         debug,
+        vm: run::vm_host(),
     };
     let overrides = Overrides {
         isolation: args.stage1.map(|s| match s {
@@ -43,6 +44,11 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
             Stage1Arg::Vm => spec::stage1::Isolation::Vm,
         }),
         network: args.net.as_deref().map(network_override),
+        accel: args.accel.map(|a| match a {
+            AccelArg::Auto => spec::stage1::Accel::Auto,
+            AccelArg::Kvm => spec::stage1::Accel::Kvm,
+            AccelArg::Tcg => spec::stage1::Accel::Tcg,
+        }),
     };
     let prepared = {
         let mut fetcher = Fetcher::new(&store, &trust, &sources, args.fetch.options())?;
@@ -72,8 +78,12 @@ pub(crate) fn list(dirs: &Dirs, format: Format) -> Result<(), Failed> {
             Some(r) => (
                 r.name.to_string(),
                 match r.isolation {
-                    spec::stage1::Isolation::Namespace => "namespace",
-                    spec::stage1::Isolation::Vm => "vm",
+                    spec::stage1::Isolation::Namespace => "namespace".to_owned(),
+                    // The accelerator stage1-vm picked, once it has.
+                    spec::stage1::Isolation::Vm => match std::fs::read_to_string(p.dir.join("vm").join("accel")) {
+                        Ok(accel) => format!("vm/{}", accel.trim()),
+                        Err(_) => "vm".to_owned(),
+                    },
                 },
                 r.apps.iter().map(|a| a.name.to_string()).collect::<Vec<_>>(),
                 r.apps
@@ -83,7 +93,7 @@ pub(crate) fn list(dirs: &Dirs, format: Format) -> Result<(), Failed> {
                     .collect::<Vec<_>>(),
                 r.created_at.clone(),
             ),
-            None => ("-".into(), "-", Vec::new(), Vec::new(), String::new()),
+            None => ("-".into(), "-".to_owned(), Vec::new(), Vec::new(), String::new()),
         };
         let ips: Vec<String> = std::fs::read_to_string(p.dir.join("etc").join("hosts"))
             .unwrap_or_default()
@@ -251,16 +261,20 @@ pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[Stri
     }
     let resolved =
         read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
-    if resolved.isolation != spec::stage1::Isolation::Namespace {
-        return Err(fail(Exit::Failure, "pod enter supports namespace pods only".into()));
-    }
     let app = match app {
         Some(a) => a.to_owned(),
         None => resolved.apps.first().map(|a| a.name.to_string()).unwrap_or_default(),
     };
-    let pid = stage0::enter::init_pid(&pod.dir)
-        .ok_or_else(|| fail(Exit::Conflict, format!("pod {} has no PID 1 yet", pod.uuid)))?;
-    let code = stage0::enter::enter(pid, &app, command)?;
+    let code = if resolved.isolation == spec::stage1::Isolation::Vm {
+        if !resolved.apps.iter().any(|a| a.name.as_str() == app) {
+            return Err(stage0::enter::EnterError::NoApp(app).into());
+        }
+        stage0::enter::enter_vm(&pod.dir, &app, command)?
+    } else {
+        let pid = stage0::enter::init_pid(&pod.dir)
+            .ok_or_else(|| fail(Exit::Conflict, format!("pod {} has no PID 1 yet", pod.uuid)))?;
+        stage0::enter::enter(pid, &app, command)?
+    };
     if code == 0 {
         Ok(())
     } else {

@@ -45,6 +45,8 @@ pub enum PrepareError {
     },
     #[error(transparent)]
     Pod(#[from] PodError),
+    #[error("{file}: VM pods cannot run on this host: {why}")]
+    NoVm { file: String, why: String },
 }
 
 impl ExitCodeOf for PrepareError {
@@ -54,6 +56,7 @@ impl ExitCodeOf for PrepareError {
             Self::PodFile(_) | Self::App { .. } | Self::Cycle { .. } => Exit::InvalidInput,
             Self::Image { source, .. } => source.exit(),
             Self::Pod(e) => e.exit(),
+            Self::NoVm { .. } => Exit::NotFound,
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct HostConfig {
     pub cni_plugin_dirs: Vec<PathBuf>,
     pub netns_dir: PathBuf,
     pub debug: bool,
+    /// What VM pods boot, or why this host cannot run them.
+    pub vm: Result<stage1::VmHost, String>,
 }
 
 /// Overrides from the command line.
@@ -77,6 +82,7 @@ pub struct HostConfig {
 pub struct Overrides {
     pub isolation: Option<stage1::Isolation>,
     pub network: Option<stage1::Network>,
+    pub accel: Option<stage1::Accel>,
 }
 
 /// The start order of the apps: dependencies first, ties in file order.
@@ -223,6 +229,10 @@ pub fn prepare(
     let bytes = fs::read(path).map_err(io_err("read pod file", path))?;
     let pod_file = PodFile::parse(&bytes, &file)?;
     let order = app_order(&file, &pod_file)?;
+    let vm = overrides.isolation.map_or(pod_file.isolation == pod::Isolation::Vm, |i| i == stage1::Isolation::Vm);
+    if let (true, Err(why)) = (vm, &host.vm) {
+        return Err(PrepareError::NoVm { file, why: why.clone() });
+    }
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
     // Fetch (and verify) every image before creating anything on disk.
@@ -319,11 +329,11 @@ fn write_pod(
             pod::Isolation::Namespace => stage1::Isolation::Namespace,
             pod::Isolation::Vm => stage1::Isolation::Vm,
         }),
-        accel: match pod_file.accel {
+        accel: overrides.accel.unwrap_or(match pod_file.accel {
             pod::Accel::Auto => stage1::Accel::Auto,
             pod::Accel::Kvm => stage1::Accel::Kvm,
             pod::Accel::Tcg => stage1::Accel::Tcg,
-        },
+        }),
         network,
         apps,
         volumes,
@@ -337,6 +347,7 @@ fn write_pod(
         cni_plugin_dirs: host.cni_plugin_dirs.clone(),
         netns_dir: host.netns_dir.clone(),
         debug: host.debug,
+        vm: host.vm.clone().ok(),
     };
     write_json(&dir.join(stage1::INVOCATION_FILE), &invocation)?;
     Ok(resolved)

@@ -54,8 +54,17 @@ fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> Stage1Error 
     move |errno| Stage1Error::Sys { what, errno }
 }
 
-/// Reads and checks `stage1.json` and `pod.json`.
+/// Reads and checks `stage1.json` and `pod.json` of a namespace pod.
 pub fn load(pod_dir: &Path) -> Result<(Invocation, ResolvedPod), Stage1Error> {
+    let (inv, pod) = read_pod(pod_dir)?;
+    if pod.isolation != spec::stage1::Isolation::Namespace {
+        return Err(Stage1Error::Invalid("this is the namespace stage1; the pod asks for vm isolation".into()));
+    }
+    Ok((inv, pod))
+}
+
+/// Reads `stage1.json` (version checked) and `pod.json`, whatever the isolation.
+pub fn read_pod(pod_dir: &Path) -> Result<(Invocation, ResolvedPod), Stage1Error> {
     let read = |name: &str| {
         let p = pod_dir.join(name);
         fs::read(&p).map_err(io_err("read", &p))
@@ -65,9 +74,6 @@ pub fn load(pod_dir: &Path) -> Result<(Invocation, ResolvedPod), Stage1Error> {
     inv.check_version().map_err(Stage1Error::Invalid)?;
     let pod: ResolvedPod = serde_json::from_slice(&read(POD_MANIFEST_FILE)?)
         .map_err(|e| Stage1Error::Invalid(format!("{POD_MANIFEST_FILE}: {e}")))?;
-    if pod.isolation != spec::stage1::Isolation::Namespace {
-        return Err(Stage1Error::Invalid("this is the namespace stage1; the pod asks for vm isolation".into()));
-    }
     Ok((inv, pod))
 }
 
@@ -320,7 +326,7 @@ fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: &Go) -> Str
     let step = || -> Result<std::convert::Infallible, String> {
         rootfs::make_private().map_err(|e| e.to_string())?;
         nix::unistd::sethostname(pod.name.as_str()).map_err(|e| format!("sethostname: {e}"))?;
-        rootfs::setup_apps(pod_dir, pod).map_err(|e| e.to_string())?;
+        rootfs::setup_apps(pod_dir, pod, rootfs::KernelFs::Mount).map_err(|e| e.to_string())?;
         rootfs::bind_cgroups(pod_dir, &go.app_cgroups).map_err(|e| e.to_string())?;
         let stage2 = rootfs::bind_stage2(pod_dir, &inv.stage2).map_err(|e| e.to_string())?;
         rootfs::pivot_into(pod_dir).map_err(|e| e.to_string())?;
@@ -402,17 +408,18 @@ fn supervise(
 }
 
 /// Follows the apps' log files and prints new lines prefixed by the app.
-struct LogTail {
+#[derive(Debug)]
+pub struct LogTail {
     dir: PathBuf,
     apps: Vec<(String, u64, Vec<u8>)>,
 }
 
 impl LogTail {
-    fn new(pod_dir: &Path, apps: Vec<String>) -> Self {
+    pub fn new(pod_dir: &Path, apps: Vec<String>) -> Self {
         Self { dir: pod_dir.join("logs"), apps: apps.into_iter().map(|a| (a, 0, Vec::new())).collect() }
     }
 
-    fn pump(&mut self) {
+    pub fn pump(&mut self) {
         let mut out = io::stdout().lock();
         for (app, offset, partial) in &mut self.apps {
             let Ok(mut f) = File::open(self.dir.join(format!("{app}.log"))) else { continue };
@@ -435,7 +442,7 @@ impl LogTail {
     }
 
     /// pod-init has exited, so its apps' output is all in the files.
-    fn finish(&mut self, stream: bool) {
+    pub fn finish(&mut self, stream: bool) {
         if stream {
             self.pump();
         }

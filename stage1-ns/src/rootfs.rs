@@ -209,10 +209,18 @@ fn bind(src: &Path, target: &Path, read_only: bool, what: &str) -> Result<(), Ro
     Ok(())
 }
 
+/// Whether [`setup_apps`] mounts each app's /proc, /sys and /dev: not for
+/// a VM pod, whose guest kernel mounts its own over the shared directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFs {
+    Mount,
+    Skip,
+}
+
 /// Mounts every app's root filesystem under `<pod>/apps/<app>/rootfs`.
 /// Runs in the pod's mount namespace, after the pid namespace exists (so
 /// /proc shows the pod's processes).
-pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod) -> Result<(), RootfsError> {
+pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod, kernel_fs: KernelFs) -> Result<(), RootfsError> {
     for app in &pod.apps {
         let base = pod_dir.join("apps").join(app.name.as_str());
         let rootfs = base.join("rootfs");
@@ -238,27 +246,9 @@ pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod) -> Result<(), RootfsError> 
             bind(&base.join("upper"), &rootfs, false, "copied rootfs")?;
         }
 
-        let proc_dir = rootfs.join("proc");
-        mkdir_p(&proc_dir)?;
-        do_mount(
-            Some(Path::new("proc")),
-            &proc_dir,
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None,
-            "proc",
-        )?;
-        let sys = rootfs.join("sys");
-        mkdir_p(&sys)?;
-        do_mount(
-            Some(Path::new("sysfs")),
-            &sys,
-            Some("sysfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-            None,
-            "sysfs",
-        )?;
-        setup_dev(&rootfs)?;
+        if kernel_fs == KernelFs::Mount {
+            mount_kernel_fs(&rootfs)?;
+        }
         let tmp = rootfs.join("tmp");
         mkdir_p(&tmp)?;
 
@@ -282,6 +272,31 @@ pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod) -> Result<(), RootfsError> 
         }
     }
     Ok(())
+}
+
+/// An app's /proc, read-only /sys and minimal /dev.
+fn mount_kernel_fs(rootfs: &Path) -> Result<(), RootfsError> {
+    let proc_dir = rootfs.join("proc");
+    mkdir_p(&proc_dir)?;
+    do_mount(
+        Some(Path::new("proc")),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+        "proc",
+    )?;
+    let sys = rootfs.join("sys");
+    mkdir_p(&sys)?;
+    do_mount(
+        Some(Path::new("sysfs")),
+        &sys,
+        Some("sysfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        None,
+        "sysfs",
+    )?;
+    setup_dev(rootfs)
 }
 
 /// Binds each app's cgroup directories at `<pod>/cgroup/<app>/<n>`, where

@@ -1,0 +1,443 @@
+//! The VM stage1's monitor: the host-side process of a VM pod, from stage0's
+//! exec until the pod exits. It picks the accelerator, readies the cached
+//! kernel and initramfs, mounts the apps' root filesystems and volumes in a
+//! private mount namespace (they reach the guest through one 9p share of
+//! the pod directory), writes the units and `vm/guest.conf`, and runs qemu
+//! as its child (killed with it: PR_SET_PDEATHSIG). SIGTERM becomes a
+//! `stop` on the guest's control port; the pod's status comes back through
+//! the share (`status/pod.json`), as in a namespace pod.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+use spec::stage1::{Isolation, Network, ResolvedPod, VmHost};
+use spec::vm::{GuestConfig, CTL_PORT, CTL_STOP, ENTER_PORT, GUEST_CONF, SHARE_TAG};
+use stage1_ns::monitor::LogTail;
+use stage1_ns::rootfs::{self, KernelFs};
+
+use crate::accel::{self, HostProbe};
+use crate::qemu::{self, Accel, Console, DirectBoot, HostFwd, Machine, Protocol, SerialPort, Share9p, UserNet, Vm};
+use crate::{initramfs, kernel, kmod, VmError};
+
+/// Guest memory beyond the apps' own: the kernel, pod-init, page cache.
+const OVERHEAD_MIB: u64 = 128;
+/// What an app without a memory limit counts for.
+const DEFAULT_APP_MIB: u64 = 128;
+/// How long a guest may take to start its units (`status/pod.json`
+/// appears) before it counts as hung. TCG is slow, KVM is not: a KVM guest
+/// that has not started in this time is not going to.
+const BOOT_LIMIT_KVM: Duration = Duration::from_secs(60);
+const BOOT_LIMIT_TCG: Duration = Duration::from_secs(600);
+
+/// The files of a VM pod under `<pod>/vm`.
+#[derive(Debug)]
+pub struct VmDir(PathBuf);
+
+impl VmDir {
+    pub fn new(pod_dir: &Path) -> Self {
+        Self(pod_dir.join("vm"))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn console(&self) -> PathBuf {
+        self.0.join("console.log")
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.0.join("qemu.log")
+    }
+    pub fn qemu_pid(&self) -> PathBuf {
+        self.0.join("qemu.pid")
+    }
+    pub fn ctl_socket(&self) -> PathBuf {
+        self.0.join("ctl.sock")
+    }
+    /// `pod enter` connects here.
+    pub fn enter_socket(&self) -> PathBuf {
+        self.0.join("enter.sock")
+    }
+    /// The accelerator in use, for `pod list`.
+    pub fn accel(&self) -> PathBuf {
+        self.0.join("accel")
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> VmError + 'a {
+    move |source| VmError::Io { op, path: path.to_owned(), source }
+}
+
+fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> VmError {
+    move |errno| VmError::Sys { what, errno }
+}
+
+/// The guest's network: none at all, or user-mode networking (restricted
+/// to the host forwards for `network: none`).
+pub fn user_net(pod: &ResolvedPod) -> Result<Option<UserNet>, VmError> {
+    let mut forwards = Vec::new();
+    for p in pod.apps.iter().flat_map(|a| a.ports.iter()) {
+        let protocol = match p.protocol.as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => return Err(VmError::Invalid(format!("port {}: protocol {other:?} is not tcp or udp", p.name))),
+        };
+        let host_ip = match p.host_ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => None,
+            Ok(std::net::IpAddr::V4(ip)) => Some(ip),
+            _ => return Err(VmError::Invalid(format!("port {}: VM pods forward IPv4 host addresses only", p.name))),
+        };
+        forwards.push(HostFwd { protocol, host_ip, host_port: p.host_port, guest_port: p.container_port });
+    }
+    match &pod.network {
+        Network::Host => Err(VmError::Invalid(
+            "a VM pod cannot use the host's network (network: host); use none or a network name".into(),
+        )),
+        Network::None if forwards.is_empty() => Ok(None),
+        Network::None => Ok(Some(UserNet { restrict: true, forwards })),
+        Network::Cni { .. } => Ok(Some(UserNet { restrict: false, forwards })),
+    }
+}
+
+/// Memory and vCPUs from the apps' resources (as rkt's KVM flavour: the sum
+/// of the apps' memory limits plus an overhead; CPUs rounded up).
+pub fn machine(pod: &ResolvedPod, accel: Accel, host_cpus: u32) -> Machine {
+    let memory_mib = OVERHEAD_MIB
+        + pod
+            .apps
+            .iter()
+            .map(|a| a.resources.memory_bytes.map_or(DEFAULT_APP_MIB, |b| b.div_ceil(1 << 20)))
+            .sum::<u64>();
+    let millis: u64 = pod.apps.iter().map(|a| a.resources.cpu_millis.unwrap_or(1000)).sum();
+    let cpus = u32::try_from(millis.div_ceil(1000)).unwrap_or(u32::MAX).clamp(1, host_cpus.max(1));
+    Machine { accel, memory_mib, cpus }
+}
+
+/// Everything qemu is started with, for one pod.
+fn vm_for(
+    pod_dir: &Path,
+    pod: &ResolvedPod,
+    accel: Accel,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    net: Option<UserNet>,
+    debug: bool,
+) -> Result<Vm, VmError> {
+    let dir = VmDir::new(pod_dir);
+    for socket in [dir.ctl_socket(), dir.enter_socket()] {
+        if socket.as_os_str().len() > qemu::MAX_SOCKET_PATH {
+            return Err(VmError::Invalid(format!("{}: too long for a unix socket path", socket.display())));
+        }
+    }
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1));
+    Ok(Vm {
+        name: format!("pod-{}", pod.uuid),
+        machine: machine(pod, accel, host_cpus),
+        boot: DirectBoot { kernel, initrd, cmdline: qemu::cmdline(debug) },
+        console: Console { log: dir.console() },
+        shares: vec![Share9p { id: "pod".into(), path: pod_dir.to_owned(), tag: SHARE_TAG.into() }],
+        net,
+        ports: vec![
+            SerialPort { name: CTL_PORT.into(), socket: dir.ctl_socket() },
+            SerialPort { name: ENTER_PORT.into(), socket: dir.enter_socket() },
+        ],
+        rng: true,
+    })
+}
+
+/// Mounts the apps' root filesystems, /etc files and volumes (in this
+/// process's own mount namespace, which dies with it and qemu), and writes
+/// the units and the guest's configuration.
+fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> Result<(), VmError> {
+    unshare(CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mount namespace"))?;
+    let fs_err = |e: rootfs::RootfsError| VmError::Launch(e.to_string());
+    rootfs::make_private().map_err(fs_err)?;
+    let ips = if net.is_some() { vec![qemu::GUEST_IP.to_string()] } else { Vec::new() };
+    let resolv = match net {
+        Some(n) if !n.restrict => format!("nameserver {}\n", qemu::GUEST_DNS),
+        _ => String::new(),
+    };
+    rootfs::write_etc(pod_dir, pod.name.as_str(), &ips, &resolv).map_err(fs_err)?;
+    rootfs::setup_apps(pod_dir, pod, KernelFs::Skip).map_err(fs_err)?;
+    // The VM is the pod's resource boundary: no per-app cgroups in the units.
+    stage1_ns::units::write_units(pod_dir, pod, &BTreeMap::new()).map_err(|(p, e)| io_err("write", &p)(e))?;
+    let dir = VmDir::new(pod_dir);
+    for d in [pod_dir.join("status"), pod_dir.join("logs"), dir.path().to_owned()] {
+        fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+    }
+    for stale in [dir.ctl_socket(), dir.enter_socket()] {
+        let _ = fs::remove_file(stale);
+    }
+    let guest = GuestConfig {
+        hostname: pod.name.to_string(),
+        address: net.map(|_| (qemu::GUEST_IP, qemu::GUEST_PREFIX)),
+        gateway: net.map(|_| qemu::GUEST_GATEWAY),
+    };
+    let conf = pod_dir.join(GUEST_CONF);
+    fs::write(&conf, guest.render()).map_err(io_err("write", &conf))
+}
+
+/// Starts qemu: stdin and stdout closed, its own messages to `vm/qemu.log`,
+/// signals unblocked, and SIGKILL when this monitor dies.
+fn spawn_qemu(qemu: &Path, vm: &Vm, dir: &VmDir) -> Result<Child, VmError> {
+    let log_path = dir.qemu_log();
+    let log = File::create(&log_path).map_err(io_err("create", &log_path))?;
+    let mut cmd = Command::new(qemu);
+    cmd.args(vm.args().map_err(|e| VmError::Invalid(e.to_string()))?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let monitor = nix::unistd::getpid();
+    // SAFETY: between fork and exec the closure only makes async-signal-safe
+    // system calls (prctl, getppid, sigprocmask) and allocates nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != monitor {
+                return Err(io::Error::other("the monitor is gone"));
+            }
+            SigSet::empty().thread_set_mask()?;
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(io_err("start", qemu))
+}
+
+/// Runs the pod; returns its exit status.
+pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
+    let (inv, pod) = stage1_ns::monitor::read_pod(pod_dir).map_err(|e| VmError::Invalid(e.to_string()))?;
+    if pod.isolation != Isolation::Vm {
+        return Err(VmError::Invalid("this is the VM stage1; the pod asks for namespace isolation".into()));
+    }
+    let host: &VmHost = inv.vm.as_ref().ok_or_else(|| {
+        VmError::Invalid("stage1.json has no vm section: stage0 found no guest kernel (see README, VM pods)".into())
+    })?;
+    let (accel, warning) = accel::choose(pod.accel, &HostProbe::detect())?;
+    if let Some(w) = warning {
+        eprintln!("pod-stage1-vm: warning: {w}");
+    }
+    let net = user_net(&pod)?;
+    let vmlinux = kernel::vmlinux(&host.kernel, &host.cache_dir)?;
+    let modules = kmod::resolve(&host.modules, &kmod::GUEST_MODULES)?;
+    let initrd = initramfs::build_cached(&inv.stage2, &modules, &host.cache_dir)?;
+    let vm = vm_for(pod_dir, &pod, accel, vmlinux, initrd, net.clone(), inv.debug)?;
+
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(sys_err("block signals"))?;
+    prepare_pod_dir(pod_dir, &pod, net.as_ref())?;
+    let dir = VmDir::new(pod_dir);
+    let mut child = spawn_qemu(&host.qemu, &vm, &dir)?;
+    let _ = fs::write(dir.qemu_pid(), format!("{}\n", child.id()));
+    let _ = fs::write(dir.accel(), format!("{}\n", accel.as_str()));
+    // stage0 signals this pid to stop the pod (the monitor turns that into
+    // a stop request to the guest).
+    let pid_file = pod_dir.join("pid");
+    fs::write(&pid_file, format!("{}\n", std::process::id())).map_err(io_err("write", &pid_file))?;
+
+    let grace = Duration::from_millis(pod.apps.iter().map(|a| a.stop_timeout_ms).max().unwrap_or(10_000))
+        + Duration::from_secs(10);
+    let boot_limit = match accel {
+        Accel::Kvm => BOOT_LIMIT_KVM,
+        Accel::Tcg => BOOT_LIMIT_TCG,
+    };
+    let apps = pod.apps.iter().map(|a| a.name.to_string()).collect();
+    let ended =
+        supervise(&mut child, pod_dir, &mask, Limits { grace, boot_limit }, LogTail::new(pod_dir, apps), stream_logs);
+    let code = match ended {
+        Ok(()) => pod_status(pod_dir, &dir),
+        Err(e) => Err(e),
+    };
+    if let Ok(code) = &code {
+        let _ = fs::write(pod_dir.join("stage1-exit"), format!("{code}\n"));
+    }
+    for f in [dir.ctl_socket(), dir.enter_socket(), dir.qemu_pid()] {
+        let _ = fs::remove_file(f);
+    }
+    code
+}
+
+struct Limits {
+    grace: Duration,
+    boot_limit: Duration,
+}
+
+/// Waits for qemu to exit: forwards stop requests, streams logs, and kills
+/// a guest that never starts its units or outstays its stop grace period.
+fn supervise(
+    child: &mut Child,
+    pod_dir: &Path,
+    mask: &SigSet,
+    limits: Limits,
+    mut tail: LogTail,
+    stream_logs: bool,
+) -> Result<(), VmError> {
+    let dir = VmDir::new(pod_dir);
+    let sfd =
+        SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(sys_err("signalfd"))?;
+    let qemu = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+    let started = Instant::now();
+    let status_file = pod_dir.join("status").join("pod.json");
+    let mut booted = false;
+    let mut ctl: Option<UnixStream> = None;
+    let mut stop_asked: Option<Instant> = None;
+    let mut failure = None;
+    loop {
+        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&sfd), nix::poll::PollFlags::POLLIN)];
+        let _ = nix::poll::poll(&mut fds, 200u16);
+        let mut stop = false;
+        while let Ok(Some(info)) = sfd.read_signal() {
+            stop |= info.ssi_signo != Signal::SIGCHLD as u32;
+        }
+        if ctl.is_none() {
+            ctl = UnixStream::connect(dir.ctl_socket()).ok();
+        }
+        if stop && stop_asked.is_none() {
+            stop_asked = Some(Instant::now());
+            let sent = ctl.as_mut().is_some_and(|c| c.write_all(format!("{CTL_STOP}\n").as_bytes()).is_ok());
+            if !sent || !booted {
+                // No guest to ask (yet): stopping means ending the VM.
+                let _ = kill(qemu, Signal::SIGKILL);
+            }
+        }
+        if stop_asked.is_some_and(|t| t.elapsed() > limits.grace) {
+            eprintln!("pod-stage1-vm: the guest did not stop within {:?}: killing qemu", limits.grace);
+            let _ = kill(qemu, Signal::SIGKILL);
+        }
+        booted = booted || status_file.exists();
+        if !booted && failure.is_none() && started.elapsed() > limits.boot_limit {
+            failure = Some(VmError::BootTimeout(limits.boot_limit, console_tail(&dir)));
+            let _ = kill(qemu, Signal::SIGKILL);
+        }
+        if stream_logs {
+            tail.pump();
+        }
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(e) => return Err(io_err("wait for", Path::new("qemu"))(e)),
+        }
+    }
+    tail.finish(stream_logs);
+    failure.map_or(Ok(()), Err)
+}
+
+/// What the guest and qemu last said, for error messages: pod-init's own
+/// lines and a kernel panic's headline when there are any, else the tail.
+fn console_tail(dir: &VmDir) -> String {
+    let text = fs::read_to_string(dir.console()).unwrap_or_default();
+    let qemu = fs::read_to_string(dir.qemu_log()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().chain(qemu.lines()).filter(|l| !l.trim().is_empty()).collect();
+    let telling: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("pod-init:") || l.contains("Kernel panic") || l.starts_with("qemu"))
+        .collect();
+    let pick = if telling.is_empty() { &lines } else { &telling };
+    pick[pick.len().saturating_sub(8)..].join("\n")
+}
+
+/// The pod's exit status from the guest's `status/pod.json`.
+fn pod_status(pod_dir: &Path, dir: &VmDir) -> Result<i32, VmError> {
+    let p = pod_dir.join("status").join("pod.json");
+    let status: Option<serde_json::Value> = fs::read(&p).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let code = status.as_ref().filter(|s| s["state"] == "exited").and_then(|s| s["exitCode"].as_i64());
+    match code.and_then(|c| i32::try_from(c).ok()) {
+        Some(code) => Ok(code),
+        None => Err(VmError::NoStatus(console_tail(dir))),
+    }
+}
+
+/// `pod-stage1-vm gc <pod dir>`: after a monitor that died (kill -9), kills
+/// a qemu that is somehow still running for this pod (PR_SET_PDEATHSIG
+/// normally took it along) and removes its sockets. Idempotent.
+pub fn gc(pod_dir: &Path) -> Result<(), VmError> {
+    let dir = VmDir::new(pod_dir);
+    let (_, pod) = stage1_ns::monitor::read_pod(pod_dir).map_err(|e| VmError::Invalid(e.to_string()))?;
+    if let Some(pid) = fs::read_to_string(dir.qemu_pid()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let name = format!("pod-{}", pod.uuid);
+        if cmdline.split(|&b| b == 0).any(|w| w == name.as_bytes()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    for f in [dir.ctl_socket(), dir.enter_socket(), dir.qemu_pid()] {
+        match fs::remove_file(&f) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove", &f)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(network: serde_json::Value, apps: &[(Option<u64>, Option<u64>, &str)]) -> ResolvedPod {
+        let apps: Vec<serde_json::Value> = apps
+            .iter()
+            .enumerate()
+            .map(|(i, (mem, cpu, host_ip))| {
+                serde_json::json!({
+                    "name": format!("a{i}"), "imageName": "example.com/x", "imageId": format!("sha512-{}", "a".repeat(128)),
+                    "tree": "/t", "exec": ["/x"], "user": "0", "group": "0", "supplementaryGids": [],
+                    "workingDirectory": "/", "env": [], "after": [], "requires": [], "readiness": null,
+                    "restart": "never", "stopTimeoutMs": 1000,
+                    "resources": {"memoryBytes": mem, "cpuMillis": cpu, "pids": null},
+                    "ports": if host_ip.is_empty() { serde_json::json!([]) } else { serde_json::json!([
+                        {"name": "http", "protocol": "tcp", "containerPort": 80, "hostPort": 8080 + i, "hostIp": host_ip}]) },
+                    "mounts": [],
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "uuid": "u", "name": "p", "source": "p.yaml", "isolation": "vm", "accel": "auto",
+            "network": network, "apps": apps, "volumes": [], "createdAt": "now",
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn memory_and_cpus_follow_the_apps() {
+        let p = pod(serde_json::json!("none"), &[(Some(256 << 20), Some(500), ""), (None, None, "")]);
+        assert_eq!(machine(&p, Accel::Tcg, 8), Machine { accel: Accel::Tcg, memory_mib: 128 + 256 + 128, cpus: 2 });
+        assert_eq!(machine(&p, Accel::Kvm, 1).cpus, 1, "never more vCPUs than host CPUs");
+        let small = pod(serde_json::json!("none"), &[(Some(1), Some(100), "")]);
+        assert_eq!(machine(&small, Accel::Tcg, 8), Machine { accel: Accel::Tcg, memory_mib: 129, cpus: 1 });
+    }
+
+    #[test]
+    fn networks_map_to_user_mode_networking() {
+        let none = pod(serde_json::json!("none"), &[(None, None, "")]);
+        assert_eq!(user_net(&none).expect("none"), None, "loopback only: no NIC");
+        let fwd = pod(serde_json::json!("none"), &[(None, None, "127.0.0.1"), (None, None, "0.0.0.0")]);
+        let net = user_net(&fwd).expect("forwards").expect("a NIC");
+        assert!(net.restrict, "network none: the guest reaches nothing outside");
+        assert_eq!(net.forwards[0].host_ip, Some(std::net::Ipv4Addr::LOCALHOST));
+        assert_eq!((net.forwards[1].host_ip, net.forwards[1].host_port), (None, 8081));
+        let cni = pod(serde_json::json!({"cni": {"name": "default"}}), &[(None, None, "")]);
+        assert!(!user_net(&cni).expect("cni").expect("a NIC").restrict);
+        let host = pod(serde_json::json!("host"), &[(None, None, "")]);
+        assert!(user_net(&host).is_err_and(|e| e.to_string().contains("network: host")));
+        let v6 = pod(serde_json::json!("none"), &[(None, None, "::1")]);
+        assert!(user_net(&v6).is_err_and(|e| e.to_string().contains("IPv4")));
+    }
+}

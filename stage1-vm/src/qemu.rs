@@ -1,0 +1,384 @@
+//! The qemu command line, built from typed values: one type per device
+//! family, each rendering its own arguments, so the whole argv is checked
+//! by unit tests word for word and nothing is pasted together from strings
+//! elsewhere. Option values are escaped as qemu wants (`,` doubled).
+
+use std::ffi::OsString;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QemuError {
+    #[error("{0}: qemu options need UTF-8 paths")]
+    NotUtf8(PathBuf),
+}
+
+/// The accelerator qemu runs the guest with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        }
+    }
+}
+
+/// A value inside a `-opt key=value,...` list: commas doubled.
+fn esc(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn utf8(p: &Path) -> Result<&str, QemuError> {
+    p.to_str().ok_or_else(|| QemuError::NotUtf8(p.to_owned()))
+}
+
+/// The PC machine (i440FX: the quickest to boot of qemu's PC models; the
+/// `microvm` model hangs calibrating its clock under TCG) with its
+/// accelerator and CPU model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub accel: Accel,
+    pub memory_mib: u64,
+    pub cpus: u32,
+}
+
+impl Machine {
+    fn args(&self) -> Vec<String> {
+        let cpu = match self.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        };
+        vec![
+            "-machine".into(),
+            format!("pc,accel={}", self.accel.as_str()),
+            "-cpu".into(),
+            cpu.into(),
+            "-m".into(),
+            format!("{}M", self.memory_mib),
+            "-smp".into(),
+            self.cpus.to_string(),
+        ]
+    }
+}
+
+/// Direct kernel boot: qemu loads the ELF vmlinux (PVH entry) and the
+/// initramfs itself; no bootloader, no disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectBoot {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+}
+
+impl DirectBoot {
+    fn args(&self) -> Result<Vec<String>, QemuError> {
+        Ok(vec![
+            "-kernel".into(),
+            utf8(&self.kernel)?.into(),
+            "-initrd".into(),
+            utf8(&self.initrd)?.into(),
+            "-append".into(),
+            self.cmdline.clone(),
+        ])
+    }
+}
+
+/// The guest's serial console, written to a file on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Console {
+    pub log: PathBuf,
+}
+
+impl Console {
+    fn args(&self) -> Result<Vec<String>, QemuError> {
+        Ok(vec![
+            "-chardev".into(),
+            format!("file,id=console,path={}", esc(utf8(&self.log)?)),
+            "-serial".into(),
+            "chardev:console".into(),
+        ])
+    }
+}
+
+/// A host directory shared over virtio-9p. `passthrough`: the guest's
+/// owners and modes are the files' real ones (qemu runs as root);
+/// `multidevs=remap` keeps inode numbers unique across the mounts inside
+/// the share (each app's overlay, its volumes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share9p {
+    pub id: String,
+    pub path: PathBuf,
+    pub tag: String,
+}
+
+impl Share9p {
+    fn args(&self) -> Result<Vec<String>, QemuError> {
+        Ok(vec![
+            "-fsdev".into(),
+            format!(
+                "local,id={},path={},security_model=passthrough,multidevs=remap",
+                esc(&self.id),
+                esc(utf8(&self.path)?)
+            ),
+            "-device".into(),
+            format!("virtio-9p-pci,fsdev={},mount_tag={}", esc(&self.id), esc(&self.tag)),
+        ])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// One port forwarded from the host into the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFwd {
+    pub protocol: Protocol,
+    /// `None`: every host address.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub guest_port: u16,
+}
+
+impl HostFwd {
+    fn render(&self) -> String {
+        let proto = match self.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        let ip = self.host_ip.map(|i| i.to_string()).unwrap_or_default();
+        format!("hostfwd={proto}:{ip}:{}-:{}", self.host_port, self.guest_port)
+    }
+}
+
+/// User-mode networking (slirp, inside the qemu process: no bridge, tap or
+/// host routes). The guest is 10.0.2.15/24 behind 10.0.2.2. `restrict`:
+/// the guest can reach nothing outside (host forwards still come in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNet {
+    pub restrict: bool,
+    pub forwards: Vec<HostFwd>,
+}
+
+/// The guest address, gateway and prefix user-mode networking gives.
+pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+pub const GUEST_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
+pub const GUEST_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
+pub const GUEST_PREFIX: u8 = 24;
+
+impl UserNet {
+    fn args(&self) -> Vec<String> {
+        let mut netdev = format!("user,id=net0,restrict={}", if self.restrict { "on" } else { "off" });
+        for f in &self.forwards {
+            netdev.push(',');
+            netdev.push_str(&f.render());
+        }
+        vec!["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=net0".into()]
+    }
+}
+
+/// Named virtio-serial ports, each a unix socket qemu listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialPort {
+    pub name: String,
+    pub socket: PathBuf,
+}
+
+/// The longest unix socket path (sun_path is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+fn serial_args(ports: &[SerialPort]) -> Result<Vec<String>, QemuError> {
+    if ports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut args = vec!["-device".into(), "virtio-serial-pci,id=vser0".into()];
+    for (i, p) in ports.iter().enumerate() {
+        args.push("-chardev".into());
+        args.push(format!("socket,id=port{i},path={},server=on,wait=off", esc(utf8(&p.socket)?)));
+        args.push("-device".into());
+        args.push(format!("virtserialport,bus=vser0.0,chardev=port{i},name={}", esc(&p.name)));
+    }
+    Ok(args)
+}
+
+/// A whole virtual machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vm {
+    pub name: String,
+    pub machine: Machine,
+    pub boot: DirectBoot,
+    pub console: Console,
+    pub shares: Vec<Share9p>,
+    pub net: Option<UserNet>,
+    pub ports: Vec<SerialPort>,
+    /// A virtio RNG, so the guest's entropy pool is ready at once.
+    pub rng: bool,
+}
+
+impl Vm {
+    /// qemu's arguments (not its path).
+    pub fn args(&self) -> Result<Vec<OsString>, QemuError> {
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            esc(&self.name),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            // A guest reboot is the end of the pod: qemu exits.
+            "-no-reboot".into(),
+        ];
+        a.extend(self.machine.args());
+        a.extend(self.boot.args()?);
+        a.extend(self.console.args()?);
+        for s in &self.shares {
+            a.extend(s.args()?);
+        }
+        if let Some(net) = &self.net {
+            a.extend(net.args());
+        }
+        a.extend(serial_args(&self.ports)?);
+        if self.rng {
+            a.extend(["-device".into(), "virtio-rng-pci".into()]);
+        }
+        Ok(a.into_iter().map(OsString::from).collect())
+    }
+}
+
+/// The kernel command line: console on the first serial port, quiet, and a
+/// guest that reboots (ending qemu) rather than hangs if its PID 1 dies.
+pub fn cmdline(debug: bool) -> String {
+    let mut c = String::from("console=ttyS0 reboot=t panic=-1 rdinit=/init");
+    c.push_str(if debug { " loglevel=7" } else { " quiet loglevel=3" });
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm() -> Vm {
+        Vm {
+            name: "pod-1234".into(),
+            machine: Machine { accel: Accel::Tcg, memory_mib: 640, cpus: 2 },
+            boot: DirectBoot {
+                kernel: "/cache/vmlinux-ab".into(),
+                initrd: "/cache/initramfs-cd.cpio".into(),
+                cmdline: cmdline(false),
+            },
+            console: Console { log: "/pods/p/vm/console.log".into() },
+            shares: vec![Share9p { id: "pod".into(), path: "/pods/p".into(), tag: "pod".into() }],
+            net: Some(UserNet {
+                restrict: true,
+                forwards: vec![
+                    HostFwd {
+                        protocol: Protocol::Tcp,
+                        host_ip: Some(Ipv4Addr::LOCALHOST),
+                        host_port: 8080,
+                        guest_port: 80,
+                    },
+                    HostFwd { protocol: Protocol::Udp, host_ip: None, host_port: 5353, guest_port: 53 },
+                ],
+            }),
+            ports: vec![
+                SerialPort { name: "pod.ctl".into(), socket: "/pods/p/vm/ctl.sock".into() },
+                SerialPort { name: "pod.enter".into(), socket: "/pods/p/vm/enter.sock".into() },
+            ],
+            rng: true,
+        }
+    }
+
+    fn words(v: &Vm) -> Vec<String> {
+        v.args().expect("args").into_iter().map(|s| s.into_string().expect("utf8")).collect()
+    }
+
+    #[test]
+    fn whole_argv_word_for_word() {
+        let expected = [
+            "-name",
+            "pod-1234",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-machine",
+            "pc,accel=tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "640M",
+            "-smp",
+            "2",
+            "-kernel",
+            "/cache/vmlinux-ab",
+            "-initrd",
+            "/cache/initramfs-cd.cpio",
+            "-append",
+            "console=ttyS0 reboot=t panic=-1 rdinit=/init quiet loglevel=3",
+            "-chardev",
+            "file,id=console,path=/pods/p/vm/console.log",
+            "-serial",
+            "chardev:console",
+            "-fsdev",
+            "local,id=pod,path=/pods/p,security_model=passthrough,multidevs=remap",
+            "-device",
+            "virtio-9p-pci,fsdev=pod,mount_tag=pod",
+            "-netdev",
+            "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp::5353-:53",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+            "-device",
+            "virtio-serial-pci,id=vser0",
+            "-chardev",
+            "socket,id=port0,path=/pods/p/vm/ctl.sock,server=on,wait=off",
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=port0,name=pod.ctl",
+            "-chardev",
+            "socket,id=port1,path=/pods/p/vm/enter.sock,server=on,wait=off",
+            "-device",
+            "virtserialport,bus=vser0.0,chardev=port1,name=pod.enter",
+            "-device",
+            "virtio-rng-pci",
+        ];
+        assert_eq!(words(&vm()), expected);
+    }
+
+    #[test]
+    fn kvm_uses_the_host_cpu_and_no_network_means_no_nic() {
+        let mut v = vm();
+        v.machine.accel = Accel::Kvm;
+        v.net = None;
+        v.ports.clear();
+        v.rng = false;
+        let w = words(&v);
+        assert!(w.windows(4).any(|x| x == ["-machine", "pc,accel=kvm", "-cpu", "host"]), "{w:?}");
+        assert!(!w.iter().any(|x| x.contains("netdev") || x.contains("virtio-serial") || x.contains("rng")), "{w:?}");
+    }
+
+    #[test]
+    fn commas_in_values_are_doubled() {
+        let mut v = vm();
+        v.shares[0].path = "/pods/a,b".into();
+        v.console.log = "/x,y/console.log".into();
+        let w = words(&v);
+        assert!(w.contains(&"local,id=pod,path=/pods/a,,b,security_model=passthrough,multidevs=remap".to_owned()));
+        assert!(w.contains(&"file,id=console,path=/x,,y/console.log".to_owned()));
+    }
+
+    #[test]
+    fn non_utf8_paths_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut v = vm();
+        v.boot.kernel = PathBuf::from(std::ffi::OsStr::from_bytes(b"/k\xff"));
+        assert!(matches!(v.args(), Err(QemuError::NotUtf8(_))));
+    }
+}
