@@ -1,0 +1,191 @@
+//! VM pods (`isolation: vm`, stage1-vm): the same signed images and pod
+//! files run inside a qemu virtual machine whose PID 1 is pod-init. Under
+//! TCG on hosts without hardware virtualisation (this one), KVM elsewhere.
+//! The guest's network is qemu's user-mode networking, restricted for
+//! `network: none` (only the host forwards come in, nothing goes out), so
+//! no test traffic leaves loopback. Every test shares one cached vmlinux and
+//! initramfs (under /var/cache/pod). Needs root, qemu and the guest kernel
+//! that scripts/install-deps.sh installs; reports a skip without them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Booting the guest under TCG takes seconds; python and redis in it more.
+const UP_WITHIN: Duration = Duration::from_secs(240);
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
+fn skip_reason_vm() -> Option<String> {
+    if let Some(why) = skip_reason(false) {
+        return Some(why);
+    }
+    let stage1 = target_dir().join("debug").join("pod-stage1-vm");
+    if !stage1.is_file() {
+        return Some(format!("{} is missing: run `cargo build --workspace` first", stage1.display()));
+    }
+    let kernel = std::env::var("POD_GUEST_KERNEL").unwrap_or_else(|_| "/usr/lib/pod/guest/vmlinuz".into());
+    if !Path::new(&kernel).is_file() {
+        return Some(format!("no guest kernel at {kernel} (scripts/install-deps.sh installs one)"));
+    }
+    if std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+        return Some("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)".into());
+    }
+    None
+}
+
+macro_rules! skip_unless_vms {
+    () => {
+        if let Some(why) = skip_reason_vm() {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+}
+
+/// Whether this host's CPU offers hardware virtualisation (KVM can boot).
+fn hardware_virt() -> bool {
+    fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// The pids of processes whose command line has `word` as an argument
+/// (qemu runs as `-name pod-<uuid>`).
+fn processes_with_arg(word: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).any(|w| w == word.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `manifests/web-db.yaml` as shipped, made a VM pod on host port `port`.
+fn web_db_vm(live: &Live, port: u16) -> std::path::PathBuf {
+    let example = fs::read_to_string(workspace().join("manifests/web-db.yaml")).unwrap();
+    let yaml: String = example
+        .lines()
+        .map(|l| {
+            if l.starts_with("isolation:") {
+                "isolation: vm".to_owned()
+            } else {
+                l.replace("host: 8080", &format!("host: {port}, hostIP: 127.0.0.1"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(yaml.contains("isolation: vm") && yaml.contains(&format!("host: {port}")), "web-db.yaml changed:\n{yaml}");
+    live.pod_file("web-db-vm", &(yaml + "\n"))
+}
+
+#[test]
+fn web_db_in_a_vm_counts_visits_enters_stops_and_leaves_nothing() {
+    skip_unless_vms!();
+    let live = Live::new(&[Example::Redis, Example::Web]);
+    let before = HostState::take(&[]);
+    let port = free_port();
+    let file = web_db_vm(&live, port);
+    // network none: the guest's user-mode network is restricted to the host
+    // forward of web's port; nothing leaves the machine.
+    let args = ["run", "-d", "--net", "none", p(&file)];
+    let out = live.run_within(&args, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let uuid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(is_uuid(&uuid), "{}", describe(&args, &out));
+    let qemu = processes_with_arg(&format!("pod-{uuid}"));
+    assert_eq!(qemu.len(), 1, "one qemu for the pod: {qemu:?}");
+
+    // The counter answers through the host port and counts: state in redis,
+    // web reaching it on the guest's 127.0.0.1.
+    assert_eq!(http_get_ok(port, UP_WITHIN), "visits: 1\n");
+    assert_eq!(http_get(port), Ok((200, "visits: 2\n".into())));
+
+    let entry = live.listed(&uuid).unwrap();
+    let isolation = entry["isolation"].as_str().unwrap_or_default();
+    let expected = if hardware_virt() { "vm/kvm" } else { "vm/tcg" };
+    assert_eq!(isolation, expected, "pod list shows the isolation and accelerator: {entry}");
+    assert_eq!(live.app_status(&uuid, "db")["state"], "ready");
+
+    // pod enter runs a command in an app through the guest channel.
+    let out = live.run_within(&["enter", "--app", "db", &uuid, "redis-cli", "get", "visits"], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", describe(&["enter"], &out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    let out = live.run_within(&["enter", "--app", "web", &uuid, "/bin/sh", "-c", "exit 7"], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&["enter"], &out));
+
+    // Stop: the guest stops its apps (SIGTERM) within the grace period.
+    let started = Instant::now();
+    let out = live.run_within(&["stop", &uuid], Duration::from_secs(120));
+    assert!(out.status.success(), "{}", describe(&["stop", &uuid], &out));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(25), "stop took {took:?} (stopTimeout 10s)");
+    let st = live.status(&uuid);
+    assert_eq!(st["state"], "exited", "{st}");
+    for app in ["db", "web"] {
+        let a = live.app_status(&uuid, app);
+        assert!(a["signal"] == 15 || a["exitCode"] == 0, "{app} ended by the stop: {a}");
+    }
+    assert!(processes_with_arg(&format!("pod-{uuid}")).is_empty(), "qemu outlived the pod");
+
+    live.ok(&["gc"]);
+    assert!(live.listed(&uuid).is_none(), "gc removed the pod");
+    let after = HostState::take(&[]);
+    assert_eq!(after.diff(&before), "", "the host is as before the pod");
+}
+
+#[test]
+fn a_vm_pod_exits_with_its_apps_status_and_streams_their_output() {
+    skip_unless_vms!();
+    let live = Live::new(&[Example::Busybox]);
+    let file = live.pod_file(
+        "codes",
+        "name: codes\nisolation: vm\nnetwork: none\napps:\n\
+         - name: fine\n  image: example.com/busybox:1.35\n  exec: [/bin/sh, -c, \"echo fine says hi from $(hostname)\"]\n\
+         - name: five\n  image: example.com/busybox:1.35\n  exec: [/bin/sh, -c, \"echo five says bye; exit 5\"]\n  after: [fine]\n",
+    );
+    let out = live.run_within(&["run", p(&file)], RUN_LIMIT);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&["run"], &out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[fine] fine says hi from codes"), "{}", describe(&["run"], &out));
+    assert!(stdout.contains("[five] five says bye"), "{}", describe(&["run"], &out));
+    let uuid = live.pods().first().and_then(|e| e["uuid"].as_str().map(str::to_owned)).unwrap();
+    assert_eq!(live.app_status(&uuid, "five")["exitCode"], 5);
+    assert!(processes_with_arg(&format!("pod-{uuid}")).is_empty(), "qemu outlived the pod");
+}
+
+#[test]
+fn forcing_kvm_where_it_cannot_boot_fails_fast_and_clearly() {
+    skip_unless_vms!();
+    if hardware_virt() {
+        eprintln!("SKIP: this host has hardware virtualisation: KVM works here, nothing to refuse");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let file = live.pod_file(
+        "kvm",
+        "name: kvm\nisolation: vm\naccel: kvm\nnetwork: none\napps:\n\
+         - name: t\n  image: example.com/busybox:1.35\n  exec: [/bin/true]\n",
+    );
+    let started = Instant::now();
+    let out = live.run_within(&["run", p(&file)], Duration::from_secs(60));
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(125), "{}", describe(&["run"], &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_mentions(&stderr, &["kvm", "vmx/svm", "--accel tcg"]);
+    assert!(took < Duration::from_secs(30), "refusing kvm took {took:?}");
+    let uuid = live.pods().first().and_then(|e| e["uuid"].as_str().map(str::to_owned)).unwrap();
+    assert!(processes_with_arg(&format!("pod-{uuid}")).is_empty(), "no qemu was started");
+    // The command-line flag overrides the file, both ways.
+    let tcg = live.run_within(&["run", "--accel", "tcg", p(&file)], RUN_LIMIT);
+    assert!(tcg.status.success(), "{}", describe(&["run", "--accel", "tcg"], &tcg));
+}
