@@ -32,9 +32,8 @@ const MAX_LINE: usize = 1 << 20;
 /// The device name (`vport0p1`) of the virtio-serial port called `name`,
 /// from `class_dir` (`/sys/class/virtio-ports`).
 pub(crate) fn find_port(class_dir: &Path, name: &str) -> Option<String> {
-    let mut ports: Vec<_> = std::fs::read_dir(class_dir).ok()?.flatten().collect();
-    ports.sort_by_key(std::fs::DirEntry::file_name);
-    ports.into_iter().find_map(|port| {
+    // Port names are unique: the first match is the one.
+    std::fs::read_dir(class_dir).ok()?.flatten().find_map(|port| {
         let named = std::fs::read_to_string(port.path().join("name")).ok()?;
         (named.trim_end() == name).then(|| port.file_name().into_string().ok()).flatten()
     })

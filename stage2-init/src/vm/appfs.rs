@@ -18,8 +18,10 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 pub(crate) fn app_rootfs_dirs(root: &Path) -> Result<Vec<PathBuf>, BootError> {
     let apps = root.join("apps");
     let entries = std::fs::read_dir(&apps).map_err(|e| BootError::new("read", &apps, e))?;
-    let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("rootfs")).filter(|p| p.is_dir()).collect();
-    dirs.sort();
+    let mut dirs = Vec::new();
+    for rootfs in entries.flatten().map(|e| e.path().join("rootfs")).filter(|p| p.is_dir()) {
+        super::insert_sorted(&mut dirs, rootfs);
+    }
     Ok(dirs)
 }
 

@@ -48,9 +48,10 @@ pub(crate) fn mount_kernel_filesystems() -> Result<(), BootError> {
 /// The `*.ko` files of `dir`, in lexical order (dependencies first).
 pub(crate) fn module_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut files: Vec<PathBuf> =
-        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "ko")).collect();
-    files.sort();
+    let mut files = Vec::new();
+    for path in entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "ko")) {
+        super::insert_sorted(&mut files, path);
+    }
     files
 }
 

@@ -35,9 +35,23 @@ pub struct BootError {
 }
 
 impl BootError {
-    fn new(step: &'static str, path: impl Into<PathBuf>, reason: impl ToString) -> Self {
-        Self { step, path: path.into(), reason: reason.to_string() }
+    fn new(step: &'static str, path: impl AsRef<Path>, reason: impl std::fmt::Display) -> Self {
+        Self::make(step, path.as_ref(), &reason)
     }
+
+    // One copy of the work, not one per argument type: PID 1's text is its
+    // resident memory (see README.md).
+    #[inline(never)]
+    fn make(step: &'static str, path: &Path, reason: &dyn std::fmt::Display) -> Self {
+        Self { step, path: path.to_owned(), reason: reason.to_string() }
+    }
+}
+
+/// Inserts `item` into sorted `list` in order (a whole sort would add
+/// kilobytes of text for a handful of entries).
+fn insert_sorted<T: Ord>(list: &mut Vec<T>, item: T) {
+    let at = list.partition_point(|x| *x < item);
+    list.insert(at, item);
 }
 
 /// True when this process is a VM's PID 1 (pid 1 and [`GUEST_MARKER`]).

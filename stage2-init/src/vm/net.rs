@@ -27,15 +27,13 @@ pub(crate) fn netmask(prefix: u8) -> Ipv4Addr {
 /// order: an interface backed by a device, so not `lo` nor a tunnel the
 /// kernel made by itself.
 pub(crate) fn first_device(class_net: &Path) -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir(class_net)
+    std::fs::read_dir(class_net)
         .ok()?
         .flatten()
         .filter(|e| e.path().join("device").exists())
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|name| name != "lo")
-        .collect();
-    names.sort();
-    names.into_iter().next()
+        .min()
 }
 
 /// Sets the hostname and brings the network up as `conf` says.
