@@ -53,9 +53,9 @@ pub struct Spawned {
 }
 
 /// A failure in the child before exec: its exit code and what went wrong.
-struct ChildError {
-    code: i32,
-    message: String,
+pub(crate) struct ChildError {
+    pub(crate) code: i32,
+    pub(crate) message: String,
 }
 
 fn step(what: &'static str) -> impl Fn(Errno) -> ChildError {
@@ -204,7 +204,7 @@ pub fn environment(app: &str, unit: &Unit, creds: &Creds) -> Vec<(String, String
 
 /// execve, looking a bare program name up in the app's `PATH` as execvp
 /// does: a directory where it is missing is skipped, EACCES is remembered.
-fn exec(argv: &[CString], env: &[(String, String)]) -> Result<Infallible, ChildError> {
+pub(crate) fn exec(argv: &[CString], env: &[(String, String)]) -> Result<Infallible, ChildError> {
     let envp: Vec<CString> = env.iter().filter_map(|(n, v)| CString::new(format!("{n}={v}")).ok()).collect();
     let program = argv.first().ok_or(ChildError { code: EXIT_LAUNCH_FAILED, message: "empty command".into() })?;
     let name = program.to_string_lossy();

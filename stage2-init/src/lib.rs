@@ -11,6 +11,7 @@ pub mod creds;
 pub mod exit;
 pub mod plan;
 pub mod status;
+pub mod vm;
 
 mod app;
 mod launch;
@@ -102,7 +103,7 @@ fn signals() -> Result<SignalFd, Error> {
 }
 
 /// `status/pod.json` for a pod that never started.
-fn record_failure(root: &Path, started_at: SystemTime, message: &str) {
+pub(crate) fn record_failure(root: &Path, started_at: SystemTime, message: &str) {
     let status = status::PodStatus {
         state: "exited",
         pid: std::process::id(),

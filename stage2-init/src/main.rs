@@ -50,6 +50,10 @@ fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Command, 
 #[no_mangle]
 extern "C" fn main(_argc: c_int, _argv: *const *const std::ffi::c_char) -> c_int {
     use std::io::Write;
+    // A VM's /init: boot the guest around the pod (spec::vm), then reboot.
+    if stage2_init::vm::is_guest() {
+        return stage2_init::vm::boot();
+    }
     let options = match parse(std::env::args_os().skip(1)) {
         Ok(Command::Run(options)) => options,
         Ok(Command::Help) => {

@@ -4,7 +4,7 @@
 //! may allocate, read files and format messages before it execs.
 
 use std::fs::OpenOptions;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -87,4 +87,97 @@ pub(crate) fn ensure_stdio() {
             }
         }
     }
+}
+
+/// An `AF_INET` socket address for the interface and route ioctls.
+fn sockaddr_v4(ip: std::net::Ipv4Addr) -> libc::sockaddr {
+    let mut data: [libc::c_char; 14] = [0; 14];
+    // sa_data of AF_INET: port (2 bytes, zero here), then the address.
+    for (slot, byte) in data[2..6].iter_mut().zip(ip.octets()) {
+        *slot = libc::c_char::from_ne_bytes([byte]);
+    }
+    let family = libc::sa_family_t::try_from(libc::AF_INET).unwrap_or(2);
+    libc::sockaddr { sa_family: family, sa_data: data }
+}
+
+/// A zeroed `ifreq` naming interface `name`.
+fn ifreq(name: &str) -> nix::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: ifreq is plain data (a name array and a union of integers,
+    // sockaddrs and a pointer); all-zero is a valid value of each.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *slot = libc::c_char::from_ne_bytes([byte]);
+    }
+    Ok(req)
+}
+
+/// SIOCSIFADDR or SIOCSIFNETMASK on interface `name`.
+pub(crate) fn set_if_addr(
+    sock: BorrowedFd<'_>,
+    name: &str,
+    request: libc::Ioctl,
+    addr: std::net::Ipv4Addr,
+) -> nix::Result<()> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr_v4(addr);
+    // SAFETY: `req` is a valid, initialised ifreq that outlives the call;
+    // both requests read an AF_INET sockaddr from it and write nothing else.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) }).map(drop)
+}
+
+/// Sets IFF_UP on interface `name` (SIOCGIFFLAGS, then SIOCSIFFLAGS).
+pub(crate) fn set_if_up(sock: BorrowedFd<'_>, name: &str) -> nix::Result<()> {
+    let mut req = ifreq(name)?;
+    // SAFETY: as above; SIOCGIFFLAGS writes the flags into the union.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the kernel just filled in ifru_flags, a plain c_short.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::c_short::try_from(libc::IFF_UP | libc::IFF_RUNNING).unwrap_or(1);
+    // SAFETY: as above; SIOCSIFFLAGS reads the flags.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) }).map(drop)
+}
+
+/// The kernel's `struct rtentry` (linux/route.h); glibc's libc crate
+/// binding lacks it.
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+/// Adds the default route via `gateway` (SIOCADDRT).
+pub(crate) fn add_default_route(sock: BorrowedFd<'_>, gateway: std::net::Ipv4Addr) -> nix::Result<()> {
+    let any = sockaddr_v4(std::net::Ipv4Addr::UNSPECIFIED);
+    let mut route = RtEntry {
+        rt_pad1: 0,
+        rt_dst: any,
+        rt_gateway: sockaddr_v4(gateway),
+        rt_genmask: any,
+        rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        rt_metric: 0,
+        rt_dev: std::ptr::null_mut(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    // SAFETY: `route` has the kernel's rtentry layout and outlives the call;
+    // rt_dev is null (the kernel picks the interface from the gateway).
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut route) }).map(drop)
 }

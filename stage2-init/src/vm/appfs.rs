@@ -1,0 +1,129 @@
+//! Each app's kernel filesystems, mounted by the guest: what stage1-ns
+//! mounts on the host for a namespace pod (`stage1-ns/src/rootfs.rs`) but
+//! must here be the guest kernel's: /proc, read-only /sys, and a minimal
+//! /dev. The host has mounted the rest (overlay rootfs, /etc files,
+//! volumes) under the share already.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+
+use super::BootError;
+
+/// The device nodes an app gets, bound from the guest's devtmpfs.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The app root filesystems of the pod at `root`: `apps/<app>/rootfs`.
+pub(crate) fn app_rootfs_dirs(root: &Path) -> Result<Vec<PathBuf>, BootError> {
+    let apps = root.join("apps");
+    let entries = std::fs::read_dir(&apps).map_err(|e| BootError::new("read", &apps, e))?;
+    let mut dirs = Vec::new();
+    for rootfs in entries.flatten().map(|e| e.path().join("rootfs")).filter(|p| p.is_dir()) {
+        super::insert_sorted(&mut dirs, rootfs);
+    }
+    Ok(dirs)
+}
+
+/// Mounts every app's filesystems; `dev` is the guest's devtmpfs.
+pub(crate) fn setup_all(root: &Path, dev: &Path) -> Result<(), BootError> {
+    for rootfs in app_rootfs_dirs(root)? {
+        setup(&rootfs, dev)?;
+    }
+    Ok(())
+}
+
+fn mkdir_p(path: &Path) -> Result<(), BootError> {
+    std::fs::create_dir_all(path).map_err(|e| BootError::new("create directory", path, e))
+}
+
+fn do_mount(
+    src: &Path,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), BootError> {
+    mount(Some(src), target, fstype, flags, data)
+        .map_err(|e| BootError::new("mount", target, format!("{} ({}): {e}", src.display(), fstype.unwrap_or("bind"))))
+}
+
+fn link(target: &str, path: &Path) -> Result<(), BootError> {
+    symlink(target, path).map_err(|e| BootError::new("symlink", path, e))
+}
+
+fn touch(path: &Path) -> Result<(), BootError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| BootError::new("create", path, e))
+}
+
+/// One app: /proc, /sys (read-only), /dev, /tmp.
+fn setup(rootfs: &Path, dev: &Path) -> Result<(), BootError> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc_dir = rootfs.join("proc");
+    mkdir_p(&proc_dir)?;
+    do_mount(Path::new("proc"), &proc_dir, Some("proc"), hardened, None)?;
+    let sys = rootfs.join("sys");
+    mkdir_p(&sys)?;
+    do_mount(Path::new("sysfs"), &sys, Some("sysfs"), hardened | MsFlags::MS_RDONLY, None)?;
+    setup_dev(&rootfs.join("dev"), dev)?;
+    mkdir_p(&rootfs.join("tmp"))
+}
+
+/// A tmpfs /dev with the nodes of [`DEVICES`], devpts, /dev/shm, the
+/// fd links, and /dev/console as /dev/null (the guest console is not the
+/// app's).
+fn setup_dev(app_dev: &Path, dev: &Path) -> Result<(), BootError> {
+    mkdir_p(app_dev)?;
+    let tmpfs = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    do_mount(Path::new("tmpfs"), app_dev, Some("tmpfs"), tmpfs, Some("mode=755,size=65536k"))?;
+    for name in DEVICES {
+        let target = app_dev.join(name);
+        touch(&target)?;
+        do_mount(&dev.join(name), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    let pts = app_dev.join("pts");
+    mkdir_p(&pts)?;
+    let pts_opts = Some("newinstance,ptmxmode=0666,mode=0620");
+    do_mount(Path::new("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, pts_opts)?;
+    link("pts/ptmx", &app_dev.join("ptmx"))?;
+    let console = app_dev.join("console");
+    touch(&console)?;
+    do_mount(&dev.join("null"), &console, None, MsFlags::MS_BIND, None)?;
+    let shm = app_dev.join("shm");
+    mkdir_p(&shm)?;
+    let shm_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    do_mount(Path::new("shm"), &shm, Some("tmpfs"), shm_flags, Some("mode=1777,size=65536k"))?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        link(target, &app_dev.join(name))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_rootfs_dirs_lists_apps_with_a_rootfs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(app_rootfs_dirs(dir.path()).is_err(), "no apps/");
+        for app in ["web", "db", "half"] {
+            std::fs::create_dir_all(dir.path().join("apps").join(app)).expect("mkdir");
+        }
+        for app in ["web", "db"] {
+            std::fs::create_dir(dir.path().join("apps").join(app).join("rootfs")).expect("mkdir");
+        }
+        let apps = dir.path().join("apps");
+        assert_eq!(app_rootfs_dirs(dir.path()).expect("list"), [apps.join("db/rootfs"), apps.join("web/rootfs")]);
+    }
+}

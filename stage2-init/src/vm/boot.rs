@@ -1,0 +1,107 @@
+//! The guest's first steps: the kernel filesystems, the initramfs's kernel
+//! modules, and the pod directory's 9p share.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::kmod::{finit_module, ModuleInitFlags};
+use nix::mount::{mount, MsFlags};
+use spec::vm::SHARE_TAG;
+
+use super::BootError;
+use crate::log;
+
+/// How the pod directory is mounted. `access=client`: one attach, the guest
+/// kernel checks permissions itself (as for a local filesystem, with POSIX
+/// ACLs) and files are created with the caller's uid and gid, which qemu's
+/// `security_model=passthrough` (running as root) applies on the host, so
+/// an app's user owns what it writes and `logs/`, `status/` are root's.
+/// `cache=mmap`: writes go straight to the host (a status file or a log
+/// line is there when write(2) returns, as stage0 expects), yet shared
+/// writable mmap works for the apps that need it (databases); `loose` or
+/// `fscache` would hold writes in the guest's page cache.
+pub(crate) const SHARE_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=262144,access=client,cache=mmap";
+/// How long to wait for the virtio 9p device to be probed.
+const SHARE_WAIT: Duration = Duration::from_secs(3);
+
+/// /proc, /sys and a devtmpfs /dev (which has the virtio-serial ports).
+pub(crate) fn mount_kernel_filesystems() -> Result<(), BootError> {
+    let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts: [(&str, &str, MsFlags, Option<&str>); 3] = [
+        ("proc", "/proc", common, None),
+        ("sysfs", "/sys", common, None),
+        ("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755")),
+    ];
+    for (fstype, target, flags, data) in mounts {
+        let path = Path::new(target);
+        std::fs::create_dir_all(path).map_err(|e| BootError::new("create directory", path, e))?;
+        match mount(Some(fstype), path, Some(fstype), flags, data) {
+            // A kernel with CONFIG_DEVTMPFS_MOUNT may have mounted it.
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(e) => return Err(BootError::new("mount", path, format!("{fstype}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// The `*.ko` files of `dir`, in lexical order (dependencies first).
+pub(crate) fn module_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files = Vec::new();
+    for path in entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "ko")) {
+        super::insert_sorted(&mut files, path);
+    }
+    files
+}
+
+/// Loads every module of `dir`. A module that fails is logged and skipped:
+/// the step that needs it fails next, naming its own path.
+pub(crate) fn load_modules(dir: &Path) {
+    for path in module_files(dir) {
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                log!("module {}: {e}", path.display());
+                continue;
+            }
+        };
+        match finit_module(&file, c"", ModuleInitFlags::empty()) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => log!("module {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Mounts the 9p share at `root`, retrying while its virtio device is not
+/// probed yet (ENOENT: no channel with that tag).
+pub(crate) fn mount_share(root: &Path) -> Result<(), BootError> {
+    std::fs::create_dir_all(root).map_err(|e| BootError::new("create directory", root, e))?;
+    let deadline = Instant::now() + SHARE_WAIT;
+    loop {
+        match mount(Some(SHARE_TAG), root, Some("9p"), MsFlags::empty(), Some(SHARE_OPTIONS)) {
+            Ok(()) => return Ok(()),
+            Err(Errno::ENOENT) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                return Err(BootError::new("mount 9p share", root, format!("tag {SHARE_TAG:?}, {SHARE_OPTIONS}: {e}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_load_in_lexical_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for name in ["010-virtio_net.ko", "000-virtio_ring.ko", "README", "002-virtio.ko.xz", "001-virtio.ko"] {
+            std::fs::write(dir.path().join(name), b"").expect("write");
+        }
+        let names: Vec<String> =
+            module_files(dir.path()).iter().filter_map(|p| Some(p.file_name()?.to_str()?.to_owned())).collect();
+        assert_eq!(names, ["000-virtio_ring.ko", "001-virtio.ko", "010-virtio_net.ko"]);
+        assert!(module_files(&dir.path().join("missing")).is_empty());
+    }
+}

@@ -1,0 +1,142 @@
+//! `pod-init` as a virtual machine's `/init` (stage1-vm's guest side; the
+//! contract is `spec::vm`): mount the kernel filesystems, load the modules,
+//! mount the pod directory over 9p, bring the network up, give each app its
+//! guest-kernel /proc, /sys and /dev, start the port agents, run the pod as
+//! usual, then sync and reboot, which ends qemu (`-no-reboot`).
+//!
+//! Every step that can fail before the pod runs ends in one `pod-init:`
+//! line naming the step and path, `status/pod.json` if the share is there,
+//! and a reboot: a guest that cannot run its pod must not hang.
+
+mod agent;
+mod appfs;
+mod boot;
+mod enter;
+mod net;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use spec::vm::{GuestConfig, GUEST_CONF, GUEST_MARKER, GUEST_POD_ROOT};
+
+use crate::{log, Options, EXIT_INIT_FAILED};
+
+/// A boot step that failed: what, on which path, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {}: {reason}", path.display())]
+pub struct BootError {
+    pub step: &'static str,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl BootError {
+    fn new(step: &'static str, path: impl AsRef<Path>, reason: impl std::fmt::Display) -> Self {
+        Self::make(step, path.as_ref(), &reason)
+    }
+
+    // One copy of the work, not one per argument type: PID 1's text is its
+    // resident memory (see README.md).
+    #[inline(never)]
+    fn make(step: &'static str, path: &Path, reason: &dyn std::fmt::Display) -> Self {
+        Self { step, path: path.to_owned(), reason: reason.to_string() }
+    }
+}
+
+/// Inserts `item` into sorted `list` in order (a whole sort would add
+/// kilobytes of text for a handful of entries).
+fn insert_sorted<T: Ord>(list: &mut Vec<T>, item: T) {
+    let at = list.partition_point(|x| *x < item);
+    list.insert(at, item);
+}
+
+/// True when this process is a VM's PID 1 (pid 1 and [`GUEST_MARKER`]).
+/// A namespace pod's PID 1 never has the marker in its root.
+pub fn is_guest() -> bool {
+    std::process::id() == 1 && Path::new(GUEST_MARKER).exists()
+}
+
+/// Boots the guest, runs the pod and reboots. Returns the pod's exit code
+/// only if reboot(2) failed; PID 1 returning then panics the kernel, which
+/// (`panic=-1`, `-no-reboot`) ends qemu as well.
+pub fn boot() -> i32 {
+    crate::sys::ignore_sigpipe();
+    crate::sys::ensure_stdio();
+    // Blocked before the agents fork and for good: a `stop` that the ctl
+    // agent sends before the supervisor's signalfd exists stays pending (PID
+    // 1 would drop a signal it neither blocks nor handles).
+    let mut mask = SigSet::empty();
+    for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(signal);
+    }
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None) {
+        log!("sigprocmask: {e}");
+    }
+    let root = Path::new(GUEST_POD_ROOT);
+    let started_at = SystemTime::now();
+    let mut share_mounted = false;
+    let code = match prepare(root, &mut share_mounted) {
+        Ok(()) => match crate::run(&Options { root: root.to_owned() }) {
+            Ok(code) => i32::from(code),
+            Err(e) => {
+                log!("{e}");
+                i32::from(EXIT_INIT_FAILED)
+            }
+        },
+        Err(e) => {
+            log!("guest boot failed: {e}");
+            if share_mounted {
+                let _ = std::fs::create_dir(root.join("status"));
+                crate::record_failure(root, started_at, &format!("guest boot failed: {e}"));
+            }
+            i32::from(EXIT_INIT_FAILED)
+        }
+    };
+    log!("pod exit code {code}; powering off");
+    shutdown(root, share_mounted);
+    code
+}
+
+/// Steps 1–5 of the boot, then the agents.
+fn prepare(root: &Path, share_mounted: &mut bool) -> Result<(), BootError> {
+    boot::mount_kernel_filesystems()?;
+    boot::load_modules(Path::new(spec::vm::MODULES_DIR));
+    boot::mount_share(root)?;
+    *share_mounted = true;
+    let conf_path = root.join(GUEST_CONF);
+    let text = std::fs::read_to_string(&conf_path).map_err(|e| BootError::new("read", &conf_path, e))?;
+    let conf = GuestConfig::parse(&text).map_err(|e| BootError::new("parse", &conf_path, e))?;
+    net::configure(&conf, Path::new("/sys/class/net"))?;
+    appfs::setup_all(root, Path::new("/dev"))?;
+    agent::start_all(root);
+    Ok(())
+}
+
+/// Ends every other process (agents, orphans), syncs, unmounts the share and
+/// reboots; returns only if reboot(2) failed.
+fn shutdown(root: &Path, share_mounted: bool) {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    // Reap them; one stuck in an uninterruptible 9p call must not keep the
+    // guest up, so at most a second.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Err(Errno::ECHILD) => break,
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(10)),
+            _ => {}
+        }
+    }
+    nix::unistd::sync();
+    if share_mounted {
+        // Lazily: the apps' /proc, /sys and /dev are mounted below it.
+        if let Err(e) = nix::mount::umount2(root, nix::mount::MntFlags::MNT_DETACH) {
+            log!("unmount {}: {e}", root.display());
+        }
+    }
+    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    log!("reboot: {e}");
+}
