@@ -132,6 +132,15 @@ pub fn build_cached(init: &Path, modules: &[(String, PathBuf)], cache: &Path) ->
     let tmp = tempfile::NamedTempFile::new_in(cache).map_err(err("create a file in", cache))?;
     write(io::BufWriter::new(tmp.as_file()), &init_bytes, &mods).map_err(err("write", tmp.path()))?;
     tmp.persist(&cached).map_err(|e| err("rename into", &cached)(e.error))?;
+    // Images for an older pod-init or module set are not booted again;
+    // a running qemu read its copy at start, so removing them is safe.
+    for old in fs::read_dir(cache).into_iter().flatten().flatten() {
+        let name = old.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("initramfs-") && name.ends_with(".cpio") && old.path() != cached {
+            let _ = fs::remove_file(old.path());
+        }
+    }
     Ok(cached)
 }
 
@@ -199,5 +208,6 @@ mod tests {
         let b = build_cached(&init, &mods, &cache).expect("rebuild");
         assert_ne!(a, b, "a new pod-init makes a new initramfs");
         assert!(parse(&fs::read(&b).expect("read")).iter().any(|e| e.0 == "init" && e.3 == b"init v2"));
+        assert!(!a.exists(), "the image for the old pod-init is pruned");
     }
 }

@@ -120,7 +120,8 @@ fn web_db_in_a_vm_counts_visits_enters_stops_and_leaves_nothing() {
     let out = live.run_within(&["enter", "--app", "db", &uuid, "redis-cli", "get", "visits"], Duration::from_secs(60));
     assert!(out.status.success(), "{}", describe(&["enter"], &out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
-    let out = live.run_within(&["enter", "--app", "web", &uuid, "/bin/sh", "-c", "exit 7"], Duration::from_secs(60));
+    let exit7 = ["enter", "--app", "web", &uuid, "python3", "-c", "raise SystemExit(7)"];
+    let out = live.run_within(&exit7, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(7), "{}", describe(&["enter"], &out));
 
     // Stop: the guest stops its apps (SIGTERM) within the grace period.
@@ -174,7 +175,7 @@ fn forcing_kvm_where_it_cannot_boot_fails_fast_and_clearly() {
     let file = live.pod_file(
         "kvm",
         "name: kvm\nisolation: vm\naccel: kvm\nnetwork: none\napps:\n\
-         - name: t\n  image: example.com/busybox:1.35\n  exec: [/bin/true]\n",
+         - name: t\n  image: example.com/busybox:1.35\n  exec: [/bin/busybox, \"true\"]\n",
     );
     let started = Instant::now();
     let out = live.run_within(&["run", p(&file)], Duration::from_secs(60));
