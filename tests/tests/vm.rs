@@ -190,3 +190,35 @@ fn forcing_kvm_where_it_cannot_boot_fails_fast_and_clearly() {
     let tcg = live.run_within(&["run", "--accel", "tcg", p(&file)], RUN_LIMIT);
     assert!(tcg.status.success(), "{}", describe(&["run", "--accel", "tcg"], &tcg));
 }
+
+#[test]
+fn kill_9_of_the_vm_monitor_takes_qemu_along_and_gc_leaves_nothing() {
+    skip_unless_vms!();
+    let live = Live::new(&[Example::Busybox]);
+    let before = HostState::take(&[]);
+    let file = live.pod_file(
+        "sleeper",
+        "name: sleeper\nisolation: vm\nnetwork: none\napps:\n\
+         - name: s\n  image: example.com/busybox:1.35\n  exec: [/bin/busybox, sleep, \"600\"]\n",
+    );
+    let uuid = live.start(&file);
+    let dir = live.data.join("pods").join("run").join(&uuid);
+    let monitor: i32 = fs::read_to_string(dir.join("pid")).unwrap().trim().parse().unwrap();
+    assert_eq!(processes_with_arg(&format!("pod-{uuid}")).len(), 1, "qemu runs");
+    assert!(dir.join("vm").join("ctl.sock").exists(), "qemu listens on the control socket");
+
+    let killed = std::process::Command::new("kill").args(["-KILL", &monitor.to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(
+        wait_for(Duration::from_secs(10), || processes_with_arg(&format!("pod-{uuid}")).is_empty()),
+        "qemu outlived its monitor"
+    );
+    let entry = live.listed(&uuid).unwrap();
+    assert_eq!(entry["state"], "exited", "a pod whose monitor died is exited: {entry}");
+
+    live.ok(&["gc"]);
+    assert!(live.listed(&uuid).is_none(), "gc removed the pod");
+    assert!(!dir.exists(), "gc removed the pod directory and its sockets");
+    let after = HostState::take(&[]);
+    assert_eq!(after.diff(&before), "", "the host is as before the pod");
+}
