@@ -63,9 +63,10 @@ entry("init", 0o100755, b"#!/bin/busybox sh\n/bin/busybox reboot -f\n")
 entry("TRAILER!!!", 0)
 PY
 
-# 128 MiB for the app plus stage1-vm's 128 MiB overhead: the pod's VM size.
+# 128 MiB for the app plus stage1-vm's 128 MiB overhead: the pod's VM size;
+# the kernel command line is the one stage1-vm uses (stage1-vm/src/qemu.rs).
 peer="qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine pc,accel=$accel -cpu $cpu \
- -m 256M -smp 1 -kernel $vmlinux -initrd $work/min.cpio -append 'console=ttyS0 reboot=t panic=-1 quiet loglevel=3' \
+ -m 256M -smp 1 -kernel $vmlinux -initrd $work/min.cpio -append 'console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init quiet loglevel=3' \
  -serial file:$work/peer-console.log"
 echo "accelerator: $accel; kernel: $(cat /usr/lib/pod/guest/version 2>/dev/null || echo "$vmlinux"); $(nproc) cores"
 hyperfine --runs "$runs" --warmup 1 --export-json "$work/result.json" \

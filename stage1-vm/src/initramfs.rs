@@ -113,12 +113,14 @@ fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Initra
 pub fn build_cached(init: &Path, modules: &[(String, PathBuf)], cache: &Path) -> Result<PathBuf, InitramfsError> {
     let init_bytes = fs::read(init).map_err(err("read", init))?;
     let mut hash = Sha256::new();
-    hash.update(b"pod-initramfs-v1\0");
+    hash.update(b"pod-initramfs-v2\0");
     hash.update((init_bytes.len() as u64).to_le_bytes());
     hash.update(&init_bytes);
     let mut mods = Vec::with_capacity(modules.len());
     for (name, path) in modules {
-        let bytes = fs::read(path).map_err(err("read", path))?;
+        let mut bytes = fs::read(path).map_err(err("read", path))?;
+        crate::kmod::strip_signature(&mut bytes)
+            .map_err(|why| err("strip the signature of", path)(io::Error::new(io::ErrorKind::InvalidData, why)))?;
         hash.update(name.as_bytes());
         hash.update((bytes.len() as u64).to_le_bytes());
         hash.update(&bytes);

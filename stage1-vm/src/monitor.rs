@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sha2::Digest as _;
+
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -153,6 +155,44 @@ fn vm_for(
     })
 }
 
+/// The kernel and initramfs to boot, from the cache. Finding them from
+/// scratch hashes the bzImage, walks the module tree and hashes pod-init and
+/// the modules (about a quarter of a second); a small index file, keyed by
+/// the inputs' paths, sizes, inodes and modification times, skips that for
+/// every pod after the first.
+fn boot_files(stage2: &Path, host: &VmHost) -> Result<(PathBuf, PathBuf), VmError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut key = format!("boot-v1 {}\n", kmod::GUEST_MODULES.join(","));
+    for p in [stage2, &host.kernel, &host.modules.join("modules.order"), &host.modules.join("kernel")] {
+        let m = fs::metadata(p).map_err(io_err("inspect", p))?;
+        key.push_str(&format!("{} {} {} {} {}\n", p.display(), m.len(), m.ino(), m.mtime(), m.mtime_nsec()));
+    }
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let index = host.cache_dir.join(format!("boot-{}", hex::encode(&digest[..12])));
+    if let Ok(text) = fs::read_to_string(&index) {
+        if let Some((k, i)) = text.lines().next().zip(text.lines().nth(1)) {
+            let (k, i) = (PathBuf::from(k), PathBuf::from(i));
+            if k.is_file() && i.is_file() {
+                return Ok((k, i));
+            }
+        }
+    }
+    let vmlinux = kernel::vmlinux(&host.kernel, &host.cache_dir)?;
+    let modules = kmod::resolve(&host.modules, &kmod::GUEST_MODULES)?;
+    let initrd = initramfs::build_cached(stage2, &modules, &host.cache_dir)?;
+    let tmp = tempfile::NamedTempFile::new_in(&host.cache_dir).map_err(io_err("create a file in", &host.cache_dir))?;
+    fs::write(tmp.path(), format!("{}\n{}\n", vmlinux.display(), initrd.display()))
+        .map_err(io_err("write", tmp.path()))?;
+    tmp.persist(&index).map_err(|e| io_err("rename into", &index)(e.error))?;
+    // Indexes for other inputs (an older pod-init) point at pruned images.
+    for old in fs::read_dir(&host.cache_dir).into_iter().flatten().flatten() {
+        if old.file_name().to_string_lossy().starts_with("boot-") && old.path() != index {
+            let _ = fs::remove_file(old.path());
+        }
+    }
+    Ok((vmlinux, initrd))
+}
+
 /// Mounts the apps' root filesystems, /etc files and volumes (in this
 /// process's own mount namespace, which dies with it and qemu), and writes
 /// the units and the guest's configuration.
@@ -226,9 +266,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         eprintln!("pod-stage1-vm: warning: {w}");
     }
     let net = user_net(&pod)?;
-    let vmlinux = kernel::vmlinux(&host.kernel, &host.cache_dir)?;
-    let modules = kmod::resolve(&host.modules, &kmod::GUEST_MODULES)?;
-    let initrd = initramfs::build_cached(&inv.stage2, &modules, &host.cache_dir)?;
+    let (vmlinux, initrd) = boot_files(&inv.stage2, host)?;
     let vm = vm_for(pod_dir, &pod, accel, vmlinux, initrd, net.clone(), inv.debug)?;
 
     let mut mask = SigSet::empty();
@@ -238,6 +276,11 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     mask.thread_block().map_err(sys_err("block signals"))?;
     prepare_pod_dir(pod_dir, &pod, net.as_ref())?;
     let dir = VmDir::new(pod_dir);
+    if inv.debug {
+        let args = vm.args().map_err(|e| VmError::Invalid(e.to_string()))?;
+        let words: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
+        eprintln!("pod-stage1-vm: {} {}", host.qemu.display(), words.join(" "));
+    }
     let mut child = spawn_qemu(&host.qemu, &vm, &dir)?;
     let _ = fs::write(dir.qemu_pid(), format!("{}\n", child.id()));
     let _ = fs::write(dir.accel(), format!("{}\n", accel.as_str()));

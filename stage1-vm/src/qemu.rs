@@ -253,10 +253,13 @@ impl Vm {
     }
 }
 
-/// The kernel command line: console on the first serial port, quiet, and a
-/// guest that reboots (ending qemu) rather than hangs if its PID 1 dies.
+/// The kernel command line: console on the first serial port, quiet, a
+/// guest that reboots (ending qemu) rather than hangs if its PID 1 dies, and
+/// PCI interrupts routed through the BIOS's table rather than ACPI link
+/// devices: under TCG, evaluating their AML took about 0.3 s per virtio
+/// device (1.1 s of a 4.5 s boot; 0.2 s with `pci=noacpi`).
 pub fn cmdline(debug: bool) -> String {
-    let mut c = String::from("console=ttyS0 reboot=t panic=-1 rdinit=/init");
+    let mut c = String::from("console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init");
     c.push_str(if debug { " loglevel=7" } else { " quiet loglevel=3" });
     c
 }
@@ -323,7 +326,7 @@ mod tests {
             "-initrd",
             "/cache/initramfs-cd.cpio",
             "-append",
-            "console=ttyS0 reboot=t panic=-1 rdinit=/init quiet loglevel=3",
+            "console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init quiet loglevel=3",
             "-chardev",
             "file,id=console,path=/pods/p/vm/console.log",
             "-serial",

@@ -205,7 +205,8 @@ fn kill_9_of_the_vm_monitor_takes_qemu_along_and_gc_leaves_nothing() {
     let dir = live.data.join("pods").join("run").join(&uuid);
     let monitor: i32 = fs::read_to_string(dir.join("pid")).unwrap().trim().parse().unwrap();
     assert_eq!(processes_with_arg(&format!("pod-{uuid}")).len(), 1, "qemu runs");
-    assert!(dir.join("vm").join("ctl.sock").exists(), "qemu listens on the control socket");
+    let ctl = dir.join("vm").join("ctl.sock");
+    assert!(wait_for(Duration::from_secs(20), || ctl.exists()), "qemu listens on the control socket");
 
     let killed = std::process::Command::new("kill").args(["-KILL", &monitor.to_string()]).status().unwrap();
     assert!(killed.success());
