@@ -17,7 +17,7 @@ use std::io::{self, BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha512};
+use sha2::Digest;
 use spec::{AcIdentifier, Dependency, ImageId, ImageManifest};
 
 use crate::archive::{self, ArchiveError, Limits};
@@ -25,6 +25,7 @@ use crate::deps::{self, DepsError, ImageSource};
 use crate::exit::{Exit, ExitCodeOf};
 use crate::keys::{self, ImageSignature, KeyError};
 use crate::render::{self, RenderError};
+use crate::sha512::Sha512;
 use crate::sources::{SourceError, Sources};
 use crate::store::{self, ImageMeta, Store, StoreError};
 use crate::trust::{TrustError, TrustStore};
