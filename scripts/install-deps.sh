@@ -7,6 +7,7 @@ packages=(
   ca-certificates   # https fetches
   zstd gzip tar     # image compression, the benchmark's peer pipeline
   openssl           # the tests' throwaway CA
+  libssl-dev pkg-config  # stage0 links libcrypto for SHA-512 (stage0/src/sha512.rs)
   python3           # the tests' https server
   appc-spec         # actool: appc's own tool, for the interoperability test
   hyperfine         # benchmarks

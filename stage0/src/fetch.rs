@@ -13,11 +13,10 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::io::{self, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha512};
 use spec::{AcIdentifier, Dependency, ImageId, ImageManifest};
 
 use crate::archive::{self, ArchiveError, Limits};
@@ -25,9 +24,12 @@ use crate::deps::{self, DepsError, ImageSource};
 use crate::exit::{Exit, ExitCodeOf};
 use crate::keys::{self, ImageSignature, KeyError};
 use crate::render::{self, RenderError};
+use crate::sha512::Sha512;
 use crate::sources::{SourceError, Sources};
 use crate::store::{self, ImageMeta, Store, StoreError};
 use crate::trust::{TrustError, TrustStore};
+
+mod stage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -403,34 +405,15 @@ impl<'a> Fetcher<'a> {
     }
 
     /// Copies the bytes into a staging dir, hashing them and enforcing the cap.
-    fn stage_stream(&self, mut src: impl Read, location: &str, len: Option<u64>) -> Result<Staged, FetchError> {
+    fn stage_stream(&self, src: impl Read, location: &str, len: Option<u64>) -> Result<Staged, FetchError> {
         let staging = self.store.staging("fetch")?;
         let image = staging.path().join("image.aci");
-        let mut out = File::create(&image).map_err(io_err("create", &image))?;
-        let mut hash = Sha512::new();
+        let out = File::create(&image).map_err(io_err("create", &image))?;
         let bar = self.progress(len, location);
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size: u64 = 0;
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(FetchError::Http { url: location.to_owned(), why: e.to_string() }),
-            };
-            size += n as u64;
-            if size > self.opts.limits.max_uncompressed {
-                return Err(FetchError::TooLarge {
-                    location: location.to_owned(),
-                    limit: self.opts.limits.max_uncompressed,
-                });
-            }
-            hash.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_err("write", &image))?;
-            bar.inc(n as u64);
-        }
+        let cap = self.opts.limits.max_uncompressed;
+        let copied = stage::copy_hashing(src, out, &image, location, cap, |n| bar.inc(n))?;
         bar.finish_and_clear();
-        Ok(Staged { staging, image, size, prehash: hash, sig: None })
+        Ok(Staged { staging, image, size: copied.size, prehash: copied.hash, sig: None })
     }
 
     fn stage_file(&self, path: &Path) -> Result<Staged, FetchError> {

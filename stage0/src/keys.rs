@@ -23,9 +23,10 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha256};
 
 use crate::exit::{Exit, ExitCodeOf};
+use crate::sha512::Sha512;
 
 const PUBLIC_TAG: &str = "pod-ed25519-public";
 const SECRET_TAG: &str = "pod-ed25519-secret";

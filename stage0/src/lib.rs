@@ -15,6 +15,7 @@ pub mod pods;
 pub mod prepare;
 pub mod render;
 pub mod run;
+pub mod sha512;
 pub mod sources;
 pub mod store;
 pub mod trust;

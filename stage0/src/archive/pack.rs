@@ -15,12 +15,13 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 
 use nix::fcntl::OFlag;
-use sha2::{Digest, Sha512};
+use sha2::Digest;
 use spec::{ImageId, ImageManifest};
 use tar::{EntryType, Header};
 
 use super::stream::{ChunkWriter, Msg};
 use super::{ArchiveError, Compression, QUEUE_DEPTH};
+use crate::sha512::Sha512;
 
 const ZSTD_LEVEL: i32 = 3;
 const IO_BUF: usize = 256 << 10;

@@ -6,10 +6,11 @@
 use std::io::{self, BufReader, Read, Write};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
-use sha2::{Digest, Sha512};
+use sha2::Digest;
 use spec::ImageId;
 
 use super::{ArchiveError, Compression, Limits};
+use crate::sha512::Sha512;
 
 /// Size of the chunks passed between pipeline stages: large, so that the
 /// per-chunk costs (a channel send, a hash call, a write) are noise.
