@@ -235,9 +235,9 @@ fn prepare_host(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, made: &mut 
     Ok(Go { netns, private_net, init_cgroups, app_cgroups })
 }
 
-/// The launcher (a child of the monitor): joins the pod's cgroup and
-/// network, unshares the other namespaces and forks the pod's PID 1, reports
-/// its host pid, then waits for it and exits with its status. It dies with
+/// The launcher (a child of the monitor): joins the pod's network, unshares
+/// the pid namespace and forks the pod's PID 1, moves it into the pod's
+/// cgroups, reports its host pid, then waits for it and exits with its status. It dies with
 /// the monitor (PR_SET_PDEATHSIG), and the pod's PID 1 dies with it, so a
 /// killed monitor takes the whole pod down and `pod gc` can clean up.
 fn launch(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go_r: OwnedFd, res_w: OwnedFd, monitor: Pid) -> i32 {
@@ -281,7 +281,6 @@ fn launch_pod(
         return Err("monitor gave up before launch".into());
     }
     let go: Go = serde_json::from_slice(&buf).map_err(|e| e.to_string())?;
-    cgroups::add_pid(&go.init_cgroups, Pid::from_raw(0)).map_err(|e| e.to_string())?;
     if let Some(ns) = &go.netns {
         let f = File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
         nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
@@ -291,10 +290,15 @@ fn launch_pod(
     // of its own would pay for tearing that copy of the host's mount table
     // down when it exits (an RCU grace period: ~100 ms measured).
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid: {e}"))?;
+    // The pod's PID 1 waits on this before it execs stage2-init, until the
+    // launcher has moved it into the pod's cgroups.
+    let (joined_r, joined_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // The launcher is single-threaded (forked before the monitor started
     // any thread), so forking again is safe.
     match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
+            drop(joined_w);
             // PID 1 of the pod dies with the launcher (and so with the monitor).
             let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
             if go.private_net {
@@ -304,19 +308,37 @@ fn launch_pod(
                 .and_then(|()| unshare(flags))
                 .and_then(|()| if go.private_net { network::bring_lo_up() } else { Ok(()) })
             {
-                Ok(()) => pod_init(pod_dir, inv, pod, &go),
+                Ok(()) => pod_init(pod_dir, inv, pod, &go, joined_r),
                 Err(e) => format!("PR_SET_PDEATHSIG, unshare or lo up: {e}"),
             };
             let _ = nix::unistd::write(res_w, format!("E{err}").as_bytes());
             #[allow(clippy::exit)] // a forked child must not return into the launcher
             std::process::exit(1);
         }
-        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Parent { child } => {
+            drop(joined_r);
+            // Moving a process between cgroup v1 hierarchies waits for an
+            // RCU grace period (cgroup_threadgroup_rwsem: ~5-15 ms measured
+            // here), so it happens while the child sets up the pod's mounts
+            // rather than before the child exists.
+            match cgroups::add_pid(&go.init_cgroups, child) {
+                Ok(()) => {
+                    nix::unistd::write(&joined_w, b"j").map_err(|e| format!("waking the pod's PID 1: {e}"))?;
+                    Ok(child)
+                }
+                Err(e) => {
+                    let _ = kill(child, Signal::SIGKILL);
+                    let _ = waitpid(child, None);
+                    Err(e.to_string())
+                }
+            }
+        }
     }
 }
 
-/// In the pod's PID 1, before exec: mounts, hostname, pivot, exec pod-init.
-fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: &Go) -> String {
+/// In the pod's PID 1, before exec: mounts, hostname, pivot, then (once the
+/// launcher has put it in the pod's cgroups) exec pod-init.
+fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: &Go, joined: OwnedFd) -> String {
     let step = || -> Result<std::convert::Infallible, String> {
         rootfs::make_private().map_err(|e| e.to_string())?;
         nix::unistd::sethostname(pod.name.as_str()).map_err(|e| format!("sethostname: {e}"))?;
@@ -324,6 +346,10 @@ fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: &Go) -> Str
         rootfs::bind_cgroups(pod_dir, &go.app_cgroups).map_err(|e| e.to_string())?;
         let stage2 = rootfs::bind_stage2(pod_dir, &inv.stage2).map_err(|e| e.to_string())?;
         rootfs::pivot_into(pod_dir).map_err(|e| e.to_string())?;
+        let mut byte = [0u8; 1];
+        if !matches!(File::from(joined).read(&mut byte), Ok(1)) {
+            return Err("the launcher did not place the pod in its cgroups".into());
+        }
         SigSet::all().thread_unblock().map_err(|e| format!("unblock signals: {e}"))?;
         let prog = CString::new(stage2).map_err(|e| e.to_string())?;
         let args = [prog.clone(), c"--root".into(), c"/".into()];
