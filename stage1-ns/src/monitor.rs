@@ -292,8 +292,7 @@ fn launch_pod(
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid: {e}"))?;
     // The pod's PID 1 waits on this before it execs stage2-init, until the
     // launcher has moved it into the pod's cgroups.
-    let (joined_r, joined_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (joined_r, joined_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // The launcher is single-threaded (forked before the monitor started
     // any thread), so forking again is safe.
     match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
