@@ -373,13 +373,21 @@ fn launch_pod(
     }
 }
 
-/// In the pod's PID 1, before exec: its namespaces and hostname, then (once
-/// the monitor says the host side is ready) mounts and pivot, then (once the
-/// launcher has put it in the pod's cgroups) exec pod-init.
+/// In the pod's PID 1, before exec: once the monitor says the host side is
+/// ready, its namespaces, hostname, mounts and pivot; then, once the launcher
+/// has put it in the pod's cgroups, exec pod-init.
 fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: OwnedFd, joined: OwnedFd) -> String {
     let step = || -> Result<std::convert::Infallible, String> {
         // PID 1 of the pod dies with the launcher (and so with the monitor).
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+        // The host side first: a CNI netns is pinned by a bind mount the
+        // monitor makes meanwhile, which a mount namespace copied before it
+        // would not see.
+        let go: Go = read_message(go, "go message")?;
+        if let Some(ns) = &go.netns {
+            let f = File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
+            nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
+        }
         let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
         if private_net(pod) {
             flags |= CloneFlags::CLONE_NEWNET;
@@ -390,11 +398,6 @@ fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: OwnedFd, jo
         }
         rootfs::make_private().map_err(|e| e.to_string())?;
         nix::unistd::sethostname(pod.name.as_str()).map_err(|e| format!("sethostname: {e}"))?;
-        let go: Go = read_message(go, "go message")?;
-        if let Some(ns) = &go.netns {
-            let f = File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
-            nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
-        }
         rootfs::setup_apps(pod_dir, pod).map_err(|e| e.to_string())?;
         rootfs::bind_cgroups(pod_dir, &go.app_cgroups).map_err(|e| e.to_string())?;
         let stage2 = rootfs::bind_stage2(pod_dir, &inv.stage2).map_err(|e| e.to_string())?;
