@@ -63,6 +63,7 @@ json.dump(c, open("config.json", "w"))
 PY
 )
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 unshare -m bash -euo pipefail -c "
   umount /sys/fs/cgroup/unified 2>/dev/null || true
   hyperfine --runs $runs --warmup 3 --export-json $work/result.json \
@@ -77,8 +78,10 @@ import json, sys
 r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
 crun = r["crun"]
 for name in ("pod network none", "pod network bridge"):
-    print(f"{name}: {r[name]*1000:.1f} ms = {r[name]/crun:.2f}x crun ({crun*1000:.1f} ms)")
+    print(f"{name}: {r[name]*1000:.1f} ms = {r[name]/crun:.2f}x crun ({crun*1000:.1f} ms), ratio of medians")
 PY
+# The host is often shared: a busy one inflates and scatters every figure.
+echo "load average (1, 5, 15 min): before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Resident memory of the pod's PID 1 and of the stage1 monitor while a pod runs.
 cat > "$work/sleep.yaml" <<'YAML'

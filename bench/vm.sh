@@ -2,8 +2,9 @@
 # Benchmark: start-to-exit of a one-app VM pod running `true` (busybox image
 # already in the store, kernel and initramfs already cached), `pod run`
 # versus bare qemu booting the same vmlinux with a minimal initramfs whose
-# /init powers the machine off at once, measured in the same run with
-# hyperfine. Same machine model, CPU model, memory and accelerator for both.
+# /init powers the machine off at once, measured in the same run,
+# interleaved. Same machine model, CPU model, memory, kernel command line
+# and accelerator for both.
 #
 #   bench/vm.sh             # needs root, hyperfine, qemu, the guest kernel
 #
@@ -11,8 +12,8 @@
 # Target: pod <= 1.1x bare qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${RUNS:-5}
-for t in hyperfine qemu-system-x86_64 python3; do
+runs=${RUNS:-7}
+for t in qemu-system-x86_64 python3; do
   command -v $t >/dev/null || { echo "$t is needed (scripts/install-deps.sh)" >&2; exit 1; }
 done
 cargo build --release -q --workspace
@@ -65,19 +66,31 @@ PY
 
 # 128 MiB for the app plus stage1-vm's 128 MiB overhead: the pod's VM size;
 # the kernel command line is the one stage1-vm uses (stage1-vm/src/qemu.rs).
-peer="qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine pc,accel=$accel -cpu $cpu \
- -m 256M -smp 1 -kernel $vmlinux -initrd $work/min.cpio -append 'console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init quiet loglevel=3' \
- -serial file:$work/peer-console.log"
-echo "accelerator: $accel; kernel: $(cat /usr/lib/pod/guest/version 2>/dev/null || echo "$vmlinux"); $(nproc) cores"
-hyperfine --runs "$runs" --warmup 1 --export-json "$work/result.json" \
-  -n "bare qemu" "$peer" \
-  -n "pod run (vm)" "$bin/pod run $work/true.yaml >/dev/null 2>&1"
-grep -q reboot "$work/peer-console.log" 2>/dev/null || true
-
-python3 - "$work/result.json" "$accel" <<'PY'
-import json, sys
-r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
-peer, pod = r["bare qemu"]["median"], r["pod run (vm)"]["median"]
-print(f"bare qemu: {peer:.2f} s   pod run (vm): {pod:.2f} s   ({sys.argv[2]})")
-print(f"pod run (vm) = {pod/peer:.2f}x bare qemu (target <= 1.10x)")
+peer=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine "pc,accel=$accel" -cpu "$cpu"
+  -m 256M -smp 1 -kernel "$vmlinux" -initrd "$work/min.cpio"
+  -append "console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init quiet loglevel=3" -serial "file:$work/peer-console.log")
+echo "accelerator: $accel; kernel: $(cat /usr/lib/pod/guest/version 2>/dev/null || echo "$vmlinux"); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+# Interleaved (peer, pod, peer, pod, ...) rather than hyperfine's one block
+# per command: on a shared machine the load drifts over a run, and
+# alternating gives both the same share of it.
+python3 - "$runs" "$accel" "$bin/pod" "$work/true.yaml" "${peer[@]}" <<'PY'
+import statistics, subprocess, sys, time
+runs, accel, pod, podfile, peer = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+def timed(cmd):
+    t = time.monotonic()
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if r.returncode != 0:
+        sys.exit(f"{cmd[0]} exited with {r.returncode}")
+    return time.monotonic() - t
+times = {"peer": [], "pod": []}
+for _ in range(runs):
+    times["peer"].append(timed(peer))
+    times["pod"].append(timed([pod, "run", podfile]))
+p, q = statistics.median(times["peer"]), statistics.median(times["pod"])
+fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs)
+print(f"bare qemu    runs: {fmt(times['peer'])}")
+print(f"pod run (vm) runs: {fmt(times['pod'])}")
+print(f"bare qemu: {p:.2f} s   pod run (vm): {q:.2f} s   (medians of {runs}, {accel})")
+print(f"pod run (vm) = {q/p:.2f}x bare qemu (target <= 1.10x)")
 PY
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -279,7 +279,10 @@ fn write_pod(
     host: &HostConfig,
 ) -> Result<ResolvedPod, PrepareError> {
     let dir = &pod.dir;
-    for sub in ["units", "status", "logs", "volumes", "net"] {
+    // Only what every pod uses: `volumes/` comes with its first empty
+    // volume, and stage1 makes `net/` (its CNI cache) for a CNI network.
+    // Each directory is a journalled inode allocation on the host's disk.
+    for sub in ["units", "status", "logs"] {
         let d = dir.join(sub);
         fs::create_dir(&d).map_err(io_err("create directory", &d))?;
     }
@@ -294,7 +297,7 @@ fn write_pod(
         let source = match &v.kind {
             VolumeKind::Empty => {
                 let d = dir.join("volumes").join(v.name.as_str());
-                fs::create_dir(&d).map_err(io_err("create directory", &d))?;
+                fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
                 stage1::VolumeSource::Empty
             }
             VolumeKind::Host { source, read_only } => {

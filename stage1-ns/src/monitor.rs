@@ -97,11 +97,9 @@ struct Made {
 impl Made {
     fn teardown(&mut self) {
         if let Some(cg) = self.cgroup.take() {
-            // Usually empty by now (PID 1 took its apps along); killing is
-            // only for what outlived it.
-            let empty = cg.procs().is_ok_and(|p| p.is_empty());
-            let killed = if empty { Ok(()) } else { cg.kill_all() };
-            if let Err(e) = killed.and_then(|()| cg.destroy()) {
+            // Usually empty by now (PID 1 took its apps along); destroy
+            // kills what outlived it first, after one look at the pids.
+            if let Err(e) = cg.destroy() {
                 eprintln!("pod-stage1-ns: removing cgroups: {e}");
             }
         }
@@ -119,15 +117,32 @@ impl Drop for Made {
     }
 }
 
-/// What the launcher needs, sent over a pipe once the host side is ready.
+/// What the pod's PID 1 needs from the host side, sent over a pipe once it is
+/// ready (the network made, the units and /etc files written).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Go {
     netns: Option<PathBuf>,
-    /// `network: none`: the pod's PID 1 unshares a network namespace of its
-    /// own (with only `lo`); nothing on the host to pin or undo.
-    private_net: bool,
-    init_cgroups: Vec<PathBuf>,
     app_cgroups: BTreeMap<String, Vec<PathBuf>>,
+}
+
+/// `network: none`: the pod's PID 1 unshares a network namespace of its own
+/// (with only `lo`); nothing on the host to pin or undo.
+fn private_net(pod: &ResolvedPod) -> bool {
+    pod.network == spec::stage1::Network::None
+}
+
+/// The pipes between the monitor, the launcher and the pod's PID 1.
+struct Pipes {
+    /// monitor → launcher: the pod's init cgroups, as soon as they exist.
+    cgroups: (OwnedFd, OwnedFd),
+    /// monitor → pod's PID 1: [`Go`].
+    go: (OwnedFd, OwnedFd),
+    /// launcher and PID 1 → monitor: `P<pid>` or `E<error>`, then EOF at exec.
+    result: (OwnedFd, OwnedFd),
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Stage1Error> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))
 }
 
 /// Runs the pod in the pod directory; returns its exit status.
@@ -142,31 +157,30 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     }
     mask.thread_block().map_err(sys_err("block signals"))?;
 
-    // Fork the launcher now, while single-threaded; it waits for "go".
-    let (go_r, go_w) = nix::unistd::pipe().map_err(sys_err("pipe"))?;
-    let (res_r, res_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+    // Fork the launcher now, while single-threaded; it forks the pod's PID 1
+    // at once, and both wait for the host side.
+    let Pipes { cgroups: (cg_r, cg_w), go: (go_r, go_w), result: (res_r, res_w) } =
+        Pipes { cgroups: pipe()?, go: pipe()?, result: pipe()? };
     let monitor_pid = nix::unistd::getpid();
     let launcher = match sys::fork_process().map_err(sys_err("fork"))? {
         ForkResult::Child => {
-            drop(go_w);
-            drop(res_r);
+            drop((cg_w, go_w, res_r));
             // The pod's lock is the monitor's alone: a launcher outliving a
             // killed monitor for an instant must not keep the pod "running".
             if let Some(fd) = lock_fd {
                 let _ = nix::unistd::close(fd);
             }
-            let code = launch(pod_dir, &inv, &pod, go_r, res_w, monitor_pid);
+            let code = launch(pod_dir, &inv, &pod, (cg_r, go_r), res_w, monitor_pid);
             // A forked child must never return into the monitor's code.
             #[allow(clippy::exit)]
             std::process::exit(code);
         }
         ForkResult::Parent { child } => child,
     };
-    drop(go_r);
-    drop(res_w);
+    drop((cg_r, go_r, res_w));
 
     let mut made = Made { cgroup: None, network: None };
-    let go = prepare_host(pod_dir, &inv, &pod, &mut made);
+    let go = prepare_host(pod_dir, &inv, &pod, &mut made, cg_w);
     let go = match go {
         Ok(go) => go,
         Err(e) => {
@@ -176,14 +190,15 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
         }
     };
     let msg = serde_json::to_vec(&go).map_err(|e| Stage1Error::Launch(e.to_string()))?;
-    File::from(go_w).write_all(&msg).map_err(io_err("write", Path::new("launcher pipe")))?;
+    // A PID 1 that already failed has closed its end: its error is in the reply.
+    let _ = File::from(go_w).write_all(&msg);
     let mut reply = String::new();
     File::from(res_r).read_to_string(&mut reply).map_err(io_err("read", Path::new("launcher pipe")))?;
-    let init: Pid = match reply.strip_prefix('P').and_then(|p| p.trim().parse::<i32>().ok()) {
-        Some(pid) => Pid::from_raw(pid),
-        None => {
+    let init = match parse_reply(&reply) {
+        Ok(pid) => pid,
+        Err(why) => {
             let _ = waitpid(launcher, None);
-            return Err(Stage1Error::Launch(reply.strip_prefix('E').unwrap_or(&reply).to_owned()));
+            return Err(Stage1Error::Launch(why));
         }
     };
     let pid_file = pod_dir.join("pid");
@@ -195,16 +210,41 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     Ok(status)
 }
 
-fn prepare_host(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, made: &mut Made) -> Result<Go, Stage1Error> {
+/// What the launcher and the pod's PID 1 said: the launcher's `P<pid>`, or
+/// one `E<error>` from either, alone or after the pid (PID 1 failed once
+/// moved into its cgroups) or before it (PID 1 failed while being moved).
+fn parse_reply(reply: &str) -> Result<Pid, String> {
+    if let Some(pid) = reply.strip_prefix('P').and_then(|d| d.parse::<i32>().ok()) {
+        return Ok(Pid::from_raw(pid));
+    }
+    let error = reply.strip_prefix('P').map_or(reply, |r| r.trim_start_matches(|c: char| c.is_ascii_digit()));
+    let error = error.strip_prefix('E').unwrap_or(error);
+    let error = match error.rfind('P') {
+        Some(i) if i + 1 < error.len() && error[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &error[..i],
+        _ => error,
+    };
+    Err(if error.is_empty() { "the launcher exited without a word".to_owned() } else { error.to_owned() })
+}
+
+/// Makes the cgroups first and hands the init ones to the launcher right
+/// away (`cg_w`), so that moving PID 1 in overlaps all the rest.
+fn prepare_host(
+    pod_dir: &Path,
+    inv: &Invocation,
+    pod: &ResolvedPod,
+    made: &mut Made,
+    cg_w: OwnedFd,
+) -> Result<Go, Stage1Error> {
     let h = hierarchy()?;
     let apps: Vec<(&str, Limits)> = pod.apps.iter().map(|a| (a.name.as_str(), Limits::from(a.resources))).collect();
     let cg = cgroups::create_pod(&h, &pod.uuid, &apps)?;
-    let init_cgroups = cg.init_dirs();
     let mut app_cgroups = BTreeMap::new();
     for a in &pod.apps {
         app_cgroups.insert(a.name.to_string(), cg.app_dirs(a.name.as_str())?);
     }
+    let init_cgroups = serde_json::to_vec(&cg.init_dirs()).map_err(|e| Stage1Error::Launch(e.to_string()))?;
     made.cgroup = Some(cg);
+    File::from(cg_w).write_all(&init_cgroups).map_err(io_err("write", Path::new("launcher pipe")))?;
 
     let ports = pod
         .apps
@@ -213,8 +253,7 @@ fn prepare_host(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, made: &mut 
         .map(PortMapping::from_spec)
         .collect::<Result<Vec<_>, _>>()
         .map_err(network::NetworkError::from)?;
-    let private_net = pod.network == spec::stage1::Network::None;
-    let (ips, netns) = if private_net {
+    let (ips, netns) = if private_net(pod) {
         if !ports.is_empty() {
             return Err(network::NetworkError::PortsWithoutCni("none").into());
         }
@@ -238,15 +277,33 @@ fn prepare_host(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, made: &mut 
         let d = pod_dir.join(sub);
         fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
     }
-    Ok(Go { netns, private_net, init_cgroups, app_cgroups })
+    Ok(Go { netns, app_cgroups })
 }
 
-/// The launcher (a child of the monitor): joins the pod's cgroup and
-/// network, unshares the other namespaces and forks the pod's PID 1, reports
-/// its host pid, then waits for it and exits with its status. It dies with
-/// the monitor (PR_SET_PDEATHSIG), and the pod's PID 1 dies with it, so a
-/// killed monitor takes the whole pod down and `pod gc` can clean up.
-fn launch(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go_r: OwnedFd, res_w: OwnedFd, monitor: Pid) -> i32 {
+/// Reads a whole message from the monitor; empty means it gave up.
+fn read_message<T: serde::de::DeserializeOwned>(from: OwnedFd, what: &str) -> Result<T, String> {
+    let mut buf = Vec::new();
+    File::from(from).read_to_end(&mut buf).map_err(|e| format!("reading the {what}: {e}"))?;
+    if buf.is_empty() {
+        return Err("monitor gave up before launch".into());
+    }
+    serde_json::from_slice(&buf).map_err(|e| format!("the {what}: {e}"))
+}
+
+/// The launcher (a child of the monitor): unshares the pid namespace and
+/// forks the pod's PID 1 at once, moves it into the pod's cgroups as soon as
+/// the monitor has made them, reports its host pid, then waits for it and
+/// exits with its status. It dies with the monitor (PR_SET_PDEATHSIG), and
+/// the pod's PID 1 dies with it, so a killed monitor takes the whole pod
+/// down and `pod gc` can clean up.
+fn launch(
+    pod_dir: &Path,
+    inv: &Invocation,
+    pod: &ResolvedPod,
+    (cg_r, go_r): (OwnedFd, OwnedFd),
+    res_w: OwnedFd,
+    monitor: Pid,
+) -> i32 {
     let report = |msg: String| {
         let _ = nix::unistd::write(&res_w, msg.as_bytes());
     };
@@ -254,7 +311,7 @@ fn launch(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go_r: OwnedFd, re
         report("E the monitor is gone".into());
         return 1;
     }
-    let child = match launch_pod(pod_dir, inv, pod, go_r, &res_w) {
+    let child = match launch_pod(pod_dir, inv, pod, (cg_r, go_r), &res_w) {
         Ok(child) => child,
         Err(e) => {
             report(format!("E{e}"));
@@ -278,58 +335,83 @@ fn launch_pod(
     pod_dir: &Path,
     inv: &Invocation,
     pod: &ResolvedPod,
-    go_r: OwnedFd,
+    (cg_r, go_r): (OwnedFd, OwnedFd),
     res_w: &OwnedFd,
 ) -> Result<Pid, String> {
-    let mut buf = Vec::new();
-    File::from(go_r).read_to_end(&mut buf).map_err(|e| format!("reading the go message: {e}"))?;
-    if buf.is_empty() {
-        return Err("monitor gave up before launch".into());
-    }
-    let go: Go = serde_json::from_slice(&buf).map_err(|e| e.to_string())?;
-    cgroups::add_pid(&go.init_cgroups, Pid::from_raw(0)).map_err(|e| e.to_string())?;
-    if let Some(ns) = &go.netns {
-        let f = File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
-        nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
-    }
     // Only the pid namespace here (it applies to the next child); the
     // others are the pod's PID 1's own. A launcher with a mount namespace
     // of its own would pay for tearing that copy of the host's mount table
     // down when it exits (an RCU grace period: ~100 ms measured).
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid: {e}"))?;
+    // The pod's PID 1 waits on this before it execs stage2-init, until the
+    // launcher has moved it into the pod's cgroups.
+    let (joined_r, joined_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // The launcher is single-threaded (forked before the monitor started
     // any thread), so forking again is safe.
     match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            // PID 1 of the pod dies with the launcher (and so with the monitor).
-            let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-            if go.private_net {
-                flags |= CloneFlags::CLONE_NEWNET;
-            }
-            let err = match nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-                .and_then(|()| unshare(flags))
-                .and_then(|()| if go.private_net { network::bring_lo_up() } else { Ok(()) })
-            {
-                Ok(()) => pod_init(pod_dir, inv, pod, &go),
-                Err(e) => format!("PR_SET_PDEATHSIG, unshare or lo up: {e}"),
-            };
+            drop((joined_w, cg_r));
+            let err = pod_init(pod_dir, inv, pod, go_r, joined_r);
             let _ = nix::unistd::write(res_w, format!("E{err}").as_bytes());
             #[allow(clippy::exit)] // a forked child must not return into the launcher
             std::process::exit(1);
         }
-        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Parent { child } => {
+            drop((joined_r, go_r));
+            // Moving a process between cgroup v1 hierarchies waits for an
+            // RCU grace period (cgroup_threadgroup_rwsem: ~5-15 ms measured
+            // here), so it happens while the monitor finishes the host side
+            // and the child sets up the pod's mounts.
+            let joined = read_message::<Vec<PathBuf>>(cg_r, "pod's cgroups")
+                .and_then(|dirs| cgroups::add_pid(&dirs, child).map_err(|e| e.to_string()));
+            match joined {
+                Ok(()) => {
+                    nix::unistd::write(&joined_w, b"j").map_err(|e| format!("waking the pod's PID 1: {e}"))?;
+                    Ok(child)
+                }
+                Err(e) => {
+                    let _ = kill(child, Signal::SIGKILL);
+                    let _ = waitpid(child, None);
+                    Err(e)
+                }
+            }
+        }
     }
 }
 
-/// In the pod's PID 1, before exec: mounts, hostname, pivot, exec pod-init.
-fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: &Go) -> String {
+/// In the pod's PID 1, before exec: once the monitor says the host side is
+/// ready, its namespaces, hostname, mounts and pivot; then, once the launcher
+/// has put it in the pod's cgroups, exec pod-init.
+fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: OwnedFd, joined: OwnedFd) -> String {
     let step = || -> Result<std::convert::Infallible, String> {
+        // PID 1 of the pod dies with the launcher (and so with the monitor).
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+        // The host side first: a CNI netns is pinned by a bind mount the
+        // monitor makes meanwhile, which a mount namespace copied before it
+        // would not see.
+        let go: Go = read_message(go, "go message")?;
+        if let Some(ns) = &go.netns {
+            let f = File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
+            nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
+        }
+        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+        if private_net(pod) {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+        if private_net(pod) {
+            network::bring_lo_up().map_err(|e| format!("lo up: {e}"))?;
+        }
         rootfs::make_private().map_err(|e| e.to_string())?;
         nix::unistd::sethostname(pod.name.as_str()).map_err(|e| format!("sethostname: {e}"))?;
         rootfs::setup_apps(pod_dir, pod, rootfs::KernelFs::Mount).map_err(|e| e.to_string())?;
         rootfs::bind_cgroups(pod_dir, &go.app_cgroups).map_err(|e| e.to_string())?;
         let stage2 = rootfs::bind_stage2(pod_dir, &inv.stage2).map_err(|e| e.to_string())?;
         rootfs::pivot_into(pod_dir).map_err(|e| e.to_string())?;
+        let mut byte = [0u8; 1];
+        if !matches!(File::from(joined).read(&mut byte), Ok(1)) {
+            return Err("the launcher did not place the pod in its cgroups".into());
+        }
         SigSet::all().thread_unblock().map_err(|e| format!("unblock signals: {e}"))?;
         let prog = CString::new(stage2).map_err(|e| e.to_string())?;
         let args = [prog.clone(), c"--root".into(), c"/".into()];
@@ -461,4 +543,19 @@ pub fn gc(pod_dir: &Path) -> Result<(), Stage1Error> {
     }
     network::teardown_leftovers(&pod.network, &pod.uuid, &network_host(pod_dir, &inv))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launcher_replies() {
+        assert_eq!(parse_reply("P42"), Ok(Pid::from_raw(42)));
+        assert_eq!(parse_reply("P42Emount proc: EPERM"), Err("mount proc: EPERM".to_owned()));
+        assert_eq!(parse_reply("Emonitor gave up before launchP42"), Err("monitor gave up before launch".to_owned()));
+        assert_eq!(parse_reply("E the monitor is gone"), Err(" the monitor is gone".to_owned()));
+        assert_eq!(parse_reply("P"), Err("the launcher exited without a word".to_owned()));
+        assert!(parse_reply("").is_err());
+    }
 }
