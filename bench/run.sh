@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: start-to-exit of a one-app pod running `true` from a busybox
 # image already in the store, `pod run` versus crun on an OCI bundle of the
-# same rootfs, measured in the same run with hyperfine; plus the resident
-# memory of stage2-init (pod-init) and of the stage1 monitor.
+# same rootfs, measured in the same run (interleaved, medians); plus the
+# resident memory of stage2-init (pod-init) and of the stage1 monitor.
 #
-#   bench/run.sh            # needs root, hyperfine, crun, busybox-static
+#   bench/run.sh            # needs root, crun, python3, busybox-static
 #
 # crun 1.8 refuses this kind of host's hybrid cgroups (v1 controllers plus a
 # cgroup2 mount at /sys/fs/cgroup/unified), so the whole comparison runs in a
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
-for t in hyperfine crun; do command -v $t >/dev/null || { echo "$t is needed (apt-get install $t)" >&2; exit 1; }; done
+for t in crun python3; do command -v $t >/dev/null || { echo "$t is needed (apt-get install $t)" >&2; exit 1; }; done
 cargo build --release -q --workspace
 bin=$PWD/target/release
 
@@ -64,21 +64,41 @@ PY
 )
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+# Interleaved (crun, pod none, pod bridge, crun, ...) rather than
+# hyperfine's one block per command: on a shared machine the load drifts
+# during a run, and alternating gives every command the same share of it.
+# `pod gc` (untimed) before each run keeps the pods directory small.
+cat > "$work/measure.py" <<'PY'
+import json, statistics, subprocess, sys, time
+runs, warmup, out, gc = int(sys.argv[1]), 3, sys.argv[2], sys.argv[3]
+cmds = {"crun": None, "pod network none": sys.argv[4], "pod network bridge": sys.argv[5]}
+bundle = sys.argv[6]
+times = {k: [] for k in cmds}
+for i in range(warmup + runs):
+    for name, podfile in cmds.items():
+        subprocess.run([gc, "gc"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = ["crun", "run", "-b", bundle, f"bench-{i}"] if podfile is None else [gc, "run", podfile]
+        t = time.monotonic()
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        d = time.monotonic() - t
+        if r.returncode != 0:
+            sys.exit(f"{name} exited with {r.returncode}")
+        if i >= warmup:
+            times[name].append(d)
+json.dump({k: statistics.median(v) for k, v in times.items()}, open(out, "w"))
+PY
 unshare -m bash -euo pipefail -c "
   umount /sys/fs/cgroup/unified 2>/dev/null || true
-  hyperfine --runs $runs --warmup 3 --export-json $work/result.json \
-    --prepare '$bin/pod gc >/dev/null 2>&1' \
-    -n crun 'crun run -b $work/bundle bench-\$RANDOM\$RANDOM' \
-    -n 'pod network none' '$bin/pod run $work/true-none.yaml' \
-    -n 'pod network bridge' '$bin/pod run $work/true-bench.yaml'
+  python3 $work/measure.py $runs $work/result.json $bin/pod $work/true-none.yaml $work/true-bench.yaml $work/bundle
 "
 
-python3 - "$work/result.json" <<'PY'
+python3 - "$work/result.json" "$runs" <<'PY'
 import json, sys
-r = {x["command"]: x["median"] for x in json.load(open(sys.argv[1]))["results"]}
+r = json.load(open(sys.argv[1]))
 crun = r["crun"]
+print(f"crun: {crun*1000:.1f} ms (median of {sys.argv[2]}, interleaved)")
 for name in ("pod network none", "pod network bridge"):
-    print(f"{name}: {r[name]*1000:.1f} ms = {r[name]/crun:.2f}x crun ({crun*1000:.1f} ms), ratio of medians")
+    print(f"{name}: {r[name]*1000:.1f} ms = {r[name]/crun:.2f}x crun, ratio of medians")
 PY
 # The host is often shared: a busy one inflates and scatters every figure.
 echo "load average (1, 5, 15 min): before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg)"
