@@ -68,7 +68,7 @@ PY
 # the kernel command line is the one stage1-vm uses (stage1-vm/src/qemu.rs).
 peer=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine "pc,accel=$accel" -cpu "$cpu"
   -m 256M -smp 1 -kernel "$vmlinux" -initrd "$work/min.cpio"
-  -append "console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init quiet loglevel=3" -serial "file:$work/peer-console.log")
+  -append "console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init modprobe.blacklist=virtio_net,net_failover,failover quiet loglevel=3" -serial "file:$work/peer-console.log")
 echo "accelerator: $accel; kernel: $(cat /usr/lib/pod/guest/version 2>/dev/null || echo "$vmlinux"); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Interleaved (peer, pod, peer, pod, ...) rather than hyperfine's one block
 # per command: on a shared machine the load drifts over a run, and

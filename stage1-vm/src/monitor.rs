@@ -143,7 +143,11 @@ fn vm_for(
     Ok(Vm {
         name: format!("pod-{}", pod.uuid),
         machine: machine(pod, accel, host_cpus),
-        boot: DirectBoot { kernel, initrd, cmdline: qemu::cmdline(debug) },
+        boot: DirectBoot {
+            kernel,
+            initrd,
+            cmdline: qemu::cmdline(debug, if net.is_none() { &kmod::NET_MODULES } else { &[] }),
+        },
         console: Console { log: dir.console() },
         shares: vec![Share9p { id: "pod".into(), path: pod_dir.to_owned(), tag: SHARE_TAG.into() }],
         net,
@@ -151,7 +155,6 @@ fn vm_for(
             SerialPort { name: CTL_PORT.into(), socket: dir.ctl_socket() },
             SerialPort { name: ENTER_PORT.into(), socket: dir.enter_socket() },
         ],
-        rng: true,
     })
 }
 

@@ -219,8 +219,6 @@ pub struct Vm {
     pub shares: Vec<Share9p>,
     pub net: Option<UserNet>,
     pub ports: Vec<SerialPort>,
-    /// A virtio RNG, so the guest's entropy pool is ready at once.
-    pub rng: bool,
 }
 
 impl Vm {
@@ -246,9 +244,6 @@ impl Vm {
             a.extend(net.args());
         }
         a.extend(serial_args(&self.ports)?);
-        if self.rng {
-            a.extend(["-device".into(), "virtio-rng-pci".into()]);
-        }
         Ok(a.into_iter().map(OsString::from).collect())
     }
 }
@@ -257,10 +252,15 @@ impl Vm {
 /// guest that reboots (ending qemu) rather than hangs if its PID 1 dies, and
 /// PCI interrupts routed through the BIOS's table rather than ACPI link
 /// devices: under TCG, evaluating their AML took about 0.3 s per virtio
-/// device (1.1 s of a 4.5 s boot; 0.2 s with `pci=noacpi`).
-pub fn cmdline(debug: bool) -> String {
+/// device (1.1 s of a 4.5 s boot; 0.2 s with `pci=noacpi`). `skip_modules`
+/// become `modprobe.blacklist=`, which pod-init honours; `debug` makes the
+/// kernel and pod-init (`pod.debug`) verbose.
+pub fn cmdline(debug: bool, skip_modules: &[&str]) -> String {
     let mut c = String::from("console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init");
-    c.push_str(if debug { " loglevel=7" } else { " quiet loglevel=3" });
+    if !skip_modules.is_empty() {
+        c.push_str(&format!(" modprobe.blacklist={}", skip_modules.join(",")));
+    }
+    c.push_str(if debug { " loglevel=7 pod.debug" } else { " quiet loglevel=3" });
     c
 }
 
@@ -275,7 +275,7 @@ mod tests {
             boot: DirectBoot {
                 kernel: "/cache/vmlinux-ab".into(),
                 initrd: "/cache/initramfs-cd.cpio".into(),
-                cmdline: cmdline(false),
+                cmdline: cmdline(false, &[]),
             },
             console: Console { log: "/pods/p/vm/console.log".into() },
             shares: vec![Share9p { id: "pod".into(), path: "/pods/p".into(), tag: "pod".into() }],
@@ -295,7 +295,6 @@ mod tests {
                 SerialPort { name: "pod.ctl".into(), socket: "/pods/p/vm/ctl.sock".into() },
                 SerialPort { name: "pod.enter".into(), socket: "/pods/p/vm/enter.sock".into() },
             ],
-            rng: true,
         }
     }
 
@@ -349,8 +348,6 @@ mod tests {
             "socket,id=port1,path=/pods/p/vm/enter.sock,server=on,wait=off",
             "-device",
             "virtserialport,bus=vser0.0,chardev=port1,name=pod.enter",
-            "-device",
-            "virtio-rng-pci",
         ];
         assert_eq!(words(&vm()), expected);
     }
@@ -361,10 +358,18 @@ mod tests {
         v.machine.accel = Accel::Kvm;
         v.net = None;
         v.ports.clear();
-        v.rng = false;
         let w = words(&v);
         assert!(w.windows(4).any(|x| x == ["-machine", "pc,accel=kvm", "-cpu", "host"]), "{w:?}");
-        assert!(!w.iter().any(|x| x.contains("netdev") || x.contains("virtio-serial") || x.contains("rng")), "{w:?}");
+        assert!(!w.iter().any(|x| x.contains("netdev") || x.contains("virtio-serial")), "{w:?}");
+    }
+
+    #[test]
+    fn the_kernel_command_line_names_the_modules_to_skip() {
+        assert_eq!(
+            cmdline(false, &["virtio_net", "failover"]),
+            "console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init modprobe.blacklist=virtio_net,failover quiet loglevel=3"
+        );
+        assert!(cmdline(true, &[]).ends_with("loglevel=7 pod.debug"));
     }
 
     #[test]

@@ -55,10 +55,30 @@ pub(crate) fn module_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Loads every module of `dir`. A module that fails is logged and skipped:
-/// the step that needs it fails next, naming its own path.
-pub(crate) fn load_modules(dir: &Path) {
+/// The modules `modprobe.blacklist=a,b` on the kernel command line names
+/// (stage1-vm lists the drivers of devices this VM does not have).
+pub(crate) fn blacklist(cmdline: &str) -> Vec<String> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("modprobe.blacklist="))
+        .flat_map(|list| list.split(','))
+        .map(|m| m.replace('-', "_"))
+        .collect()
+}
+
+/// A module file's name: `NNN-<name>.ko` → `<name>`.
+fn module_name(path: &Path) -> String {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    stem.split_once('-').map_or(stem.clone(), |(_, name)| name.to_owned()).replace('-', "_")
+}
+
+/// Loads every module of `dir` but the blacklisted. A module that fails is
+/// logged and skipped: the step that needs it fails next, naming its path.
+pub(crate) fn load_modules(dir: &Path, skip: &[String]) {
     for path in module_files(dir) {
+        if skip.contains(&module_name(&path)) {
+            continue;
+        }
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) => {
@@ -92,6 +112,15 @@ pub(crate) fn mount_share(root: &Path) -> Result<(), BootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blacklisted_modules_are_named_by_the_command_line() {
+        let cmdline = "console=ttyS0 modprobe.blacklist=virtio_net,net-failover quiet modprobe.blacklist=x\n";
+        assert_eq!(blacklist(cmdline), ["virtio_net", "net_failover", "x"]);
+        assert!(blacklist("console=ttyS0 quiet").is_empty());
+        assert_eq!(module_name(Path::new("/lib/pod/modules/007-net_failover.ko")), "net_failover");
+        assert_eq!(module_name(Path::new("/m/012-9pnet-virtio.ko")), "9pnet_virtio");
+    }
 
     #[test]
     fn modules_load_in_lexical_order() {

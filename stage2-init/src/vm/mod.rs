@@ -101,18 +101,33 @@ pub fn boot() -> i32 {
     code
 }
 
-/// Steps 1–5 of the boot, then the agents.
+/// Steps 1–5 of the boot, then the agents. With `pod.debug` on the kernel
+/// command line (`pod --debug`), each step logs the guest's uptime.
 fn prepare(root: &Path, share_mounted: &mut bool) -> Result<(), BootError> {
     boot::mount_kernel_filesystems()?;
-    boot::load_modules(Path::new(spec::vm::MODULES_DIR));
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let debug = cmdline.split_whitespace().any(|w| w == "pod.debug");
+    let step = |what: &str| {
+        if debug {
+            let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+            log!("[{}] {what}", uptime.split_whitespace().next().unwrap_or("?"));
+        }
+    };
+    step("kernel filesystems mounted");
+    boot::load_modules(Path::new(spec::vm::MODULES_DIR), &boot::blacklist(&cmdline));
+    step("modules loaded");
     boot::mount_share(root)?;
     *share_mounted = true;
+    step("share mounted");
     let conf_path = root.join(GUEST_CONF);
     let text = std::fs::read_to_string(&conf_path).map_err(|e| BootError::new("read", &conf_path, e))?;
     let conf = GuestConfig::parse(&text).map_err(|e| BootError::new("parse", &conf_path, e))?;
     net::configure(&conf, Path::new("/sys/class/net"))?;
+    step("network configured");
     appfs::setup_all(root, Path::new("/dev"))?;
+    step("app filesystems mounted");
     agent::start_all(root);
+    step("agents started");
     Ok(())
 }
 
