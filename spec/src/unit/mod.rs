@@ -32,6 +32,8 @@
 //! ReadinessTCP=6379
 //! ReadinessTimeoutSec=60
 //! Cgroup=/cgroup/db/0 /cgroup/db/1
+//! Capabilities=CAP_CHOWN CAP_KILL CAP_NET_BIND_SERVICE
+//! SeccompFilter=/units/db.seccomp.bpf /units/db.clone3.seccomp.bpf
 //! ```
 //!
 //! - Sections `[Unit]`, `[Service]` and `[X-Pod]`, in any order. An unknown
@@ -73,6 +75,19 @@
 //!   probes) joins them before exec, writing its pid into each
 //!   `cgroup.procs`, then unshares a cgroup namespace, so the app sees its
 //!   own cgroup as the root. stage1 binds these directories into the pod root.
+//! - `[X-Pod] Capabilities=`: the app's capability set, `CAP_` names (or
+//!   without the prefix), given at most once; empty means none; absent means
+//!   [`DEFAULT_CAPS`] (Docker's default). Every other capability leaves the
+//!   bounding set before the app's user is taken; an app running as root
+//!   then holds exactly this set (permitted, effective, inheritable; no
+//!   ambient), any other user none. Every app runs with `no_new_privs`.
+//! - `[X-Pod] SeccompFilter=`: absolute paths (inside the pod root) of
+//!   seccomp filters, given at most once: each file a raw array of
+//!   `struct sock_filter` (8 bytes each, native byte order) as
+//!   `seccomp(SECCOMP_SET_MODE_FILTER)` takes it, at most 4096 instructions.
+//!   pod-init reads them at startup (a bad one fails the pod) and the app's
+//!   process installs them in order as its very last step before execve.
+//!   Absent: no filter. stage1 compiles them (`stage1-ns/src/seccomp.rs`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -80,6 +95,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::name::{AcName, NameError};
+use crate::security::{CapSet, DEFAULT_CAPS};
 
 /// A unit file larger than this is rejected.
 pub const MAX_UNIT_BYTES: usize = 1024 * 1024;
@@ -110,6 +126,11 @@ pub struct Unit {
     /// the app's process joins before exec, by writing its pid into each
     /// `cgroup.procs`; then it unshares a cgroup namespace rooted there.
     pub cgroups: Vec<String>,
+    /// `[X-Pod] Capabilities=`: the app's capability set.
+    pub capabilities: CapSet,
+    /// `[X-Pod] SeccompFilter=`: BPF files (paths inside the pod root)
+    /// installed in order just before execve.
+    pub seccomp_filters: Vec<String>,
 }
 
 /// When a finished app is started again.
@@ -357,6 +378,8 @@ impl Unit {
             timeout_stop: DEFAULT_TIMEOUT_STOP,
             readiness: None,
             cgroups: Vec::new(),
+            capabilities: DEFAULT_CAPS,
+            seccomp_filters: Vec::new(),
         }
     }
 
@@ -421,7 +444,10 @@ impl Unit {
                     "RestartSec",
                     "TimeoutStopSec",
                 ][..],
-                Section::Pod => &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup"][..],
+                Section::Pod => {
+                    &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup", "Capabilities", "SeccompFilter"]
+                        [..]
+                }
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
                 let name = match section {
@@ -506,6 +532,19 @@ impl Unit {
                         unit.cgroups.push(word);
                     }
                 }
+                "Capabilities" => {
+                    unit.capabilities = words().and_then(|w| {
+                        CapSet::parse_names(&w).map_err(|_| invalid("expected capability names like CAP_CHOWN"))
+                    })?;
+                }
+                "SeccompFilter" => {
+                    for word in words()? {
+                        if !word.starts_with('/') || word.split('/').any(|c| c == "..") {
+                            return Err(fail(UnitErrorKind::Invalid { value: word, why: "expected an absolute path" }));
+                        }
+                        unit.seccomp_filters.push(word);
+                    }
+                }
                 "Restart" => {
                     unit.restart = match value {
                         "no" => Restart::No,
@@ -588,11 +627,13 @@ impl Unit {
         line(&mut out, "Restart", restart);
         line(&mut out, "RestartSec", &render_duration(self.restart_sec));
         line(&mut out, "TimeoutStopSec", &render_duration(self.timeout_stop));
-        if self.readiness.is_some() || !self.cgroups.is_empty() {
-            out.push_str("[X-Pod]\n");
-        }
+        out.push_str("[X-Pod]\n");
         if !self.cgroups.is_empty() {
             line(&mut out, "Cgroup", &join_words(&self.cgroups));
+        }
+        line(&mut out, "Capabilities", &self.capabilities.to_string());
+        if !self.seccomp_filters.is_empty() {
+            line(&mut out, "SeccompFilter", &join_words(&self.seccomp_filters));
         }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {

@@ -186,3 +186,34 @@ fn list_resets() {
     assert_eq!(u.after.len(), 1);
     assert!(u.environment.is_empty());
 }
+
+#[test]
+fn capabilities_and_seccomp_filters() {
+    let u = Unit::parse("[Service]\nExecStart=x\n", "u").expect("parse");
+    assert_eq!((u.capabilities, u.seccomp_filters.len()), (DEFAULT_CAPS, 0), "secure defaults when absent");
+    let text =
+        "[Service]\nExecStart=x\n[X-Pod]\nCapabilities=CAP_KILL net_admin\nSeccompFilter=/units/a.bpf /units/b.bpf\n";
+    let u = Unit::parse(text, "u").expect("parse");
+    assert_eq!(u.capabilities.names(), ["CAP_KILL", "CAP_NET_ADMIN"]);
+    assert_eq!(u.seccomp_filters, ["/units/a.bpf", "/units/b.bpf"]);
+    assert_eq!(Unit::parse(&u.render(), "r").expect("round trip"), u);
+    let none = Unit::parse("[Service]\nExecStart=x\n[X-Pod]\nCapabilities=\n", "u").expect("parse");
+    assert_eq!(none.capabilities, CapSet::EMPTY);
+    assert!(none.render().contains("\nCapabilities=\n"), "{}", none.render());
+    assert_eq!(Unit::parse(&none.render(), "r").expect("round trip"), none);
+    let cases = [
+        (
+            "[Service]\nExecStart=x\n[X-Pod]\nCapabilities=CAP_FLY\n",
+            "u:4: Capabilities: invalid value \"CAP_FLY\": expected capability names like CAP_CHOWN",
+        ),
+        ("[Service]\nExecStart=x\n[X-Pod]\nCapabilities=\nCapabilities=KILL\n", "u:5: Capabilities: given twice"),
+        (
+            "[Service]\nExecStart=x\n[X-Pod]\nSeccompFilter=a.bpf\n",
+            "u:4: SeccompFilter: invalid value \"a.bpf\": expected an absolute path",
+        ),
+        ("[Service]\nExecStart=x\n[X-Pod]\nSeccompFilter=/a\nSeccompFilter=/b\n", "u:5: SeccompFilter: given twice"),
+    ];
+    for (text, want) in cases {
+        assert_eq!(Unit::parse(text, "u").map(|_| ()).expect_err(text).to_string(), want);
+    }
+}
