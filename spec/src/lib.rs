@@ -6,6 +6,7 @@ pub mod id;
 pub mod manifest;
 pub mod name;
 pub mod pod;
+pub mod security;
 pub mod stage1;
 pub mod unit;
 pub mod vm;

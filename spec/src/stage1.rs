@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::ImageId;
 use crate::name::{AcIdentifier, AcName};
+use crate::security::{CapSet, Seccomp, DEFAULT_CAPS};
 
 /// The invocation version this build writes and reads.
 pub const INVOCATION_VERSION: u32 = 1;
@@ -140,6 +141,19 @@ pub struct App {
     pub resources: Resources,
     pub ports: Vec<Port>,
     pub mounts: Vec<Mount>,
+    /// The app's capability set (`CAP_` names): its bounding set, and for
+    /// root also permitted, effective and inheritable. Absent: the default.
+    #[serde(default = "default_caps")]
+    pub capabilities: CapSet,
+    #[serde(default)]
+    pub seccomp: Seccomp,
+    /// The rootfs is remounted read-only once its mounts are in place.
+    #[serde(default, rename = "readOnlyRootFS")]
+    pub read_only_root_fs: bool,
+}
+
+fn default_caps() -> CapSet {
+    DEFAULT_CAPS
 }
 
 /// `pod.json`: what runs.

@@ -207,6 +207,9 @@ fn resolve_app(
             .iter()
             .map(|m| stage1::Mount { volume: m.volume.clone(), path: m.path.clone(), read_only: m.read_only })
             .collect(),
+        capabilities: app.capabilities,
+        seccomp: app.seccomp,
+        read_only_root_fs: app.read_only_root_fs,
     })
 }
 

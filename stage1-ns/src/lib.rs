@@ -6,6 +6,7 @@ pub mod cgroups;
 pub mod monitor;
 pub mod network;
 pub mod rootfs;
+pub mod seccomp;
 mod sys;
 pub mod units;
 

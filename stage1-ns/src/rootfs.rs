@@ -1,7 +1,9 @@
 //! The pod's filesystems, set up by its PID 1-to-be inside the pod's new
 //! mount namespace: an overlay rootfs per app (the rendered tree as the
-//! read-only lower, a per-pod upper), /proc, read-only /sys, a minimal /dev,
-//! the generated /etc files and the volumes; then pivot_root into the pod
+//! read-only lower, a per-pod upper), /proc with runc's masked and read-only
+//! paths, read-only /sys, a minimal /dev, the generated /etc files and the
+//! volumes, then the rootfs itself read-only where the app asks
+//! (`readOnlyRootFS`); then pivot_root into the pod
 //! directory so stage2-init sees `/units`, `/apps/<app>/rootfs`, `/status`
 //! and `/logs`. Every mount lives in the pod's mount namespace and vanishes
 //! with it, so a killed pod leaks no mount on the host.
@@ -12,6 +14,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use spec::security::{MASKED_PATHS, READONLY_PATHS};
 use spec::stage1::{ResolvedPod, VolumeSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -282,8 +285,24 @@ pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod, kernel_fs: KernelFs) -> Res
             mkdir_p(&target)?;
             bind(&src, &target, m.read_only || vol_ro, &format!("volume {}", vol.name))?;
         }
+        if app.read_only_root_fs {
+            read_only_root(&rootfs)?;
+        }
     }
     Ok(())
+}
+
+/// `readOnlyRootFS`: the rootfs mount itself becomes read-only, as with
+/// Docker's `--read-only`. Only that mount: the volumes, /proc, /dev (and
+/// /dev/shm) and the /etc files stay as they were mounted; /tmp is part of
+/// the rootfs and so read-only too. The mount points a VM guest mounts on
+/// are made first, while the rootfs can still take them.
+fn read_only_root(rootfs: &Path) -> Result<(), RootfsError> {
+    for dir in ["proc", "sys", "dev", "tmp"] {
+        mkdir_p(&rootfs.join(dir))?;
+    }
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    do_mount(None, rootfs, None, flags, None, "read-only rootfs")
 }
 
 /// An app's /proc, read-only /sys and minimal /dev.
@@ -308,7 +327,37 @@ fn mount_kernel_fs(rootfs: &Path) -> Result<(), RootfsError> {
         None,
         "sysfs",
     )?;
+    harden_kernel_fs(rootfs, Path::new("/dev/null"))?;
     setup_dev(rootfs)
+}
+
+/// Hides [`MASKED_PATHS`] (`null` bound over a file, an empty read-only
+/// tmpfs over a directory) and binds [`READONLY_PATHS`] read-only, in an
+/// app's fresh /proc and /sys, as runc does. Paths this kernel lacks are
+/// skipped. The VM guest does the same in stage2-init/src/vm/appfs.rs.
+fn harden_kernel_fs(rootfs: &Path, null: &Path) -> Result<(), RootfsError> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for rel in MASKED_PATHS {
+        let target = inside(rootfs, rel)?;
+        match fs::metadata(&target) {
+            Err(_) => {}
+            Ok(m) if m.is_dir() => {
+                let flags = hardened | MsFlags::MS_RDONLY;
+                do_mount(Some(Path::new("tmpfs")), &target, Some("tmpfs"), flags, None, rel)?;
+            }
+            Ok(_) => do_mount(Some(null), &target, None, MsFlags::MS_BIND, None, rel)?,
+        }
+    }
+    for rel in READONLY_PATHS {
+        let target = inside(rootfs, rel)?;
+        if fs::symlink_metadata(&target).is_err() {
+            continue;
+        }
+        do_mount(Some(&target), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, rel)?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hardened;
+        do_mount(None, &target, None, flags, None, rel)?;
+    }
+    Ok(())
 }
 
 /// Binds each app's cgroup directories at `<pod>/cgroup/<app>/<n>`, where

@@ -1,5 +1,7 @@
 //! Generates the unit file of each app from the resolved pod: the contract
-//! stage2-init reads (see `spec::unit`).
+//! stage2-init reads (see `spec::unit`), and beside it the app's seccomp
+//! filters (`<app>.seccomp.bpf`, `<app>.clone3.seccomp.bpf`; see
+//! [`crate::seccomp`]).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -7,6 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use spec::security::Seccomp;
 use spec::stage1::{App, Probe, ResolvedPod, Restart};
 use spec::unit::{self, ReadinessCheck, Unit};
 
@@ -36,7 +39,18 @@ pub fn unit_for(app: &App, cgroups: Vec<String>) -> Unit {
         timeout: Duration::from_millis(r.timeout_ms),
     });
     u.cgroups = cgroups;
+    u.capabilities = app.capabilities;
+    u.seccomp_filters = match app.seccomp {
+        Seccomp::Default => seccomp_files(app.name.as_str()).iter().map(|f| format!("/units/{f}")).collect(),
+        Seccomp::Unconfined => Vec::new(),
+    };
     u
+}
+
+/// The file names, in `units/`, of an app's default seccomp programs, in
+/// the order of [`crate::seccomp::default_filters`].
+fn seccomp_files(app: &str) -> [String; 2] {
+    [format!("{app}.seccomp.bpf"), format!("{app}.clone3.seccomp.bpf")]
 }
 
 /// Writes `<pod>/units/<app>.unit` for every app.
@@ -47,6 +61,17 @@ pub fn write_units(
 ) -> Result<(), (PathBuf, io::Error)> {
     let dir = pod_dir.join("units");
     fs::create_dir_all(&dir).map_err(|e| (dir.clone(), e))?;
+    let mut filters = None;
+    for app in pod.apps.iter().filter(|a| a.seccomp == Seccomp::Default) {
+        if filters.is_none() {
+            let compiled = crate::seccomp::default_filters().map_err(|e| (dir.clone(), io::Error::other(e)))?;
+            filters = Some(compiled);
+        }
+        for (name, bytes) in seccomp_files(app.name.as_str()).iter().zip(filters.iter().flatten()) {
+            let p = dir.join(name);
+            fs::write(&p, bytes).map_err(|e| (p.clone(), e))?;
+        }
+    }
     for app in &pod.apps {
         let p = dir.join(format!("{}.unit", app.name));
         let n = cgroups.get(app.name.as_str()).map_or(0, Vec::len);

@@ -1,6 +1,7 @@
 //! Starting one process of an app (its main program or a readiness probe):
 //! fork, then in the child: own session, stdio, own mount namespace rooted
-//! at the app's rootfs, the app's user, a clean environment, execve.
+//! at the app's rootfs, its bounding set, the app's user and capabilities,
+//! a clean environment, no_new_privs and seccomp (privs.rs), execve.
 //!
 //! The child reports a failure before exec through a close-on-exec pipe:
 //! the parent reads EOF when exec succeeded, or a message, and the child
@@ -22,6 +23,7 @@ use spec::unit::Unit;
 
 use crate::creds::{self, Creds};
 use crate::exit::{EXIT_CANNOT_EXEC, EXIT_LAUNCH_FAILED};
+use crate::privs::{self, SeccompProgram};
 use crate::sys::{self, Fork};
 
 /// `PATH` for every app unless its unit sets one.
@@ -39,6 +41,8 @@ pub struct Launch<'a> {
     /// `cgroup.procs` of each cgroup to join (`Cgroup=`), as pod-init sees them.
     pub cgroups: &'a [PathBuf],
     pub argv: Vec<CString>,
+    /// Installed last, after no_new_privs.
+    pub seccomp: &'a [SeccompProgram],
     pub stdin: BorrowedFd<'a>,
     /// Where stdout and stderr go.
     pub output: BorrowedFd<'a>,
@@ -112,13 +116,18 @@ fn child(l: &Launch<'_>) -> Result<Infallible, ChildError> {
     join_cgroups(l.cgroups)?;
     enter_rootfs(&l.rootfs)?;
     let creds = read_creds(l.unit)?;
+    // The bounding set shrinks while pod-init's CAP_SETPCAP is still held;
+    // the caps in effect now (SETUID, SETGID) stay until setuid/capset.
+    privs::bound(l.unit.capabilities)?;
     setgroups(&creds.groups.iter().map(|&g| Gid::from_raw(g)).collect::<Vec<_>>()).map_err(step("setgroups"))?;
     setgid(Gid::from_raw(creds.gid)).map_err(step("setgid"))?;
     setuid(Uid::from_raw(creds.uid)).map_err(step("setuid"))?;
+    privs::set_caps(l.unit.capabilities, creds.uid)?;
     // As the app's user, so a directory it may not enter fails here.
     let dir = l.unit.working_directory.as_deref().unwrap_or("/");
     chdir(dir).map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("chdir {dir}: {e}") })?;
     let env = environment(l.app, l.unit, &creds);
+    privs::lock_down(l.seccomp)?;
     exec(&l.argv, &env)
 }
 

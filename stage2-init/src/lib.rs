@@ -10,6 +10,7 @@
 pub mod creds;
 pub mod exit;
 pub mod plan;
+pub mod privs;
 pub mod status;
 pub mod vm;
 

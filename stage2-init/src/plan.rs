@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use spec::unit::{Unit, UnitError, MAX_UNIT_BYTES};
 use spec::{AcName, NameError};
 
+use crate::privs::SeccompProgram;
+
 /// One app: its unit and its dependencies, as indices into [`Plan::apps`].
 #[derive(Debug)]
 pub struct AppPlan {
@@ -17,6 +19,8 @@ pub struct AppPlan {
     pub deps: Vec<usize>,
     /// `Requires=`: not started if one of these failed before being ready.
     pub requires: Vec<usize>,
+    /// The unit's `SeccompFilter=` programs, read at startup.
+    pub seccomp: Vec<SeccompProgram>,
 }
 
 /// Apps in a start order: every app comes after its dependencies; ties are
@@ -50,6 +54,8 @@ pub enum PlanError {
     Cycle(String),
     #[error("app {app}: no rootfs directory at {path}")]
     NoRootfs { app: String, path: PathBuf },
+    #[error("app {app}: seccomp filter {path}: {why}")]
+    Seccomp { app: String, path: PathBuf, why: String },
 }
 
 /// Reads `root/units/*.unit` and checks each app has `root/apps/<app>/rootfs`.
@@ -80,7 +86,26 @@ pub fn load(root: &Path) -> Result<Plan, PlanError> {
     if units.is_empty() {
         return Err(PlanError::NoUnits(dir));
     }
-    order(units)
+    let mut plan = order(units)?;
+    for app in &mut plan.apps {
+        app.seccomp = read_filters(root, app.name.as_str(), &app.unit.seccomp_filters)?;
+    }
+    Ok(plan)
+}
+
+/// Reads `SeccompFilter=` files (paths inside the pod root).
+fn read_filters(root: &Path, app: &str, paths: &[String]) -> Result<Vec<SeccompProgram>, PlanError> {
+    let mut programs = Vec::with_capacity(paths.len());
+    for p in paths {
+        let path = root.join(p.trim_start_matches('/'));
+        let fail = |why: String| PlanError::Seccomp { app: app.to_owned(), path: path.clone(), why };
+        // One instruction over the limit is enough for `from_bytes` to refuse it.
+        let mut bytes = Vec::new();
+        let file = std::fs::File::open(&path).map_err(|e| fail(e.to_string()))?;
+        file.take(8 * 4097).read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
+        programs.push(SeccompProgram::from_bytes(&bytes).map_err(fail)?);
+    }
+    Ok(programs)
 }
 
 /// Orders apps so that each comes after its dependencies (Kahn's algorithm,
@@ -113,7 +138,8 @@ pub fn order(mut units: Vec<(AcName, Unit)>) -> Result<Plan, PlanError> {
     for &old in &sequence {
         if let Some((name, unit)) = slots[old].take() {
             let renumber = |list: &[usize]| list.iter().map(|&d| position[d]).collect();
-            apps.push(AppPlan { name, unit, deps: renumber(&deps[old]), requires: renumber(&requires[old]) });
+            let (deps, requires) = (renumber(&deps[old]), renumber(&requires[old]));
+            apps.push(AppPlan { name, unit, deps, requires, seccomp: Vec::new() });
         }
     }
     Ok(Plan { apps })

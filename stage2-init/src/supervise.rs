@@ -369,6 +369,7 @@ impl Supervisor {
                     rootfs: app.rootfs.clone(),
                     cgroups: &app.cgroups,
                     argv: argv.clone(),
+                    seccomp: &app.plan.seccomp,
                     stdin: self.null.as_fd(),
                     output: log.as_fd(),
                 };
@@ -396,6 +397,7 @@ impl Supervisor {
             rootfs: app.rootfs.clone(),
             cgroups: &app.cgroups,
             argv: argv.clone(),
+            seccomp: &app.plan.seccomp,
             stdin: self.null.as_fd(),
             output: self.null.as_fd(),
         };

@@ -181,3 +181,72 @@ pub(crate) fn add_default_route(sock: BorrowedFd<'_>, gateway: std::net::Ipv4Add
     // rt_dev is null (the kernel picks the interface from the gateway).
     Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &mut route) }).map(drop)
 }
+
+/// prctl(PR_CAPBSET_DROP): capability `cap` leaves the bounding set.
+pub(crate) fn capbset_drop(cap: u32) -> nix::Result<()> {
+    // Variadic: every argument as the unsigned long the kernel reads.
+    let (cap, zero): (libc::c_ulong, libc::c_ulong) = (cap.into(), 0);
+    // SAFETY: prctl with integer arguments only; it changes this process's
+    // bounding set and nothing in memory.
+    Errno::result(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, zero, zero, zero) }).map(drop)
+}
+
+/// prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL).
+pub(crate) fn clear_ambient_caps() -> nix::Result<()> {
+    // The kernel refuses CLEAR_ALL unless the other arguments are zero.
+    let (clear, zero): (libc::c_ulong, libc::c_ulong) = (libc::PR_CAP_AMBIENT_CLEAR_ALL.unsigned_abs().into(), 0);
+    // SAFETY: as above, integer arguments only.
+    Errno::result(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, clear, zero, zero, zero) }).map(drop)
+}
+
+/// linux/capability.h: `_LINUX_CAPABILITY_VERSION_3`, 64-bit sets as two
+/// 32-bit halves; glibc's libc crate binding lacks the structs.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// capget(2) on this process: its permitted set.
+pub(crate) fn capget_permitted() -> nix::Result<u64> {
+    let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: version 3 writes two data structs of exactly this layout into
+    // `data`, which lives on the stack for the call.
+    Errno::result(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
+    Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
+}
+
+/// capset(2) on this process: the three sets, bit `n` for capability `n`.
+pub(crate) fn capset(effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()> {
+    let half = |set: u64, high: bool| u32::try_from(if high { set >> 32 } else { set & 0xffff_ffff }).unwrap_or(0);
+    let header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let data: [CapData; 2] = [false, true].map(|high| CapData {
+        effective: half(effective, high),
+        permitted: half(permitted, high),
+        inheritable: half(inheritable, high),
+    });
+    // SAFETY: version 3 reads one header and two data structs with exactly
+    // these layouts; both live on the stack for the call.
+    Errno::result(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) }).map(drop)
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER) with `program`. Needs no_new_privs (or
+/// CAP_SYS_ADMIN); the kernel validates and copies the program.
+pub(crate) fn install_seccomp(program: &[libc::sock_filter]) -> nix::Result<()> {
+    let len = u16::try_from(program.len()).map_err(|_| Errno::EINVAL)?;
+    let prog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
+    // SAFETY: `prog` points at `program`, alive for the call; the kernel
+    // only reads it (the pointer is *mut in the C struct alone).
+    Errno::result(unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog) }).map(drop)
+}

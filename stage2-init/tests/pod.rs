@@ -324,3 +324,39 @@ fn joins_its_cgroups_and_gets_a_cgroup_namespace() {
     running.signal(Signal::SIGTERM);
     assert_eq!(running.exit_code(), 0);
 }
+
+#[test]
+fn capabilities_no_new_privs_and_seccomp_files() {
+    if !can_run() {
+        return;
+    }
+    let pod = Pod::new();
+    pod.app("root", "[Service]\nExecStart=sleep 30\n[X-Pod]\nCapabilities=CAP_KILL CAP_CHOWN\n");
+    pod.app("user", "[Service]\nExecStart=sleep 30\nUser=app\n[X-Pod]\nCapabilities=CAP_KILL\n");
+    let mut running = pod.start();
+    // The fake rootfs has no /proc: read the apps' status from here.
+    let field = |app: &str, name: &str| {
+        let pid = common::pid_in(&pod.wait_state(app, "ready")).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(&format!("{name}:"))).unwrap().to_owned();
+        line.split_whitespace().nth(1).unwrap().to_owned()
+    };
+    let (chown_kill, kill, none) = ("0000000000000021", "0000000000000020", "0000000000000000");
+    for (app, eff, bnd) in [("root", chown_kill, chown_kill), ("user", none, kill)] {
+        assert_eq!((field(app, "CapEff"), field(app, "CapPrm")), (eff.to_owned(), eff.to_owned()), "{app}");
+        assert_eq!((field(app, "CapBnd"), field(app, "CapAmb")), (bnd.to_owned(), none.to_owned()), "{app}");
+        assert_eq!(field(app, "NoNewPrivs"), "1", "{app}");
+        assert_eq!(field(app, "Seccomp"), "0", "{app}: no SeccompFilter=");
+    }
+    running.signal(Signal::SIGTERM);
+    assert_eq!(running.exit_code(), 0);
+
+    // A filter file that is not whole BPF instructions fails the pod first.
+    let pod = Pod::new();
+    pod.app("a", "[Service]\nExecStart=/bin/touch /started\n[X-Pod]\nSeccompFilter=/units/a.bpf\n");
+    std::fs::write(pod.root.join("units/a.bpf"), [0u8; 7]).unwrap();
+    assert_eq!(pod.start().exit_code(), 125);
+    assert!(pod.stderr().contains("app a: seccomp filter"), "{}", pod.stderr());
+    assert!(pod.stderr().contains("7 bytes: not 1 to 4096 BPF instructions"), "{}", pod.stderr());
+    assert!(!pod.root.join("apps/a/rootfs/started").exists());
+}

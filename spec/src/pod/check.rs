@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::scan::{self, FieldPath, Positions};
-use super::values;
+use super::{privs, values};
 use super::{
     raw, Accel, AppSpec, ImageSpec, Isolation, Mount, Network, PodFile, PodFileError, PodFileErrorKind, PortMapping,
     Probe, Protocol, Readiness, Resources, RestartPolicy, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT,
     DEFAULT_STOP_TIMEOUT, MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
 };
 use crate::name::{AcIdentifier, AcName};
+use crate::security::{Seccomp, DEFAULT_CAPS};
 
 use PodFileErrorKind::{Cycle, Invalid, Limit, Schema, Syntax, TooLarge};
 
@@ -321,6 +322,20 @@ impl Cx<'_> {
             }
             mounts.push(Mount { volume, path: m.path.clone(), read_only: m.read_only });
         }
+        let capabilities = match &a.capabilities {
+            None => DEFAULT_CAPS,
+            Some(c) => {
+                let field = path.key("capabilities");
+                self.count(&field.key("add"), c.add.len(), MAX_ENTRIES)?;
+                self.count(&field.key("drop"), c.drop.len(), MAX_ENTRIES)?;
+                privs::capabilities(&c.add, &c.drop).map_err(|e| self.invalid(&field.at(e.list, e.index), e.message))?
+            }
+        };
+        let seccomp = match a.seccomp.as_deref() {
+            None | Some("default") => Seccomp::Default,
+            Some("unconfined") => Seccomp::Unconfined,
+            Some(o) => return Err(self.invalid(&path.key("seccomp"), format!("{o:?} is not default or unconfined"))),
+        };
         Ok(AppSpec {
             name,
             image,
@@ -337,6 +352,9 @@ impl Cx<'_> {
             restart,
             stop_timeout,
             mounts,
+            capabilities,
+            seccomp,
+            read_only_root_fs: a.read_only_root_fs,
         })
     }
 

@@ -20,6 +20,9 @@
 //!     restart: on-failure
 //!     stopTimeout: 10s
 //!     mounts: [{ volume: data, path: /data }]  # readOnly
+//!     capabilities: { add: [NET_ADMIN], drop: [MKNOD] }  # or CAP_NET_ADMIN; ALL
+//!     seccomp: unconfined                      # default: the default deny list
+//!     readOnlyRootFS: true                     # only volumes, /dev, /proc stay writable
 //! volumes:
 //!   - { name: data, kind: empty }              # or kind: host, source: /abs, readOnly: true
 //! annotations: { example.com/owner: me }
@@ -34,6 +37,7 @@
 //! pre-scan's positions, and the field path (`apps[1].resources.memory`).
 
 mod check;
+mod privs;
 mod raw;
 mod scan;
 mod values;
@@ -47,6 +51,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::name::{AcIdentifier, AcName};
+use crate::security::{CapSet, Seccomp};
 
 /// A pod file larger than this is rejected before parsing.
 pub const MAX_POD_FILE_BYTES: usize = 1024 * 1024;
@@ -145,6 +150,13 @@ pub struct AppSpec {
     /// Time between the stop signal and SIGKILL.
     pub stop_timeout: Duration,
     pub mounts: Vec<Mount>,
+    /// The app's capability set: the default set with the file's
+    /// `capabilities.add`/`drop` applied (see [`crate::security`]).
+    pub capabilities: CapSet,
+    pub seccomp: Seccomp,
+    /// `readOnlyRootFS`: the app's root filesystem is mounted read-only;
+    /// its volumes, /dev, /dev/shm and /proc stay as they are.
+    pub read_only_root_fs: bool,
 }
 
 /// An app's image: the reference as written, and what it names.

@@ -59,6 +59,21 @@ pub(super) struct App {
     pub stop_timeout: Option<String>,
     #[serde(default)]
     pub mounts: Vec<Mount>,
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub seccomp: Option<String>,
+    #[serde(default, rename = "readOnlyRootFS")]
+    pub read_only_root_fs: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "capabilities: { add: [NAME...], drop: [NAME...] }")]
+pub(super) struct Capabilities {
+    #[serde(default)]
+    pub add: Vec<String>,
+    #[serde(default)]
+    pub drop: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -418,3 +418,49 @@ fn positions_follow_block_and_flow_styles() {
     let e = err("{name: p, apps: [{name: a, image: x, stopTimeout: \"1y\"}]}");
     assert_eq!((e.line, e.column, e.field.as_str()), (Some(1), Some(51), "apps[0].stopTimeout"));
 }
+
+#[test]
+fn privileges_default_and_override() {
+    use crate::security::{parse_cap, CapSet, Seccomp, DEFAULT_CAPS};
+    let p = ok(BASE);
+    let a = &p.apps[0];
+    assert_eq!((a.capabilities, a.seccomp, a.read_only_root_fs), (DEFAULT_CAPS, Seccomp::Default, false));
+    let text = BASE.replacen(
+        "after: [a]",
+        "after: [a]\n    capabilities: { add: [CAP_NET_ADMIN], drop: [mknod] }\n    seccomp: unconfined\n    readOnlyRootFS: true",
+        1,
+    );
+    let b = ok(&text).apps.remove(1);
+    let (admin, mknod) = (parse_cap("NET_ADMIN").expect("cap"), parse_cap("MKNOD").expect("cap"));
+    assert!(b.capabilities.contains(admin) && !b.capabilities.contains(mknod));
+    assert_eq!(
+        b.capabilities.without(CapSet::from_bits(1 << admin)),
+        DEFAULT_CAPS.without(CapSet::from_bits(1 << mknod))
+    );
+    assert_eq!((b.seccomp, b.read_only_root_fs), (Seccomp::Unconfined, true));
+
+    use PodFileErrorKind::{Invalid, Schema};
+    let cases: &[(&str, usize, &str, &str)] = &[
+        (
+            "capabilities: { add: [NET_ADMIN, CAP_FLY] }",
+            9,
+            "apps[1].capabilities.add[1]",
+            "\"CAP_FLY\" is not a capability",
+        ),
+        ("capabilities: { add: [KILL], drop: [KILL] }", 9, "apps[1].capabilities.drop[0]", "both added and dropped"),
+        (
+            "capabilities:\n      drop:\n        - CHOWN\n        - nope",
+            12,
+            "apps[1].capabilities.drop[1]",
+            "not a capability",
+        ),
+        ("seccomp: strict", 9, "apps[1].seccomp", "\"strict\" is not default or unconfined"),
+    ];
+    for &(to, line, field, message) in cases {
+        expect(&BASE.replacen("after: [a]", to, 1), Invalid, line, field, message);
+    }
+    let e = err(&BASE.replacen("after: [a]", "capabilities: { keep: [KILL] }", 1));
+    assert_eq!((e.kind, e.line), (Schema, Some(9)), "{e}");
+    let e = err(&BASE.replacen("after: [a]", "readOnlyRootFS: maybe", 1));
+    assert_eq!((e.kind, e.line), (Schema, Some(9)), "{e}");
+}

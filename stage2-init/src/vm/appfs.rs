@@ -8,6 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
+use spec::security::{MASKED_PATHS, READONLY_PATHS};
 
 use super::BootError;
 
@@ -70,8 +71,39 @@ fn setup(rootfs: &Path, dev: &Path) -> Result<(), BootError> {
     let sys = rootfs.join("sys");
     mkdir_p(&sys)?;
     do_mount(Path::new("sysfs"), &sys, Some("sysfs"), hardened | MsFlags::MS_RDONLY, None)?;
+    harden_kernel_fs(rootfs, &dev.join("null"))?;
     setup_dev(&rootfs.join("dev"), dev)?;
     mkdir_p(&rootfs.join("tmp"))
+}
+
+/// runc's masked and read-only paths in the app's /proc and /sys, as
+/// stage1-ns does for a namespace pod (`harden_kernel_fs` in
+/// stage1-ns/src/rootfs.rs): `null` over masked files, an empty read-only
+/// tmpfs over masked directories, read-only binds; absent paths skipped.
+fn harden_kernel_fs(rootfs: &Path, null: &Path) -> Result<(), BootError> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for rel in MASKED_PATHS {
+        let target = rootfs.join(rel.trim_start_matches('/'));
+        match std::fs::metadata(&target) {
+            Err(_) => {}
+            Ok(m) if m.is_dir() => {
+                let flags = hardened | MsFlags::MS_RDONLY;
+                do_mount(Path::new("tmpfs"), &target, Some("tmpfs"), flags, None)?;
+            }
+            Ok(_) => do_mount(null, &target, None, MsFlags::MS_BIND, None)?,
+        }
+    }
+    for rel in READONLY_PATHS {
+        let target = rootfs.join(rel.trim_start_matches('/'));
+        if std::fs::symlink_metadata(&target).is_err() {
+            continue;
+        }
+        do_mount(&target, &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hardened;
+        mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
+            .map_err(|e| BootError::new("mount", &target, format!("read-only remount: {e}")))?;
+    }
+    Ok(())
 }
 
 /// A tmpfs /dev with the nodes of [`DEVICES`], devpts, /dev/shm, the

@@ -32,6 +32,8 @@
 //! ReadinessTCP=6379
 //! ReadinessTimeoutSec=60
 //! Cgroup=/cgroup/db/0 /cgroup/db/1
+//! Capabilities=CAP_CHOWN CAP_KILL CAP_NET_BIND_SERVICE
+//! SeccompFilter=/units/db.seccomp.bpf /units/db.clone3.seccomp.bpf
 //! ```
 //!
 //! - Sections `[Unit]`, `[Service]` and `[X-Pod]`, in any order. An unknown
@@ -73,13 +75,30 @@
 //!   probes) joins them before exec, writing its pid into each
 //!   `cgroup.procs`, then unshares a cgroup namespace, so the app sees its
 //!   own cgroup as the root. stage1 binds these directories into the pod root.
+//! - `[X-Pod] Capabilities=`: the app's capability set, `CAP_` names (or
+//!   without the prefix), given at most once; empty means none; absent means
+//!   [`DEFAULT_CAPS`] (Docker's default). Every other capability leaves the
+//!   bounding set before the app's user is taken; an app running as root
+//!   then holds exactly this set (permitted, effective, inheritable; no
+//!   ambient), any other user none. Every app runs with `no_new_privs`.
+//! - `[X-Pod] SeccompFilter=`: absolute paths (inside the pod root) of
+//!   seccomp filters, given at most once: each file a raw array of
+//!   `struct sock_filter` (8 bytes each, native byte order) as
+//!   `seccomp(SECCOMP_SET_MODE_FILTER)` takes it, at most 4096 instructions.
+//!   pod-init reads them at startup (a bad one fails the pod) and the app's
+//!   process installs them in order as its very last step before execve.
+//!   Absent: no filter. stage1 compiles them (`stage1-ns/src/seccomp.rs`).
 
-use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::name::{AcName, NameError};
+use crate::security::{CapSet, DEFAULT_CAPS};
+
+mod words;
+
+pub use words::{join_words, quote_word, split_words, QuoteError};
 
 /// A unit file larger than this is rejected.
 pub const MAX_UNIT_BYTES: usize = 1024 * 1024;
@@ -110,6 +129,11 @@ pub struct Unit {
     /// the app's process joins before exec, by writing its pid into each
     /// `cgroup.procs`; then it unshares a cgroup namespace rooted there.
     pub cgroups: Vec<String>,
+    /// `[X-Pod] Capabilities=`: the app's capability set.
+    pub capabilities: CapSet,
+    /// `[X-Pod] SeccompFilter=`: BPF files (paths inside the pod root)
+    /// installed in order just before execve.
+    pub seccomp_filters: Vec<String>,
 }
 
 /// When a finished app is started again.
@@ -183,127 +207,6 @@ pub enum UnitErrorKind {
     Missing(&'static str),
 }
 
-/// Why a line could not be split into words.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QuoteError {
-    #[error("unterminated quote")]
-    Unterminated,
-    #[error("a closing quote must end the word")]
-    AfterQuote,
-    #[error("a quote inside a word: quote the whole word")]
-    InWord,
-    #[error("a backslash at the end of the value")]
-    TrailingBackslash,
-    #[error("unknown escape \\{0}")]
-    BadEscape(char),
-    #[error("a NUL character")]
-    Nul,
-    #[error("escapes make invalid UTF-8")]
-    Utf8,
-}
-
-/// Splits a value into words with systemd's quoting (see the module doc).
-pub fn split_words(s: &str) -> Result<Vec<String>, QuoteError> {
-    let is_space = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n');
-    let mut words = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.next_if(|&c| is_space(c)).is_some() {}
-        let Some(&first) = chars.peek() else { break };
-        let mut buf = Vec::new();
-        if first == '"' || first == '\'' {
-            chars.next();
-            loop {
-                match chars.next().ok_or(QuoteError::Unterminated)? {
-                    c if c == first => break,
-                    '\\' => unescape(&mut chars, &mut buf)?,
-                    c => push_char(&mut buf, c)?,
-                }
-            }
-            if chars.peek().is_some_and(|&c| !is_space(c)) {
-                return Err(QuoteError::AfterQuote);
-            }
-        } else {
-            while let Some(c) = chars.next_if(|&c| !is_space(c)) {
-                match c {
-                    '"' | '\'' => return Err(QuoteError::InWord),
-                    '\\' => unescape(&mut chars, &mut buf)?,
-                    c => push_char(&mut buf, c)?,
-                }
-            }
-        }
-        words.push(String::from_utf8(buf).map_err(|_| QuoteError::Utf8)?);
-    }
-    Ok(words)
-}
-
-fn push_char(buf: &mut Vec<u8>, c: char) -> Result<(), QuoteError> {
-    if c == '\0' {
-        return Err(QuoteError::Nul);
-    }
-    buf.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-    Ok(())
-}
-
-fn unescape(chars: &mut impl Iterator<Item = char>, buf: &mut Vec<u8>) -> Result<(), QuoteError> {
-    let c = chars.next().ok_or(QuoteError::TrailingBackslash)?;
-    let byte = match c {
-        'a' => 7,
-        'b' => 8,
-        'f' => 12,
-        'n' => b'\n',
-        'r' => b'\r',
-        't' => b'\t',
-        'v' => 11,
-        's' => b' ',
-        '\\' | '"' | '\'' => return push_char(buf, c),
-        'x' => {
-            let mut hex = || chars.next().and_then(|h| h.to_digit(16)).ok_or(QuoteError::BadEscape('x'));
-            let value = hex()? * 16 + hex()?;
-            u8::try_from(value).map_err(|_| QuoteError::BadEscape('x'))?
-        }
-        other => return Err(QuoteError::BadEscape(other)),
-    };
-    if byte == 0 {
-        return Err(QuoteError::Nul);
-    }
-    buf.push(byte);
-    Ok(())
-}
-
-/// Quotes one word so that [`split_words`] reads it back unchanged: as is
-/// when that is unambiguous, else in double quotes with escapes.
-pub fn quote_word(word: &str) -> Cow<'_, str> {
-    let plain = |c: char| !(c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'));
-    if !word.is_empty() && word.chars().all(plain) {
-        return Cow::Borrowed(word);
-    }
-    let mut out = String::with_capacity(word.len() + 2);
-    out.push('"');
-    for c in word.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() => {
-                for b in c.encode_utf8(&mut [0; 4]).bytes() {
-                    out.push_str(&format!("\\x{b:02x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    Cow::Owned(out)
-}
-
-/// Joins words with single spaces, quoting each as needed.
-pub fn join_words<S: AsRef<str>>(words: &[S]) -> String {
-    words.iter().map(|w| quote_word(w.as_ref())).collect::<Vec<_>>().join(" ")
-}
-
 /// Parses a duration: decimal seconds, or with an `s` or `ms` suffix.
 /// Exact (no floating point), so rendering round-trips.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -357,6 +260,8 @@ impl Unit {
             timeout_stop: DEFAULT_TIMEOUT_STOP,
             readiness: None,
             cgroups: Vec::new(),
+            capabilities: DEFAULT_CAPS,
+            seccomp_filters: Vec::new(),
         }
     }
 
@@ -421,7 +326,10 @@ impl Unit {
                     "RestartSec",
                     "TimeoutStopSec",
                 ][..],
-                Section::Pod => &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup"][..],
+                Section::Pod => {
+                    &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup", "Capabilities", "SeccompFilter"]
+                        [..]
+                }
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
                 let name = match section {
@@ -506,6 +414,19 @@ impl Unit {
                         unit.cgroups.push(word);
                     }
                 }
+                "Capabilities" => {
+                    unit.capabilities = words().and_then(|w| {
+                        CapSet::parse_names(&w).map_err(|_| invalid("expected capability names like CAP_CHOWN"))
+                    })?;
+                }
+                "SeccompFilter" => {
+                    for word in words()? {
+                        if !word.starts_with('/') || word.split('/').any(|c| c == "..") {
+                            return Err(fail(UnitErrorKind::Invalid { value: word, why: "expected an absolute path" }));
+                        }
+                        unit.seccomp_filters.push(word);
+                    }
+                }
                 "Restart" => {
                     unit.restart = match value {
                         "no" => Restart::No,
@@ -588,11 +509,13 @@ impl Unit {
         line(&mut out, "Restart", restart);
         line(&mut out, "RestartSec", &render_duration(self.restart_sec));
         line(&mut out, "TimeoutStopSec", &render_duration(self.timeout_stop));
-        if self.readiness.is_some() || !self.cgroups.is_empty() {
-            out.push_str("[X-Pod]\n");
-        }
+        out.push_str("[X-Pod]\n");
         if !self.cgroups.is_empty() {
             line(&mut out, "Cgroup", &join_words(&self.cgroups));
+        }
+        line(&mut out, "Capabilities", &self.capabilities.to_string());
+        if !self.seccomp_filters.is_empty() {
+            line(&mut out, "SeccompFilter", &join_words(&self.seccomp_filters));
         }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {
@@ -641,195 +564,4 @@ fn tcp_addr(value: &str) -> Option<SocketAddr> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn words(s: &str) -> Vec<String> {
-        split_words(s).expect(s)
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(
-            words(r#"/bin/redis --port 6379 "arg with spaces""#),
-            ["/bin/redis", "--port", "6379", "arg with spaces"]
-        );
-        assert_eq!(words("  a\t b  "), ["a", "b"]);
-        assert_eq!(words(r#"'it"s' "it's" "" ''"#), ["it\"s", "it's", "", ""]);
-        assert_eq!(words(r#"a\sb "x\ny" \x41\t 'q\'q' \\"#), ["a b", "x\ny", "A\t", "q'q", "\\"]);
-        assert_eq!(words(r#""\xc3\xa9" é $HOME %n"#), ["é", "é", "$HOME", "%n"]);
-        assert_eq!(words(""), Vec::<String>::new());
-        for (bad, e) in [
-            (r#""open"#, QuoteError::Unterminated),
-            (r#""a"b"#, QuoteError::AfterQuote),
-            (r#"a"b""#, QuoteError::InWord),
-            (r#"don't"#, QuoteError::InWord),
-            ("a\\", QuoteError::TrailingBackslash),
-            (r"\q", QuoteError::BadEscape('q')),
-            (r"\x4", QuoteError::BadEscape('x')),
-            (r"\x00", QuoteError::Nul),
-            (r"\xff", QuoteError::Utf8),
-        ] {
-            assert_eq!(split_words(bad), Err(e), "{bad}");
-        }
-    }
-
-    #[test]
-    fn quote_round_trip() {
-        let cases = [
-            "plain",
-            "",
-            "two words",
-            "it's",
-            "say \"hi\"",
-            "back\\slash",
-            "tab\there",
-            "nl\nx",
-            "\u{1}\u{85}",
-            "é",
-            "$x%",
-        ];
-        for case in cases {
-            assert_eq!(words(&quote_word(case)), [case], "{case:?} -> {}", quote_word(case));
-        }
-        assert_eq!(quote_word("plain"), "plain");
-        assert_eq!(words(&join_words(&cases)), cases);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1"), Some(Duration::from_secs(1)));
-        assert_eq!(parse_duration("0.05"), Some(Duration::from_millis(50)));
-        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5ms"), Some(Duration::from_micros(1500)));
-        for bad in ["", "-1", "1e3", ".5", "1.", "x", "1min", "31536001", "0.0000000001"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
-        for d in [Duration::ZERO, Duration::from_millis(1500), Duration::new(3, 1), Duration::from_secs(30)] {
-            assert_eq!(parse_duration(&render_duration(d)), Some(d));
-        }
-        assert_eq!(render_duration(Duration::from_millis(100)), "0.1");
-    }
-
-    const FULL: &str = r#"
-# redis, started after db
-[Unit]
-Description = redis cache
-After=db
-After=other
-Requires=db
-[Service]
-ExecStart=/usr/bin/redis-server --port 6379 "arg with spaces"
-Environment="REDIS_ADDR=127.0.0.1:6379" "B=2"
-Environment=B=3 C=
-WorkingDirectory=/data
-User=redis
-Group=1000
-SupplementaryGroups=audio 44
-Restart=on-failure
-RestartSec=0.5
-TimeoutStopSec=3
-; a comment
-[X-Pod]
-ReadinessExec=redis-cli ping
-ReadinessTimeoutSec=5
-"#;
-
-    #[test]
-    fn parse_full() {
-        let u = Unit::parse(FULL, "redis.unit").expect("parse");
-        assert_eq!(u.description.as_deref(), Some("redis cache"));
-        assert_eq!(u.after.iter().map(AcName::as_str).collect::<Vec<_>>(), ["db", "other"]);
-        assert_eq!(u.dependencies().len(), 2);
-        assert_eq!(u.exec_start[3], "arg with spaces");
-        let env: Vec<(&str, &str)> = u.environment.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        assert_eq!(env, [("REDIS_ADDR", "127.0.0.1:6379"), ("B", "3"), ("C", "")]);
-        assert_eq!((u.user.as_deref(), u.group.as_deref()), (Some("redis"), Some("1000")));
-        assert_eq!(u.supplementary_groups, ["audio", "44"]);
-        assert_eq!(
-            (u.restart, u.restart_sec, u.timeout_stop),
-            (Restart::OnFailure, Duration::from_millis(500), Duration::from_secs(3))
-        );
-        let r = u.readiness.as_ref().expect("readiness");
-        assert_eq!(r.check, ReadinessCheck::Exec(vec!["redis-cli".into(), "ping".into()]));
-        assert_eq!(r.timeout, Duration::from_secs(5));
-        assert_eq!(Unit::parse(&u.render(), "rendered").expect("round trip"), u);
-    }
-
-    #[test]
-    fn defaults_and_round_trip() {
-        let u = Unit::parse("[Service]\nExecStart=sleep 1\n[X-Pod]\nReadinessTCP=6379\n", "a.unit").expect("parse");
-        assert_eq!(
-            (u.restart, u.restart_sec, u.timeout_stop),
-            (Restart::No, DEFAULT_RESTART_SEC, DEFAULT_TIMEOUT_STOP)
-        );
-        let r = u.readiness.as_ref().expect("readiness");
-        assert_eq!(
-            (r.check.clone(), r.timeout),
-            (ReadinessCheck::Tcp(([127, 0, 0, 1], 6379).into()), DEFAULT_READINESS_TIMEOUT)
-        );
-        assert_eq!(Unit::parse(&u.render(), "r").expect("round trip"), u);
-
-        let mut odd = Unit::new(vec!["/bin/sh".into(), "-c".into(), "echo \"$1\" 'x'\n\\".into(), String::new()]);
-        odd.description = Some(String::new());
-        odd.environment = vec![("A".into(), "with space \"and\" 'quotes'".into()), ("E".into(), String::new())];
-        odd.after = vec![AcName::new("db").expect("name")];
-        odd.working_directory = Some("/srv/my data".into());
-        odd.restart = Restart::Always;
-        odd.restart_sec = Duration::ZERO;
-        odd.cgroups = vec!["/cgroup/odd/0".into(), "/cgroup/with space".into()];
-        odd.readiness = Some(Readiness {
-            check: ReadinessCheck::Tcp("[::1]:80".parse().expect("addr")),
-            timeout: Duration::from_millis(1),
-        });
-        let text = odd.render();
-        assert_eq!(Unit::parse(&text, "odd").expect(&text), odd);
-        assert_eq!(Unit::parse(&Unit::new(vec!["x".into()]).render(), "n").expect("n"), Unit::new(vec!["x".into()]));
-    }
-
-    #[test]
-    fn errors_name_file_line_and_key() {
-        let cases = [
-            ("[Service]\nExecStart=/bin/x\nRestart=sometimes\n", "u.unit:3: Restart: invalid value \"sometimes\": expected no, on-failure or always"),
-            ("[Service]\nExecStart=/bin/x\nBogus=1\n", "u.unit:3: Bogus: unknown key in [Service]"),
-            ("[Install]\n", "u.unit:1: unknown section [Install] (known: [Unit], [Service], [X-Pod])"),
-            ("ExecStart=/bin/x\n", "u.unit:1: ExecStart: key outside of any section"),
-            ("[Service]\nExecStart=/bin/x\nExecStart=/bin/y\n", "u.unit:3: ExecStart: given twice"),
-            ("[Service]\nExecStart=\"/bin/x\n", "u.unit:2: ExecStart: unterminated quote"),
-            ("[Unit]\nAfter=Db\n[Service]\nExecStart=x\n", "u.unit:2: After: invalid name \"Db\": a name is lowercase letters and digits separated by single '-'"),
-            ("[Unit]\nDescription=x\n", "u.unit: ExecStart in [Service] is required"),
-            ("[Service]\nExecStart=bin/x\n", "u.unit:2: ExecStart: invalid value \"bin/x\": the program must be an absolute path or a bare name looked up in PATH"),
-            ("[Service]\nExecStart=-/bin/x\n", "u.unit:2: ExecStart: invalid value \"-/bin/x\": systemd command prefixes (-@+!:) are not supported"),
-            ("[Service]\nExecStart=x\nEnvironment=1A=b\n", "u.unit:3: Environment: invalid value \"1A=b\": expected NAME=VALUE"),
-            ("[Service]\nExecStart=x\nTimeoutStopSec=0\n", "u.unit:3: TimeoutStopSec: invalid value \"0\": expected a positive number of seconds, at most a year"),
-            ("[Service]\nExecStart=x\nWorkingDirectory=data\n", "u.unit:3: WorkingDirectory: invalid value \"data\": expected an absolute path"),
-            ("[Service]\nExecStart=x\nUser=a b\n", "u.unit:3: User: invalid value \"a b\": expected a user or group name, or a numeric id"),
-            ("[Service]\nExecStart=x\n[X-Pod]\nReadinessTCP=0\n", "u.unit:4: ReadinessTCP: invalid value \"0\": expected PORT (meaning 127.0.0.1:PORT) or ADDR:PORT"),
-            ("[Service]\nExecStart=x\n[X-Pod]\nReadinessTCP=1\nReadinessExec=true\n", "u.unit:5: ReadinessExec: invalid value \"true\": ReadinessTCP and ReadinessExec exclude each other"),
-            ("[Service]\nExecStart=x\n[X-Pod]\nCgroup=/a ../b\n", "u.unit:4: Cgroup: invalid value \"../b\": expected an absolute path"),
-            ("[Service]\nExecStart=x\n[X-Pod]\nReadinessTimeoutSec=3\n", "u.unit:4: ReadinessTimeoutSec: invalid value \"3\": needs ReadinessTCP or ReadinessExec"),
-            ("[Service]\nExecStart x\n", "u.unit:2: expected `[Section]`, `Key=Value`, a comment or an empty line"),
-        ];
-        for (text, want) in cases {
-            let got = Unit::parse(text, "u.unit").map(|_| ()).expect_err(text);
-            assert_eq!(got.to_string(), want);
-        }
-        // No trailing comments, as in systemd: `#` after a value is part of it.
-        let u = Unit::parse("[Service]\nExecStart=/bin/echo # not a comment\n", "u").expect("parse");
-        assert_eq!(u.exec_start, ["/bin/echo", "#", "not", "a", "comment"]);
-        let big = "#".repeat(MAX_UNIT_BYTES + 1);
-        assert!(matches!(Unit::parse(&big, "u").map(|_| ()).expect_err("big").kind, UnitErrorKind::TooLarge { .. }));
-    }
-
-    #[test]
-    fn list_resets() {
-        let u = Unit::parse(
-            "[Unit]\nAfter=a\nAfter=\nAfter=b\n[Service]\nExecStart=x\nEnvironment=A=1\nEnvironment=\n",
-            "u",
-        )
-        .expect("parse");
-        assert_eq!(u.after.len(), 1);
-        assert!(u.environment.is_empty());
-    }
-}
+mod tests;
