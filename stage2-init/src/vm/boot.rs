@@ -74,11 +74,12 @@ fn module_name(path: &Path) -> String {
 
 /// Loads every module of `dir` but the blacklisted. A module that fails is
 /// logged and skipped: the step that needs it fails next, naming its path.
-pub(crate) fn load_modules(dir: &Path, skip: &[String]) {
+pub(crate) fn load_modules(dir: &Path, skip: &[String], trace: &dyn Fn(&str)) {
     for path in module_files(dir) {
         if skip.contains(&module_name(&path)) {
             continue;
         }
+        trace(&module_name(&path));
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) => {

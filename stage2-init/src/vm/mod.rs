@@ -114,7 +114,7 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<(), BootError> {
         }
     };
     step("kernel filesystems mounted");
-    boot::load_modules(Path::new(spec::vm::MODULES_DIR), &boot::blacklist(&cmdline));
+    boot::load_modules(Path::new(spec::vm::MODULES_DIR), &boot::blacklist(&cmdline), &|m| step(&format!("module {m}")));
     step("modules loaded");
     boot::mount_share(root)?;
     *share_mounted = true;
