@@ -276,7 +276,8 @@ impl App {
                     format!("{:?} is not tcp or udp", p.protocol),
                 ));
             }
-            if p.port == 0 || p.count == 0 || u32::from(p.port) + p.count - 1 > 65535 {
+            // In u64: a count near u32::MAX must not wrap past the check.
+            if p.port == 0 || p.count == 0 || u64::from(p.port) + u64::from(p.count) - 1 > 65535 {
                 return Err(field_err(format!("app.ports[{i}]"), "port range outside 1-65535"));
             }
         }
@@ -335,6 +336,19 @@ mod tests {
             let err = parse(&text).err().unwrap_or_else(|| panic!("accepted bad {field}"));
             assert!(err.to_string().contains(field), "{field}: {err}");
         }
+    }
+
+    /// `port + count - 1` overflowed u32: a panic with overflow checks, and
+    /// without them port 2 with count 2^32-1 wrapped to 0 and was accepted.
+    #[test]
+    fn rejects_port_count_overflow() {
+        for (port, count) in [(2, u32::MAX), (1, u32::MAX), (65535, 2), (60000, 5537)] {
+            let text = GOOD.replace("\"port\":6379", &format!("\"port\":{port},\"count\":{count}"));
+            let err = parse(&text).err().unwrap_or_else(|| panic!("accepted port {port} count {count}"));
+            assert!(err.to_string().contains("port range outside 1-65535"), "{err}");
+        }
+        let text = GOOD.replace("\"port\":6379", "\"port\":60000,\"count\":5536");
+        assert!(parse(&text).is_ok(), "60000 + 5536 ports end at 65535");
     }
 
     #[test]

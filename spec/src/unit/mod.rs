@@ -354,7 +354,9 @@ impl Unit {
                 _ => Err(invalid("expected a number of seconds, at most a year")),
             };
             match key {
-                "Description" => unit.description = Some(value.to_owned()),
+                // `lines()` ends a line at `\n` only: a lone `\r` inside reads
+                // as the space `render` writes for it, so the two agree.
+                "Description" => unit.description = Some(value.replace('\r', " ")),
                 "After" | "Requires" => {
                     let list = if key == "After" { &mut unit.after } else { &mut unit.requires };
                     if value.is_empty() {

@@ -217,3 +217,12 @@ fn capabilities_and_seccomp_filters() {
         assert_eq!(Unit::parse(text, "u").map(|_| ()).expect_err(text).to_string(), want);
     }
 }
+
+/// Found by fuzzing (fuzz/fuzz_targets/unit.rs): a lone `\r` inside the
+/// description parsed as itself but rendered as a space.
+#[test]
+fn description_carriage_return_round_trips() {
+    let u = Unit::parse("[Service]\nExecStart=x\n[Unit]\nDescription=a\r\rb\r\n", "u").expect("parse");
+    assert_eq!(u.description.as_deref(), Some("a  b"));
+    assert_eq!(Unit::parse(&u.render(), "r").expect("round trip"), u);
+}
