@@ -136,14 +136,18 @@ pub fn build_cached(init: &Path, modules: &[(String, PathBuf)], cache: &Path) ->
     tmp.persist(&cached).map_err(|e| err("rename into", &cached)(e.error))?;
     // Images for an older pod-init or module set are not booted again;
     // a running qemu read its copy at start, so removing them is safe.
+    prune(cache, "initramfs-", &cached);
+    Ok(cached)
+}
+
+/// Removes the files of `cache` named `<prefix>...` other than `keep`: the
+/// cache holds one current entry of each kind. Best effort.
+pub(crate) fn prune(cache: &Path, prefix: &str, keep: &Path) {
     for old in fs::read_dir(cache).into_iter().flatten().flatten() {
-        let name = old.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("initramfs-") && name.ends_with(".cpio") && old.path() != cached {
+        if old.file_name().to_string_lossy().starts_with(prefix) && old.path() != keep {
             let _ = fs::remove_file(old.path());
         }
     }
-    Ok(cached)
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use nix::unistd::Pid;
 use spec::stage1::{Isolation, Network, ResolvedPod, VmHost};
 use spec::vm::{GuestConfig, CTL_PORT, CTL_STOP, ENTER_PORT, GUEST_CONF, SHARE_TAG};
 use stage1_ns::monitor::LogTail;
+use stage1_ns::network::{PortMapping, Protocol as NsProtocol};
 use stage1_ns::rootfs::{self, KernelFs};
 
 use crate::accel::{self, HostProbe};
@@ -87,17 +88,20 @@ fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> VmError {
 pub fn user_net(pod: &ResolvedPod) -> Result<Option<UserNet>, VmError> {
     let mut forwards = Vec::new();
     for p in pod.apps.iter().flat_map(|a| a.ports.iter()) {
-        let protocol = match p.protocol.as_str() {
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
-            other => return Err(VmError::Invalid(format!("port {}: protocol {other:?} is not tcp or udp", p.name))),
+        // The namespace stage1's parse: same protocols, same address rules.
+        let m = PortMapping::from_spec(p).map_err(|e| VmError::Invalid(e.to_string()))?;
+        let host_ip = match m.host_ip {
+            None => None,
+            Some(std::net::IpAddr::V4(ip)) => Some(ip),
+            Some(std::net::IpAddr::V6(_)) => {
+                return Err(VmError::Invalid(format!("port {}: VM pods forward IPv4 host addresses only", p.name)))
+            }
         };
-        let host_ip = match p.host_ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(ip)) if ip.is_unspecified() => None,
-            Ok(std::net::IpAddr::V4(ip)) => Some(ip),
-            _ => return Err(VmError::Invalid(format!("port {}: VM pods forward IPv4 host addresses only", p.name))),
+        let protocol = match m.protocol {
+            NsProtocol::Tcp => Protocol::Tcp,
+            NsProtocol::Udp => Protocol::Udp,
         };
-        forwards.push(HostFwd { protocol, host_ip, host_port: p.host_port, guest_port: p.container_port });
+        forwards.push(HostFwd { protocol, host_ip, host_port: m.host_port, guest_port: m.container_port });
     }
     match &pod.network {
         Network::Host => Err(VmError::Invalid(
@@ -188,11 +192,7 @@ fn boot_files(stage2: &Path, host: &VmHost) -> Result<(PathBuf, PathBuf), VmErro
         .map_err(io_err("write", tmp.path()))?;
     tmp.persist(&index).map_err(|e| io_err("rename into", &index)(e.error))?;
     // Indexes for other inputs (an older pod-init) point at pruned images.
-    for old in fs::read_dir(&host.cache_dir).into_iter().flatten().flatten() {
-        if old.file_name().to_string_lossy().starts_with("boot-") && old.path() != index {
-            let _ = fs::remove_file(old.path());
-        }
-    }
+    initramfs::prune(&host.cache_dir, "boot-", &index);
     Ok((vmlinux, initrd))
 }
 
