@@ -10,11 +10,9 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use spec::security::{MASKED_PATHS, READONLY_PATHS};
 use spec::stage1::{ResolvedPod, VolumeSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +28,8 @@ pub enum RootfsError {
     Mount { what: String, target: PathBuf, errno: nix::errno::Errno },
     #[error("path {0:?} escapes the app's rootfs")]
     Escape(String),
+    #[error("{0}")]
+    KernelFs(String),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
@@ -142,61 +142,6 @@ pub fn make_private() -> Result<(), RootfsError> {
     do_mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, "private propagation")
 }
 
-const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
-
-fn setup_dev(rootfs: &Path) -> Result<(), RootfsError> {
-    let dev = rootfs.join("dev");
-    mkdir_p(&dev)?;
-    do_mount(
-        Some(Path::new("tmpfs")),
-        &dev,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-        "tmpfs /dev",
-    )?;
-    for d in DEVICES {
-        let target = dev.join(d);
-        touch(&target)?;
-        // Bind the host's nodes rather than mknod: works the same under a
-        // user namespace later, and gives exactly these devices, no others.
-        do_mount(Some(&Path::new("/dev").join(d)), &target, None, MsFlags::MS_BIND, None, d)?;
-    }
-    let pts = dev.join("pts");
-    mkdir_p(&pts)?;
-    do_mount(
-        Some(Path::new("devpts")),
-        &pts,
-        Some("devpts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
-        "devpts",
-    )?;
-    symlink("pts/ptmx", dev.join("ptmx")).map_err(io_err("symlink", &dev.join("ptmx")))?;
-    let console = dev.join("console");
-    touch(&console)?;
-    do_mount(Some(Path::new("/dev/null")), &console, None, MsFlags::MS_BIND, None, "console")?;
-    let shm = dev.join("shm");
-    mkdir_p(&shm)?;
-    do_mount(
-        Some(Path::new("shm")),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-        "/dev/shm",
-    )?;
-    for (name, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        symlink(target, dev.join(name)).map_err(io_err("symlink", &dev.join(name)))?;
-    }
-    Ok(())
-}
-
 fn bind(src: &Path, target: &Path, read_only: bool, what: &str) -> Result<(), RootfsError> {
     do_mount(Some(src), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, what)?;
     if read_only {
@@ -305,59 +250,10 @@ fn read_only_root(rootfs: &Path) -> Result<(), RootfsError> {
     do_mount(None, rootfs, None, flags, None, "read-only rootfs")
 }
 
-/// An app's /proc, read-only /sys and minimal /dev.
+/// An app's /proc, read-only /sys, minimal /dev (bound from the host's)
+/// and /tmp: stage2-init's implementation, which a VM's pod-init also uses.
 fn mount_kernel_fs(rootfs: &Path) -> Result<(), RootfsError> {
-    let proc_dir = rootfs.join("proc");
-    mkdir_p(&proc_dir)?;
-    do_mount(
-        Some(Path::new("proc")),
-        &proc_dir,
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None,
-        "proc",
-    )?;
-    let sys = rootfs.join("sys");
-    mkdir_p(&sys)?;
-    do_mount(
-        Some(Path::new("sysfs")),
-        &sys,
-        Some("sysfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-        None,
-        "sysfs",
-    )?;
-    harden_kernel_fs(rootfs, Path::new("/dev/null"))?;
-    setup_dev(rootfs)
-}
-
-/// Hides [`MASKED_PATHS`] (`null` bound over a file, an empty read-only
-/// tmpfs over a directory) and binds [`READONLY_PATHS`] read-only, in an
-/// app's fresh /proc and /sys, as runc does. Paths this kernel lacks are
-/// skipped. The VM guest does the same in stage2-init/src/vm/appfs.rs.
-fn harden_kernel_fs(rootfs: &Path, null: &Path) -> Result<(), RootfsError> {
-    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    for rel in MASKED_PATHS {
-        let target = inside(rootfs, rel)?;
-        match fs::metadata(&target) {
-            Err(_) => {}
-            Ok(m) if m.is_dir() => {
-                let flags = hardened | MsFlags::MS_RDONLY;
-                do_mount(Some(Path::new("tmpfs")), &target, Some("tmpfs"), flags, None, rel)?;
-            }
-            Ok(_) => do_mount(Some(null), &target, None, MsFlags::MS_BIND, None, rel)?,
-        }
-    }
-    for rel in READONLY_PATHS {
-        let target = inside(rootfs, rel)?;
-        if fs::symlink_metadata(&target).is_err() {
-            continue;
-        }
-        do_mount(Some(&target), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, rel)?;
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hardened;
-        do_mount(None, &target, None, flags, None, rel)?;
-    }
-    Ok(())
+    stage2_init::appfs::mount_kernel_fs(rootfs, Path::new("/dev")).map_err(|e| RootfsError::KernelFs(e.to_string()))
 }
 
 /// Binds each app's cgroup directories at `<pod>/cgroup/<app>/<n>`, where

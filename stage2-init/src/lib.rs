@@ -7,6 +7,7 @@
 //! stage1 to capture; no `tracing`, to keep PID 1's dependency tree (and its
 //! memory) tiny.
 
+pub mod appfs;
 pub mod creds;
 pub mod exit;
 pub mod plan;

@@ -9,7 +9,6 @@
 //! and a reboot: a guest that cannot run its pod must not hang.
 
 mod agent;
-mod appfs;
 mod boot;
 mod enter;
 mod net;
@@ -23,7 +22,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use spec::vm::{GuestConfig, GUEST_CONF, GUEST_MARKER, GUEST_POD_ROOT};
 
-use crate::{log, Options, EXIT_INIT_FAILED};
+use crate::{appfs, log, Options, EXIT_INIT_FAILED};
 
 /// A boot step that failed: what, on which path, and why.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +34,7 @@ pub struct BootError {
 }
 
 impl BootError {
-    fn new(step: &'static str, path: impl AsRef<Path>, reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn new(step: &'static str, path: impl AsRef<Path>, reason: impl std::fmt::Display) -> Self {
         Self::make(step, path.as_ref(), &reason)
     }
 
@@ -49,7 +48,7 @@ impl BootError {
 
 /// Inserts `item` into sorted `list` in order (a whole sort would add
 /// kilobytes of text for a handful of entries).
-fn insert_sorted<T: Ord>(list: &mut Vec<T>, item: T) {
+pub(crate) fn insert_sorted<T: Ord>(list: &mut Vec<T>, item: T) {
     let at = list.partition_point(|x| *x < item);
     list.insert(at, item);
 }

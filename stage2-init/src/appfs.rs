@@ -1,8 +1,9 @@
-//! Each app's kernel filesystems, mounted by the guest: what stage1-ns
-//! mounts on the host for a namespace pod (`stage1-ns/src/rootfs.rs`) but
-//! must here be the guest kernel's: /proc, read-only /sys, and a minimal
-//! /dev. The host has mounted the rest (overlay rootfs, /etc files,
-//! volumes) under the share already.
+//! Each app's kernel filesystems: /proc and read-only /sys with runc's
+//! masked and read-only paths, a minimal /dev, and /tmp. One implementation
+//! for both stage1s: stage1-ns calls [`mount_kernel_fs`] with the host's
+//! /dev for a namespace pod, and a VM's pod-init with the guest's devtmpfs
+//! (the host has mounted the rest there: overlay rootfs, /etc files,
+//! volumes, under the share).
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -10,9 +11,10 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, MsFlags};
 use spec::security::{MASKED_PATHS, READONLY_PATHS};
 
-use super::BootError;
+use crate::vm::BootError;
 
-/// The device nodes an app gets, bound from the guest's devtmpfs.
+/// The device nodes an app gets, bound from the `dev` directory given
+/// (rather than mknod: the same under a user namespace, and exactly these).
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// The app root filesystems of the pod at `root`: `apps/<app>/rootfs`.
@@ -21,7 +23,7 @@ pub(crate) fn app_rootfs_dirs(root: &Path) -> Result<Vec<PathBuf>, BootError> {
     let entries = std::fs::read_dir(&apps).map_err(|e| BootError::new("read", &apps, e))?;
     let mut dirs = Vec::new();
     for rootfs in entries.flatten().map(|e| e.path().join("rootfs")).filter(|p| p.is_dir()) {
-        super::insert_sorted(&mut dirs, rootfs);
+        crate::vm::insert_sorted(&mut dirs, rootfs);
     }
     Ok(dirs)
 }
@@ -29,7 +31,7 @@ pub(crate) fn app_rootfs_dirs(root: &Path) -> Result<Vec<PathBuf>, BootError> {
 /// Mounts every app's filesystems; `dev` is the guest's devtmpfs.
 pub(crate) fn setup_all(root: &Path, dev: &Path) -> Result<(), BootError> {
     for rootfs in app_rootfs_dirs(root)? {
-        setup(&rootfs, dev)?;
+        mount_kernel_fs(&rootfs, dev)?;
     }
     Ok(())
 }
@@ -62,8 +64,9 @@ fn touch(path: &Path) -> Result<(), BootError> {
         .map_err(|e| BootError::new("create", path, e))
 }
 
-/// One app: /proc, /sys (read-only), /dev, /tmp.
-fn setup(rootfs: &Path, dev: &Path) -> Result<(), BootError> {
+/// One app's /proc, /sys (read-only), /dev and /tmp; `dev` holds the
+/// device nodes to bind (the host's /dev, or a guest's devtmpfs).
+pub fn mount_kernel_fs(rootfs: &Path, dev: &Path) -> Result<(), BootError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = rootfs.join("proc");
     mkdir_p(&proc_dir)?;
@@ -76,10 +79,9 @@ fn setup(rootfs: &Path, dev: &Path) -> Result<(), BootError> {
     mkdir_p(&rootfs.join("tmp"))
 }
 
-/// runc's masked and read-only paths in the app's /proc and /sys, as
-/// stage1-ns does for a namespace pod (`harden_kernel_fs` in
-/// stage1-ns/src/rootfs.rs): `null` over masked files, an empty read-only
-/// tmpfs over masked directories, read-only binds; absent paths skipped.
+/// runc's masked and read-only paths in the app's /proc and /sys: `null`
+/// over masked files, an empty read-only tmpfs over masked directories,
+/// read-only binds; paths this kernel lacks are skipped.
 fn harden_kernel_fs(rootfs: &Path, null: &Path) -> Result<(), BootError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     for rel in MASKED_PATHS {
