@@ -192,6 +192,58 @@ pub struct Invocation {
     /// What a VM stage1 boots; absent where stage0 found no guest kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmHost>,
+    /// The pod's user namespace (`userns: auto`); absent: the host's. A
+    /// stage1 of this version that predates the field refuses the file
+    /// (unknown field) rather than run the pod as host root; one that
+    /// cannot honour it (the VM stage1) fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<IdMap>,
+}
+
+/// A user namespace's mapping: ids `0..size` inside are `uid..uid+size`
+/// (`gid..gid+size`) on the host. stage0 allocates it, distinct from every
+/// other pod's, and it is freed with the pod directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdMap {
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u32,
+}
+
+impl IdMap {
+    /// The ids a pod gets: 65536, as podman's `--userns=auto` default, so
+    /// every 16-bit id an image may use is mapped.
+    pub const POD_SIZE: u32 = 65536;
+
+    /// The host uid of the pod's `inside` uid, if mapped.
+    pub fn host_uid(&self, inside: u32) -> Option<u32> {
+        (inside < self.size).then(|| self.uid + inside)
+    }
+
+    /// The host gid of the pod's `inside` gid, if mapped.
+    pub fn host_gid(&self, inside: u32) -> Option<u32> {
+        (inside < self.size).then(|| self.gid + inside)
+    }
+
+    /// `/proc/<pid>/uid_map` text.
+    pub fn uid_map(&self) -> String {
+        format!("0 {} {}\n", self.uid, self.size)
+    }
+
+    /// `/proc/<pid>/gid_map` text.
+    pub fn gid_map(&self) -> String {
+        format!("0 {} {}\n", self.gid, self.size)
+    }
+
+    /// Whether two mappings share a host uid or gid.
+    pub fn overlaps(&self, other: &IdMap) -> bool {
+        let meet = |a: u32, b: u32| {
+            let (a, b, s, t) = (u64::from(a), u64::from(b), u64::from(self.size), u64::from(other.size));
+            a < b + t && b < a + s
+        };
+        meet(self.uid, other.uid) || meet(self.gid, other.gid)
+    }
 }
 
 /// The host side of VM pods.

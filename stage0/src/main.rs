@@ -104,6 +104,12 @@ pub(crate) enum Stage1Arg {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum UsernsArg {
+    Host,
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum AccelArg {
     Auto,
     Kvm,
@@ -125,6 +131,10 @@ pub(crate) struct RunArgs {
     /// Override the pod file's network: none, host, default or a CNI network name.
     #[arg(long)]
     pub(crate) net: Option<String>,
+    /// Override the pod file's user namespace: auto maps the pod's root to
+    /// an unprivileged host range of its own; host is root on the host.
+    #[arg(long, value_enum)]
+    pub(crate) userns: Option<UsernsArg>,
     #[command(flatten)]
     pub(crate) fetch: FetchFlags,
     pub(crate) file: PathBuf,

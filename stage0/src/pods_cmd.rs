@@ -15,7 +15,7 @@ use stage0::sources::Sources;
 use stage0::store::Store;
 use stage0::trust::TrustStore;
 
-use crate::{fail, print_table, AccelArg, Failed, Format, RunArgs, Stage1Arg};
+use crate::{fail, print_table, AccelArg, Failed, Format, RunArgs, Stage1Arg, UsernsArg};
 
 fn network_override(s: &str) -> spec::stage1::Network {
     match s {
@@ -37,6 +37,7 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         netns_dir: "/run/pod/netns".into(),
         debug,
         vm: run::vm_host(),
+        subids: stage0::userns::SubIds::default(),
     };
     let overrides = Overrides {
         isolation: args.stage1.map(|s| match s {
@@ -48,6 +49,10 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
             AccelArg::Auto => spec::stage1::Accel::Auto,
             AccelArg::Kvm => spec::stage1::Accel::Kvm,
             AccelArg::Tcg => spec::stage1::Accel::Tcg,
+        }),
+        userns: args.userns.map(|u| match u {
+            UsernsArg::Host => spec::pod::UserNs::Host,
+            UsernsArg::Auto => spec::pod::UserNs::Auto,
         }),
     };
     let prepared = {
@@ -101,22 +106,23 @@ pub(crate) fn list(dirs: &Dirs, format: Format) -> Result<(), Failed> {
             .filter(|l| !l.starts_with("127.") && !l.starts_with("::1"))
             .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
             .collect();
-        rows.push((p, name, isolation, apps, ips, ports, created));
+        let userns = stage0::userns::recorded(&p.dir);
+        rows.push((p, name, isolation, apps, ips, ports, created, userns));
     }
     match format {
         Format::Json => {
             let v: Vec<_> = rows
                 .iter()
-                .map(|(p, name, iso, apps, ips, ports, created)| {
+                .map(|(p, name, iso, apps, ips, ports, created, userns)| {
                     serde_json::json!({"uuid": p.uuid, "name": name, "state": p.state.as_str(), "isolation": iso,
-                        "apps": apps, "ips": ips, "ports": ports, "created": created})
+                        "apps": apps, "ips": ips, "ports": ports, "created": created, "userns": userns})
                 })
                 .collect();
             println!("{}", serde_json::Value::Array(v));
         }
         Format::Table => {
             let mut out = String::from("UUID\tNAME\tSTATE\tISOLATION\tAPPS\tIPS\tPORTS\tCREATED\n");
-            for (p, name, iso, apps, ips, ports, created) in &rows {
+            for (p, name, iso, apps, ips, ports, created, _) in &rows {
                 out.push_str(&format!(
                     "{}\t{name}\t{}\t{iso}\t{}\t{}\t{}\t{created}\n",
                     &p.uuid[..8],
@@ -140,19 +146,23 @@ pub(crate) fn status(dirs: &Dirs, query: &str, format: Format) -> Result<(), Fai
     let apps = app_statuses(&pod.dir, &resolved);
     let exit: Option<i64> =
         std::fs::read_to_string(pod.dir.join("stage1-exit")).ok().and_then(|s| s.trim().parse().ok());
+    let userns = stage0::userns::recorded(&pod.dir);
     match format {
         Format::Json => {
             let v = serde_json::json!({"uuid": pod.uuid, "name": resolved.name.as_str(), "state": pod.state.as_str(),
-                "exitCode": exit, "apps": apps});
+                "exitCode": exit, "userns": userns, "apps": apps});
             println!("{v}");
         }
         Format::Table => {
             println!(
-                "pod {} ({}): {}{}",
+                "pod {} ({}): {}{}{}",
                 pod.uuid,
                 resolved.name,
                 pod.state,
-                exit.map(|c| format!(", exit code {c}")).unwrap_or_default()
+                exit.map(|c| format!(", exit code {c}")).unwrap_or_default(),
+                userns
+                    .map(|m| format!(", userns uid 0-{} -> {}, gid -> {}", m.size - 1, m.uid, m.gid))
+                    .unwrap_or_default()
             );
             let mut out = String::from("APP\tSTATE\tPID\tEXIT\tRESTARTS\tSTARTED\tMESSAGE\n");
             for a in &apps {

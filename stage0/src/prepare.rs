@@ -19,6 +19,7 @@ use crate::exit::{Exit, ExitCodeOf};
 use crate::fetch::{FetchError, Fetcher, ImageRef};
 use crate::pods::{LockedPod, PodError, PodState, Pods};
 use crate::store;
+use crate::userns::{self, SubIds, UsernsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -47,6 +48,14 @@ pub enum PrepareError {
     Pod(#[from] PodError),
     #[error("{file}: VM pods cannot run on this host: {why}")]
     NoVm { file: String, why: String },
+    #[error("{file}: {why}")]
+    UsernsConflict { file: String, why: &'static str },
+    #[error("{file}: userns: auto: {source}")]
+    Userns {
+        file: String,
+        #[source]
+        source: UsernsError,
+    },
 }
 
 impl ExitCodeOf for PrepareError {
@@ -57,6 +66,8 @@ impl ExitCodeOf for PrepareError {
             Self::Image { source, .. } => source.exit(),
             Self::Pod(e) => e.exit(),
             Self::NoVm { .. } => Exit::NotFound,
+            Self::UsernsConflict { .. } => Exit::InvalidInput,
+            Self::Userns { source, .. } => source.exit(),
         }
     }
 }
@@ -75,6 +86,8 @@ pub struct HostConfig {
     pub debug: bool,
     /// What VM pods boot, or why this host cannot run them.
     pub vm: Result<stage1::VmHost, String>,
+    /// Where `userns: auto` ranges come from.
+    pub subids: SubIds,
 }
 
 /// Overrides from the command line.
@@ -83,6 +96,7 @@ pub struct Overrides {
     pub isolation: Option<stage1::Isolation>,
     pub network: Option<stage1::Network>,
     pub accel: Option<stage1::Accel>,
+    pub userns: Option<pod::UserNs>,
 }
 
 /// The start order of the apps: dependencies first, ties in file order.
@@ -236,6 +250,15 @@ pub fn prepare(
     if let (true, Err(why)) = (vm, &host.vm) {
         return Err(PrepareError::NoVm { file, why: why.clone() });
     }
+    if overrides.userns.unwrap_or(pod_file.userns) == pod::UserNs::Auto {
+        let host_net = match &overrides.network {
+            Some(n) => *n == stage1::Network::Host,
+            None => pod_file.network == pod::Network::Host,
+        };
+        if let Some(why) = pod::userns_conflict(vm, host_net) {
+            return Err(PrepareError::UsernsConflict { file, why });
+        }
+    }
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
     // Fetch (and verify) every image before creating anything on disk.
@@ -254,7 +277,7 @@ pub fn prepare(
     }
 
     let mut locked = pods.create()?;
-    match write_pod(&locked, &pod_file, &file, apps, overrides, host) {
+    match write_pod(pods, &locked, &pod_file, &file, apps, overrides, host) {
         Ok(resolved) => {
             pods.transition(&mut locked, PodState::Prepared)?;
             Ok(Prepared { pod: locked, resolved })
@@ -274,6 +297,7 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), PrepareE
 }
 
 fn write_pod(
+    pods: &Pods,
     pod: &LockedPod,
     pod_file: &PodFile,
     file: &str,
@@ -346,6 +370,14 @@ fn write_pod(
         created_at: store::now_rfc3339(),
     };
     write_json(&dir.join(stage1::POD_MANIFEST_FILE), &resolved)?;
+    // Held until stage1.json records the range: see userns.rs.
+    let allocation = match overrides.userns.unwrap_or(pod_file.userns) {
+        pod::UserNs::Host => None,
+        pod::UserNs::Auto => Some(
+            userns::allocate(pods, &host.subids)
+                .map_err(|source| PrepareError::Userns { file: file.to_owned(), source })?,
+        ),
+    };
     let invocation = Invocation {
         version: stage1::INVOCATION_VERSION,
         stage2: host.stage2.clone(),
@@ -354,8 +386,10 @@ fn write_pod(
         netns_dir: host.netns_dir.clone(),
         debug: host.debug,
         vm: host.vm.clone().ok(),
+        userns: allocation.as_ref().map(|a| a.map),
     };
     write_json(&dir.join(stage1::INVOCATION_FILE), &invocation)?;
+    drop(allocation);
     Ok(resolved)
 }
 

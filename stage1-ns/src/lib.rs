@@ -9,6 +9,7 @@ pub mod rootfs;
 pub mod seccomp;
 mod sys;
 pub mod units;
+pub mod userns;
 
 /// Cleans the process before anything else: every inherited fd is closed on
 /// exec, the pod's lock included — the monitor holds it, and neither CNI

@@ -23,6 +23,7 @@ use spec::stage1::{Invocation, ResolvedPod, INVOCATION_FILE, POD_MANIFEST_FILE};
 
 use crate::cgroups::{self, Limits, PodCgroup};
 use crate::network::{self, Cni, NetworkHost, PodNetwork, PortMapping};
+use crate::userns::{PodUserNs, UsernsError};
 use crate::{rootfs, sys, units};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,8 @@ pub enum Stage1Error {
     Sys { what: &'static str, errno: nix::errno::Errno },
     #[error("starting the pod: {0}")]
     Launch(String),
+    #[error(transparent)]
+    Userns(#[from] UsernsError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Stage1Error + 'a {
@@ -126,9 +129,10 @@ struct Go {
 }
 
 /// `network: none`: the pod's PID 1 unshares a network namespace of its own
-/// (with only `lo`); nothing on the host to pin or undo.
-fn private_net(pod: &ResolvedPod) -> bool {
-    pod.network == spec::stage1::Network::None
+/// (with only `lo`); nothing on the host to pin or undo. Not with a user
+/// namespace, which must own it: its holder makes it, pinned like a CNI one.
+fn private_net(pod: &ResolvedPod, userns: Option<&PodUserNs>) -> bool {
+    pod.network == spec::stage1::Network::None && userns.is_none()
 }
 
 /// The pipes between the monitor, the launcher and the pod's PID 1.
@@ -156,6 +160,13 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
         mask.add(s);
     }
     mask.thread_block().map_err(sys_err("block signals"))?;
+    let userns = match inv.userns {
+        Some(_) if pod.network == spec::stage1::Network::Host => {
+            return Err(Stage1Error::Invalid("userns: auto cannot share the host's network namespace".into()));
+        }
+        Some(map) => Some(PodUserNs::create(map, true)?),
+        None => None,
+    };
 
     // Fork the launcher now, while single-threaded; it forks the pod's PID 1
     // at once, and both wait for the host side.
@@ -170,7 +181,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
             if let Some(fd) = lock_fd {
                 let _ = nix::unistd::close(fd);
             }
-            let code = launch(pod_dir, &inv, &pod, (cg_r, go_r), res_w, monitor_pid);
+            let code = launch(pod_dir, &inv, &pod, userns.as_ref(), (cg_r, go_r), res_w, monitor_pid);
             // A forked child must never return into the monitor's code.
             #[allow(clippy::exit)]
             std::process::exit(code);
@@ -180,7 +191,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     drop((cg_r, go_r, res_w));
 
     let mut made = Made { cgroup: None, network: None };
-    let go = prepare_host(pod_dir, &inv, &pod, &mut made, cg_w);
+    let go = prepare_host(pod_dir, &inv, &pod, userns.as_ref(), &mut made, cg_w);
     let go = match go {
         Ok(go) => go,
         Err(e) => {
@@ -232,6 +243,7 @@ fn prepare_host(
     pod_dir: &Path,
     inv: &Invocation,
     pod: &ResolvedPod,
+    userns: Option<&PodUserNs>,
     made: &mut Made,
     cg_w: OwnedFd,
 ) -> Result<Go, Stage1Error> {
@@ -243,7 +255,9 @@ fn prepare_host(
         app_cgroups.insert(a.name.to_string(), cg.app_dirs(a.name.as_str())?);
     }
     let init_cgroups = serde_json::to_vec(&cg.init_dirs()).map_err(|e| Stage1Error::Launch(e.to_string()))?;
+    let delegated = userns.map(|ns| cg.delegate_apps(ns.map.uid, ns.map.gid)).transpose();
     made.cgroup = Some(cg);
+    delegated?;
     File::from(cg_w).write_all(&init_cgroups).map_err(io_err("write", Path::new("launcher pipe")))?;
 
     let ports = pod
@@ -253,13 +267,14 @@ fn prepare_host(
         .map(PortMapping::from_spec)
         .collect::<Result<Vec<_>, _>>()
         .map_err(network::NetworkError::from)?;
-    let (ips, netns) = if private_net(pod) {
+    let (ips, netns) = if private_net(pod, userns) {
         if !ports.is_empty() {
             return Err(network::NetworkError::PortsWithoutCni("none").into());
         }
         (Vec::new(), None)
     } else {
-        let net = network::setup(&pod.network, &pod.uuid, &network_host(pod_dir, inv), &ports)?;
+        let existing = userns.and_then(PodUserNs::net_fd);
+        let net = network::setup_in(&pod.network, &pod.uuid, &network_host(pod_dir, inv), &ports, existing)?;
         let ips: Vec<String> =
             net.attachment().map(|a| a.ips.iter().map(|ip| ip.addr.to_string()).collect()).unwrap_or_default();
         let netns = net.netns().map(|n| n.path().to_path_buf());
@@ -276,6 +291,17 @@ fn prepare_host(
     for sub in ["status", "logs"] {
         let d = pod_dir.join(sub);
         fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+    }
+    if let Some(ns) = userns {
+        // pod-init writes these as the pod's root; the /etc files are its
+        // (read-only binds all the same).
+        let (uid, gid) = ns.root();
+        let etc = pod_dir.join("etc");
+        for p in ["status", "logs"].map(|d| pod_dir.join(d)).into_iter().chain(
+            ["hosts", "hostname", "resolv.conf"].map(|f| etc.join(f)),
+        ) {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(io_err("chown", &p))?;
+        }
     }
     Ok(Go { netns, app_cgroups })
 }
@@ -300,6 +326,7 @@ fn launch(
     pod_dir: &Path,
     inv: &Invocation,
     pod: &ResolvedPod,
+    userns: Option<&PodUserNs>,
     (cg_r, go_r): (OwnedFd, OwnedFd),
     res_w: OwnedFd,
     monitor: Pid,
@@ -311,7 +338,7 @@ fn launch(
         report("E the monitor is gone".into());
         return 1;
     }
-    let child = match launch_pod(pod_dir, inv, pod, (cg_r, go_r), &res_w) {
+    let child = match launch_pod(pod_dir, inv, pod, userns, (cg_r, go_r), &res_w) {
         Ok(child) => child,
         Err(e) => {
             report(format!("E{e}"));
@@ -335,6 +362,7 @@ fn launch_pod(
     pod_dir: &Path,
     inv: &Invocation,
     pod: &ResolvedPod,
+    userns: Option<&PodUserNs>,
     (cg_r, go_r): (OwnedFd, OwnedFd),
     res_w: &OwnedFd,
 ) -> Result<Pid, String> {
@@ -351,7 +379,7 @@ fn launch_pod(
     match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop((joined_w, cg_r));
-            let err = pod_init(pod_dir, inv, pod, go_r, joined_r);
+            let err = pod_init(pod_dir, inv, pod, userns, go_r, joined_r);
             let _ = nix::unistd::write(res_w, format!("E{err}").as_bytes());
             #[allow(clippy::exit)] // a forked child must not return into the launcher
             std::process::exit(1);
@@ -380,9 +408,18 @@ fn launch_pod(
 }
 
 /// In the pod's PID 1, before exec: once the monitor says the host side is
-/// ready, its namespaces, hostname, mounts and pivot; then, once the launcher
-/// has put it in the pod's cgroups, exec pod-init.
-fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: OwnedFd, joined: OwnedFd) -> String {
+/// ready, its namespaces, hostname, mounts and pivot (then, with a user
+/// namespace, it joins that and unshares the namespaces it owns: see
+/// userns.rs); then, once the launcher has put it in the pod's cgroups,
+/// exec pod-init.
+fn pod_init(
+    pod_dir: &Path,
+    inv: &Invocation,
+    pod: &ResolvedPod,
+    userns: Option<&PodUserNs>,
+    go: OwnedFd,
+    joined: OwnedFd,
+) -> String {
     let step = || -> Result<std::convert::Infallible, String> {
         // PID 1 of the pod dies with the launcher (and so with the monitor).
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
@@ -394,20 +431,29 @@ fn pod_init(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, go: OwnedFd, jo
             let f = File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
             nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
         }
-        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-        if private_net(pod) {
+        // With a user namespace, uts and ipc come after joining it, so it
+        // owns them; the mounts are made here as host root all the same.
+        let mut flags = CloneFlags::CLONE_NEWNS;
+        if userns.is_none() {
+            flags |= CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+        }
+        if private_net(pod, userns) {
             flags |= CloneFlags::CLONE_NEWNET;
         }
         unshare(flags).map_err(|e| format!("unshare: {e}"))?;
-        if private_net(pod) {
+        if private_net(pod, userns) {
             network::bring_lo_up().map_err(|e| format!("lo up: {e}"))?;
         }
         rootfs::make_private().map_err(|e| e.to_string())?;
-        nix::unistd::sethostname(pod.name.as_str()).map_err(|e| format!("sethostname: {e}"))?;
-        rootfs::setup_apps(pod_dir, pod, rootfs::KernelFs::Mount).map_err(|e| e.to_string())?;
+        let ids = userns.map(|ns| rootfs::PodIds { userns: ns.user_fd(), uid: ns.map.uid, gid: ns.map.gid });
+        rootfs::setup_apps(pod_dir, pod, rootfs::KernelFs::Mount, ids).map_err(|e| e.to_string())?;
         rootfs::bind_cgroups(pod_dir, &go.app_cgroups).map_err(|e| e.to_string())?;
         let stage2 = rootfs::bind_stage2(pod_dir, &inv.stage2).map_err(|e| e.to_string())?;
         rootfs::pivot_into(pod_dir).map_err(|e| e.to_string())?;
+        if let Some(ns) = userns {
+            crate::userns::join(ns.user_fd()).map_err(|e| e.to_string())?;
+        }
+        nix::unistd::sethostname(pod.name.as_str()).map_err(|e| format!("sethostname: {e}"))?;
         let mut byte = [0u8; 1];
         if !matches!(File::from(joined).read(&mut byte), Ok(1)) {
             return Err("the launcher did not place the pod in its cgroups".into());

@@ -6,10 +6,14 @@
 //! (`readOnlyRootFS`); then pivot_root into the pod
 //! directory so stage2-init sees `/units`, `/apps/<app>/rootfs`, `/status`
 //! and `/logs`. Every mount lives in the pod's mount namespace and vanishes
-//! with it, so a killed pod leaks no mount on the host.
+//! with it, so a killed pod leaks no mount on the host. With a user
+//! namespace (`userns: auto`, [`PodIds`]) the lower layer and host volumes
+//! are idmapped and what is created is the pod's root's: see userns.rs.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -30,6 +34,17 @@ pub enum RootfsError {
     Escape(String),
     #[error("{0}")]
     KernelFs(String),
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
+}
+
+/// The pod's user namespace, for [`setup_apps`] (`userns: auto`): its fd
+/// and the host ids of its root.
+#[derive(Debug, Clone, Copy)]
+pub struct PodIds<'a> {
+    pub userns: BorrowedFd<'a>,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
@@ -124,12 +139,18 @@ fn copy_tree(tree: &Path, dest: &Path) -> Result<(), RootfsError> {
 /// A fresh empty volume takes the owner and mode of the directory it is
 /// mounted over in the image (as Docker does for new volumes), so an app
 /// running as its own user can write to its data directory.
-fn adopt_owner(volume: &Path, target: &Path) -> Result<(), RootfsError> {
+/// `root`: the host ids of the pod's root, owner of a fresh volume.
+fn adopt_owner(volume: &Path, target: &Path, root: (u32, u32)) -> Result<(), RootfsError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let Ok(image_dir) = fs::symlink_metadata(target) else { return Ok(()) };
     let vol = fs::symlink_metadata(volume).map_err(io_err("inspect", volume))?;
     let fresh = fs::read_dir(volume).map(|mut d| d.next().is_none()).unwrap_or(false);
-    if !image_dir.is_dir() || !fresh || (vol.uid(), vol.gid()) != (0, 0) {
+    // As stage0 made it; a second app mounting it finds it adopted.
+    let untouched = (vol.uid(), vol.gid()) == (0, 0);
+    if fresh && untouched && root != (0, 0) {
+        std::os::unix::fs::lchown(volume, Some(root.0), Some(root.1)).map_err(io_err("chown", volume))?;
+    }
+    let Ok(image_dir) = fs::symlink_metadata(target) else { return Ok(()) };
+    if !image_dir.is_dir() || !fresh || !untouched {
         return Ok(());
     }
     std::os::unix::fs::lchown(volume, Some(image_dir.uid()), Some(image_dir.gid())).map_err(io_err("chown", volume))?;
@@ -184,13 +205,37 @@ fn mount_overlay(rootfs: &Path, opts: &str) -> Result<(), RootfsError> {
     }
 }
 
+/// The upper layer's root is the rootfs's `/`: the pod's root's, with the
+/// tree root's mode.
+fn own_upper(upper: &Path, tree: &Path, ids: PodIds<'_>) -> Result<(), RootfsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(tree).map_err(io_err("inspect", tree))?.permissions().mode() & 0o7777;
+    std::os::unix::fs::chown(upper, Some(ids.uid), Some(ids.gid)).map_err(io_err("chown", upper))?;
+    fs::set_permissions(upper, fs::Permissions::from_mode(mode)).map_err(io_err("chmod", upper))
+}
+
 /// Mounts every app's root filesystem under `<pod>/apps/<app>/rootfs`.
 /// Runs in the pod's mount namespace, after the pid namespace exists (so
 /// /proc shows the pod's processes).
-pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod, kernel_fs: KernelFs) -> Result<(), RootfsError> {
+pub fn setup_apps(
+    pod_dir: &Path,
+    pod: &ResolvedPod,
+    kernel_fs: KernelFs,
+    ids: Option<PodIds<'_>>,
+) -> Result<(), RootfsError> {
+    let mut idmapped = BTreeSet::new();
     for app in &pod.apps {
         let base = pod_dir.join("apps").join(app.name.as_str());
         let rootfs = base.join("rootfs");
+        if let Some(ids) = ids {
+            // Over itself, in this mount namespace only: the overlay's
+            // lower layer is then the tree seen through the pod's mapping.
+            if idmapped.insert(app.tree.clone()) {
+                let ro = crate::sys::MOUNT_ATTR_RDONLY;
+                crate::userns::idmapped_bind(&app.tree, &app.tree, ids.userns, false, ro)?;
+            }
+            own_upper(&base.join("upper"), &app.tree, ids)?;
+        }
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             app.tree.display(),
@@ -198,6 +243,10 @@ pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod, kernel_fs: KernelFs) -> Res
             base.join("work").display()
         );
         let overlay = mount_overlay(&rootfs, &opts);
+        if let (Err(overlay), Some(_)) = (&overlay, ids) {
+            // A copy would need a chown of every file: not done (see SECURITY.md).
+            return Err(RootfsError::KernelFs(format!("{overlay}: userns: auto needs overlayfs")));
+        }
         if let Err(overlay) = overlay {
             // No overlayfs here (or not on this filesystem): fall back to a
             // private copy of the tree, the slow path rkt also had.
@@ -206,6 +255,10 @@ pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod, kernel_fs: KernelFs) -> Res
             bind(&base.join("upper"), &rootfs, false, "copied rootfs")?;
         }
 
+        // From here on, what is created inside the rootfs (mount points,
+        // /tmp, the tmpfs of /dev) is the pod's root's.
+        let _as_pod_root = ids.map(|i| crate::userns::AsPodRoot::new(i.uid, i.gid)).transpose()?;
+        let root = ids.map_or((0, 0), |i| (i.uid, i.gid));
         if kernel_fs == KernelFs::Mount {
             mount_kernel_fs(&rootfs)?;
         }
@@ -225,10 +278,19 @@ pub fn setup_apps(pod_dir: &Path, pod: &ResolvedPod, kernel_fs: KernelFs) -> Res
             };
             let target = inside(&rootfs, &m.path)?;
             if matches!(vol.source, VolumeSource::Empty) {
-                adopt_owner(&src, &target)?;
+                adopt_owner(&src, &target, root)?;
             }
             mkdir_p(&target)?;
-            bind(&src, &target, m.read_only || vol_ro, &format!("volume {}", vol.name))?;
+            let read_only = m.read_only || vol_ro;
+            match (&vol.source, ids) {
+                // Host root's files are the pod's root's, and the other
+                // way round: see SECURITY.md.
+                (VolumeSource::Host { .. }, Some(ids)) => {
+                    let attrs = if read_only { crate::sys::MOUNT_ATTR_RDONLY } else { 0 };
+                    crate::userns::idmapped_bind(&src, &target, ids.userns, true, attrs)?;
+                }
+                _ => bind(&src, &target, read_only, &format!("volume {}", vol.name))?,
+            }
         }
         if app.read_only_root_fs {
             read_only_root(&rootfs)?;

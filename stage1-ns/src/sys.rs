@@ -1,5 +1,13 @@
-//! The few raw syscalls the monitor needs that nix marks unsafe: fork.
+//! The few raw syscalls the monitor needs that nix marks unsafe or lacks:
+//! fork, the new mount API (idmapped mounts), capget/capset.
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::libc;
 use nix::unistd::{fork, ForkResult};
 
 /// Forks. The caller must only be single-threaded here, or use only
@@ -22,4 +30,116 @@ pub fn cloexec_inherited() {
         // A stale number (closed since the listing) fails with EBADF: ignored.
         let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     }
+}
+
+// The new mount API (Linux 5.2; mount_setattr 5.12), which nix lacks.
+// Values from <linux/mount.h> and <linux/fcntl.h>.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+/// `MOUNT_ATTR_RDONLY`.
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `struct mount_attr` (MOUNT_ATTR_SIZE_VER0: 32 bytes).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn c_path(path: &Path) -> nix::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// A detached copy of the mount tree at `path` (open_tree with
+/// OPEN_TREE_CLONE), with `attrs` set and ids shifted through `userns`
+/// (mount_setattr MOUNT_ATTR_IDMAP), recursively if `recursive`. The
+/// caller attaches it with [`move_mount_to`]; dropped unattached, it goes.
+pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>, recursive: bool, attrs: u64) -> nix::Result<OwnedFd> {
+    let cpath = c_path(path)?;
+    let rec = if recursive { AT_RECURSIVE } else { 0 };
+    let flags = OPEN_TREE_CLONE | rec | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: `cpath` is a NUL-terminated string alive for the call; the
+    // kernel returns a new fd or -1.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, cpath.as_ptr(), flags) })?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: open_tree returned this fd just now; nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+    };
+    let empty = c"";
+    // SAFETY: `tree` is an open mount fd, `empty` a NUL-terminated string
+    // and `attr` a `struct mount_attr` of the size passed, all alive for
+    // the call; the kernel only reads them.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | rec,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(tree)
+}
+
+/// Attaches a detached mount (from [`idmapped_clone`]) on `target`.
+pub fn move_mount_to(tree: &OwnedFd, target: &Path) -> nix::Result<()> {
+    let ctarget = c_path(target)?;
+    let empty = c"";
+    // SAFETY: `tree` is an open mount fd; both strings are NUL-terminated
+    // and alive for the call.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            ctarget.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Raises every permitted capability into the effective set: setfsuid
+/// away from 0 drops the file capabilities (DAC_OVERRIDE, CHOWN, ...)
+/// from it, which the setup done as the pod's root still needs on the
+/// host's files.
+pub fn raise_permitted_caps() -> nix::Result<()> {
+    let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: version 3 writes two data structs of exactly this layout into
+    // `data`, which lives on the stack for the call.
+    Errno::result(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    // SAFETY: version 3 reads one header and two data structs with exactly
+    // these layouts; both live on the stack for the call.
+    Errno::result(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) }).map(drop)
 }

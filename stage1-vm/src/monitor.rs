@@ -209,7 +209,7 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
         _ => String::new(),
     };
     rootfs::write_etc(pod_dir, pod.name.as_str(), &ips, &resolv).map_err(fs_err)?;
-    rootfs::setup_apps(pod_dir, pod, KernelFs::Skip).map_err(fs_err)?;
+    rootfs::setup_apps(pod_dir, pod, KernelFs::Skip, None).map_err(fs_err)?;
     // The VM is the pod's resource boundary: no per-app cgroups in the units.
     stage1_ns::units::write_units(pod_dir, pod, &BTreeMap::new()).map_err(|(p, e)| io_err("write", &p)(e))?;
     let dir = VmDir::new(pod_dir);
@@ -260,6 +260,12 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     let (inv, pod) = stage1_ns::monitor::read_pod(pod_dir).map_err(|e| VmError::Invalid(e.to_string()))?;
     if pod.isolation != Isolation::Vm {
         return Err(VmError::Invalid("this is the VM stage1; the pod asks for namespace isolation".into()));
+    }
+    if inv.userns.is_some() {
+        // Not dropped with a warning: the pod asked for its root not to be
+        // the host's, which this stage1 does not do (the guest kernel is
+        // the boundary; the monitor and qemu run as host root).
+        return Err(VmError::Invalid("userns: auto is not supported by the VM stage1".into()));
     }
     let host: &VmHost = inv.vm.as_ref().ok_or_else(|| {
         VmError::Invalid("stage1.json has no vm section: stage0 found no guest kernel (see README, VM pods)".into())

@@ -10,7 +10,7 @@ use super::scan::{self, FieldPath, Positions};
 use super::{privs, values};
 use super::{
     raw, Accel, AppSpec, ImageSpec, Isolation, Mount, Network, PodFile, PodFileError, PodFileErrorKind, PortMapping,
-    Probe, Protocol, Readiness, Resources, RestartPolicy, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT,
+    Probe, Protocol, Readiness, Resources, RestartPolicy, UserNs, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT,
     DEFAULT_STOP_TIMEOUT, MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
 };
 use crate::name::{AcIdentifier, AcName};
@@ -192,6 +192,16 @@ impl Cx<'_> {
             None => Network::Default,
             Some(s) => values::network(s).map_err(|m| self.invalid(&root.key("network"), m))?,
         };
+        let userns = match raw.userns.as_deref() {
+            None | Some("host") => UserNs::Host,
+            Some("auto") => UserNs::Auto,
+            Some(o) => return Err(self.invalid(&root.key("userns"), format!("{o:?} is not host or auto"))),
+        };
+        if userns == UserNs::Auto {
+            if let Some(why) = userns_conflict(isolation == Isolation::Vm, network == Network::Host) {
+                return Err(self.invalid(&root.key("userns"), why));
+            }
+        }
 
         self.count(&root.key("volumes"), raw.volumes.len(), MAX_VOLUMES)?;
         let mut volumes: Vec<Volume> = Vec::with_capacity(raw.volumes.len());
@@ -227,7 +237,7 @@ impl Cx<'_> {
             apps.push(app);
         }
 
-        let pod = PodFile { name, isolation, network, accel, apps, volumes, annotations };
+        let pod = PodFile { name, isolation, network, accel, userns, apps, volumes, annotations };
         self.references(&pod)?;
         self.ports(&pod)?;
         self.cycle(&pod.apps)?;
@@ -579,4 +589,17 @@ impl Dfs<'_> {
 fn normalise(p: &str) -> String {
     let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
     format!("/{}", parts.join("/"))
+}
+
+/// Why `userns: auto` cannot go with this isolation and network, if it
+/// cannot. stage0 asks again after the command line's overrides.
+pub fn userns_conflict(vm: bool, host_network: bool) -> Option<&'static str> {
+    match (vm, host_network) {
+        (true, _) => Some("userns: auto is for namespace pods; a VM pod is isolated by its own kernel"),
+        (_, true) => Some(
+            "userns: auto cannot share the host's network namespace: the pod's root could neither bind ports \
+             below 1024 nor mount its /sys there",
+        ),
+        _ => None,
+    }
 }

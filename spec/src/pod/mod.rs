@@ -6,6 +6,7 @@
 //! isolation: namespace          # or vm
 //! network: default              # none | host | default | <CNI network name>
 //! accel: auto                   # auto | kvm | tcg (vm isolation)
+//! userns: auto                  # host (default) | auto: the pod's root is an unprivileged host range
 //! apps:
 //!   - name: db
 //!     image: example.com/redis:7.0
@@ -41,6 +42,8 @@ mod privs;
 mod raw;
 mod scan;
 mod values;
+
+pub use check::userns_conflict;
 
 #[cfg(test)]
 mod tests;
@@ -84,6 +87,8 @@ pub struct PodFile {
     /// The accelerator a VM stage1 should use; kept whatever the isolation,
     /// since the CLI may switch a pod to `vm`.
     pub accel: Accel,
+    /// Whether the pod gets a user namespace of its own.
+    pub userns: UserNs,
     /// The apps in file order; see [`PodFile::app_order`] for start order.
     pub apps: Vec<AppSpec>,
     pub volumes: Vec<Volume>,
@@ -122,6 +127,20 @@ pub enum Accel {
     Auto,
     Kvm,
     Tcg,
+}
+
+/// The pod's user namespace (`userns`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum UserNs {
+    /// The host's: root in the pod is root on the host (today's default,
+    /// as rkt and Docker).
+    #[default]
+    Host,
+    /// A user namespace of its own, the pod's ids 0-65535 mapped to a range
+    /// of unprivileged host ids that stage0 picks for this pod alone (as
+    /// podman's `--userns=auto`). Namespace isolation only, not with
+    /// `network: host`.
+    Auto,
 }
 
 /// One app of the pod: an image plus the pod file's overrides.

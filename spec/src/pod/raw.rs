@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a pod: a mapping with name, apps and optionally isolation, network, accel, volumes, annotations"
+    expecting = "a pod: a mapping with name, apps and optionally isolation, network, accel, userns, volumes, annotations"
 )]
 pub(super) struct Pod {
     pub name: String,
@@ -21,6 +21,8 @@ pub(super) struct Pod {
     pub network: Option<String>,
     #[serde(default)]
     pub accel: Option<String>,
+    #[serde(default)]
+    pub userns: Option<String>,
     pub apps: Vec<App>,
     #[serde(default)]
     pub volumes: Vec<Volume>,

@@ -464,3 +464,19 @@ fn privileges_default_and_override() {
     let e = err(&BASE.replacen("after: [a]", "readOnlyRootFS: maybe", 1));
     assert_eq!((e.kind, e.line), (Schema, Some(9)), "{e}");
 }
+
+#[test]
+fn userns_field() {
+    let base = "name: p\nnetwork: none\napps:\n  - { name: a, image: ./a.aci }\n";
+    assert_eq!(ok(base).userns, UserNs::Host);
+    assert_eq!(ok(&format!("userns: host\n{base}")).userns, UserNs::Host);
+    assert_eq!(ok(&format!("userns: auto\n{base}")).userns, UserNs::Auto);
+    let e = err(&format!("userns: keep-id\n{base}"));
+    assert_eq!((e.kind, e.line, e.field.as_str()), (PodFileErrorKind::Invalid, Some(1), "userns"), "{e}");
+    assert!(e.message.contains("not host or auto"), "{e}");
+    for other in ["isolation: vm", "network: host"] {
+        let text = format!("{other}\nuserns: auto\n{}", base.replace("network: none\n", ""));
+        let e = err(&text);
+        assert_eq!((e.line, e.field.as_str()), (Some(2), "userns"), "{e}");
+    }
+}

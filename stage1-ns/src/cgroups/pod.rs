@@ -148,6 +148,37 @@ impl PodCgroup {
         self.leaf_dirs(INIT_CGROUP)
     }
 
+    /// Lets the pod's root (host `uid`:`gid`, `userns: auto`) move its own
+    /// processes into the app leaves: pod-init, as that root, places each
+    /// app's process itself (launch.rs). Each app leaf and its
+    /// `cgroup.procs` change owner; in a cgroup2 tree also the pod's own
+    /// `cgroup.procs`, since a move there needs write access at the common
+    /// ancestor of both cgroups (`init.scope` and the app's). v1 also wants
+    /// the writer's euid to be the moved task's, which it is. Nothing else
+    /// is delegated: the limits stay host root's, and `init.scope` too.
+    pub fn delegate_apps(&self, uid: u32, gid: u32) -> Result<()> {
+        let rel = self.rel();
+        let unified = self.hierarchy.unified().map(Path::to_path_buf);
+        let chown = |path: &Path| {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|source| CgroupError::Io {
+                op: "chown",
+                path: path.to_owned(),
+                source,
+            })
+        };
+        for root in self.hierarchy.roots() {
+            let pod = root.join(&rel);
+            for app in &self.apps {
+                chown(&pod.join(app))?;
+                chown(&pod.join(app).join("cgroup.procs"))?;
+            }
+            if unified.as_deref() == Some(root) {
+                chown(&pod.join("cgroup.procs"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// How many of `app`'s processes the kernel has OOM-killed.
     pub fn oom_kills(&self, app: &str) -> Result<u64> {
         self.check_app(app)?;

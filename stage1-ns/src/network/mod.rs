@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use spec::stage1::Network;
 
 pub use cni::{Attachment, Cni, CniError, IpNet};
-pub use netns::{create_netns, is_pinned, list_netns, remove_netns, NetNs, NetnsError, DEFAULT_NETNS_DIR};
+pub use netns::{create_netns, is_pinned, list_netns, pin_netns, remove_netns, NetNs, NetnsError, DEFAULT_NETNS_DIR};
 pub use ports::{plan_forwarding, ForwardingPlan, PortError, PortMapping, Protocol};
 pub use proxy::{PortProxy, ProxyError};
 
@@ -82,6 +82,18 @@ pub fn setup(
     host: &NetworkHost,
     ports: &[PortMapping],
 ) -> Result<PodNetwork, NetworkError> {
+    setup_in(network, pod_id, host, ports, None)
+}
+
+/// [`setup`] in a namespace made already (`existing`: the one a pod's user
+/// namespace owns) instead of a new one; it is pinned the same way.
+pub fn setup_in(
+    network: &Network,
+    pod_id: &str,
+    host: &NetworkHost,
+    ports: &[PortMapping],
+    existing: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<PodNetwork, NetworkError> {
     let name = match network {
         Network::Host if ports.is_empty() => return Ok(PodNetwork::Host),
         Network::Host => return Err(NetworkError::PortsWithoutCni("host")),
@@ -93,7 +105,10 @@ pub fn setup(
     if name.is_some_and(|n| n == cni::DEFAULT_NETWORK) {
         cni::ensure_default(host.cni.conf_dir())?;
     }
-    let netns = create_netns(&host.netns_dir, pod_id)?;
+    let netns = match existing {
+        Some(fd) => pin_netns(&host.netns_dir, pod_id, fd)?,
+        None => create_netns(&host.netns_dir, pod_id)?,
+    };
     let Some(name) = name else {
         return Ok(PodNetwork::Namespaced { netns, container_id: pod_id.to_owned(), cni: None, proxies: Vec::new() });
     };

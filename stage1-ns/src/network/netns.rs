@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -109,6 +109,36 @@ pub fn enter_fd(fd: impl AsFd) -> Result<(), Errno> {
 /// stays where it was. Fails with [`NetnsError::Exists`] rather than replace
 /// a namespace some pod may still use.
 pub fn create_netns(dir: &Path, name: &str) -> Result<NetNs, NetnsError> {
+    pin_with(dir, name, |target| {
+        let target = target.to_path_buf();
+        let path = target.clone();
+        thread::Builder::new()
+            .name("pod-netns".into())
+            .spawn(move || pin_new_netns(&target))
+            .map_err(NetnsError::io("spawn helper thread for", &path))?
+            .join()
+            .unwrap_or_else(|_| Err(NetnsError::ThreadPanicked(path.clone())))
+    })
+}
+
+/// Pins an existing namespace (an open nsfs file, e.g. one made inside the
+/// pod's user namespace) at `<dir>/<name>`, as [`create_netns`] pins a new one.
+pub fn pin_netns(dir: &Path, name: &str, ns: BorrowedFd<'_>) -> Result<NetNs, NetnsError> {
+    pin_with(dir, name, |target| {
+        let source = format!("/proc/self/fd/{}", ns.as_raw_fd());
+        let none: Option<&str> = None;
+        mount(Some(source.as_str()), target, none, MsFlags::MS_BIND, none)
+            .map_err(NetnsError::sys("bind-mount network namespace", target))
+    })
+}
+
+/// Makes the mount point `<dir>/<name>`, has `pin` bind a namespace on it,
+/// and removes it again if that fails.
+fn pin_with(
+    dir: &Path,
+    name: &str,
+    pin: impl FnOnce(&Path) -> Result<(), NetnsError>,
+) -> Result<NetNs, NetnsError> {
     if name.is_empty() || name == "." || name == ".." || name.starts_with('.') || name.contains('/') {
         return Err(NetnsError::InvalidName(name.to_owned()));
     }
@@ -119,16 +149,9 @@ pub fn create_netns(dir: &Path, name: &str) -> Result<NetNs, NetnsError> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(NetnsError::Exists(path)),
         Err(e) => return Err(NetnsError::io("create mount point", &path)(e)),
     }
-    let target = path.clone();
-    let made = thread::Builder::new()
-        .name("pod-netns".into())
-        .spawn(move || pin_new_netns(&target))
-        .map_err(NetnsError::io("spawn helper thread for", &path))?
-        .join()
-        .unwrap_or_else(|_| Err(NetnsError::ThreadPanicked(path.clone())));
-    match made {
+    match pin(&path) {
         Ok(()) => {
-            tracing::debug!(netns = %path.display(), "created network namespace");
+            tracing::debug!(netns = %path.display(), "pinned network namespace");
             Ok(NetNs { path })
         }
         Err(e) => {
