@@ -247,9 +247,6 @@ pub fn prepare(
     let pod_file = PodFile::parse(&bytes, &file)?;
     let order = app_order(&file, &pod_file)?;
     let vm = overrides.isolation.map_or(pod_file.isolation == pod::Isolation::Vm, |i| i == stage1::Isolation::Vm);
-    if let (true, Err(why)) = (vm, &host.vm) {
-        return Err(PrepareError::NoVm { file, why: why.clone() });
-    }
     if overrides.userns.unwrap_or(pod_file.userns) == pod::UserNs::Auto {
         let host_net = match &overrides.network {
             Some(n) => *n == stage1::Network::Host,
@@ -258,6 +255,9 @@ pub fn prepare(
         if let Some(why) = pod::userns_conflict(vm, host_net) {
             return Err(PrepareError::UsernsConflict { file, why });
         }
+    }
+    if let (true, Err(why)) = (vm, &host.vm) {
+        return Err(PrepareError::NoVm { file, why: why.clone() });
     }
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
