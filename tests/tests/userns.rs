@@ -148,3 +148,208 @@ fn the_pods_root_is_an_unprivileged_range_and_files_land_where_expected() {
     assert_eq!(owner(&host_dir.join("written-host")), (0, 0), "through the idmap, the pod's root writes as host root");
     live.ok(&["rm", &uuid]);
 }
+
+/// `example.com/suid:1`: busybox (a dependency) plus `/suid/busybox`, a
+/// setuid-root copy of it (named so, busybox takes its first argument as
+/// the applet).
+fn suid_image(live: &Live) -> PathBuf {
+    let dir = live.work.join("suid-build");
+    let bin = dir.join("rootfs/suid");
+    fs::create_dir_all(&bin).unwrap();
+    let copy = bin.join("busybox");
+    fs::copy(live.tree_with("bin/busybox").join("bin/busybox"), &copy).unwrap();
+    std::os::unix::fs::chown(&copy, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o4755)).unwrap();
+    let recipe = serde_json::json!({
+        "name": "example.com/suid",
+        "labels": { "version": "1" },
+        "app": { "exec": ["/bin/sh"], "user": "0", "group": "0" },
+        "rootfs": { "dir": "rootfs" },
+        "dependencies": [{ "imageName": "example.com/busybox", "labels": { "version": "1.35" } }],
+    });
+    let recipe_path = dir.join("recipe.yaml");
+    fs::write(&recipe_path, serde_json::to_string_pretty(&recipe).unwrap()).unwrap();
+    let out = live.images.join("suid-1.aci");
+    let cache = live.work.join("deb-cache");
+    live.ok(&["image", "build", p(&recipe_path), "-o", p(&out), "--cache-dir", p(&cache)]);
+    live.sign(e2e_key(), &out);
+    live.ok(&["fetch", p(&out)]);
+    out
+}
+
+/// Runs `exe ARGS` as uid/gid 65534 on the host.
+fn as_nobody(exe: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(exe)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(args, &out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn setuid_files_grant_nothing_inside_and_nothing_of_root_on_the_host() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    suid_image(&live);
+    // A non-root app runs the image's setuid-root binary: no_new_privs
+    // keeps its ids, with or without a user namespace.
+    let probe = "echo mode=$(ls -ln /suid/busybox | awk '{print $1\":\"$3}'); \
+        echo euid=$(/suid/busybox grep '^Uid:' /proc/self/status | awk '{print $3}'); \
+        echo nnp=$(grep '^NoNewPrivs:' /proc/self/status | awk '{print $2}')";
+    let user = "    user: \"65534\"\n    group: \"65534\"\n";
+    for userns in ["auto", "host"] {
+        let yaml = userns_pod("suid", "example.com/suid:1", probe, user, "").replace("userns: auto", &format!("userns: {userns}"));
+        let (lines, uuid) = run_lines(&live, &live.pod_file(&format!("suid-{userns}"), &yaml), &[]);
+        let v = values(&lines);
+        assert_eq!(v["mode"], "-rwsr-xr-x:0", "userns {userns}: {lines:?}");
+        assert_eq!(v["euid"], "65534", "userns {userns}: the setuid bit gave the app new ids: {lines:?}");
+        assert_eq!(v["nnp"], "1", "userns {userns}: {lines:?}");
+        live.ok(&["rm", &uuid]);
+    }
+
+    // The pod's root makes setuid-root files in its rootfs and in an empty
+    // volume: on the host they are the pod range's, so running one as an
+    // unprivileged host user gives that unprivileged id, never root.
+    let make = "cp /bin/busybox /made-suid && chmod 4755 /made-suid && \
+        cp /bin/busybox /data/made-suid && chmod 4755 /data/made-suid && echo made=ok";
+    let yaml = userns_pod(
+        "make-suid",
+        BUSYBOX,
+        make,
+        "    mounts: [{ volume: data, path: /data }]\n",
+        "volumes:\n  - { name: data, kind: empty }\n",
+    );
+    let (lines, uuid) = run_lines(&live, &live.pod_file("make-suid", &yaml), &[]);
+    assert_eq!(values(&lines).get("made").map(String::as_str), Some("ok"), "{lines:?}");
+    let (uid, gid) = mapping(&live, &uuid);
+    let dir = pod_dir(&live, &uuid);
+    let exposed = tempfile::Builder::new().prefix("pod-userns-suid-").tempdir().unwrap();
+    fs::set_permissions(exposed.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    for made in [dir.join("apps/app/upper/made-suid"), dir.join("volumes/data/made-suid")] {
+        let m = fs::metadata(&made).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (uid, gid, 0o4755), "{}", made.display());
+        // What running it on the host gives: busybox drops setuid ids by
+        // itself, so the host's `id` stands in, with the made file's owner
+        // and mode, where an unprivileged user can reach it.
+        let copy = exposed.path().join("id");
+        fs::copy("/usr/bin/id", &copy).unwrap();
+        std::os::unix::fs::chown(&copy, Some(m.uid()), Some(m.gid())).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(m.mode() & 0o7777)).unwrap();
+        assert_eq!(as_nobody(&copy, &["-u"]), uid.to_string(), "setuid gives the pod's range, not root");
+        fs::remove_file(&copy).unwrap();
+    }
+    live.ok(&["rm", &uuid]);
+}
+
+#[test]
+fn concurrent_pods_get_disjoint_ranges_restart_stop_and_gc_leave_nothing() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let before = HostState::take(&[]);
+    // Fails once, then runs: restart works as the pod's root (the marker
+    // is in the rootfs's upper layer, kept across restarts); limits make
+    // pod-init place the app in cgroups of its own.
+    let script = "echo map=$(cat /proc/self/uid_map); echo cgroup=$(cat /proc/self/cgroup | tail -n 1); \
+        if [ -f /ran-once ]; then echo second=yes; exec sleep 120; fi; touch /ran-once; exit 3";
+    let extra = "    restart: on-failure\n    resources: { memory: 64Mi, pids: 64 }\n    stopTimeout: 2s\n";
+    let uuids: Vec<String> = ["one", "two"]
+        .iter()
+        .map(|name| live.start(&live.pod_file(name, &userns_pod(name, BUSYBOX, script, extra, ""))))
+        .collect();
+    for uuid in &uuids {
+        let ok = wait_for(Duration::from_secs(60), || {
+            let st = live.app_status(uuid, "app");
+            matches!(st["state"].as_str(), Some("running" | "ready")) && st["restarts"].as_u64().unwrap_or(0) >= 1
+        });
+        assert!(ok, "pod {uuid} did not restart its app: {}", live.status(uuid));
+    }
+    let maps: Vec<(u32, u32)> = uuids.iter().map(|u| mapping(&live, u)).collect();
+    let disjoint = |a: u32, b: u32| a.abs_diff(b) >= 65536;
+    assert!(disjoint(maps[0].0, maps[1].0) && disjoint(maps[0].1, maps[1].1), "overlapping ranges: {maps:?}");
+    for (uuid, (uid, _)) in uuids.iter().zip(&maps) {
+        let logs = live.ok(&["logs", uuid]);
+        let want = format!("map= 0 {uid} 65536");
+        assert!(logs.lines().any(|l| l.split_whitespace().eq(want.split_whitespace())), "{logs}");
+        assert!(logs.contains("second=yes"), "{logs}");
+        // In a cgroup namespace rooted at the app's cgroup.
+        assert!(logs.lines().any(|l| l.trim() == "cgroup=0::/"), "{logs}");
+        // On the host, the app's process is in the app's cgroup(s).
+        let app_dirs: Vec<PathBuf> = cgroup_dirs_of(uuid).into_iter().map(|d| d.join("app")).collect();
+        assert!(!app_dirs.is_empty(), "no app cgroup for {uuid}");
+        for d in &app_dirs {
+            let procs = fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            assert!(!procs.trim().is_empty(), "{} is empty", d.display());
+        }
+    }
+
+    // The pod's footprint, gone after stop and gc.
+    let during = HostState::take(&[]);
+    let existed = before.entries();
+    let ours = |e: &str| uuids.iter().any(|u| e.contains(u.as_str()));
+    let footprint: Vec<String> = during.entries().into_iter().filter(|e| ours(e) && !existed.contains(e)).collect();
+    for kind in ["cgroup ", "netns "] {
+        assert!(footprint.iter().any(|e| e.starts_with(kind)), "no {kind}of the pods seen: {footprint:#?}");
+    }
+    for uuid in &uuids {
+        live.ok(&["stop", uuid]);
+        assert_eq!(live.status(uuid)["state"], "exited");
+    }
+    live.ok(&["gc"]);
+    for uuid in &uuids {
+        assert!(live.listed(uuid).is_none(), "pod gc left {uuid}");
+    }
+    let now = HostState::take(&[]).entries();
+    let left: Vec<&String> = footprint.iter().filter(|e| now.contains(e)).collect();
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[test]
+fn userns_pods_on_a_cni_network_bind_low_ports() {
+    if let Some(why) = skip_reason(true) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::with_net(&[Example::Busybox]);
+    // The network namespace belongs to the pod's user namespace: its root
+    // holds NET_BIND_SERVICE there, and sysfs shows its eth0.
+    let script = "busybox httpd -p 80 -h / && echo bound=ok; \
+        test -e /sys/class/net/eth0 && echo eth0=ok; echo map=$(cat /proc/self/uid_map)";
+    let yaml = userns_pod("web", BUSYBOX, script, "", "").replace("network: none", &format!("network: {}", live.net_name()));
+    let (lines, uuid) = run_lines(&live, &live.pod_file("web", &yaml), &[]);
+    let v = values(&lines);
+    assert_eq!(v.get("bound").map(String::as_str), Some("ok"), "{lines:?}");
+    assert_eq!(v.get("eth0").map(String::as_str), Some("ok"), "{lines:?}");
+    assert!(!v["map"].starts_with("0 0 "), "{lines:?}");
+    live.ok(&["rm", &uuid]);
+}
+
+#[test]
+fn overrides_and_refusals() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let yaml = userns_pod("o", BUSYBOX, "echo map=$(cat /proc/self/uid_map)", "", "");
+    let file = live.pod_file("o", &yaml);
+    // --userns host turns it off...
+    let (lines, uuid) = run_lines(&live, &file, &["--userns", "host"]);
+    assert_eq!(values(&lines)["map"].split_whitespace().collect::<Vec<_>>(), ["0", "0", "4294967295"]);
+    assert!(live.status(&uuid)["userns"].is_null());
+    live.ok(&["rm", &uuid]);
+    // ... and --userns auto on for a file without the field.
+    let plain = live.pod_file("plain", &yaml.replace("userns: auto\n", ""));
+    let (lines, uuid) = run_lines(&live, &plain, &["--userns", "auto"]);
+    assert_ne!(values(&lines)["map"].split_whitespace().nth(1), Some("0"), "{lines:?}");
+    live.ok(&["rm", &uuid]);
+
+    // A stage1 that cannot honour it is never started: refused up front.
+    let err = live.fails(&["run", "--stage1", "vm", p(&file)], EXIT_INVALID);
+    assert_mentions(&err, &["userns", "namespace pods"]);
+    let err = live.fails(&["run", "--net", "host", p(&file)], EXIT_INVALID);
+    assert_mentions(&err, &["userns", "host's network"]);
+    let vm = live.pod_file("vm", &yaml.replace("network: none\n", "network: none\nisolation: vm\n"));
+    let err = live.fails(&["run", p(&vm)], EXIT_INVALID);
+    assert_mentions(&err, &["line", "userns"]);
+    assert!(live.pods().is_empty(), "a refused pod left a directory: {:?}", live.pods());
+}
