@@ -64,8 +64,21 @@ pub fn enter(pid: i32, app: &str, argv: &[String]) -> Result<i32, EnterError> {
         let f = File::open(&p).map_err(|e| EnterError::Io { op: "open", path: p.clone(), source: e })?;
         fds.push((name, flag, f));
     }
+    // A pod with a user namespace of its own (`userns: auto`).
+    let user = own_userns(&proc_dir.join("user"))?;
     for (ns, flag, f) in fds {
         setns(f, flag).map_err(|errno| EnterError::Setns { ns, errno })?;
+    }
+    if let Some(user) = user {
+        // Last, while still host root (which may join any of the pod's
+        // namespaces): the command runs as the pod's root, with
+        // capabilities in its user namespace only, never as host root.
+        setns(user, CloneFlags::CLONE_NEWUSER).map_err(|errno| EnterError::Setns { ns: "user", errno })?;
+        let setns_err = |errno| EnterError::Setns { ns: "user (becoming its root)", errno };
+        let (uid, gid) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+        nix::unistd::setgroups(&[]).map_err(setns_err)?;
+        nix::unistd::setresgid(gid, gid, gid).map_err(setns_err)?;
+        nix::unistd::setresuid(uid, uid, uid).map_err(setns_err)?;
     }
     let rootfs = Path::new("/apps").join(app).join("rootfs");
     if !rootfs.is_dir() {
@@ -93,6 +106,18 @@ pub fn enter(pid: i32, app: &str, argv: &[String]) -> Result<i32, EnterError> {
         .map_err(|e| EnterError::Io { op: "run", path: PathBuf::from(prog), source: e })?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// The user namespace at `path` if it is not ours.
+fn own_userns(path: &Path) -> Result<Option<File>, EnterError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |op| move |source| EnterError::Io { op, path: path.to_owned(), source };
+    let theirs = fs::metadata(path).map_err(io("inspect"))?;
+    let ours = fs::metadata("/proc/self/ns/user").map_err(io("inspect"))?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+        return Ok(None);
+    }
+    File::open(path).map(Some).map_err(io("open"))
 }
 
 /// Runs `argv` in app `app` of a running VM pod through the guest's enter

@@ -154,7 +154,8 @@ pub fn allocate(pods: &Pods, subids: &SubIds) -> Result<Allocation, UsernsError>
         move |source| UsernsError::Io { op, path, source }
     };
     fs::create_dir_all(pods.root()).map_err(io("create directory", pods.root()))?;
-    let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io("open", &lock_path))?;
+    let lock =
+        File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io("open", &lock_path))?;
     lock.lock().map_err(io("lock", &lock_path))?;
     let taken: Vec<IdMap> = pods
         .list()

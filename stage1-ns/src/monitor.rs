@@ -297,9 +297,11 @@ fn prepare_host(
         // (read-only binds all the same).
         let (uid, gid) = ns.root();
         let etc = pod_dir.join("etc");
-        for p in ["status", "logs"].map(|d| pod_dir.join(d)).into_iter().chain(
-            ["hosts", "hostname", "resolv.conf"].map(|f| etc.join(f)),
-        ) {
+        for p in ["status", "logs"]
+            .map(|d| pod_dir.join(d))
+            .into_iter()
+            .chain(["hosts", "hostname", "resolv.conf"].map(|f| etc.join(f)))
+        {
             std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(io_err("chown", &p))?;
         }
     }

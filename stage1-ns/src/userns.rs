@@ -76,8 +76,7 @@ impl PodUserNs {
     /// Makes the namespaces through a holder process. Call while the
     /// monitor is single-threaded (it forks).
     pub fn create(map: IdMap, with_net: bool) -> Result<Self, UsernsError> {
-        let (to_parent_r, to_parent_w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+        let (to_parent_r, to_parent_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
         let (to_child_r, to_child_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
         let child = match sys::fork_process().map_err(sys_err("fork"))? {
             ForkResult::Child => {

@@ -201,7 +201,8 @@ fn setuid_files_grant_nothing_inside_and_nothing_of_root_on_the_host() {
         echo nnp=$(grep '^NoNewPrivs:' /proc/self/status | awk '{print $2}')";
     let user = "    user: \"65534\"\n    group: \"65534\"\n";
     for userns in ["auto", "host"] {
-        let yaml = userns_pod("suid", "example.com/suid:1", probe, user, "").replace("userns: auto", &format!("userns: {userns}"));
+        let yaml = userns_pod("suid", "example.com/suid:1", probe, user, "")
+            .replace("userns: auto", &format!("userns: {userns}"));
         let (lines, uuid) = run_lines(&live, &live.pod_file(&format!("suid-{userns}"), &yaml), &[]);
         let v = values(&lines);
         assert_eq!(v["mode"], "-rwsr-xr-x:0", "userns {userns}: {lines:?}");
@@ -285,6 +286,11 @@ fn concurrent_pods_get_disjoint_ranges_restart_stop_and_gc_leave_nothing() {
         }
     }
 
+    // `pod enter` runs as the pod's root, in its user namespace.
+    let entered = live.ok(&["enter", &uuids[0], "--app", "app", "/bin/sh", "-c", "cat /proc/self/uid_map; id -u"]);
+    let entered: Vec<&str> = entered.split_whitespace().collect();
+    assert_eq!(entered, ["0", &maps[0].0.to_string(), "65536", "0"], "pod enter");
+
     // The pod's footprint, gone after stop and gc.
     let during = HostState::take(&[]);
     let existed = before.entries();
@@ -317,7 +323,8 @@ fn userns_pods_on_a_cni_network_bind_low_ports() {
     // holds NET_BIND_SERVICE there, and sysfs shows its eth0.
     let script = "busybox httpd -p 80 -h / && echo bound=ok; \
         test -e /sys/class/net/eth0 && echo eth0=ok; echo map=$(cat /proc/self/uid_map)";
-    let yaml = userns_pod("web", BUSYBOX, script, "", "").replace("network: none", &format!("network: {}", live.net_name()));
+    let yaml =
+        userns_pod("web", BUSYBOX, script, "", "").replace("network: none", &format!("network: {}", live.net_name()));
     let (lines, uuid) = run_lines(&live, &live.pod_file("web", &yaml), &[]);
     let v = values(&lines);
     assert_eq!(v.get("bound").map(String::as_str), Some("ok"), "{lines:?}");

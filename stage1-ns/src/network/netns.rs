@@ -134,11 +134,7 @@ pub fn pin_netns(dir: &Path, name: &str, ns: BorrowedFd<'_>) -> Result<NetNs, Ne
 
 /// Makes the mount point `<dir>/<name>`, has `pin` bind a namespace on it,
 /// and removes it again if that fails.
-fn pin_with(
-    dir: &Path,
-    name: &str,
-    pin: impl FnOnce(&Path) -> Result<(), NetnsError>,
-) -> Result<NetNs, NetnsError> {
+fn pin_with(dir: &Path, name: &str, pin: impl FnOnce(&Path) -> Result<(), NetnsError>) -> Result<NetNs, NetnsError> {
     if name.is_empty() || name == "." || name == ".." || name.starts_with('.') || name.contains('/') {
         return Err(NetnsError::InvalidName(name.to_owned()));
     }
