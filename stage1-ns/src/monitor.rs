@@ -164,7 +164,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
         Some(_) if pod.network == spec::stage1::Network::Host => {
             return Err(Stage1Error::Invalid("userns: auto cannot share the host's network namespace".into()));
         }
-        Some(map) => Some(PodUserNs::create(map, true)?),
+        Some(map) => Some(PodUserNs::create(map, true, lock_fd)?),
         None => None,
     };
 

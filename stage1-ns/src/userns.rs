@@ -74,13 +74,17 @@ pub struct PodUserNs {
 
 impl PodUserNs {
     /// Makes the namespaces through a holder process. Call while the
-    /// monitor is single-threaded (it forks).
-    pub fn create(map: IdMap, with_net: bool) -> Result<Self, UsernsError> {
+    /// monitor is single-threaded (it forks). `lock_fd`, the pod's lock, is
+    /// closed in the holder: the lock is the monitor's alone.
+    pub fn create(map: IdMap, with_net: bool, lock_fd: Option<i32>) -> Result<Self, UsernsError> {
         let (to_parent_r, to_parent_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
         let (to_child_r, to_child_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
         let child = match sys::fork_process().map_err(sys_err("fork"))? {
             ForkResult::Child => {
                 drop((to_parent_r, to_child_w));
+                if let Some(fd) = lock_fd {
+                    let _ = nix::unistd::close(fd);
+                }
                 let code = holder(with_net, File::from(to_parent_w), File::from(to_child_r));
                 #[allow(clippy::exit)] // a forked child must never return into the monitor
                 std::process::exit(code);

@@ -345,3 +345,30 @@ fn limits_from_the_resolved_pod() {
     let r = spec::stage1::Resources { memory_bytes: Some(1), cpu_millis: Some(2), pids: Some(3) };
     assert_eq!(Limits::from(r), Limits { memory_bytes: Some(1), cpu_millis: Some(2), pids: Some(3) });
 }
+
+#[test]
+fn v2_delegation_chowns_app_leaves_and_the_pods_procs_only() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP: chown needs root");
+        return;
+    }
+    let fake = Fake::new();
+    fake_v2(&fake, "u1");
+    for dir in ["pod/u1", "pod/u1/web", "pod/u1/db", "pod/u1/init.scope"] {
+        fake.file(&format!("{dir}/cgroup.procs"), "");
+    }
+    let h = fake.detect(UNIFIED);
+    let pod = create_pod(&h, "u1", &[("web", WEB), ("db", DB)]).expect("create");
+    pod.delegate_apps(100_000, 100_001).expect("delegate");
+    let owner = |rel: &str| {
+        let m = fs::metadata(fake.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        (m.uid(), m.gid())
+    };
+    for rel in ["pod/u1/web", "pod/u1/web/cgroup.procs", "pod/u1/db/cgroup.procs", "pod/u1/cgroup.procs"] {
+        assert_eq!(owner(rel), (100_000, 100_001), "{rel}");
+    }
+    for rel in ["pod/u1", "pod/u1/init.scope/cgroup.procs", "pod/u1/web/memory.max", "pod/u1/cgroup.subtree_control"] {
+        assert_eq!(owner(rel), (0, 0), "{rel} stays host root's");
+    }
+}
