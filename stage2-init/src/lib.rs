@@ -27,7 +27,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub use exit::EXIT_INIT_FAILED;
-pub use launch::DEFAULT_PATH;
+pub use launch::{become_app, ChildError, DEFAULT_PATH};
 pub use supervise::READINESS_POLL;
 
 /// Writes one line to stderr, prefixed `pod-init:`. A failed write is
