@@ -75,6 +75,9 @@ const NAMESPACES: [(&str, CloneFlags); 5] = [
 /// single-threaded process (setns of a mount namespace requires it too).
 pub fn enter(pid: i32, app: &str, argv: &[String]) -> Result<i32, EnterError> {
     let name = AcName::new(app).map_err(|_| EnterError::NoApp(app.to_owned()))?;
+    // Nothing the caller left open (a directory of the host's, say) may
+    // reach the command: only stdin, stdout and stderr go in.
+    stage2_init::cloexec_inherited_fds();
     let proc_dir = PathBuf::from(format!("/proc/{pid}/ns"));
     if !proc_dir.exists() {
         return Err(EnterError::NotRunning);

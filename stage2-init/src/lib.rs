@@ -29,6 +29,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 pub use exit::EXIT_INIT_FAILED;
 pub use launch::{become_app, ChildError, DEFAULT_PATH};
 pub use supervise::READINESS_POLL;
+pub use sys::cloexec_inherited_fds;
 
 /// Writes one line to stderr, prefixed `pod-init:`. A failed write is
 /// ignored: PID 1 must not die because its stderr went away.

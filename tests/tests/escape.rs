@@ -169,6 +169,10 @@ fn assert_all_blocked(report: &BTreeMap<String, (bool, String)>, output: &str) {
     assert_mentions(detail("set-clock"), &["seccomp mode 2", "refused by seccomp"]);
     assert_mentions(detail("seccomp-relax"), &["still mode 2", "clone3 still ENOSYS"]);
     assert_mentions(detail("reboot"), &["EPERM"]);
+    // Nothing beyond stdin, stdout and stderr is open in the pod.
+    let fds = detail("leaked-fd").strip_prefix("open fds: ").and_then(|d| d.split(';').next()).unwrap_or_default();
+    let numbers: Vec<&str> = fds.split(", ").filter_map(|f| f.split(' ').next()).collect();
+    assert_eq!(numbers, ["0", "1", "2"], "fds open in the pod: {fds}\n{output}");
     assert_mentions(detail("module-load"), &["init_module(garbage): EPERM", "finit_module(/dev/null): EPERM"]);
     // Each node must be refused by the pod itself: mknod by the filter or
     // capabilities, open by a nodev mount (EACCES). Not by luck: an absent
@@ -219,4 +223,88 @@ fn without_seccomp_and_with_sys_admin_the_probe_sees_the_mount_escape() {
     assert!(escaped("seccomp-relax"), "there is no filter\n{output}");
     // Capabilities still hold where the filter is gone: no CAP_SYS_BOOT.
     assert!(!escaped("reboot"), "{output}");
+}
+
+/// `pod enter POD --app APP ARGV...` within a minute.
+fn enter(live: &Live, uuid: &str, app: &str, argv: &[&str]) -> std::process::Output {
+    let mut args = vec!["enter", "--app", app, uuid];
+    args.extend(argv);
+    live.run_within(&args, Duration::from_secs(60))
+}
+
+/// The `Field:` values of /proc/self/status lines.
+fn status_fields(text: &str) -> BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect()
+}
+
+const STATUS: &str = "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status";
+
+#[test]
+fn pod_enter_runs_commands_with_the_apps_privileges() {
+    skip_unless_probe!();
+    let live = live_with_probe();
+    let sleep = json!(["/bin/sh", "-c", "exec sleep 600"]);
+    let yaml = format!(
+        "name: entered\nnetwork: none\napps:\n\
+         - name: main\n    image: {PROBE_IMAGE}\n    exec: {sleep}\n{env}\
+         \x20 - name: user\n    image: {PROBE_IMAGE}\n    exec: {sleep}\n    user: \"1000\"\n    group: \"1000\"\n\
+         \x20   capabilities: {{ add: [NET_ADMIN], drop: [MKNOD] }}\n\
+         volumes:\n  - {{ name: scratch, kind: empty }}\n",
+        env = probe_env()
+    )
+    .replace("apps:\n- name: main", "apps:\n  - name: main");
+    let uuid = live.start(&live.pod_file("entered", &yaml));
+    live.wait_all_up(&uuid, Duration::from_secs(60));
+
+    // Root in the app: the app's set as bounding and effective set, the filter, no_new_privs.
+    let out = enter(&live, &uuid, "main", &["/bin/sh", "-c", STATUS]);
+    assert!(out.status.success(), "{}", describe(&["enter", "main"], &out));
+    let root = status_fields(&String::from_utf8_lossy(&out.stdout));
+    println!("--- pod enter --app main: {root:?}");
+    for f in ["CapBnd", "CapEff", "CapPrm"] {
+        assert_eq!(root[f], DEFAULT_CAPS, "{f}: {root:?}");
+    }
+    assert_eq!(
+        (root["CapAmb"].as_str(), root["Seccomp"].as_str(), root["NoNewPrivs"].as_str()),
+        ("0000000000000000", "2", "1")
+    );
+
+    // Another user: its uid and gid, no capabilities, its own bounding set
+    // (+ NET_ADMIN, bit 12; - MKNOD, bit 27).
+    let script = format!("id -u; id -g; {STATUS}");
+    let out = enter(&live, &uuid, "user", &["/bin/sh", "-c", &script]);
+    assert!(out.status.success(), "{}", describe(&["enter", "user"], &out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("--- pod enter --app user:\n{text}");
+    let ids: Vec<&str> = text.lines().take(2).collect();
+    assert_eq!(ids, ["1000", "1000"], "{text}");
+    let user = status_fields(&text);
+    assert_eq!(user["CapBnd"], "00000000a00435fb", "{text}");
+    for f in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+        assert_eq!(user[f], "0000000000000000", "{f}: {text}");
+    }
+    assert_eq!((user["Seccomp"].as_str(), user["NoNewPrivs"].as_str()), ("2", "1"), "{text}");
+
+    // A mount through enter is refused, as in the app.
+    // (busybox's sh runs its applets: the image has no /bin/mount.)
+    let out = enter(&live, &uuid, "main", &["/bin/sh", "-c", "mount -t tmpfs x /tmp"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("--- pod enter --app main mount -t tmpfs x /tmp: {:?}, {}", out.status.code(), text.trim());
+    assert!(!out.status.success(), "{}", describe(&["enter", "mount"], &out));
+    assert_mentions_any(&text, &["not permitted", "permission denied"]);
+
+    // In the app's cgroups: the same view of them as the app's own process.
+    let pid = live.app_status(&uuid, "main")["pid"].as_i64().unwrap();
+    let script = format!("cat /proc/self/cgroup; echo ---; cat /proc/{pid}/cgroup");
+    let out = enter(&live, &uuid, "main", &["/bin/sh", "-c", &script]);
+    assert!(out.status.success(), "{}", describe(&["enter", "cgroup"], &out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (own, app) = text.split_once("---\n").unwrap_or_else(|| panic!("{text}"));
+    assert!(!own.trim().is_empty() && own == app, "enter's cgroups are not the app's:\n{text}");
+
+    // And the whole probe, entered: nothing escapes either.
+    let out = enter(&live, &uuid, "main", &["/bin/pod-escape-probe"]);
+    let lines = report("pod enter --app main /bin/pod-escape-probe", &String::from_utf8_lossy(&out.stdout));
+    assert_all_blocked(&lines, &describe(&["enter", "probe"], &out));
+    assert!(out.status.success(), "{}", describe(&["enter", "probe"], &out));
 }
