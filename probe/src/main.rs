@@ -48,9 +48,12 @@ enum Verdict {
 
 use Verdict::{Blocked, Escaped};
 
+/// A vector: its name and its attempt.
+type Vector = (&'static str, fn() -> Verdict);
+
 /// Every vector, in the order they run. seccomp-relax is last: it stacks
 /// one more (allow-all) filter on the probe.
-const VECTORS: &[(&str, fn() -> Verdict)] = &[
+const VECTORS: &[Vector] = &[
     ("mount", mount),
     ("mknod-block", mknod_block),
     ("module-load", module_load),
