@@ -43,9 +43,10 @@ pub fn elf_sections(path: &Path) -> Vec<(String, u64)> {
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
     let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) as usize;
     let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
-    let (shoff, shentsize, shnum, shstrndx) = (u64_at(0x28) as usize, u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    let offset = |o: usize| usize::try_from(u64_at(o)).unwrap();
+    let (shoff, shentsize, shnum, shstrndx) = (offset(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
     let header = |i: usize| shoff + i * shentsize;
-    let names = u64_at(header(shstrndx) + 0x18) as usize;
+    let names = offset(header(shstrndx) + 0x18);
     (0..shnum)
         .map(|i| {
             let start = names + u32_at(header(i));
