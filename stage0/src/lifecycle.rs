@@ -183,6 +183,7 @@ pub fn remove(pods: &Pods, pod: &PodRef) -> Result<(), LifecycleError> {
         stage1_gc(pod)?;
     }
     pods.transition(&mut locked, PodState::Garbage)?;
+    crate::crashpoint::crashpoint("gc.garbage");
     fs::remove_dir_all(&locked.dir).map_err(|e| LifecycleError::Io {
         op: "remove",
         path: locked.dir.clone(),
@@ -190,22 +191,27 @@ pub fn remove(pods: &Pods, pod: &PodRef) -> Result<(), LifecycleError> {
     })
 }
 
-/// Removes every exited pod and abandoned embryo. Returns the uuids removed.
+/// Removes every exited pod and abandoned embryo or prepared pod. Returns
+/// the uuids removed.
 pub fn gc(pods: &Pods) -> Result<Vec<String>, LifecycleError> {
     let mut removed = Vec::new();
+    pods.remove_unnamed()?;
     for pod in pods.list()? {
         let doomed = match pod.state {
             PodState::Exited | PodState::Garbage => true,
-            // An embryo nobody holds is a prepare that died.
-            PodState::Embryo => !pods::is_locked(&pod.dir),
-            PodState::Prepared | PodState::Running => false,
+            // An embryo nobody holds is a prepare that died. So is a
+            // prepared pod: `pod run` holds its lock from creation until
+            // stage1 takes it over, and nothing else prepares pods.
+            PodState::Embryo | PodState::Prepared => !pods::is_locked(&pod.dir),
+            PodState::Running => false,
         };
         if !doomed {
             continue;
         }
         match remove(pods, &pod) {
             Ok(()) => removed.push(pod.uuid.clone()),
-            Err(LifecycleError::Pod(PodError::Locked(_))) => {}
+            // Taken by someone else meanwhile: a concurrent `pod gc` or `rm`.
+            Err(LifecycleError::Pod(PodError::Locked(_) | PodError::NotFound(_))) => {}
             Err(e) => return Err(e),
         }
     }

@@ -1,0 +1,79 @@
+//! Deterministic kill points for the crash tests (`tests/tests/crash.rs`).
+//!
+//! In a debug build, `POD_TEST_KILL_AT=<step>` makes `pod` SIGKILL itself
+//! (a real kill -9: no unwinding, no destructors, no cleanup) when it
+//! reaches `<step>`, so a test can crash it at every step that leaves
+//! something on disk and check that `pod gc` recovers. Release builds
+//! compile [`crashpoint`] to nothing and never read the variable.
+//!
+//! The steps, in the order a `pod run` of an image not yet stored meets them:
+//!
+//! | step | where |
+//! |---|---|
+//! | `fetch.staged` | image file (and signature) copied into `tmp/fetch-*`, nothing checked yet |
+//! | `fetch.verified` | signature verified, archive not yet opened |
+//! | `fetch.extracting` | mid-extraction: the first regular file of the rootfs written |
+//! | `fetch.extracted` | extracted and checked, `meta.json` written: a complete staging dir |
+//! | `store.commit` | the staging dir's lock file removed, just before the rename into `images/` |
+//! | `store.committed` | renamed into `images/`: the image is stored, its tree not rendered |
+//! | `render.layer` | mid-render: the first layer laid into `tmp/tree-*` |
+//! | `render.install` | tree complete, just before the rename into `trees/` |
+//! | `render.installed` | tree renamed into `trees/` |
+//! | `prepare.embryo` | pod directory created in `pods/embryo/` and locked |
+//! | `prepare.dirs` | the apps' rootfs, upper and work directories made |
+//! | `prepare.volumes` | volumes made |
+//! | `prepare.manifest` | `pod.json` written |
+//! | `prepare.invocation` | `stage1.json` written, the pod still an embryo |
+//! | `prepare.prepared` | renamed to `pods/prepared/`, still locked by `pod` |
+//! | `run.running` | renamed to `pods/run/`, stage1 not started |
+//! | `run.stage1` | just before the exec (or spawn, with `-d`) of stage1 |
+//! | `gc.garbage` | `pod gc`/`pod rm`: the pod's stage1 gc done, pod renamed to `pods/garbage/`, not yet deleted |
+//! | `image.rm` | `pod image rm`: the entry renamed out of `images/` into `tmp/`, not yet deleted |
+//!
+//! stage1's own steps are killed from outside by the tests (the monitor,
+//! pod-init, qemu), as an operator or the OOM killer would.
+
+/// The environment variable naming the step to die at.
+pub const ENV: &str = "POD_TEST_KILL_AT";
+
+/// Every step, in the order of the table above; the crash test iterates it.
+pub const STEPS: &[&str] = &[
+    "fetch.staged",
+    "fetch.verified",
+    "fetch.extracting",
+    "fetch.extracted",
+    "store.commit",
+    "store.committed",
+    "render.layer",
+    "render.install",
+    "render.installed",
+    "prepare.embryo",
+    "prepare.dirs",
+    "prepare.volumes",
+    "prepare.manifest",
+    "prepare.invocation",
+    "prepare.prepared",
+    "run.running",
+    "run.stage1",
+    "gc.garbage",
+    "image.rm",
+];
+
+/// Dies by SIGKILL if `POD_TEST_KILL_AT` names `step` (debug builds only).
+#[cfg(debug_assertions)]
+pub fn crashpoint(step: &str) {
+    use std::sync::OnceLock;
+    static ARMED: OnceLock<Option<String>> = OnceLock::new();
+    debug_assert!(STEPS.contains(&step), "crashpoint {step:?} is not listed in STEPS");
+    let armed = ARMED.get_or_init(|| std::env::var(ENV).ok());
+    if armed.as_deref() == Some(step) {
+        eprintln!("pod: {ENV}={step}: SIGKILL");
+        // raise(3) SIGKILL cannot be caught: it is a kill -9.
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Release builds: no kill points.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn crashpoint(_step: &str) {}
