@@ -1,19 +1,38 @@
-//! A pod whose stage1 is killed with SIGKILL mid-run: `pod gc` must leave
-//! the host as it was before the pod (mounts, cgroups, netns pins, veths,
-//! iptables) with none of the pod's processes alive. The only test of its
-//! binary, so that no other pod of this suite changes the host meanwhile
-//! (cargo runs test binaries one after another); what other users of the
-//! host change meanwhile is told apart from the pod's own. Needs root and the CNI
-//! plugins; reports a skip without them.
+//! Crashes and concurrency. Every kill -9 a `pod` process or a pod can
+//! suffer, at every step that leaves something on disk or on the host, then
+//! `pod gc`: the host must be as it was (mounts, cgroups, netns pins, veths,
+//! iptables rules, processes, the store's temp dirs, pod dirs) and every
+//! store entry must pass `pod image verify`. And 20 `pod fetch`es or `pod
+//! run`s of one image at once: all succeed, with one store entry.
+//!
+//! stage0's steps are reached deterministically: debug builds of `pod` die
+//! by SIGKILL at the step named by `POD_TEST_KILL_AT` (the list is
+//! `STEPS` in stage0/src/crashpoint.rs, read from the source here so that a
+//! new step is tested at once). stage1 and the pod's PID 1 are killed from
+//! outside, as an operator or the OOM killer would. VM pods: see vm.rs.
+//!
+//! The tests of this binary take turns (one lock), so that each one's host
+//! snapshots see only its own pods; what other users of the host change
+//! meanwhile is told apart from the pods' own by their uuids and paths.
+//! Needs root and the CNI plugins; reports a skip without them.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::fs;
-use std::process::Command;
-use std::time::Duration;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use common::*;
+
+/// One test at a time: each compares the host before and after its pods.
+fn serial() -> MutexGuard<'static, ()> {
+    static HOST: Mutex<()> = Mutex::new(());
+    HOST.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A process as `/proc/PID/stat` shows it; `start` (field 22) tells a pid
 /// reused later from this one.
@@ -84,6 +103,7 @@ fn fds_into(pid: u32, dir: &std::path::Path) -> Vec<String> {
 // alone), so the pod reads as exited and `pod gc` restores the host.
 #[test]
 fn killing_stage1_then_gc_leaves_the_host_as_it_was() {
+    let _turn = serial();
     if let Some(why) = skip_reason(true) {
         eprintln!("SKIP: {why}");
         return;
@@ -160,4 +180,276 @@ fn killing_stage1_then_gc_leaves_the_host_as_it_was() {
     if !diff.is_empty() {
         eprintln!("host changes not attributed to the pod:\n{diff}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// What an environment's pods left on the host.
+
+/// The host before an environment's pods; [`Footprint::left`] lists what
+/// they left: new mounts, cgroups, netns pins and iptables lines naming the
+/// environment's root or one of its pods, new links, veths on its bridge,
+/// processes whose command line names its root.
+struct Footprint {
+    before: HostState,
+    root: String,
+    bridge: Option<String>,
+}
+
+impl Footprint {
+    fn take(live: &Live) -> Self {
+        let bridge = live.net.as_ref().map(|n| n.bridge.clone());
+        let ignore: Vec<&str> = bridge.iter().map(String::as_str).collect();
+        Self { before: HostState::take(&ignore), root: live.root().to_string_lossy().into_owned(), bridge }
+    }
+
+    fn left(&self, uuids: &[String]) -> Vec<String> {
+        let ignore: Vec<&str> = self.bridge.iter().map(String::as_str).collect();
+        let after = HostState::take(&ignore);
+        // The CNI chains a pod's rules jump to are named by hashes, not uuids.
+        let chains: Vec<String> = uuids
+            .iter()
+            .flat_map(|u| iptables_mentioning(u))
+            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "-j").nth(1).map(str::to_owned))
+            .filter(|c| c.starts_with("CNI-") && !c.starts_with("CNI-HOSTPORT-"))
+            .collect();
+        let ours = |e: &str| {
+            e.contains(&self.root)
+                || uuids.iter().any(|u| e.contains(u.as_str()))
+                || chains.iter().any(|c| e.contains(c.as_str()))
+        };
+        let existed = self.before.entries();
+        let mut left: Vec<String> = after.entries().into_iter().filter(|e| ours(e) && !existed.contains(e)).collect();
+        if let Some(b) = &self.bridge {
+            left.extend(links_on(b).into_iter().map(|l| format!("veth {l} on {b}")));
+        }
+        left.extend(
+            all_procs()
+                .into_iter()
+                .filter(|p| p.state != 'Z' && p.cmdline.contains(&self.root))
+                .map(|p| format!("process {} {}", p.pid, p.cmdline)),
+        );
+        left
+    }
+}
+
+/// Every pod uuid under the environment's `pods/` (`embryo/.<uuid>` too).
+fn pod_uuids(live: &Live) -> Vec<String> {
+    let mut out = Vec::new();
+    for state in ["embryo", "prepared", "run", "garbage"] {
+        let Ok(rd) = fs::read_dir(live.data.join("pods").join(state)) else { continue };
+        out.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().trim_start_matches('.').to_owned()));
+    }
+    out
+}
+
+/// The store and the pods directory after `pod gc`: no pods, nothing in
+/// `tmp/`, every image entry complete and verified, every tree complete.
+fn assert_store_sound(live: &Live, what: &str) {
+    let pods = pod_uuids(live);
+    assert!(pods.is_empty(), "{what}: pods left after gc: {pods:?}");
+    let tmp = live.tmp_entries();
+    assert!(tmp.is_empty(), "{what}: left in the store's tmp/: {tmp:?}");
+    for dir in live.image_dirs() {
+        assert!(dir.join("meta.json").is_file(), "{what}: incomplete store entry {}", dir.display());
+    }
+    for tree in fs::read_dir(live.data.join("trees")).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or(Vec::<PathBuf>::new()) {
+        assert!(
+            tree.join("layers").is_file() && tree.join("rootfs").is_dir(),
+            "{what}: incomplete tree {}",
+            tree.display()
+        );
+    }
+    let out = live.run(&["image", "verify"]);
+    assert!(out.status.success(), "{what}: {}", describe(&["image", "verify"], &out));
+    let verified = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("ok")).count();
+    assert_eq!(verified, live.image_dirs().len(), "{what}: every entry verified\n{}", describe(&["image", "verify"], &out));
+}
+
+fn gc_ok(live: &Live, what: &str) {
+    let out = live.run_within(&["gc"], Duration::from_secs(60));
+    assert!(out.status.success(), "{what}: {}", describe(&["gc"], &out));
+}
+
+// ---------------------------------------------------------------------------
+// Kill points in stage0.
+
+/// `STEPS` in stage0/src/crashpoint.rs, read from the source.
+fn kill_points() -> Vec<String> {
+    let src = include_str!("../../stage0/src/crashpoint.rs");
+    let start = src.find("pub const STEPS").expect("STEPS in stage0/src/crashpoint.rs");
+    let body = &src[start..];
+    let body = &body[body.find("= &[").unwrap()..body.find("];").unwrap()];
+    let steps: Vec<String> = body.split('"').skip(1).step_by(2).map(str::to_owned).collect();
+    assert!(steps.len() >= 10, "could not read STEPS from crashpoint.rs: {steps:?}");
+    steps
+}
+
+/// What reaches a kill point, and what it needs in place first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// `pod fetch` of busybox into a store without it (nor its tree).
+    Fetch,
+    /// `pod run` of a one-app pod (with a volume, on the test network).
+    Run,
+    /// `pod gc` with an exited pod to collect.
+    Gc,
+    /// `pod image rm` of the stored busybox.
+    ImageRm,
+}
+
+fn scenario(step: &str) -> Scenario {
+    match step.split('.').next().unwrap_or_default() {
+        "fetch" | "store" | "render" => Scenario::Fetch,
+        "prepare" | "run" => Scenario::Run,
+        "gc" => Scenario::Gc,
+        "image" => Scenario::ImageRm,
+        _ => panic!("crash.rs cannot reach kill point {step:?}: give it a Scenario"),
+    }
+}
+
+const BUSYBOX: &str = "example.com/busybox:1.35";
+
+/// A pod of one busybox app that echoes and exits, with an empty volume.
+fn echo_pod(live: &Live, isolation: &str) -> PathBuf {
+    let net = live.net.as_ref().map_or("none", |n| n.name.as_str());
+    let net = if isolation == "vm" { "none" } else { net };
+    live.pod_file(
+        &format!("echo-{isolation}"),
+        &format!(
+            "name: echo\nisolation: {isolation}\nnetwork: {net}\napps:\n\
+             - name: a\n  image: {BUSYBOX}\n  exec: [/bin/sh, -c, \"echo crash-test\"]\n  \
+             mounts: [{{ volume: v, path: /v }}]\nvolumes:\n- {{ name: v, kind: empty }}\n"
+        ),
+    )
+}
+
+fn ensure_image(live: &Live, aci: &Path) {
+    if live.image_dirs().is_empty() {
+        live.ok(&["fetch", p(aci)]);
+    }
+}
+
+/// Sets up what `scenario` needs; returns the command that reaches its steps.
+fn arrange(live: &Live, s: Scenario, aci: &Path, pod_file: &Path) -> Vec<String> {
+    match s {
+        Scenario::Fetch => {
+            if !live.image_dirs().is_empty() {
+                live.ok(&["image", "rm", BUSYBOX]);
+            }
+            // Drops the tree too, so that the fetch renders it again.
+            live.ok(&["image", "gc"]);
+            assert!(live.image_dirs().is_empty() && live.trees().is_empty(), "a store without busybox");
+            vec!["fetch".into(), p(aci).into()]
+        }
+        Scenario::Run => {
+            ensure_image(live, aci);
+            vec!["run".into(), p(pod_file).into()]
+        }
+        Scenario::Gc => {
+            ensure_image(live, aci);
+            let out = live.run_within(&["run", p(pod_file)], Duration::from_secs(120));
+            assert!(out.status.success(), "{}", describe(&["run"], &out));
+            assert_eq!(pod_uuids(live).len(), 1, "an exited pod to collect");
+            vec!["gc".into()]
+        }
+        Scenario::ImageRm => {
+            ensure_image(live, aci);
+            vec!["image".into(), "rm".into(), BUSYBOX.into()]
+        }
+    }
+}
+
+/// After the kill and `pod gc`: the normal command works again.
+fn recover(live: &Live, s: Scenario, aci: &Path, pod_file: &Path, step: &str) {
+    match s {
+        Scenario::Fetch | Scenario::ImageRm => {
+            let out = live.run_within(&["fetch", p(aci)], Duration::from_secs(120));
+            assert!(out.status.success(), "fetch after a kill at {step}: {}", describe(&["fetch"], &out));
+            assert_id(&String::from_utf8_lossy(&out.stdout));
+            assert_eq!(live.image_dirs().len(), 1, "one store entry after a kill at {step}");
+        }
+        Scenario::Run | Scenario::Gc => {
+            let out = live.run_within(&["run", p(pod_file)], Duration::from_secs(120));
+            assert!(out.status.success(), "run after a kill at {step}: {}", describe(&["run"], &out));
+            assert!(String::from_utf8_lossy(&out.stdout).contains("[a] crash-test"), "{}", describe(&["run"], &out));
+            gc_ok(live, step);
+        }
+    }
+}
+
+/// Runs `args` with `POD_TEST_KILL_AT=step`; asserts `pod` died of SIGKILL
+/// there (so the step was reached: a missed step fails the test).
+fn kill_at(live: &Live, step: &str, args: &[String]) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = live.cmd(&args);
+    cmd.env("POD_TEST_KILL_AT", step);
+    let out = output_within(cmd, Duration::from_secs(120), &args.join(" "));
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "POD_TEST_KILL_AT={step}: `pod` was not killed there (step not reached?)\n{}",
+        describe(&args, &out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("POD_TEST_KILL_AT={step}")),
+        "{}",
+        describe(&args, &out)
+    );
+    out
+}
+
+fn vm_host_available() -> bool {
+    let kernel = std::env::var("POD_GUEST_KERNEL").unwrap_or_else(|_| "/usr/lib/pod/guest/vmlinuz".into());
+    Path::new(&kernel).is_file()
+        && target_dir().join("debug/pod-stage1-vm").is_file()
+        && Command::new("qemu-system-x86_64").arg("--version").output().is_ok()
+}
+
+// Every kill point of stage0, in order: `pod` dies there by SIGKILL, `pod
+// gc` runs, and the host and the store are as before, every entry
+// verifies, and the command then works.
+#[test]
+fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
+    let _turn = serial();
+    if let Some(why) = skip_reason(true) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let aci = example_image(Example::Busybox);
+    let live = Live::with_net(&[Example::Busybox]);
+    let ns_file = echo_pod(&live, "namespace");
+    let vm_file = echo_pod(&live, "vm");
+    let mut cases: Vec<(String, &str)> = kill_points().into_iter().map(|s| (s, "namespace")).collect();
+    // The VM stage1's gc after a `pod run` killed before it started it.
+    if vm_host_available() {
+        cases.extend([("run.running".to_owned(), "vm"), ("run.stage1".to_owned(), "vm")]);
+    } else {
+        eprintln!("(no VM host: the kill points of VM pods are skipped)");
+    }
+    let started = Instant::now();
+    for (step, isolation) in &cases {
+        let t = Instant::now();
+        let s = scenario(step);
+        let file = if *isolation == "vm" { &vm_file } else { &ns_file };
+        let args = arrange(&live, s, &aci, file);
+        let footprint = Footprint::take(&live);
+        kill_at(&live, step, &args);
+        let uuids = pod_uuids(&live);
+        gc_ok(&live, step);
+        let what = format!("after a kill at {step} ({isolation}) and pod gc");
+        assert_store_sound(&live, &what);
+        let left = footprint.left(&uuids);
+        assert!(left.is_empty(), "{what}: left on the host: {left:#?}");
+        recover(&live, s, &aci, file, step);
+        assert_store_sound(&live, &format!("{what}, then the command again"));
+        let shown: Vec<&str> = args.iter().map(|a| a.rsplit('/').next().unwrap_or(a)).collect();
+        let again = if matches!(s, Scenario::Run | Scenario::Gc) { "pod run" } else { "pod fetch" };
+        eprintln!(
+            "kill -9 at {step:<18} {isolation:<9} `pod {}`: died there; after gc: host as before, \
+             store verified; {again} works ({:.1?})",
+            shown.join(" "),
+            t.elapsed()
+        );
+    }
+    eprintln!("{} kill points in {:.1?}", cases.len(), started.elapsed());
 }
