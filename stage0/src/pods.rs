@@ -267,7 +267,14 @@ impl Pods {
     /// Locks an existing pod (fails if someone holds it).
     pub fn lock(&self, pod: &PodRef) -> Result<LockedPod, PodError> {
         let lock = lock_dir(&pod.dir, &pod.uuid)?;
-        Ok(LockedPod { uuid: pod.uuid.clone(), dir: pod.dir.clone(), lock })
+        // Only a lock holder moves a pod. If its directory left `pod.dir`
+        // between our open and our lock, that holder (a concurrent `pod gc`
+        // or `rm`) has moved or removed it: our lock is on a stale inode.
+        match fs::symlink_metadata(&pod.dir) {
+            Ok(_) => Ok(LockedPod { uuid: pod.uuid.clone(), dir: pod.dir.clone(), lock }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PodError::NotFound(pod.uuid.clone())),
+            Err(e) => Err(io_err("inspect", &pod.dir)(e)),
+        }
     }
 }
 

@@ -252,7 +252,10 @@ fn assert_store_sound(live: &Live, what: &str) {
     for dir in live.image_dirs() {
         assert!(dir.join("meta.json").is_file(), "{what}: incomplete store entry {}", dir.display());
     }
-    for tree in fs::read_dir(live.data.join("trees")).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or(Vec::<PathBuf>::new()) {
+    for tree in fs::read_dir(live.data.join("trees"))
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or(Vec::<PathBuf>::new())
+    {
         assert!(
             tree.join("layers").is_file() && tree.join("rootfs").is_dir(),
             "{what}: incomplete tree {}",
@@ -262,7 +265,12 @@ fn assert_store_sound(live: &Live, what: &str) {
     let out = live.run(&["image", "verify"]);
     assert!(out.status.success(), "{what}: {}", describe(&["image", "verify"], &out));
     let verified = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("ok")).count();
-    assert_eq!(verified, live.image_dirs().len(), "{what}: every entry verified\n{}", describe(&["image", "verify"], &out));
+    assert_eq!(
+        verified,
+        live.image_dirs().len(),
+        "{what}: every entry verified\n{}",
+        describe(&["image", "verify"], &out)
+    );
 }
 
 fn gc_ok(live: &Live, what: &str) {
@@ -452,4 +460,189 @@ fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
         );
     }
     eprintln!("{} kill points in {:.1?}", cases.len(), started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// The pod's PID 1 killed from the host.
+
+// kill -9 of pod-init from the host (the OOM killer's choice, or an
+// operator's): the kernel ends the pod's pid namespace, the monitor sees its
+// PID 1 die, tears the pod down and records 137; gc leaves nothing.
+#[test]
+fn killing_the_pods_pid1_ends_the_pod_and_gc_leaves_the_host_as_it_was() {
+    let _turn = serial();
+    if let Some(why) = skip_reason(true) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::with_net(&[Example::Busybox]);
+    let footprint = Footprint::take(&live);
+    let file = live.pod_file(
+        "sleeper",
+        &format!(
+            "name: sleeper\nnetwork: {}\napps:\n- name: s\n  image: {BUSYBOX}\n  exec: [/bin/busybox, sleep, \"600\"]\n",
+            live.net_name()
+        ),
+    );
+    let uuid = live.start(&file);
+    live.wait_all_up(&uuid, Duration::from_secs(60));
+    let present = footprint.left(std::slice::from_ref(&uuid));
+    for kind in ["cgroup ", "netns ", "veth ", "process "] {
+        assert!(present.iter().any(|e| e.starts_with(kind)), "no {kind}of the running pod seen: {present:#?}");
+    }
+    let dir = live.data.join("pods/run").join(&uuid);
+    let pid1: u32 = fs::read_to_string(dir.join("pid")).unwrap().trim().parse().unwrap();
+    let init = proc_of(pid1).unwrap();
+    assert!(init.cmdline.contains("pod-init"), "the pid file names the pod's PID 1: {init:?}");
+    let pod_procs = tree(pid1);
+
+    let killed = Command::new("kill").args(["-KILL", &pid1.to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(
+        wait_for(Duration::from_secs(20), || live.listed(&uuid).is_some_and(|e| e["state"] == "exited")),
+        "the pod is not exited after its PID 1 was killed: {:?}",
+        live.listed(&uuid)
+    );
+    let st = live.status(&uuid);
+    assert_eq!(st["exitCode"], 137, "the pod ended by SIGKILL (128+9): {st}");
+    let survivors: Vec<&Proc> = pod_procs.iter().filter(|p| alive(p)).collect();
+    assert!(survivors.is_empty(), "the pod's processes outlived its PID 1: {survivors:#?}");
+    // The monitor tore the pod down itself; gc removes the directory.
+    let before_gc = footprint.left(std::slice::from_ref(&uuid));
+    assert!(before_gc.is_empty(), "the exited pod still holds: {before_gc:#?}");
+    gc_ok(&live, "gc after killing pod-init");
+    assert!(live.listed(&uuid).is_none(), "gc removed the pod");
+    let left = footprint.left(std::slice::from_ref(&uuid));
+    assert!(left.is_empty(), "left on the host: {left:#?}");
+    eprintln!("kill -9 of pod-init: pod exited 137, torn down by its monitor; gc left nothing");
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency.
+
+const RACERS: usize = 20;
+
+/// Starts `RACERS` copies of `pod ARGS` at once and waits for all of them.
+fn race(live: &Live, args: &[&str], limit: Duration) -> Vec<Output> {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let cmd = live.cmd(args);
+            let what = args.join(" ");
+            std::thread::spawn(move || output_within(cmd, limit, &what))
+        })
+        .collect();
+    let outs: Vec<Output> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    eprintln!("{RACERS} x `pod {}` at once: {:.1?}", args[0], started.elapsed());
+    for (i, out) in outs.iter().enumerate() {
+        assert!(out.status.success(), "racer {i} of {RACERS} failed:\n{}", describe(args, out));
+    }
+    outs
+}
+
+/// An environment trusting the example key, with an empty store.
+fn empty_store(net: bool) -> Live {
+    let live = if net { Live::with_net(&[Example::Busybox]) } else { Live::new(&[Example::Busybox]) };
+    live.ok(&["image", "rm", BUSYBOX]);
+    live.ok(&["image", "gc"]);
+    assert!(live.image_dirs().is_empty() && live.trees().is_empty(), "an empty store");
+    live
+}
+
+// 20 `pod fetch` of one signed image into an empty store: every one
+// succeeds with the same ID, and the store holds one verified entry, one
+// tree, and no temp files.
+#[test]
+fn twenty_concurrent_fetches_of_one_image_make_one_entry() {
+    let _turn = serial();
+    let aci = example_image(Example::Busybox);
+    let live = empty_store(false);
+    let outs = race(&live, &["fetch", p(&aci)], Duration::from_secs(180));
+    let ids: std::collections::BTreeSet<String> =
+        outs.iter().map(|o| assert_id(&String::from_utf8_lossy(&o.stdout))).collect();
+    assert_eq!(ids.len(), 1, "every fetch printed the same ID: {ids:?}");
+    assert_eq!(live.image_dirs().len(), 1, "one store entry: {:?}", live.image_dirs());
+    assert_eq!(live.trees().len(), 1, "one rendered tree: {:?}", live.trees());
+    assert_store_sound(&live, "after 20 concurrent fetches");
+    assert_eq!(live.list().len(), 1, "pod image list shows one image");
+    eprintln!("20 concurrent fetches: one ID, one entry, one tree, verified, no temp files");
+}
+
+// 20 `pod run` of one image at once, twice: into an empty store (all 20
+// fetch, verify, extract and render it concurrently), then with the image
+// stored. Every pod exits 0 with its output; one entry and one tree; gc
+// leaves the host as before.
+#[test]
+fn twenty_concurrent_runs_of_one_image_all_succeed() {
+    let _turn = serial();
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let aci = example_image(Example::Busybox);
+    let live = empty_store(false);
+    let footprint = Footprint::take(&live);
+    let pod_file = |name: &str, image: &str| {
+        live.pod_file(
+            name,
+            &format!(
+                "name: {name}\nnetwork: none\napps:\n- name: a\n  image: {image}\n  \
+                 exec: [/bin/sh, -c, \"echo racing {name}\"]\n"
+            ),
+        )
+    };
+    let by_file = pod_file("by-file", p(&aci));
+    let by_name = pod_file("by-name", BUSYBOX);
+    for (round, file) in [("empty store", &by_file), ("image stored", &by_name)] {
+        let outs = race(&live, &["run", p(file)], Duration::from_secs(300));
+        let stem = file.file_stem().unwrap().to_string_lossy();
+        for out in &outs {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains(&format!("[a] racing {stem}")), "{}", describe(&["run"], out));
+        }
+        assert_eq!(live.image_dirs().len(), 1, "{round}: one store entry: {:?}", live.image_dirs());
+        assert_eq!(live.trees().len(), 1, "{round}: one rendered tree: {:?}", live.trees());
+        let pods = live.pods();
+        assert_eq!(pods.len(), RACERS, "{round}: one pod per run: {pods:?}");
+        assert!(pods.iter().all(|e| e["state"] == "exited"), "{round}: every pod exited: {pods:?}");
+        let uuids = pod_uuids(&live);
+        gc_ok(&live, round);
+        assert_store_sound(&live, &format!("{round}: after 20 concurrent runs and gc"));
+        let left = footprint.left(&uuids);
+        assert!(left.is_empty(), "{round}: left on the host: {left:#?}");
+        eprintln!("{round}: 20 concurrent runs exited 0; one entry, one tree; gc left nothing");
+    }
+
+    // And with `pod gc` running over and over meanwhile: gc takes neither a
+    // pod being prepared nor one running, and gcs never trip on each other.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gcs: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            let cmd = || live.cmd(&["gc"]);
+            let mut cmds: Vec<Command> = (0..200).map(|_| cmd()).collect();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Some(c) = cmds.pop() else { break };
+                    let out = output_within(c, Duration::from_secs(60), "gc");
+                    assert!(out.status.success(), "a gc beside the runs failed:\n{}", describe(&["gc"], &out));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let outs = race(&live, &["run", p(&by_name)], Duration::from_secs(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds: usize = gcs.into_iter().map(|h| h.join().unwrap()).sum();
+    for out in &outs {
+        assert!(String::from_utf8_lossy(&out.stdout).contains("[a] racing by-name"), "{}", describe(&["run"], out));
+    }
+    let uuids = pod_uuids(&live);
+    gc_ok(&live, "after runs beside gcs");
+    assert_store_sound(&live, "after 20 concurrent runs beside gcs");
+    let left = footprint.left(&uuids);
+    assert!(left.is_empty(), "runs beside gcs: left on the host: {left:#?}");
+    eprintln!("20 concurrent runs beside {rounds} concurrent gcs: all exited 0; gc left nothing");
 }
