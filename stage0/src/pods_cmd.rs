@@ -140,7 +140,10 @@ pub(crate) fn status(dirs: &Dirs, query: &str, format: Format) -> Result<(), Fai
     let pod = lifecycle::find(&pods, query)?;
     let resolved =
         read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
-    let apps = app_statuses(&pod.dir, &resolved);
+    let mut apps = app_statuses(&pod.dir, &resolved);
+    if pod.state == PodState::Exited {
+        lifecycle::mark_lost(&mut apps);
+    }
     let exit: Option<i64> =
         std::fs::read_to_string(pod.dir.join("stage1-exit")).ok().and_then(|s| s.trim().parse().ok());
     match format {

@@ -505,6 +505,7 @@ fn killing_the_pods_pid1_ends_the_pod_and_gc_leaves_the_host_as_it_was() {
     );
     let st = live.status(&uuid);
     assert_eq!(st["exitCode"], 137, "the pod ended by SIGKILL (128+9): {st}");
+    assert_eq!(live.app_status(&uuid, "s")["state"], "lost", "the app is not reported running: {st}");
     let survivors: Vec<&Proc> = pod_procs.iter().filter(|p| alive(p)).collect();
     assert!(survivors.is_empty(), "the pod's processes outlived its PID 1: {survivors:#?}");
     // The monitor tore the pod down itself; gc removes the directory.
