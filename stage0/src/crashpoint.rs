@@ -27,11 +27,18 @@
 //! | `prepare.prepared` | renamed to `pods/prepared/`, still locked by `pod` |
 //! | `run.running` | renamed to `pods/run/`, stage1 not started |
 //! | `run.stage1` | just before the exec (or spawn, with `-d`) of stage1 |
+//! | `stage1-ns.cgroups` | the namespace monitor made the pod's cgroups; network not yet |
+//! | `stage1-ns.network` | its CNI network is up (netns pinned, veth on the bridge), PID 1 not started |
+//! | `stage1-ns.running` | the pod's PID 1 started and its pid recorded |
+//! | `stage1-vm.mounted` | the VM monitor mounted the apps' rootfs in its mount namespace |
+//! | `stage1-vm.qemu` | qemu started, its pid not yet recorded |
 //! | `gc.garbage` | `pod gc`/`pod rm`: the pod's stage1 gc done, pod renamed to `pods/garbage/`, not yet deleted |
 //! | `image.rm` | `pod image rm`: the entry renamed out of `images/` into `tmp/`, not yet deleted |
 //!
-//! stage1's own steps are killed from outside by the tests (the monitor,
-//! pod-init, qemu), as an operator or the OOM killer would.
+//! The `stage1-*` steps kill the monitor (stage0 passes the variable on, and
+//! `stage1-ns/src/crashpoint.rs` reaches them); beyond them the tests kill
+//! the monitor, pod-init and qemu from outside, as an operator or the OOM
+//! killer would.
 
 /// The environment variable naming the step to die at.
 pub const ENV: &str = "POD_TEST_KILL_AT";
@@ -55,6 +62,11 @@ pub const STEPS: &[&str] = &[
     "prepare.prepared",
     "run.running",
     "run.stage1",
+    "stage1-ns.cgroups",
+    "stage1-ns.network",
+    "stage1-ns.running",
+    "stage1-vm.mounted",
+    "stage1-vm.qemu",
     "gc.garbage",
     "image.rm",
 ];

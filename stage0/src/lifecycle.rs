@@ -263,7 +263,8 @@ mod tests {
 
     #[test]
     fn apps_of_a_killed_pod_are_lost_not_running() {
-        let app = |state: &str| AppStatus { app: "a".into(), state: state.into(), pid: Some(7), ..AppStatus::default() };
+        let app =
+            |state: &str| AppStatus { app: "a".into(), state: state.into(), pid: Some(7), ..AppStatus::default() };
         let mut apps = vec![app("ready"), app("exited"), app("waiting"), app("restarting")];
         mark_lost(&mut apps);
         let states: Vec<&str> = apps.iter().map(|a| a.state.as_str()).collect();

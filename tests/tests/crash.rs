@@ -299,6 +299,8 @@ enum Scenario {
     Fetch,
     /// `pod run` of a one-app pod (with a volume, on the test network).
     Run,
+    /// The same in a VM.
+    RunVm,
     /// `pod gc` with an exited pod to collect.
     Gc,
     /// `pod image rm` of the stored busybox.
@@ -308,7 +310,8 @@ enum Scenario {
 fn scenario(step: &str) -> Scenario {
     match step.split('.').next().unwrap_or_default() {
         "fetch" | "store" | "render" => Scenario::Fetch,
-        "prepare" | "run" => Scenario::Run,
+        "prepare" | "run" | "stage1-ns" => Scenario::Run,
+        "stage1-vm" => Scenario::RunVm,
         "gc" => Scenario::Gc,
         "image" => Scenario::ImageRm,
         _ => panic!("crash.rs cannot reach kill point {step:?}: give it a Scenario"),
@@ -349,7 +352,7 @@ fn arrange(live: &Live, s: Scenario, aci: &Path, pod_file: &Path) -> Vec<String>
             assert!(live.image_dirs().is_empty() && live.trees().is_empty(), "a store without busybox");
             vec!["fetch".into(), p(aci).into()]
         }
-        Scenario::Run => {
+        Scenario::Run | Scenario::RunVm => {
             ensure_image(live, aci);
             vec!["run".into(), p(pod_file).into()]
         }
@@ -376,7 +379,7 @@ fn recover(live: &Live, s: Scenario, aci: &Path, pod_file: &Path, step: &str) {
             assert_id(&String::from_utf8_lossy(&out.stdout));
             assert_eq!(live.image_dirs().len(), 1, "one store entry after a kill at {step}");
         }
-        Scenario::Run | Scenario::Gc => {
+        Scenario::Run | Scenario::RunVm | Scenario::Gc => {
             let out = live.run_within(&["run", p(pod_file)], Duration::from_secs(120));
             assert!(out.status.success(), "run after a kill at {step}: {}", describe(&["run"], &out));
             assert!(String::from_utf8_lossy(&out.stdout).contains("[a] crash-test"), "{}", describe(&["run"], &out));
@@ -427,12 +430,23 @@ fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
     let live = Live::with_net(&[Example::Busybox]);
     let ns_file = echo_pod(&live, "namespace");
     let vm_file = echo_pod(&live, "vm");
-    let mut cases: Vec<(String, &str)> = kill_points().into_iter().map(|s| (s, "namespace")).collect();
-    // The VM stage1's gc after a `pod run` killed before it started it.
-    if vm_host_available() {
-        cases.extend([("run.running".to_owned(), "vm"), ("run.stage1".to_owned(), "vm")]);
-    } else {
-        eprintln!("(no VM host: the kill points of VM pods are skipped)");
+    let vms = vm_host_available();
+    if !vms {
+        eprintln!("SKIP (part): no VM host (guest kernel, qemu, pod-stage1-vm): the kill points of VM pods");
+    }
+    let mut cases: Vec<(String, &str)> = Vec::new();
+    for step in kill_points() {
+        if scenario(&step) == Scenario::RunVm {
+            if vms {
+                cases.push((step, "vm"));
+            }
+            continue;
+        }
+        // The VM stage1's gc after a `pod run` killed before it started it.
+        if vms && step.starts_with("run.") {
+            cases.push((step.clone(), "vm"));
+        }
+        cases.push((step, "namespace"));
     }
     let started = Instant::now();
     for (step, isolation) in &cases {
@@ -443,6 +457,16 @@ fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
         let footprint = Footprint::take(&live);
         kill_at(&live, step, &args);
         let uuids = pod_uuids(&live);
+        // A monitor killed mid-setup leaves work for gc: check it is there.
+        let expected: &[&str] = match step.as_str() {
+            "stage1-ns.cgroups" => &["cgroup "],
+            "stage1-ns.network" | "stage1-ns.running" => &["cgroup ", "netns ", "veth "],
+            _ => &[],
+        };
+        let present = footprint.left(&uuids);
+        for kind in expected {
+            assert!(present.iter().any(|e| e.starts_with(kind)), "{step}: no {kind}left for gc: {present:#?}");
+        }
         gc_ok(&live, step);
         let what = format!("after a kill at {step} ({isolation}) and pod gc");
         assert_store_sound(&live, &what);
@@ -451,7 +475,7 @@ fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
         recover(&live, s, &aci, file, step);
         assert_store_sound(&live, &format!("{what}, then the command again"));
         let shown: Vec<&str> = args.iter().map(|a| a.rsplit('/').next().unwrap_or(a)).collect();
-        let again = if matches!(s, Scenario::Run | Scenario::Gc) { "pod run" } else { "pod fetch" };
+        let again = if matches!(s, Scenario::Fetch | Scenario::ImageRm) { "pod fetch" } else { "pod run" };
         eprintln!(
             "kill -9 at {step:<18} {isolation:<9} `pod {}`: died there; after gc: host as before, \
              store verified; {again} works ({:.1?})",

@@ -278,7 +278,9 @@ fn kill_9_of_qemu_ends_the_pod_and_gc_leaves_nothing() {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(&root))
+        .filter(|pid| {
+            String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(&root)
+        })
         .collect();
     assert!(mentioning.is_empty(), "processes of the pod left: {mentioning:?}");
     assert_eq!(HostState::take(&[]).mounts, before.mounts, "the host's mounts are as before the pod");
