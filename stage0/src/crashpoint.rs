@@ -33,6 +33,8 @@
 //! | `stage1-vm.mounted` | the VM monitor mounted the apps' rootfs in its mount namespace |
 //! | `stage1-vm.qemu` | qemu started, its pid not yet recorded |
 //! | `gc.garbage` | `pod gc`/`pod rm`: the pod's stage1 gc done, pod renamed to `pods/garbage/`, not yet deleted |
+//! | `build.staged` | `pod image build`: the rootfs assembled in its scratch dir (`$TMPDIR/pod-build-*`) |
+//! | `build.packed` | `OUT.tmp` written and synced, just before its rename to `OUT` |
 //! | `image.rm` | `pod image rm`: the entry renamed out of `images/` into `tmp/`, not yet deleted |
 //!
 //! The `stage1-*` steps kill the monitor (stage0 passes the variable on, and
@@ -68,6 +70,8 @@ pub const STEPS: &[&str] = &[
     "stage1-vm.mounted",
     "stage1-vm.qemu",
     "gc.garbage",
+    "build.staged",
+    "build.packed",
     "image.rm",
 ];
 

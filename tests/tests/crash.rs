@@ -305,6 +305,9 @@ enum Scenario {
     Gc,
     /// `pod image rm` of the stored busybox.
     ImageRm,
+    /// `pod image build` of a small directory recipe, its scratch dir in
+    /// the environment's own `TMPDIR`.
+    Build,
 }
 
 fn scenario(step: &str) -> Scenario {
@@ -314,6 +317,7 @@ fn scenario(step: &str) -> Scenario {
         "stage1-vm" => Scenario::RunVm,
         "gc" => Scenario::Gc,
         "image" => Scenario::ImageRm,
+        "build" => Scenario::Build,
         _ => panic!("crash.rs cannot reach kill point {step:?}: give it a Scenario"),
     }
 }
@@ -367,12 +371,71 @@ fn arrange(live: &Live, s: Scenario, aci: &Path, pod_file: &Path) -> Vec<String>
             ensure_image(live, aci);
             vec!["image".into(), "rm".into(), BUSYBOX.into()]
         }
+        Scenario::Build => {
+            let b = Build::of(live);
+            let _ = fs::remove_file(&b.out);
+            b.args()
+        }
+    }
+}
+
+/// A small image built from a directory, for the kill points of `pod image build`.
+struct Build {
+    recipe: PathBuf,
+    out: PathBuf,
+    /// `TMPDIR` of the builds: where their scratch dirs go.
+    tmpdir: PathBuf,
+}
+
+impl Build {
+    fn of(live: &Live) -> Self {
+        let dir = live.work.join("tiny");
+        let recipe = dir.join("recipe.yaml");
+        if !recipe.is_file() {
+            fs::create_dir_all(dir.join("files/etc")).unwrap();
+            fs::write(dir.join("files/hello"), "hello\n").unwrap();
+            fs::write(dir.join("files/etc/motd"), "tiny\n").unwrap();
+            let yaml = "name: example.com/tiny\nlabels: { version: \"1\" }\napp: { exec: [/hello], user: \"0\", group: \"0\" }\n\
+                        rootfs: { dir: files }\n";
+            fs::write(&recipe, yaml).unwrap();
+        }
+        let tmpdir = live.work.join("build-tmp");
+        fs::create_dir_all(&tmpdir).unwrap();
+        Self { recipe, out: live.images.join("tiny.aci"), tmpdir }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let cache = self.tmpdir.with_file_name("deb-cache");
+        ["image", "build", p(&self.recipe), "-o", p(&self.out), "--cache-dir", p(&cache)].map(str::to_owned).to_vec()
+    }
+
+    fn scratch(&self) -> Vec<PathBuf> {
+        fs::read_dir(&self.tmpdir).unwrap().flatten().map(|e| e.path()).collect()
     }
 }
 
 /// After the kill and `pod gc`: the normal command works again.
 fn recover(live: &Live, s: Scenario, aci: &Path, pod_file: &Path, step: &str) {
     match s {
+        Scenario::Build => {
+            let b = Build::of(live);
+            assert!(!b.out.exists(), "a build killed at {step} left a file under the output's name");
+            let args = b.args();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut cmd = live.cmd(&args);
+            cmd.env("TMPDIR", &b.tmpdir);
+            let out = output_within(cmd, Duration::from_secs(120), "image build");
+            assert!(out.status.success(), "build after a kill at {step}: {}", describe(&args, &out));
+            let left = b.scratch();
+            assert!(left.is_empty(), "the next build did not remove the killed one's scratch dir: {left:?}");
+            let mut tmp = b.out.clone().into_os_string();
+            tmp.push(".tmp");
+            assert!(!Path::new(&tmp).exists(), "OUT.tmp left after a build");
+            live.ok(&["image", "sign", "--key", p(&e2e_key().secret), p(&b.out)]);
+            let id = live.ok(&["fetch", p(&b.out)]);
+            live.ok(&["image", "verify", &id]);
+            live.ok(&["image", "rm", &id]);
+        }
         Scenario::Fetch | Scenario::ImageRm => {
             let out = live.run_within(&["fetch", p(aci)], Duration::from_secs(120));
             assert!(out.status.success(), "fetch after a kill at {step}: {}", describe(&["fetch"], &out));
@@ -390,10 +453,13 @@ fn recover(live: &Live, s: Scenario, aci: &Path, pod_file: &Path, step: &str) {
 
 /// Runs `args` with `POD_TEST_KILL_AT=step`; asserts `pod` died of SIGKILL
 /// there (so the step was reached: a missed step fails the test).
-fn kill_at(live: &Live, step: &str, args: &[String]) -> Output {
+fn kill_at(live: &Live, step: &str, args: &[String], tmpdir: Option<&Path>) -> Output {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cmd = live.cmd(&args);
     cmd.env("POD_TEST_KILL_AT", step);
+    if let Some(t) = tmpdir {
+        cmd.env("TMPDIR", t);
+    }
     let out = output_within(cmd, Duration::from_secs(120), &args.join(" "));
     assert_eq!(
         out.status.signal(),
@@ -455,7 +521,12 @@ fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
         let file = if *isolation == "vm" { &vm_file } else { &ns_file };
         let args = arrange(&live, s, &aci, file);
         let footprint = Footprint::take(&live);
-        kill_at(&live, step, &args);
+        let tmpdir = (s == Scenario::Build).then(|| Build::of(&live).tmpdir);
+        kill_at(&live, step, &args, tmpdir.as_deref());
+        if let Some(tmpdir) = &tmpdir {
+            let scratch = fs::read_dir(tmpdir).unwrap().count();
+            assert_eq!(scratch, 1, "{step}: the killed build's scratch dir is there for the next build to remove");
+        }
         let uuids = pod_uuids(&live);
         // A monitor killed mid-setup leaves work for gc: check it is there.
         let expected: &[&str] = match step.as_str() {
@@ -475,7 +546,11 @@ fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
         recover(&live, s, &aci, file, step);
         assert_store_sound(&live, &format!("{what}, then the command again"));
         let shown: Vec<&str> = args.iter().map(|a| a.rsplit('/').next().unwrap_or(a)).collect();
-        let again = if matches!(s, Scenario::Fetch | Scenario::ImageRm) { "pod fetch" } else { "pod run" };
+        let again = match s {
+            Scenario::Fetch | Scenario::ImageRm => "pod fetch",
+            Scenario::Build => "pod image build (and fetch)",
+            _ => "pod run",
+        };
         eprintln!(
             "kill -9 at {step:<18} {isolation:<9} `pod {}`: died there; after gc: host as before, \
              store verified; {again} works ({:.1?})",
