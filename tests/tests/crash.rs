@@ -252,10 +252,9 @@ fn assert_store_sound(live: &Live, what: &str) {
     for dir in live.image_dirs() {
         assert!(dir.join("meta.json").is_file(), "{what}: incomplete store entry {}", dir.display());
     }
-    for tree in fs::read_dir(live.data.join("trees"))
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or(Vec::<PathBuf>::new())
-    {
+    let trees: Vec<PathBuf> =
+        fs::read_dir(live.data.join("trees")).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    for tree in trees {
         assert!(
             tree.join("layers").is_file() && tree.join("rootfs").is_dir(),
             "{what}: incomplete tree {}",
