@@ -15,6 +15,7 @@ use spec::pod::{self, AppSpec, ImageSource, PodFile, PodFileError, Probe, Restar
 use spec::stage1::{self, Invocation, ResolvedPod};
 use spec::ImageManifest;
 
+use crate::crashpoint::crashpoint;
 use crate::exit::{Exit, ExitCodeOf};
 use crate::fetch::{FetchError, Fetcher, ImageRef};
 use crate::pods::{LockedPod, PodError, PodState, Pods};
@@ -277,9 +278,11 @@ pub fn prepare(
     }
 
     let mut locked = pods.create()?;
+    crashpoint("prepare.embryo");
     match write_pod(pods, &locked, &pod_file, &file, apps, overrides, host) {
         Ok(resolved) => {
             pods.transition(&mut locked, PodState::Prepared)?;
+            crashpoint("prepare.prepared");
             Ok(Prepared { pod: locked, resolved })
         }
         Err(e) => {
@@ -319,6 +322,7 @@ fn write_pod(
             fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
         }
     }
+    crashpoint("prepare.dirs");
     let mut volumes = Vec::new();
     for v in &pod_file.volumes {
         let source = match &v.kind {
@@ -345,6 +349,7 @@ fn write_pod(
         };
         volumes.push(stage1::Volume { name: v.name.clone(), source });
     }
+    crashpoint("prepare.volumes");
     let network = overrides.network.clone().unwrap_or(match &pod_file.network {
         pod::Network::None => stage1::Network::None,
         pod::Network::Host => stage1::Network::Host,
@@ -370,6 +375,7 @@ fn write_pod(
         created_at: store::now_rfc3339(),
     };
     write_json(&dir.join(stage1::POD_MANIFEST_FILE), &resolved)?;
+    crashpoint("prepare.manifest");
     // Held until stage1.json records the range: see userns.rs.
     let allocation = match overrides.userns.unwrap_or(pod_file.userns) {
         pod::UserNs::Host => None,
@@ -390,6 +396,7 @@ fn write_pod(
     };
     write_json(&dir.join(stage1::INVOCATION_FILE), &invocation)?;
     drop(allocation);
+    crashpoint("prepare.invocation");
     Ok(resolved)
 }
 

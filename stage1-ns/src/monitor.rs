@@ -214,6 +214,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     };
     let pid_file = pod_dir.join("pid");
     fs::write(&pid_file, format!("{init}\n")).map_err(io_err("write", &pid_file))?;
+    crate::crashpoint::crashpoint("stage1-ns.running");
     let status = supervise(pod_dir, init, launcher, &mask, stream_logs, &pod, made.cgroup.as_ref())?;
     let exit_file = pod_dir.join("stage1-exit");
     let _ = fs::write(exit_file, format!("{status}\n"));
@@ -259,6 +260,7 @@ fn prepare_host(
     made.cgroup = Some(cg);
     delegated?;
     File::from(cg_w).write_all(&init_cgroups).map_err(io_err("write", Path::new("launcher pipe")))?;
+    crate::crashpoint::crashpoint("stage1-ns.cgroups");
 
     let ports = pod
         .apps
@@ -279,6 +281,7 @@ fn prepare_host(
             net.attachment().map(|a| a.ips.iter().map(|ip| ip.addr.to_string()).collect()).unwrap_or_default();
         let netns = net.netns().map(|n| n.path().to_path_buf());
         made.network = Some(net);
+        crate::crashpoint::crashpoint("stage1-ns.network");
         (ips, netns)
     };
 
