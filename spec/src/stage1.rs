@@ -282,7 +282,10 @@ mod tests {
     fn id_maps() {
         let a = IdMap { uid: 1 << 31, gid: 1 << 31, size: IdMap::POD_SIZE };
         assert_eq!(a.uid_map(), "0 2147483648 65536\n");
-        assert_eq!((a.host_uid(0), a.host_uid(65535), a.host_uid(65536)), (Some(1 << 31), Some((1 << 31) + 65535), None));
+        assert_eq!(
+            (a.host_uid(0), a.host_uid(65535), a.host_uid(65536)),
+            (Some(1 << 31), Some((1 << 31) + 65535), None)
+        );
         let next = IdMap { uid: a.uid + 65536, gid: a.gid + 65536, ..a };
         assert!(!a.overlaps(&next) && !next.overlaps(&a));
         assert!(a.overlaps(&IdMap { uid: a.uid + 65535, gid: 0, size: 1 }));
