@@ -205,6 +205,19 @@ fn the_probe_finds_every_way_out_of_a_namespace_pod_blocked() {
 }
 
 #[test]
+fn the_probe_finds_every_way_out_of_a_userns_pod_blocked() {
+    skip_unless_probe!();
+    let live = live_with_probe();
+    let file = live.pod_file("escape-userns", &probe_pod("escape-userns", "namespace", &["/bin/pod-escape-probe"], ""));
+    let args = ["run", "--net", "none", "--userns", "auto", p(&file)];
+    let out = live.run_within(&args, RUN_LIMIT);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines = report("namespace pod, userns: auto, default privileges", &stdout);
+    assert_all_blocked(&lines, &describe(&args, &out));
+    assert!(out.status.success(), "the probe exits 0 when nothing escaped\n{}", describe(&args, &out));
+}
+
+#[test]
 fn without_seccomp_and_with_sys_admin_the_probe_sees_the_mount_escape() {
     skip_unless_probe!();
     let live = live_with_probe();
