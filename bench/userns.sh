@@ -65,6 +65,6 @@ for net in ("none", "bench"):
     host = statistics.median(times[(net, "host")])
     auto = statistics.median(times[(net, "auto")])
     print(f"network {net}: userns host {host*1000:.1f} ms, userns auto {auto*1000:.1f} ms "
-          f"(+{(auto-host)*1000:.1f} ms, {auto/host:.2f}x; medians of {runs}, interleaved)")
+          f"({(auto-host)*1000:+.1f} ms, {auto/host:.2f}x; medians of {runs}, interleaved)")
 PY
 echo "load average (1, 5, 15 min): before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg)"
