@@ -19,3 +19,4 @@ pub mod sha512;
 pub mod sources;
 pub mod store;
 pub mod trust;
+pub mod volumes;

@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::exit::{Exit, ExitCodeOf};
-use crate::paths::Dirs;
+use crate::paths::{self, Dirs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -134,6 +134,7 @@ impl Pods {
 
     /// Creates a new embryo pod with a fresh uuid, locked.
     pub fn create(&self) -> Result<LockedPod, PodError> {
+        paths::create_private_dir(&self.root).map_err(io_err("create directory", &self.root))?;
         for s in ALL {
             let d = self.state_dir(s);
             fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
@@ -162,6 +163,7 @@ impl Pods {
     /// Every pod, in uuid order.
     pub fn list(&self) -> Result<Vec<PodRef>, PodError> {
         let mut out = Vec::new();
+        paths::create_private_dir(&self.root).map_err(io_err("create directory", &self.root))?;
         for s in ALL {
             let d = self.state_dir(s);
             let entries = match fs::read_dir(&d) {

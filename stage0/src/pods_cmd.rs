@@ -14,6 +14,7 @@ use stage0::run;
 use stage0::sources::Sources;
 use stage0::store::Store;
 use stage0::trust::TrustStore;
+use stage0::volumes::HostVolumePolicy;
 
 use crate::{fail, print_table, AccelArg, Failed, Format, RunArgs, Stage1Arg};
 
@@ -37,6 +38,7 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         netns_dir: "/run/pod/netns".into(),
         debug,
         vm: run::vm_host(),
+        volumes: HostVolumePolicy::load(dirs)?,
     };
     let overrides = Overrides {
         isolation: args.stage1.map(|s| match s {

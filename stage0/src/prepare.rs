@@ -19,6 +19,7 @@ use crate::exit::{Exit, ExitCodeOf};
 use crate::fetch::{FetchError, Fetcher, ImageRef};
 use crate::pods::{LockedPod, PodError, PodState, Pods};
 use crate::store;
+use crate::volumes::{HostVolumePolicy, VolumeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -47,6 +48,8 @@ pub enum PrepareError {
     Pod(#[from] PodError),
     #[error("{file}: VM pods cannot run on this host: {why}")]
     NoVm { file: String, why: String },
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
 }
 
 impl ExitCodeOf for PrepareError {
@@ -57,6 +60,7 @@ impl ExitCodeOf for PrepareError {
             Self::Image { source, .. } => source.exit(),
             Self::Pod(e) => e.exit(),
             Self::NoVm { .. } => Exit::NotFound,
+            Self::Volume(e) => e.exit(),
         }
     }
 }
@@ -75,6 +79,8 @@ pub struct HostConfig {
     pub debug: bool,
     /// What VM pods boot, or why this host cannot run them.
     pub vm: Result<stage1::VmHost, String>,
+    /// Which host directories `kind: host` volumes may mount.
+    pub volumes: HostVolumePolicy,
 }
 
 /// Overrides from the command line.
@@ -232,6 +238,9 @@ pub fn prepare(
     let bytes = fs::read(path).map_err(io_err("read pod file", path))?;
     let pod_file = PodFile::parse(&bytes, &file)?;
     let order = app_order(&file, &pod_file)?;
+    // Before anything is fetched or written: a refused host volume leaves
+    // the store and the pods as they were.
+    let host_sources = host.volumes.check(&pod_file, &file)?;
     let vm = overrides.isolation.map_or(pod_file.isolation == pod::Isolation::Vm, |i| i == stage1::Isolation::Vm);
     if let (true, Err(why)) = (vm, &host.vm) {
         return Err(PrepareError::NoVm { file, why: why.clone() });
@@ -254,7 +263,7 @@ pub fn prepare(
     }
 
     let mut locked = pods.create()?;
-    match write_pod(&locked, &pod_file, &file, apps, overrides, host) {
+    match write_pod(&locked, &pod_file, &file, &host_sources, apps, overrides, host) {
         Ok(resolved) => {
             pods.transition(&mut locked, PodState::Prepared)?;
             Ok(Prepared { pod: locked, resolved })
@@ -273,10 +282,13 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), PrepareE
     fs::write(path, json).map_err(io_err("write", path))
 }
 
+/// `host_sources`: per volume, the resolved source of a host volume, as
+/// checked by [`HostVolumePolicy::check`].
 fn write_pod(
     pod: &LockedPod,
     pod_file: &PodFile,
     file: &str,
+    host_sources: &[Option<PathBuf>],
     apps: Vec<stage1::App>,
     overrides: &Overrides,
     host: &HostConfig,
@@ -296,27 +308,19 @@ fn write_pod(
         }
     }
     let mut volumes = Vec::new();
-    for v in &pod_file.volumes {
-        let source = match &v.kind {
-            VolumeKind::Empty => {
+    for (v, resolved) in pod_file.volumes.iter().zip(host_sources) {
+        let source = match (&v.kind, resolved) {
+            (VolumeKind::Host { read_only, .. }, Some(path)) => {
+                stage1::VolumeSource::Host { path: path.clone(), read_only: *read_only }
+            }
+            (VolumeKind::Host { source, .. }, None) => {
+                let e = io::Error::new(io::ErrorKind::InvalidInput, "host volume source was not checked");
+                return Err(io_err("mount", Path::new(source))(e));
+            }
+            (VolumeKind::Empty, _) => {
                 let d = dir.join("volumes").join(v.name.as_str());
                 fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
                 stage1::VolumeSource::Empty
-            }
-            VolumeKind::Host { source, read_only } => {
-                let meta = fs::metadata(source).map_err(|e| PrepareError::App {
-                    file: file.to_owned(),
-                    app: format!("(volume {})", v.name),
-                    why: format!("host source {source}: {e}"),
-                })?;
-                if !meta.is_dir() {
-                    return Err(PrepareError::App {
-                        file: file.to_owned(),
-                        app: format!("(volume {})", v.name),
-                        why: format!("host source {source} is not a directory"),
-                    });
-                }
-                stage1::VolumeSource::Host { path: PathBuf::from(source), read_only: *read_only }
             }
         };
         volumes.push(stage1::Volume { name: v.name.clone(), source });
