@@ -178,13 +178,15 @@ fn archive_pax_header_memory_bomb_is_rejected_in_bounded_memory() {
 
 #[test]
 fn archive_gnu_sparse_size_bomb_is_rejected() {
-    // A GNU sparse file claiming 1 TiB, holding one byte.
+    // A GNU sparse file claiming 8 GiB (the most 11 octal digits hold),
+    // holding one byte.
+    const REAL: u64 = (8 << 30) - 1;
     let mut h = tar_header("rootfs/sparse", b'S', 1, "", 0o644, (0, 0));
     h[257..265].copy_from_slice(b"ustar  \0");
     let octal = |v: u64| format!("{v:011o}\0").into_bytes();
-    h[386..398].copy_from_slice(&octal((1 << 40) - 1));
+    h[386..398].copy_from_slice(&octal(REAL - 1));
     h[398..410].copy_from_slice(&octal(1));
-    h[483..495].copy_from_slice(&octal(1 << 40));
+    h[483..495].copy_from_slice(&octal(REAL));
     rechecksum(&mut h);
     let mut t = RawTar::with_manifest(NAME);
     t.raw(&h).raw(&[b'x'; 512]);
@@ -415,7 +417,8 @@ fn signature_that_is_not_text_is_refused() {
 fn signature_file_too_large_is_refused() {
     let (pod, key) = seeded();
     let (img, _) = signed(&pod, &key);
-    // An endless "file": read up to a bound, never to the end.
+    // An endless "file": refused, never read to the end.
+    fs::remove_file(sig_of(&img)).unwrap();
     std::os::unix::fs::symlink("/dev/zero", sig_of(&img)).unwrap();
     refused(&pod, &["fetch", p(&img)], EXIT_VERIFICATION, &["good.aci.sig", "not a regular file"]);
     fs::remove_file(sig_of(&img)).unwrap();
@@ -428,6 +431,7 @@ fn signature_that_is_a_fifo_is_refused_without_hanging() {
     let (pod, key) = seeded();
     let (img, _) = signed(&pod, &key);
     let sig = sig_of(&img);
+    fs::remove_file(&sig).unwrap();
     let status = Command::new("mkfifo").arg(&sig).status().unwrap();
     assert!(status.success());
     let before = pod.snapshot();
