@@ -283,3 +283,42 @@ fn host_volume_that_is_missing_or_a_file_is_refused() {
     fs::write(&file, "x").unwrap();
     refused_host(&pod, "file", &file, &file.canonicalize().unwrap(), &["not a directory"]);
 }
+
+/// The other side of the policy: an allowed host volume, reached through a
+/// symlink, is mounted (through stage1's pinned fd) and works both ways.
+#[test]
+fn allowed_host_volume_is_mounted_at_its_resolved_path() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let share = live.work.join("srv/share");
+    fs::create_dir_all(&share).unwrap();
+    fs::write(share.join("in"), "from the host\n").unwrap();
+    fs::write(live.config.join("host-volumes"), format!("{}\n", live.work.join("srv").display())).unwrap();
+    let link = live.work.join("share-link");
+    std::os::unix::fs::symlink(&share, &link).unwrap();
+    let yaml = format!(
+        "name: share\nnetwork: none\napps:\n  - name: a\n    image: {}\n    \
+         exec: [/bin/sh, -c, \"cat /mnt/in && echo from the pod > /mnt/out\"]\n    \
+         mounts: [{{ volume: share, path: /mnt }}]\nvolumes:\n  - {{ name: share, kind: host, source: {} }}\n",
+        Example::Busybox.reference(),
+        link.display()
+    );
+    let file = live.pod_file("share", &yaml);
+    let out = live.run_within(&["run", p(&file)], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", describe(&["run", p(&file)], &out));
+    assert_mentions(&String::from_utf8_lossy(&out.stdout), &["from the host"]);
+    assert_eq!(fs::read_to_string(share.join("out")).unwrap(), "from the pod\n");
+    let resolved = fs::read_dir(live.data.join("pods"))
+        .unwrap()
+        .flatten()
+        .flat_map(|s| fs::read_dir(s.path()).into_iter().flatten().flatten())
+        .filter_map(|d| fs::read_to_string(d.path().join("pod.json")).ok())
+        .collect::<String>();
+    assert!(
+        resolved.contains(p(&share.canonicalize().unwrap())),
+        "pod.json does not hold the resolved path:\n{resolved}"
+    );
+}
