@@ -44,10 +44,11 @@ const DENIED_EXACT: &[&str] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
-    #[error("{file}: volumes[{index}] ({volume}): host source {source_path}: {why}")]
-    Source { file: String, index: usize, volume: String, source_path: String, why: String },
-    #[error("{file}: volumes[{index}] ({volume}): host source {source_path} resolves to {resolved}, which {why}")]
-    Refused { file: String, index: usize, volume: String, source_path: String, resolved: PathBuf, why: String },
+    /// `at` is `FILE: volumes[I] (NAME)`.
+    #[error("{at}: host source {source_path}: {why}")]
+    Source { at: String, source_path: String, why: String },
+    #[error("{at}: host source {source_path} resolves to {}, which {why}", .resolved.display())]
+    Refused { at: String, source_path: String, resolved: PathBuf, why: String },
     #[error("{path}: line {line}: {why}")]
     Allowlist { path: PathBuf, line: usize, why: String },
     #[error("{op} {path}: {source}")]
@@ -114,18 +115,14 @@ impl HostVolumePolicy {
                 out.push(None);
                 continue;
             };
-            let volume = v.name.to_string();
+            let at = format!("{file}: volumes[{index}] ({})", v.name);
             let resolved = fs::canonicalize(source).map_err(|e| VolumeError::Source {
-                file: file.to_owned(),
-                index,
-                volume: volume.clone(),
+                at: at.clone(),
                 source_path: source.clone(),
                 why: e.to_string(),
             })?;
             let refuse = |why: String| VolumeError::Refused {
-                file: file.to_owned(),
-                index,
-                volume: volume.clone(),
+                at: at.clone(),
                 source_path: source.clone(),
                 resolved: resolved.clone(),
                 why,

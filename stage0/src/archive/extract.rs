@@ -125,6 +125,7 @@ pub(super) fn unpack(reader: ChunkReader, dest: &Path, max_entries: u64) -> Resu
     let mut last: Option<String> = None;
     let mut count = 0u64;
     let mut entries = archive.entries().map_err(|e| malformed(last.as_deref(), e))?;
+    // `entries` borrows `archive` until the loop ends.
     loop {
         budget.set(Some(MAX_HEADER_BYTES));
         let next = entries.next();
@@ -145,7 +146,6 @@ pub(super) fn unpack(reader: ChunkReader, dest: &Path, max_entries: u64) -> Resu
         io::copy(&mut entry, &mut io::sink()).map_err(|e| malformed_at(&name, e))?;
         last = Some(name);
     }
-    drop(entries);
     let mut reader = archive.into_inner().inner;
     // The tar crate takes a clean EOF where a header should be as the end;
     // only the zero block it read (or not) tells a cut archive apart.
