@@ -12,11 +12,15 @@
 //! glibc 2.34+ and resolve to their `.a` stubs already. Only `[[bin]]`
 //! targets see any of this (`rustc-link-arg-bins`): the library and the
 //! tests link as usual.
+//!
+//! The binary's link line also gets `cold.ld`, a linker script that puts
+//! the code pod-init never runs after the code it runs (see that file).
 
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=cold.ld");
     let var = |name: &str| std::env::var(name).unwrap_or_default();
     let static_already = var("CARGO_CFG_TARGET_FEATURE").split(',').any(|f| f == "crt-static");
     if var("CARGO_CFG_TARGET_OS") != "linux" || var("CARGO_CFG_TARGET_ENV") != "gnu" || static_already {
@@ -40,4 +44,7 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=-L{}", dir.display());
     println!("cargo:rustc-link-arg-bins=-no-pie");
     println!("cargo:rustc-link-arg-bins=-static");
+    // Code PID 1 never runs goes after the code it runs (see cold.ld): RSS.
+    let cold = PathBuf::from(var("CARGO_MANIFEST_DIR")).join("cold.ld");
+    println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", cold.display());
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use spec::{AcIdentifier, Dependency, ImageId, ImageManifest};
 
 use crate::archive::{self, ArchiveError, Limits};
+use crate::crashpoint::crashpoint;
 use crate::deps::{self, DepsError, ImageSource};
 use crate::exit::{Exit, ExitCodeOf};
 use crate::keys::{self, ImageSignature, KeyError};
@@ -317,8 +318,10 @@ impl<'a> Fetcher<'a> {
         expect: Option<(&AcIdentifier, &BTreeMap<String, String>)>,
     ) -> Result<(ImageMeta, bool), FetchError> {
         tracing::debug!(size = staged.size, "staged");
+        crashpoint("fetch.staged");
         let signer = if self.opts.insecure.image { None } else { Some(self.verify_signature(&staged, location)?) };
         tracing::debug!("signature checked");
+        crashpoint("fetch.verified");
         let dir = staged.staging.path().to_owned();
         let extract_dir = dir.join("extract");
         fs::create_dir(&extract_dir).map_err(io_err("create directory", &extract_dir))?;
@@ -363,6 +366,7 @@ impl<'a> Fetcher<'a> {
             let p = dir.join("image.aci.sig");
             fs::write(&p, sig).map_err(io_err("write", &p))?;
         }
+        crashpoint("fetch.extracted");
         let added = self.store.commit(staged.staging, &meta.id)?;
         tracing::info!(id = %meta.id, name = %meta.name, added, "imported");
         let meta = if added { meta } else { self.store.meta(&meta.id)? };

@@ -110,6 +110,23 @@ pub fn app_statuses(dir: &Path, pod: &ResolvedPod) -> Vec<AppStatus> {
         .collect()
 }
 
+/// Apps of a pod that has exited but whose status files still say they
+/// live: pod-init never wrote their end because it, its stage1 or the VM was
+/// killed (kill -9, the OOM killer). They are reported `lost`, not running.
+pub fn mark_lost(apps: &mut [AppStatus]) {
+    for a in apps {
+        if matches!(a.state.as_str(), "starting" | "running" | "ready" | "restarting" | "stopping") {
+            a.state = "lost".into();
+            a.pid = None;
+            let note = "the pod ended without recording this app's end (its stage1, PID 1 or VM was killed)";
+            a.message = Some(match a.message.take() {
+                Some(m) if !m.is_empty() => format!("{m}; {note}"),
+                _ => note.to_owned(),
+            });
+        }
+    }
+}
+
 fn stage1_pid(dir: &Path) -> Option<Pid> {
     fs::read_to_string(dir.join("pid")).ok()?.trim().parse::<i32>().ok().map(Pid::from_raw)
 }
@@ -183,6 +200,7 @@ pub fn remove(pods: &Pods, pod: &PodRef) -> Result<(), LifecycleError> {
         stage1_gc(pod)?;
     }
     pods.transition(&mut locked, PodState::Garbage)?;
+    crate::crashpoint::crashpoint("gc.garbage");
     fs::remove_dir_all(&locked.dir).map_err(|e| LifecycleError::Io {
         op: "remove",
         path: locked.dir.clone(),
@@ -190,22 +208,27 @@ pub fn remove(pods: &Pods, pod: &PodRef) -> Result<(), LifecycleError> {
     })
 }
 
-/// Removes every exited pod and abandoned embryo. Returns the uuids removed.
+/// Removes every exited pod and abandoned embryo or prepared pod. Returns
+/// the uuids removed.
 pub fn gc(pods: &Pods) -> Result<Vec<String>, LifecycleError> {
     let mut removed = Vec::new();
+    pods.remove_unnamed()?;
     for pod in pods.list()? {
         let doomed = match pod.state {
             PodState::Exited | PodState::Garbage => true,
-            // An embryo nobody holds is a prepare that died.
-            PodState::Embryo => !pods::is_locked(&pod.dir),
-            PodState::Prepared | PodState::Running => false,
+            // An embryo nobody holds is a prepare that died. So is a
+            // prepared pod: `pod run` holds its lock from creation until
+            // stage1 takes it over, and nothing else prepares pods.
+            PodState::Embryo | PodState::Prepared => !pods::is_locked(&pod.dir),
+            PodState::Running => false,
         };
         if !doomed {
             continue;
         }
         match remove(pods, &pod) {
             Ok(()) => removed.push(pod.uuid.clone()),
-            Err(LifecycleError::Pod(PodError::Locked(_))) => {}
+            // Taken by someone else meanwhile: a concurrent `pod gc` or `rm`.
+            Err(LifecycleError::Pod(PodError::Locked(_) | PodError::NotFound(_))) => {}
             Err(e) => return Err(e),
         }
     }
@@ -232,4 +255,22 @@ pub fn pods_using(pods: &Pods, id: &spec::ImageId) -> Result<Vec<String>, Lifecy
         }
     }
     Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_of_a_killed_pod_are_lost_not_running() {
+        let app =
+            |state: &str| AppStatus { app: "a".into(), state: state.into(), pid: Some(7), ..AppStatus::default() };
+        let mut apps = vec![app("ready"), app("exited"), app("waiting"), app("restarting")];
+        mark_lost(&mut apps);
+        let states: Vec<&str> = apps.iter().map(|a| a.state.as_str()).collect();
+        assert_eq!(states, ["lost", "exited", "waiting", "lost"]);
+        assert_eq!(apps[0].pid, None);
+        assert!(apps[0].message.as_deref().is_some_and(|m| m.contains("killed")));
+        assert_eq!(apps[1].pid, Some(7), "a recorded end stays as it was");
+    }
 }

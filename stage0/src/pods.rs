@@ -85,6 +85,8 @@ const PREPARED: &str = "prepared";
 const RUN: &str = "run";
 const GARBAGE: &str = "garbage";
 const ALL: [&str; 4] = [EMBRYO, PREPARED, RUN, GARBAGE];
+/// Age after which an unnamed embryo (`embryo/.<uuid>`) is a leftover.
+const UNNAMED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The pods directory.
 #[derive(Debug, Clone)]
@@ -133,6 +135,12 @@ impl Pods {
     }
 
     /// Creates a new embryo pod with a fresh uuid, locked.
+    ///
+    /// The directory is made and locked under a name `list` skips (`.<uuid>`)
+    /// and only then renamed to its uuid: a concurrent `pod gc` must never
+    /// see an embryo that is not yet locked, which it would take for the
+    /// leftover of a killed `pod run`. A `.<uuid>` left by a kill in between
+    /// is removed by [`Pods::remove_unnamed`] once it is a minute old.
     pub fn create(&self) -> Result<LockedPod, PodError> {
         paths::create_private_dir(&self.root).map_err(io_err("create directory", &self.root))?;
         for s in ALL {
@@ -140,10 +148,47 @@ impl Pods {
             fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
         }
         let uuid = new_uuid()?;
+        let hidden = self.state_dir(EMBRYO).join(format!(".{uuid}"));
+        fs::create_dir(&hidden).map_err(io_err("create directory", &hidden))?;
+        let lock = lock_dir(&hidden, &uuid)?;
         let dir = self.state_dir(EMBRYO).join(&uuid);
-        fs::create_dir(&dir).map_err(io_err("create directory", &dir))?;
-        let lock = lock_dir(&dir, &uuid)?;
+        fs::rename(&hidden, &dir).map_err(io_err("rename", &hidden))?;
         Ok(LockedPod { uuid, dir, lock })
+    }
+
+    /// Removes `embryo/.<uuid>` directories nobody holds that are older than
+    /// a minute: pods killed between their mkdir and their rename. (A young
+    /// one may be between its mkdir and its lock, two syscalls apart.)
+    /// Returns how many.
+    pub fn remove_unnamed(&self) -> Result<usize, PodError> {
+        let d = self.state_dir(EMBRYO);
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err("read directory", &d)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(io_err("read directory", &d))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(uuid) = name.strip_prefix('.') else { continue };
+            if !is_uuid(uuid) {
+                continue;
+            }
+            let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            if age.is_none_or(|a| a < UNNAMED_GRACE) {
+                continue;
+            }
+            // Locked: a `pod run` between mkdir and rename; it renames it soon.
+            let Ok(lock) = lock_dir(&entry.path(), uuid) else { continue };
+            match fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &entry.path())(e)),
+            }
+            drop(lock);
+        }
+        Ok(removed)
     }
 
     /// Moves a locked pod to another state directory.
@@ -163,7 +208,6 @@ impl Pods {
     /// Every pod, in uuid order.
     pub fn list(&self) -> Result<Vec<PodRef>, PodError> {
         let mut out = Vec::new();
-        paths::create_private_dir(&self.root).map_err(io_err("create directory", &self.root))?;
         for s in ALL {
             let d = self.state_dir(s);
             let entries = match fs::read_dir(&d) {
@@ -224,12 +268,24 @@ impl Pods {
     /// Locks an existing pod (fails if someone holds it).
     pub fn lock(&self, pod: &PodRef) -> Result<LockedPod, PodError> {
         let lock = lock_dir(&pod.dir, &pod.uuid)?;
-        Ok(LockedPod { uuid: pod.uuid.clone(), dir: pod.dir.clone(), lock })
+        // Only a lock holder moves a pod. If its directory left `pod.dir`
+        // between our open and our lock, that holder (a concurrent `pod gc`
+        // or `rm`) has moved or removed it: our lock is on a stale inode.
+        match fs::symlink_metadata(&pod.dir) {
+            Ok(_) => Ok(LockedPod { uuid: pod.uuid.clone(), dir: pod.dir.clone(), lock }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PodError::NotFound(pod.uuid.clone())),
+            Err(e) => Err(io_err("inspect", &pod.dir)(e)),
+        }
     }
 }
 
 fn lock_dir(dir: &Path, uuid: &str) -> Result<File, PodError> {
-    let f = File::open(dir).map_err(io_err("open", dir))?;
+    let f = match File::open(dir) {
+        Ok(f) => f,
+        // Renamed or removed since it was listed (by another `pod gc`).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(PodError::NotFound(uuid.to_owned())),
+        Err(e) => return Err(io_err("open", dir)(e)),
+    };
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(PodError::Locked(uuid.to_owned())),

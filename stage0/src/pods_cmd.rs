@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
+use stage0::crashpoint::crashpoint;
 use stage0::exit::Exit;
 use stage0::fetch::Fetcher;
 use stage0::lifecycle::{self, app_statuses};
@@ -59,8 +60,10 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
     let stage1 = run::stage1_for(prepared.resolved.isolation)?;
     let mut pod = prepared.pod;
     pods.transition(&mut pod, PodState::Running)?;
+    crashpoint("run.running");
     let uuid = pod.uuid.clone();
     let dir = pod.dir.clone();
+    crashpoint("run.stage1");
     if args.detach {
         run::start_detached(&stage1, &dir, &uuid, pod.into_fd())?;
         println!("{uuid}");
@@ -139,7 +142,10 @@ pub(crate) fn status(dirs: &Dirs, query: &str, format: Format) -> Result<(), Fai
     let pod = lifecycle::find(&pods, query)?;
     let resolved =
         read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
-    let apps = app_statuses(&pod.dir, &resolved);
+    let mut apps = app_statuses(&pod.dir, &resolved);
+    if pod.state == PodState::Exited {
+        lifecycle::mark_lost(&mut apps);
+    }
     let exit: Option<i64> =
         std::fs::read_to_string(pod.dir.join("stage1-exit")).ok().and_then(|s| s.trim().parse().ok());
     match format {
@@ -247,10 +253,23 @@ pub(crate) fn rm(dirs: &Dirs, queries: &[String]) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Exited and abandoned pods, then the store's leftovers of killed imports
+/// (as `pod image gc`, but without waiting for imports in progress).
 pub(crate) fn gc(dirs: &Dirs) -> Result<(), Failed> {
     let pods = Pods::new(dirs);
     for uuid in lifecycle::gc(&pods)? {
         eprintln!("removed pod {uuid}");
+    }
+    let store = Store::open(dirs)?;
+    match store.try_lock_exclusive() {
+        Ok(_lock) => {
+            for name in store.gc_tmp()? {
+                eprintln!("removed leftover {name}");
+            }
+        }
+        // An import is running: its leftovers, if any, wait for the next gc.
+        Err(stage0::store::StoreError::Locked(_)) => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }

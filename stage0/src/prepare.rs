@@ -15,6 +15,7 @@ use spec::pod::{self, AppSpec, ImageSource, PodFile, PodFileError, Probe, Restar
 use spec::stage1::{self, Invocation, ResolvedPod};
 use spec::ImageManifest;
 
+use crate::crashpoint::crashpoint;
 use crate::exit::{Exit, ExitCodeOf};
 use crate::fetch::{FetchError, Fetcher, ImageRef};
 use crate::pods::{LockedPod, PodError, PodState, Pods};
@@ -263,9 +264,11 @@ pub fn prepare(
     }
 
     let mut locked = pods.create()?;
+    crashpoint("prepare.embryo");
     match write_pod(&locked, &pod_file, &file, &host_sources, apps, overrides, host) {
         Ok(resolved) => {
             pods.transition(&mut locked, PodState::Prepared)?;
+            crashpoint("prepare.prepared");
             Ok(Prepared { pod: locked, resolved })
         }
         Err(e) => {
@@ -307,6 +310,7 @@ fn write_pod(
             fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
         }
     }
+    crashpoint("prepare.dirs");
     let mut volumes = Vec::new();
     for (v, resolved) in pod_file.volumes.iter().zip(host_sources) {
         let source = match (&v.kind, resolved) {
@@ -325,6 +329,7 @@ fn write_pod(
         };
         volumes.push(stage1::Volume { name: v.name.clone(), source });
     }
+    crashpoint("prepare.volumes");
     let network = overrides.network.clone().unwrap_or(match &pod_file.network {
         pod::Network::None => stage1::Network::None,
         pod::Network::Host => stage1::Network::Host,
@@ -350,6 +355,7 @@ fn write_pod(
         created_at: store::now_rfc3339(),
     };
     write_json(&dir.join(stage1::POD_MANIFEST_FILE), &resolved)?;
+    crashpoint("prepare.manifest");
     let invocation = Invocation {
         version: stage1::INVOCATION_VERSION,
         stage2: host.stage2.clone(),
@@ -360,6 +366,7 @@ fn write_pod(
         vm: host.vm.clone().ok(),
     };
     write_json(&dir.join(stage1::INVOCATION_FILE), &invocation)?;
+    crashpoint("prepare.invocation");
     Ok(resolved)
 }
 

@@ -22,6 +22,7 @@ use nix::errno::Errno;
 use nix::sys::stat::Mode;
 use spec::ImageId;
 
+use crate::crashpoint::crashpoint;
 use crate::deps::{tree_key_of, Resolution, Whitelist};
 use crate::exit::{Exit, ExitCodeOf};
 use crate::paths::Dirs;
@@ -99,7 +100,10 @@ pub fn render(dirs: &Dirs, res: &Resolution) -> Result<RenderedTree, RenderError
     for id in &res.order {
         let src = dirs.images().join(id.as_str()).join("rootfs");
         match fs::symlink_metadata(&src) {
-            Ok(m) if m.is_dir() => r.layer(&src, res.whitelist(id))?,
+            Ok(m) if m.is_dir() => {
+                r.layer(&src, res.whitelist(id))?;
+                crashpoint("render.layer");
+            }
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("inspect", &src)(e)),
             _ => return Err(RenderError::MissingImage { id: id.clone(), path: src }),
         }
@@ -108,12 +112,14 @@ pub fn render(dirs: &Dirs, res: &Resolution) -> Result<RenderedTree, RenderError
     let layers = tree.join(LAYERS);
     let list: String = res.order.iter().map(|id| format!("{id}\n")).collect();
     fs::write(&layers, list).map_err(io_err("write", &layers))?;
+    crashpoint("render.install");
     // No syncfs before publishing: like tar, rkt and containers/storage (whose
     // layer fsync is off by default), durability of a freshly written tree is
     // left to the page cache. Syncing here cost 3x the extraction itself in
     // bench/fetch.sh. After a power loss `pod image verify` finds damaged
     // images, and `pod image gc` drops trees of removed images.
     let origin = install(&tree, &target)?;
+    crashpoint("render.installed");
     tracing::debug!(key = %key, layers = res.order.len(), ?origin, "tree ready");
     // `staging` drops here: removes the lock and, after a lost race, our copy.
     Ok(done(origin))

@@ -116,6 +116,11 @@ fn stage1_command(stage1: &Path, pod_dir: &Path, lock: &OwnedFd, stream_logs: bo
         cmd.arg("--stream-logs");
     }
     cmd.arg(pod_dir).env_clear().env(LOCK_FD_ENV, lock.as_raw_fd().to_string());
+    // Debug builds pass a stage1 kill point on (see crashpoint.rs).
+    #[cfg(debug_assertions)]
+    if let Some(step) = std::env::var_os(crate::crashpoint::ENV).filter(|s| s.to_string_lossy().starts_with("stage1")) {
+        cmd.env(crate::crashpoint::ENV, step);
+    }
     Ok(cmd)
 }
 

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use spec::{AcIdentifier, ImageId, ImageManifest};
 
 use crate::archive::{self, ArchiveError, Limits};
+use crate::crashpoint::crashpoint;
 use crate::exit::{Exit, ExitCodeOf};
 use crate::paths::{self, Dirs};
 
@@ -166,6 +167,11 @@ impl Store {
         self.lock(FlockArg::LockExclusive)
     }
 
+    /// The exclusive lock if no import is running ([`StoreError::Locked`] if one is).
+    pub fn try_lock_exclusive(&self) -> Result<StoreLock, StoreError> {
+        self.lock(FlockArg::LockExclusiveNonblock)
+    }
+
     /// A fresh staging directory `tmp/<purpose>-<random>`.
     pub fn staging(&self, purpose: &str) -> Result<Staging, StoreError> {
         let tmp = self.dirs.tmp();
@@ -198,10 +204,12 @@ impl Store {
         let dest = self.image_dir(id);
         let lock_path = staging.path.join(LOCK_NAME);
         fs::remove_file(&lock_path).map_err(io_err("remove", &lock_path))?;
+        crashpoint("store.commit");
         match fs::rename(&staging.path, &dest) {
             Ok(()) => {
                 staging.keep = true;
                 fsync_dir(&self.dirs.images());
+                crashpoint("store.committed");
                 Ok(true)
             }
             // Lost the race to a concurrent import of the same image: theirs
@@ -294,6 +302,7 @@ impl Store {
         }
         let doomed = self.dirs.tmp().join(format!("rm-{}-{}", &id.hex()[..16], std::process::id()));
         fs::rename(&src, &doomed).map_err(io_err("rename", &src))?;
+        crashpoint("image.rm");
         fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))
     }
 

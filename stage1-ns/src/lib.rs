@@ -3,6 +3,7 @@
 //! stage2-init as the pod's PID 1.
 
 pub mod cgroups;
+pub mod crashpoint;
 pub mod monitor;
 pub mod network;
 pub mod rootfs;
@@ -15,6 +16,7 @@ pub mod units;
 /// plugins nor the pod's PID 1 may (a pod whose monitor died must read as
 /// exited, so `pod gc` can clean it up). The environment is emptied.
 pub fn sanitize() {
+    crashpoint::arm();
     sys::cloexec_inherited();
     let keys: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
     for k in keys {

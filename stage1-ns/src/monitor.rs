@@ -203,6 +203,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     };
     let pid_file = pod_dir.join("pid");
     fs::write(&pid_file, format!("{init}\n")).map_err(io_err("write", &pid_file))?;
+    crate::crashpoint::crashpoint("stage1-ns.running");
     let status = supervise(pod_dir, init, launcher, &mask, stream_logs, &pod, made.cgroup.as_ref())?;
     let exit_file = pod_dir.join("stage1-exit");
     let _ = fs::write(exit_file, format!("{status}\n"));
@@ -245,6 +246,7 @@ fn prepare_host(
     let init_cgroups = serde_json::to_vec(&cg.init_dirs()).map_err(|e| Stage1Error::Launch(e.to_string()))?;
     made.cgroup = Some(cg);
     File::from(cg_w).write_all(&init_cgroups).map_err(io_err("write", Path::new("launcher pipe")))?;
+    crate::crashpoint::crashpoint("stage1-ns.cgroups");
 
     let ports = pod
         .apps
@@ -264,6 +266,7 @@ fn prepare_host(
             net.attachment().map(|a| a.ips.iter().map(|ip| ip.addr.to_string()).collect()).unwrap_or_default();
         let netns = net.netns().map(|n| n.path().to_path_buf());
         made.network = Some(net);
+        crate::crashpoint::crashpoint("stage1-ns.network");
         (ips, netns)
     };
 

@@ -148,19 +148,37 @@ pub fn make_private() -> Result<(), RootfsError> {
     do_mount(None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, "private propagation")
 }
 
+/// Binds `src` at `target`, then remounts it `nodev` (and read-only if
+/// asked), keeping the flags it had: no bind into a pod (rootfs copy,
+/// volumes, /etc files) serves a device node an app could open. Apps with
+/// CAP_MKNOD could otherwise make one for the host's disk and read it (pods
+/// have no device cgroup); the nodes they get are bound one by one by
+/// stage2-init's appfs, each its own mount.
 fn bind(src: &Path, target: &Path, read_only: bool, what: &str) -> Result<(), RootfsError> {
     do_mount(Some(src), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, what)?;
+    let mut flags = mount_flags(target)? | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
     if read_only {
-        do_mount(
-            None,
-            target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-            None,
-            what,
-        )?;
+        flags |= MsFlags::MS_RDONLY;
     }
-    Ok(())
+    do_mount(None, target, None, flags, None, what)
+}
+
+/// The per-mount flags of the mount at `path`, from statvfs: a bind
+/// remount sets exactly the flags it names, so one that must not loosen a
+/// mount (a host volume from a `noexec` filesystem) names these too.
+fn mount_flags(path: &Path) -> Result<MsFlags, RootfsError> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let have = statvfs(path).map_err(|e| io_err("statvfs", path)(e.into()))?.flags();
+    let pairs = [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ];
+    Ok(pairs.into_iter().filter(|(st, _)| have.contains(*st)).fold(MsFlags::empty(), |acc, (_, ms)| acc | ms))
 }
 
 /// Whether [`setup_apps`] mounts each app's /proc, /sys and /dev: not for
@@ -182,7 +200,8 @@ pub enum KernelFs {
 fn mount_overlay(rootfs: &Path, opts: &str) -> Result<(), RootfsError> {
     let volatile = format!("{opts},volatile");
     let mount = |data: &str| {
-        do_mount(Some(Path::new("overlay")), rootfs, Some("overlay"), MsFlags::empty(), Some(data), "overlay rootfs")
+        // nodev: see `bind`.
+        do_mount(Some(Path::new("overlay")), rootfs, Some("overlay"), MsFlags::MS_NODEV, Some(data), "overlay rootfs")
     };
     match mount(&volatile) {
         Err(RootfsError::Mount { errno: nix::errno::Errno::EINVAL, .. }) => mount(opts),
@@ -283,7 +302,8 @@ fn read_only_root(rootfs: &Path) -> Result<(), RootfsError> {
     for dir in ["proc", "sys", "dev", "tmp"] {
         mkdir_p(&rootfs.join(dir))?;
     }
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    // Keeping nodev and the rest: a remount sets exactly what it names.
+    let flags = mount_flags(rootfs)? | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
     do_mount(None, rootfs, None, flags, None, "read-only rootfs")
 }
 

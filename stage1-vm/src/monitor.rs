@@ -278,6 +278,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     }
     mask.thread_block().map_err(sys_err("block signals"))?;
     prepare_pod_dir(pod_dir, &pod, net.as_ref())?;
+    stage1_ns::crashpoint::crashpoint("stage1-vm.mounted");
     let dir = VmDir::new(pod_dir);
     if inv.debug {
         let args = vm.args().map_err(|e| VmError::Invalid(e.to_string()))?;
@@ -285,6 +286,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         eprintln!("pod-stage1-vm: {} {}", host.qemu.display(), words.join(" "));
     }
     let mut child = spawn_qemu(&host.qemu, &vm, &dir)?;
+    stage1_ns::crashpoint::crashpoint("stage1-vm.qemu");
     let _ = fs::write(dir.qemu_pid(), format!("{}\n", child.id()));
     let _ = fs::write(dir.accel(), format!("{}\n", accel.as_str()));
     // stage0 signals this pid to stop the pod (the monitor turns that into

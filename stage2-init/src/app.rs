@@ -134,8 +134,7 @@ impl App {
         // No NUL: the root was a C string (an argument) and the rest is an
         // app name; an empty path would fail the launch, visibly.
         let rootfs = CString::new(rootfs.into_os_string().into_vec()).unwrap_or_default();
-        let cgroups =
-            plan.unit.cgroups.iter().map(|c| root.join(c.trim_start_matches('/')).join("cgroup.procs")).collect();
+        let cgroups = crate::plan::cgroup_procs(root, &plan.unit);
         let argv = c_strings(&plan.unit.exec_start);
         let probe_argv = plan.unit.readiness.as_ref().and_then(|r| match &r.check {
             ReadinessCheck::Exec(words) => Some(c_strings(words)),

@@ -113,7 +113,9 @@ fn harden_kernel_fs(rootfs: &Path, null: &Path) -> Result<(), BootError> {
 /// app's).
 fn setup_dev(app_dev: &Path, dev: &Path) -> Result<(), BootError> {
     mkdir_p(app_dev)?;
-    let tmpfs = MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME;
+    // nodev: a node an app makes here (CAP_MKNOD) opens nothing; the
+    // devices below are bind mounts, which keep their own flags.
+    let tmpfs = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME;
     do_mount(Path::new("tmpfs"), app_dev, Some("tmpfs"), tmpfs, Some("mode=755,size=65536k"))?;
     for name in DEVICES {
         let target = app_dev.join(name);

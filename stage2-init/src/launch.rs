@@ -1,7 +1,10 @@
 //! Starting one process of an app (its main program or a readiness probe):
-//! fork, then in the child: own session, stdio, own mount namespace rooted
-//! at the app's rootfs, its bounding set, the app's user and capabilities,
-//! a clean environment, no_new_privs and seccomp (privs.rs), execve.
+//! fork, then in the child: own session, stdio, then [`become_app`] (the
+//! app's cgroups, own mount namespace rooted at the app's rootfs, its
+//! bounding set, the app's user and capabilities, a clean environment,
+//! no_new_privs and seccomp: privs.rs), execve. `pod enter` runs
+//! [`become_app`] too (stage0 for a namespace pod, the VM guest's agent), so
+//! an entered command gets exactly the app's privileges.
 //!
 //! The child reports a failure before exec through a close-on-exec pipe:
 //! the parent reads EOF when exec succeeded, or a message, and the child
@@ -57,9 +60,11 @@ pub struct Spawned {
 }
 
 /// A failure in the child before exec: its exit code and what went wrong.
-pub(crate) struct ChildError {
-    pub(crate) code: i32,
-    pub(crate) message: String,
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ChildError {
+    pub code: i32,
+    pub message: String,
 }
 
 fn step(what: &'static str) -> impl Fn(Errno) -> ChildError {
@@ -113,22 +118,44 @@ fn child(l: &Launch<'_>) -> Result<Infallible, ChildError> {
     dup2(l.stdin.as_raw_fd(), 0).map_err(step("stdin"))?;
     dup2(l.output.as_raw_fd(), 1).map_err(step("stdout"))?;
     dup2(l.output.as_raw_fd(), 2).map_err(step("stderr"))?;
-    join_cgroups(l.cgroups)?;
-    enter_rootfs(&l.rootfs)?;
-    let creds = read_creds(l.unit)?;
+    let env = become_app(l.app, l.unit, &l.rootfs, l.cgroups, l.seccomp)?;
+    exec(&l.argv, &env)
+}
+
+/// Makes the calling process one of app `app`'s: joins its cgroups, takes
+/// a mount namespace of its own rooted at `rootfs` (as this process sees
+/// it), resolves the unit's user in the app's own /etc/passwd and
+/// /etc/group, shrinks the bounding set, takes the user and the app's
+/// capabilities, changes to its working directory, sets no_new_privs and
+/// installs `seccomp`, in that order. Returns the app's environment; the
+/// caller's next step is execve (or a fork that execs): nothing of the
+/// caller's privileges is left.
+///
+/// The process must be single-threaded (unshare of a mount namespace
+/// fails otherwise, and the seccomp filters bind only the calling thread).
+pub fn become_app(
+    app: &str,
+    unit: &Unit,
+    rootfs: &CStr,
+    cgroups: &[PathBuf],
+    seccomp: &[SeccompProgram],
+) -> Result<Vec<(String, String)>, ChildError> {
+    join_cgroups(cgroups)?;
+    enter_rootfs(rootfs)?;
+    let creds = read_creds(unit)?;
     // The bounding set shrinks while pod-init's CAP_SETPCAP is still held;
     // the caps in effect now (SETUID, SETGID) stay until setuid/capset.
-    privs::bound(l.unit.capabilities)?;
+    privs::bound(unit.capabilities)?;
     setgroups(&creds.groups.iter().map(|&g| Gid::from_raw(g)).collect::<Vec<_>>()).map_err(step("setgroups"))?;
     setgid(Gid::from_raw(creds.gid)).map_err(step("setgid"))?;
     setuid(Uid::from_raw(creds.uid)).map_err(step("setuid"))?;
-    privs::set_caps(l.unit.capabilities, creds.uid)?;
+    privs::set_caps(unit.capabilities, creds.uid)?;
     // As the app's user, so a directory it may not enter fails here.
-    let dir = l.unit.working_directory.as_deref().unwrap_or("/");
+    let dir = unit.working_directory.as_deref().unwrap_or("/");
     chdir(dir).map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("chdir {dir}: {e}") })?;
-    let env = environment(l.app, l.unit, &creds);
-    privs::lock_down(l.seccomp)?;
-    exec(&l.argv, &env)
+    let env = environment(app, unit, &creds);
+    privs::lock_down(seccomp)?;
+    Ok(env)
 }
 
 /// Moves this process into the app's cgroups, before it execs or forks, so

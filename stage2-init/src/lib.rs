@@ -27,17 +27,41 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub use exit::EXIT_INIT_FAILED;
-pub use launch::DEFAULT_PATH;
+pub use launch::{become_app, ChildError, DEFAULT_PATH};
 pub use supervise::READINESS_POLL;
+pub use sys::cloexec_inherited_fds;
 
-/// Writes one line to stderr, prefixed `pod-init:`. A failed write is
+/// Writes one line to stderr, prefixed `pod-init:` (and, once
+/// [`log_uptime`] turned it on, the time since boot). A failed write is
 /// ignored: PID 1 must not die because its stderr went away.
 #[macro_export]
 macro_rules! log {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "pod-init: {}", format_args!($($arg)*));
+        let _ = match $crate::uptime() {
+            Some(t) => writeln!(std::io::stderr(), "pod-init: [{t:.3}] {}", format_args!($($arg)*)),
+            None => writeln!(std::io::stderr(), "pod-init: {}", format_args!($($arg)*)),
+        };
     }};
+}
+
+static LOG_UPTIME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prefixes every later log line with the seconds since boot (the VM
+/// guest with `pod.debug`: where its time goes).
+pub fn log_uptime() {
+    LOG_UPTIME.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Seconds since boot (CLOCK_BOOTTIME), if log lines carry it.
+#[doc(hidden)]
+pub fn uptime() -> Option<f64> {
+    if !LOG_UPTIME.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    #[allow(clippy::cast_precision_loss)] // seconds since boot: far below 2^52
+    Some(t.tv_sec() as f64 + f64::from(u32::try_from(t.tv_nsec()).unwrap_or(0)) / 1e9)
 }
 
 /// What `pod-init` is asked to do.
@@ -90,7 +114,15 @@ pub fn run(options: &Options) -> Result<u8, Error> {
             return Err(e.into());
         }
     };
+    log_debug("units, users and filters read");
     supervise::Supervisor::new(plan, root, signals, started_at)?.run()
+}
+
+/// Logs a step of the VM guest's boot, with `pod.debug` only.
+pub(crate) fn log_debug(what: &str) {
+    if uptime().is_some() {
+        log!("{what}");
+    }
 }
 
 /// Blocks the signals pod-init handles and returns a signalfd for them.

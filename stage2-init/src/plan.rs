@@ -72,15 +72,7 @@ pub fn load(root: &Path) -> Result<Plan, PlanError> {
             continue; // not a unit: stage1's temp files, say
         };
         let name = AcName::new(stem).map_err(|source| PlanError::Name { path: path.clone(), source })?;
-        let mut text = String::new();
-        let file = std::fs::File::open(&path).map_err(io(&path))?;
-        // One byte over the limit is enough for `Unit::parse` to reject it.
-        file.take(MAX_UNIT_BYTES as u64 + 1).read_to_string(&mut text).map_err(io(&path))?;
-        let unit = Unit::parse(&text, &path.display().to_string())?;
-        let rootfs = root.join("apps").join(name.as_str()).join("rootfs");
-        if !rootfs.is_dir() {
-            return Err(PlanError::NoRootfs { app: name.to_string(), path: rootfs });
-        }
+        let unit = read_unit(root, &name)?;
         units.push((name, unit));
     }
     if units.is_empty() {
@@ -91,6 +83,36 @@ pub fn load(root: &Path) -> Result<Plan, PlanError> {
         app.seccomp = read_filters(root, app.name.as_str(), &app.unit.seccomp_filters)?;
     }
     Ok(plan)
+}
+
+/// One app's unit and seccomp programs, read from the pod root as [`load`]
+/// reads them: for `pod enter`, which runs a command as the app runs.
+pub fn load_app(root: &Path, app: &AcName) -> Result<(Unit, Vec<SeccompProgram>), PlanError> {
+    let unit = read_unit(root, app)?;
+    let seccomp = read_filters(root, app.as_str(), &unit.seccomp_filters)?;
+    Ok((unit, seccomp))
+}
+
+/// `cgroup.procs` of each of the unit's `Cgroup=` directories (paths
+/// inside the pod root `root`).
+pub fn cgroup_procs(root: &Path, unit: &Unit) -> Vec<PathBuf> {
+    unit.cgroups.iter().map(|c| root.join(c.trim_start_matches('/')).join("cgroup.procs")).collect()
+}
+
+/// `root/units/<app>.unit`, parsed; the app must have its rootfs.
+fn read_unit(root: &Path, name: &AcName) -> Result<Unit, PlanError> {
+    let path = root.join("units").join(format!("{name}.unit"));
+    let io = |source| PlanError::Io { path: path.clone(), source };
+    let mut text = String::new();
+    let file = std::fs::File::open(&path).map_err(io)?;
+    // One byte over the limit is enough for `Unit::parse` to reject it.
+    file.take(MAX_UNIT_BYTES as u64 + 1).read_to_string(&mut text).map_err(io)?;
+    let unit = Unit::parse(&text, &path.display().to_string())?;
+    let rootfs = root.join("apps").join(name.as_str()).join("rootfs");
+    if !rootfs.is_dir() {
+        return Err(PlanError::NoRootfs { app: name.to_string(), path: rootfs });
+    }
+    Ok(unit)
 }
 
 /// Reads `SeccompFilter=` files (paths inside the pod root).

@@ -60,8 +60,9 @@ pub(crate) fn ignore_sigpipe() {
 }
 
 /// Marks every fd from 3 up close-on-exec. Inherited fds (stage1's pod
-/// lock, say) stay open in pod-init but never reach an app.
-pub(crate) fn cloexec_inherited_fds() {
+/// lock, say) stay open in pod-init but never reach an app; `pod enter`
+/// does the same for whatever its caller left open.
+pub fn cloexec_inherited_fds() {
     let flags = libc::c_int::try_from(libc::CLOSE_RANGE_CLOEXEC).unwrap_or(1 << 2);
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds in
     // the range; it closes nothing, so no fd owned elsewhere is invalidated.

@@ -16,6 +16,17 @@ fn binary_is_static() {
     assert!(common::is_static_elf(Path::new(POD_INIT)), "{POD_INIT} has a program interpreter");
 }
 
+/// cold.ld took effect: the code pod-init never runs (panic symbolizer,
+/// printf, gettext, dlopen...) sits in its own section, off the hot pages.
+#[test]
+fn never_run_code_is_linked_apart() {
+    let sections = common::elf_sections(Path::new(POD_INIT));
+    let size = |name: &str| sections.iter().find(|(n, _)| n == name).map(|(_, size)| *size);
+    let cold = size(".text.cold").unwrap_or_else(|| panic!("{POD_INIT} has no .text.cold: {sections:?}"));
+    // gimli alone is over 100 kB; glibc's printf, iconv and dlopen as much again.
+    assert!(cold > 200 * 1024, ".text.cold is only {cold} bytes: did cold.ld's patterns stop matching?");
+}
+
 #[test]
 fn dependents_start_once_ready_and_sigterm_stops_the_pod() {
     if !can_run() {

@@ -1,19 +1,38 @@
-//! A pod whose stage1 is killed with SIGKILL mid-run: `pod gc` must leave
-//! the host as it was before the pod (mounts, cgroups, netns pins, veths,
-//! iptables) with none of the pod's processes alive. The only test of its
-//! binary, so that no other pod of this suite changes the host meanwhile
-//! (cargo runs test binaries one after another); what other users of the
-//! host change meanwhile is told apart from the pod's own. Needs root and the CNI
-//! plugins; reports a skip without them.
+//! Crashes and concurrency. Every kill -9 a `pod` process or a pod can
+//! suffer, at every step that leaves something on disk or on the host, then
+//! `pod gc`: the host must be as it was (mounts, cgroups, netns pins, veths,
+//! iptables rules, processes, the store's temp dirs, pod dirs) and every
+//! store entry must pass `pod image verify`. And 20 `pod fetch`es or `pod
+//! run`s of one image at once: all succeed, with one store entry.
+//!
+//! stage0's steps are reached deterministically: debug builds of `pod` die
+//! by SIGKILL at the step named by `POD_TEST_KILL_AT` (the list is
+//! `STEPS` in stage0/src/crashpoint.rs, read from the source here so that a
+//! new step is tested at once). stage1 and the pod's PID 1 are killed from
+//! outside, as an operator or the OOM killer would. VM pods: see vm.rs.
+//!
+//! The tests of this binary take turns (one lock), so that each one's host
+//! snapshots see only its own pods; what other users of the host change
+//! meanwhile is told apart from the pods' own by their uuids and paths.
+//! Needs root and the CNI plugins; reports a skip without them.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::fs;
-use std::process::Command;
-use std::time::Duration;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use common::*;
+
+/// One test at a time: each compares the host before and after its pods.
+fn serial() -> MutexGuard<'static, ()> {
+    static HOST: Mutex<()> = Mutex::new(());
+    HOST.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A process as `/proc/PID/stat` shows it; `start` (field 22) tells a pid
 /// reused later from this one.
@@ -84,6 +103,7 @@ fn fds_into(pid: u32, dir: &std::path::Path) -> Vec<String> {
 // alone), so the pod reads as exited and `pod gc` restores the host.
 #[test]
 fn killing_stage1_then_gc_leaves_the_host_as_it_was() {
+    let _turn = serial();
     if let Some(why) = skip_reason(true) {
         eprintln!("SKIP: {why}");
         return;
@@ -160,4 +180,568 @@ fn killing_stage1_then_gc_leaves_the_host_as_it_was() {
     if !diff.is_empty() {
         eprintln!("host changes not attributed to the pod:\n{diff}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// What an environment's pods left on the host.
+
+/// The host before an environment's pods; [`Footprint::left`] lists what
+/// they left: new mounts, cgroups, netns pins and iptables lines naming the
+/// environment's root or one of its pods, new links, veths on its bridge,
+/// processes whose command line names its root.
+struct Footprint {
+    before: HostState,
+    root: String,
+    bridge: Option<String>,
+}
+
+impl Footprint {
+    fn take(live: &Live) -> Self {
+        let bridge = live.net.as_ref().map(|n| n.bridge.clone());
+        let ignore: Vec<&str> = bridge.iter().map(String::as_str).collect();
+        Self { before: HostState::take(&ignore), root: live.root().to_string_lossy().into_owned(), bridge }
+    }
+
+    fn left(&self, uuids: &[String]) -> Vec<String> {
+        let ignore: Vec<&str> = self.bridge.iter().map(String::as_str).collect();
+        let after = HostState::take(&ignore);
+        // The CNI chains a pod's rules jump to are named by hashes, not uuids.
+        let chains: Vec<String> = uuids
+            .iter()
+            .flat_map(|u| iptables_mentioning(u))
+            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "-j").nth(1).map(str::to_owned))
+            .filter(|c| c.starts_with("CNI-") && !c.starts_with("CNI-HOSTPORT-"))
+            .collect();
+        let ours = |e: &str| {
+            e.contains(&self.root)
+                || uuids.iter().any(|u| e.contains(u.as_str()))
+                || chains.iter().any(|c| e.contains(c.as_str()))
+        };
+        let existed = self.before.entries();
+        let mut left: Vec<String> = after.entries().into_iter().filter(|e| ours(e) && !existed.contains(e)).collect();
+        if let Some(b) = &self.bridge {
+            left.extend(links_on(b).into_iter().map(|l| format!("veth {l} on {b}")));
+        }
+        left.extend(
+            all_procs()
+                .into_iter()
+                .filter(|p| p.state != 'Z' && p.cmdline.contains(&self.root))
+                .map(|p| format!("process {} {}", p.pid, p.cmdline)),
+        );
+        left
+    }
+}
+
+/// Every pod uuid under the environment's `pods/` (`embryo/.<uuid>` too).
+fn pod_uuids(live: &Live) -> Vec<String> {
+    let mut out = Vec::new();
+    for state in ["embryo", "prepared", "run", "garbage"] {
+        let Ok(rd) = fs::read_dir(live.data.join("pods").join(state)) else { continue };
+        out.extend(rd.flatten().map(|e| e.file_name().to_string_lossy().trim_start_matches('.').to_owned()));
+    }
+    out
+}
+
+/// The store and the pods directory after `pod gc`: no pods, nothing in
+/// `tmp/`, every image entry complete and verified, every tree complete.
+fn assert_store_sound(live: &Live, what: &str) {
+    let pods = pod_uuids(live);
+    assert!(pods.is_empty(), "{what}: pods left after gc: {pods:?}");
+    let tmp = live.tmp_entries();
+    assert!(tmp.is_empty(), "{what}: left in the store's tmp/: {tmp:?}");
+    for dir in live.image_dirs() {
+        assert!(dir.join("meta.json").is_file(), "{what}: incomplete store entry {}", dir.display());
+    }
+    let trees: Vec<PathBuf> =
+        fs::read_dir(live.data.join("trees")).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    for tree in trees {
+        assert!(
+            tree.join("layers").is_file() && tree.join("rootfs").is_dir(),
+            "{what}: incomplete tree {}",
+            tree.display()
+        );
+    }
+    let out = live.run(&["image", "verify"]);
+    assert!(out.status.success(), "{what}: {}", describe(&["image", "verify"], &out));
+    let verified = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("ok")).count();
+    assert_eq!(
+        verified,
+        live.image_dirs().len(),
+        "{what}: every entry verified\n{}",
+        describe(&["image", "verify"], &out)
+    );
+}
+
+fn gc_ok(live: &Live, what: &str) {
+    let out = live.run_within(&["gc"], Duration::from_secs(60));
+    assert!(out.status.success(), "{what}: {}", describe(&["gc"], &out));
+}
+
+// ---------------------------------------------------------------------------
+// Kill points in stage0.
+
+/// `STEPS` in stage0/src/crashpoint.rs, read from the source.
+fn kill_points() -> Vec<String> {
+    let src = include_str!("../../stage0/src/crashpoint.rs");
+    let start = src.find("pub const STEPS").expect("STEPS in stage0/src/crashpoint.rs");
+    let body = &src[start..];
+    let body = &body[body.find("= &[").unwrap()..body.find("];").unwrap()];
+    let steps: Vec<String> = body.split('"').skip(1).step_by(2).map(str::to_owned).collect();
+    assert!(steps.len() >= 10, "could not read STEPS from crashpoint.rs: {steps:?}");
+    steps
+}
+
+/// What reaches a kill point, and what it needs in place first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    /// `pod fetch` of busybox into a store without it (nor its tree).
+    Fetch,
+    /// `pod run` of a one-app pod (with a volume, on the test network).
+    Run,
+    /// The same in a VM.
+    RunVm,
+    /// `pod gc` with an exited pod to collect.
+    Gc,
+    /// `pod image rm` of the stored busybox.
+    ImageRm,
+    /// `pod image build` of a small directory recipe, its scratch dir in
+    /// the environment's own `TMPDIR`.
+    Build,
+}
+
+fn scenario(step: &str) -> Scenario {
+    match step.split('.').next().unwrap_or_default() {
+        "fetch" | "store" | "render" => Scenario::Fetch,
+        "prepare" | "run" | "stage1-ns" => Scenario::Run,
+        "stage1-vm" => Scenario::RunVm,
+        "gc" => Scenario::Gc,
+        "image" => Scenario::ImageRm,
+        "build" => Scenario::Build,
+        _ => panic!("crash.rs cannot reach kill point {step:?}: give it a Scenario"),
+    }
+}
+
+const BUSYBOX: &str = "example.com/busybox:1.35";
+
+/// A pod of one busybox app that echoes and exits, with an empty volume.
+fn echo_pod(live: &Live, isolation: &str) -> PathBuf {
+    let net = live.net.as_ref().map_or("none", |n| n.name.as_str());
+    let net = if isolation == "vm" { "none" } else { net };
+    live.pod_file(
+        &format!("echo-{isolation}"),
+        &format!(
+            "name: echo\nisolation: {isolation}\nnetwork: {net}\napps:\n\
+             - name: a\n  image: {BUSYBOX}\n  exec: [/bin/sh, -c, \"echo crash-test\"]\n  \
+             mounts: [{{ volume: v, path: /v }}]\nvolumes:\n- {{ name: v, kind: empty }}\n"
+        ),
+    )
+}
+
+fn ensure_image(live: &Live, aci: &Path) {
+    if live.image_dirs().is_empty() {
+        live.ok(&["fetch", p(aci)]);
+    }
+}
+
+/// Sets up what `scenario` needs; returns the command that reaches its steps.
+fn arrange(live: &Live, s: Scenario, aci: &Path, pod_file: &Path) -> Vec<String> {
+    match s {
+        Scenario::Fetch => {
+            if !live.image_dirs().is_empty() {
+                live.ok(&["image", "rm", BUSYBOX]);
+            }
+            // Drops the tree too, so that the fetch renders it again.
+            live.ok(&["image", "gc"]);
+            assert!(live.image_dirs().is_empty() && live.trees().is_empty(), "a store without busybox");
+            vec!["fetch".into(), p(aci).into()]
+        }
+        Scenario::Run | Scenario::RunVm => {
+            ensure_image(live, aci);
+            vec!["run".into(), p(pod_file).into()]
+        }
+        Scenario::Gc => {
+            ensure_image(live, aci);
+            let out = live.run_within(&["run", p(pod_file)], Duration::from_secs(120));
+            assert!(out.status.success(), "{}", describe(&["run"], &out));
+            assert_eq!(pod_uuids(live).len(), 1, "an exited pod to collect");
+            vec!["gc".into()]
+        }
+        Scenario::ImageRm => {
+            ensure_image(live, aci);
+            vec!["image".into(), "rm".into(), BUSYBOX.into()]
+        }
+        Scenario::Build => {
+            let b = Build::of(live);
+            let _ = fs::remove_file(&b.out);
+            b.args()
+        }
+    }
+}
+
+/// A small image built from a directory, for the kill points of `pod image build`.
+struct Build {
+    recipe: PathBuf,
+    out: PathBuf,
+    /// `TMPDIR` of the builds: where their scratch dirs go.
+    tmpdir: PathBuf,
+}
+
+impl Build {
+    fn of(live: &Live) -> Self {
+        let dir = live.work.join("tiny");
+        let recipe = dir.join("recipe.yaml");
+        if !recipe.is_file() {
+            fs::create_dir_all(dir.join("files/etc")).unwrap();
+            fs::write(dir.join("files/hello"), "hello\n").unwrap();
+            fs::write(dir.join("files/etc/motd"), "tiny\n").unwrap();
+            let yaml = "name: example.com/tiny\nlabels: { version: \"1\" }\napp: { exec: [/hello], user: \"0\", group: \"0\" }\n\
+                        rootfs: { dir: files }\n";
+            fs::write(&recipe, yaml).unwrap();
+        }
+        let tmpdir = live.work.join("build-tmp");
+        fs::create_dir_all(&tmpdir).unwrap();
+        Self { recipe, out: live.images.join("tiny.aci"), tmpdir }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let cache = self.tmpdir.with_file_name("deb-cache");
+        ["image", "build", p(&self.recipe), "-o", p(&self.out), "--cache-dir", p(&cache)].map(str::to_owned).to_vec()
+    }
+
+    fn scratch(&self) -> Vec<PathBuf> {
+        fs::read_dir(&self.tmpdir).unwrap().flatten().map(|e| e.path()).collect()
+    }
+}
+
+/// After the kill and `pod gc`: the normal command works again.
+fn recover(live: &Live, s: Scenario, aci: &Path, pod_file: &Path, step: &str) {
+    match s {
+        Scenario::Build => {
+            let b = Build::of(live);
+            assert!(!b.out.exists(), "a build killed at {step} left a file under the output's name");
+            let args = b.args();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut cmd = live.cmd(&args);
+            cmd.env("TMPDIR", &b.tmpdir);
+            let out = output_within(cmd, Duration::from_secs(120), "image build");
+            assert!(out.status.success(), "build after a kill at {step}: {}", describe(&args, &out));
+            let left = b.scratch();
+            assert!(left.is_empty(), "the next build did not remove the killed one's scratch dir: {left:?}");
+            let mut tmp = b.out.clone().into_os_string();
+            tmp.push(".tmp");
+            assert!(!Path::new(&tmp).exists(), "OUT.tmp left after a build");
+            live.ok(&["image", "sign", "--key", p(&e2e_key().secret), p(&b.out)]);
+            let id = live.ok(&["fetch", p(&b.out)]);
+            live.ok(&["image", "verify", &id]);
+            live.ok(&["image", "rm", &id]);
+        }
+        Scenario::Fetch | Scenario::ImageRm => {
+            let out = live.run_within(&["fetch", p(aci)], Duration::from_secs(120));
+            assert!(out.status.success(), "fetch after a kill at {step}: {}", describe(&["fetch"], &out));
+            assert_id(&String::from_utf8_lossy(&out.stdout));
+            assert_eq!(live.image_dirs().len(), 1, "one store entry after a kill at {step}");
+        }
+        Scenario::Run | Scenario::RunVm | Scenario::Gc => {
+            let out = live.run_within(&["run", p(pod_file)], Duration::from_secs(120));
+            assert!(out.status.success(), "run after a kill at {step}: {}", describe(&["run"], &out));
+            assert!(String::from_utf8_lossy(&out.stdout).contains("[a] crash-test"), "{}", describe(&["run"], &out));
+            gc_ok(live, step);
+        }
+    }
+}
+
+/// Runs `args` with `POD_TEST_KILL_AT=step`; asserts `pod` died of SIGKILL
+/// there (so the step was reached: a missed step fails the test).
+fn kill_at(live: &Live, step: &str, args: &[String], tmpdir: Option<&Path>) -> Output {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = live.cmd(&args);
+    cmd.env("POD_TEST_KILL_AT", step);
+    if let Some(t) = tmpdir {
+        cmd.env("TMPDIR", t);
+    }
+    let out = output_within(cmd, Duration::from_secs(120), &args.join(" "));
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "POD_TEST_KILL_AT={step}: `pod` was not killed there (step not reached?)\n{}",
+        describe(&args, &out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("POD_TEST_KILL_AT={step}")),
+        "{}",
+        describe(&args, &out)
+    );
+    out
+}
+
+fn vm_host_available() -> bool {
+    let kernel = std::env::var("POD_GUEST_KERNEL").unwrap_or_else(|_| "/usr/lib/pod/guest/vmlinuz".into());
+    Path::new(&kernel).is_file()
+        && target_dir().join("debug/pod-stage1-vm").is_file()
+        && Command::new("qemu-system-x86_64").arg("--version").output().is_ok()
+}
+
+// Every kill point of stage0, in order: `pod` dies there by SIGKILL, `pod
+// gc` runs, and the host and the store are as before, every entry
+// verifies, and the command then works.
+#[test]
+fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
+    let _turn = serial();
+    if let Some(why) = skip_reason(true) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let aci = example_image(Example::Busybox);
+    let live = Live::with_net(&[Example::Busybox]);
+    let ns_file = echo_pod(&live, "namespace");
+    let vm_file = echo_pod(&live, "vm");
+    let vms = vm_host_available();
+    if !vms {
+        eprintln!("SKIP (part): no VM host (guest kernel, qemu, pod-stage1-vm): the kill points of VM pods");
+    }
+    let mut cases: Vec<(String, &str)> = Vec::new();
+    for step in kill_points() {
+        if scenario(&step) == Scenario::RunVm {
+            if vms {
+                cases.push((step, "vm"));
+            }
+            continue;
+        }
+        // The VM stage1's gc after a `pod run` killed before it started it.
+        if vms && step.starts_with("run.") {
+            cases.push((step.clone(), "vm"));
+        }
+        cases.push((step, "namespace"));
+    }
+    let started = Instant::now();
+    for (step, isolation) in &cases {
+        let t = Instant::now();
+        let s = scenario(step);
+        let file = if *isolation == "vm" { &vm_file } else { &ns_file };
+        let args = arrange(&live, s, &aci, file);
+        let footprint = Footprint::take(&live);
+        let tmpdir = (s == Scenario::Build).then(|| Build::of(&live).tmpdir);
+        kill_at(&live, step, &args, tmpdir.as_deref());
+        if let Some(tmpdir) = &tmpdir {
+            let scratch = fs::read_dir(tmpdir).unwrap().count();
+            assert_eq!(scratch, 1, "{step}: the killed build's scratch dir is there for the next build to remove");
+        }
+        let uuids = pod_uuids(&live);
+        // A monitor killed mid-setup leaves work for gc: check it is there.
+        let expected: &[&str] = match step.as_str() {
+            "stage1-ns.cgroups" => &["cgroup "],
+            "stage1-ns.network" | "stage1-ns.running" => &["cgroup ", "netns ", "veth "],
+            _ => &[],
+        };
+        let present = footprint.left(&uuids);
+        for kind in expected {
+            assert!(present.iter().any(|e| e.starts_with(kind)), "{step}: no {kind}left for gc: {present:#?}");
+        }
+        gc_ok(&live, step);
+        let what = format!("after a kill at {step} ({isolation}) and pod gc");
+        assert_store_sound(&live, &what);
+        let left = footprint.left(&uuids);
+        assert!(left.is_empty(), "{what}: left on the host: {left:#?}");
+        recover(&live, s, &aci, file, step);
+        assert_store_sound(&live, &format!("{what}, then the command again"));
+        let shown: Vec<&str> = args.iter().map(|a| a.rsplit('/').next().unwrap_or(a)).collect();
+        let again = match s {
+            Scenario::Fetch | Scenario::ImageRm => "pod fetch",
+            Scenario::Build => "pod image build (and fetch)",
+            _ => "pod run",
+        };
+        eprintln!(
+            "kill -9 at {step:<18} {isolation:<9} `pod {}`: died there; after gc: host as before, \
+             store verified; {again} works ({:.1?})",
+            shown.join(" "),
+            t.elapsed()
+        );
+    }
+    eprintln!("{} kill points in {:.1?}", cases.len(), started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// The pod's PID 1 killed from the host.
+
+// kill -9 of pod-init from the host (the OOM killer's choice, or an
+// operator's): the kernel ends the pod's pid namespace, the monitor sees its
+// PID 1 die, tears the pod down and records 137; gc leaves nothing.
+#[test]
+fn killing_the_pods_pid1_ends_the_pod_and_gc_leaves_the_host_as_it_was() {
+    let _turn = serial();
+    if let Some(why) = skip_reason(true) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::with_net(&[Example::Busybox]);
+    let footprint = Footprint::take(&live);
+    let file = live.pod_file(
+        "sleeper",
+        &format!(
+            "name: sleeper\nnetwork: {}\napps:\n- name: s\n  image: {BUSYBOX}\n  exec: [/bin/busybox, sleep, \"600\"]\n",
+            live.net_name()
+        ),
+    );
+    let uuid = live.start(&file);
+    live.wait_all_up(&uuid, Duration::from_secs(60));
+    let present = footprint.left(std::slice::from_ref(&uuid));
+    for kind in ["cgroup ", "netns ", "veth ", "process "] {
+        assert!(present.iter().any(|e| e.starts_with(kind)), "no {kind}of the running pod seen: {present:#?}");
+    }
+    let dir = live.data.join("pods/run").join(&uuid);
+    let pid1: u32 = fs::read_to_string(dir.join("pid")).unwrap().trim().parse().unwrap();
+    let init = proc_of(pid1).unwrap();
+    assert!(init.cmdline.contains("pod-init"), "the pid file names the pod's PID 1: {init:?}");
+    let pod_procs = tree(pid1);
+
+    let killed = Command::new("kill").args(["-KILL", &pid1.to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(
+        wait_for(Duration::from_secs(20), || live.listed(&uuid).is_some_and(|e| e["state"] == "exited")),
+        "the pod is not exited after its PID 1 was killed: {:?}",
+        live.listed(&uuid)
+    );
+    let st = live.status(&uuid);
+    assert_eq!(st["exitCode"], 137, "the pod ended by SIGKILL (128+9): {st}");
+    assert_eq!(live.app_status(&uuid, "s")["state"], "lost", "the app is not reported running: {st}");
+    let survivors: Vec<&Proc> = pod_procs.iter().filter(|p| alive(p)).collect();
+    assert!(survivors.is_empty(), "the pod's processes outlived its PID 1: {survivors:#?}");
+    // The monitor tore the pod down itself; gc removes the directory.
+    let before_gc = footprint.left(std::slice::from_ref(&uuid));
+    assert!(before_gc.is_empty(), "the exited pod still holds: {before_gc:#?}");
+    gc_ok(&live, "gc after killing pod-init");
+    assert!(live.listed(&uuid).is_none(), "gc removed the pod");
+    let left = footprint.left(std::slice::from_ref(&uuid));
+    assert!(left.is_empty(), "left on the host: {left:#?}");
+    eprintln!("kill -9 of pod-init: pod exited 137, torn down by its monitor; gc left nothing");
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency.
+
+const RACERS: usize = 20;
+
+/// Starts `RACERS` copies of `pod ARGS` at once and waits for all of them.
+fn race(live: &Live, args: &[&str], limit: Duration) -> Vec<Output> {
+    let started = Instant::now();
+    let handles: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let cmd = live.cmd(args);
+            let what = args.join(" ");
+            std::thread::spawn(move || output_within(cmd, limit, &what))
+        })
+        .collect();
+    let outs: Vec<Output> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    eprintln!("{RACERS} x `pod {}` at once: {:.1?}", args[0], started.elapsed());
+    for (i, out) in outs.iter().enumerate() {
+        assert!(out.status.success(), "racer {i} of {RACERS} failed:\n{}", describe(args, out));
+    }
+    outs
+}
+
+/// An environment trusting the example key, with an empty store.
+fn empty_store(net: bool) -> Live {
+    let live = if net { Live::with_net(&[Example::Busybox]) } else { Live::new(&[Example::Busybox]) };
+    live.ok(&["image", "rm", BUSYBOX]);
+    live.ok(&["image", "gc"]);
+    assert!(live.image_dirs().is_empty() && live.trees().is_empty(), "an empty store");
+    live
+}
+
+// 20 `pod fetch` of one signed image into an empty store: every one
+// succeeds with the same ID, and the store holds one verified entry, one
+// tree, and no temp files.
+#[test]
+fn twenty_concurrent_fetches_of_one_image_make_one_entry() {
+    let _turn = serial();
+    let aci = example_image(Example::Busybox);
+    let live = empty_store(false);
+    let outs = race(&live, &["fetch", p(&aci)], Duration::from_secs(180));
+    let ids: std::collections::BTreeSet<String> =
+        outs.iter().map(|o| assert_id(&String::from_utf8_lossy(&o.stdout))).collect();
+    assert_eq!(ids.len(), 1, "every fetch printed the same ID: {ids:?}");
+    assert_eq!(live.image_dirs().len(), 1, "one store entry: {:?}", live.image_dirs());
+    assert_eq!(live.trees().len(), 1, "one rendered tree: {:?}", live.trees());
+    assert_store_sound(&live, "after 20 concurrent fetches");
+    assert_eq!(live.list().len(), 1, "pod image list shows one image");
+    eprintln!("20 concurrent fetches: one ID, one entry, one tree, verified, no temp files");
+}
+
+// 20 `pod run` of one image at once, twice: into an empty store (all 20
+// fetch, verify, extract and render it concurrently), then with the image
+// stored. Every pod exits 0 with its output; one entry and one tree; gc
+// leaves the host as before.
+#[test]
+fn twenty_concurrent_runs_of_one_image_all_succeed() {
+    let _turn = serial();
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let aci = example_image(Example::Busybox);
+    let live = empty_store(false);
+    let footprint = Footprint::take(&live);
+    let pod_file = |name: &str, image: &str| {
+        live.pod_file(
+            name,
+            &format!(
+                "name: {name}\nnetwork: none\napps:\n- name: a\n  image: {image}\n  \
+                 exec: [/bin/sh, -c, \"echo racing {name}\"]\n"
+            ),
+        )
+    };
+    let by_file = pod_file("by-file", p(&aci));
+    let by_name = pod_file("by-name", BUSYBOX);
+    for (round, file) in [("empty store", &by_file), ("image stored", &by_name)] {
+        let outs = race(&live, &["run", p(file)], Duration::from_secs(300));
+        let stem = file.file_stem().unwrap().to_string_lossy();
+        for out in &outs {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains(&format!("[a] racing {stem}")), "{}", describe(&["run"], out));
+        }
+        assert_eq!(live.image_dirs().len(), 1, "{round}: one store entry: {:?}", live.image_dirs());
+        assert_eq!(live.trees().len(), 1, "{round}: one rendered tree: {:?}", live.trees());
+        let pods = live.pods();
+        assert_eq!(pods.len(), RACERS, "{round}: one pod per run: {pods:?}");
+        assert!(pods.iter().all(|e| e["state"] == "exited"), "{round}: every pod exited: {pods:?}");
+        let uuids = pod_uuids(&live);
+        gc_ok(&live, round);
+        assert_store_sound(&live, &format!("{round}: after 20 concurrent runs and gc"));
+        let left = footprint.left(&uuids);
+        assert!(left.is_empty(), "{round}: left on the host: {left:#?}");
+        eprintln!("{round}: 20 concurrent runs exited 0; one entry, one tree; gc left nothing");
+    }
+
+    // And with `pod gc` running over and over meanwhile: gc takes neither a
+    // pod being prepared nor one running, and gcs never trip on each other.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gcs: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            let cmd = || live.cmd(&["gc"]);
+            let mut cmds: Vec<Command> = (0..200).map(|_| cmd()).collect();
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Some(c) = cmds.pop() else { break };
+                    let out = output_within(c, Duration::from_secs(60), "gc");
+                    assert!(out.status.success(), "a gc beside the runs failed:\n{}", describe(&["gc"], &out));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let outs = race(&live, &["run", p(&by_name)], Duration::from_secs(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds: usize = gcs.into_iter().map(|h| h.join().unwrap()).sum();
+    for out in &outs {
+        assert!(String::from_utf8_lossy(&out.stdout).contains("[a] racing by-name"), "{}", describe(&["run"], out));
+    }
+    let uuids = pod_uuids(&live);
+    gc_ok(&live, "after runs beside gcs");
+    assert_store_sound(&live, "after 20 concurrent runs beside gcs");
+    let left = footprint.left(&uuids);
+    assert!(left.is_empty(), "runs beside gcs: left on the host: {left:#?}");
+    eprintln!("20 concurrent runs beside {rounds} concurrent gcs: all exited 0; gc left nothing");
 }

@@ -226,3 +226,63 @@ fn kill_9_of_the_vm_monitor_takes_qemu_along_and_gc_leaves_nothing() {
     assert!(!dir.exists(), "gc removed the pod directory and its sockets");
     assert_eq!(HostState::take(&[]).mounts, before.mounts, "the host's mounts are as before the pod");
 }
+
+// qemu itself killed (the equivalent of a guest crash, or the OOM killer's
+// pick): the monitor notices, the pod is exited and not reported as still
+// running; gc leaves no qemu, socket, mount or pod directory.
+#[test]
+fn kill_9_of_qemu_ends_the_pod_and_gc_leaves_nothing() {
+    skip_unless_vms!();
+    let live = Live::new(&[Example::Busybox]);
+    let before = HostState::take(&[]);
+    let file = live.pod_file(
+        "sleeper",
+        "name: sleeper\nisolation: vm\nnetwork: none\napps:\n\
+         - name: s\n  image: example.com/busybox:1.35\n  exec: [/bin/busybox, sleep, \"600\"]\n",
+    );
+    let uuid = live.start(&file);
+    let dir = live.data.join("pods").join("run").join(&uuid);
+    live.wait_all_up(&uuid, UP_WITHIN);
+    let monitor: i32 = fs::read_to_string(dir.join("pid")).unwrap().trim().parse().unwrap();
+    let qemu = processes_with_arg(&format!("pod-{uuid}"));
+    assert_eq!(qemu.len(), 1, "one qemu for the pod: {qemu:?}");
+
+    let killed = std::process::Command::new("kill").args(["-KILL", &qemu[0].to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(
+        wait_for(Duration::from_secs(20), || live.listed(&uuid).is_some_and(|e| e["state"] == "exited")),
+        "the pod is not exited after qemu was killed: {:?}",
+        live.listed(&uuid)
+    );
+    let gone = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || gone(monitor)),
+        "the monitor outlived qemu: {:?}",
+        fs::read_to_string(format!("/proc/{monitor}/stat"))
+    );
+    let st = live.status(&uuid);
+    assert_ne!(st["exitCode"], 0, "a pod whose VM died did not succeed: {st}");
+    let app = live.app_status(&uuid, "s");
+    assert_ne!(app["state"], "running", "an app of a dead VM is not running: {st}");
+    assert_ne!(app["state"], "ready", "an app of a dead VM is not ready: {st}");
+
+    live.ok(&["gc"]);
+    assert!(live.listed(&uuid).is_none(), "gc removed the pod");
+    assert!(!dir.exists(), "gc removed the pod directory and its sockets");
+    assert!(processes_with_arg(&format!("pod-{uuid}")).is_empty(), "no qemu left");
+    let root = live.root().to_string_lossy().into_owned();
+    let mentioning: Vec<i32> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(&root)
+        })
+        .collect();
+    assert!(mentioning.is_empty(), "processes of the pod left: {mentioning:?}");
+    assert_eq!(HostState::take(&[]).mounts, before.mounts, "the host's mounts are as before the pod");
+    eprintln!("kill -9 of qemu: monitor noticed, pod exited ({}), gc left nothing", st["exitCode"]);
+}

@@ -229,6 +229,7 @@ impl<'d> Extractor<'d> {
                 let meta = header_meta(entry.header(), name)?;
                 let size = entry.size();
                 self.file(entry, size, &path, &meta, name)?;
+                crate::crashpoint::crashpoint("fetch.extracting");
             }
         }
         self.seen.insert(rel, kind);

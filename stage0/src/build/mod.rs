@@ -44,6 +44,7 @@
 mod debian;
 mod recipe;
 mod rootfs;
+mod scratch;
 
 use std::ffi::OsString;
 use std::fs;
@@ -205,17 +206,9 @@ pub fn build(recipe_path: &Path, out: &Path, opts: &BuildOptions) -> Result<Buil
     manifest.validate().map_err(|source| BuildError::Manifest { path: recipe_path.to_owned(), source })?;
     info!(name = %manifest.name, recipe = %recipe_path.display(), "building");
 
-    // Dropping the TempDir on any early return removes the staging tree.
-    let staging = match &opts.staging_parent {
-        Some(dir) => tempfile::Builder::new()
-            .prefix("pod-build-")
-            .tempdir_in(dir)
-            .map_err(io_err("creating a temp dir in", dir))?,
-        None => tempfile::Builder::new()
-            .prefix("pod-build-")
-            .tempdir()
-            .map_err(io_err("creating a temp dir in", &std::env::temp_dir()))?,
-    };
+    // Dropping it on any early return removes the staging tree; after a
+    // kill -9, the next build does.
+    let staging = scratch::Scratch::new(&opts.staging_parent.clone().unwrap_or_else(std::env::temp_dir))?;
     let rootfs = staging.path().join("rootfs");
     fs::create_dir(&rootfs).map_err(io_err("creating", &rootfs))?;
     // The rootfs root becomes the image's "/": 0755 whatever the umask.
@@ -228,6 +221,7 @@ pub fn build(recipe_path: &Path, out: &Path, opts: &BuildOptions) -> Result<Buil
         debian::install(&recipe.rootfs.packages, &recipe.rootfs.exclude, &opts.cache_dir, &rootfs)?
     };
     rootfs::finish(&recipe, &rootfs, opts.source_date_epoch)?;
+    crate::crashpoint::crashpoint("build.staged");
 
     let (id, size) = write_image(&manifest, &rootfs, out, opts.compression)?;
     info!(id = %id, size, out = %out.display(), packages = packages.len(), "built");
@@ -252,6 +246,7 @@ fn write_image(
         let file = w.into_inner().map_err(|e| io_err("writing", &tmp)(e.into_error()))?;
         file.sync_all().map_err(io_err("syncing", &tmp))?;
         let size = file.metadata().map_err(io_err("inspecting", &tmp))?.len();
+        crate::crashpoint::crashpoint("build.packed");
         fs::rename(&tmp, out).map_err(io_err("renaming to", out))?;
         Ok((id, size))
     })();

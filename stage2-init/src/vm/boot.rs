@@ -99,8 +99,10 @@ pub(crate) fn load_modules(dir: &Path, skip: &[String], trace: &dyn Fn(&str)) {
 pub(crate) fn mount_share(root: &Path) -> Result<(), BootError> {
     std::fs::create_dir_all(root).map_err(|e| BootError::new("create directory", root, e))?;
     let deadline = Instant::now() + SHARE_WAIT;
+    // nodev: a device node an app makes on its rootfs or a volume (they
+    // all live on the share) opens nothing, as in a namespace pod.
     loop {
-        match mount(Some(SHARE_TAG), root, Some("9p"), MsFlags::empty(), Some(SHARE_OPTIONS)) {
+        match mount(Some(SHARE_TAG), root, Some("9p"), MsFlags::MS_NODEV, Some(SHARE_OPTIONS)) {
             Ok(()) => return Ok(()),
             Err(Errno::ENOENT) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {

@@ -1,32 +1,34 @@
 //! The enter agent: runs an [`EnterRequest`]'s command inside a running
-//! app (its mount namespace and root, as root, in a clean environment) and
-//! relays the output and exit status to the host as [`Frame`]s. One request
-//! at a time.
+//! app, as the app's own processes run ([`crate::become_app`]: its root,
+//! user, capabilities, no_new_privs and seccomp filter, its environment),
+//! and relays the output and exit status to the host as [`Frame`]s. One
+//! request at a time.
 
 use std::convert::Infallible;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag};
-use nix::unistd::{chdir, chroot, dup2, fchdir, setsid, Pid};
+use nix::unistd::{dup2, setsid, Pid};
 use spec::name::AcName;
+use spec::unit::Unit;
 use spec::vm::{EnterRequest, Frame, MAX_FRAME};
 
 use super::agent::Port;
 use crate::exit::{Termination, EXIT_LAUNCH_FAILED};
 use crate::launch::{self, ChildError};
+use crate::plan;
+use crate::privs::SeccompProgram;
 use crate::sys::{self, Fork};
-use crate::DEFAULT_PATH;
 
 /// How often a command whose output is quiet is checked for having ended
 /// (a background process it left may hold the pipe open).
@@ -41,7 +43,7 @@ pub(crate) fn serve(mut port: Port, root: &Path) {
         }
         let last = match EnterRequest::decode(&line) {
             None => Frame::Error("not an enter request".into()),
-            Some(request) => match start(&root.join("status"), &request) {
+            Some(request) => match start(root, &request) {
                 Err(message) => Frame::Error(message),
                 Ok(command) => match relay(&mut port, command) {
                     Some(code) => Frame::Exit(code),
@@ -77,30 +79,23 @@ struct Command {
 }
 
 /// Forks the command into the app; `Err` is the message for the host.
-fn start(status_dir: &Path, request: &EnterRequest) -> Result<Command, String> {
+fn start(root: &Path, request: &EnterRequest) -> Result<Command, String> {
     let app = &request.app;
-    let pid = app_pid(status_dir, app)?;
+    app_pid(&root.join("status"), app)?;
+    let name = AcName::new(app).map_err(|_| format!("{app:?} is not an app name"))?;
+    let (unit, seccomp) = plan::load_app(root, &name).map_err(|e| e.to_string())?;
+    let cgroups = plan::cgroup_procs(root, &unit);
+    let rootfs = root.join("apps").join(app).join("rootfs");
+    let rootfs = CString::new(rootfs.into_os_string().into_vec()).map_err(|_| "NUL in the pod root".to_owned())?;
     let argv = launch::c_strings(&request.argv)?;
-    let not_running = |e: std::io::Error| format!("app {app} is not running ({e})");
-    // Opened before setns: afterwards /proc/PID/root would resolve in the
-    // app's namespace, where this /proc may not be.
-    let ns = File::open(format!("/proc/{pid}/ns/mnt")).map_err(not_running)?;
-    let root = File::open(format!("/proc/{pid}/root")).map_err(not_running)?;
-    // Between fork and its own unshare an app still shares PID 1's mounts:
-    // entering then would land in the guest's initramfs.
-    let own = std::fs::metadata("/proc/self/ns/mnt").map_err(|e| e.to_string())?;
-    if ns.metadata().map_err(not_running)?.ino() == own.ino() {
-        return Err(format!("app {app} is still starting"));
-    }
     let null = File::options().read(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
     let (output, output_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (report, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let env = [("PATH", DEFAULT_PATH), ("HOME", "/root"), ("TERM", "dumb"), ("AC_APP_NAME", app.as_str())]
-        .map(|(n, v)| (n.to_owned(), v.to_owned()));
     match sys::fork().map_err(|e| format!("fork: {e}"))? {
         Fork::Child => {
             drop((output, report));
-            let Err(e) = child(&ns, &root, &null, &output_w, &argv, &env);
+            let as_app = AsApp { app, unit: &unit, rootfs: &rootfs, cgroups: &cgroups, seccomp: &seccomp };
+            let Err(e) = child(&as_app, &null, &output_w, &argv);
             // A message this short fits the empty pipe whole.
             let _ = nix::unistd::write(&report_w, e.message.as_bytes());
             sys::exit_now(e.code)
@@ -119,27 +114,28 @@ fn start(status_dir: &Path, request: &EnterRequest) -> Result<Command, String> {
     }
 }
 
-/// In the forked child: into the app's mounts and root, stdio, exec.
-fn child(
-    ns: &File,
-    root: &File,
-    null: &File,
-    output: &OwnedFd,
-    argv: &[CString],
-    env: &[(String, String)],
-) -> Result<Infallible, ChildError> {
+/// What [`crate::become_app`] needs, read by the agent before it forks.
+struct AsApp<'a> {
+    app: &'a str,
+    unit: &'a Unit,
+    rootfs: &'a CStr,
+    cgroups: &'a [PathBuf],
+    seccomp: &'a [SeccompProgram],
+}
+
+/// In the forked child: own session, stdio, the app's root and privileges,
+/// exec. The terminal-less command gets TERM=dumb.
+fn child(a: &AsApp<'_>, null: &File, output: &OwnedFd, argv: &[CString]) -> Result<Infallible, ChildError> {
     let step =
         |what: &'static str| move |e: Errno| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("{what}: {e}") };
     // Its own process group, so a host that goes away can kill it whole.
     setsid().map_err(step("setsid"))?;
-    setns(ns.as_fd(), CloneFlags::CLONE_NEWNS).map_err(step("join the app's mount namespace"))?;
-    fchdir(root.as_raw_fd()).map_err(step("chdir to the app's root"))?;
-    chroot(".").map_err(step("chroot"))?;
-    chdir("/").map_err(step("chdir /"))?;
     dup2(null.as_raw_fd(), 0).map_err(step("stdin"))?;
     dup2(output.as_raw_fd(), 1).map_err(step("stdout"))?;
     dup2(output.as_raw_fd(), 2).map_err(step("stderr"))?;
-    launch::exec(argv, env)
+    let mut env = crate::become_app(a.app, a.unit, a.rootfs, a.cgroups, a.seccomp)?;
+    env.push(("TERM".to_owned(), "dumb".to_owned()));
+    launch::exec(argv, &env)
 }
 
 /// Sends the command's output as it comes; returns its exit status, or

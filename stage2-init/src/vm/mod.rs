@@ -103,13 +103,20 @@ pub fn boot() -> i32 {
 /// Steps 1–5 of the boot, then the agents. With `pod.debug` on the kernel
 /// command line (`pod --debug`), each step logs the guest's uptime.
 fn prepare(root: &Path, share_mounted: &mut bool) -> Result<(), BootError> {
+    let started = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME);
     boot::mount_kernel_filesystems()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let debug = cmdline.split_whitespace().any(|w| w == "pod.debug");
+    if debug {
+        // From here on every log line, the supervisor's too, carries the uptime.
+        crate::log_uptime();
+        if let Ok(t) = started {
+            log!("pod-init started at {}.{:03}", t.tv_sec(), t.tv_nsec() / 1_000_000);
+        }
+    }
     let step = |what: &str| {
         if debug {
-            let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-            log!("[{}] {what}", uptime.split_whitespace().next().unwrap_or("?"));
+            log!("{what}");
         }
     };
     step("kernel filesystems mounted");

@@ -37,6 +37,25 @@ pub fn is_static_elf(path: &Path) -> bool {
     (0..phnum).all(|i| u32_at(phoff + i * phentsize) != PT_INTERP)
 }
 
+/// Names and sizes of the sections of a 64-bit little-endian ELF file.
+pub fn elf_sections(path: &Path) -> Vec<(String, u64)> {
+    let elf = fs::read(path).unwrap();
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    let offset = |o: usize| usize::try_from(u64_at(o)).unwrap();
+    let (shoff, shentsize, shnum, shstrndx) = (offset(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+    let header = |i: usize| shoff + i * shentsize;
+    let names = offset(header(shstrndx) + 0x18);
+    (0..shnum)
+        .map(|i| {
+            let start = names + u32_at(header(i));
+            let end = start + elf[start..].iter().position(|&b| b == 0).unwrap();
+            (String::from_utf8_lossy(&elf[start..end]).into_owned(), u64_at(header(i) + 0x20))
+        })
+        .collect()
+}
+
 /// Whether this host can run the tests; prints why not.
 pub fn can_run() -> bool {
     // libtest names each test's thread after the test.
