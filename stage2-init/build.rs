@@ -18,33 +18,16 @@
 
 use std::path::PathBuf;
 
+include!("static_glibc.rs");
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=static_glibc.rs");
     println!("cargo:rerun-if-changed=cold.ld");
-    let var = |name: &str| std::env::var(name).unwrap_or_default();
-    let static_already = var("CARGO_CFG_TARGET_FEATURE").split(',').any(|f| f == "crt-static");
-    if var("CARGO_CFG_TARGET_OS") != "linux" || var("CARGO_CFG_TARGET_ENV") != "gnu" || static_already {
-        return; // musl, or crt-static asked for: static by other means
+    if !link_bins_static_glibc("pod-init") {
+        return;
     }
-    let dir = PathBuf::from(var("OUT_DIR")).join("static-libs");
-    let scripts = [
-        ("libc.so", "GROUP ( -l:libc.a -lgcc -lgcc_eh )\n"),
-        ("libm.so", "INPUT ( -l:libm.a )\n"),
-        ("libgcc_s.so", "INPUT ( -lgcc_eh -lgcc )\n"),
-    ];
-    let written = std::fs::create_dir_all(&dir)
-        .and_then(|()| scripts.iter().try_for_each(|(name, text)| std::fs::write(dir.join(name), text)));
-    if let Err(e) = written {
-        // A build script reports through cargo; failing the build is right.
-        println!("cargo:warning=pod-init static link setup: {}: {e}", dir.display());
-        std::process::exit(1);
-    }
-    // `-L` applies to every `-l` wherever it appears on the command line,
-    // and user directories are searched before the system ones.
-    println!("cargo:rustc-link-arg-bins=-L{}", dir.display());
-    println!("cargo:rustc-link-arg-bins=-no-pie");
-    println!("cargo:rustc-link-arg-bins=-static");
     // Code PID 1 never runs goes after the code it runs (see cold.ld): RSS.
-    let cold = PathBuf::from(var("CARGO_MANIFEST_DIR")).join("cold.ld");
+    let cold = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("cold.ld");
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", cold.display());
 }

@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
     fs::create_dir(&dest).expect("create dest");
     fs::create_dir(&canary).expect("create canary");
 
-    let limits = Limits { max_uncompressed: MAX_UNCOMPRESSED };
+    let limits = Limits { max_uncompressed: MAX_UNCOMPRESSED, ..Limits::default() };
     let result = extract_aci(data, &dest, &limits);
     if let Ok(extracted) = &result {
         assert!(extracted.uncompressed_size <= MAX_UNCOMPRESSED);

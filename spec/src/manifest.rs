@@ -227,6 +227,14 @@ impl ImageManifest {
         check_labels("annotations", &self.annotations)?;
         check_len("dependencies", &self.dependencies)?;
         for (i, d) in self.dependencies.iter().enumerate() {
+            // Caught here, before the image enters the store, rather than as
+            // a cycle once it is there.
+            if d.image_name == self.name {
+                return Err(field_err(
+                    format!("dependencies[{i}].imageName"),
+                    format!("image {} cannot depend on itself", self.name),
+                ));
+            }
             check_labels(&format!("dependencies[{i}].labels"), &d.labels)?;
         }
         check_len("pathWhitelist", &self.path_whitelist)?;
@@ -243,6 +251,22 @@ impl ImageManifest {
 impl App {
     fn validate(&self) -> Result<(), ManifestError> {
         check_len("app.exec", &self.exec)?;
+        check_len("app.supplementaryGIDs", &self.supplementary_gids)?;
+        check_len("app.eventHandlers", &self.event_handlers)?;
+        for (i, h) in self.event_handlers.iter().enumerate() {
+            let f = format!("app.eventHandlers[{i}]");
+            if !["pre-start", "post-stop"].contains(&h.name.as_str()) {
+                return Err(field_err(format!("{f}.name"), format!("{:?} is not pre-start or post-stop", h.name)));
+            }
+            check_len(&format!("{f}.exec"), &h.exec)?;
+            match h.exec.first() {
+                Some(first) => check_abs_path(&format!("{f}.exec[0]"), first)?,
+                None => return Err(field_err(format!("{f}.exec"), "an empty command")),
+            }
+            if h.exec.iter().any(|a| a.contains('\0') || a.len() > MAX_VALUE) {
+                return Err(field_err(format!("{f}.exec"), "an argument contains a NUL byte or exceeds 64 KiB"));
+            }
+        }
         if let Some(first) = self.exec.first() {
             check_abs_path("app.exec[0]", first)?;
         }
@@ -267,9 +291,16 @@ impl App {
         check_len("app.mountPoints", &self.mount_points)?;
         for (i, m) in self.mount_points.iter().enumerate() {
             check_abs_path(&format!("app.mountPoints[{i}].path"), &m.path)?;
+            if self.mount_points[..i].iter().any(|o| o.name == m.name) {
+                return Err(field_err(format!("app.mountPoints[{i}].name"), format!("duplicate name {:?}", m.name)));
+            }
         }
         check_len("app.ports", &self.ports)?;
         for (i, p) in self.ports.iter().enumerate() {
+            // A pod file publishes a port by name: two of one name are ambiguous.
+            if self.ports[..i].iter().any(|o| o.name == p.name) {
+                return Err(field_err(format!("app.ports[{i}].name"), format!("duplicate name {:?}", p.name)));
+            }
             if !["tcp", "udp"].contains(&p.protocol.as_str()) {
                 return Err(field_err(
                     format!("app.ports[{i}].protocol"),
@@ -282,6 +313,10 @@ impl App {
             }
         }
         check_len("app.isolators", &self.isolators)?;
+        for (i, iso) in self.isolators.iter().enumerate() {
+            AcIdentifier::new(iso.name.clone())
+                .map_err(|source| ManifestError::Name { field: format!("app.isolators[{i}].name"), source })?;
+        }
         Ok(())
     }
 }
@@ -349,6 +384,33 @@ mod tests {
         }
         let text = GOOD.replace("\"port\":6379", "\"port\":60000,\"count\":5536");
         assert!(parse(&text).is_ok(), "60000 + 5536 ports end at 65535");
+    }
+
+    #[test]
+    fn rejects_self_dependency_duplicates_and_unbounded_lists() {
+        let cases = [
+            (GOOD.replace("\"imageName\":\"example.com/base\"", "\"imageName\":\"example.com/redis\""), "dependencies[0].imageName"),
+            (
+                GOOD.replace(
+                    "[{\"name\":\"redis\",\"protocol\":\"tcp\",\"port\":6379}]",
+                    "[{\"name\":\"redis\",\"protocol\":\"tcp\",\"port\":6379},{\"name\":\"redis\",\"protocol\":\"udp\",\"port\":6379}]",
+                ),
+                "app.ports[1].name",
+            ),
+            (
+                GOOD.replace("\"user\": \"redis\"", &format!("\"supplementaryGIDs\": [{}], \"user\": \"redis\"", vec!["1"; MAX_LIST + 1].join(","))),
+                "app.supplementaryGIDs",
+            ),
+            (
+                GOOD.replace("\"user\": \"redis\"", "\"eventHandlers\": [{\"name\":\"pre-start\",\"exec\":[\"rm\"]}], \"user\": \"redis\""),
+                "app.eventHandlers[0].exec[0]",
+            ),
+            (GOOD.replace("resource/memory", "Resource Memory"), "app.isolators[0].name"),
+        ];
+        for (text, field) in cases {
+            let err = parse(&text).err().unwrap_or_else(|| panic!("accepted bad {field}"));
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader, IsTerminal, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -434,10 +435,26 @@ impl<'a> Fetcher<'a> {
         if !self.opts.insecure.image {
             let mut sig_path = path.as_os_str().to_owned();
             sig_path.push(".sig");
-            staged.sig = match File::open(&sig_path) {
+            // Non-blocking, so that a fifo planted as the signature cannot
+            // hang the fetch; then only a regular file is read.
+            let opened =
+                fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits()).open(&sig_path);
+            staged.sig = match opened {
                 Ok(f) => {
+                    let sig_path = PathBuf::from(sig_path);
+                    let is_file = f.metadata().map_err(io_err("stat", &sig_path))?.is_file();
+                    if !is_file {
+                        return Err(FetchError::SignatureFormat {
+                            location,
+                            source: KeyError::Format {
+                                path: sig_path,
+                                what: "signature",
+                                why: "not a regular file".to_owned(),
+                            },
+                        });
+                    }
                     let mut v = Vec::new();
-                    f.take(8192).read_to_end(&mut v).map_err(io_err("read", Path::new(&sig_path)))?;
+                    f.take(8192).read_to_end(&mut v).map_err(io_err("read", &sig_path))?;
                     Some(v)
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,

@@ -134,7 +134,7 @@ pub(crate) fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
             };
             let mut bad = 0;
             for m in &metas {
-                match store.verify(&m.id, &Limits { max_uncompressed: u64::MAX }) {
+                match store.verify(&m.id, &Limits { max_uncompressed: u64::MAX, max_entries: u64::MAX }) {
                     Ok(_) => println!("ok\t{}\t{}", m.id.short(), m.name),
                     Err(e) => {
                         bad += 1;

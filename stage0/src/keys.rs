@@ -17,7 +17,7 @@
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -47,8 +47,16 @@ pub enum KeyError {
     },
     #[error("{path}: not a {what} file ({why})")]
     Format { path: PathBuf, what: &'static str, why: String },
-    #[error("{path}: private key is readable by group or others (mode {mode:o}); chmod 600 it")]
+    #[error("{path}: private key is readable or writable by group or others (mode {mode:o}); chmod 600 it")]
     Permissions { path: PathBuf, mode: u32 },
+    /// A key file (or a directory of trusted keys) that someone other than
+    /// its owner could replace, as ssh refuses such an authorized_keys.
+    #[error(
+        "{path}: {what} is writable by group or others (mode {mode:o}), so anyone could replace it; chmod go-w it"
+    )]
+    Writable { path: PathBuf, what: &'static str, mode: u32 },
+    #[error("{path}: {what} is owned by uid {uid}, neither root nor the user running pod (uid {me}); chown it")]
+    Owner { path: PathBuf, what: &'static str, uid: u32, me: u32 },
     #[error("{path} already exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
     #[error("could not get randomness from the OS: {0}")]
@@ -61,7 +69,9 @@ impl ExitCodeOf for KeyError {
     fn exit(&self) -> Exit {
         match self {
             Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Exit::NotFound,
-            Self::Format { .. } | Self::Permissions { .. } => Exit::InvalidInput,
+            Self::Format { .. } | Self::Permissions { .. } | Self::Writable { .. } | Self::Owner { .. } => {
+                Exit::InvalidInput
+            }
             Self::Exists { .. } => Exit::Conflict,
             _ => Exit::Failure,
         }
@@ -135,6 +145,33 @@ impl PublicKey {
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         Self::parse(&read_small(path)?, path)
     }
+    /// Loads a key to be trusted, or trusted already: the file must be
+    /// owned by root or the user running pod and writable by no one else
+    /// (see [`check_owner_only`]).
+    pub fn load_trusted(path: &Path) -> Result<Self, KeyError> {
+        check_owner_only(path, "public key file")?;
+        Self::load(path)
+    }
+}
+
+/// Refuses `path` (a key file, or a directory holding trusted keys) when
+/// someone other than its owner could change it — writable by group or
+/// others — or when its owner is neither root nor the user running pod: ssh's
+/// rule for authorized_keys. Symlinks are followed: what counts is the file
+/// the key is read from.
+pub fn check_owner_only(path: &Path, what: &'static str) -> Result<(), KeyError> {
+    let meta = fs::metadata(path).map_err(io_err("stat", path))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    // The sticky bit (/tmp) does not stop others adding files, so it does
+    // not excuse a writable directory here.
+    if mode & 0o022 != 0 {
+        return Err(KeyError::Writable { path: path.to_owned(), what, mode });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(KeyError::Owner { path: path.to_owned(), what, uid: meta.uid(), me });
+    }
+    Ok(())
 }
 
 fn read_small(path: &Path) -> Result<String, KeyError> {
@@ -194,13 +231,15 @@ pub fn write_keypair(dir: &Path, name: &str, key: &SigningKey, comment: &str) ->
     Ok(public)
 }
 
-/// Loads a private key, refusing one that group or others can read.
+/// Loads a private key, refusing one that group or others can read or
+/// write, or that another user owns.
 pub fn load_secret(path: &Path) -> Result<SigningKey, KeyError> {
     let meta = fs::metadata(path).map_err(io_err("stat", path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Permissions { path: path.to_owned(), mode });
     }
+    check_owner_only(path, "private key file")?;
     let (seed, _) = parse_line(&read_small(path)?, SECRET_TAG, path, "private key")?;
     Ok(SigningKey::from_bytes(&seed))
 }
@@ -319,5 +358,37 @@ mod tests {
         assert!(PublicKey::parse("pod-ed25519-public !!!", junk).is_err());
         assert!(PublicKey::parse("pod-ed25519-public AAAA", junk).is_err());
         assert!(ImageSignature::parse(b"pod-ed25519-signature abc xyz", junk).is_err());
+    }
+
+    #[test]
+    fn trusted_keys_must_be_writable_by_their_owner_only() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key = generate().unwrap_or_else(|e| panic!("{e}"));
+        write_keypair(dir.path(), "k", &key, "").unwrap_or_else(|e| panic!("{e}"));
+        let public = dir.path().join("k.pub");
+        let chmod =
+            |p: &Path, mode| fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("{e}"));
+        chmod(&public, 0o644);
+        assert!(PublicKey::load_trusted(&public).is_ok());
+        for mode in [0o664, 0o646, 0o666] {
+            chmod(&public, mode);
+            let err = PublicKey::load_trusted(&public).err().unwrap_or_else(|| panic!("mode {mode:o} accepted"));
+            assert!(matches!(err, KeyError::Writable { .. }), "{err}");
+            assert_eq!(err.exit(), Exit::InvalidInput);
+            assert!(err.to_string().contains("k.pub"), "{err}");
+        }
+        chmod(&public, 0o644);
+        chmod(dir.path(), 0o1777);
+        assert!(matches!(check_owner_only(dir.path(), "directory"), Err(KeyError::Writable { .. })));
+        chmod(dir.path(), 0o700);
+        let secret = dir.path().join("k.key");
+        chmod(&secret, 0o620);
+        assert!(matches!(load_secret(&secret), Err(KeyError::Permissions { .. })));
+        if nix::unistd::geteuid().is_root() {
+            chmod(&secret, 0o600);
+            std::os::unix::fs::chown(&secret, Some(4242), None).unwrap_or_else(|e| panic!("{e}"));
+            let err = load_secret(&secret).err().unwrap_or_else(|| panic!("another user's key accepted"));
+            assert!(matches!(err, KeyError::Owner { uid: 4242, .. }), "{err}");
+        }
     }
 }

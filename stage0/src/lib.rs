@@ -21,3 +21,4 @@ pub mod sources;
 pub mod store;
 pub mod trust;
 pub mod userns;
+pub mod volumes;

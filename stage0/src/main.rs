@@ -276,6 +276,9 @@ pub(crate) struct FetchFlags {
     /// Largest image accepted, compressed or not (e.g. 4G, 512M).
     #[arg(long, value_parser = parse_size, env = "POD_MAX_IMAGE_SIZE")]
     max_image_size: Option<u64>,
+    /// Most files, directories and links an image may hold (default 1000000).
+    #[arg(long, env = "POD_MAX_IMAGE_ENTRIES")]
+    max_image_entries: Option<u64>,
 }
 
 impl FetchFlags {
@@ -283,6 +286,9 @@ impl FetchFlags {
         let mut limits = Limits::default();
         if let Some(max) = self.max_image_size {
             limits.max_uncompressed = max;
+        }
+        if let Some(max) = self.max_image_entries {
+            limits.max_entries = max;
         }
         FetchOptions {
             insecure: self.insecure_options,

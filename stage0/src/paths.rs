@@ -1,7 +1,10 @@
 //! Where stage0 keeps its state. Both roots are parameters (flags or
 //! environment), so tests and benchmarks point them at a temp dir.
 
-use std::path::PathBuf;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 /// Default data directory: the store, trees and pods.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/pod";
@@ -44,4 +47,28 @@ impl Dirs {
     pub fn sources(&self) -> PathBuf {
         self.config.join("sources.yaml")
     }
+}
+
+/// Creates `dir` (and its parents) as a directory only its owner can enter,
+/// tightening an existing one. The store and the pods hold image rootfs
+/// trees and apps' writable layers, setuid binaries included (kept as the
+/// image has them; `no_new_privs` makes them inert inside pods): another
+/// host user who could reach them could run those as root. Docker keeps
+/// `/var/lib/docker` 0710 for the same reason.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        other => other?,
+    }
+    let meta = fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a directory"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }

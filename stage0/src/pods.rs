@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::exit::{Exit, ExitCodeOf};
-use crate::paths::Dirs;
+use crate::paths::{self, Dirs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
@@ -142,6 +142,7 @@ impl Pods {
     /// leftover of a killed `pod run`. A `.<uuid>` left by a kill in between
     /// is removed by [`Pods::remove_unnamed`] once it is a minute old.
     pub fn create(&self) -> Result<LockedPod, PodError> {
+        paths::create_private_dir(&self.root).map_err(io_err("create directory", &self.root))?;
         for s in ALL {
             let d = self.state_dir(s);
             fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;

@@ -15,6 +15,7 @@ use stage0::run;
 use stage0::sources::Sources;
 use stage0::store::Store;
 use stage0::trust::TrustStore;
+use stage0::volumes::HostVolumePolicy;
 
 use crate::{fail, print_table, AccelArg, Failed, Format, RunArgs, Stage1Arg, UsernsArg};
 
@@ -39,6 +40,7 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         debug,
         vm: run::vm_host(),
         subids: stage0::userns::SubIds::default(),
+        volumes: HostVolumePolicy::load(dirs)?,
     };
     let overrides = Overrides {
         isolation: args.stage1.map(|s| match s {

@@ -21,6 +21,7 @@ use crate::fetch::{FetchError, Fetcher, ImageRef};
 use crate::pods::{LockedPod, PodError, PodState, Pods};
 use crate::store;
 use crate::userns::{self, SubIds, UsernsError};
+use crate::volumes::{HostVolumePolicy, VolumeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -57,6 +58,8 @@ pub enum PrepareError {
         #[source]
         source: UsernsError,
     },
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
 }
 
 impl ExitCodeOf for PrepareError {
@@ -69,6 +72,7 @@ impl ExitCodeOf for PrepareError {
             Self::NoVm { .. } => Exit::NotFound,
             Self::UsernsConflict { .. } => Exit::InvalidInput,
             Self::Userns { source, .. } => source.exit(),
+            Self::Volume(e) => e.exit(),
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct HostConfig {
     pub vm: Result<stage1::VmHost, String>,
     /// Where `userns: auto` ranges come from.
     pub subids: SubIds,
+    /// Which host directories `kind: host` volumes may mount.
+    pub volumes: HostVolumePolicy,
 }
 
 /// Overrides from the command line.
@@ -247,6 +253,9 @@ pub fn prepare(
     let bytes = fs::read(path).map_err(io_err("read pod file", path))?;
     let pod_file = PodFile::parse(&bytes, &file)?;
     let order = app_order(&file, &pod_file)?;
+    // Before anything is fetched or written: a refused host volume leaves
+    // the store and the pods as they were.
+    let host_sources = host.volumes.check(&pod_file, &file)?;
     let vm = overrides.isolation.map_or(pod_file.isolation == pod::Isolation::Vm, |i| i == stage1::Isolation::Vm);
     if overrides.userns.unwrap_or(pod_file.userns) == pod::UserNs::Auto {
         let host_net = match &overrides.network {
@@ -279,7 +288,7 @@ pub fn prepare(
 
     let mut locked = pods.create()?;
     crashpoint("prepare.embryo");
-    match write_pod(pods, &locked, &pod_file, &file, apps, overrides, host) {
+    match write_pod(pods, &locked, &pod_file, &file, &host_sources, apps, overrides, host) {
         Ok(resolved) => {
             pods.transition(&mut locked, PodState::Prepared)?;
             crashpoint("prepare.prepared");
@@ -299,11 +308,14 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), PrepareE
     fs::write(path, json).map_err(io_err("write", path))
 }
 
+/// `host_sources`: per volume, the resolved source of a host volume, as
+/// checked by [`HostVolumePolicy::check`].
 fn write_pod(
     pods: &Pods,
     pod: &LockedPod,
     pod_file: &PodFile,
     file: &str,
+    host_sources: &[Option<PathBuf>],
     apps: Vec<stage1::App>,
     overrides: &Overrides,
     host: &HostConfig,
@@ -324,27 +336,19 @@ fn write_pod(
     }
     crashpoint("prepare.dirs");
     let mut volumes = Vec::new();
-    for v in &pod_file.volumes {
-        let source = match &v.kind {
-            VolumeKind::Empty => {
+    for (v, resolved) in pod_file.volumes.iter().zip(host_sources) {
+        let source = match (&v.kind, resolved) {
+            (VolumeKind::Host { read_only, .. }, Some(path)) => {
+                stage1::VolumeSource::Host { path: path.clone(), read_only: *read_only }
+            }
+            (VolumeKind::Host { source, .. }, None) => {
+                let e = io::Error::new(io::ErrorKind::InvalidInput, "host volume source was not checked");
+                return Err(io_err("mount", Path::new(source))(e));
+            }
+            (VolumeKind::Empty, _) => {
                 let d = dir.join("volumes").join(v.name.as_str());
                 fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
                 stage1::VolumeSource::Empty
-            }
-            VolumeKind::Host { source, read_only } => {
-                let meta = fs::metadata(source).map_err(|e| PrepareError::App {
-                    file: file.to_owned(),
-                    app: format!("(volume {})", v.name),
-                    why: format!("host source {source}: {e}"),
-                })?;
-                if !meta.is_dir() {
-                    return Err(PrepareError::App {
-                        file: file.to_owned(),
-                        app: format!("(volume {})", v.name),
-                        why: format!("host source {source} is not a directory"),
-                    });
-                }
-                stage1::VolumeSource::Host { path: PathBuf::from(source), read_only: *read_only }
             }
         };
         volumes.push(stage1::Volume { name: v.name.clone(), source });

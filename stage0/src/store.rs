@@ -28,7 +28,7 @@ use spec::{AcIdentifier, ImageId, ImageManifest};
 use crate::archive::{self, ArchiveError, Limits};
 use crate::crashpoint::crashpoint;
 use crate::exit::{Exit, ExitCodeOf};
-use crate::paths::Dirs;
+use crate::paths::{self, Dirs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -131,7 +131,7 @@ impl Store {
     /// Opens the store, creating its directories.
     pub fn open(dirs: &Dirs) -> Result<Self, StoreError> {
         for d in [dirs.images(), dirs.trees(), dirs.tmp()] {
-            fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+            paths::create_private_dir(&d).map_err(io_err("create directory", &d))?;
         }
         Ok(Self { dirs: dirs.clone() })
     }

@@ -10,13 +10,14 @@
 //! safe under concurrent `pod` processes, with nothing to parse but key files.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use spec::AcIdentifier;
 
 use crate::exit::{Exit, ExitCodeOf};
-use crate::keys::{KeyError, KeyId, PublicKey};
+use crate::keys::{self, KeyError, KeyId, PublicKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
@@ -109,12 +110,22 @@ impl TrustStore {
 
     /// Trusts the key in `key_file` for `scope`. Idempotent. Returns the key.
     pub fn add(&self, scope: &Scope, key_file: &Path) -> Result<PublicKey, TrustError> {
-        let key = PublicKey::load(key_file)?;
+        let key = PublicKey::load_trusted(key_file)?;
         let dir = scope.dir(&self.root);
-        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        // Explicit modes (the umask can only take bits away): `list` refuses
+        // anything here that group or others can write.
+        fs::DirBuilder::new().recursive(true).mode(0o755).create(&dir).map_err(io_err("create directory", &dir))?;
         let dest = dir.join(format!("{}.pub", key.id));
         let tmp = dir.join(format!(".{}.{}.tmp", key.id, std::process::id()));
-        fs::write(&tmp, key.to_line()).map_err(io_err("write", &tmp))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        f.write_all(key.to_line().as_bytes()).map_err(io_err("write", &tmp))?;
+        drop(f);
         fs::rename(&tmp, &dest).map_err(io_err("rename into place", &dest))?;
         Ok(key)
     }
@@ -138,20 +149,33 @@ impl TrustStore {
     }
 
     /// Every trusted key with its scope, sorted by scope then key ID.
+    ///
+    /// A key file, or a directory on the way to one, that group or others
+    /// can write (or that another user owns) is an error naming it, never
+    /// skipped: whoever could write it could make pod trust their key.
     pub fn list(&self) -> Result<Vec<TrustedKey>, TrustError> {
         let mut out = Vec::new();
+        let dir_rule = |dir: &Path| -> Result<(), TrustError> {
+            match fs::metadata(dir) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                _ => Ok(keys::check_owner_only(dir, "directory of trusted keys")?),
+            }
+        };
+        dir_rule(&self.root)?;
+        dir_rule(&self.root.join("prefix.d"))?;
         let mut scan = |dir: &Path, scope: Scope| -> Result<(), TrustError> {
             let entries = match fs::read_dir(dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(TrustError::Io { op: "read directory", path: dir.to_owned(), source: e }),
             };
+            dir_rule(dir)?;
             for entry in entries {
                 let entry = entry.map_err(io_err("read directory", dir))?;
                 let path = entry.path();
                 if path.extension().is_some_and(|e| e == "pub") && !entry.file_name().to_string_lossy().starts_with('.')
                 {
-                    out.push(TrustedKey { scope: scope.clone(), key: PublicKey::load(&path)? });
+                    out.push(TrustedKey { scope: scope.clone(), key: PublicKey::load_trusted(&path)? });
                 }
             }
             Ok(())
@@ -182,7 +206,6 @@ impl TrustStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys;
 
     #[test]
     fn add_list_remove() {

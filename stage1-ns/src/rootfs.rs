@@ -13,7 +13,8 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -32,6 +33,10 @@ pub enum RootfsError {
     Mount { what: String, target: PathBuf, errno: nix::errno::Errno },
     #[error("path {0:?} escapes the app's rootfs")]
     Escape(String),
+    #[error(
+        "host volume source {expected} changed since the pod was prepared: it is now {found}; refusing to mount it"
+    )]
+    HostSourceMoved { expected: PathBuf, found: String },
     #[error("{0}")]
     KernelFs(String),
     #[error(transparent)]
@@ -291,9 +296,14 @@ pub fn setup_apps(
         }
         for m in &app.mounts {
             let Some(vol) = pod.volumes.iter().find(|v| v.name == m.volume) else { continue };
-            let (src, vol_ro) = match &vol.source {
-                VolumeSource::Empty => (pod_dir.join("volumes").join(vol.name.as_str()), false),
-                VolumeSource::Host { path, read_only } => (path.clone(), *read_only),
+            // A host source is mounted through an fd pinned to the directory
+            // stage0 checked; the fd lives until the bind below is done.
+            let (src, vol_ro, _pinned) = match &vol.source {
+                VolumeSource::Empty => (pod_dir.join("volumes").join(vol.name.as_str()), false, None),
+                VolumeSource::Host { path, read_only } => {
+                    let fd = open_host_source(path, Path::new("/proc/self/fd"))?;
+                    (PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())), *read_only, Some(fd))
+                }
             };
             let target = inside(&rootfs, &m.path)?;
             if matches!(vol.source, VolumeSource::Empty) {
@@ -318,6 +328,32 @@ pub fn setup_apps(
         }
     }
     Ok(())
+}
+
+/// Opens a host volume's source, as stage0 resolved and checked it (an
+/// absolute path without symlinks), as an `O_PATH` fd, and makes sure the
+/// fd is that path: `O_NOFOLLOW` refuses a symlink as the last component,
+/// and the fd's own path (`proc_fd/N`) must equal `path`, which it does not
+/// if a directory on the way was swapped for a symlink since the check.
+/// Mounting `/proc/self/fd/N` then binds exactly that directory, whatever
+/// is renamed afterwards (runc mounts through such fds too). Only root can
+/// move a directory into an allowed place, so what the fd pins passed the
+/// check. `proc_fd` is a parameter for tests.
+pub fn open_host_source(path: &Path, proc_fd: &Path) -> Result<OwnedFd, RootfsError> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            (nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_DIRECTORY).bits(),
+        )
+        .open(path)
+        .map_err(|e| RootfsError::HostSourceMoved { expected: path.to_owned(), found: e.to_string() })?;
+    let fd = OwnedFd::from(file);
+    let link = proc_fd.join(fd.as_raw_fd().to_string());
+    let now = fs::read_link(&link).map_err(io_err("read link", &link))?;
+    if now != path {
+        return Err(RootfsError::HostSourceMoved { expected: path.to_owned(), found: now.display().to_string() });
+    }
+    Ok(fd)
 }
 
 /// `readOnlyRootFS`: the rootfs mount itself becomes read-only, as with
@@ -409,6 +445,28 @@ pub fn pivot_into(pod_dir: &Path) -> Result<(), RootfsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_sources_are_opened_without_following_symlinks() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = tmp.path().canonicalize().unwrap_or_else(|e| panic!("{e}"));
+        let proc_fd = Path::new("/proc/self/fd");
+        let real = root.join("srv/data");
+        fs::create_dir_all(&real).unwrap_or_else(|e| panic!("{e}"));
+        assert!(open_host_source(&real, proc_fd).is_ok());
+
+        // The last component swapped for a symlink.
+        let swapped = root.join("srv/swapped");
+        std::os::unix::fs::symlink("/etc", &swapped).unwrap_or_else(|e| panic!("{e}"));
+        let err = open_host_source(&swapped, proc_fd).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("changed since the pod was prepared"), "{err}");
+
+        // A directory on the way swapped for a symlink.
+        fs::rename(root.join("srv"), root.join("moved")).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(root.join("moved"), root.join("srv")).unwrap_or_else(|e| panic!("{e}"));
+        let err = open_host_source(&real, proc_fd).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("moved/data"), "{err}");
+    }
 
     #[test]
     fn inside_refuses_escapes() {

@@ -195,11 +195,8 @@ fn forcing_kvm_where_it_cannot_boot_fails_fast_and_clearly() {
     assert!(tcg.status.success(), "{}", describe(&["run", "--accel", "tcg"], &tcg));
 }
 
-#[test]
-fn kill_9_of_the_vm_monitor_takes_qemu_along_and_gc_leaves_nothing() {
-    skip_unless_vms!();
-    let live = Live::new(&[Example::Busybox]);
-    let before = HostState::take(&[]);
+/// Starts a VM pod whose one app sleeps; returns its uuid and directory.
+fn start_sleeper(live: &Live) -> (String, std::path::PathBuf) {
     let file = live.pod_file(
         "sleeper",
         "name: sleeper\nisolation: vm\nnetwork: none\napps:\n\
@@ -207,6 +204,15 @@ fn kill_9_of_the_vm_monitor_takes_qemu_along_and_gc_leaves_nothing() {
     );
     let uuid = live.start(&file);
     let dir = live.data.join("pods").join("run").join(&uuid);
+    (uuid, dir)
+}
+
+#[test]
+fn kill_9_of_the_vm_monitor_takes_qemu_along_and_gc_leaves_nothing() {
+    skip_unless_vms!();
+    let live = Live::new(&[Example::Busybox]);
+    let before = HostState::take(&[]);
+    let (uuid, dir) = start_sleeper(&live);
     let monitor: i32 = fs::read_to_string(dir.join("pid")).unwrap().trim().parse().unwrap();
     assert_eq!(processes_with_arg(&format!("pod-{uuid}")).len(), 1, "qemu runs");
     let ctl = dir.join("vm").join("ctl.sock");
@@ -235,13 +241,7 @@ fn kill_9_of_qemu_ends_the_pod_and_gc_leaves_nothing() {
     skip_unless_vms!();
     let live = Live::new(&[Example::Busybox]);
     let before = HostState::take(&[]);
-    let file = live.pod_file(
-        "sleeper",
-        "name: sleeper\nisolation: vm\nnetwork: none\napps:\n\
-         - name: s\n  image: example.com/busybox:1.35\n  exec: [/bin/busybox, sleep, \"600\"]\n",
-    );
-    let uuid = live.start(&file);
-    let dir = live.data.join("pods").join("run").join(&uuid);
+    let (uuid, dir) = start_sleeper(&live);
     live.wait_all_up(&uuid, UP_WITHIN);
     let monitor: i32 = fs::read_to_string(dir.join("pid")).unwrap().trim().parse().unwrap();
     let qemu = processes_with_arg(&format!("pod-{uuid}"));

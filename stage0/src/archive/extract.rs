@@ -11,12 +11,24 @@
 //!   backs up; files are created `O_EXCL|O_NOFOLLOW`, so nothing is
 //!   followed or overwritten;
 //! - hard links may only point at regular files extracted earlier in rootfs;
-//! - device nodes and exotic entry types are refused; fifos are fine.
+//! - device nodes and exotic entry types are refused; fifos are fine (inert
+//!   files; an app could make one itself); setuid and setgid bits are kept,
+//!   as in the image: `no_new_privs` makes them inert inside pods, and the
+//!   store is not reachable by other host users (see `store`);
+//! - paths longer than PATH_MAX, components longer than NAME_MAX, symlink
+//!   targets longer than PATH_MAX and owners that are not valid IDs are
+//!   refused (the kernel would fail them with an I/O error, or chown -1
+//!   would silently keep root as owner);
+//! - at most [`Limits::max_entries`](super::Limits) entries, and at most
+//!   [`MAX_HEADER_BYTES`] of pax records and GNU long names before any one
+//!   entry: the tar crate reads those whole into memory, so an unbounded one
+//!   is a memory bomb that compresses to nothing.
 //!
 //! Symlink *targets* are not checked: they are resolved inside the
 //! container, never by this code.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions, Permissions};
@@ -24,6 +36,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use filetime::FileTime;
 use nix::fcntl::OFlag;
@@ -38,6 +51,13 @@ const BLOCK: u64 = 512;
 /// Copy buffer for file data: large writes, few syscalls.
 const COPY_BUF: usize = 1 << 20;
 const MANIFEST: &[u8] = b"manifest";
+/// Longest path (PATH_MAX less its NUL) and path component (NAME_MAX).
+const MAX_PATH: usize = 4095;
+const MAX_COMPONENT: usize = 255;
+/// Most bytes of headers, pax records and GNU long names the tar parser may
+/// read for one entry. A PATH_MAX name is 4 KiB; pax records with extended
+/// attributes stay far below this.
+pub(super) const MAX_HEADER_BYTES: u64 = 1 << 20;
 const ROOTFS: &[u8] = b"rootfs";
 
 /// The manifest found while unpacking.
@@ -67,25 +87,66 @@ struct Meta {
     mtime: FileTime,
 }
 
+/// The tar stream as the tar parser reads it, with a byte budget while it
+/// reads headers (`Some(bytes left)`); file data is read unmetered.
+struct Metered {
+    inner: ChunkReader,
+    budget: Rc<Cell<Option<u64>>>,
+}
+
+impl Read for Metered {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        if let Some(left) = self.budget.get() {
+            let left = left.checked_sub(n as u64).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "more than {MAX_HEADER_BYTES} bytes of tar headers (pax records, GNU long names) \
+                         before one entry"
+                    ),
+                )
+            })?;
+            self.budget.set(Some(left));
+        }
+        Ok(n)
+    }
+}
+
 /// Unpacks the tar read from `reader` into the empty directory `dest`, then
-/// reads the stream to its end so all of it is hashed.
-pub(super) fn unpack(reader: ChunkReader, dest: &Path) -> Result<Unpacked, ArchiveError> {
+/// reads the stream to its end so all of it is hashed. More than
+/// `max_entries` entries is an error.
+pub(super) fn unpack(reader: ChunkReader, dest: &Path, max_entries: u64) -> Result<Unpacked, ArchiveError> {
     let mut ex = Extractor::new(dest);
-    let mut archive = tar::Archive::new(reader);
+    let budget = Rc::new(Cell::new(None));
+    let mut archive = tar::Archive::new(Metered { inner: reader, budget: Rc::clone(&budget) });
     // Where the last entry's data ends: an end-of-archive block must follow.
     let mut data_end = 0u64;
     let mut last: Option<String> = None;
-    let entries = archive.entries().map_err(|e| malformed(last.as_deref(), e))?;
-    for entry in entries {
+    let mut count = 0u64;
+    let mut entries = archive.entries().map_err(|e| malformed(last.as_deref(), e))?;
+    // `entries` borrows `archive` until the loop ends.
+    loop {
+        budget.set(Some(MAX_HEADER_BYTES));
+        let next = entries.next();
+        budget.set(None);
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(|e| malformed(last.as_deref(), e))?;
+        count += 1;
+        if count > max_entries {
+            return Err(ArchiveError::TooManyEntries { limit: max_entries });
+        }
         let raw = entry.path_bytes().into_owned();
         let name = lossy(&raw);
         let padded = entry.size().div_ceil(BLOCK).saturating_mul(BLOCK);
         data_end = entry.raw_file_position().saturating_add(padded);
         ex.entry(&mut entry, &raw, &name)?;
+        // Data that no file took (a directory or link with a size) is read
+        // here, unmetered, rather than skipped inside the next header read.
+        io::copy(&mut entry, &mut io::sink()).map_err(|e| malformed_at(&name, e))?;
         last = Some(name);
     }
-    let mut reader = archive.into_inner();
+    let mut reader = archive.into_inner().inner;
     // The tar crate takes a clean EOF where a header should be as the end;
     // only the zero block it read (or not) tells a cut archive apart.
     if reader.consumed() < data_end.saturating_add(BLOCK) {
@@ -125,8 +186,9 @@ impl<'d> Extractor<'d> {
         }
     }
 
-    fn entry(&mut self, entry: &mut tar::Entry<'_, ChunkReader>, raw: &[u8], name: &str) -> Result<(), ArchiveError> {
+    fn entry(&mut self, entry: &mut tar::Entry<'_, Metered>, raw: &[u8], name: &str) -> Result<(), ArchiveError> {
         let rel = normalise(raw).map_err(|reason| rejected(name, reason))?;
+        check_lengths(&rel).map_err(|reason| rejected(name, reason))?;
         let ty = entry.header().entry_type();
         if rel.is_empty() {
             // `./`, the archive's root: the destination itself.
@@ -174,7 +236,7 @@ impl<'d> Extractor<'d> {
         Ok(())
     }
 
-    fn manifest(&mut self, entry: &mut tar::Entry<'_, ChunkReader>, name: &str) -> Result<(), ArchiveError> {
+    fn manifest(&mut self, entry: &mut tar::Entry<'_, Metered>, name: &str) -> Result<(), ArchiveError> {
         if !matches!(entry.header().entry_type(), EntryType::Regular | EntryType::Continuous) {
             return Err(rejected(name, Reject::NotRegular));
         }
@@ -287,7 +349,7 @@ impl<'d> Extractor<'d> {
 
     fn symlink(
         &mut self,
-        entry: &tar::Entry<'_, ChunkReader>,
+        entry: &tar::Entry<'_, Metered>,
         path: &Path,
         meta: &Meta,
         name: &str,
@@ -298,6 +360,10 @@ impl<'d> Extractor<'d> {
         }
         if target.contains(&0) {
             return Err(rejected(name, Reject::Nul));
+        }
+        if target.len() > MAX_PATH {
+            let len = target.len();
+            return Err(rejected(name, Reject::TooLong { what: "symlink target", len, limit: MAX_PATH }));
         }
         std::os::unix::fs::symlink(OsStr::from_bytes(&target), path)
             .map_err(ArchiveError::io("create symlink", path))?;
@@ -316,7 +382,7 @@ impl<'d> Extractor<'d> {
         filetime::set_symlink_file_times(path, meta.mtime, meta.mtime).map_err(ArchiveError::io("set times of", path))
     }
 
-    fn hard_link(&mut self, entry: &tar::Entry<'_, ChunkReader>, path: &Path, name: &str) -> Result<(), ArchiveError> {
+    fn hard_link(&mut self, entry: &tar::Entry<'_, Metered>, path: &Path, name: &str) -> Result<(), ArchiveError> {
         let raw = entry.link_name_bytes().map(Cow::into_owned).unwrap_or_default();
         let bad = |why| rejected(name, Reject::HardLinkTarget { target: lossy(&raw), why });
         let target = normalise(&raw).map_err(|reason| {
@@ -390,6 +456,18 @@ fn shared_dirs(a: &[u8], b: &[u8]) -> usize {
     }
 }
 
+/// A normalised path as the app will see it (`/` + `rel`) fits PATH_MAX,
+/// and each of its components NAME_MAX.
+fn check_lengths(rel: &[u8]) -> Result<(), Reject> {
+    if rel.len() + 1 > MAX_PATH {
+        return Err(Reject::TooLong { what: "path", len: rel.len() + 1, limit: MAX_PATH });
+    }
+    match rel.split(|&b| b == b'/').map(<[u8]>::len).max() {
+        Some(len) if len > MAX_COMPONENT => Err(Reject::TooLong { what: "path component", len, limit: MAX_COMPONENT }),
+        _ => Ok(()),
+    }
+}
+
 /// Normalises an archive path to `a/b/c`: `.` and empty components are
 /// dropped; absolute paths, `..` and NUL are refused. The root is `""`.
 fn normalise(raw: &[u8]) -> Result<Vec<u8>, Reject> {
@@ -420,10 +498,15 @@ fn header_meta(header: &tar::Header, name: &str) -> Result<Meta, ArchiveError> {
     let mtime = header.mtime().map_err(|e| malformed_at(name, e))?;
     Ok(Meta {
         mode: header.mode().map_err(|e| malformed_at(name, e))? & 0o7777,
-        uid: u32::try_from(uid).map_err(|_| rejected(name, Reject::IdOutOfRange(uid)))?,
-        gid: u32::try_from(gid).map_err(|_| rejected(name, Reject::IdOutOfRange(gid)))?,
+        uid: valid_id(uid).ok_or_else(|| rejected(name, Reject::IdOutOfRange(uid)))?,
+        gid: valid_id(gid).ok_or_else(|| rejected(name, Reject::IdOutOfRange(gid)))?,
         mtime: FileTime::from_unix_time(i64::try_from(mtime).unwrap_or(i64::MAX), 0),
     })
+}
+
+/// A uid or gid chown(2) takes as one: 32 bits, and not -1 ("no change").
+fn valid_id(id: u64) -> Option<u32> {
+    u32::try_from(id).ok().filter(|&id| id != u32::MAX)
 }
 
 /// Creates a file that must not exist yet, never following a symlink.

@@ -55,11 +55,17 @@ impl Compression {
 pub struct Limits {
     /// Largest uncompressed tar accepted (decompression-bomb guard).
     pub max_uncompressed: u64,
+    /// Most tar entries accepted (inode-bomb guard): a tar of empty files
+    /// compresses to almost nothing and each one costs the host an inode.
+    pub max_entries: u64,
 }
+
+/// Default of [`Limits::max_entries`]: a full Debian system is ~100k files.
+pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_uncompressed: 4 << 30 }
+        Self { max_uncompressed: 4 << 30, max_entries: DEFAULT_MAX_ENTRIES }
     }
 }
 
@@ -93,6 +99,8 @@ pub enum ArchiveError {
     },
     #[error("uncompressed image is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("archive has more than {limit} entries (the limit; --max-image-entries to raise it)")]
+    TooManyEntries { limit: u64 },
     #[error("malformed tar {context}: {source}")]
     Tar {
         /// Where in the archive, e.g. `at entry "rootfs/bin"`.
@@ -147,8 +155,11 @@ pub enum Reject {
     EmptyLinkTarget,
     #[error("hard link target {target:?} {why}")]
     HardLinkTarget { target: String, why: &'static str },
-    #[error("owner {0} does not fit in 32 bits")]
+    /// Above 32 bits, or 2^32-1, which chown(2) reads as "leave unchanged".
+    #[error("owner {0} is not a valid uid or gid (0 to 4294967294)")]
     IdOutOfRange(u64),
+    #[error("{what} is {len} bytes; the limit is {limit}")]
+    TooLong { what: &'static str, len: usize, limit: usize },
 }
 
 impl ArchiveError {
@@ -163,6 +174,7 @@ impl ExitCodeOf for ArchiveError {
             Self::Io { .. } | Self::Read(_) | Self::DestNotEmpty { .. } => Exit::Failure,
             Self::Decompress { .. }
             | Self::TooLarge { .. }
+            | Self::TooManyEntries { .. }
             | Self::Tar { .. }
             | Self::Truncated(_)
             | Self::NoManifest
@@ -194,7 +206,8 @@ pub fn extract_aci(src: impl Read, dest: &Path, limits: &Limits) -> Result<Extra
     // Three stages, each on its own thread: decompress | hash | untar. `src`
     // need not be `Send`, so decompression stays on this thread.
     let (pumped, id, unpacked) = thread::scope(|s| {
-        let untar = move || extract::unpack(stream::ChunkReader::new(tar_rx, recycle_tx), dest);
+        let max_entries = limits.max_entries;
+        let untar = move || extract::unpack(stream::ChunkReader::new(tar_rx, recycle_tx), dest, max_entries);
         // Should a spawn fail, the channels moved into it close and the
         // threads already running end on their own.
         let tar = spawn(s, "aci-untar", untar)?;

@@ -253,7 +253,7 @@ fn zeros_image(size: usize) -> Vec<u8> {
 fn stops_decompression_bombs() {
     let image = zeros_image(32 << 20);
     assert!(image.len() < 64 << 10, "not much of a bomb: {} bytes", image.len());
-    let limits = Limits { max_uncompressed: 1 << 20 };
+    let limits = Limits { max_uncompressed: 1 << 20, ..Limits::default() };
     let sandbox = Sandbox::new();
     let err = extract_aci(&image[..], &sandbox.dest(), &limits).expect_err("bomb accepted");
     assert!(matches!(err, ArchiveError::TooLarge { limit: 1048576 }), "{err:?}");
@@ -264,7 +264,7 @@ fn stops_decompression_bombs() {
     assert!(matches!(err, ArchiveError::TooLarge { .. }), "{err:?}");
     // Exactly at the limit is fine.
     let exact = zstd::decode_all(&image[..]).expect("zstd").len() as u64;
-    image_id_of(&image[..], &Limits { max_uncompressed: exact }).expect("at the limit");
+    image_id_of(&image[..], &Limits { max_uncompressed: exact, ..Limits::default() }).expect("at the limit");
 }
 
 #[test]
@@ -316,4 +316,95 @@ fn errors_map_to_exit_codes() {
     assert_eq!(ArchiveError::Read(io()).exit(), Exit::Failure);
     assert_eq!(ArchiveError::NoManifest.exit(), Exit::InvalidInput);
     assert_eq!(ArchiveError::Rejected { path: "p".into(), reason: Reject::Duplicate }.exit(), Exit::InvalidInput);
+}
+
+#[test]
+fn refuses_paths_and_symlink_targets_over_the_kernel_limits() {
+    // Through a pax path: ustar fields cannot hold these.
+    let long = format!("rootfs/{}", "d/".repeat(2100));
+    let tar = RawTar::default().manifest().pax("path", long.as_bytes()).file("rootfs/innocent", b"").finish();
+    let err = Sandbox::new().refuse(&tar, "rootfs/d/d/d");
+    assert!(matches!(reason(&err), Reject::TooLong { what: "path", .. }), "{err}");
+
+    let component = format!("rootfs/{}", "n".repeat(256));
+    let tar = RawTar::default().manifest().pax("path", component.as_bytes()).file("rootfs/innocent", b"").finish();
+    let err = Sandbox::new().refuse(&tar, &component);
+    assert_eq!(reason(&err), &Reject::TooLong { what: "path component", len: 256, limit: 255 });
+
+    let target = "t/".repeat(2048);
+    let tar = RawTar::default().manifest().pax("linkpath", target.as_bytes()).symlink("rootfs/link", b"x").finish();
+    let err = Sandbox::new().refuse(&tar, "rootfs/link");
+    assert_eq!(reason(&err), &Reject::TooLong { what: "symlink target", len: 4096, limit: 4095 });
+
+    // 255 bytes is a fine component.
+    let ok = format!("rootfs/{}", "n".repeat(255));
+    let tar = RawTar::default().manifest().pax("path", ok.as_bytes()).file("rootfs/x", b"").finish();
+    Sandbox::new().extract(&tar).expect("a NAME_MAX component");
+}
+
+#[test]
+fn refuses_owners_that_are_not_ids() {
+    for id in [u64::from(u32::MAX), 1 << 32, 1 << 50] {
+        let mut h = RawTar::header(b"rootfs/f", EntryType::Regular, 0o644, 0, b"");
+        // Base-256 (GNU): the top bit of the first byte, then big-endian.
+        let mut field = [0u8; 8];
+        field[1..].copy_from_slice(&id.to_be_bytes()[1..]);
+        field[0] = 0x80;
+        h.as_old_mut().uid = field;
+        h.set_cksum();
+        let tar = RawTar::default().manifest().push(&h, b"").finish();
+        let err = Sandbox::new().refuse(&tar, "rootfs/f");
+        assert_eq!(reason(&err), &Reject::IdOutOfRange(id), "{err}");
+    }
+}
+
+#[test]
+fn refuses_more_entries_than_the_limit() {
+    let mut tar = RawTar::default();
+    tar.manifest();
+    for i in 0..10 {
+        tar.file(&format!("rootfs/{i}"), b"");
+    }
+    let tar = tar.finish();
+    let sandbox = Sandbox::new();
+    let limits = Limits { max_entries: 10, ..Limits::default() };
+    let err = extract_aci(&tar[..], &sandbox.dest(), &limits).expect_err("11 entries accepted");
+    assert!(matches!(err, ArchiveError::TooManyEntries { limit: 10 }), "{err:?}");
+    assert_eq!(err.exit(), Exit::InvalidInput);
+    let sandbox = Sandbox::new();
+    extract_aci(&tar[..], &sandbox.dest(), &Limits { max_entries: 11, ..Limits::default() }).expect("11 entries");
+}
+
+#[test]
+fn stops_pax_and_long_name_memory_bombs() {
+    // 64 MiB of header the tar crate would read whole into memory; the
+    // budget stops it after 1 MiB.
+    let huge = vec![b'a'; 64 << 20];
+    for ty in [EntryType::XHeader, EntryType::GNULongName] {
+        let tar =
+            RawTar::default().manifest().entry(b"././@Header", ty, 0o644, &huge, b"").file("rootfs/f", b"").finish();
+        let image = zstd::encode_all(&tar[..], 1).expect("zstd");
+        let err = Sandbox::new().extract(&image).expect_err("header bomb accepted");
+        assert!(matches!(err, ArchiveError::Tar { .. }), "{err:?}");
+        assert!(err.to_string().contains("bytes of tar headers"), "{err}");
+        assert_eq!(err.exit(), Exit::InvalidInput);
+    }
+}
+
+#[test]
+fn keeps_setuid_bits_and_fifos() {
+    if !is_root() {
+        eprintln!("SKIP: keeping a setuid-root owner needs root");
+        return;
+    }
+    let mut h = RawTar::header(b"rootfs/suid", EntryType::Regular, 0o4755, 4, b"");
+    h.set_cksum();
+    let tar =
+        RawTar::default().manifest().push(&h, b"#!/x").entry(b"rootfs/fifo", EntryType::Fifo, 0o600, b"", b"").finish();
+    let sandbox = Sandbox::new();
+    sandbox.extract(&tar).expect("setuid file and fifo");
+    let md = fs::metadata(sandbox.dest().join("rootfs/suid")).expect("stat");
+    assert_eq!((md.mode() & 0o7777, md.uid()), (0o4755, 0));
+    let fifo = fs::symlink_metadata(sandbox.dest().join("rootfs/fifo")).expect("stat");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
 }
