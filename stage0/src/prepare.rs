@@ -310,6 +310,9 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), PrepareE
 
 /// `host_sources`: per volume, the resolved source of a host volume, as
 /// checked by [`HostVolumePolicy::check`].
+// `pods` is for the userns allocation, which must be recorded in the
+// stage1.json written here while its lock is held.
+#[allow(clippy::too_many_arguments)]
 fn write_pod(
     pods: &Pods,
     pod: &LockedPod,
