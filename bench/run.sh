@@ -16,39 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
 for t in crun python3; do command -v $t >/dev/null || { echo "$t is needed (apt-get install $t)" >&2; exit 1; }; done
-cargo build --release -q --workspace
-bin=$PWD/target/release
-
-work=$(mktemp -d /var/tmp/pod-bench-run.XXXXXX)
-export POD_DIR=$work/store POD_CONFIG=$work/config
-cleanup() {
-  "$bin/pod" gc >/dev/null 2>&1 || true
-  ip link del podbench0 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$bin/pod" image build manifests/images/busybox.yaml -o "$work/busybox.aci" >/dev/null 2>&1
-"$bin/pod" fetch --insecure-options=image "$work/busybox.aci" >/dev/null 2>&1
+. bench/lib.sh
+bench_store run podbench0 250
+bench_true_pods
 tree=$(dirname "$(ls -d "$POD_DIR"/trees/*/rootfs)")/rootfs
-
-mkdir -p "$POD_CONFIG/net.d"
-cat > "$POD_CONFIG/net.d/10-bench.conflist" <<JSON
-{"cniVersion":"1.0.0","name":"bench","plugins":[
- {"type":"bridge","bridge":"podbench0","isGateway":false,"ipMasq":false,"hairpinMode":true,
-  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.213.250.0/24"}]],"dataDir":"$work/ipam"}},
- {"type":"portmap","capabilities":{"portMappings":true},"snat":false}]}
-JSON
-for net in none bench; do
-  cat > "$work/true-$net.yaml" <<YAML
-name: bench-$net
-network: $([ $net = none ] && echo none || echo bench)
-apps:
-  - name: t
-    image: example.com/busybox:1.35
-    exec: [/bin/busybox, "true"]
-YAML
-done
 
 # The same rootfs as an OCI bundle for crun (its default spec: new pid,
 # mount, uts, ipc and network namespaces, like a pod with network: none).

@@ -11,37 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
 command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
-cargo build --release -q --workspace
-bin=$PWD/target/release
-
-work=$(mktemp -d /var/tmp/pod-bench-userns.XXXXXX)
-export POD_DIR=$work/store POD_CONFIG=$work/config
-cleanup() {
-  "$bin/pod" gc >/dev/null 2>&1 || true
-  ip link del podbench1 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$bin/pod" image build manifests/images/busybox.yaml -o "$work/busybox.aci" >/dev/null 2>&1
-"$bin/pod" fetch --insecure-options=image "$work/busybox.aci" >/dev/null 2>&1
-mkdir -p "$POD_CONFIG/net.d"
-cat > "$POD_CONFIG/net.d/10-bench.conflist" <<JSON
-{"cniVersion":"1.0.0","name":"bench","plugins":[
- {"type":"bridge","bridge":"podbench1","isGateway":false,"ipMasq":false,"hairpinMode":true,
-  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.213.251.0/24"}]],"dataDir":"$work/ipam"}},
- {"type":"portmap","capabilities":{"portMappings":true},"snat":false}]}
-JSON
-for net in none bench; do
-  cat > "$work/true-$net.yaml" <<YAML
-name: bench-$net
-network: $net
-apps:
-  - name: t
-    image: example.com/busybox:1.35
-    exec: [/bin/busybox, "true"]
-YAML
-done
+. bench/lib.sh
+bench_store userns podbench1 251
+bench_true_pods
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 python3 - "$runs" "$bin/pod" "$work" <<'PY'

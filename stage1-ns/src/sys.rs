@@ -112,36 +112,10 @@ pub fn move_mount_to(tree: &OwnedFd, target: &Path) -> nix::Result<()> {
     .map(drop)
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
 /// Raises every permitted capability into the effective set: setfsuid
 /// away from 0 drops the file capabilities (DAC_OVERRIDE, CHOWN, ...)
 /// from it, which the setup done as the pod's root still needs on the
 /// host's files.
 pub fn raise_permitted_caps() -> nix::Result<()> {
-    let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
-    let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
-    // SAFETY: version 3 writes two data structs of exactly this layout into
-    // `data`, which lives on the stack for the call.
-    Errno::result(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
-    for d in &mut data {
-        d.effective = d.permitted;
-    }
-    // SAFETY: version 3 reads one header and two data structs with exactly
-    // these layouts; both live on the stack for the call.
-    Errno::result(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) }).map(drop)
+    stage2_init::privs::raise_permitted_caps()
 }

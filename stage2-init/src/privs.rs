@@ -21,6 +21,9 @@ use crate::exit::EXIT_LAUNCH_FAILED;
 use crate::launch::ChildError;
 use crate::sys;
 
+/// For stage1-ns, which works as the pod's root on host files after setfsuid.
+pub use crate::sys::raise_permitted_caps;
+
 /// `BPF_MAXINSNS`: the kernel's limit on one program.
 const MAX_INSTRUCTIONS: usize = 4096;
 

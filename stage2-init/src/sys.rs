@@ -228,6 +228,21 @@ pub(crate) fn capget_permitted() -> nix::Result<u64> {
     Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
 }
 
+/// Raises every permitted capability of this process into its effective
+/// set, keeping the inheritable one.
+pub fn raise_permitted_caps() -> nix::Result<()> {
+    let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: version 3 writes two data structs of exactly this layout into
+    // `data`, which lives on the stack for the call.
+    Errno::result(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    // SAFETY: as in capset below: one header and two data structs.
+    Errno::result(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) }).map(drop)
+}
+
 /// capset(2) on this process: the three sets, bit `n` for capability `n`.
 pub(crate) fn capset(effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()> {
     let half = |set: u64, high: bool| u32::try_from(if high { set >> 32 } else { set & 0xffff_ffff }).unwrap_or(0);

@@ -21,13 +21,7 @@ const UP_TOP: &str = "../../../../";
 /// A store holding one image imported from a hand-made tar, which also shows
 /// the raw tar writer makes archives pod accepts.
 fn seeded() -> (Pod, Key) {
-    let pod = Pod::new();
-    let key = pod.keygen("pod");
-    pod.trust(&key, "example.com/");
-    let mut t = RawTar::with_manifest("example.com/seed");
-    t.dir("rootfs/etc").file("rootfs/etc/seed", b"seed\n").symlink("rootfs/etc/link", "seed");
-    let seed = pod.write_signed("seed.aci", &t.finish(), &key);
-    assert_id(&pod.ok(&["fetch", p(&seed)]));
+    let (pod, key) = common::seeded();
     assert_eq!(read(&pod.tree_with("etc/seed").join("etc/seed")), b"seed\n");
     (pod, key)
 }

@@ -23,18 +23,6 @@ use common::*;
 const NAME: &str = "example.com/evil";
 const SIG_TAG: &str = "pod-ed25519-signature";
 
-/// A store holding one image, and a key trusted for example.com/.
-fn seeded() -> (Pod, Key) {
-    let pod = Pod::new();
-    let key = pod.keygen("pod");
-    pod.trust(&key, "example.com/");
-    let mut t = RawTar::with_manifest("example.com/seed");
-    t.file("rootfs/seed", b"seed\n");
-    let seed = pod.write_signed("seed.aci", &t.finish(), &key);
-    assert_id(&pod.ok(&["fetch", p(&seed)]));
-    (pod, key)
-}
-
 /// Runs `pod ARGS`: exit `code`, a message naming all of `words`, and the
 /// store, the pods and the trusted keys untouched.
 fn refused(pod: &Pod, args: &[&str], code: i32, words: &[&str]) -> String {

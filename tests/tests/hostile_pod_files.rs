@@ -18,14 +18,7 @@ use common::*;
 
 /// A store holding one image, so that "untouched" means something.
 fn seeded() -> Pod {
-    let pod = Pod::new();
-    let key = pod.keygen("pod");
-    pod.trust(&key, "example.com/");
-    let mut t = RawTar::with_manifest("example.com/seed");
-    t.file("rootfs/seed", b"seed\n");
-    let seed = pod.write_signed("seed.aci", &t.finish(), &key);
-    assert_id(&pod.ok(&["fetch", p(&seed)]));
-    pod
+    common::seeded().0
 }
 
 /// One app of an image that is nowhere: `extra` holds more of its fields,

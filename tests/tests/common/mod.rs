@@ -408,6 +408,20 @@ pub fn tar_header(name: &str, kind: u8, size: u64, link: &str, mode: u32, dev: (
     h
 }
 
+/// A store holding one image, `example.com/seed` (`rootfs/etc/seed` and a
+/// symlink to it), and the key trusted for `example.com/` that signed it:
+/// so that "the store is untouched" means something.
+pub fn seeded() -> (Pod, Key) {
+    let pod = Pod::new();
+    let key = pod.keygen("pod");
+    pod.trust(&key, "example.com/");
+    let mut t = RawTar::with_manifest("example.com/seed");
+    t.dir("rootfs/etc").file("rootfs/etc/seed", b"seed\n").symlink("rootfs/etc/link", "seed");
+    let seed = pod.write_signed("seed.aci", &t.finish(), &key);
+    assert_id(&pod.ok(&["fetch", p(&seed)]));
+    (pod, key)
+}
+
 /// An uncompressed tar built entry by entry, exactly as told.
 #[derive(Debug, Default)]
 pub struct RawTar {

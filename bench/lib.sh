@@ -1,0 +1,48 @@
+# Shared set-up of the pod benchmarks (sourced, not run): a release build, a
+# private store and config under /var/tmp with the busybox image fetched,
+# removed (with its pods and test bridge) on exit.
+#
+#   bench_store NAME BRIDGE SUBNET_OCTET   # sets bin, work, POD_DIR, POD_CONFIG
+#   bench_true_pods                        # $work/true-none.yaml, $work/true-bench.yaml
+
+bench_store() {
+  local name=$1
+  bench_bridge=$2 bench_octet=$3
+  cargo build --release -q --workspace
+  bin=$PWD/target/release
+  work=$(mktemp -d "/var/tmp/pod-bench-$name.XXXXXX")
+  export POD_DIR=$work/store POD_CONFIG=$work/config
+  trap bench_cleanup EXIT
+  "$bin/pod" image build manifests/images/busybox.yaml -o "$work/busybox.aci" >/dev/null 2>&1
+  "$bin/pod" fetch --insecure-options=image "$work/busybox.aci" >/dev/null 2>&1
+  # A bridge network shaped like the default one, but without
+  # isGateway/ipMasq: the benchmark does not switch on IP forwarding.
+  mkdir -p "$POD_CONFIG/net.d"
+  cat > "$POD_CONFIG/net.d/10-bench.conflist" <<JSON
+{"cniVersion":"1.0.0","name":"bench","plugins":[
+ {"type":"bridge","bridge":"$bench_bridge","isGateway":false,"ipMasq":false,"hairpinMode":true,
+  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.213.$bench_octet.0/24"}]],"dataDir":"$work/ipam"}},
+ {"type":"portmap","capabilities":{"portMappings":true},"snat":false}]}
+JSON
+}
+
+bench_cleanup() {
+  "$bin/pod" gc >/dev/null 2>&1 || true
+  ip link del "$bench_bridge" 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# One-app pods running `true`, with network none and on the bench network.
+bench_true_pods() {
+  local net
+  for net in none bench; do
+    cat > "$work/true-$net.yaml" <<YAML
+name: bench-$net
+network: $net
+apps:
+  - name: t
+    image: example.com/busybox:1.35
+    exec: [/bin/busybox, "true"]
+YAML
+  done
+}
