@@ -38,10 +38,7 @@ pub use sys::cloexec_inherited_fds;
 macro_rules! log {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = match $crate::uptime() {
-            Some(t) => writeln!(std::io::stderr(), "pod-init: [{t:.3}] {}", format_args!($($arg)*)),
-            None => writeln!(std::io::stderr(), "pod-init: {}", format_args!($($arg)*)),
-        };
+        let _ = writeln!(std::io::stderr(), "pod-init: {}{}", $crate::Uptime, format_args!($($arg)*));
     }};
 }
 
@@ -53,15 +50,23 @@ pub fn log_uptime() {
     LOG_UPTIME.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Seconds since boot (CLOCK_BOOTTIME), if log lines carry it.
+/// A log line's `[seconds.millis] ` since boot (CLOCK_BOOTTIME), once
+/// [`log_uptime`] turned it on; nothing before. Integers, not floats:
+/// float formatting would add to PID 1's text, and so to its RSS.
 #[doc(hidden)]
-pub fn uptime() -> Option<f64> {
-    if !LOG_UPTIME.load(std::sync::atomic::Ordering::Relaxed) {
-        return None;
+#[derive(Debug)]
+pub struct Uptime;
+
+impl std::fmt::Display for Uptime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !LOG_UPTIME.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+            Ok(t) => write!(f, "[{}.{:03}] ", t.tv_sec(), t.tv_nsec() / 1_000_000),
+            Err(_) => Ok(()),
+        }
     }
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
-    #[allow(clippy::cast_precision_loss)] // seconds since boot: far below 2^52
-    Some(t.tv_sec() as f64 + f64::from(u32::try_from(t.tv_nsec()).unwrap_or(0)) / 1e9)
 }
 
 /// What `pod-init` is asked to do.
@@ -120,7 +125,7 @@ pub fn run(options: &Options) -> Result<u8, Error> {
 
 /// Logs a step of the VM guest's boot, with `pod.debug` only.
 pub(crate) fn log_debug(what: &str) {
-    if uptime().is_some() {
+    if LOG_UPTIME.load(std::sync::atomic::Ordering::Relaxed) {
         log!("{what}");
     }
 }

@@ -114,11 +114,7 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<(), BootError> {
             log!("pod-init started at {}.{:03}", t.tv_sec(), t.tv_nsec() / 1_000_000);
         }
     }
-    let step = |what: &str| {
-        if debug {
-            log!("{what}");
-        }
-    };
+    let step = crate::log_debug;
     step("kernel filesystems mounted");
     boot::load_modules(Path::new(spec::vm::MODULES_DIR), &boot::blacklist(&cmdline), &|m| step(&format!("module {m}")));
     step("modules loaded");
