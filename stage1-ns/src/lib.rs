@@ -18,7 +18,7 @@ pub mod userns;
 /// exited, so `pod gc` can clean it up). The environment is emptied.
 pub fn sanitize() {
     crashpoint::arm();
-    sys::cloexec_inherited();
+    stage2_init::cloexec_inherited_fds();
     let keys: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
     for k in keys {
         // Single-threaded here (main, before any thread starts).

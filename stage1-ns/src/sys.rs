@@ -20,18 +20,6 @@ pub fn fork_process() -> nix::Result<ForkResult> {
     unsafe { fork() }
 }
 
-/// Marks every inherited fd above stderr close-on-exec: a privileged
-/// entrypoint hands nothing it did not mean to into the pod.
-pub fn cloexec_inherited() {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return };
-    let fds: Vec<i32> =
-        entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect();
-    for fd in fds {
-        // A stale number (closed since the listing) fails with EBADF: ignored.
-        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-    }
-}
-
 // The new mount API (Linux 5.2; mount_setattr 5.12), which nix lacks.
 // Values from <linux/mount.h> and <linux/fcntl.h>.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
