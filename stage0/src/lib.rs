@@ -11,6 +11,7 @@ pub mod exit;
 pub mod fetch;
 pub mod keys;
 pub mod lifecycle;
+pub mod oci;
 pub mod paths;
 pub mod pods;
 pub mod prepare;
