@@ -1,4 +1,7 @@
-//! Image IDs: `sha512-<hex>` of the uncompressed image tar, as appc.
+//! Image IDs: `sha512-<hex>` of the uncompressed image tar for ACIs, as
+//! appc; `sha256-<hex>` for OCI images, their manifest digest (`sha256:<hex>`
+//! in OCI's own spelling, which is accepted too). The `-` form is what names
+//! store directories: a `:` would split an overlayfs lowerdir list.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,14 +10,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const PREFIX: &str = "sha512-";
 const HEX_LEN: usize = 128;
+const OCI_PREFIX: &str = "sha256-";
+const OCI_HEX_LEN: usize = 64;
 /// Shortest hash prefix accepted when a user names an image by ID.
 pub const MIN_PREFIX_HEX: usize = 12;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ImageIdError {
-    #[error("image ID {0:?} does not start with \"sha512-\"")]
+    #[error("image ID {0:?} does not start with \"sha512-\" or \"sha256-\"")]
     Algorithm(String),
-    #[error("image ID {0:?} is not 128 lowercase hex digits after \"sha512-\"")]
+    #[error("image ID {0:?} is not 128 (sha512) or 64 (sha256) lowercase hex digits after the algorithm")]
     Hex(String),
 }
 
@@ -36,6 +41,15 @@ impl ImageId {
         }
         Self(s)
     }
+    /// The ID of an OCI image whose manifest has this SHA-256 digest.
+    pub fn from_sha256(digest: &[u8; 32]) -> Self {
+        let mut s = String::with_capacity(OCI_PREFIX.len() + OCI_HEX_LEN);
+        s.push_str(OCI_PREFIX);
+        for b in digest {
+            s.push_str(&format!("{b:02x}"));
+        }
+        Self(s)
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -43,26 +57,48 @@ impl ImageId {
     pub fn hex(&self) -> &str {
         &self.0[PREFIX.len()..]
     }
-    /// The short form shown in tables: `sha512-` and the first 32 hex digits,
-    /// as rkt shows them.
-    pub fn short(&self) -> &str {
-        &self.0[..PREFIX.len() + 32]
+    /// True for an OCI image (a `sha256-` manifest digest).
+    pub fn is_oci(&self) -> bool {
+        self.0.starts_with(OCI_PREFIX)
     }
-    /// True if `prefix` (with or without `sha512-`) abbreviates this ID.
+    /// The OCI digest spelling, `sha256:<hex>`, of an OCI image's ID.
+    pub fn oci_digest(&self) -> Option<String> {
+        self.is_oci().then(|| format!("sha256:{}", self.hex()))
+    }
+    /// The short form shown in tables: the algorithm and the first 32 hex
+    /// digits (sha512, as rkt shows them) or 12 (sha256, as docker does).
+    pub fn short(&self) -> &str {
+        &self.0[..PREFIX.len() + if self.is_oci() { 12 } else { 32 }]
+    }
+    /// True if `prefix` (with or without `sha512-`/`sha256-`/`sha256:`)
+    /// abbreviates this ID.
     pub fn matches_prefix(&self, prefix: &str) -> bool {
-        let hex = prefix.strip_prefix(PREFIX).unwrap_or(prefix);
-        hex.len() >= MIN_PREFIX_HEX && is_lower_hex(hex) && self.hex().starts_with(hex)
+        let (alg, hex) = match prefix.get(..7) {
+            Some(PREFIX) => (Some(PREFIX), &prefix[7..]),
+            Some(OCI_PREFIX) | Some("sha256:") => (Some(OCI_PREFIX), &prefix[7..]),
+            _ => (None, prefix),
+        };
+        alg.is_none_or(|a| self.0.starts_with(a))
+            && hex.len() >= MIN_PREFIX_HEX
+            && is_lower_hex(hex)
+            && self.hex().starts_with(hex)
     }
 }
 
 impl FromStr for ImageId {
     type Err = ImageIdError;
     fn from_str(s: &str) -> Result<Self, ImageIdError> {
-        let hex = s.strip_prefix(PREFIX).ok_or_else(|| ImageIdError::Algorithm(s.to_owned()))?;
-        if hex.len() != HEX_LEN || !is_lower_hex(hex) {
+        let (prefix, hex, len) = if let Some(hex) = s.strip_prefix(PREFIX) {
+            (PREFIX, hex, HEX_LEN)
+        } else if let Some(hex) = s.strip_prefix(OCI_PREFIX).or_else(|| s.strip_prefix("sha256:")) {
+            (OCI_PREFIX, hex, OCI_HEX_LEN)
+        } else {
+            return Err(ImageIdError::Algorithm(s.to_owned()));
+        };
+        if hex.len() != len || !is_lower_hex(hex) {
             return Err(ImageIdError::Hex(s.to_owned()));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(format!("{prefix}{hex}")))
     }
 }
 
@@ -100,5 +136,21 @@ mod tests {
         assert!(!id.matches_prefix("abab"));
         assert!("sha256-ab".parse::<ImageId>().is_err());
         assert!("sha512-AB".parse::<ImageId>().is_err());
+        assert!("md5-ab".parse::<ImageId>().is_err());
+    }
+
+    #[test]
+    fn oci_ids() {
+        let id = ImageId::from_sha256(&[0xcd; 32]);
+        assert!(id.is_oci());
+        assert_eq!(id.as_str().len(), 7 + 64);
+        let colon: ImageId = format!("sha256:{}", "cd".repeat(32)).parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(colon, id);
+        assert_eq!(id.oci_digest(), Some(format!("sha256:{}", "cd".repeat(32))));
+        assert_eq!(id.short(), "sha256-cdcdcdcdcdcd");
+        assert!(id.matches_prefix("sha256:cdcdcdcdcdcd"));
+        assert!(id.matches_prefix("cdcdcdcdcdcd"));
+        assert!(!id.matches_prefix("sha512-cdcdcdcdcdcd"));
+        assert!(ImageId::from_digest(&[0xab; 64]).oci_digest().is_none());
     }
 }

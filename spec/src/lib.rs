@@ -5,6 +5,7 @@
 pub mod id;
 pub mod manifest;
 pub mod name;
+pub mod oci;
 pub mod pod;
 pub mod security;
 pub mod stage1;
@@ -13,4 +14,4 @@ pub mod vm;
 
 pub use id::{ImageId, ImageIdError};
 pub use manifest::{App, Dependency, ImageManifest, Label, ManifestError, MAX_MANIFEST_BYTES};
-pub use name::{AcIdentifier, AcName, NameError};
+pub use name::{AcIdentifier, AcName, ImageName, NameError};

@@ -119,14 +119,98 @@ impl AcIdentifier {
     /// `example.com/` covers `example.com/redis`; `example.com` covers
     /// `example.com` and `example.com/...` but not `example.community`.
     pub fn has_prefix(&self, prefix: &str) -> bool {
-        let name = self.as_str();
-        if prefix.is_empty() {
-            return true;
-        }
-        if prefix.ends_with('/') {
-            return name.starts_with(prefix);
-        }
-        name == prefix || name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+        name_has_prefix(self.as_str(), prefix)
+    }
+}
+
+fn name_has_prefix(name: &str, prefix: &str) -> bool {
+    if prefix.is_empty() {
+        return true;
+    }
+    if prefix.ends_with('/') {
+        return name.starts_with(prefix);
+    }
+    name == prefix || name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The name of an image in the store, of either kind: an appc
+/// [`AcIdentifier`] (`example.com/redis`), or an OCI repository as a
+/// registry names it (`127.0.0.1:5000/team/web`, `docker.io/library/nginx`):
+/// an identifier whose first component may carry a `:port`. Trust prefixes
+/// are matched on it the same way for both.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageName(String);
+
+impl ImageName {
+    pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
+        let s = s.into();
+        let (host, rest) = s.split_once('/').map_or((s.as_str(), None), |(h, r)| (h, Some(r)));
+        let bare_host = match host.split_once(':') {
+            Some((h, port)) => {
+                if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) || rest.is_none() {
+                    return Err(NameError::Invalid {
+                        name: s.clone(),
+                        why: "a ':' may only give the registry's port, as in host:5000/repo",
+                    });
+                }
+                h
+            }
+            None => host,
+        };
+        let plain = match rest {
+            Some(r) => format!("{bare_host}/{r}"),
+            None => bare_host.to_owned(),
+        };
+        AcIdentifier::new(plain).map_err(|e| match e {
+            NameError::Invalid { why, .. } => NameError::Invalid { name: s.clone(), why },
+            other => other,
+        })?;
+        Ok(Self(s))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// True if this name lies under `prefix` (see [`AcIdentifier::has_prefix`]).
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        name_has_prefix(&self.0, prefix)
+    }
+}
+
+impl From<AcIdentifier> for ImageName {
+    fn from(n: AcIdentifier) -> Self {
+        Self(n.0)
+    }
+}
+
+impl PartialEq<AcIdentifier> for ImageName {
+    fn eq(&self, other: &AcIdentifier) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl fmt::Display for ImageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ImageName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        Self::new(s)
+    }
+}
+
+impl Serialize for ImageName {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -162,5 +246,21 @@ mod tests {
         assert!(!n.has_prefix("example.co"));
         assert!(!n.has_prefix("example.com/r"));
         assert!(n.has_prefix("example.com/redis"));
+    }
+
+    #[test]
+    fn image_names() {
+        for ok in ["example.com/redis", "127.0.0.1:5000/team/web", "localhost:5000/a", "docker.io/library/nginx"] {
+            let n = ImageName::new(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(n.as_str(), ok);
+        }
+        for bad in ["host:5000", "host:/a", "host:abc/a", "a/b:c", "Host/a", "a//b", "host:123456/a"] {
+            assert!(ImageName::new(bad).is_err(), "{bad}");
+        }
+        let n = ImageName::new("127.0.0.1:5000/team/web").unwrap_or_else(|e| panic!("{e}"));
+        assert!(n.has_prefix("127.0.0.1:5000/team/"));
+        assert!(n.has_prefix("127.0.0.1:5000/team"));
+        assert!(!n.has_prefix("127.0.0.1:5000/teamx"));
+        assert!(!n.has_prefix("127.0.0.1:500"));
     }
 }

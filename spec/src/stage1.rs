@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::id::ImageId;
-use crate::name::{AcIdentifier, AcName};
+use crate::name::{AcName, ImageName};
 use crate::security::{CapSet, Seccomp, DEFAULT_CAPS};
 
 /// The invocation version this build writes and reads.
@@ -122,10 +122,12 @@ pub struct Volume {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct App {
     pub name: AcName,
-    pub image_name: AcIdentifier,
+    pub image_name: ImageName,
     pub image_id: ImageId,
-    /// The rendered tree: the read-only lower layer of the app's rootfs.
-    pub tree: PathBuf,
+    /// The read-only lower layers of the app's rootfs, bottom to top: one
+    /// rendered tree for an ACI and its dependencies, one tree per layer for
+    /// an OCI image (layers hold overlayfs whiteouts).
+    pub layers: Vec<PathBuf>,
     pub exec: Vec<String>,
     pub user: String,
     pub group: String,
@@ -138,6 +140,10 @@ pub struct App {
     pub readiness: Option<Readiness>,
     pub restart: Restart,
     pub stop_timeout_ms: u64,
+    /// What stopping the app sends first (an OCI image's StopSignal, e.g.
+    /// `SIGQUIT`); absent: SIGTERM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
     pub resources: Resources,
     pub ports: Vec<Port>,
     pub mounts: Vec<Mount>,

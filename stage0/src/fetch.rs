@@ -31,6 +31,7 @@ use crate::sources::{SourceError, Sources};
 use crate::store::{self, ImageMeta, Store, StoreError};
 use crate::trust::{TrustError, TrustStore};
 
+mod oci;
 mod stage;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,8 @@ pub enum FetchError {
     Deps(#[from] DepsError),
     #[error(transparent)]
     Render(#[from] RenderError),
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
 }
 
 impl ExitCodeOf for FetchError {
@@ -110,6 +113,7 @@ impl ExitCodeOf for FetchError {
             Self::Source(e) => e.exit(),
             Self::Deps(e) => e.exit(),
             Self::Render(e) => e.exit(),
+            Self::Oci(e) => e.exit(),
         }
     }
 }
@@ -128,6 +132,8 @@ pub enum ImageRef {
         name: AcIdentifier,
         labels: BTreeMap<String, String>,
     },
+    /// An OCI image: `docker://`, `oci:`, `oci-archive:`, `docker-archive:`.
+    Oci(spec::oci::OciSource),
 }
 
 impl ImageRef {
@@ -142,6 +148,7 @@ impl ImageRef {
             Ok(spec::pod::ImageSource::File(p)) => Ok(Self::File(PathBuf::from(p))),
             Ok(spec::pod::ImageSource::Url(u)) => Ok(Self::Url(u)),
             Ok(spec::pod::ImageSource::Name { name, labels }) => Ok(Self::Name { name, labels }),
+            Ok(spec::pod::ImageSource::Oci(src)) => Ok(Self::Oci(src)),
             Err(why) => Err(FetchError::Reference { reference: s.to_owned(), why }),
         }
     }
@@ -176,17 +183,25 @@ pub struct FetchOptions {
     pub pull: PullPolicy,
     /// Draw a progress bar (only ever on a terminal).
     pub progress: bool,
+    /// The platform picked from OCI image indexes (default: the host's).
+    pub platform: Option<crate::oci::pull::Platform>,
+    /// A detached signature for an OCI layout or archive (`--signature`):
+    /// the file holds cosign's base64 signature of the simple-signing
+    /// payload beside it, the same path without `.sig`.
+    pub signature: Option<PathBuf>,
+    /// Registry credentials (a containers-style auth.json).
+    pub auth_file: Option<PathBuf>,
 }
 
-/// The result of a fetch: the image, its flattened layers and rendered tree.
+/// The result of a fetch: the image and the trees its rootfs stacks.
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub meta: ImageMeta,
     /// True if this fetch added the image (false: it was already stored).
     pub added: bool,
-    /// Layers bottom to top, this image last.
-    pub layers: Vec<ImageId>,
-    pub tree: PathBuf,
+    /// The read-only lower layers, bottom to top: the flattened tree of an
+    /// ACI and its dependencies, or an OCI image's layer trees.
+    pub lower: Vec<PathBuf>,
 }
 
 /// The host's os and arch labels, used as defaults when matching names.
@@ -243,12 +258,22 @@ impl<'a> Fetcher<'a> {
     pub fn fetch(&mut self, r: &ImageRef) -> Result<Fetched, FetchError> {
         let (meta, added) = match r {
             ImageRef::Name { name, labels } => self.by_name(name, labels, None)?,
+            ImageRef::Oci(src) => self.fetch_oci(src)?,
             other => self.fetch_location(other, None)?,
         };
+        if let Some(oci) = &meta.oci {
+            let lower = crate::oci::pull::layer_trees(self.store.dirs(), oci)?;
+            return Ok(Fetched { meta, added, lower });
+        }
         let manifest = self.store.manifest(&meta.id)?;
         let resolution = deps::resolve(meta.id.clone(), &manifest, self)?;
         let tree = render::render(self.store.dirs(), &resolution)?;
-        Ok(Fetched { meta, added, layers: resolution.order.clone(), tree: tree.path })
+        Ok(Fetched { meta, added, lower: vec![tree.path] })
+    }
+
+    /// The options OCI sources need from this fetcher.
+    pub(crate) fn parts(&self) -> (&Store, &TrustStore, &FetchOptions) {
+        (self.store, self.trust, &self.opts)
     }
 
     fn by_name(
@@ -295,7 +320,7 @@ impl<'a> Fetcher<'a> {
         let staged = match r {
             ImageRef::File(p) => self.stage_file(p)?,
             ImageRef::Url(u) => self.stage_url(u)?,
-            ImageRef::Name { .. } => {
+            ImageRef::Name { .. } | ImageRef::Oci(_) => {
                 return Err(FetchError::Reference {
                     reference: format!("{r:?}"),
                     why: format!("{r:?} is not a location"),
@@ -306,6 +331,7 @@ impl<'a> Fetcher<'a> {
             ImageRef::File(p) => p.display().to_string(),
             ImageRef::Url(u) => u.clone(),
             ImageRef::Name { name, .. } => name.to_string(),
+            ImageRef::Oci(src) => src.to_string(),
         };
         self.import(staged, &location, expect)
     }
@@ -351,13 +377,14 @@ impl<'a> Fetcher<'a> {
         }
         let meta = ImageMeta {
             id: extracted.id.clone(),
-            name: manifest.name.clone(),
+            name: manifest.name.clone().into(),
             labels: manifest.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect(),
             size: staged.size,
             uncompressed_size: extracted.uncompressed_size,
             signer: signer.map(|(k, _)| k),
             imported_at: store::now_rfc3339(),
             source: location.to_owned(),
+            oci: None,
         };
         let meta_path = dir.join("meta.json");
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| io_err("serialize", &meta_path)(e.into()))?;

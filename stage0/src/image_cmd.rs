@@ -58,22 +58,32 @@ pub(crate) fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
                                 "id": m.id, "name": m.name, "labels": m.labels, "size": m.size,
                                 "uncompressedSize": m.uncompressed_size, "signer": m.signer,
                                 "importedAt": m.imported_at, "source": m.source,
+                                "kind": if m.oci.is_some() { "oci" } else { "aci" },
+                                "digest": m.oci.as_ref().map(|o| &o.digest),
+                                "signature": m.oci.as_ref().and_then(|o| o.signature.as_ref()),
+                                "layers": m.oci.as_ref().map(|o| o.layers.iter().map(|l| &l.digest).collect::<Vec<_>>()),
                             })
                         })
                         .collect();
                     println!("{}", serde_json::Value::Array(v));
                 }
                 Format::Table => {
-                    let mut out = String::from("ID\tNAME\tVERSION\tSIZE\tSIGNER\tIMPORTED\n");
+                    let mut out = String::from("ID\tNAME\tVERSION\tSIZE\tSIGNER\tIMPORTED\tSOURCE\n");
                     for m in &list {
+                        let signer = match (&m.signer, m.oci.as_ref().and_then(|o| o.signature.as_deref())) {
+                            (None, _) => "INSECURE (unverified)".to_owned(),
+                            (Some(k), Some(how)) => format!("{} ({how})", k.get(..16).unwrap_or(k)),
+                            (Some(k), None) => k.get(..16).unwrap_or(k).to_owned(),
+                        };
                         out.push_str(&format!(
-                            "{}\t{}\t{}\t{}\t{}\t{}\n",
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
                             m.id.short(),
                             m.name,
                             m.labels.get("version").map_or("-", String::as_str),
                             human_size(m.uncompressed_size),
-                            m.signer.as_deref().map_or("INSECURE (unverified)", |k| &k[..16]),
-                            m.imported_at
+                            signer,
+                            m.imported_at,
+                            m.source,
                         ));
                     }
                     print_table(&out);
@@ -107,14 +117,30 @@ pub(crate) fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
             for key in removed {
                 eprintln!("removed tree {key}");
             }
+            let oci: Vec<_> = store.list()?.into_iter().filter_map(|m| m.oci).collect();
+            for digest in stage0::oci::store::gc(dirs, &oci)? {
+                eprintln!("removed blob {digest}");
+            }
         }
         ImageCmd::CatManifest { image } => {
             let meta = store.lookup(&image)?;
+            if meta.oci.is_some() {
+                let path = store.image_dir(&meta.id).join(stage0::oci::store::MANIFEST_FILE);
+                let bytes =
+                    std::fs::read(&path).map_err(|e| fail(Exit::Failure, format!("read {}: {e}", path.display())))?;
+                println!("{}", String::from_utf8_lossy(&bytes));
+                return Ok(());
+            }
             let manifest = store.manifest(&meta.id)?;
             println!("{}", String::from_utf8_lossy(&manifest.to_json()));
         }
         ImageCmd::Export { image, out } => {
             let meta = store.lookup(&image)?;
+            if meta.oci.is_some() {
+                stage0::oci::export::export(&store, &meta.id, &out)?;
+                println!("{}", meta.id);
+                return Ok(());
+            }
             let dir = store.image_dir(&meta.id);
             std::fs::copy(dir.join("image.aci"), &out)
                 .map_err(|e| fail(Exit::Failure, format!("export to {}: {e}", out.display())))?;

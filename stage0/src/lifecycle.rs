@@ -246,8 +246,10 @@ pub fn pods_using(pods: &Pods, id: &spec::ImageId) -> Result<Vec<String>, Lifecy
         let Some(resolved) = read_resolved(&p.dir) else { continue };
         let uses = resolved.apps.iter().any(|a| {
             &a.image_id == id
-                || a.tree.parent().is_some_and(|t| {
-                    fs::read_to_string(t.join("layers")).is_ok_and(|l| l.lines().any(|x| x == id.as_str()))
+                || a.layers.iter().any(|layer| {
+                    layer.parent().is_some_and(|t| {
+                        fs::read_to_string(t.join("layers")).is_ok_and(|l| l.lines().any(|x| x == id.as_str()))
+                    })
                 })
         });
         if uses {

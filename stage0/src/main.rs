@@ -279,6 +279,18 @@ pub(crate) struct FetchFlags {
     /// Most files, directories and links an image may hold (default 1000000).
     #[arg(long, env = "POD_MAX_IMAGE_ENTRIES")]
     max_image_entries: Option<u64>,
+    /// OCI: the platform picked from an image index (default: the host's, linux/amd64).
+    #[arg(long, value_parser = stage0::oci::pull::Platform::parse)]
+    platform: Option<stage0::oci::pull::Platform>,
+    /// OCI layouts and archives: cosign's signature (base64) of the
+    /// simple-signing payload in the file of the same name without `.sig`.
+    #[arg(long)]
+    signature: Option<PathBuf>,
+    /// Registry credentials: a containers-style auth.json (default:
+    /// $REGISTRY_AUTH_FILE, then $XDG_RUNTIME_DIR/containers/auth.json,
+    /// ~/.config/containers/auth.json, ~/.docker/config.json).
+    #[arg(long, env = "REGISTRY_AUTH_FILE")]
+    authfile: Option<PathBuf>,
 }
 
 impl FetchFlags {
@@ -300,6 +312,9 @@ impl FetchFlags {
                 Pull::Never => PullPolicy::Never,
             },
             progress: true,
+            platform: self.platform.clone(),
+            signature: self.signature.clone(),
+            auth_file: self.authfile.clone(),
         }
     }
 }

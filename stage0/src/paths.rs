@@ -31,6 +31,14 @@ impl Dirs {
     pub fn trees(&self) -> PathBuf {
         self.data.join("trees")
     }
+    /// OCI blobs by digest: `blobs/sha256/<hex>`.
+    pub fn blobs(&self) -> PathBuf {
+        self.data.join("blobs")
+    }
+    /// OCI layers, each rendered once: `layers/sha256-<hex>/rootfs`.
+    pub fn layers(&self) -> PathBuf {
+        self.data.join("layers")
+    }
     /// Scratch space on the same filesystem, for atomic renames into place.
     pub fn tmp(&self) -> PathBuf {
         self.data.join("tmp")

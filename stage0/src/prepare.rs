@@ -13,7 +13,6 @@ use petgraph::algo::toposort;
 use petgraph::graph::DiGraph;
 use spec::pod::{self, AppSpec, ImageSource, PodFile, PodFileError, Probe, RestartPolicy, VolumeKind};
 use spec::stage1::{self, Invocation, ResolvedPod};
-use spec::ImageManifest;
 
 use crate::crashpoint::crashpoint;
 use crate::exit::{Exit, ExitCodeOf};
@@ -139,10 +138,31 @@ fn image_ref(spec: &ImageSource, base: &Path) -> ImageRef {
     match spec {
         ImageSource::Name { name, labels } => ImageRef::Name { name: name.clone(), labels: labels.clone() },
         ImageSource::Url(u) => ImageRef::Url(u.clone()),
+        ImageSource::Oci(src) => ImageRef::Oci(match src {
+            // Local paths in a pod file are relative to the pod file.
+            spec::oci::OciSource::Layout { dir, tag } => {
+                spec::oci::OciSource::Layout { dir: rebase(base, dir), tag: tag.clone() }
+            }
+            spec::oci::OciSource::OciArchive { file, tag } => {
+                spec::oci::OciSource::OciArchive { file: rebase(base, file), tag: tag.clone() }
+            }
+            spec::oci::OciSource::DockerArchive { file, name } => {
+                spec::oci::OciSource::DockerArchive { file: rebase(base, file), name: name.clone() }
+            }
+            registry @ spec::oci::OciSource::Registry(_) => registry.clone(),
+        }),
         ImageSource::File(p) => {
             let p = p.strip_prefix("file://").unwrap_or(p);
             ImageRef::File(if Path::new(p).is_absolute() { PathBuf::from(p) } else { base.join(p) })
         }
+    }
+}
+
+fn rebase(base: &Path, p: &str) -> String {
+    if Path::new(p).is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p).display().to_string()
     }
 }
 
@@ -151,11 +171,10 @@ fn resolve_app(
     file: &str,
     app: &AppSpec,
     meta: &store::ImageMeta,
-    manifest: &ImageManifest,
-    tree: PathBuf,
+    image_app: Option<&spec::App>,
+    layers: Vec<PathBuf>,
 ) -> Result<stage1::App, PrepareError> {
     let err = |why: String| PrepareError::App { file: file.to_owned(), app: app.name.to_string(), why };
-    let image_app = manifest.app.as_ref();
     let exec = match (&app.exec, image_app.map(|a| &a.exec)) {
         (Some(e), _) => e.clone(),
         (None, Some(e)) if !e.is_empty() => e.clone(),
@@ -170,9 +189,15 @@ fn resolve_app(
     }
     let mut ports = Vec::new();
     for (i, p) in app.ports.iter().enumerate() {
-        let decl = image_app.and_then(|a| a.ports.iter().find(|ip| ip.name == p.name)).ok_or_else(|| {
-            err(format!("ports[{i}]: image {} declares no port named {:?}", meta.name, p.name.as_str()))
-        })?;
+        // By name, or (OCI images: `80-tcp`) by number and protocol.
+        let by_number = |ip: &&spec::manifest::Port| {
+            p.name.as_str().parse::<u16>().is_ok_and(|n| n == ip.port) && ip.protocol == p.protocol.to_string()
+        };
+        let decl = image_app
+            .and_then(|a| a.ports.iter().find(|ip| ip.name == p.name).or_else(|| a.ports.iter().find(by_number)))
+            .ok_or_else(|| {
+                err(format!("ports[{i}]: image {} declares no port named {:?}", meta.name, p.name.as_str()))
+            })?;
         if decl.protocol != p.protocol.to_string() {
             return Err(err(format!(
                 "ports[{i}]: port {} is {} in the image, not {}",
@@ -191,7 +216,7 @@ fn resolve_app(
         name: app.name.clone(),
         image_name: meta.name.clone(),
         image_id: meta.id.clone(),
-        tree,
+        layers,
         exec,
         user: app.user.clone().or_else(|| image_app.map(|a| a.user.clone())).unwrap_or_else(|| "0".into()),
         group: app.group.clone().or_else(|| image_app.map(|a| a.group.clone())).unwrap_or_else(|| "0".into()),
@@ -217,6 +242,12 @@ fn resolve_app(
             RestartPolicy::Always => stage1::Restart::Always,
         },
         stop_timeout_ms: u64::try_from(app.stop_timeout.as_millis()).unwrap_or(u64::MAX),
+        stop_signal: match meta.oci.as_ref().and_then(|o| o.stop_signal.clone()) {
+            Some(sig) if spec::unit::signal_number(&sig).is_none() => {
+                return Err(err(format!("image {} has StopSignal {sig:?}, which is not a signal", meta.name)))
+            }
+            other => other,
+        },
         resources: stage1::Resources {
             memory_bytes: app.resources.memory_bytes,
             cpu_millis: app.resources.cpu_millis,
@@ -282,8 +313,12 @@ pub fn prepare(
             source: Box::new(source),
         };
         let fetched = fetcher.fetch(&r).map_err(image_err)?;
-        let manifest = fetcher.store().manifest(&fetched.meta.id).map_err(|e| image_err(e.into()))?;
-        apps.push(resolve_app(&file, app, &fetched.meta, &manifest, fetched.tree)?);
+        let image_app = if fetched.meta.oci.is_some() {
+            Some(crate::oci::pull::app_of(fetcher.store(), &fetched.meta.id).map_err(|e| image_err(e.into()))?.0)
+        } else {
+            fetcher.store().manifest(&fetched.meta.id).map_err(|e| image_err(e.into()))?.app
+        };
+        apps.push(resolve_app(&file, app, &fetched.meta, image_app.as_ref(), fetched.lower)?);
     }
 
     let mut locked = pods.create()?;
@@ -436,13 +471,14 @@ apps:
     fn meta() -> store::ImageMeta {
         store::ImageMeta {
             id: spec::ImageId::from_digest(&[7; 64]),
-            name: spec::AcIdentifier::new("example.com/web").unwrap_or_else(|e| panic!("{e}")),
+            name: spec::AcIdentifier::new("example.com/web").unwrap_or_else(|e| panic!("{e}")).into(),
             labels: BTreeMap::new(),
             size: 1,
             uncompressed_size: 1,
             signer: None,
             imported_at: String::new(),
             source: String::new(),
+            oci: None,
         }
     }
 
@@ -451,9 +487,10 @@ apps:
         let pod = PodFile::parse(POD.as_bytes(), "p.yaml").unwrap_or_else(|e| panic!("{e}"));
         let order: Vec<_> = app_order("p.yaml", &pod).unwrap_or_default().iter().map(|a| a.name.to_string()).collect();
         assert_eq!(order, ["db", "web"]);
-        let manifest = ImageManifest::parse(IMAGE.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let manifest = spec::ImageManifest::parse(IMAGE.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         let web = &pod.apps[1];
-        let app = resolve_app("p.yaml", web, &meta(), &manifest, PathBuf::from("/t")).unwrap_or_else(|e| panic!("{e}"));
+        let app = resolve_app("p.yaml", web, &meta(), manifest.app.as_ref(), vec![PathBuf::from("/t")])
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(app.exec, ["/usr/bin/web"]);
         assert_eq!(app.user, "www");
         assert_eq!(app.env, [("A".to_owned(), "image".to_owned()), ("B".to_owned(), "pod".to_owned())]);
@@ -461,7 +498,9 @@ apps:
 
         let mut bad = web.clone();
         bad.ports[0].name = spec::AcName::new("https").unwrap_or_else(|e| panic!("{e}"));
-        let err = resolve_app("p.yaml", &bad, &meta(), &manifest, PathBuf::new()).err().map(|e| e.to_string());
+        let err = resolve_app("p.yaml", &bad, &meta(), manifest.app.as_ref(), vec![PathBuf::new()])
+            .err()
+            .map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
             Some("p.yaml: app web: ports[0]: image example.com/web declares no port named \"https\"")

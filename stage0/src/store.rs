@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
-use spec::{AcIdentifier, ImageId, ImageManifest};
+use spec::{AcIdentifier, ImageId, ImageManifest, ImageName};
 
 use crate::archive::{self, ArchiveError, Limits};
 use crate::crashpoint::crashpoint;
@@ -70,7 +70,8 @@ pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Er
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageMeta {
     pub id: ImageId,
-    pub name: AcIdentifier,
+    /// The appc name, or an OCI image's repository (`host:port/repo`).
+    pub name: ImageName,
     pub labels: BTreeMap<String, String>,
     /// Size of the image file as fetched.
     pub size: u64,
@@ -82,12 +83,15 @@ pub struct ImageMeta {
     pub imported_at: String,
     /// Where it was fetched from.
     pub source: String,
+    /// What an OCI image is made of; absent for an ACI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<crate::oci::store::OciMeta>,
 }
 
 impl ImageMeta {
     /// True if every label in `want` is on this image with the same value.
     pub fn matches(&self, name: &AcIdentifier, want: &BTreeMap<String, String>) -> bool {
-        &self.name == name && want.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+        self.name == *name && want.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
 }
 
@@ -130,7 +134,7 @@ pub struct Store {
 impl Store {
     /// Opens the store, creating its directories.
     pub fn open(dirs: &Dirs) -> Result<Self, StoreError> {
-        for d in [dirs.images(), dirs.trees(), dirs.tmp()] {
+        for d in [dirs.images(), dirs.trees(), dirs.tmp(), dirs.blobs(), dirs.layers()] {
             paths::create_private_dir(&d).map_err(io_err("create directory", &d))?;
         }
         Ok(Self { dirs: dirs.clone() })
@@ -272,6 +276,8 @@ impl Store {
         }
         let all = self.list()?;
         if query.starts_with("sha512-")
+            || query.starts_with("sha256-")
+            || query.starts_with("sha256:")
             || (query.len() >= spec::id::MIN_PREFIX_HEX && query.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             let hits: Vec<_> = all.into_iter().filter(|m| m.id.matches_prefix(query)).collect();
@@ -281,16 +287,16 @@ impl Store {
                 count => Err(StoreError::Ambiguous { query: query.to_owned(), count }),
             };
         }
-        let (name, version) = match query.split_once(':') {
-            Some((n, v)) => (n, Some(v)),
+        // `name:version`; a ':' before the last '/' is a registry's port.
+        let after_slash = query.rfind('/').map_or(0, |i| i + 1);
+        let (name, version) = match query[after_slash..].rfind(':') {
+            Some(i) => (&query[..after_slash + i], Some(&query[after_slash + i + 1..])),
             None => (query, None),
         };
-        let name = AcIdentifier::new(name).map_err(|_| StoreError::NotFound(query.to_owned()))?;
-        let mut want = BTreeMap::new();
-        if let Some(v) = version {
-            want.insert("version".to_owned(), v.to_owned());
-        }
-        all.into_iter().find(|m| m.matches(&name, &want)).ok_or_else(|| StoreError::NotFound(query.to_owned()))
+        let name = ImageName::new(name).map_err(|_| StoreError::NotFound(query.to_owned()))?;
+        all.into_iter()
+            .find(|m| m.name == name && version.is_none_or(|v| m.labels.get("version").map(String::as_str) == Some(v)))
+            .ok_or_else(|| StoreError::NotFound(query.to_owned()))
     }
 
     /// Removes an image: renamed out of `images/` first (atomic), then deleted.
@@ -309,6 +315,9 @@ impl Store {
     /// Re-hashes the stored image file and checks it against its ID and
     /// manifest. Returns the uncompressed size.
     pub fn verify(&self, id: &ImageId, limits: &Limits) -> Result<u64, StoreError> {
+        if id.is_oci() {
+            return crate::oci::store::verify(self, id);
+        }
         let dir = self.image_dir(id);
         let file = dir.join("image.aci");
         let f = File::open(&file).map_err(io_err("open", &file))?;
@@ -321,7 +330,7 @@ impl Store {
             return Err(StoreError::Corrupt { id: id.to_string(), why: "size differs from meta.json".into() });
         }
         let manifest = self.manifest(id)?;
-        if manifest.name != meta.name {
+        if meta.name != manifest.name {
             return Err(StoreError::Corrupt { id: id.to_string(), why: "manifest name differs from meta.json".into() });
         }
         if !dir.join("rootfs").is_dir() {

@@ -251,18 +251,23 @@ pub fn setup_apps(
     for app in &pod.apps {
         let base = pod_dir.join("apps").join(app.name.as_str());
         let rootfs = base.join("rootfs");
+        let top = app.layers.last().ok_or_else(|| RootfsError::KernelFs(format!("app {} has no layers", app.name)))?;
         if let Some(ids) = ids {
             // Over itself, in this mount namespace only: the overlay's
-            // lower layer is then the tree seen through the pod's mapping.
-            if idmapped.insert(app.tree.clone()) {
-                let attrs = crate::sys::MOUNT_ATTR_RDONLY | crate::sys::MOUNT_ATTR_NODEV;
-                crate::userns::idmapped_bind(&app.tree, &app.tree, ids.userns, false, attrs)?;
+            // lower layers are then the trees seen through the pod's mapping.
+            for layer in &app.layers {
+                if idmapped.insert(layer.clone()) {
+                    let attrs = crate::sys::MOUNT_ATTR_RDONLY | crate::sys::MOUNT_ATTR_NODEV;
+                    crate::userns::idmapped_bind(layer, layer, ids.userns, false, attrs)?;
+                }
             }
-            own_upper(&base.join("upper"), &app.tree, ids)?;
+            own_upper(&base.join("upper"), top, ids)?;
         }
+        // overlayfs lists lower layers top first.
+        let lower: Vec<String> = app.layers.iter().rev().map(|l| l.display().to_string()).collect();
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
-            app.tree.display(),
+            lower.join(":"),
             base.join("upper").display(),
             base.join("work").display()
         );
@@ -272,10 +277,14 @@ pub fn setup_apps(
             return Err(RootfsError::KernelFs(format!("{overlay}: userns: auto needs overlayfs")));
         }
         if let Err(overlay) = overlay {
+            if app.layers.len() > 1 {
+                // Layers carry overlayfs whiteouts: only overlayfs reads them.
+                return Err(RootfsError::KernelFs(format!("{overlay}: an image of several layers needs overlayfs")));
+            }
             // No overlayfs here (or not on this filesystem): fall back to a
             // private copy of the tree, the slow path rkt also had.
             eprintln!("pod-stage1-ns: {overlay}; copying the tree instead");
-            copy_tree(&app.tree, &base.join("upper"))?;
+            copy_tree(top, &base.join("upper"))?;
             bind(&base.join("upper"), &rootfs, false, "copied rootfs")?;
         }
 

@@ -23,7 +23,10 @@ pub fn unit_for(app: &App, cgroups: Vec<String>) -> Unit {
     u.environment = app.env.clone();
     u.working_directory = Some(app.working_directory.clone());
     u.user = Some(app.user.clone());
-    u.group = Some(app.group.clone());
+    // No group: the user's primary group (an OCI image's `User: name`).
+    u.group = (!app.group.is_empty()).then(|| app.group.clone());
+    // Checked by stage0 when the pod was prepared.
+    u.kill_signal = app.stop_signal.as_deref().and_then(spec::unit::signal_number).unwrap_or(spec::unit::SIGTERM);
     u.supplementary_groups = app.supplementary_gids.iter().map(ToString::to_string).collect();
     u.restart = match app.restart {
         Restart::Never => unit::Restart::No,

@@ -452,7 +452,7 @@ mod tests {
             .map(|(i, (mem, cpu, host_ip))| {
                 serde_json::json!({
                     "name": format!("a{i}"), "imageName": "example.com/x", "imageId": format!("sha512-{}", "a".repeat(128)),
-                    "tree": "/t", "exec": ["/x"], "user": "0", "group": "0", "supplementaryGids": [],
+                    "layers": ["/t"], "exec": ["/x"], "user": "0", "group": "0", "supplementaryGids": [],
                     "workingDirectory": "/", "env": [], "after": [], "requires": [], "readiness": null,
                     "restart": "never", "stopTimeoutMs": 1000,
                     "resources": {"memoryBytes": mem, "cpuMillis": cpu, "pids": null},

@@ -92,8 +92,9 @@ impl Verdict {
 }
 
 /// Judges a run from how it ended and why (if at all) we signalled it.
-pub fn judge(end: Termination, stop: Option<StopReason>) -> Verdict {
-    let our_signal = |s: i32| s == Signal::SIGTERM as i32 || s == Signal::SIGKILL as i32;
+/// `kill_signal` is what stopping the app sent first (its `KillSignal=`).
+pub fn judge(end: Termination, stop: Option<StopReason>, kill_signal: i32) -> Verdict {
+    let our_signal = |s: i32| s == kill_signal || s == Signal::SIGKILL as i32;
     match (stop, end) {
         (Some(StopReason::NotReady), _) => Verdict::Failed,
         (Some(StopReason::Pod), Termination::Signal(s)) if our_signal(s) => Verdict::Stopped,
@@ -174,15 +175,18 @@ mod tests {
 
     #[test]
     fn judging() {
-        assert_eq!(judge(Termination::Code(0), None), Verdict::Exited);
-        assert_eq!(judge(Termination::Code(5), None), Verdict::Failed);
-        assert_eq!(judge(Termination::Signal(TERM), None), Verdict::Failed);
-        assert_eq!(judge(Termination::Signal(TERM), Some(StopReason::Pod)), Verdict::Stopped);
-        assert_eq!(judge(Termination::Signal(KILL), Some(StopReason::Pod)), Verdict::Stopped);
-        assert_eq!(judge(Termination::Code(0), Some(StopReason::Pod)), Verdict::Stopped);
-        assert_eq!(judge(Termination::Code(3), Some(StopReason::Pod)), Verdict::Failed);
-        assert_eq!(judge(Termination::Signal(SEGV), Some(StopReason::Pod)), Verdict::Failed);
-        assert_eq!(judge(Termination::Signal(TERM), Some(StopReason::NotReady)), Verdict::Failed);
+        assert_eq!(judge(Termination::Code(0), None, TERM), Verdict::Exited);
+        assert_eq!(judge(Termination::Code(5), None, TERM), Verdict::Failed);
+        assert_eq!(judge(Termination::Signal(TERM), None, TERM), Verdict::Failed);
+        assert_eq!(judge(Termination::Signal(TERM), Some(StopReason::Pod), TERM), Verdict::Stopped);
+        assert_eq!(judge(Termination::Signal(KILL), Some(StopReason::Pod), TERM), Verdict::Stopped);
+        assert_eq!(judge(Termination::Code(0), Some(StopReason::Pod), TERM), Verdict::Stopped);
+        assert_eq!(judge(Termination::Code(3), Some(StopReason::Pod), TERM), Verdict::Failed);
+        assert_eq!(judge(Termination::Signal(SEGV), Some(StopReason::Pod), TERM), Verdict::Failed);
+        // An app stopped with its own StopSignal (SIGQUIT: 3) was stopped.
+        assert_eq!(judge(Termination::Signal(3), Some(StopReason::Pod), 3), Verdict::Stopped);
+        assert_eq!(judge(Termination::Signal(TERM), Some(StopReason::Pod), 3), Verdict::Failed);
+        assert_eq!(judge(Termination::Signal(TERM), Some(StopReason::NotReady), TERM), Verdict::Failed);
         assert_eq!(Termination::Signal(KILL).exit_code(), 137);
         assert_eq!(Termination::Signal(KILL).describe(), "killed by SIGKILL");
     }

@@ -417,7 +417,7 @@ impl Supervisor {
             return;
         }
         proc.stop = Some(Stop { reason, kill_at: now + grace, killed: false });
-        signal_group(proc.pid, Signal::SIGTERM);
+        signal_group(proc.pid, Signal::try_from(app.plan.unit.kill_signal).unwrap_or(Signal::SIGTERM));
         signal_group(proc.pid, Signal::SIGCONT);
         if let Phase::Running { probe: Probe::Running { pid }, .. } = &app.phase {
             signal_group(*pid, Signal::SIGKILL);
@@ -467,7 +467,8 @@ impl Supervisor {
     ) {
         let stopping = self.stopping();
         let app = &mut self.apps[i];
-        let verdict = if launch_failure.is_some() { Verdict::Failed } else { judge(end, reason) };
+        let verdict =
+            if launch_failure.is_some() { Verdict::Failed } else { judge(end, reason, app.plan.unit.kill_signal) };
         app.message = match (launch_failure, reason) {
             (Some(failure), _) => failure,
             (None, Some(StopReason::NotReady)) => {

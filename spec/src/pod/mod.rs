@@ -197,6 +197,8 @@ pub enum ImageSource {
     /// a name ending in `.aci`. A relative path is kept as written; stage0
     /// resolves it.
     File(String),
+    /// An OCI image: `docker://`, `oci:`, `oci-archive:`, `docker-archive:`.
+    Oci(crate::oci::OciSource),
 }
 
 impl ImageSource {

@@ -93,8 +93,11 @@ pub(super) fn image(s: &str) -> Result<ImageSource, String> {
     if s.starts_with("https://") || s.starts_with("http://") {
         return Ok(ImageSource::Url(s.to_owned()));
     }
+    if crate::oci::OciSource::is_oci(s) {
+        return crate::oci::OciSource::parse(s).map(ImageSource::Oci).map_err(|e| bad(&e));
+    }
     if s.contains("://") {
-        return Err(bad("only file://, https:// and http:// URLs are supported"));
+        return Err(bad("only file://, https://, http:// and docker:// URLs are supported"));
     }
     if s.ends_with(".aci") || s.starts_with('/') || s.starts_with('.') {
         return Ok(ImageSource::File(s.to_owned()));
@@ -194,6 +197,9 @@ mod tests {
         assert_eq!(labels.get("version").map(String::as_str), Some("7.0"));
         assert_eq!(labels.get("arch").map(String::as_str), Some("amd64"));
         assert_eq!(image("./redis.aci"), Ok(ImageSource::File("./redis.aci".into())));
+        assert!(matches!(image("docker://127.0.0.1:5000/web:1.0"), Ok(ImageSource::Oci(_))));
+        assert!(image("docker://127.0.0.1:5000/Web").is_err());
+        assert!(matches!(image("oci:/srv/layout:1"), Ok(ImageSource::Oci(_))));
         assert_eq!(image("file:///i/r.aci"), Ok(ImageSource::File("/i/r.aci".into())));
         assert_eq!(image("https://h/r.aci"), Ok(ImageSource::Url("https://h/r.aci".into())));
         for bad in ["Example.com/x", "x:", "x,k", "x,version=1,version=2", "ftp://h/x", "x:1,version=2"] {

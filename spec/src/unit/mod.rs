@@ -108,6 +108,28 @@ pub const DEFAULT_RESTART_SEC: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT_STOP: Duration = Duration::from_secs(10);
 pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// SIGTERM's number on Linux.
+pub const SIGTERM: i32 = 15;
+
+/// A signal by name (`SIGQUIT`, `QUIT`, any case) or number (1-64), as
+/// OCI image configs and systemd's `KillSignal=` write them.
+pub fn signal_number(s: &str) -> Option<i32> {
+    const NAMES: [&str; 31] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM",
+        "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF",
+        "WINCH", "IO", "PWR", "SYS",
+    ];
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if let Some(rest) = name.strip_prefix("RTMIN+") {
+        return rest.parse::<i32>().ok().filter(|n| (0..=30).contains(n)).map(|n| 34 + n);
+    }
+    NAMES.iter().position(|n| *n == name).and_then(|i| i32::try_from(i + 1).ok())
+}
+
 /// One app's unit: what to run, as whom, in which order, and how to supervise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit {
@@ -124,6 +146,9 @@ pub struct Unit {
     pub restart: Restart,
     pub restart_sec: Duration,
     pub timeout_stop: Duration,
+    /// `KillSignal=`: what stopping the app sends first (default SIGTERM;
+    /// an OCI image's StopSignal), SIGKILL after `TimeoutStopSec`.
+    pub kill_signal: i32,
     pub readiness: Option<Readiness>,
     /// `[X-Pod] Cgroup=`: cgroup directories (paths inside the pod root)
     /// the app's process joins before exec, by writing its pid into each
@@ -258,6 +283,7 @@ impl Unit {
             restart: Restart::No,
             restart_sec: DEFAULT_RESTART_SEC,
             timeout_stop: DEFAULT_TIMEOUT_STOP,
+            kill_signal: SIGTERM,
             readiness: None,
             cgroups: Vec::new(),
             capabilities: DEFAULT_CAPS,
@@ -325,6 +351,7 @@ impl Unit {
                     "Restart",
                     "RestartSec",
                     "TimeoutStopSec",
+                    "KillSignal",
                 ][..],
                 Section::Pod => {
                     &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup", "Capabilities", "SeccompFilter"]
@@ -439,6 +466,10 @@ impl Unit {
                 }
                 "RestartSec" => unit.restart_sec = duration(false)?,
                 "TimeoutStopSec" => unit.timeout_stop = duration(true)?,
+                "KillSignal" => {
+                    unit.kill_signal = signal_number(value)
+                        .ok_or_else(|| invalid("expected a signal name (SIGQUIT) or number (1-64)"))?;
+                }
                 "ReadinessTimeoutSec" => readiness_timeout = Some((duration(true)?, lineno, value)),
                 "ReadinessTCP" => {
                     readiness_check = Some(ReadinessCheck::Tcp(
@@ -511,6 +542,9 @@ impl Unit {
         line(&mut out, "Restart", restart);
         line(&mut out, "RestartSec", &render_duration(self.restart_sec));
         line(&mut out, "TimeoutStopSec", &render_duration(self.timeout_stop));
+        if self.kill_signal != SIGTERM {
+            line(&mut out, "KillSignal", &self.kill_signal.to_string());
+        }
         out.push_str("[X-Pod]\n");
         if !self.cgroups.is_empty() {
             line(&mut out, "Cgroup", &join_words(&self.cgroups));

@@ -226,3 +226,24 @@ fn description_carriage_return_round_trips() {
     assert_eq!(u.description.as_deref(), Some("a  b"));
     assert_eq!(Unit::parse(&u.render(), "r").expect("round trip"), u);
 }
+
+#[test]
+fn kill_signal_by_name_or_number() {
+    assert_eq!(signal_number("SIGQUIT"), Some(3));
+    assert_eq!(signal_number("quit"), Some(3));
+    assert_eq!(signal_number("9"), Some(9));
+    assert_eq!(signal_number("SIGRTMIN+3"), Some(37));
+    assert_eq!(signal_number("SIGWINCH"), Some(28));
+    for bad in ["", "0", "65", "SIGNOPE", "-1"] {
+        assert_eq!(signal_number(bad), None, "{bad}");
+    }
+    let text = "[Service]\nExecStart=/bin/x\nKillSignal=SIGQUIT\n";
+    let unit = Unit::parse(text, "x.unit").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(unit.kill_signal, 3);
+    let again = Unit::parse(&unit.render(), "x.unit").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again, unit);
+    assert!(Unit::parse("[Service]\nExecStart=/bin/x\nKillSignal=NOPE\n", "x.unit").is_err());
+    // The default is not written.
+    let plain = Unit::parse("[Service]\nExecStart=/bin/x\n", "x.unit").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!plain.render().contains("KillSignal"));
+}

@@ -1,0 +1,202 @@
+//! `pod fetch` of OCI sources: picks the [`BlobSource`] (a registry, a
+//! layout, an archive unpacked into staging), the name the image is stored
+//! and trusted under, and how its signature is checked, then pulls it.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use spec::oci::{OciSource, Reference};
+use spec::{ImageId, ImageName};
+
+use super::{FetchError, Fetcher, PullPolicy};
+use crate::oci::layout::{self, DockerArchiveSource, LayoutSource};
+use crate::oci::pull::{self, Platform, Request, Verify};
+use crate::oci::OciError;
+use crate::store::{ImageMeta, StoreError};
+
+/// Largest detached payload or signature file read.
+const MAX_SIGNATURE_FILE: u64 = 64 << 10;
+
+impl Fetcher<'_> {
+    /// Fetches an OCI image; returns it and whether this call added it.
+    pub(super) fn fetch_oci(&mut self, src: &OciSource) -> Result<(ImageMeta, bool), FetchError> {
+        let (store, _, opts) = self.parts();
+        let platform = opts.platform.clone().unwrap_or_else(Platform::host);
+        let progress = opts.progress;
+        let limits = opts.limits.clone();
+        let location = src.to_string();
+        let request = |name: ImageName, reference: String, tag: Option<String>, verify| Request {
+            name,
+            reference,
+            tag,
+            location: location.clone(),
+            platform: platform.clone(),
+            verify,
+            limits: limits.clone(),
+            progress,
+        };
+        match src {
+            OciSource::Registry(r) => {
+                if let Some(hit) = self.stored(r, &platform)? {
+                    return Ok((hit, false));
+                }
+                let (store, trust, opts) = self.parts();
+                let verify = if opts.insecure.image { Verify::Skip } else { Verify::Attached(trust) };
+                let source = crate::oci::registry_source::RegistrySource::new(r, opts)?;
+                let req = request(r.name(), r.reference().to_owned(), r.tag.clone(), verify);
+                let pulled = pull::pull(store, &source, &req)?;
+                Ok((pulled.meta, pulled.added))
+            }
+            OciSource::Layout { dir, tag } => {
+                let source = LayoutSource::open(Path::new(dir), location.clone())?;
+                let (name, verify) = self.local_identity(Path::new(dir), None)?;
+                let req = request(name, tag.clone().unwrap_or_default(), tag.clone(), verify);
+                let pulled = pull::pull(store, &source, &req)?;
+                Ok((pulled.meta, pulled.added))
+            }
+            OciSource::OciArchive { file, tag } => {
+                let staging = store.staging("oci-archive")?;
+                let dir = staging.path().join("layout");
+                fs::create_dir(&dir).map_err(OciError::io("create directory", &dir))?;
+                layout::unpack_archive(Path::new(file), &dir, &limits, &location)?;
+                let source = LayoutSource::open(&dir, location.clone())?;
+                let (name, verify) = self.local_identity(Path::new(file), None)?;
+                let req = request(name, tag.clone().unwrap_or_default(), tag.clone(), verify);
+                let pulled = pull::pull(store, &source, &req)?;
+                Ok((pulled.meta, pulled.added))
+            }
+            OciSource::DockerArchive { file, name } => {
+                let staging = store.staging("docker-archive")?;
+                let dir = staging.path().join("archive");
+                fs::create_dir(&dir).map_err(OciError::io("create directory", &dir))?;
+                layout::unpack_archive(Path::new(file), &dir, &limits, &location)?;
+                let source = DockerArchiveSource::open(&dir, name.as_deref(), location.clone())?;
+                let named =
+                    source.repo_tag.as_deref().map(Reference::parse).transpose().map_err(|why| OciError::Invalid {
+                        location: location.clone(),
+                        why: format!("RepoTags: {why}"),
+                    })?;
+                let (image_name, verify) = self.local_identity(Path::new(file), named.as_ref())?;
+                let tag = named.and_then(|n| n.tag);
+                let req = request(image_name, String::new(), tag, verify);
+                let pulled = pull::pull(store, &source, &req)?;
+                Ok((pulled.meta, pulled.added))
+            }
+        }
+    }
+
+    /// A registry image already in the store, as the pull policy allows:
+    /// by digest, or by name and tag for this platform.
+    fn stored(&self, r: &Reference, platform: &Platform) -> Result<Option<ImageMeta>, FetchError> {
+        let (store, _, opts) = self.parts();
+        if let Some(d) = &r.digest {
+            let id: ImageId =
+                d.parse().map_err(|e| OciError::Invalid { location: r.to_string(), why: format!("{e}") })?;
+            match store.meta(&id) {
+                Ok(m) => return Ok(Some(m)),
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else if opts.pull != PullPolicy::Always {
+            let name = r.name();
+            let hit = store.list()?.into_iter().find(|m| {
+                m.oci.is_some()
+                    && m.name == name
+                    && m.labels.get("version") == r.tag.as_ref()
+                    && m.labels.get("arch") == Some(&platform.arch)
+                    && m.labels.get("os") == Some(&platform.os)
+            });
+            if hit.is_some() {
+                return Ok(hit);
+            }
+        }
+        if opts.pull == PullPolicy::Never {
+            return Err(StoreError::NotFound(format!("{r} (pull policy: never)")).into());
+        }
+        Ok(None)
+    }
+
+    /// The name a local image is stored under and how it is verified: a
+    /// detached signature's payload names it (and must be trusted for that
+    /// name); without one, only `--insecure-options=image` lets it in, under
+    /// the archive's own name or `localhost/<file name>`.
+    fn local_identity(&self, path: &Path, named: Option<&Reference>) -> Result<(ImageName, Verify<'_>), FetchError> {
+        let (_, trust, opts) = self.parts();
+        let location = path.display().to_string();
+        if let Some(sig_path) = &opts.signature {
+            let payload_path = payload_path(sig_path);
+            let signature = read_small(sig_path)?;
+            let payload = read_small(&payload_path)?;
+            let reference = payload_reference(&payload)
+                .map_err(|why| OciError::Invalid { location: payload_path.display().to_string(), why })?;
+            return Ok((reference.name(), Verify::Detached { trust, payload, signature }));
+        }
+        if !opts.insecure.image {
+            return Err(OciError::Signature(format!(
+                "{location} carries no signature pod can check: pass --signature FILE (cosign's signature of the \
+                 simple-signing payload beside it, FILE without .sig), or --insecure-options=image to skip \
+                 verification (not recommended)"
+            ))
+            .into());
+        }
+        let name = match named {
+            Some(r) => r.name(),
+            None => {
+                let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+                let clean: String = stem
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+                    .collect::<String>()
+                    .split('-')
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("-");
+                let clean = if clean.is_empty() { "image".to_owned() } else { clean };
+                ImageName::new(format!("localhost/{clean}"))
+                    .map_err(|e| OciError::Invalid { location: location.clone(), why: e.to_string() })?
+            }
+        };
+        Ok((name, Verify::Skip))
+    }
+}
+
+fn read_small(path: &Path) -> Result<Vec<u8>, FetchError> {
+    let f = fs::File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => FetchError::Missing(path.display().to_string()),
+        _ => FetchError::Io { op: "open", path: path.to_owned(), source: e },
+    })?;
+    if !f.metadata().map_err(|e| FetchError::Io { op: "inspect", path: path.to_owned(), source: e })?.is_file() {
+        return Err(OciError::Invalid { location: path.display().to_string(), why: "not a regular file".into() }.into());
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_SIGNATURE_FILE + 1).read_to_end(&mut bytes).map_err(|e| FetchError::Io {
+        op: "read",
+        path: path.to_owned(),
+        source: e,
+    })?;
+    if bytes.len() as u64 > MAX_SIGNATURE_FILE {
+        return Err(OciError::Invalid {
+            location: path.display().to_string(),
+            why: format!("larger than {MAX_SIGNATURE_FILE} bytes"),
+        }
+        .into());
+    }
+    Ok(bytes)
+}
+
+/// The `docker-reference` of a simple-signing payload.
+fn payload_reference(payload: &[u8]) -> Result<Reference, String> {
+    let v: serde_json::Value = serde_json::from_slice(payload).map_err(|e| format!("not a signing payload: {e}"))?;
+    let r = v
+        .pointer("/critical/identity/docker-reference")
+        .and_then(|x| x.as_str())
+        .ok_or("the payload has no critical.identity.docker-reference")?;
+    Reference::parse(r)
+}
+
+/// Where the payload of a detached signature is: the signature's path
+/// without `.sig`.
+fn payload_path(sig: &Path) -> PathBuf {
+    sig.with_extension("")
+}
