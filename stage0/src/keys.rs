@@ -393,14 +393,20 @@ pub fn write_keypair(dir: &Path, name: &str, key: &SigningKey, comment: &str) ->
 /// Loads a private key, refusing one that group or others can read or
 /// write, or that another user owns.
 pub fn load_secret(path: &Path) -> Result<SigningKey, KeyError> {
+    check_secret_file(path)?;
+    let (seed, _) = parse_line(&read_small(path)?, SECRET_TAG, path, "private key")?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The rule for any private key file (pod's or cosign's): no access for
+/// group or others, owned by root or the user running pod.
+pub fn check_secret_file(path: &Path) -> Result<(), KeyError> {
     let meta = fs::metadata(path).map_err(io_err("stat", path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Permissions { path: path.to_owned(), mode });
     }
-    check_owner_only(path, "private key file")?;
-    let (seed, _) = parse_line(&read_small(path)?, SECRET_TAG, path, "private key")?;
-    Ok(SigningKey::from_bytes(&seed))
+    check_owner_only(path, "private key file")
 }
 
 /// A parsed signature file.
