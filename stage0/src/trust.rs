@@ -433,7 +433,7 @@ a0evC8SdEsaa5OQm6Wdgfcro8JaKPAXGBD6q0XTasMYmWKLHz7bNuAbrbQ==
             ]
         );
         let for_web = store.keys_for("127.0.0.1:5000/team/web").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(for_web.iter().map(|t| t.key.id.clone()).collect::<Vec<_>>(), [k.id.clone()]);
+        assert_eq!(for_web.iter().map(|t| &t.key.id).collect::<Vec<_>>(), [&k.id]);
         assert!(store.keys_for("127.0.0.1:5000/teamx/web").unwrap_or_else(|e| panic!("{e}")).is_empty());
         assert_eq!(store.remove(k.id.as_str(), Some(&team)).ok(), Some(1));
     }

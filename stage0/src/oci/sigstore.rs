@@ -30,7 +30,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use p256::ecdsa::signature::Signer;
 
-pub use key::{password, CosignKeyError, CosignPrivateKey};
+pub use key::{password, CosignKeyError, CosignPrivateKey, PASSWORD_ENV};
 pub use manifest::{
     add_signature, parse_signature_manifest, signature_manifest, SignatureLayer, SignatureManifest,
     MAX_SIGNATURE_LAYERS, MAX_SIGNATURE_MANIFEST,

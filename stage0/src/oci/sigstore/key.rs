@@ -183,8 +183,11 @@ impl CosignPrivateKey {
     pub fn public_key(&self) -> PublicKey {
         let material = KeyMaterial::EcdsaP256(*self.key.verifying_key());
         // An ECDSA key always has an SPKI encoding, hence an ID.
-        PublicKey::from_material(material.clone())
-            .unwrap_or_else(|| PublicKey { key: material, id: keys::KeyId::of_spki(&[]), comment: String::new() })
+        PublicKey::from_material(material.clone()).unwrap_or_else(|| PublicKey {
+            key: material,
+            id: keys::KeyId::of_spki(&[]),
+            comment: String::new(),
+        })
     }
 
     /// Loads `path`, refusing a file group or others can access (as pod's

@@ -198,21 +198,29 @@ pub fn add_signature(
 ) -> Result<SignatureManifest, SignatureError> {
     let bad = |why: String| SignatureError::Manifest { image: image.to_owned(), why };
     if existing.len() > MAX_SIGNATURE_MANIFEST {
-        return Err(bad(format!("{} bytes, more than the {} MiB allowed", existing.len(), MAX_SIGNATURE_MANIFEST >> 20)));
+        return Err(bad(format!(
+            "{} bytes, more than the {} MiB allowed",
+            existing.len(),
+            MAX_SIGNATURE_MANIFEST >> 20
+        )));
     }
     let manifest = ImageManifest::from_reader(existing).map_err(|e| bad(format!("not an OCI image manifest: {e}")))?;
     let new = payload_layer(payload, signature_b64);
     let mut layers = Vec::new();
     for l in manifest.layers() {
-        let annotations: BTreeMap<String, String> =
-            l.annotations().as_ref().map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let annotations: BTreeMap<String, String> = l
+            .annotations()
+            .as_ref()
+            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         let d = Descriptor {
             media_type: l.media_type().to_string(),
             size: l.size(),
             digest: l.digest().to_string(),
             annotations,
         };
-        if d.digest == new.digest && d.annotations.get(SIGNATURE_ANNOTATION) == new.annotations.get(SIGNATURE_ANNOTATION)
+        if d.digest == new.digest
+            && d.annotations.get(SIGNATURE_ANNOTATION) == new.annotations.get(SIGNATURE_ANNOTATION)
         {
             return Ok(SignatureManifest { manifest: existing.to_vec(), blobs: BTreeMap::new(), added: false });
         }

@@ -133,23 +133,23 @@ fn verify_failures_are_distinct() {
         e
     };
     let none: &[(Vec<u8>, Vec<u8>)] = &[];
-    assert!(matches!(check(&[team.clone()], none), SignatureError::Unsigned { .. }));
+    assert!(matches!(check(std::slice::from_ref(&team), none), SignatureError::Unsigned { .. }));
     // Tampered payload (one byte of the digest changed).
     let mut tampered = payload.clone();
     let at = tampered.len() - 30;
     tampered[at] ^= 1;
-    let e = check(&[team.clone()], &[(tampered, good.clone())]);
+    let e = check(std::slice::from_ref(&team), &[(tampered, good.clone())]);
     assert!(matches!(e, SignatureError::BadSignature { .. }), "{e}");
     assert!(e.to_string().contains(team.key.id.as_str()), "{e}");
     // Validly signed, but for another digest: both named.
     let for_other = simple_signing_payload(IMAGE, OTHER_DIGEST);
-    let e = check(&[team.clone()], &[(for_other.clone(), sig_bytes(&sign(&key, &for_other)))]);
+    let e = check(std::slice::from_ref(&team), &[(for_other.clone(), sig_bytes(&sign(&key, &for_other)))]);
     assert!(matches!(e, SignatureError::WrongDigest { .. }), "{e}");
     assert!(e.to_string().contains(DIGEST) && e.to_string().contains(OTHER_DIGEST), "{e}");
     // Validly signed for another repository (and a name that only shares a prefix).
     for name in ["127.0.0.1:5000/team/db", "127.0.0.1:5000/team/webx", "127.0.0.1:5000/team/web/x"] {
         let p = simple_signing_payload(name, DIGEST);
-        let e = check(&[team.clone()], &[(p.clone(), sig_bytes(&sign(&key, &p)))]);
+        let e = check(std::slice::from_ref(&team), &[(p.clone(), sig_bytes(&sign(&key, &p)))]);
         assert!(matches!(e, SignatureError::WrongName { .. }), "{e}");
         assert!(e.to_string().contains(name), "{e}");
     }
@@ -160,14 +160,14 @@ fn verify_failures_are_distinct() {
     assert!(matches!(e, SignatureError::NotTrustedForName { .. }), "{e}");
     assert!(e.to_string().contains(elsewhere.key.id.as_str()) && e.to_string().contains("127.0.0.1:5000/other/"));
     // Signed by a key not in the store at all.
-    let e = check(&[team.clone()], &[(payload.clone(), by_other.clone())]);
+    let e = check(std::slice::from_ref(&team), &[(payload.clone(), by_other.clone())]);
     assert!(matches!(e, SignatureError::BadSignature { .. }), "{e}");
     // No key trusted for the name at all.
-    let e = check(&[elsewhere.clone()], &[(payload.clone(), good.clone())]);
+    let e = check(std::slice::from_ref(&elsewhere), &[(payload.clone(), good.clone())]);
     assert!(matches!(e, SignatureError::NoTrustedKey { .. }), "{e}");
     // A signature over something that is not a cosign payload.
     let junk = b"{\"critical\":{}}".to_vec();
-    let e = check(&[team.clone()], &[(junk.clone(), sig_bytes(&sign(&key, &junk)))]);
+    let e = check(std::slice::from_ref(&team), &[(junk.clone(), sig_bytes(&sign(&key, &junk)))]);
     assert!(matches!(e, SignatureError::BadPayload { .. }), "{e}");
     // One good signature among bad ones is enough; Root trust covers all.
     let pairs = [(payload.clone(), by_other), (payload.clone(), good.clone())];
@@ -259,7 +259,8 @@ fn signature_manifests() {
 
 /// The cosign binary on PATH (or where `go install` puts it), if any.
 fn cosign() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(Path::new(&home).join("go/bin"));
     }
@@ -280,12 +281,7 @@ fn run_cosign(bin: &Path, dir: &Path, password: &str, args: &[&str]) -> Output {
         .env("TUF_ROOT", dir.join("tuf"))
         .output();
     let out = out.unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    assert!(
-        out.status.success(),
-        "cosign {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "cosign {args:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     out
 }
 
@@ -313,14 +309,16 @@ fn pod_keys_and_signatures_work_in_cosign() {
     let payload = simple_signing_payload(IMAGE, DIGEST);
     ok(fs::write(dir.path().join("payload.json"), &payload));
     // cosign signs with pod's key file...
-    let args = ["sign-blob", "--key", "cosign.key", "--tlog-upload=false", "--output-signature", "c.sig", "payload.json"];
+    let args =
+        ["sign-blob", "--key", "cosign.key", "--tlog-upload=false", "--output-signature", "c.sig", "payload.json"];
     run_cosign(&bin, dir.path(), "pw", &args);
     let c_sig = ok(fs::read_to_string(dir.path().join("c.sig")));
     let keys = [trusted("127.0.0.1:5000/team", &key.public_key().to_file_text())];
     assert!(verify(IMAGE, DIGEST, &keys, &[(payload.clone(), sig_bytes(c_sig.trim()))]).is_ok());
     // ...and accepts pod's signature with pod's public key file.
     ok(fs::write(dir.path().join("p.sig"), sign(&key, &payload)));
-    let args = ["verify-blob", "--key", "cosign.pub", "--signature", "p.sig", "--insecure-ignore-tlog=true", "payload.json"];
+    let args =
+        ["verify-blob", "--key", "cosign.pub", "--signature", "p.sig", "--insecure-ignore-tlog=true", "payload.json"];
     run_cosign(&bin, dir.path(), "", &args);
     // cosign's payload for an image is byte for byte pod's.
     let out = run_cosign(&bin, dir.path(), "", &["generate", &format!("{IMAGE}@{DIGEST}")]);
@@ -336,22 +334,31 @@ fn cosign_signatures_verify_in_pod() {
     let sign_blob = |name: &str, payload: &[u8]| -> Vec<u8> {
         ok(fs::write(dir.path().join(name), payload));
         let sig = format!("{name}.sig");
-        run_cosign(&bin, dir.path(), "x", &["sign-blob", "--key", "cosign.key", "--tlog-upload=false", "--output-signature", &sig, name]);
+        run_cosign(
+            &bin,
+            dir.path(),
+            "x",
+            &["sign-blob", "--key", "cosign.key", "--tlog-upload=false", "--output-signature", &sig, name],
+        );
         sig_bytes(ok(fs::read_to_string(dir.path().join(&sig))).trim())
     };
     let payload = simple_signing_payload(IMAGE, DIGEST);
     let sig = sign_blob("p.json", &payload);
     let team = trusted("127.0.0.1:5000/team/", &pem);
-    assert_eq!(ok(verify(IMAGE, DIGEST, &[team.clone()], &[(payload.clone(), sig.clone())])).key_id, team.key.id);
+    assert_eq!(
+        ok(verify(IMAGE, DIGEST, std::slice::from_ref(&team), &[(payload.clone(), sig.clone())])).key_id,
+        team.key.id
+    );
 
     let mut tampered = payload.clone();
     let at = tampered.len() - 30;
     tampered[at] ^= 1;
-    let e = verify(IMAGE, DIGEST, &[team.clone()], &[(tampered, sig.clone())]).err();
+    let e = verify(IMAGE, DIGEST, std::slice::from_ref(&team), &[(tampered, sig.clone())]).err();
     assert!(matches!(e, Some(SignatureError::BadSignature { .. })), "{e:?}");
-    let e = verify(IMAGE, OTHER_DIGEST, &[team.clone()], &[(payload.clone(), sig.clone())]).err();
+    let e = verify(IMAGE, OTHER_DIGEST, std::slice::from_ref(&team), &[(payload.clone(), sig.clone())]).err();
     assert!(matches!(e, Some(SignatureError::WrongDigest { .. })), "{e:?}");
-    let e = verify("127.0.0.1:5000/team/db", DIGEST, &[team.clone()], &[(payload.clone(), sig.clone())]).err();
+    let e =
+        verify("127.0.0.1:5000/team/db", DIGEST, std::slice::from_ref(&team), &[(payload.clone(), sig.clone())]).err();
     assert!(matches!(e, Some(SignatureError::WrongName { .. })), "{e:?}");
     let elsewhere = trusted("127.0.0.1:5000/other/", &pem);
     let e = verify(IMAGE, DIGEST, &[elsewhere], &[(payload.clone(), sig.clone())]).err();

@@ -174,8 +174,7 @@ pub fn verify<P: AsRef<[u8]>, S: AsRef<[u8]>>(
     if signatures.is_empty() {
         return Err(SignatureError::Unsigned { image: image.to_owned() });
     }
-    let (covering, others): (Vec<&TrustedKey>, Vec<&TrustedKey>) =
-        trusted.iter().partition(|t| t.scope.covers(image));
+    let (covering, others): (Vec<&TrustedKey>, Vec<&TrustedKey>) = trusted.iter().partition(|t| t.scope.covers(image));
     // The most telling failure is kept: a valid signature over the wrong
     // payload beats one by a key trusted elsewhere, which beats none.
     let mut payload_err = None;
@@ -194,8 +193,7 @@ pub fn verify<P: AsRef<[u8]>, S: AsRef<[u8]>>(
             }
         }
         for t in &others {
-            if signature_ok(&t.key.key, payload, sig)
-                && !elsewhere.iter().any(|(k, s)| *k == t.key.id && *s == t.scope)
+            if signature_ok(&t.key.key, payload, sig) && !elsewhere.iter().any(|(k, s)| *k == t.key.id && *s == t.scope)
             {
                 elsewhere.push((t.key.id.clone(), t.scope.clone()));
             }
