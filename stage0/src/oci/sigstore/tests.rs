@@ -183,13 +183,11 @@ fn verify_failures_are_distinct() {
 
 #[test]
 fn signature_encodings_and_ed25519() {
-    let key = ok(CosignPrivateKey::parse(COSIGN_KEY, b"x", Path::new("cosign.key")));
     let payload = simple_signing_payload(IMAGE, DIGEST);
     let der = sig_bytes(COSIGN_SIG);
     let fixed = ok(p256::ecdsa::Signature::from_der(&der)).to_bytes().to_vec();
     let keys = [trusted("", COSIGN_PUB)];
     assert!(verify(IMAGE, DIGEST, &keys, &[(payload.clone(), fixed)]).is_ok(), "r||s accepted");
-    let _ = key;
     // Plain Ed25519 over the payload, for an Ed25519 PEM key.
     let ed = ok(crate::keys::generate());
     let pem = ok(p256::pkcs8::EncodePublicKey::to_public_key_pem(&ed.verifying_key(), p256::pkcs8::LineEnding::LF));
