@@ -13,6 +13,15 @@
 //! Ed25519ph (RFC 8032, SHA-512 prehash) signature with context
 //! `pod-image-v1` over the image file's bytes, exactly as fetched. Prehashing
 //! lets a multi-gigabyte image be signed and verified in one streaming pass.
+//!
+//! Public keys may also be PEM files holding a DER SubjectPublicKeyInfo
+//! (`-----BEGIN PUBLIC KEY-----`), as `cosign generate-key-pair` writes
+//! `cosign.pub`: ECDSA P-256 (cosign's default) or Ed25519. The format is
+//! told from the file's content. A PEM key's ID is the first 20 bytes of
+//! SHA-256 over its DER SubjectPublicKeyInfo (re-encoded canonically, so an
+//! EC point given compressed gets the same ID), in hex. Those keys verify
+//! cosign signatures (see `oci::sigstore`); other algorithms (RSA, P-384,
+//! P-521) are refused by name rather than half-supported.
 
 use std::fmt;
 use std::fs;
@@ -23,6 +32,8 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use p256::pkcs8::der::Document;
+use p256::pkcs8::{DecodePublicKey, EncodePublicKey, LineEnding, ObjectIdentifier, SubjectPublicKeyInfoRef};
 use sha2::{Digest, Sha256};
 
 use crate::exit::{Exit, ExitCodeOf};
@@ -35,6 +46,15 @@ const SIG_TAG: &str = "pod-ed25519-signature";
 const CONTEXT: &[u8] = b"pod-image-v1";
 /// Key and signature files are tiny; anything larger is not one.
 const MAX_KEY_FILE: u64 = 4096;
+const PEM_PUBLIC_LABEL: &str = "PUBLIC KEY";
+
+// Algorithm OIDs of a SubjectPublicKeyInfo (RFC 5480, RFC 8410, RFC 3279).
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const OID_P521: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.35");
+const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+const OID_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -57,6 +77,12 @@ pub enum KeyError {
     Writable { path: PathBuf, what: &'static str, mode: u32 },
     #[error("{path}: {what} is owned by uid {uid}, neither root nor the user running pod (uid {me}); chown it")]
     Owner { path: PathBuf, what: &'static str, uid: u32, me: u32 },
+    /// A well-formed key of an algorithm pod does not verify with.
+    #[error(
+        "{path}: {algorithm} keys are not supported; pod trusts ECDSA P-256 keys (what `cosign generate-key-pair` \
+         and `pod key gen --format cosign` write), Ed25519 PEM keys and pod-ed25519 keys"
+    )]
+    Unsupported { path: PathBuf, algorithm: String },
     #[error("{path} already exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
     #[error("could not get randomness from the OS: {0}")]
@@ -69,9 +95,11 @@ impl ExitCodeOf for KeyError {
     fn exit(&self) -> Exit {
         match self {
             Self::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Exit::NotFound,
-            Self::Format { .. } | Self::Permissions { .. } | Self::Writable { .. } | Self::Owner { .. } => {
-                Exit::InvalidInput
-            }
+            Self::Format { .. }
+            | Self::Unsupported { .. }
+            | Self::Permissions { .. }
+            | Self::Writable { .. }
+            | Self::Owner { .. } => Exit::InvalidInput,
             Self::Exists { .. } => Exit::Conflict,
             _ => Exit::Failure,
         }
@@ -87,8 +115,16 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Key
 pub struct KeyId(String);
 
 impl KeyId {
+    /// The ID of a pod-ed25519 key: over its 32 raw bytes.
     pub fn of(key: &VerifyingKey) -> Self {
-        let digest = Sha256::digest(key.as_bytes());
+        Self::of_bytes(key.as_bytes())
+    }
+    /// The ID of a PEM key: over its DER SubjectPublicKeyInfo.
+    pub fn of_spki(der: &[u8]) -> Self {
+        Self::of_bytes(der)
+    }
+    fn of_bytes(b: &[u8]) -> Self {
+        let digest = Sha256::digest(b);
         Self(hex::encode(&digest[..20]))
     }
     pub fn as_str(&self) -> &str {
@@ -107,39 +143,113 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// A public key with its ID and the comment from its file.
+/// The kinds of public key pod trusts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A `pod-ed25519-public` line: signs ACI images (Ed25519ph).
+    PodEd25519,
+    /// An Ed25519 key in SPKI PEM.
+    Ed25519,
+    /// An ECDSA P-256 key in SPKI PEM (cosign's default).
+    EcdsaP256,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PodEd25519 => "pod-ed25519",
+            Self::Ed25519 => "ed25519",
+            Self::EcdsaP256 => "ecdsa-p256",
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The key itself, by kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMaterial {
+    PodEd25519(VerifyingKey),
+    Ed25519(VerifyingKey),
+    EcdsaP256(p256::ecdsa::VerifyingKey),
+}
+
+impl KeyMaterial {
+    pub fn kind(&self) -> KeyKind {
+        match self {
+            Self::PodEd25519(_) => KeyKind::PodEd25519,
+            Self::Ed25519(_) => KeyKind::Ed25519,
+            Self::EcdsaP256(_) => KeyKind::EcdsaP256,
+        }
+    }
+    /// The DER SubjectPublicKeyInfo of a PEM key; `None` for pod-ed25519.
+    pub fn spki_der(&self) -> Option<Vec<u8>> {
+        let doc = match self {
+            Self::PodEd25519(_) => return None,
+            Self::Ed25519(k) => k.to_public_key_der(),
+            Self::EcdsaP256(k) => k.to_public_key_der(),
+        };
+        // Encoding a valid key into a buffer sized by the encoder only fails
+        // on allocation; an ID-less key would be worse than a visible None.
+        doc.ok().map(|d| d.as_bytes().to_vec())
+    }
+}
+
+/// A public key with its ID and the comment from its file (PEM keys have
+/// none).
 #[derive(Debug, Clone)]
 pub struct PublicKey {
-    pub key: VerifyingKey,
+    pub key: KeyMaterial,
     pub id: KeyId,
     pub comment: String,
 }
 
 impl PublicKey {
+    /// A pod-ed25519 key.
     pub fn new(key: VerifyingKey, comment: impl Into<String>) -> Self {
-        Self { id: KeyId::of(&key), key, comment: comment.into() }
+        Self { id: KeyId::of(&key), key: KeyMaterial::PodEd25519(key), comment: comment.into() }
     }
-    /// The key file line.
-    pub fn to_line(&self) -> String {
-        let mut s = format!("{PUBLIC_TAG} {}", B64.encode(self.key.as_bytes()));
-        if !self.comment.is_empty() {
-            s.push(' ');
-            s.push_str(&self.comment);
+    /// A PEM key (ECDSA P-256 or Ed25519); `None` for a pod-ed25519 key.
+    pub fn from_material(key: KeyMaterial) -> Option<Self> {
+        let id = KeyId::of_spki(&key.spki_der()?);
+        Some(Self { key, id, comment: String::new() })
+    }
+    pub fn kind(&self) -> KeyKind {
+        self.key.kind()
+    }
+    /// The key file's text: the one line of a pod-ed25519 key, or the PEM
+    /// block of any other.
+    pub fn to_file_text(&self) -> String {
+        match &self.key {
+            KeyMaterial::PodEd25519(key) => {
+                let mut s = format!("{PUBLIC_TAG} {}", B64.encode(key.as_bytes()));
+                if !self.comment.is_empty() {
+                    s.push(' ');
+                    s.push_str(&self.comment);
+                }
+                s.push('\n');
+                s
+            }
+            KeyMaterial::Ed25519(_) | KeyMaterial::EcdsaP256(_) => self
+                .key
+                .spki_der()
+                .and_then(|der| Document::try_from(der).ok())
+                .and_then(|doc| doc.to_pem(PEM_PUBLIC_LABEL, LineEnding::LF).ok())
+                .unwrap_or_default(),
         }
-        s.push('\n');
-        s
     }
-    /// Parses a public key file's text; `path` only names it in errors.
+    /// Parses a public key file's text, a pod-ed25519 line or a PEM
+    /// SubjectPublicKeyInfo; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, KeyError> {
-        let (bytes, comment) = parse_line(text, PUBLIC_TAG, path, "public key")?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::Format {
-            path: path.to_owned(),
-            what: "public key",
-            why: e.to_string(),
-        })?;
-        if key.is_weak() {
-            return Err(KeyError::Format { path: path.to_owned(), what: "public key", why: "weak key".into() });
+        if text.contains("-----BEGIN ") {
+            return parse_pem(text, path);
         }
+        let (bytes, comment) = parse_line(text, PUBLIC_TAG, path, "public key")?;
+        let key = ed25519_from_bytes(&bytes, path)?;
         Ok(Self::new(key, comment))
     }
     pub fn load(path: &Path) -> Result<Self, KeyError> {
@@ -152,6 +262,54 @@ impl PublicKey {
         check_owner_only(path, "public key file")?;
         Self::load(path)
     }
+}
+
+fn ed25519_from_bytes(bytes: &[u8; 32], path: &Path) -> Result<VerifyingKey, KeyError> {
+    let bad = |why: String| KeyError::Format { path: path.to_owned(), what: "public key", why };
+    let key = VerifyingKey::from_bytes(bytes).map_err(|e| bad(e.to_string()))?;
+    if key.is_weak() {
+        return Err(bad("weak key".into()));
+    }
+    Ok(key)
+}
+
+/// A PEM SubjectPublicKeyInfo: exactly one `PUBLIC KEY` block.
+fn parse_pem(text: &str, path: &Path) -> Result<PublicKey, KeyError> {
+    let bad = |why: String| KeyError::Format { path: path.to_owned(), what: "public key", why };
+    let unsupported = |algorithm: &str| KeyError::Unsupported { path: path.to_owned(), algorithm: algorithm.into() };
+    let (label, der) =
+        p256::pkcs8::der::pem::decode_vec(text.trim().as_bytes()).map_err(|e| bad(format!("malformed PEM: {e}")))?;
+    if label != PEM_PUBLIC_LABEL {
+        let hint = if label.contains("PRIVATE") { "; this is a private key, give its .pub file" } else { "" };
+        return Err(bad(format!("PEM block is {label:?}, expected {PEM_PUBLIC_LABEL:?}{hint}")));
+    }
+    let der = der.as_slice();
+    let spki = SubjectPublicKeyInfoRef::try_from(der).map_err(|e| bad(format!("not a SubjectPublicKeyInfo: {e}")))?;
+    let key = match spki.algorithm.oid {
+        OID_EC_PUBLIC_KEY => {
+            let curve = spki.algorithm.parameters_oid().map_err(|_| bad("EC key without a named curve".into()))?;
+            match curve {
+                OID_P256 => KeyMaterial::EcdsaP256(
+                    p256::ecdsa::VerifyingKey::from_public_key_der(der)
+                        .map_err(|e| bad(format!("invalid P-256 key: {e}")))?,
+                ),
+                OID_P384 => return Err(unsupported("ECDSA P-384")),
+                OID_P521 => return Err(unsupported("ECDSA P-521")),
+                other => return Err(unsupported(&format!("EC (curve {other})"))),
+            }
+        }
+        OID_ED25519 => {
+            let raw: [u8; 32] = spki
+                .subject_public_key
+                .as_bytes()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| bad("Ed25519 key is not 32 bytes".into()))?;
+            KeyMaterial::Ed25519(ed25519_from_bytes(&raw, path)?)
+        }
+        OID_RSA => return Err(unsupported("RSA")),
+        other => return Err(unsupported(&format!("algorithm {other}"))),
+    };
+    PublicKey::from_material(key).ok_or_else(|| bad("cannot re-encode the key".into()))
 }
 
 /// Refuses `path` (a key file, or a directory holding trusted keys) when
@@ -174,7 +332,8 @@ pub fn check_owner_only(path: &Path, what: &'static str) -> Result<(), KeyError>
     Ok(())
 }
 
-fn read_small(path: &Path) -> Result<String, KeyError> {
+/// Reads a key file of at most 4 KiB as text.
+pub(crate) fn read_small(path: &Path) -> Result<String, KeyError> {
     let f = fs::File::open(path).map_err(io_err("open", path))?;
     let mut text = String::new();
     f.take(MAX_KEY_FILE + 1).read_to_string(&mut text).map_err(io_err("read", path))?;
@@ -227,21 +386,27 @@ pub fn write_keypair(dir: &Path, name: &str, key: &SigningKey, comment: &str) ->
         .map_err(io_err("create", &secret_path))?;
     f.write_all(secret_line.as_bytes()).map_err(io_err("write", &secret_path))?;
     f.sync_all().map_err(io_err("sync", &secret_path))?;
-    fs::write(&public_path, public.to_line()).map_err(io_err("write", &public_path))?;
+    fs::write(&public_path, public.to_file_text()).map_err(io_err("write", &public_path))?;
     Ok(public)
 }
 
 /// Loads a private key, refusing one that group or others can read or
 /// write, or that another user owns.
 pub fn load_secret(path: &Path) -> Result<SigningKey, KeyError> {
+    check_secret_file(path)?;
+    let (seed, _) = parse_line(&read_small(path)?, SECRET_TAG, path, "private key")?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The rule for any private key file (pod's or cosign's): no access for
+/// group or others, owned by root or the user running pod.
+pub fn check_secret_file(path: &Path) -> Result<(), KeyError> {
     let meta = fs::metadata(path).map_err(io_err("stat", path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(KeyError::Permissions { path: path.to_owned(), mode });
     }
-    check_owner_only(path, "private key file")?;
-    let (seed, _) = parse_line(&read_small(path)?, SECRET_TAG, path, "private key")?;
-    Ok(SigningKey::from_bytes(&seed))
+    check_owner_only(path, "private key file")
 }
 
 /// A parsed signature file.
@@ -311,8 +476,14 @@ pub fn sign_file(key: &SigningKey, image: &Path) -> Result<PathBuf, KeyError> {
 }
 
 /// True if `sig` is a valid signature by `key` over the prehashed image.
-pub fn verify(key: &VerifyingKey, prehashed: Sha512, sig: &ImageSignature) -> bool {
-    key.verify_prehashed_strict(prehashed, Some(CONTEXT), &sig.signature).is_ok()
+/// Only Ed25519 keys sign pod images; an ECDSA key verifies none.
+pub fn verify(key: &KeyMaterial, prehashed: Sha512, sig: &ImageSignature) -> bool {
+    match key {
+        KeyMaterial::PodEd25519(k) | KeyMaterial::Ed25519(k) => {
+            k.verify_prehashed_strict(prehashed, Some(CONTEXT), &sig.signature).is_ok()
+        }
+        KeyMaterial::EcdsaP256(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -341,7 +512,7 @@ mod tests {
         assert!(verify(&loaded.key, h(b"image bytes"), &sig));
         assert!(!verify(&loaded.key, h(b"image bytez"), &sig));
         let other = generate().unwrap_or_else(|e| panic!("{e}"));
-        assert!(!verify(&other.verifying_key(), h(b"image bytes"), &sig));
+        assert!(!verify(&KeyMaterial::PodEd25519(other.verifying_key()), h(b"image bytes"), &sig));
         assert!(matches!(write_keypair(dir.path(), "k", &key, ""), Err(KeyError::Exists { .. })));
     }
 
@@ -390,5 +561,80 @@ mod tests {
             let err = load_secret(&secret).err().unwrap_or_else(|| panic!("another user's key accepted"));
             assert!(matches!(err, KeyError::Owner { uid: 4242, .. }), "{err}");
         }
+    }
+
+    // Fixed vectors made with openssl (`openssl ec -pubout`, `openssl pkey -pubout`).
+    const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEuUluwuUK3kNZq6kgMSI26oa4icaQ
+a0evC8SdEsaa5OQm6Wdgfcro8JaKPAXGBD6q0XTasMYmWKLHz7bNuAbrbQ==
+-----END PUBLIC KEY-----
+";
+    /// `sha256sum` of the DER above, first 40 hex digits.
+    const P256_ID: &str = "f5549ba424bbce96246c3e5f395d2a43ac572158";
+    /// The same key with its point compressed.
+    const P256_COMPRESSED_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MDkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDIgADuUluwuUK3kNZq6kgMSI26oa4icaQ
+a0evC8SdEsaa5OQ=
+-----END PUBLIC KEY-----
+";
+    const ED25519_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAHlpirpkPfh7k7QURjVWoUu9HXzRfkA/mdKwae5SwWRE=
+-----END PUBLIC KEY-----
+";
+    const P384_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEtrWpNkdJhYySSjahUjkYeMMFkgRHErmK
+x4md83zvUu6hxJZvl3rgtkY81bZ/GT90Zdb1Xth9Vx93/rNWPNonTUoAAyBOc8VX
+mifGG/6mM1s1ysAAlWJp2gomYCgCAF8k
+-----END PUBLIC KEY-----
+";
+    const RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCYQFDZFRJT9nVghJAdHrDdp3Rh
+3QnNxgJsdTVYRBDjofUi1lCq1Btrk/2WQB8mtB2+UwjScR9kbVFmm1j7IvO7W234
+vuChu2UZwHWRPhVMM4P/SuyjMXVOu2cC4qL6WAhjb63E6WG/liiR1rNA4bs8rt0b
+v5D7PxGPfUC47AyVmwIDAQAB
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn pem_public_keys() {
+        let path = Path::new("cosign.pub");
+        let k = PublicKey::parse(P256_PEM, path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(k.kind(), KeyKind::EcdsaP256);
+        assert_eq!(k.id.as_str(), P256_ID);
+        assert_eq!(k.to_file_text(), P256_PEM, "re-encoded PEM is cosign's");
+        let c = PublicKey::parse(P256_COMPRESSED_PEM, path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.id.as_str(), P256_ID, "the ID does not depend on the point encoding");
+        let e = PublicKey::parse(ED25519_PEM, path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.kind(), KeyKind::Ed25519);
+        assert_eq!(e.to_file_text(), ED25519_PEM);
+        assert_eq!(PublicKey::parse(&e.to_file_text(), path).map(|k| k.id).ok(), Some(e.id));
+        for (pem, algorithm) in [(P384_PEM, "P-384"), (RSA_PEM, "RSA")] {
+            let err = PublicKey::parse(pem, path).err().unwrap_or_else(|| panic!("{algorithm} accepted"));
+            assert!(matches!(err, KeyError::Unsupported { .. }), "{err}");
+            assert_eq!(err.exit(), Exit::InvalidInput);
+            let msg = err.to_string();
+            assert!(msg.contains("cosign.pub") && msg.contains(algorithm), "{msg}");
+        }
+        let private =
+            "-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED SIGSTORE PRIVATE KEY-----\n";
+        let err = PublicKey::parse(private, path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("private key"), "{err}");
+        assert!(PublicKey::parse("-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----\n", path).is_err());
+    }
+
+    #[test]
+    fn pem_keys_follow_the_file_rules() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("cosign.pub");
+        fs::write(&p, P256_PEM).unwrap_or_else(|e| panic!("{e}"));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(PublicKey::load_trusted(&p).map(|k| k.kind()).ok(), Some(KeyKind::EcdsaP256));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(PublicKey::load_trusted(&p), Err(KeyError::Writable { .. })));
+        let big = format!("{P256_PEM}{}", " ".repeat(5000));
+        fs::write(&p, big).unwrap_or_else(|e| panic!("{e}"));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap_or_else(|e| panic!("{e}"));
+        let err = PublicKey::load_trusted(&p).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("too large"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use stage0::build;
 use stage0::exit::{Exit, ExitCodeOf};
 use stage0::fetch::{FetchOptions, Fetcher, ImageRef, Insecure, PullPolicy};
 use stage0::keys;
+use stage0::oci::sigstore;
 use stage0::paths::{Dirs, DEFAULT_CONFIG_DIR, DEFAULT_DATA_DIR};
 use stage0::sources::{Source, Sources};
 use stage0::store::Store;
@@ -142,21 +143,37 @@ pub(crate) struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 enum KeyCmd {
-    /// Generate an ed25519 keypair: NAME.key (mode 0600) and NAME.pub.
+    /// Generate a keypair: NAME.key (mode 0600) and NAME.pub (pod-ed25519),
+    /// or, with --format cosign, cosign.key (encrypted with $COSIGN_PASSWORD
+    /// or a prompted password) and cosign.pub as `cosign generate-key-pair`.
     Gen {
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        format: KeyFormat,
+        /// File name stem (pod-ed25519 only; cosign's are always cosign.*).
         #[arg(long, default_value = "pod")]
         name: String,
+        /// Comment in the key files (pod-ed25519 only).
         #[arg(long, default_value = "")]
         comment: String,
     },
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+enum KeyFormat {
+    /// pod's own Ed25519 keys, for ACI images.
+    #[default]
+    PodEd25519,
+    /// cosign's ECDSA P-256 keys, for OCI images.
+    Cosign,
+}
+
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 struct ScopeArg {
-    /// Trust the key for image names under this prefix (e.g. example.com/).
+    /// Trust the key for image names under this prefix: an appc name prefix
+    /// (example.com/) or a registry one (127.0.0.1:5000/team/, registry.example.com/).
     #[arg(long)]
     prefix: Option<String>,
     /// Trust the key for every image name.
@@ -182,7 +199,8 @@ pub(crate) enum Format {
 
 #[derive(Debug, Subcommand)]
 enum TrustCmd {
-    /// Trust a public key file for a prefix (or --root for all names).
+    /// Trust a public key file for a prefix (or --root for all names): a
+    /// pod-ed25519 .pub, or a PEM key (cosign.pub: ECDSA P-256, or Ed25519).
     Add {
         #[command(flatten)]
         scope: ScopeArg,
@@ -431,11 +449,17 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failed> {
     let dirs = Dirs::new(&cli.dir, &cli.config);
     match cli.command {
-        Command::Key(KeyCmd::Gen { out, name, comment }) => {
+        Command::Key(KeyCmd::Gen { out, format: KeyFormat::PodEd25519, name, comment }) => {
             let key = keys::generate()?;
             let public = keys::write_keypair(&out, &name, &key, &comment)?;
             println!("{}", public.id);
             eprintln!("wrote {0}/{name}.key (keep it secret) and {0}/{name}.pub", out.display());
+        }
+        Command::Key(KeyCmd::Gen { out, format: KeyFormat::Cosign, .. }) => {
+            let password = sigstore::password(std::env::var_os(sigstore::PASSWORD_ENV), true)?;
+            let public = sigstore::CosignPrivateKey::generate()?.write_pair(&out, &password)?;
+            println!("{}", public.id);
+            eprintln!("wrote {0}/cosign.key (keep it secret) and {0}/cosign.pub", out.display());
         }
         Command::Trust(cmd) => trust(&dirs, cmd)?,
         Command::Source(cmd) => source(&dirs, cmd)?,
@@ -469,7 +493,7 @@ fn trust(dirs: &Dirs, cmd: TrustCmd) -> Result<(), Failed> {
         TrustCmd::Add { scope, key } => {
             let scope = scope.scope()?;
             let k = store.add(&scope, &key)?;
-            eprintln!("trusting key {} for {scope}", k.id);
+            eprintln!("trusting {} key {} for {scope}", k.kind(), k.id);
         }
         TrustCmd::List { format } => {
             let list = store.list()?;
@@ -482,6 +506,7 @@ fn trust(dirs: &Dirs, cmd: TrustCmd) -> Result<(), Failed> {
                                 "key": t.key.id.as_str(),
                                 "prefix": match &t.scope { Scope::Root => None, Scope::Prefix(p) => Some(p) },
                                 "root": t.scope == Scope::Root,
+                                "kind": t.key.kind().as_str(),
                                 "comment": t.key.comment,
                             })
                         })
@@ -489,9 +514,9 @@ fn trust(dirs: &Dirs, cmd: TrustCmd) -> Result<(), Failed> {
                     println!("{}", serde_json::Value::Array(v));
                 }
                 Format::Table => {
-                    let mut out = String::from("PREFIX\tKEY\tCOMMENT\n");
+                    let mut out = String::from("PREFIX\tKEY\tKIND\tCOMMENT\n");
                     for t in &list {
-                        out.push_str(&format!("{}\t{}\t{}\n", t.scope, t.key.id, t.key.comment));
+                        out.push_str(&format!("{}\t{}\t{}\t{}\n", t.scope, t.key.id, t.key.kind(), t.key.comment));
                     }
                     print_table(&out);
                 }

@@ -21,6 +21,7 @@ pub mod export;
 pub mod layout;
 pub mod pull;
 pub mod registry_source;
+pub mod sigstore;
 pub mod store;
 pub mod verify;
 
