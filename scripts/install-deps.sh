@@ -17,6 +17,8 @@ packages=(
   curl              # the demo and tests talk to pods
   busybox-static    # stage2-init's tests build app rootfs from /bin/busybox
   qemu-system-x86   # VM pods (stage1-vm); 9p and user-mode networking are built in
+  docker-registry   # OCI tests: a real registry (distribution) on loopback
+  skopeo umoci      # OCI tests: build, push and inspect images without Docker
 )
 
 missing=()
@@ -52,6 +54,10 @@ if [ ! -f "$guest/vmlinuz" ] || [ ! -d "$guest/modules/kernel" ]; then
   mv "$tmp/guest" "$guest"
   rm -rf "$tmp"
 fi
+
+# cosign, the OCI tests' signer, from its Go module (Go is at /usr/local/go;
+# Debian's golang is not installed). Never fails: without it those tests SKIP.
+bash "$(dirname "$0")/build-cosign.sh"
 
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install a Rust toolchain (rustup) first" >&2

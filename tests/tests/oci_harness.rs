@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::fs;
-
 use common::*;
 use serde_json::Value;
 
@@ -40,6 +38,7 @@ fn tls_registry_push_and_inspect_a_two_layer_image_with_a_whiteout() {
     let base = img.layer_entries(0);
     assert!(base.iter().any(|e| e == "etc/gone"), "{base:?}");
     let top = img.layer_entries(1);
+    assert!(!top.iter().any(|e| e == "etc/keep"), "a layer holds only what changed: {top:?}");
     assert!(top.iter().any(|e| e == "etc/.wh.gone"), "the second layer whites out etc/gone: {top:?}");
     let cfg = img.config_json();
     assert_eq!(cfg["config"]["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
@@ -66,6 +65,25 @@ fn tls_registry_push_and_inspect_a_two_layer_image_with_a_whiteout() {
     let (status, body) = reg.get(&format!("/v2/test/two/manifests/{digest}"), OCI_MANIFEST, "");
     assert_eq!(status, 200);
     assert_eq!(sha256_digest(&body), digest);
+}
+
+#[test]
+fn busybox_based_image() {
+    let t = tmp();
+    let reg = or_skip!(Registry::start(&t.path().join("reg"), RegistryOpts::https()));
+    let img = or_skip!(or_skip!(OciImage::new(&t.path().join("layout"), "v1")).busybox())
+        .layer(&[("app/run.sh", b"#!/bin/sh\necho app\n")])
+        .whiteout(&["bin/vi"])
+        .entrypoint(&["/bin/sh", "/app/run.sh"]);
+    assert_eq!(img.layer_count(), 3);
+    let base = img.layer_entries(0);
+    for f in ["bin/busybox", "bin/sh", "bin/vi", "etc/passwd"] {
+        assert!(base.iter().any(|e| e == f), "{f} not in the base layer: {base:?}");
+    }
+    assert!(img.layer_entries(2).iter().any(|e| e == "bin/.wh.vi"));
+    let digest = reg.push(&img, "busybox/app:v1");
+    assert_eq!(reg.inspect("busybox/app:v1", false)["Layers"].as_array().unwrap().len(), 3);
+    assert_eq!(reg.inspect("busybox/app:v1", false)["Digest"], digest.as_str());
 }
 
 #[test]
@@ -181,7 +199,7 @@ fn index_archives_and_raw_storage() {
     let big = padded((4 << 20) - 4096);
     let big_digest = reg.write_manifest_raw("raw/app", "big", &big);
     let (status, body) = reg.get("/v2/raw/app/manifests/big", OCI_MANIFEST, "");
-    assert_eq!(status, 200, "{}", reg.log().lines().filter(|l| l.contains("level=error")).last().unwrap_or(""));
+    assert_eq!(status, 200, "{}", reg.log().lines().rfind(|l| l.contains("level=error")).unwrap_or(""));
     assert_eq!(sha256_digest(&body), big_digest);
     reg.write_manifest_raw("raw/app", "huge", &padded(5 << 20));
     assert_eq!(reg.get("/v2/raw/app/manifests/huge", OCI_MANIFEST, "").0, 500);
@@ -201,4 +219,46 @@ fn index_archives_and_raw_storage() {
     });
     let (status, _) = reg.put_manifest("api/app", "bad", OCI_MANIFEST, &serde_json::to_vec(&bad).unwrap());
     assert_eq!(status, 400, "the registry checks what the API is given");
+}
+
+#[test]
+fn self_signed_and_plain_registries_and_docker_media_types() {
+    let t = tmp();
+    let img = or_skip!(OciImage::new(&t.path().join("layout"), "v1")).layer(&[("hello", b"hello\n")]);
+    for opts in [RegistryOpts::self_signed(), RegistryOpts::http()] {
+        let reg = or_skip!(Registry::start(&t.path().join(format!("reg-{:?}", opts.tls)), opts.clone()));
+        assert_eq!(reg.base_url().starts_with("https://"), opts.tls != Tls::Plain);
+        let digest = reg.push(&img, "app/one:v1");
+        assert_eq!(reg.inspect("app/one:v1", false)["Digest"], digest.as_str());
+        // Docker schema2 media types, as Docker Hub serves most images.
+        let docker = reg.push_ref_with(&img.reference(), "app/docker:v1", &["--format", "v2s2"]);
+        let raw = reg.inspect(&format!("app/docker@{docker}"), true);
+        assert_eq!(raw["mediaType"], "application/vnd.docker.distribution.manifest.v2+json", "{raw}");
+        assert_eq!(raw["layers"][0]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
+    }
+    // The self-signed leaf is not from the test CA.
+    let reg = Registry::start(&t.path().join("reg-again"), RegistryOpts::self_signed()).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--noproxy", "*", "--cacert", p(&reg.ca().cert), &format!("{}/v2/", reg.base_url())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the test CA vouched for the self-signed registry");
+}
+
+#[test]
+fn token_auth_with_anonymous_pull() {
+    let t = tmp();
+    let reg = or_skip!(Registry::start(&t.path().join("reg"), RegistryOpts::https().token_auth().anonymous_pull()));
+    let img = or_skip!(OciImage::new(&t.path().join("layout"), "v1")).layer(&[("hello", b"hello\n")]);
+    assert!(!reg.try_push_ref(&img.reference(), "public/app:v1", false).status.success(), "anonymous push");
+    reg.push(&img, "public/app:v1");
+    let before = reg.token_requests().len();
+    let mut args = vec!["inspect".to_owned()];
+    args.extend(reg.skopeo_opts("", false));
+    args.push(reg.docker_ref("public/app:v1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = skopeo(&args).output().unwrap();
+    assert!(out.status.success(), "anonymous pull: {}", String::from_utf8_lossy(&out.stderr));
+    let anon: Vec<_> = reg.token_requests().into_iter().skip(before).collect();
+    assert!(!anon.is_empty() && anon.iter().all(|r| r.authorization.is_none()), "{anon:?}");
 }

@@ -11,7 +11,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -24,8 +23,16 @@ use super::{openssl, p, Ca};
 
 mod cosign;
 mod image;
+mod raw;
+mod token;
+// Each test file uses a different subset.
+#[allow(unused_imports)]
 pub use cosign::*;
+#[allow(unused_imports)]
 pub use image::*;
+#[allow(unused_imports)]
+pub use token::TokenRequest;
+use token::TokenServer;
 
 /// The registry binary of Debian's `docker-registry` package.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -37,7 +44,7 @@ pub const TOKEN_SERVICE: &str = "pod-e2e-registry";
 pub const TOKEN_ISSUER: &str = "pod-e2e-token-issuer";
 /// The User-Agent of the harness's own token requests, which
 /// `token_requests()` leaves out.
-const HARNESS_AGENT: &str = "pod-e2e-harness";
+pub(crate) const HARNESS_AGENT: &str = "pod-e2e-harness";
 
 /// Why a test cannot run here: a tool is missing. Printed as `SKIP: ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +137,10 @@ pub fn base64(bytes: &[u8]) -> String {
 /// no signature policy, no registries.conf mirrors, no stored logins.
 pub fn skopeo(args: &[&str]) -> Command {
     let mut c = Command::new("skopeo");
-    c.arg("--insecure-policy").args(args).env("CONTAINERS_REGISTRIES_CONF", "/dev/null").env_remove("REGISTRY_AUTH_FILE");
+    c.arg("--insecure-policy")
+        .args(args)
+        .env("CONTAINERS_REGISTRIES_CONF", "/dev/null")
+        .env_remove("REGISTRY_AUTH_FILE");
     no_internet(&mut c);
     c
 }
@@ -199,26 +209,6 @@ impl Default for RegistryOpts {
 
 // ---------------------------------------------------------------------------
 // The registry.
-
-/// One request the token server got.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRequest {
-    pub method: String,
-    /// The path without the query, e.g. `/token`.
-    pub path: String,
-    /// Query parameters (and the form fields of a POST), in order.
-    pub params: Vec<(String, String)>,
-    /// The `Authorization` header as sent.
-    pub authorization: Option<String>,
-    pub user_agent: Option<String>,
-}
-
-impl TokenRequest {
-    /// The values of parameter `name` (`scope` may repeat).
-    pub fn param(&self, name: &str) -> Vec<&str> {
-        self.params.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
-    }
-}
 
 /// A running registry (and token server); both killed on drop.
 #[derive(Debug)]
@@ -437,17 +427,28 @@ impl Registry {
     /// `src` is a skopeo reference (`OciImage::reference()`, `oci-archive:F`,
     /// ...). Returns the pushed manifest's digest.
     pub fn push_ref(&self, src: &str, dest: &str) -> String {
-        let out = self.try_push_ref(src, dest, true);
+        self.push_ref_with(src, dest, &[])
+    }
+
+    /// `push_ref` with more `skopeo copy` options, e.g.
+    /// `["--format", "v2s2"]` (Docker schema2 media types) or
+    /// `["--dest-compress-format", "zstd"]`.
+    pub fn push_ref_with(&self, src: &str, dest: &str, extra: &[&str]) -> String {
+        let out = self.try_push_ref_with(src, dest, true, extra);
         assert!(out.status.success(), "skopeo copy {src} -> {dest} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let digest = fs::read_to_string(self.dir.join("push.digest")).unwrap();
-        digest.trim().to_owned()
+        fs::read_to_string(self.dir.join("push.digest")).unwrap().trim().to_owned()
     }
 
     /// The same push, with or without the test credentials, not asserted.
     pub fn try_push_ref(&self, src: &str, dest: &str, creds: bool) -> Output {
+        self.try_push_ref_with(src, dest, creds, &[])
+    }
+
+    fn try_push_ref_with(&self, src: &str, dest: &str, creds: bool, extra: &[&str]) -> Output {
         let digestfile = self.dir.join("push.digest");
         let _ = fs::remove_file(&digestfile);
         let mut args: Vec<String> = vec!["copy".into(), "--all".into(), "--digestfile".into(), p(&digestfile).into()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         args.extend(self.skopeo_opts("dest", creds));
         args.push(src.to_owned());
         args.push(self.docker_ref(dest));
@@ -471,168 +472,6 @@ impl Registry {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         serde_json::from_str(&run_ok(&mut skopeo(&args))).unwrap()
     }
-
-    // -- Raw access, for hostile tests ---------------------------------------
-
-    /// A curl command for `path` on the registry (with a bearer token for
-    /// `scope`, e.g. `repository:REPO:pull,push`, under token auth).
-    pub fn curl(&self, path: &str, scope: &str) -> Command {
-        let mut c = Command::new("curl");
-        c.args(["-sS", "--noproxy", "*", "-A", HARNESS_AGENT]);
-        if let Some(t) = &self.trust {
-            c.args(["--cacert", p(t)]);
-        }
-        if self.token.is_some() {
-            c.args(["-H", &format!("Authorization: Bearer {}", self.token_for(scope))]);
-        }
-        c.arg(format!("{}{path}", self.base_url()));
-        c
-    }
-
-    /// A token from the token server for `scope`, with the test credentials.
-    pub fn token_for(&self, scope: &str) -> String {
-        let realm = self.realm().expect("no token server");
-        let url = format!("{realm}?service={TOKEN_SERVICE}&scope={scope}");
-        let out = run_ok(Command::new("curl").args([
-            "-sSf",
-            "--noproxy",
-            "*",
-            "-A",
-            HARNESS_AGENT,
-            "--cacert",
-            p(&self.ca.cert),
-            "-u",
-            &format!("{TEST_USER}:{TEST_PASSWORD}"),
-            &url,
-        ]));
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["token"].as_str().unwrap().to_owned()
-    }
-
-    /// Uploads `bytes` as a blob of `repo` through the API; returns its digest.
-    pub fn put_blob(&self, repo: &str, bytes: &[u8]) -> String {
-        let digest = sha256_digest(bytes);
-        let scope = format!("repository:{repo}:pull,push");
-        let headers = run_ok(self.curl(&format!("/v2/{repo}/blobs/uploads/"), &scope).args([
-            "-X",
-            "POST",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-        ]));
-        let location = headers
-            .lines()
-            .find_map(|l| l.strip_prefix("Location: ").or_else(|| l.strip_prefix("location: ")))
-            .unwrap_or_else(|| panic!("no upload location in {headers}"))
-            .trim()
-            .to_owned();
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let path = location.strip_prefix(&self.base_url()).unwrap_or(&location);
-        let file = self.scratch_file(bytes);
-        let status = run_ok(self.curl(&format!("{path}{sep}digest={digest}"), &scope).args([
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &format!("@{}", p(&file)),
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ]));
-        assert_eq!(status, "201", "blob upload of {digest} to {repo}:\n{}", self.log());
-        digest
-    }
-
-    /// PUTs a manifest (or index) through the API, where the registry checks
-    /// it; returns (HTTP status, the registry's answer).
-    pub fn put_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> (u16, String) {
-        let file = self.scratch_file(bytes);
-        let out = run_ok(self.curl(&format!("/v2/{repo}/manifests/{reference}"), &format!("repository:{repo}:pull,push")).args([
-            "-X",
-            "PUT",
-            "-H",
-            &format!("Content-Type: {media_type}"),
-            "--data-binary",
-            &format!("@{}", p(&file)),
-            "-w",
-            "\n%{http_code}",
-        ]));
-        let (body, status) = out.rsplit_once('\n').unwrap();
-        (status.trim().parse().unwrap(), body.to_owned())
-    }
-
-    /// GETs `path` (e.g. `/v2/REPO/manifests/TAG`) from the registry:
-    /// (status, body).
-    pub fn get(&self, path: &str, accept: &str, scope: &str) -> (u16, Vec<u8>) {
-        let out = self
-            .curl(path, scope)
-            .args(["-H", &format!("Accept: {accept}"), "-w", "\n%{http_code}"])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let body = out.stdout;
-        let cut = body.iter().rposition(|&b| b == b'\n').unwrap();
-        let status = String::from_utf8_lossy(&body[cut + 1..]).trim().parse().unwrap();
-        (status, body[..cut].to_vec())
-    }
-
-    fn scratch_file(&self, bytes: &[u8]) -> PathBuf {
-        let f = self.dir.join(format!("upload-{}", hex::encode(&Sha256::digest(bytes)[..8])));
-        fs::write(&f, bytes).unwrap();
-        f
-    }
-
-    fn v2(&self) -> PathBuf {
-        self.storage().join("docker/registry/v2")
-    }
-
-    /// The storage file of blob `digest` (`sha256:HEX`).
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
-        self.v2().join("blobs/sha256").join(&hex[..2]).join(hex).join("data")
-    }
-
-    /// Writes `bytes` straight into storage as blob `digest` of `repo`,
-    /// whether or not they hash to it: the registry serves them as they are.
-    pub fn write_blob_raw(&self, repo: &str, digest: &str, bytes: &[u8]) {
-        let data = self.blob_path(digest);
-        fs::create_dir_all(data.parent().unwrap()).unwrap();
-        fs::write(&data, bytes).unwrap();
-        let hex = &digest["sha256:".len()..];
-        write_link(&self.v2().join("repositories").join(repo).join("_layers/sha256").join(hex), digest);
-    }
-
-    /// Replaces the content of an existing blob (every repository sees it).
-    pub fn overwrite_blob(&self, digest: &str, bytes: &[u8]) {
-        let data = self.blob_path(digest);
-        assert!(data.is_file(), "no blob {digest} in the registry");
-        fs::write(&data, bytes).unwrap();
-    }
-
-    /// Writes `bytes` straight into storage as the manifest tagged `tag` of
-    /// `repo`, bypassing the API's checks and its 4 MiB limit; returns its
-    /// digest. The registry answers with the media type the JSON names. At
-    /// most 4 MiB: distribution reads no more (a 500, "read exceeds limit").
-    pub fn write_manifest_raw(&self, repo: &str, tag: &str, bytes: &[u8]) -> String {
-        let digest = sha256_digest(bytes);
-        let hex = &digest["sha256:".len()..];
-        let data = self.blob_path(&digest);
-        fs::create_dir_all(data.parent().unwrap()).unwrap();
-        fs::write(&data, bytes).unwrap();
-        let m = self.v2().join("repositories").join(repo).join("_manifests");
-        write_link(&m.join("revisions/sha256").join(hex), &digest);
-        write_link(&m.join("tags").join(tag).join("current"), &digest);
-        write_link(&m.join("tags").join(tag).join("index/sha256").join(hex), &digest);
-        digest
-    }
-}
-
-fn write_link(dir: &Path, digest: &str) {
-    fs::create_dir_all(dir).unwrap();
-    fs::write(dir.join("link"), digest).unwrap();
 }
 
 impl Drop for Registry {
@@ -648,7 +487,14 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn registry_config(dir: &Path, port: u16, cert: Option<&Path>, key: Option<&Path>, token: Option<&TokenServer>, ca: &Ca) -> String {
+fn registry_config(
+    dir: &Path,
+    port: u16,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    token: Option<&TokenServer>,
+    ca: &Ca,
+) -> String {
     let mut c = format!(
         "version: 0.1\n\
          log:\n  level: info\n  accesslog:\n    disabled: false\n\
@@ -693,164 +539,4 @@ fn wait_until_up(child: &mut Child, port: u16, tls: bool) -> Result<(), String> 
         std::thread::sleep(Duration::from_millis(50));
     }
     Err(format!("{url} did not answer within 20 s"))
-}
-
-// ---------------------------------------------------------------------------
-// The token server.
-
-/// The token server: python's http.server over TLS from the test CA. It
-/// checks Basic credentials (GET, as Docker clients do) or the form of an
-/// OAuth2 password grant (POST, as some Go clients do), grants what the
-/// scope asks for (anonymous requests: nothing, or pull with
-/// `anonymous_pull`), answers 401 to wrong credentials, and logs every
-/// request as a JSON line. JWTs are RS256, signed by `openssl dgst` with a
-/// key whose certificate (from the test CA) rides in the `x5c` header.
-const TOKEN_PY: &str = r#"
-import base64, datetime, http.server, json, os, ssl, subprocess, sys, threading, time, urllib.parse
-log, cert, key, sign_key, sign_cert, issuer, service, user, password, anon_pull = sys.argv[1:11]
-x5c = base64.b64encode(open(sign_cert, "rb").read()).decode()
-lock = threading.Lock()
-def b64u(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-def jwt(sub, access):
-    now = int(time.time())
-    header = {"typ": "JWT", "alg": "RS256", "x5c": [x5c]}
-    claims = {"iss": issuer, "sub": sub, "aud": service, "exp": now + 600, "nbf": now - 60, "iat": now,
-              "jti": b64u(os.urandom(12)), "access": access}
-    signing_input = b64u(json.dumps(header).encode()) + "." + b64u(json.dumps(claims).encode())
-    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", sign_key], input=signing_input.encode(),
-                         capture_output=True, check=True).stdout
-    return signing_input + "." + b64u(sig)
-def grants(scopes, full):
-    access = []
-    for scope in scopes:
-        for s in scope.split():
-            parts = s.split(":")
-            if len(parts) < 3:
-                continue
-            actions = [a for a in parts[-1].split(",") if a]
-            if not full:
-                actions = [a for a in actions if a == "pull" and anon_pull == "1"]
-            access.append({"type": parts[0], "name": ":".join(parts[1:-1]), "actions": actions})
-    return access
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def answer(self, code, body):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if code == 401:
-            self.send_header("WWW-Authenticate", 'Basic realm="pod-e2e"')
-        self.end_headers()
-        self.wfile.write(data)
-    def serve(self, params):
-        auth = self.headers.get("Authorization")
-        with lock, open(log, "a") as f:
-            f.write(json.dumps({"method": self.command, "path": urllib.parse.urlsplit(self.path).path,
-                                "params": params, "authorization": auth,
-                                "user_agent": self.headers.get("User-Agent")}) + "\n")
-        if urllib.parse.urlsplit(self.path).path != "/token":
-            return self.answer(404, {"error": "not found"})
-        q = dict(params)
-        who = None
-        if auth and auth.startswith("Basic "):
-            try:
-                u, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
-            except Exception:
-                u, pw = None, None
-            if (u, pw) != (user, password):
-                return self.answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]})
-            who = u
-        elif q.get("grant_type") == "password":
-            if (q.get("username"), q.get("password")) != (user, password):
-                return self.answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]})
-            who = user
-        elif auth:
-            return self.answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "unsupported authorization"}]})
-        scopes = [v for k, v in params if k == "scope"]
-        token = jwt(who or "", grants(scopes, who is not None))
-        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.answer(200, {"token": token, "access_token": token, "expires_in": 600, "issued_at": now})
-    def do_GET(self):
-        self.serve(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
-    def do_POST(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        form = self.rfile.read(n).decode(errors="replace")
-        self.serve(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query) + urllib.parse.parse_qsl(form))
-    def log_message(self, *args):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-srv.daemon_threads = True
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
-print(srv.server_address[1], flush=True)
-srv.serve_forever()
-"#;
-
-#[derive(Debug)]
-struct TokenServer {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl TokenServer {
-    fn start(dir: &Path, ca: &Ca, anonymous_pull: bool) -> Result<Self, Skip> {
-        let d = dir.join("token");
-        fs::create_dir_all(&d).unwrap();
-        // The JWT signing key: RSA, certified by the test CA (the registry's
-        // rootcertbundle), no extended key usage.
-        openssl(&d, "genrsa -out sign.key 2048");
-        openssl(&d, "req -new -key sign.key -out sign.csr -subj /CN=pod-e2e-token-signer");
-        openssl(
-            &d,
-            &format!(
-                "x509 -req -in sign.csr -CA {} -CAkey {} -CAcreateserial -out sign.pem -days 2",
-                p(&ca.cert),
-                p(&ca.cert.with_file_name("ca.key"))
-            ),
-        );
-        openssl(&d, "x509 -in sign.pem -outform DER -out sign.der");
-        let log = d.join("requests.jsonl");
-        fs::write(&log, "").unwrap();
-        let stderr = fs::File::create(d.join("token.stderr")).unwrap();
-        let mut child = Command::new("/usr/bin/python3")
-            .args(["-u", "-c", TOKEN_PY])
-            .args([
-                p(&log),
-                p(&ca.server_cert),
-                p(&ca.server_key),
-                p(&d.join("sign.key")),
-                p(&d.join("sign.der")),
-                TOKEN_ISSUER,
-                TOKEN_SERVICE,
-                TEST_USER,
-                TEST_PASSWORD,
-                if anonymous_pull { "1" } else { "0" },
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| Skip(format!("/usr/bin/python3: {e}")))?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        match line.trim().parse() {
-            Ok(port) => Ok(Self { child, port, log }),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("token server did not start: {}", fs::read_to_string(d.join("token.stderr")).unwrap_or_default());
-            }
-        }
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -52,10 +52,7 @@ impl OciImage {
         let layout = layout.canonicalize().unwrap();
         let image = format!("{}:{tag}", p(&layout));
         run_ok(&mut umoci(&["new", "--image", &image]));
-        let work = layout.with_file_name(format!(
-            "{}-{tag}.work",
-            layout.file_name().unwrap().to_string_lossy()
-        ));
+        let work = layout.with_file_name(format!("{}-{tag}.work", layout.file_name().unwrap().to_string_lossy()));
         let _ = fs::remove_dir_all(&work);
         fs::create_dir_all(&work).unwrap();
         // umoci's own config leaves no entrypoint or cmd: a plain one.
@@ -153,8 +150,11 @@ impl OciImage {
                 let _ = symlink("busybox", bin.join(applet));
             }
             fs::create_dir_all(root.join("etc")).unwrap();
-            fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
-                .unwrap();
+            fs::write(
+                root.join("etc/passwd"),
+                "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+            )
+            .unwrap();
             fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
             for d in ["tmp", "root"] {
                 fs::create_dir_all(root.join(d)).unwrap();
