@@ -114,14 +114,14 @@ rm -rf "$work/layout"
 layers=$(skopeo inspect --cert-dir "$work/certs" "docker://$host/bench:v1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["Layers"]))')
 gz_mb=$(($(du -sk "$work/registry" | cut -f1) / 1024))
 skopeo --insecure-policy copy -q --src-cert-dir "$work/certs" "docker://$host/bench:v1" "oci:$work/probe:v1"
-umoci raw unpack --image "$work/probe:v1" "$work/probe-rootfs"
+umoci --log error raw unpack --image "$work/probe:v1" "$work/probe-rootfs"
 raw_mb=$(($(du -sk "$work/probe-rootfs" | cut -f1) / 1024))
 rm -rf "$work/probe" "$work/probe-rootfs"
 echo "image: $layers layers, ${gz_mb} MiB gzip in the registry, ${raw_mb} MiB unpacked; $(nproc) cores"
 
 peer_run() {
   skopeo --insecure-policy copy -q --src-cert-dir "$work/certs" "docker://$host/bench:v1" "oci:$work/peer:v1" >/dev/null &&
-    umoci raw unpack --image "$work/peer:v1" "$work/peer-rootfs" >/dev/null
+    umoci --log error raw unpack --image "$work/peer:v1" "$work/peer-rootfs" >/dev/null
 }
 pod_run() {
   POD_DIR=$work/store "$pod" fetch --ca-cert "$work/ca/ca.pem" "docker://$host/bench:v1" --insecure-options=image >/dev/null

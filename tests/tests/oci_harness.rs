@@ -2,7 +2,8 @@
 //! only, no pod: a TLS registry from the test CA, images built with umoci
 //! (layers, whiteouts, config) and pushed with skopeo, a token-auth registry
 //! that refuses pushes without credentials, cosign sign and verify through
-//! the registry, indexes, archives, and the raw storage helpers.
+//! the registry, indexes, archives, the raw storage helpers, and the
+//! scripted fake registry.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -261,4 +262,32 @@ fn token_auth_with_anonymous_pull() {
     assert!(out.status.success(), "anonymous pull: {}", String::from_utf8_lossy(&out.stderr));
     let anon: Vec<_> = reg.token_requests().into_iter().skip(before).collect();
     assert!(!anon.is_empty() && anon.iter().all(|r| r.authorization.is_none()), "{anon:?}");
+}
+
+#[test]
+fn fake_registry_serves_what_it_is_told() {
+    let t = tmp();
+    let fake = or_skip!(FakeRegistry::start(&t.path().join("fake"), true));
+    let huge = vec![b'x'; 6 << 20];
+    fake.manifest("big/app", "v1", OCI_MANIFEST, &huge, &sha256_digest(b"a lie"));
+    fake.stall("/v2/big/app/blobs/sha256:00", &[], &[7u8; 4096], 100);
+    let curl = |path: &str, extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--noproxy", "*", "--cacert", p(fake.ca_cert()), "-D", "-", "-o", "/dev/null"])
+            .args(extra)
+            .arg(format!("{}{path}", fake.base_url()))
+            .output()
+            .unwrap()
+    };
+    let out = curl("/v2/big/app/manifests/v1", &["-H", "Authorization: Bearer x"]);
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(out.status.success() && headers.contains(" 200"), "{headers}");
+    assert!(headers.contains(&format!("content-length: {}", 6 << 20)), "{headers}");
+    assert!(headers.contains(&format!("docker-content-digest: {}", sha256_digest(b"a lie"))), "{headers}");
+    let out = curl("/v2/big/app/blobs/sha256:00", &["--max-time", "1"]);
+    assert!(!out.status.success(), "the stalled blob completed");
+    assert!(curl("/v2/other/manifests/v1", &[]).stdout.starts_with(b"HTTP/1.1 404"));
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert_eq!(reqs[0].authorization.as_deref(), Some("Bearer x"));
 }

@@ -22,12 +22,15 @@ use sha2::{Digest, Sha256};
 use super::{openssl, p, Ca};
 
 mod cosign;
+mod fake;
 mod image;
 mod raw;
 mod token;
 // Each test file uses a different subset.
 #[allow(unused_imports)]
 pub use cosign::*;
+#[allow(unused_imports)]
+pub use fake::*;
 #[allow(unused_imports)]
 pub use image::*;
 #[allow(unused_imports)]
