@@ -55,6 +55,12 @@ if [ ! -f "$guest/vmlinuz" ] || [ ! -d "$guest/modules/kernel" ]; then
   rm -rf "$tmp"
 fi
 
+# Debian's docker-registry package starts a registry on *:5000 where systemd
+# runs; the tests start their own on 127.0.0.1 and want no other.
+if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
 # cosign, the OCI tests' signer, from its Go module (Go is at /usr/local/go;
 # Debian's golang is not installed). Never fails: without it those tests SKIP.
 bash "$(dirname "$0")/build-cosign.sh"

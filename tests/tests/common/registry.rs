@@ -2,12 +2,28 @@
 //! `docker-registry` (distribution 2.8) with filesystem storage in the
 //! test's dir, over plain http, TLS from the test CA, or TLS with a
 //! self-signed leaf; optionally behind token auth served by a small python
-//! token server that records every request. Images are built with umoci
-//! (`image.rs`), pushed with skopeo, signed with cosign (`cosign.rs`).
+//! token server that records every request (`token.rs`). Images are built
+//! with umoci (`image.rs`), pushed with skopeo, signed with cosign
+//! (`cosign.rs`). Hostile tests write the registry's storage or API
+//! directly (`raw.rs`), or script a fake registry (`fake.rs`) for what
+//! distribution will not serve.
 //!
 //! Every constructor that needs a tool returns `Err(Skip)` when the tool is
 //! missing; tests turn it into a visible `SKIP:` line with `or_skip!`.
 //! Everything listens on 127.0.0.1 only and is killed on drop.
+//!
+//! ```text
+//! let pod = Pod::new();
+//! let reg = or_skip!(Registry::start(&pod.work.join("registry"), RegistryOpts::https().token_auth()));
+//! let img = or_skip!(OciImage::new(&pod.work.join("layout"), "v1"))
+//!     .layer(&[("hello", b"hi\n")])
+//!     .entrypoint(&["/bin/cat", "/hello"]);
+//! let digest = reg.push(&img, "app/hello:v1");
+//! let key = or_skip!(cosign_generate_key_pair(&pod.work.join("cosign"), "pw"));
+//! cosign_sign(&key, &reg.image_ref(&format!("app/hello@{digest}")), &reg);
+//! pod.ok(&["fetch", "--ca-cert", p(reg.ca_cert()), &reg.docker_ref("app/hello:v1")]);
+//! assert!(reg.token_requests().iter().any(|r| r.authorization == Some(reg.basic_auth_header())));
+//! ```
 
 use std::fmt;
 use std::fs;
