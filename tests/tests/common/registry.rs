@@ -293,7 +293,7 @@ impl Registry {
                 .stderr(log)
                 .spawn()
                 .map_err(|e| Skip(format!("{REGISTRY_BIN}: {e}")))?;
-            match wait_until_up(&mut child, port, trust.is_some()) {
+            match wait_until_up(&mut child, port, trust.is_some(), &dir.join("registry.log")) {
                 Ok(()) => {
                     let mut reg = Self {
                         child,
@@ -536,14 +536,20 @@ fn registry_config(
     c
 }
 
-/// Polls `/v2/` until it answers (200, or 401 under auth), or the registry
-/// exits, or 20 s pass.
-fn wait_until_up(child: &mut Child, port: u16, tls: bool) -> Result<(), String> {
+/// Waits until the registry logs that it listens and `/v2/` answers (200,
+/// or 401 under auth); fails if it exits or 20 s pass.
+fn wait_until_up(child: &mut Child, port: u16, tls: bool, log: &Path) -> Result<(), String> {
     let url = format!("{}://127.0.0.1:{port}/v2/", if tls { "https" } else { "http" });
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("the registry exited: {status}"));
+        }
+        // Ours, not another test's that got the same free port first.
+        let listening = format!("listening on 127.0.0.1:{port}");
+        if !fs::read_to_string(log).unwrap_or_default().contains(&listening) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
         }
         // -k: only "is it up" here; the tests check TLS for real.
         let out = Command::new("curl")
