@@ -17,6 +17,8 @@ packages=(
   curl              # the demo and tests talk to pods
   busybox-static    # stage2-init's tests build app rootfs from /bin/busybox
   qemu-system-x86   # VM pods (stage1-vm); 9p and user-mode networking are built in
+  docker-registry   # OCI tests: a real registry (distribution) on loopback
+  skopeo umoci      # OCI tests: build, push and inspect images without Docker
 )
 
 missing=()
@@ -52,6 +54,16 @@ if [ ! -f "$guest/vmlinuz" ] || [ ! -d "$guest/modules/kernel" ]; then
   mv "$tmp/guest" "$guest"
   rm -rf "$tmp"
 fi
+
+# Debian's docker-registry package starts a registry on *:5000 where systemd
+# runs; the tests start their own on 127.0.0.1 and want no other.
+if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
+# cosign, the OCI tests' signer, from its Go module (Go is at /usr/local/go;
+# Debian's golang is not installed). Never fails: without it those tests SKIP.
+bash "$(dirname "$0")/build-cosign.sh"
 
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install a Rust toolchain (rustup) first" >&2

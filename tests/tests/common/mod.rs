@@ -22,10 +22,13 @@ use sha2::{Digest, Sha256};
 
 mod host;
 mod pods;
+mod registry;
 #[allow(unused_imports)] // Only the tests that run pods use these.
 pub use host::*;
 #[allow(unused_imports)]
 pub use pods::*;
+#[allow(unused_imports)] // Only the OCI tests use these.
+pub use registry::*;
 
 /// Exit codes from stage0/src/exit.rs.
 pub const EXIT_VERIFICATION: i32 = 3;
