@@ -10,3 +10,7 @@
 //!                            oci-manifest.json, config.json, manifest (the app as appc
 //!                            sees it), meta.json
 //! ```
+
+pub mod auth;
+pub mod registry;
+pub mod tls;

@@ -1,0 +1,307 @@
+//! TLS for registries: the system roots plus `--ca-cert` files, a registry's
+//! own self-signed certificate accepted when given with `--ca-cert` (as curl
+//! and Go accept it), and TLS failures explained in words.
+//!
+//! rustls refuses a self-signed end-entity certificate even when it is a
+//! trust anchor (`CaUsedAsEndEntity`, or `UnknownIssuer` for some shapes), so
+//! [`PinnedOrWebPki`] first asks whether the server's certificate is
+//! byte-identical to one the user gave; if so the handshake signature, the
+//! name and the validity period are still checked, only the chain is not.
+//! Every other certificate goes through rustls' WebPki verifier unchanged.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::exit::{Exit, ExitCodeOf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading CA certificate {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("CA certificate {path}: {why}")]
+    Pem { path: PathBuf, why: String },
+    #[error("building the TLS configuration: {0}")]
+    Config(String),
+    #[error("building the HTTP client: {0}")]
+    Client(String),
+}
+
+impl ExitCodeOf for TlsError {
+    fn exit(&self) -> Exit {
+        match self {
+            Self::Read { .. } | Self::Config(_) | Self::Client(_) => Exit::Failure,
+            Self::Pem { .. } => Exit::InvalidInput,
+        }
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate of a PEM file (a bundle may hold several).
+fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem { path: path.to_owned(), why: format!("not a PEM certificate: {e}") })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem { path: path.to_owned(), why: "no PEM certificate in the file".to_owned() });
+    }
+    Ok(certs)
+}
+
+/// A rustls client configuration trusting the system roots plus each
+/// `--ca-cert` PEM file; a server presenting one of those certificates
+/// itself is accepted (see the module docs).
+pub fn client_config(ca_certs: &[PathBuf]) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "loading a system root certificate");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "system root certificates");
+    let mut pinned = Vec::new();
+    for path in ca_certs {
+        for cert in read_pem_certs(path)? {
+            // A self-signed leaf is a fine anchor for webpki's purposes too;
+            // one that is not an anchor at all is still pinned below.
+            if let Err(e) = roots.add(cert.clone()) {
+                tracing::debug!(path = %path.display(), error = %e, "--ca-cert not usable as a trust anchor; pinned only");
+            }
+            pinned.push(cert);
+        }
+    }
+    let webpki = if roots.is_empty() {
+        None
+    } else {
+        let v = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Some(v)
+    };
+    let verifier = Arc::new(PinnedOrWebPki { pinned, webpki, provider: provider.clone() });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// A blocking HTTP client over [`client_config`]. `https_only` refuses plain
+/// http URLs outright; `redirect` is reqwest's policy (the registry client
+/// follows redirects itself, with `Policy::none()`).
+pub fn http_client(
+    ca_certs: &[PathBuf],
+    https_only: bool,
+    redirect: reqwest::redirect::Policy,
+) -> Result<reqwest::blocking::Client, TlsError> {
+    let config = client_config(ca_certs)?;
+    reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(config)
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(3600))
+        .https_only(https_only)
+        .redirect(redirect)
+        .user_agent(concat!("pod/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| TlsError::Client(e.to_string()))
+}
+
+/// Accepts a server certificate byte-identical to a `--ca-cert` one (name,
+/// validity and handshake signature still checked); otherwise WebPki.
+#[derive(Debug)]
+struct PinnedOrWebPki {
+    pinned: Vec<CertificateDer<'static>>,
+    /// None when there is no root at all (no system store, no --ca-cert).
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedOrWebPki {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+            let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_name(&parsed, server_name)?;
+            check_validity(end_entity, now)?;
+            tracing::debug!(server = ?server_name, "server certificate accepted: it is one given with --ca-cert (pinned)");
+            return Ok(ServerCertVerified::assertion());
+        }
+        match &self.webpki {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            None => Err(CertificateError::UnknownIssuer.into()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// notBefore <= now <= notAfter, for a pinned certificate (webpki checks
+/// this for the others). rustls exposes no validity period, openssl does.
+fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls::Error> {
+    let bad = |_| rustls::Error::from(CertificateError::BadEncoding);
+    let x = openssl::x509::X509::from_der(cert.as_ref()).map_err(bad)?;
+    let secs = i64::try_from(now.as_secs()).map_err(|_| CertificateError::Expired)?;
+    let now_asn1 = openssl::asn1::Asn1Time::from_unix(secs).map_err(bad)?;
+    if x.not_before().compare(&now_asn1).map_err(bad)? == std::cmp::Ordering::Greater {
+        return Err(CertificateError::NotValidYet.into());
+    }
+    if x.not_after().compare(&now_asn1).map_err(bad)? == std::cmp::Ordering::Less {
+        return Err(CertificateError::Expired.into());
+    }
+    Ok(())
+}
+
+/// The first rustls error under `err`. `io::Error::source` skips the error
+/// it wraps, so io errors are opened with `get_ref`.
+fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return Some(r);
+        }
+        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(r) = find_rustls(inner) {
+                return Some(r);
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The message of `e` and of each of its sources, joined by ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = inner.source();
+    }
+    s
+}
+
+fn unix_date(t: UnixTime) -> String {
+    let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{secs} (unix time)"))
+}
+
+/// A sentence explaining a failed request to `host`: TLS failures in words
+/// with what to pass, the error chain otherwise.
+pub fn explain(err: &reqwest::Error, host: &str) -> String {
+    match find_rustls(err) {
+        Some(r) => explain_rustls(r, host),
+        None if err.is_timeout() => format!("{host}: timed out ({})", error_chain(err)),
+        None if err.is_connect() => format!("cannot connect to {host}: {}", error_chain(err)),
+        None => error_chain(err),
+    }
+}
+
+fn explain_rustls(err: &rustls::Error, host: &str) -> String {
+    use rustls::Error as E;
+    match err {
+        E::InvalidCertificate(c) => explain_cert(c, host),
+        E::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+        | E::InvalidMessage(rustls::InvalidMessage::InvalidEmptyPayload)
+        | E::InvalidMessage(rustls::InvalidMessage::MessageTooLarge) => format!(
+            "{host} does not speak TLS on this port (a plain http server?); if the registry serves only plain http, pass --insecure-options=http"
+        ),
+        E::AlertReceived(alert) => {
+            format!("{host} refused the TLS handshake (alert: {alert:?}); it may want a client certificate or a newer TLS version")
+        }
+        E::PeerIncompatible(p) => {
+            format!("{host} and pod have no TLS version, cipher suite or signature scheme in common ({p:?})")
+        }
+        other => format!("TLS with {host} failed: {other}"),
+    }
+}
+
+fn explain_cert(c: &CertificateError, host: &str) -> String {
+    let ca_hint = "pass --ca-cert FILE with the CA certificate that issued it, or with the registry's own certificate if it is self-signed";
+    match c {
+        CertificateError::UnknownIssuer => {
+            format!("the TLS certificate of {host} is not issued by a trusted authority; {ca_hint}")
+        }
+        CertificateError::NotValidForName => format!(
+            "the TLS certificate of {host} is not valid for the name {host}; use the name the certificate is for, or have it reissued for {host}"
+        ),
+        CertificateError::NotValidForNameContext { presented, .. } => {
+            let names = if presented.is_empty() {
+                "no name in subjectAltName (the common name alone is not used)".to_owned()
+            } else {
+                presented.join(", ")
+            };
+            format!(
+                "the TLS certificate of {host} is not valid for the name {host}: it is for {names}; use that name, or have the certificate reissued for {host}"
+            )
+        }
+        CertificateError::Expired => format!("the TLS certificate of {host} has expired"),
+        CertificateError::ExpiredContext { not_after, .. } => {
+            format!("the TLS certificate of {host} expired at {}", unix_date(*not_after))
+        }
+        CertificateError::NotValidYet => format!("the TLS certificate of {host} is not valid yet (check the clock)"),
+        CertificateError::NotValidYetContext { not_before, .. } => format!(
+            "the TLS certificate of {host} is not valid before {} (check the clock)",
+            unix_date(*not_before)
+        ),
+        CertificateError::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => format!(
+            "{host} presents a CA certificate as its own server certificate; if it is the registry's self-signed certificate, pass that exact file with --ca-cert FILE"
+        ),
+        other => format!("the TLS certificate of {host} was refused: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
