@@ -129,7 +129,13 @@ pub fn parse_challenges(header: &str) -> Result<Vec<Challenge>, String> {
                 }
                 String::from_utf8(v).map_err(|_| format!("value of {name} is not UTF-8"))?
             } else {
-                let v = token(&mut i);
+                // A token by the RFC; anything up to a comma or blank is
+                // taken, as some registries send unquoted URLs.
+                let start = i;
+                while i < b.len() && !matches!(b[i], b',' | b' ' | b'\t' | b'"') {
+                    i += 1;
+                }
+                let v = header[start..i].to_owned();
                 if v.is_empty() {
                     return Err(format!("empty value of {name}"));
                 }

@@ -196,22 +196,42 @@ fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), rustls
     Ok(())
 }
 
-/// The first rustls error under `err`. `io::Error::source` skips the error
-/// it wraps, so io errors are opened with `get_ref`.
-fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+/// Each error in the chain of `err`. `io::Error::source` skips the error
+/// it wraps, so an io error is opened with `get_ref` instead.
+fn chain_any<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+    f: &mut dyn FnMut(&'a (dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(r);
+        if f(e) {
+            return true;
         }
-        if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
-            if let Some(r) = find_rustls(inner) {
-                return Some(r);
-            }
-        }
-        cur = e.source();
+        cur = match e.downcast_ref::<io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
-    None
+    false
+}
+
+/// The first rustls error under `err`.
+fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut found = None;
+    chain_any(err, &mut |e| {
+        found = e.downcast_ref::<rustls::Error>();
+        found.is_some()
+    });
+    found
+}
+
+/// tokio-rustls reports a peer that hangs up mid-handshake as an io error
+/// of its own, with no rustls error under it.
+fn handshake_eof(err: &(dyn std::error::Error + 'static)) -> bool {
+    chain_any(err, &mut |e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::UnexpectedEof && io.to_string().contains("handshake"))
+    })
 }
 
 /// The message of `e` and of each of its sources, joined by ": ".
@@ -242,6 +262,9 @@ fn unix_date(t: UnixTime) -> String {
 pub fn explain(err: &reqwest::Error, host: &str) -> String {
     match find_rustls(err) {
         Some(r) => explain_rustls(r, host),
+        None if handshake_eof(err) => format!(
+            "{host} closed the connection during the TLS handshake: it may not serve TLS on this port (for a plain http registry, pass --insecure-options=http) or it refused pod's TLS versions"
+        ),
         None if err.is_timeout() => format!("{host}: timed out ({})", error_chain(err)),
         None if err.is_connect() => format!("cannot connect to {host}: {}", error_chain(err)),
         None => error_chain(err),

@@ -69,10 +69,24 @@ fn wrong_name_is_refused_and_explained() {
 
 #[test]
 fn plain_http_on_an_https_port_is_explained() {
+    // A plain http server answers a ClientHello with a 400 at once.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            use std::io::Write;
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let e = get(&[], &format!("https://127.0.0.1:{port}/")).expect_err("plain http server");
+    let msg = explain(&e, "127.0.0.1");
+    assert!(msg.contains("does not speak TLS") && msg.contains("--insecure-options=http"), "{msg}");
+
+    // One that waits for a request line, then hangs up.
     let srv = serve(ok);
     let e = get(&[], &format!("https://127.0.0.1:{}/", srv.port)).expect_err("plain http server");
     let msg = explain(&e, "127.0.0.1");
-    assert!(msg.contains("does not speak TLS") && msg.contains("--insecure-options=http"), "{msg}");
+    assert!(msg.contains("closed the connection during the TLS handshake"), "{msg}");
 }
 
 #[test]
