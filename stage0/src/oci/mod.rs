@@ -16,13 +16,16 @@ use std::path::{Path, PathBuf};
 use crate::exit::{Exit, ExitCodeOf};
 use crate::store::StoreError;
 
+pub mod auth;
 pub mod config;
 pub mod export;
 pub mod layout;
 pub mod pull;
+pub mod registry;
 pub mod registry_source;
 pub mod sigstore;
 pub mod store;
+pub mod tls;
 pub mod verify;
 
 #[derive(Debug, thiserror::Error)]
