@@ -16,7 +16,6 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, IsTerminal, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use spec::{AcIdentifier, Dependency, ImageId, ImageManifest};
 
@@ -90,6 +89,8 @@ pub enum FetchError {
     Render(#[from] RenderError),
     #[error(transparent)]
     Oci(#[from] crate::oci::OciError),
+    #[error(transparent)]
+    Tls(#[from] crate::oci::tls::TlsError),
 }
 
 impl ExitCodeOf for FetchError {
@@ -114,6 +115,7 @@ impl ExitCodeOf for FetchError {
             Self::Deps(e) => e.exit(),
             Self::Render(e) => e.exit(),
             Self::Oci(e) => e.exit(),
+            Self::Tls(e) => e.exit(),
         }
     }
 }
@@ -495,22 +497,13 @@ impl<'a> Fetcher<'a> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let mut b = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(3600))
-            .https_only(!self.opts.insecure.http)
-            .user_agent(concat!("pod/", env!("CARGO_PKG_VERSION")));
-        for ca in &self.opts.ca_certs {
-            let pem = fs::read(ca).map_err(io_err("read CA certificate", ca))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| FetchError::Reference {
-                reference: ca.display().to_string(),
-                why: format!("CA certificate {}: not a PEM certificate: {e}", ca.display()),
-            })?;
-            for c in certs {
-                b = b.add_root_certificate(c);
-            }
-        }
-        let c = b.build().map_err(|e| FetchError::Http { url: String::new(), why: e.to_string() })?;
+        // The registry client's TLS: system roots plus --ca-cert, where a
+        // server's own self-signed certificate may be given too.
+        let c = crate::oci::tls::http_client(
+            &self.opts.ca_certs,
+            !self.opts.insecure.http,
+            reqwest::redirect::Policy::limited(10),
+        )?;
         self.client = Some(c.clone());
         Ok(c)
     }
@@ -519,11 +512,10 @@ impl<'a> Fetcher<'a> {
         if url.starts_with("http://") && !self.opts.insecure.http {
             return Err(FetchError::PlainHttp(url.to_owned()));
         }
-        let resp = self
-            .client()?
-            .get(url)
-            .send()
-            .map_err(|e| FetchError::Http { url: url.to_owned(), why: error_chain(&e) })?;
+        let resp = self.client()?.get(url).send().map_err(|e| {
+            let host = reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+            FetchError::Http { url: url.to_owned(), why: crate::oci::tls::explain(&e, &host) }
+        })?;
         match resp.status() {
             s if s.is_success() => Ok(resp),
             reqwest::StatusCode::NOT_FOUND => Err(FetchError::Missing(url.to_owned())),
@@ -555,18 +547,6 @@ impl<'a> Fetcher<'a> {
         staged.sig = sig;
         Ok(staged)
     }
-}
-
-/// Walks an error's sources: reqwest's top-level message alone hides TLS causes.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 fn check_expected(
