@@ -63,11 +63,20 @@ pub struct RawManifest {
 impl RawManifest {
     pub fn new(media_type: Option<String>, bytes: Vec<u8>) -> Self {
         let digest = sha256_digest(&bytes);
-        // The body's own mediaType wins over a transport's Content-Type.
-        let body_type = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned));
-        let media_type = body_type.or(media_type).unwrap_or_default();
+        // The body's own mediaType wins over a transport's Content-Type;
+        // without either (umoci writes none), the shape tells: an index
+        // lists `manifests`, an image manifest `layers`.
+        let body = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        let body_type = body.as_ref().and_then(|v| v.get("mediaType").and_then(|m| m.as_str()).map(str::to_owned));
+        let sniffed = body.as_ref().and_then(|v| {
+            if v.get("manifests").is_some() {
+                Some(MT_OCI_INDEX.to_owned())
+            } else {
+                v.get("layers").map(|_| MT_OCI_MANIFEST.to_owned())
+            }
+        });
+        let transport = media_type.filter(|t| !t.is_empty() && t != "application/json" && t != "application/octet-stream");
+        let media_type = body_type.or(transport).or(sniffed).unwrap_or_default();
         Self { media_type, bytes, digest }
     }
     pub fn is_index(&self) -> bool {
