@@ -10,3 +10,5 @@
 //!                            oci-manifest.json, config.json, manifest (the app as appc
 //!                            sees it), meta.json
 //! ```
+
+pub mod layer;
