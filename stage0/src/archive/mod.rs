@@ -36,7 +36,8 @@ use crate::exit::{Exit, ExitCodeOf};
 use crate::sha512::Sha512;
 use extract::Format;
 
-/// Compression of an ACI file, detected from its magic bytes when reading.
+/// Compression of an ACI file or OCI layer blob, detected from its magic
+/// bytes when reading (unless a layer's media type says).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     #[default]

@@ -58,10 +58,12 @@ use nix::sys::stat::Mode;
 use spec::{ImageManifest, ManifestError, MAX_MANIFEST_BYTES};
 use tar::EntryType;
 
-use super::overlay::{self, Whiteout};
+use super::overlay;
 use super::paths::{check_lengths, normalise, shared_dirs, MAX_PATH};
 use super::stream::ChunkReader;
 use super::{ArchiveError, Reject};
+
+mod layer;
 
 const BLOCK: u64 = 512;
 /// Copy buffer for file data: large writes, few syscalls.
@@ -317,37 +319,6 @@ impl<'d> Extractor<'d> {
         Ok(())
     }
 
-    /// A layer's whiteout entry `rel`: nothing is extracted at `rel`.
-    fn whiteout(&mut self, whiteout: Whiteout<'_>, rel: &[u8], name: &str) -> Result<(), ArchiveError> {
-        let target = match whiteout {
-            Whiteout::AufsMeta => return Ok(()),
-            Whiteout::Opaque(dir) => {
-                // Makes `dir` if need be, and checks that it is a directory.
-                self.prepare_parents(rel, name)?;
-                let path = self.dest.join(OsStr::from_bytes(dir));
-                return overlay::set_opaque(&path).map_err(ArchiveError::io("mark opaque", &path));
-            }
-            Whiteout::Remove(target) => target,
-        };
-        // The target's ancestors are those of `rel`.
-        self.prepare_parents(rel, name)?;
-        let path = self.dest.join(OsStr::from_bytes(&target));
-        match self.seen.get(&target) {
-            None => {
-                overlay::make_whiteout(&path).map_err(ArchiveError::io("create whiteout", &path))?;
-                self.seen.insert(target, Kind::Whiteout);
-            }
-            // This layer's own directory stays, hiding the one below.
-            Some(Kind::Dir | Kind::ImplicitDir) => {
-                overlay::set_opaque(&path).map_err(ArchiveError::io("mark opaque", &path))?;
-            }
-            // A file of this layer already hides the one below; a second
-            // whiteout of the name changes nothing.
-            Some(_) => {}
-        }
-        Ok(())
-    }
-
     fn manifest(&mut self, entry: &mut tar::Entry<'_, Metered>, name: &str) -> Result<(), ArchiveError> {
         if !matches!(entry.header().entry_type(), EntryType::Regular | EntryType::Continuous) {
             return Err(rejected(name, Reject::NotRegular));
@@ -395,12 +366,7 @@ impl<'d> Extractor<'d> {
                 Some(Kind::Symlink) => return Err(rejected(name, Reject::ThroughSymlink { link: lossy(ancestor) })),
                 // Whited out, then filled in this layer: a directory that
                 // still hides the one below.
-                Some(Kind::Whiteout) => {
-                    let path = self.dest.join(OsStr::from_bytes(ancestor));
-                    fs::remove_file(&path).map_err(ArchiveError::io("remove", &path))?;
-                    self.implicit_dir(ancestor)?;
-                    overlay::set_opaque(&path).map_err(ArchiveError::io("mark opaque", &path))?;
-                }
+                Some(Kind::Whiteout) => self.fill_whiteout(ancestor)?,
                 Some(_) => return Err(rejected(name, Reject::ParentNotDirectory { parent: lossy(ancestor) })),
                 None => self.implicit_dir(ancestor)?,
             }
