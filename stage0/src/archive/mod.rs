@@ -1,5 +1,6 @@
 //! ACI archives: packing a rootfs into an image and extracting untrusted
-//! images safely.
+//! images safely; and the same extraction for OCI layers, into a tree of
+//! their own in overlayfs format ([`crate::oci::layer`]).
 //!
 //! An ACI is a tar — zstd-, gzip- or un-compressed — holding exactly a
 //! `manifest` file and a `rootfs/` tree. Its image ID is the SHA-512 of the
@@ -10,10 +11,14 @@
 //! large chunks ([`stream`]): the calling thread reads, decompresses and
 //! counts the stream; a second hashes it; a third parses the tar and writes
 //! files ([`extract`]). Everything in an archive is treated as hostile; see
-//! [`extract`] for the rules.
+//! [`extract`] for the rules. ACIs and OCI layers share all of it; the
+//! differences (the `manifest`/`rootfs` wrapper, duplicates, whiteouts) hang
+//! off one [`extract::Format`] switch.
 
 mod extract;
+mod overlay;
 mod pack;
+mod paths;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -23,11 +28,16 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
 
+use sha2::digest::Output;
+use sha2::Digest;
 use spec::{ImageId, ImageManifest, ManifestError};
 
 use crate::exit::{Exit, ExitCodeOf};
+use crate::sha512::Sha512;
+use extract::Format;
 
-/// Compression of an ACI file, detected from its magic bytes when reading.
+/// Compression of an ACI file or OCI layer blob, detected from its magic
+/// bytes when reading (unless a layer's media type says).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
     #[default]
@@ -117,6 +127,8 @@ pub enum ArchiveError {
     /// An entry that is hostile or outside the ACI format.
     #[error("archive entry {path:?}: {reason}")]
     Rejected { path: String, reason: Reject },
+    #[error("unsupported layer media type {0:?}")]
+    MediaType(String),
     #[error("extraction directory {path} is not empty")]
     DestNotEmpty { path: String },
     /// A file in a rootfs being packed that an image cannot hold.
@@ -147,6 +159,10 @@ pub enum Reject {
     UnexpectedOnDisk { at: String, found: &'static str },
     #[error("duplicate entry")]
     Duplicate,
+    #[error("would replace a directory extracted earlier with a non-directory")]
+    ReplacesDirectory,
+    #[error("not a valid whiteout (a '.wh.' name needs a name after it, and nothing below it)")]
+    InvalidWhiteout,
     #[error("{kind} device nodes are not allowed in images")]
     Device { kind: &'static str },
     #[error("unsupported entry type {0:?}")]
@@ -180,6 +196,7 @@ impl ExitCodeOf for ArchiveError {
             | Self::NoManifest
             | Self::Manifest(_)
             | Self::Rejected { .. }
+            | Self::MediaType(_)
             | Self::Unpackable { .. } => Exit::InvalidInput,
         }
     }
@@ -195,23 +212,84 @@ const QUEUE_DEPTH: usize = 4;
 /// On error `dest` may hold a partial tree, never anything outside it; the
 /// caller removes it.
 pub fn extract_aci(src: impl Read, dest: &Path, limits: &Limits) -> Result<Extracted, ArchiveError> {
+    let out = run_pipeline::<Sha512>(src, None, dest, limits, Format::Aci)?;
+    let mut digest = [0u8; 64];
+    digest.copy_from_slice(&out.digest);
+    let id = ImageId::from_digest(&digest);
+    // `Format::Aci` has already refused an archive without manifest.
+    let unpacked = out.unpacked.ok_or(ArchiveError::NoManifest)?;
+    tracing::debug!(id = id.as_str(), uncompressed_size = out.size, dest = %dest.display(), "extracted image");
+    Ok(Extracted {
+        id,
+        manifest: unpacked.manifest,
+        manifest_bytes: unpacked.manifest_bytes,
+        uncompressed_size: out.size,
+    })
+}
+
+/// An OCI layer tarball, extracted by [`extract_layer`].
+#[derive(Debug, Clone)]
+pub(crate) struct ExtractedLayer {
+    /// SHA-256 of the uncompressed tar stream.
+    pub sha256: [u8; 32],
+    pub uncompressed_size: u64,
+    pub compression: Compression,
+}
+
+/// Extracts an OCI layer tar from `src` into the empty directory `dest`,
+/// which becomes the layer's tree, whiteouts in overlayfs format.
+/// `compression`: `None` to detect it from the magic bytes.
+pub(crate) fn extract_layer(
+    src: impl Read,
+    compression: Option<Compression>,
+    dest: &Path,
+    limits: &Limits,
+) -> Result<ExtractedLayer, ArchiveError> {
+    let out = run_pipeline::<sha2::Sha256>(src, compression, dest, limits, Format::Layer)?;
+    let mut sha256 = [0u8; 32];
+    sha256.copy_from_slice(&out.digest);
+    Ok(ExtractedLayer { sha256, uncompressed_size: out.size, compression: out.compression })
+}
+
+/// What [`run_pipeline`] found.
+struct PipelineOut<D: Digest> {
+    digest: Output<D>,
+    unpacked: Option<extract::Unpacked>,
+    size: u64,
+    compression: Compression,
+}
+
+/// Extracts the tar in `src` into the empty directory `dest` as `format`,
+/// hashing the uncompressed stream with `D`.
+fn run_pipeline<D: Digest>(
+    src: impl Read,
+    compression: Option<Compression>,
+    dest: &Path,
+    limits: &Limits,
+    format: Format,
+) -> Result<PipelineOut<D>, ArchiveError> {
     let mut listing = std::fs::read_dir(dest).map_err(ArchiveError::io("read directory", dest))?;
     if listing.next().is_some() {
         return Err(ArchiveError::DestNotEmpty { path: dest.display().to_string() });
     }
-    let mut pump = stream::Decompressor::new(src, limits)?;
+    let mut pump = stream::Decompressor::new(src, compression, limits)?;
     let (to_hash, hash_rx) = mpsc::sync_channel(QUEUE_DEPTH);
     let (to_tar, tar_rx) = mpsc::sync_channel(QUEUE_DEPTH);
     let (recycle_tx, recycle_rx) = mpsc::channel();
+    let (untar_name, hash_name) = match format {
+        Format::Aci => ("aci-untar", "aci-hash"),
+        Format::Layer => ("layer-untar", "layer-hash"),
+    };
     // Three stages, each on its own thread: decompress | hash | untar. `src`
     // need not be `Send`, so decompression stays on this thread.
-    let (pumped, id, unpacked) = thread::scope(|s| {
+    let (pumped, digest, unpacked) = thread::scope(|s| {
         let max_entries = limits.max_entries;
-        let untar = move || extract::unpack(stream::ChunkReader::new(tar_rx, recycle_tx), dest, max_entries);
+        let reader = stream::ChunkReader::new(tar_rx, recycle_tx);
+        let untar = move || extract::unpack(reader, dest, max_entries, format);
         // Should a spawn fail, the channels moved into it close and the
         // threads already running end on their own.
-        let tar = spawn(s, "aci-untar", untar)?;
-        let hasher = spawn(s, "aci-hash", stream::hasher(hash_rx, stream::AfterHash::Tar(to_tar)))?;
+        let tar = spawn(s, untar_name, untar)?;
+        let hasher = spawn(s, hash_name, stream::hasher::<D>(hash_rx, stream::AfterHash::Tar(to_tar)))?;
         let pumped = pump.pump_into(&to_hash, &recycle_rx);
         drop(to_hash);
         Ok::<_, ArchiveError>((pumped, join(hasher), join(tar)))
@@ -220,25 +298,25 @@ pub fn extract_aci(src: impl Read, dest: &Path, limits: &Limits) -> Result<Extra
     // stream), so it wins; otherwise the tar side's verdict stands.
     pumped?;
     let unpacked = unpacked?;
-    let uncompressed_size = pump.size();
-    tracing::debug!(id = id.as_str(), uncompressed_size, dest = %dest.display(), "extracted image");
-    Ok(Extracted { id, manifest: unpacked.manifest, manifest_bytes: unpacked.manifest_bytes, uncompressed_size })
+    Ok(PipelineOut { digest, unpacked, size: pump.size(), compression: pump.compression() })
 }
 
 /// Decompresses and hashes an ACI without extracting it: its image ID and
 /// uncompressed size.
 pub fn image_id_of(src: impl Read, limits: &Limits) -> Result<(ImageId, u64), ArchiveError> {
-    let mut pump = stream::Decompressor::new(src, limits)?;
+    let mut pump = stream::Decompressor::new(src, None, limits)?;
     let (to_hash, hash_rx) = mpsc::sync_channel(QUEUE_DEPTH);
     let (recycle_tx, recycle_rx) = mpsc::channel();
-    let (pumped, id) = thread::scope(|s| {
-        let hasher = spawn(s, "aci-hash", stream::hasher(hash_rx, stream::AfterHash::Recycle(recycle_tx)))?;
+    let (pumped, digest) = thread::scope(|s| {
+        let hasher = spawn(s, "aci-hash", stream::hasher::<Sha512>(hash_rx, stream::AfterHash::Recycle(recycle_tx)))?;
         let pumped = pump.pump_into(&to_hash, &recycle_rx);
         drop(to_hash);
         Ok::<_, ArchiveError>((pumped, join(hasher)))
     })?;
     pumped?;
-    Ok((id, pump.size()))
+    let mut id = [0u8; 64];
+    id.copy_from_slice(&digest);
+    Ok((ImageId::from_digest(&id), pump.size()))
 }
 
 fn spawn<'s, T: Send + 's>(

@@ -1,16 +1,16 @@
-//! The byte stream under an ACI: compression detection, decompression and
-//! the size limit (on the calling thread), the image-ID hash (a thread of its
-//! own), and the channels that carry decompressed chunks between them and on
-//! to the tar thread.
+//! The byte stream under an ACI or an OCI layer: compression detection,
+//! decompression and the size limit (on the calling thread), the hash of the
+//! uncompressed stream (a thread of its own: the image ID of an ACI, the
+//! diff ID of a layer), and the channels that carry decompressed chunks
+//! between them and on to the tar thread.
 
 use std::io::{self, BufReader, Read, Write};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 
+use sha2::digest::Output;
 use sha2::Digest;
-use spec::ImageId;
 
 use super::{ArchiveError, Compression, Limits};
-use crate::sha512::Sha512;
 
 /// Size of the chunks passed between pipeline stages: large, so that the
 /// per-chunk costs (a channel send, a hash call, a write) are noise.
@@ -80,13 +80,16 @@ impl<R: Read> Decoder<R> {
 /// Reads an image to EOF, decompressing and enforcing [`Limits`].
 pub(super) struct Decompressor<R: Read> {
     decoder: Decoder<R>,
+    compression: Compression,
     size: u64,
     limit: u64,
     eof: bool,
 }
 
 impl<R: Read> Decompressor<R> {
-    pub(super) fn new(src: R, limits: &Limits) -> Result<Self, ArchiveError> {
+    /// `compression`: what the stream is said to be; `None` to detect it
+    /// from its magic bytes.
+    pub(super) fn new(src: R, compression: Option<Compression>, limits: &Limits) -> Result<Self, ArchiveError> {
         let mut source = Source { head: [0; MAGIC_LEN], head_len: 0, head_pos: 0, inner: src, failed: false };
         // A pipe or socket may deliver the magic in pieces.
         while source.head_len < MAGIC_LEN {
@@ -97,7 +100,7 @@ impl<R: Read> Decompressor<R> {
                 Err(e) => return Err(ArchiveError::Read(e)),
             }
         }
-        let compression = Compression::detect(&source.head[..source.head_len]);
+        let compression = compression.unwrap_or_else(|| Compression::detect(&source.head[..source.head_len]));
         let buffered = BufReader::with_capacity(SRC_BUF, source);
         let decoder = match compression {
             // zstd's default window limit (128 MiB) bounds the decoder's memory
@@ -110,7 +113,7 @@ impl<R: Read> Decompressor<R> {
             Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
             Compression::None => Decoder::Plain(buffered),
         };
-        Ok(Self { decoder, size: 0, limit: limits.max_uncompressed, eof: false })
+        Ok(Self { decoder, compression, size: 0, limit: limits.max_uncompressed, eof: false })
     }
 
     /// Fills `buf` with the next uncompressed bytes; returns how many, which
@@ -152,6 +155,11 @@ impl<R: Read> Decompressor<R> {
         }
     }
 
+    /// The compression read through.
+    pub(super) fn compression(&self) -> Compression {
+        self.compression
+    }
+
     /// The uncompressed size read so far.
     pub(super) fn size(&self) -> u64 {
         self.size
@@ -167,16 +175,16 @@ pub(super) enum AfterHash {
     Recycle(Sender<Vec<u8>>),
 }
 
-/// The body of the thread that hashes every uncompressed byte — including the
-/// end-of-archive blocks and any padding after them, which the tar parser
-/// never looks at. SHA-512 costs about twice zstd's decompression, so it gets
-/// a core of its own rather than slowing the decompressing thread.
+/// The body of the thread that hashes every uncompressed byte with `D` —
+/// including the end-of-archive blocks and any padding after them, which the
+/// tar parser never looks at. SHA-512 costs about twice zstd's decompression,
+/// so it gets a core of its own rather than slowing the decompressing thread.
 ///
 /// The digest covers the whole stream only if it ended cleanly: the tar
 /// thread sees [`Msg::End`] only after all the data went through here.
-pub(super) fn hasher(rx: Receiver<Msg>, next: AfterHash) -> impl FnOnce() -> ImageId + Send {
+pub(super) fn hasher<D: Digest>(rx: Receiver<Msg>, next: AfterHash) -> impl FnOnce() -> Output<D> + Send {
     move || {
-        let mut hasher = Sha512::new();
+        let mut hasher = D::new();
         for msg in rx {
             let Msg::Data(buf, len) = msg else {
                 if let AfterHash::Tar(tx) = &next {
@@ -197,9 +205,7 @@ pub(super) fn hasher(rx: Receiver<Msg>, next: AfterHash) -> impl FnOnce() -> Ima
                 }
             }
         }
-        let mut digest = [0u8; 64];
-        digest.copy_from_slice(&hasher.finalize());
-        ImageId::from_digest(&digest)
+        hasher.finalize()
     }
 }
 

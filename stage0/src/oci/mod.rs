@@ -19,6 +19,7 @@ use crate::store::StoreError;
 pub mod auth;
 pub mod config;
 pub mod export;
+pub mod layer;
 pub mod layout;
 pub mod pull;
 pub mod registry;

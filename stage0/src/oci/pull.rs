@@ -413,8 +413,10 @@ fn fetch_layers(
         let tree = out.join("rootfs");
         fs::create_dir_all(&tree).map_err(OciError::io("create directory", &tree))?;
         let f = File::open(&blob).map_err(OciError::io("open", &blob))?;
-        let applied = apply(BufReader::with_capacity(1 << 20, f), &l.media_type, &tree, &req.limits)
-            .map_err(|source| OciError::Layer { location: req.location.clone(), digest: l.digest.clone(), source })?;
+        let layer_err = |source| OciError::Layer { location: req.location.clone(), digest: l.digest.clone(), source };
+        let compression = super::layer::layer_compression(&l.media_type).map_err(layer_err)?;
+        let applied = super::layer::apply_layer(BufReader::with_capacity(1 << 20, f), Some(compression), &tree, &req.limits)
+            .map_err(layer_err)?;
         if applied.diff_id != l.diff_id {
             return Err(OciError::DigestMismatch {
                 what: format!("uncompressed layer {} of {}", l.digest, req.location),
@@ -429,7 +431,7 @@ fn fetch_layers(
         if let Some(b) = bar {
             b.finish();
         }
-        Ok(applied.size)
+        Ok(applied.uncompressed_size)
     };
     std::thread::scope(|s| {
         for _ in 0..PARALLEL.min(layers.len()) {
@@ -457,21 +459,6 @@ fn fetch_layers(
         return Err(e);
     }
     Ok(total.into_inner().unwrap_or_else(|p| p.into_inner()))
-}
-
-/// A layer as applied: its uncompressed digest and size.
-struct Applied {
-    diff_id: String,
-    size: u64,
-}
-
-fn apply(
-    _src: impl Read,
-    _media_type: &str,
-    _tree: &Path,
-    _limits: &Limits,
-) -> Result<Applied, crate::archive::ArchiveError> {
-    Err(crate::archive::ArchiveError::NoManifest)
 }
 
 /// Copies `src` into `out` while hashing it, checking its size and digest:

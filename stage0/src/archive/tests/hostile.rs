@@ -284,12 +284,6 @@ fn refuses_truncated_archives() {
     }
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).expect("gzip");
-    enc.finish().expect("gzip")
-}
-
 #[test]
 fn refuses_archives_without_end_marker() {
     let tar = RawTar::default().manifest().file("rootfs/f", b"data").unfinished();

@@ -1,9 +1,13 @@
-//! Tier (a) tests of ACI archives, in temp dirs: round trips through pack
-//! and extract, and one test per kind of hostile archive. Hostile archives
+//! Tier (a) tests of ACI archives and OCI layers, in temp dirs: round trips
+//! through pack and extract, one test per kind of hostile archive, and a
+//! tier (b) test mounting applied layers with overlayfs. Hostile archives
 //! are written block by block ([`RawTar`]): the tar crate's own builder
 //! refuses to write most of them.
 
 mod hostile;
+mod layer;
+mod layer_hostile;
+mod layer_overlay;
 mod round_trip;
 
 use std::collections::BTreeMap;
@@ -171,6 +175,12 @@ impl Sandbox {
         fs::write(&file, b"secret").expect("write secret");
         file
     }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).expect("gzip");
+    enc.finish().expect("gzip")
 }
 
 fn reason(err: &ArchiveError) -> &Reject {

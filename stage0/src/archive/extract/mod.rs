@@ -1,17 +1,29 @@
-//! Unpacking the tar of an untrusted ACI into a fresh directory.
+//! Unpacking the tar of an untrusted ACI or OCI layer into a fresh directory.
 //!
 //! Every entry is hostile until checked, and a refusal names the entry:
 //! - paths are normalised (`./` and empty components dropped); absolute
 //!   paths and `..` components are refused;
-//! - only `manifest` (a regular file of at most [`MAX_MANIFEST_BYTES`]) and
-//!   `rootfs` / `rootfs/...` may appear, each path once (directories too);
+//! - in an ACI, only `manifest` (a regular file of at most
+//!   [`MAX_MANIFEST_BYTES`]) and `rootfs` / `rootfs/...` may appear, each
+//!   path once (directories too);
+//! - in an OCI layer, paths are relative to the layer's root and may repeat,
+//!   as tar and containerd allow: the later entry wins (the earlier one is
+//!   unlinked; a directory is kept, its owner and mode taken from the later
+//!   entry), except that nothing replaces a directory, so a directory that
+//!   was checked as a parent never becomes a symlink or a file. Whiteouts
+//!   become overlayfs whiteouts ([`super::overlay`]) and are held to the same
+//!   path rules. A whiteout applies to the layers below only: a real entry of
+//!   the same name in the same layer wins, whichever comes first, and is made
+//!   opaque if it is a directory (it still hides the directory below);
 //! - nothing is written through a symlink or a non-directory: every ancestor
 //!   of an entry must be a directory this extraction made, which the map of
 //!   extracted paths enforces and an `lstat` of each ancestor, top down,
 //!   backs up; files are created `O_EXCL|O_NOFOLLOW`, so nothing is
 //!   followed or overwritten;
-//! - hard links may only point at regular files extracted earlier in rootfs;
-//! - device nodes and exotic entry types are refused; fifos are fine (inert
+//! - hard links may only point at regular files extracted earlier in rootfs
+//!   (in the layer);
+//! - device nodes and exotic entry types are refused (the only devices in a
+//!   layer's tree are the 0:0 whiteouts made here); fifos are fine (inert
 //!   files; an app could make one itself); setuid and setgid bits are kept,
 //!   as in the image: `no_new_privs` makes them inert inside pods, and the
 //!   store is not reachable by other host users (see `store`);
@@ -25,7 +37,9 @@
 //!   is a memory bomb that compresses to nothing.
 //!
 //! Symlink *targets* are not checked: they are resolved inside the
-//! container, never by this code.
+//! container, never by this code. Extended attributes (pax `SCHILY.xattr.*`)
+//! are not applied, so an archive cannot set `trusted.overlay.*` itself (nor
+//! file capabilities, which are lost).
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -44,16 +58,17 @@ use nix::sys::stat::Mode;
 use spec::{ImageManifest, ManifestError, MAX_MANIFEST_BYTES};
 use tar::EntryType;
 
+use super::overlay;
+use super::paths::{check_lengths, normalise, shared_dirs, MAX_PATH};
 use super::stream::ChunkReader;
 use super::{ArchiveError, Reject};
+
+mod layer;
 
 const BLOCK: u64 = 512;
 /// Copy buffer for file data: large writes, few syscalls.
 const COPY_BUF: usize = 1 << 20;
 const MANIFEST: &[u8] = b"manifest";
-/// Longest path (PATH_MAX less its NUL) and path component (NAME_MAX).
-const MAX_PATH: usize = 4095;
-const MAX_COMPONENT: usize = 255;
 /// Most bytes of headers, pax records and GNU long names the tar parser may
 /// read for one entry. A PATH_MAX name is 4 KiB; pax records with extended
 /// attributes stay far below this.
@@ -67,6 +82,16 @@ pub(super) struct Unpacked {
     pub manifest_bytes: Vec<u8>,
 }
 
+/// What an archive holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    /// An ACI: `manifest` and a `rootfs/` tree, each path once.
+    Aci,
+    /// An OCI layer: a tree relative to its root, with whiteouts; a path may
+    /// repeat, the later entry winning.
+    Layer,
+}
+
 /// What an extracted path is, as far as later entries are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -76,6 +101,21 @@ enum Kind {
     File,
     Symlink,
     Fifo,
+    /// An overlayfs whiteout (layers only).
+    Whiteout,
+}
+
+/// What an entry does to a path extracted earlier (layers only, but for
+/// the first, which is how an ACI's directory entry follows its contents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    /// Nothing there yet.
+    Nothing,
+    /// A directory entry for a directory already there: only its owner,
+    /// mode and time change.
+    Redeclare,
+    /// A non-directory (or whiteout) to unlink first.
+    Unlink,
 }
 
 /// Ownership, mode and time from an entry's header.
@@ -115,9 +155,15 @@ impl Read for Metered {
 
 /// Unpacks the tar read from `reader` into the empty directory `dest`, then
 /// reads the stream to its end so all of it is hashed. More than
-/// `max_entries` entries is an error.
-pub(super) fn unpack(reader: ChunkReader, dest: &Path, max_entries: u64) -> Result<Unpacked, ArchiveError> {
-    let mut ex = Extractor::new(dest);
+/// `max_entries` entries is an error. The manifest of an ACI, `None` for a
+/// layer.
+pub(super) fn unpack(
+    reader: ChunkReader,
+    dest: &Path,
+    max_entries: u64,
+    format: Format,
+) -> Result<Option<Unpacked>, ArchiveError> {
+    let mut ex = Extractor::new(dest, format);
     let budget = Rc::new(Cell::new(None));
     let mut archive = tar::Archive::new(Metered { inner: reader, budget: Rc::clone(&budget) });
     // Where the last entry's data ends: an end-of-archive block must follow.
@@ -161,10 +207,14 @@ pub(super) fn unpack(reader: ChunkReader, dest: &Path, max_entries: u64) -> Resu
 
 struct Extractor<'d> {
     dest: &'d Path,
+    format: Format,
     /// Every path extracted (or made as an ancestor), normalised.
     seen: HashMap<Vec<u8>, Kind>,
     /// Directory entries: their mode and mtime are applied at the end.
     dirs: Vec<(PathBuf, Meta)>,
+    /// Where in `dirs` each directory entry is, for a layer's later entry
+    /// of the same directory to replace.
+    dir_slots: HashMap<Vec<u8>, usize>,
     manifest: Option<Unpacked>,
     /// The last parent directory verified on disk; entries come grouped by
     /// directory, so this saves most of the `lstat`s.
@@ -174,11 +224,13 @@ struct Extractor<'d> {
 }
 
 impl<'d> Extractor<'d> {
-    fn new(dest: &'d Path) -> Self {
+    fn new(dest: &'d Path, format: Format) -> Self {
         Self {
             dest,
+            format,
             seen: HashMap::new(),
             dirs: Vec::new(),
+            dir_slots: HashMap::new(),
             manifest: None,
             checked_parent: None,
             buf: vec![0; COPY_BUF],
@@ -191,17 +243,27 @@ impl<'d> Extractor<'d> {
         check_lengths(&rel).map_err(|reason| rejected(name, reason))?;
         let ty = entry.header().entry_type();
         if rel.is_empty() {
-            // `./`, the archive's root: the destination itself.
-            return if ty.is_dir() { Ok(()) } else { Err(rejected(name, Reject::NotDirectory)) };
+            // `./`, the archive's root: the destination itself, whose owner
+            // and mode a layer sets (the merged root's, if it is the top).
+            return match (ty.is_dir(), self.format) {
+                (false, _) => Err(rejected(name, Reject::NotDirectory)),
+                (true, Format::Aci) => Ok(()),
+                (true, Format::Layer) => {
+                    let meta = header_meta(entry.header(), name)?;
+                    self.dir(&rel, self.dest.to_path_buf(), meta, Replace::Redeclare)
+                }
+            };
         }
-        if rel == MANIFEST {
-            return self.manifest(entry, name);
-        }
-        if rel.split(|&b| b == b'/').next() != Some(ROOTFS) {
-            return Err(rejected(name, Reject::UnexpectedTopLevel));
-        }
-        if rel == ROOTFS && !ty.is_dir() {
-            return Err(rejected(name, Reject::NotDirectory));
+        if self.format == Format::Aci {
+            if rel == MANIFEST {
+                return self.manifest(entry, name);
+            }
+            if rel.split(|&b| b == b'/').next() != Some(ROOTFS) {
+                return Err(rejected(name, Reject::UnexpectedTopLevel));
+            }
+            if rel == ROOTFS && !ty.is_dir() {
+                return Err(rejected(name, Reject::NotDirectory));
+            }
         }
         let kind = match ty {
             // `Continuous` is a regular file to every extractor in use.
@@ -213,16 +275,34 @@ impl<'d> Extractor<'d> {
             EntryType::Block => return Err(rejected(name, Reject::Device { kind: "block" })),
             other => return Err(rejected(name, Reject::UnsupportedType(char::from(other.as_byte())))),
         };
-        let upgrade = match self.seen.get(&rel[..]) {
-            None => false,
-            Some(Kind::ImplicitDir) if kind == Kind::Dir => true,
-            Some(_) => return Err(rejected(name, Reject::Duplicate)),
+        if self.format == Format::Layer {
+            if let Some(whiteout) = overlay::whiteout(&rel) {
+                let whiteout = whiteout.map_err(|reason| rejected(name, reason))?;
+                return self.whiteout(whiteout, &rel, name);
+            }
+        }
+        let replace = match (self.seen.get(&rel[..]), self.format) {
+            (None, _) => Replace::Nothing,
+            (Some(Kind::ImplicitDir), _) if kind == Kind::Dir => Replace::Redeclare,
+            (Some(_), Format::Aci) => return Err(rejected(name, Reject::Duplicate)),
+            (Some(Kind::Dir), Format::Layer) if kind == Kind::Dir => Replace::Redeclare,
+            (Some(Kind::Dir | Kind::ImplicitDir), Format::Layer) => {
+                return Err(rejected(name, Reject::ReplacesDirectory))
+            }
+            (Some(_), Format::Layer) => Replace::Unlink,
         };
+        // The entry it replaces was a whiteout: a directory now hides the
+        // one below all the same.
+        let opaque = kind == Kind::Dir && self.seen.get(&rel[..]) == Some(&Kind::Whiteout);
         self.prepare_parents(&rel, name)?;
         let path = self.dest.join(OsStr::from_bytes(&rel));
+        if replace == Replace::Unlink {
+            // unlink never follows a symlink; the parents were just checked.
+            fs::remove_file(&path).map_err(ArchiveError::io("remove", &path))?;
+        }
         match ty {
-            EntryType::Link => self.hard_link(entry, &path, name)?,
-            EntryType::Directory => self.dir(path, header_meta(entry.header(), name)?, upgrade)?,
+            EntryType::Link => self.hard_link(entry, &path, &rel, name)?,
+            EntryType::Directory => self.dir(&rel, path.clone(), header_meta(entry.header(), name)?, replace)?,
             EntryType::Symlink => self.symlink(entry, &path, &header_meta(entry.header(), name)?, name)?,
             EntryType::Fifo => self.fifo(&path, &header_meta(entry.header(), name)?)?,
             _ => {
@@ -231,6 +311,9 @@ impl<'d> Extractor<'d> {
                 self.file(entry, size, &path, &meta, name)?;
                 crate::crashpoint::crashpoint("fetch.extracting");
             }
+        }
+        if opaque {
+            overlay::set_opaque(&path).map_err(ArchiveError::io("mark opaque", &path))?;
         }
         self.seen.insert(rel, kind);
         Ok(())
@@ -266,20 +349,24 @@ impl<'d> Extractor<'d> {
     /// extraction, making those that have no entry yet.
     fn prepare_parents(&mut self, rel: &[u8], name: &str) -> Result<(), ArchiveError> {
         let Some(slash) = rel.iter().rposition(|&b| b == b'/') else {
-            return Ok(()); // `rootfs` itself, whose parent is dest
+            return Ok(()); // `rootfs` itself (a top-level path of a layer), whose parent is dest
         };
         let parent = &rel[..slash];
         if self.checked_parent.as_deref() == Some(parent) {
             return Ok(());
         }
         // Ancestors shared with the parent checked last were checked then,
-        // and a directory, once made, is never replaced.
+        // and a directory, once made, is never replaced (not even by a
+        // layer's duplicate entry).
         let checked = self.checked_parent.as_deref().map_or(0, |last| shared_dirs(last, parent));
         for end in (checked + 1..=slash).filter(|&i| rel[i] == b'/') {
             let ancestor = &rel[..end];
             match self.seen.get(ancestor) {
                 Some(Kind::Dir | Kind::ImplicitDir) => {}
                 Some(Kind::Symlink) => return Err(rejected(name, Reject::ThroughSymlink { link: lossy(ancestor) })),
+                // Whited out, then filled in this layer: a directory that
+                // still hides the one below.
+                Some(Kind::Whiteout) => self.fill_whiteout(ancestor)?,
                 Some(_) => return Err(rejected(name, Reject::ParentNotDirectory { parent: lossy(ancestor) })),
                 None => self.implicit_dir(ancestor)?,
             }
@@ -335,15 +422,24 @@ impl<'d> Extractor<'d> {
         filetime::set_file_handle_times(&file, None, Some(meta.mtime)).map_err(ArchiveError::io("set times of", path))
     }
 
-    /// `upgrade`: the directory was made earlier as an ancestor.
-    fn dir(&mut self, path: PathBuf, meta: Meta, upgrade: bool) -> Result<(), ArchiveError> {
-        if !upgrade {
+    /// `Replace::Redeclare`: the directory is there already (made as an
+    /// ancestor, or by an earlier entry of a layer).
+    fn dir(&mut self, rel: &[u8], path: PathBuf, meta: Meta, replace: Replace) -> Result<(), ArchiveError> {
+        if replace != Replace::Redeclare {
             // Owner-writable until the end, so that the contents can be
             // written even when not root; the real mode comes last.
             fs::DirBuilder::new().mode(0o700).create(&path).map_err(ArchiveError::io("create directory", &path))?;
         }
         self.chown(std::os::unix::fs::lchown(&path, Some(meta.uid), Some(meta.gid)), &path)?;
-        self.dirs.push((path, meta));
+        // A later entry for the same directory wins: its mode and time are
+        // the ones applied at the end.
+        match self.dir_slots.get(rel) {
+            Some(&slot) => self.dirs[slot] = (path, meta),
+            None => {
+                self.dir_slots.insert(rel.to_vec(), self.dirs.len());
+                self.dirs.push((path, meta));
+            }
+        }
         Ok(())
     }
 
@@ -382,7 +478,13 @@ impl<'d> Extractor<'d> {
         filetime::set_symlink_file_times(path, meta.mtime, meta.mtime).map_err(ArchiveError::io("set times of", path))
     }
 
-    fn hard_link(&mut self, entry: &tar::Entry<'_, Metered>, path: &Path, name: &str) -> Result<(), ArchiveError> {
+    fn hard_link(
+        &mut self,
+        entry: &tar::Entry<'_, Metered>,
+        path: &Path,
+        rel: &[u8],
+        name: &str,
+    ) -> Result<(), ArchiveError> {
         let raw = entry.link_name_bytes().map(Cow::into_owned).unwrap_or_default();
         let bad = |why| rejected(name, Reject::HardLinkTarget { target: lossy(&raw), why });
         let target = normalise(&raw).map_err(|reason| {
@@ -392,8 +494,12 @@ impl<'d> Extractor<'d> {
                 _ => "contains a NUL byte",
             })
         })?;
-        if !target.starts_with(b"rootfs/") {
+        if self.format == Format::Aci && !target.starts_with(b"rootfs/") {
             return Err(bad("is not inside rootfs/"));
+        }
+        if target == rel {
+            // A layer's duplicate entry linking to the file it replaces.
+            return Err(bad("is the entry itself"));
         }
         if self.seen.get(&target[..]) != Some(&Kind::File) {
             let through_symlink = (0..target.len())
@@ -426,15 +532,32 @@ impl<'d> Extractor<'d> {
         }
     }
 
-    fn finish(mut self) -> Result<Unpacked, ArchiveError> {
-        let manifest = self.manifest.take().ok_or(ArchiveError::NoManifest)?;
-        if !self.seen.contains_key(ROOTFS) {
-            self.implicit_dir(ROOTFS)?;
-        }
+    fn finish(mut self) -> Result<Option<Unpacked>, ArchiveError> {
+        let manifest = match self.format {
+            Format::Aci => {
+                let manifest = self.manifest.take().ok_or(ArchiveError::NoManifest)?;
+                if !self.seen.contains_key(ROOTFS) {
+                    self.implicit_dir(ROOTFS)?;
+                }
+                Some(manifest)
+            }
+            Format::Layer => {
+                if !self.dir_slots.contains_key(&b""[..]) {
+                    // No `./` entry: the layer's root is 0755 and root's,
+                    // like any directory the archive does not describe.
+                    let root = self.dest;
+                    fs::set_permissions(root, Permissions::from_mode(0o755))
+                        .map_err(ArchiveError::io("chmod", root))?;
+                    self.chown(std::os::unix::fs::lchown(root, Some(0), Some(0)), root)?;
+                }
+                None
+            }
+        };
         // Directories last, deepest first: writing their contents changed
         // their mtimes, and a read-only mode would have blocked the writing.
         // chmod follows symlinks, but each of these was made by mkdir and
-        // nothing can have replaced it (duplicates are refused).
+        // nothing can have replaced it (duplicates are refused, and a layer's
+        // duplicates never replace a directory).
         for (path, meta) in self.dirs.iter().rev() {
             fs::set_permissions(path, Permissions::from_mode(meta.mode)).map_err(ArchiveError::io("chmod", path))?;
             filetime::set_symlink_file_times(path, meta.mtime, meta.mtime)
@@ -442,54 +565,6 @@ impl<'d> Extractor<'d> {
         }
         Ok(manifest)
     }
-}
-
-/// Length of the whole leading components `a` and `b` share: 8 (`rootfs/a`)
-/// for `rootfs/a/b` and `rootfs/a/c`, 6 for `rootfs/a` and `rootfs/ab`.
-fn shared_dirs(a: &[u8], b: &[u8]) -> usize {
-    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let boundary = |p: &[u8]| common == p.len() || p[common] == b'/';
-    if boundary(a) && boundary(b) {
-        common
-    } else {
-        a[..common].iter().rposition(|&c| c == b'/').unwrap_or(0)
-    }
-}
-
-/// A normalised path as the app will see it (`/` + `rel`) fits PATH_MAX,
-/// and each of its components NAME_MAX.
-fn check_lengths(rel: &[u8]) -> Result<(), Reject> {
-    if rel.len() + 1 > MAX_PATH {
-        return Err(Reject::TooLong { what: "path", len: rel.len() + 1, limit: MAX_PATH });
-    }
-    match rel.split(|&b| b == b'/').map(<[u8]>::len).max() {
-        Some(len) if len > MAX_COMPONENT => Err(Reject::TooLong { what: "path component", len, limit: MAX_COMPONENT }),
-        _ => Ok(()),
-    }
-}
-
-/// Normalises an archive path to `a/b/c`: `.` and empty components are
-/// dropped; absolute paths, `..` and NUL are refused. The root is `""`.
-fn normalise(raw: &[u8]) -> Result<Vec<u8>, Reject> {
-    if raw.contains(&0) {
-        return Err(Reject::Nul);
-    }
-    if raw.first() == Some(&b'/') {
-        return Err(Reject::Absolute);
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    for component in raw.split(|&b| b == b'/') {
-        match component {
-            b"" | b"." => continue,
-            b".." => return Err(Reject::ParentDir),
-            _ => {}
-        }
-        if !out.is_empty() {
-            out.push(b'/');
-        }
-        out.extend_from_slice(component);
-    }
-    Ok(out)
 }
 
 fn header_meta(header: &tar::Header, name: &str) -> Result<Meta, ArchiveError> {
@@ -553,29 +628,4 @@ fn malformed(after: Option<&str>, source: io::Error) -> ArchiveError {
 
 fn malformed_at(name: &str, source: io::Error) -> ArchiveError {
     ArchiveError::Tar { context: format!("at entry {name:?}"), source }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalises_paths() {
-        assert_eq!(normalise(b"./rootfs//a/./b/").as_deref(), Ok(&b"rootfs/a/b"[..]));
-        assert_eq!(normalise(b"./").as_deref(), Ok(&b""[..]));
-        assert_eq!(normalise(b"/rootfs"), Err(Reject::Absolute));
-        assert_eq!(normalise(b"rootfs/a/../b"), Err(Reject::ParentDir));
-        assert_eq!(normalise(b"rootfs/.../..a").as_deref(), Ok(&b"rootfs/.../..a"[..]));
-        assert_eq!(normalise(b"rootfs/\x00"), Err(Reject::Nul));
-    }
-
-    #[test]
-    fn finds_shared_directories() {
-        assert_eq!(shared_dirs(b"rootfs/a/b", b"rootfs/a/c"), 8);
-        assert_eq!(shared_dirs(b"rootfs/a", b"rootfs/ab"), 6);
-        assert_eq!(shared_dirs(b"rootfs/ab", b"rootfs/ac"), 6);
-        assert_eq!(shared_dirs(b"rootfs/a/b", b"rootfs/a"), 8);
-        assert_eq!(shared_dirs(b"rootfs", b"rootfs/a"), 6);
-        assert_eq!(shared_dirs(b"x", b"y"), 0);
-    }
 }
