@@ -36,6 +36,10 @@
 //! | `build.staged` | `pod image build`: the rootfs assembled in its scratch dir (`$TMPDIR/pod-build-*`) |
 //! | `build.packed` | `OUT.tmp` written and synced, just before its rename to `OUT` |
 //! | `image.rm` | `pod image rm`: the entry renamed out of `images/` into `tmp/`, not yet deleted |
+//! | `oci.manifest` | OCI pull: the manifest read and its digest computed, nothing written |
+//! | `oci.verified` | OCI pull: the signature checked (or skipped), no blob fetched yet |
+//! | `oci.blob` | OCI pull: a layer blob fetched and verified into `tmp/oci-*`, not yet applied |
+//! | `oci.layers` | OCI pull: every blob and layer tree in place, the image entry not yet written |
 //!
 //! The `stage1-*` steps kill the monitor (stage0 passes the variable on, and
 //! `stage1-ns/src/crashpoint.rs` reaches them); beyond them the tests kill
@@ -73,6 +77,10 @@ pub const STEPS: &[&str] = &[
     "build.staged",
     "build.packed",
     "image.rm",
+    "oci.manifest",
+    "oci.verified",
+    "oci.blob",
+    "oci.layers",
 ];
 
 /// Dies by SIGKILL if `POD_TEST_KILL_AT` names `step` (debug builds only).

@@ -134,7 +134,7 @@ pub struct Store {
 impl Store {
     /// Opens the store, creating its directories.
     pub fn open(dirs: &Dirs) -> Result<Self, StoreError> {
-        for d in [dirs.images(), dirs.trees(), dirs.tmp(), dirs.blobs(), dirs.layers()] {
+        for d in [dirs.images(), dirs.trees(), dirs.tmp()] {
             paths::create_private_dir(&d).map_err(io_err("create directory", &d))?;
         }
         Ok(Self { dirs: dirs.clone() })

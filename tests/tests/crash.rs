@@ -252,6 +252,15 @@ fn assert_store_sound(live: &Live, what: &str) {
     for dir in live.image_dirs() {
         assert!(dir.join("meta.json").is_file(), "{what}: incomplete store entry {}", dir.display());
     }
+    let layers: Vec<PathBuf> =
+        fs::read_dir(live.data.join("layers")).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    for layer in layers {
+        assert!(
+            layer.join("diff_id").is_file() && layer.join("rootfs").is_dir(),
+            "{what}: incomplete layer {}",
+            layer.display()
+        );
+    }
     let trees: Vec<PathBuf> =
         fs::read_dir(live.data.join("trees")).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     for tree in trees {
@@ -307,6 +316,9 @@ enum Scenario {
     /// `pod image build` of a small directory recipe, its scratch dir in
     /// the environment's own `TMPDIR`.
     Build,
+    /// `pod fetch` of a two-layer OCI image (busybox + a file) from an OCI
+    /// layout, into a store without it, its blobs or its layers.
+    OciFetch,
 }
 
 fn scenario(step: &str) -> Scenario {
@@ -317,6 +329,7 @@ fn scenario(step: &str) -> Scenario {
         "gc" => Scenario::Gc,
         "image" => Scenario::ImageRm,
         "build" => Scenario::Build,
+        "oci" => Scenario::OciFetch,
         _ => panic!("crash.rs cannot reach kill point {step:?}: give it a Scenario"),
     }
 }
@@ -375,7 +388,28 @@ fn arrange(live: &Live, s: Scenario, aci: &Path, pod_file: &Path) -> Vec<String>
             let _ = fs::remove_file(&b.out);
             b.args()
         }
+        Scenario::OciFetch => {
+            for dir in live.image_dirs() {
+                let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+                if name.starts_with("sha256-") {
+                    live.ok(&["image", "rm", &name]);
+                }
+            }
+            live.ok(&["image", "gc"]);
+            assert_eq!(fs::read_dir(live.data.join("layers")).map(Iterator::count).unwrap_or(0), 0, "no layers left");
+            oci_fetch_args(live)
+        }
     }
+}
+
+/// `pod fetch` of the OCI layout the `oci.*` steps pull (built once).
+fn oci_fetch_args(live: &Live) -> Vec<String> {
+    let layout = live.work.join("oci-layout");
+    if !layout.join("index.json").is_file() {
+        let img = OciImage::new(&layout, "v1").and_then(OciImage::busybox).expect("umoci (checked before)");
+        img.layer(&[("crash.txt", b"crash\n")]);
+    }
+    ["fetch", "--insecure-options=image", &format!("oci:{}:v1", layout.display())].map(str::to_owned).to_vec()
 }
 
 /// A small image built from a directory, for the kill points of `pod image build`.
@@ -434,6 +468,18 @@ fn recover(live: &Live, s: Scenario, aci: &Path, pod_file: &Path, step: &str) {
             let id = live.ok(&["fetch", p(&b.out)]);
             live.ok(&["image", "verify", &id]);
             live.ok(&["image", "rm", &id]);
+        }
+        Scenario::OciFetch => {
+            let args = oci_fetch_args(live);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = live.run_within(&args, Duration::from_secs(120));
+            assert!(out.status.success(), "OCI fetch after a kill at {step}: {}", describe(&args, &out));
+            let oci = live
+                .image_dirs()
+                .iter()
+                .filter(|d| d.file_name().unwrap().to_string_lossy().starts_with("sha256-"))
+                .count();
+            assert_eq!(oci, 1, "one OCI store entry after a kill at {step}");
         }
         Scenario::Fetch | Scenario::ImageRm => {
             let out = live.run_within(&["fetch", p(aci)], Duration::from_secs(120));
@@ -500,7 +546,12 @@ fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
         eprintln!("SKIP (part): no VM host (guest kernel, qemu, pod-stage1-vm): the kill points of VM pods");
     }
     let mut cases: Vec<(String, &str)> = Vec::new();
+    let umoci = need_tools(&["umoci"]);
     for step in kill_points() {
+        if let (Scenario::OciFetch, Err(Skip(why))) = (scenario(&step), &umoci) {
+            eprintln!("SKIP: kill point {step}: {why}");
+            continue;
+        }
         if scenario(&step) == Scenario::RunVm {
             if vms {
                 cases.push((step, "vm"));
@@ -546,7 +597,7 @@ fn killing_pod_at_every_step_then_gc_restores_host_and_store() {
         assert_store_sound(&live, &format!("{what}, then the command again"));
         let shown: Vec<&str> = args.iter().map(|a| a.rsplit('/').next().unwrap_or(a)).collect();
         let again = match s {
-            Scenario::Fetch | Scenario::ImageRm => "pod fetch",
+            Scenario::Fetch | Scenario::ImageRm | Scenario::OciFetch => "pod fetch",
             Scenario::Build => "pod image build (and fetch)",
             _ => "pod run",
         };

@@ -72,6 +72,9 @@ impl LayoutSource {
         let tag_of = |m: &oci_spec::image::Descriptor| m.annotations().as_ref().and_then(|a| a.get(REF_NAME).cloned());
         let tags: Vec<String> = index.manifests().iter().filter_map(tag_of).collect();
         let hit = match tag {
+            // An index that tags nothing (skopeo's oci-archive) and holds one
+            // image: that image, whatever tag was asked.
+            Some(_) if tags.is_empty() && index.manifests().len() == 1 => index.manifests().first(),
             Some(t) => index.manifests().iter().find(|m| tag_of(m).as_deref() == Some(t)),
             None if index.manifests().len() == 1 => index.manifests().first(),
             None => {
@@ -86,9 +89,8 @@ impl LayoutSource {
                 })
             }
         };
-        hit.map(|m| m.digest().to_string()).ok_or_else(|| {
-            OciError::NotFound(format!("{}:{} (tags: {})", self.describe, tag.unwrap_or(""), tags.join(", ")))
-        })
+        hit.map(|m| m.digest().to_string())
+            .ok_or_else(|| OciError::NotFound(format!("{} (its tags: {})", self.describe, tags.join(", "))))
     }
 }
 

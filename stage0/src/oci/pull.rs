@@ -75,7 +75,8 @@ impl RawManifest {
                 v.get("layers").map(|_| MT_OCI_MANIFEST.to_owned())
             }
         });
-        let transport = media_type.filter(|t| !t.is_empty() && t != "application/json" && t != "application/octet-stream");
+        let transport =
+            media_type.filter(|t| !t.is_empty() && t != "application/json" && t != "application/octet-stream");
         let media_type = body_type.or(transport).or(sniffed).unwrap_or_default();
         Self { media_type, bytes, digest }
     }
@@ -415,8 +416,9 @@ fn fetch_layers(
         let f = File::open(&blob).map_err(OciError::io("open", &blob))?;
         let layer_err = |source| OciError::Layer { location: req.location.clone(), digest: l.digest.clone(), source };
         let compression = super::layer::layer_compression(&l.media_type).map_err(layer_err)?;
-        let applied = super::layer::apply_layer(BufReader::with_capacity(1 << 20, f), Some(compression), &tree, &req.limits)
-            .map_err(layer_err)?;
+        let applied =
+            super::layer::apply_layer(BufReader::with_capacity(1 << 20, f), Some(compression), &tree, &req.limits)
+                .map_err(layer_err)?;
         if applied.diff_id != l.diff_id {
             return Err(OciError::DigestMismatch {
                 what: format!("uncompressed layer {} of {}", l.digest, req.location),

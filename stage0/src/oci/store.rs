@@ -106,6 +106,8 @@ pub fn commit_blob(dirs: &Dirs, file: &Path, digest: &str) -> Result<(), StoreEr
 /// success; ours stays behind for its staging dir's cleanup.
 pub fn commit_layer(dirs: &Dirs, rendered: &Path, digest: &str) -> Result<(), StoreError> {
     let dest = layer_dir(dirs, digest)?;
+    let layers = dirs.layers();
+    crate::paths::create_private_dir(&layers).map_err(io_err("create directory", &layers))?;
     match fs::rename(rendered, &dest) {
         Ok(()) => {
             if let Ok(d) = File::open(dirs.layers()) {

@@ -60,6 +60,17 @@ impl OciImage {
         Ok(img)
     }
 
+    /// A new image `tag` in `base`'s layout that starts as `base` (same
+    /// manifest, so the same layers): images that share base layers.
+    pub fn based_on(base: &OciImage, tag: &str) -> Self {
+        run_ok(&mut umoci(&["tag", "--image", &base.umoci_image(), tag]));
+        let layout = base.layout.clone();
+        let work = layout.with_file_name(format!("{}-{tag}.work", layout.file_name().unwrap().to_string_lossy()));
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work).unwrap();
+        Self { layout, tag: tag.to_owned(), work, layers: base.layers }
+    }
+
     /// `DIR:TAG`, as umoci takes it.
     fn umoci_image(&self) -> String {
         format!("{}:{}", p(&self.layout), self.tag)
