@@ -309,6 +309,9 @@ impl<'a> Fetcher<'a> {
             ImageRef::Name { .. } => {
                 return Err(FetchError::Reference { why: format!("source {url:?} must be a URL"), reference: url })
             }
+            // A registry: the image is stored, and its signature checked,
+            // under the registry's name for it.
+            ImageRef::Oci(src) => return self.fetch_oci(&src),
             loc => loc,
         };
         self.fetch_location(&location, Some((name, labels)))
@@ -584,6 +587,11 @@ impl ImageSource for Fetcher<'_> {
     fn get(&mut self, dep: &Dependency) -> Result<(ImageId, ImageManifest), DepsError> {
         let labels: BTreeMap<String, String> = dep.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect();
         let (meta, _) = self.by_name(&dep.image_name, &labels, dep.image_id.as_ref()).map_err(|e| dep_err(dep, e))?;
+        if meta.oci.is_some() {
+            return Err(DepsError::NotFound {
+                image: format!("{} (its source gives an OCI image, not an ACI)", deps::describe(dep)),
+            });
+        }
         let manifest = self.store.manifest(&meta.id).map_err(|e| dep_err(dep, e))?;
         Ok((meta.id, manifest))
     }

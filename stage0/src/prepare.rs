@@ -254,15 +254,44 @@ fn resolve_app(
             pids: app.resources.pids,
         },
         ports,
-        mounts: app
-            .mounts
-            .iter()
-            .map(|m| stage1::Mount { volume: m.volume.clone(), path: m.path.clone(), read_only: m.read_only })
-            .collect(),
+        mounts: mounts_of(file, app, meta, image_app)?,
         capabilities: app.capabilities,
         seccomp: app.seccomp,
         read_only_root_fs: app.read_only_root_fs,
     })
+}
+
+/// The app's mounts: the pod file's, then, for an OCI image, an empty
+/// volume `<app>-<mount point>` on each of the image's `Volumes` the pod
+/// file mounts nothing on (as docker and podman give anonymous volumes).
+fn mounts_of(
+    file: &str,
+    app: &AppSpec,
+    meta: &store::ImageMeta,
+    image_app: Option<&spec::App>,
+) -> Result<Vec<stage1::Mount>, PrepareError> {
+    let mut mounts: Vec<stage1::Mount> = app
+        .mounts
+        .iter()
+        .map(|m| stage1::Mount { volume: m.volume.clone(), path: m.path.clone(), read_only: m.read_only })
+        .collect();
+    if meta.oci.is_none() {
+        return Ok(mounts);
+    }
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    for mp in image_app.map(|a| a.mount_points.as_slice()).unwrap_or_default() {
+        if mounts.iter().any(|m| same(&m.path, &mp.path)) {
+            continue;
+        }
+        let name = format!("{}-{}", app.name, mp.name);
+        let volume = spec::AcName::new(&name).map_err(|e| PrepareError::App {
+            file: file.to_owned(),
+            app: app.name.to_string(),
+            why: format!("volume {name:?} for the image's mount point {}: {e}", mp.path),
+        })?;
+        mounts.push(stage1::Mount { volume, path: mp.path.clone(), read_only: mp.read_only });
+    }
+    Ok(mounts)
 }
 
 /// A prepared pod, still locked by us.
@@ -390,6 +419,14 @@ fn write_pod(
             }
         };
         volumes.push(stage1::Volume { name: v.name.clone(), source });
+    }
+    // The anonymous volumes of OCI images' mount points (see `mounts_of`).
+    for m in apps.iter().flat_map(|a| &a.mounts) {
+        if !volumes.iter().any(|v| v.name == m.volume) {
+            let d = dir.join("volumes").join(m.volume.as_str());
+            fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+            volumes.push(stage1::Volume { name: m.volume.clone(), source: stage1::VolumeSource::Empty });
+        }
     }
     crashpoint("prepare.volumes");
     let network = overrides.network.clone().unwrap_or(match &pod_file.network {

@@ -67,8 +67,10 @@ impl Source {
     /// Validates the prefix and the template's scheme and braces.
     pub fn new(prefix: &str, url: &str) -> Result<Self, SourceError> {
         Scope::prefix(prefix).map_err(|e| SourceError::Invalid(e.to_string()))?;
-        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) {
-            return Err(SourceError::Invalid(format!("url {url:?} must start with https://, http:// or file://")));
+        if !["https://", "http://", "file://", "docker://"].iter().any(|s| url.starts_with(s)) {
+            return Err(SourceError::Invalid(format!(
+                "url {url:?} must start with https://, http://, file:// or docker:// (a registry)"
+            )));
         }
         if url.matches('{').count() != url.matches('}').count() {
             return Err(SourceError::Invalid(format!("url {url:?} has unbalanced braces")));

@@ -29,11 +29,13 @@ fn app_image(layout: &Path, tag: &str) -> Result<OciImage, Skip> {
         ])
         .whiteout(&["srv/gone.txt"])
         .entrypoint(&["/bin/sh", "-c"])
-        .cmd(&["echo user=$(id -u):$(id -g) cwd=$(pwd) greeting=$GREETING; ls /srv; cat /srv/keep.txt"])
+        .cmd(&["echo user=$(id -u):$(id -g) cwd=$(pwd) greeting=$GREETING; ls /srv; cat /srv/keep.txt; \
+             grep -q ' /data ' /proc/mounts && echo data-is-a-volume"])
         .env(&["GREETING=hello from oci", "PATH=/bin:/usr/bin"])
         .workdir("/srv")
         .user("www")
         .exposed_ports(&["8080/tcp"])
+        .volumes(&["/data"])
         .stop_signal("SIGINT"))
 }
 
@@ -65,6 +67,9 @@ fn signed_image_from_a_tls_registry_is_verified_stored_and_runs() {
     cosign_sign(&key, &reg.image_ref(&format!("team/app@{digest}")), &reg);
 
     let reference = reg.docker_ref("team/app:v1");
+    // The second verifier agrees: cosign accepts what pod is about to.
+    let cosign = cosign_verify(&key.public, &reg.image_ref("team/app:v1"), &reg);
+    assert!(cosign.status.success(), "cosign verify: {}", String::from_utf8_lossy(&cosign.stderr));
     let out = pod.run(&["fetch", "--ca-cert", p(reg.ca_cert()), &reference]);
     assert!(out.status.success(), "{}", describe(&["fetch", &reference], &out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -94,6 +99,8 @@ fn signed_image_from_a_tls_registry_is_verified_stored_and_runs() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}", describe(&["run", p(&file)], &out));
     assert_mentions(&text, &["user=1000:1000", "cwd=/srv", "greeting=hello from oci", "keep.txt", "kept"]);
+    // The image's Volumes: an empty volume of its own, as docker gives.
+    assert_mentions(&text, &["data-is-a-volume"]);
     assert!(!text.contains("gone.txt"), "the whiteout hid srv/gone.txt:\n{text}");
     pod.ok(&["gc"]);
 
@@ -119,6 +126,11 @@ fn unsigned_untrusted_and_foreign_signatures_are_refused_and_leave_the_store_alo
     let err = pod.fails(&["fetch", "--ca-cert", &ca, &reference], EXIT_VERIFICATION);
     assert_mentions(&err, &["not signed", "team/app", "--insecure-options=image"]);
     pod.assert_untouched(&before, "after an unsigned image");
+    let cosign_refuses = |what: &str| {
+        let out = cosign_verify(&key.public, &reg.image_ref("team/app:v1"), &reg);
+        assert!(!out.status.success(), "cosign verify accepted what pod refused ({what})");
+    };
+    cosign_refuses("unsigned");
 
     // Signed by a key trusted only for another prefix.
     let stranger = cosign_generate_key_pair(&t.path().join("stranger"), "pw").unwrap();
@@ -128,6 +140,7 @@ fn unsigned_untrusted_and_foreign_signatures_are_refused_and_leave_the_store_alo
     let err = pod.fails(&["fetch", "--ca-cert", &ca, &reference], EXIT_VERIFICATION);
     assert_mentions(&err, &["team/app", "example.com/"]);
     pod.assert_untouched(&before, "after a key trusted for another prefix");
+    cosign_refuses("signed by another key");
 
     // A valid signature of another image, copied to this one's tag.
     cosign_sign(&key, &reg.image_ref(&format!("team/other@{other_digest}")), &reg);
@@ -147,6 +160,7 @@ fn unsigned_untrusted_and_foreign_signatures_are_refused_and_leave_the_store_alo
     let err = pod.fails(&["fetch", "--ca-cert", &ca, &reference], EXIT_VERIFICATION);
     assert_mentions_any(&err, &["team/other", &other_digest]);
     pod.assert_untouched(&before, "after a signature of another image");
+    cosign_refuses("a signature of another image");
 
     // --insecure-options=image lets it in, loudly, and it is listed so.
     let out = pod.run(&["fetch", "--ca-cert", &ca, "--insecure-options=image", &reference]);
@@ -336,4 +350,32 @@ fn an_index_picks_the_platform_or_says_which_it_has() {
     );
     assert_mentions(&err, &["linux/amd64", "linux/arm64", "--platform"]);
     pod.assert_untouched(&before, "after an index without the host's platform");
+}
+
+#[test]
+fn a_source_maps_a_name_prefix_to_a_registry() {
+    let t = tmp();
+    let reg = or_skip!(Registry::start(&t.path().join("reg"), RegistryOpts::https()));
+    let img = or_skip!(app_image(&t.path().join("layout"), "v1"));
+    let digest = reg.push(&img, "team/app:2.0");
+    let pod = Pod::new();
+    let key = or_skip!(trusted_cosign(&pod, &t.path().join("keys"), &format!("{}/team/", reg.host())));
+    cosign_sign(&key, &reg.image_ref(&format!("team/app@{digest}")), &reg);
+    pod.ok(&[
+        "source",
+        "add",
+        "--prefix",
+        "example.com/",
+        &format!("docker://{}/team/{{basename}}:{{version}}", reg.host()),
+    ]);
+    // The name resolves through the source; the signature is checked for
+    // the registry's name, which the key is trusted for.
+    let id = pod.ok(&["fetch", "--ca-cert", p(reg.ca_cert()), "example.com/app:2.0"]);
+    assert_eq!(id, format!("sha256-{}", &digest["sha256:".len()..]));
+    let file = pod.work.join("named.yaml");
+    fs::write(&file, "name: named\nnetwork: none\napps:\n  - name: app\n    image: example.com/app:2.0\n").unwrap();
+    let out = pod.run(&["run", "--ca-cert", p(reg.ca_cert()), p(&file)]);
+    assert!(out.status.success(), "{}", describe(&["run", p(&file)], &out));
+    assert_mentions(&String::from_utf8_lossy(&out.stdout), &["greeting=hello from oci"]);
+    pod.ok(&["gc"]);
 }

@@ -365,7 +365,8 @@ fn fetch_blob(
         }
     };
     src.blob(digest, size, &mut f, &mut progress)?;
-    f.sync_all().map_err(OciError::io("sync", dest))?;
+    // No fsync, as for rendered trees (render.rs): `pod image verify`
+    // finds what a power loss damaged.
     Ok(())
 }
 
