@@ -366,28 +366,39 @@ pub fn generate() -> Result<SigningKey, KeyError> {
 /// Writes `<dir>/<name>.key` (mode 0600) and `<dir>/<name>.pub`; refuses to
 /// overwrite either. Returns the public key.
 pub fn write_keypair(dir: &Path, name: &str, key: &SigningKey, comment: &str) -> Result<PublicKey, KeyError> {
+    let public = PublicKey::new(key.verifying_key(), comment);
+    let secret_line = format!("{SECRET_TAG} {} {comment}\n", B64.encode(key.to_bytes()));
+    write_key_files(dir, &format!("{name}.key"), &secret_line, &format!("{name}.pub"), &public.to_file_text())?;
+    Ok(public)
+}
+
+/// Writes a key pair's files into `dir` (created): the secret with mode
+/// 0600 from its creation, so it is never readable by others, not even for
+/// an instant; refuses to overwrite either file.
+pub fn write_key_files(
+    dir: &Path,
+    secret: &str,
+    secret_text: &str,
+    public: &str,
+    public_text: &str,
+) -> Result<(), KeyError> {
     fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-    let secret_path = dir.join(format!("{name}.key"));
-    let public_path = dir.join(format!("{name}.pub"));
+    let secret_path = dir.join(secret);
+    let public_path = dir.join(public);
     for p in [&secret_path, &public_path] {
         if p.symlink_metadata().is_ok() {
             return Err(KeyError::Exists { path: p.clone() });
         }
     }
-    let public = PublicKey::new(key.verifying_key(), comment);
-    let secret_line = format!("{SECRET_TAG} {} {comment}\n", B64.encode(key.to_bytes()));
-    // create_new + mode 0600 at creation: the secret is never readable by others,
-    // not even for an instant.
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&secret_path)
         .map_err(io_err("create", &secret_path))?;
-    f.write_all(secret_line.as_bytes()).map_err(io_err("write", &secret_path))?;
+    f.write_all(secret_text.as_bytes()).map_err(io_err("write", &secret_path))?;
     f.sync_all().map_err(io_err("sync", &secret_path))?;
-    fs::write(&public_path, public.to_file_text()).map_err(io_err("write", &public_path))?;
-    Ok(public)
+    fs::write(&public_path, public_text).map_err(io_err("write", &public_path))
 }
 
 /// Loads a private key, refusing one that group or others can read or

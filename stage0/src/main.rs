@@ -47,8 +47,10 @@ enum Command {
     /// Where images are fetched from by name.
     #[command(subcommand)]
     Source(SourceCmd),
-    /// Fetch images (file, https URL or name[:version][,label=value]) into the
-    /// store, verifying their signatures; prints each image ID.
+    /// Fetch images (file, https URL, name[:version][,label=value], or OCI:
+    /// docker://HOST/REPO[:TAG][@DIGEST], oci:DIR[:TAG], oci-archive:FILE,
+    /// docker-archive:FILE) into the store, verifying their signatures;
+    /// prints each image ID.
     Fetch(FetchArgs),
     /// Build, sign and manage images.
     #[command(subcommand)]

@@ -19,7 +19,6 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, IsTerminal, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -87,10 +86,6 @@ impl ExitCodeOf for CosignKeyError {
             Self::Io { .. } | Self::Random(_) | Self::Encrypt(_) => Exit::Failure,
         }
     }
-}
-
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CosignKeyError + 'a {
-    move |source| CosignKeyError::Io { op, path: path.to_owned(), source }
 }
 
 /// An ECDSA P-256 signing key, as cosign makes them.
@@ -271,26 +266,14 @@ impl CosignPrivateKey {
     /// `<dir>/cosign.pub`, as `cosign generate-key-pair` does; refuses to
     /// overwrite either. Returns the public key.
     pub fn write_pair(&self, dir: &Path, password: &[u8]) -> Result<PublicKey, CosignKeyError> {
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        let secret_path = dir.join("cosign.key");
-        let public_path = dir.join("cosign.pub");
-        for p in [&secret_path, &public_path] {
-            if p.symlink_metadata().is_ok() {
-                return Err(CosignKeyError::Exists { path: p.clone() });
-            }
-        }
         let pem = self.to_encrypted_pem(password)?;
         let public = self.public_key();
-        // create_new + mode 0600 at creation, as for pod keys.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&secret_path)
-            .map_err(io_err("create", &secret_path))?;
-        f.write_all(pem.as_bytes()).map_err(io_err("write", &secret_path))?;
-        f.sync_all().map_err(io_err("sync", &secret_path))?;
-        fs::write(&public_path, public.to_file_text()).map_err(io_err("write", &public_path))?;
+        crate::keys::write_key_files(dir, "cosign.key", &pem, "cosign.pub", &public.to_file_text()).map_err(
+            |e| match e {
+                KeyError::Exists { path } => CosignKeyError::Exists { path },
+                other => CosignKeyError::Key(other),
+            },
+        )?;
         Ok(public)
     }
 }

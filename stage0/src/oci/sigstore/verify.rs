@@ -111,6 +111,13 @@ fn signature_ok(key: &KeyMaterial, payload: &[u8], sig: &[u8]) -> bool {
 /// True if cosign's `docker-reference` names `image`: the repository
 /// itself, or it with a `:tag` or `@digest`.
 fn names_image(reference: &str, image: &str) -> bool {
+    // cosign writes Docker Hub's repositories as `index.docker.io/...`;
+    // pod names them `docker.io/...`, as docker does.
+    let reference =
+        match reference.strip_prefix("index.docker.io/").or_else(|| reference.strip_prefix("registry-1.docker.io/")) {
+            Some(rest) if image.starts_with("docker.io/") => format!("docker.io/{rest}"),
+            _ => reference.to_owned(),
+        };
     match reference.strip_prefix(image) {
         Some("") => true,
         Some(rest) => (rest.starts_with(':') && !rest.contains('/')) || rest.starts_with('@'),
@@ -212,4 +219,21 @@ pub fn verify<P: AsRef<[u8]>, S: AsRef<[u8]>>(
     keys.sort();
     keys.dedup();
     Err(SignatureError::BadSignature { image: image.to_owned(), count: signatures.len(), keys })
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::names_image;
+
+    #[test]
+    fn references_name_their_image() {
+        assert!(names_image("127.0.0.1:5000/team/web", "127.0.0.1:5000/team/web"));
+        assert!(names_image("127.0.0.1:5000/team/web:1.0", "127.0.0.1:5000/team/web"));
+        assert!(names_image("127.0.0.1:5000/team/web@sha256:00", "127.0.0.1:5000/team/web"));
+        assert!(!names_image("127.0.0.1:5000/team/webx", "127.0.0.1:5000/team/web"));
+        assert!(!names_image("127.0.0.1:5000/team/web/x", "127.0.0.1:5000/team/web"));
+        // cosign's spelling of Docker Hub.
+        assert!(names_image("index.docker.io/library/busybox", "docker.io/library/busybox"));
+        assert!(!names_image("index.docker.io/library/busybox", "example.com/library/busybox"));
+    }
 }
