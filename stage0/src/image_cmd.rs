@@ -3,8 +3,11 @@
 
 use stage0::archive::{Compression, Limits};
 use stage0::build::{self, BuildOptions};
-use stage0::exit::Exit;
+use stage0::exit::{Exit, ExitCodeOf};
 use stage0::keys;
+use stage0::oci::registry::ClientOptions;
+use stage0::oci::sign::{SignTarget, Signer};
+use stage0::oci::sigstore;
 use stage0::paths::Dirs;
 use stage0::render;
 use stage0::store::Store;
@@ -35,11 +38,51 @@ pub(crate) fn image(dirs: &Dirs, cmd: ImageCmd) -> Result<(), Failed> {
             println!("{}", report.id);
             return Ok(());
         }
-        ImageCmd::Sign { key, images } => {
-            let secret = keys::load_secret(&key)?;
-            for img in images {
-                let sig = keys::sign_file(&secret, &img)?;
-                eprintln!("wrote {}", sig.display());
+        ImageCmd::Sign { key, ca_cert, insecure_options, authfile, images } => {
+            let (mut files, mut registry) = (Vec::new(), Vec::new());
+            for target in images {
+                match target {
+                    SignTarget::Aci(f) => files.push(f),
+                    SignTarget::Registry(r) => registry.push(r),
+                }
+            }
+            if !files.is_empty() && !registry.is_empty() {
+                let why = "one --key signs either ACI files (a pod key) or docker:// images (a cosign key), not both";
+                return Err(fail(Exit::Usage, why.into()));
+            }
+            if insecure_options.image {
+                return Err(fail(Exit::Usage, "--insecure-options for signing takes only http".into()));
+            }
+            if registry.is_empty() {
+                let secret = keys::load_secret(&key)?;
+                for img in files {
+                    let sig = keys::sign_file(&secret, &img)?;
+                    eprintln!("wrote {}", sig.display());
+                }
+                return Ok(());
+            }
+            let client = ClientOptions {
+                plain_http: insecure_options.http,
+                ca_certs: ca_cert,
+                auth_file: authfile,
+                ..ClientOptions::default()
+            };
+            let names = registry.iter().map(|r| format!("docker://{r}")).collect::<Vec<_>>().join(", ");
+            let signer = sigstore::password(std::env::var_os(sigstore::PASSWORD_ENV), false)
+                .and_then(|pw| Signer::load(&key, &pw, client))
+                .map_err(|e| fail(e.exit(), format!("not signing {names}: {e}")))?;
+            for r in &registry {
+                let signed = signer.sign(r)?;
+                println!("{}", signed.digest);
+                let how = if signed.added { "pushed" } else { "already there, nothing pushed" };
+                eprintln!(
+                    "signed docker://{} ({}) with key {}: {}:{} {how}",
+                    signed.image,
+                    signed.digest,
+                    signer.key_id(),
+                    r.name(),
+                    signed.signature_tag
+                );
             }
             return Ok(());
         }

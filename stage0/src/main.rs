@@ -364,12 +364,26 @@ pub(crate) enum ImageCmd {
         #[arg(long, env = "SOURCE_DATE_EPOCH")]
         source_date_epoch: Option<u64>,
     },
-    /// Sign image files with a private key, writing IMAGE.sig beside each.
+    /// Sign ACI files with a pod key, writing IMAGE.sig beside each; or
+    /// images in a registry (docker://HOST/REPO:TAG) with a cosign key as
+    /// `cosign sign --key` does (password: $COSIGN_PASSWORD or a prompt).
     Sign {
+        /// A pod-ed25519 secret key (ACI files) or cosign.key (docker://).
         #[arg(long)]
         key: PathBuf,
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
+        /// docker://: extra CA certificate (PEM) trusted for https.
+        #[arg(long)]
+        ca_cert: Vec<PathBuf>,
+        /// docker://: http allows plain http to the registry.
+        #[arg(long, value_parser = parse_insecure, default_value = "none")]
+        insecure_options: Insecure,
+        /// docker://: registry credentials, a containers-style auth.json
+        /// (default: as for fetch).
+        #[arg(long, env = "REGISTRY_AUTH_FILE")]
+        authfile: Option<PathBuf>,
+        /// ACI files, or docker://HOST/REPO[:TAG][@sha256:DIGEST] images.
+        #[arg(required = true, value_parser = stage0::oci::sign::SignTarget::parse)]
+        images: Vec<stage0::oci::sign::SignTarget>,
     },
     /// List stored images.
     List {

@@ -24,6 +24,7 @@ pub mod layout;
 pub mod pull;
 pub mod registry;
 pub mod registry_source;
+pub mod sign;
 pub mod sigstore;
 pub mod store;
 pub mod tls;
