@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 use super::{openssl, p, Ca};
 
 mod cosign;
+mod debian;
 mod fake;
 mod image;
 mod raw;
@@ -45,6 +46,8 @@ mod token;
 // Each test file uses a different subset.
 #[allow(unused_imports)]
 pub use cosign::*;
+#[allow(unused_imports)]
+pub use debian::*;
 #[allow(unused_imports)]
 pub use fake::*;
 #[allow(unused_imports)]
