@@ -262,6 +262,20 @@ pub fn pull(store: &Store, src: &dyn BlobSource, req: &Request<'_>) -> Result<Pu
         return Ok(Pulled { meta, added: false });
     }
 
+    // --max-image-size bounds the download too, as for an ACI: the sizes
+    // the manifest declares add up before any blob is fetched. (Each
+    // layer's uncompressed size is capped as it is applied.)
+    let declared = manifest.layers().iter().fold(manifest.config().size(), |n, l| n.saturating_add(l.size()));
+    if declared > req.limits.max_uncompressed {
+        return Err(OciError::Invalid {
+            location: loc.to_owned(),
+            why: format!(
+                "its config and layers are {declared} bytes, more than the limit of {} bytes (--max-image-size)",
+                req.limits.max_uncompressed
+            ),
+        });
+    }
+
     let dirs = store.dirs();
     let staging = store.staging("oci")?;
     let config_desc = manifest.config();
