@@ -228,6 +228,15 @@ fn parse_manifest(raw: &RawManifest, location: &str) -> Result<ImageManifest, Oc
     if m.config().size() > MAX_CONFIG {
         return Err(invalid(format!("config of {} bytes; the limit is {MAX_CONFIG}", m.config().size())));
     }
+    // The store names blobs and layers by sha256 (and `image verify`
+    // re-hashes with it): another algorithm, valid as it may be, is refused
+    // here rather than stored unverifiable or failing half-way.
+    for (what, d) in std::iter::once(("config", m.config())).chain(m.layers().iter().map(|l| ("layer", l))) {
+        let digest = d.digest().to_string();
+        if spec::oci::check_digest(&digest).is_err() {
+            return Err(invalid(format!("{what} digest {digest:?}: only sha256 digests are supported")));
+        }
+    }
     Ok(m)
 }
 
