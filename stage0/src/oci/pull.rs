@@ -228,6 +228,15 @@ fn parse_manifest(raw: &RawManifest, location: &str) -> Result<ImageManifest, Oc
     if m.config().size() > MAX_CONFIG {
         return Err(invalid(format!("config of {} bytes; the limit is {MAX_CONFIG}", m.config().size())));
     }
+    // The store names blobs and layers by sha256 (and `image verify`
+    // re-hashes with it): another algorithm, valid as it may be, is refused
+    // here rather than stored unverifiable or failing half-way.
+    for (what, d) in std::iter::once(("config", m.config())).chain(m.layers().iter().map(|l| ("layer", l))) {
+        let digest = d.digest().to_string();
+        if spec::oci::check_digest(&digest).is_err() {
+            return Err(invalid(format!("{what} digest {digest:?}: only sha256 digests are supported")));
+        }
+    }
     Ok(m)
 }
 
@@ -260,6 +269,20 @@ pub fn pull(store: &Store, src: &dyn BlobSource, req: &Request<'_>) -> Result<Pu
         .map_err(|e| OciError::Invalid { location: loc.to_owned(), why: format!("manifest digest: {e}") })?;
     if let Ok(meta) = store.meta(&id) {
         return Ok(Pulled { meta, added: false });
+    }
+
+    // --max-image-size bounds the download too, as for an ACI: the sizes
+    // the manifest declares add up before any blob is fetched. (Each
+    // layer's uncompressed size is capped as it is applied.)
+    let declared = manifest.layers().iter().fold(manifest.config().size(), |n, l| n.saturating_add(l.size()));
+    if declared > req.limits.max_uncompressed {
+        return Err(OciError::Invalid {
+            location: loc.to_owned(),
+            why: format!(
+                "its config and layers are {declared} bytes, more than the limit of {} bytes (--max-image-size)",
+                req.limits.max_uncompressed
+            ),
+        });
     }
 
     let dirs = store.dirs();
