@@ -363,6 +363,23 @@ fn layer_that_inflates_past_the_size_limit_is_refused() {
 }
 
 #[test]
+fn layers_that_together_inflate_past_the_size_limit_are_refused() {
+    // Each layer unpacks to 400 KiB, under the 1 MiB limit; the three
+    // together do not fit: the limit is the image's.
+    let e = or_skip!(env());
+    let layers: Vec<Layer> = (0..3)
+        .map(|i| {
+            let mut t = RawTar::new();
+            t.file(&format!("zeros-{i}"), &vec![0u8; 400 << 10]);
+            gz(&t.finish())
+        })
+        .collect();
+    let img = Image::new(layers);
+    img.push(&e.reg, REPO, "bombs");
+    e.refused(&format!("{REPO}:bombs"), &["--max-image-size", "1M"], EXIT_INVALID, &["1048576"]);
+}
+
+#[test]
 fn whiteouts_that_escape_the_layer_are_refused() {
     let e = or_skip!(env());
     let outside = p(&e.pod.outside).to_owned();

@@ -4,7 +4,7 @@
 //! ```text
 //! <data>/blobs/sha256/<hex>                 every blob once, verified while it streamed in
 //! <data>/layers/sha256-<hex>/rootfs         one layer (by blob digest), applied once, with
-//!                       /diff_id            overlayfs whiteouts; a lower layer of every
+//!                       /diff_id, size      overlayfs whiteouts; a lower layer of every
 //!                                           image that has it
 //! <data>/images/sha256-<hex>/               an OCI image: its manifest digest is its ID
 //!                            oci-manifest.json, config.json (as fetched), meta.json

@@ -407,6 +407,7 @@ fn fetch_layers(
     let next = Mutex::new(0usize);
     let total = Mutex::new(0u64);
     let first_error: Mutex<Option<OciError>> = Mutex::new(None);
+    let done: Mutex<Vec<(PathBuf, PathBuf, String)>> = Mutex::new(Vec::new());
     let work = |i: usize| -> Result<u64, OciError> {
         let l = &layers[i];
         if oci_store::has_layer(dirs, &l.digest) {
@@ -419,7 +420,9 @@ fn fetch_layers(
                     got: diff.trim().to_owned(),
                 });
             }
-            return Ok(0);
+            // Its size, for the image's: recorded when it was applied.
+            let size = fs::read_to_string(stored.with_file_name("size")).ok().and_then(|s| s.trim().parse().ok());
+            return Ok(size.unwrap_or(0));
         }
         let bar = bars.as_ref().map(|m| {
             let b = m.add(indicatif::ProgressBar::new(l.size));
@@ -440,8 +443,16 @@ fn fetch_layers(
         let f = File::open(&blob).map_err(OciError::io("open", &blob))?;
         let layer_err = |source| OciError::Layer { location: req.location.clone(), digest: l.digest.clone(), source };
         let compression = super::layer::layer_compression(&l.media_type).map_err(layer_err)?;
+        // The size limit is the image's, not each layer's: a layer may use
+        // what the ones applied so far left (those running beside it may
+        // overshoot together; the sum is checked once all are done).
+        let used = *total.lock().unwrap_or_else(|p| p.into_inner());
+        let limits = Limits {
+            max_uncompressed: req.limits.max_uncompressed.saturating_sub(used),
+            max_entries: req.limits.max_entries,
+        };
         let applied =
-            super::layer::apply_layer(BufReader::with_capacity(1 << 20, f), Some(compression), &tree, &req.limits)
+            super::layer::apply_layer(BufReader::with_capacity(1 << 20, f), Some(compression), &tree, &limits)
                 .map_err(layer_err)?;
         if applied.diff_id != l.diff_id {
             return Err(OciError::DigestMismatch {
@@ -452,8 +463,10 @@ fn fetch_layers(
         }
         let diff_file = out.join("diff_id");
         fs::write(&diff_file, format!("{}\n", l.diff_id)).map_err(OciError::io("write", &diff_file))?;
-        oci_store::commit_blob(dirs, &blob, &l.digest)?;
-        oci_store::commit_layer(dirs, &out, &l.digest)?;
+        let size_file = out.join("size");
+        fs::write(&size_file, format!("{}\n", applied.uncompressed_size)).map_err(OciError::io("write", &size_file))?;
+        // Into the store once every layer is in and the sum is checked.
+        done.lock().unwrap_or_else(|p| p.into_inner()).push((blob, out, l.digest.clone()));
         if let Some(b) = bar {
             b.finish();
         }
@@ -484,7 +497,21 @@ fn fetch_layers(
     if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
-    Ok(total.into_inner().unwrap_or_else(|p| p.into_inner()))
+    let total = total.into_inner().unwrap_or_else(|p| p.into_inner());
+    if total > req.limits.max_uncompressed {
+        return Err(OciError::Invalid {
+            location: req.location.clone(),
+            why: format!(
+                "its layers unpack to {total} bytes, more than the limit of {} (--max-image-size)",
+                req.limits.max_uncompressed
+            ),
+        });
+    }
+    for (blob, out, digest) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        oci_store::commit_blob(dirs, &blob, &digest)?;
+        oci_store::commit_layer(dirs, &out, &digest)?;
+    }
+    Ok(total)
 }
 
 /// Copies `src` into `out` while hashing it, checking its size and digest:
