@@ -178,6 +178,11 @@ pub struct ResolvedPod {
     pub volumes: Vec<Volume>,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// A sandbox (`pod run --sandbox`, or a pod file with `apps: []`):
+    /// pod-init keeps the pod, its namespaces and network, once every app
+    /// has ended, until the pod is stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
 }
 
 /// `stage1.json`: how to run it on this host.

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod build;
+pub mod control;
 pub mod crashpoint;
 pub mod deps;
 pub mod enter;

@@ -91,6 +91,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// The apps of a running pod: list, stop and start them while it runs.
+    #[command(subcommand)]
+    App(AppCmd),
     /// Remove exited or prepared pods.
     Rm {
         #[arg(required = true)]
@@ -138,9 +141,30 @@ pub(crate) struct RunArgs {
     /// an unprivileged host range of its own; host is root on the host.
     #[arg(long, value_enum)]
     pub(crate) userns: Option<UsernsArg>,
+    /// Keep the pod, its namespaces and network, once its apps have ended,
+    /// until `pod stop` (as a pod file with `apps: []` does); its apps are
+    /// stopped and started with `pod app`. Namespace pods only for now.
+    #[arg(long)]
+    pub(crate) sandbox: bool,
     #[command(flatten)]
     pub(crate) fetch: FetchFlags,
     pub(crate) file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AppCmd {
+    /// List the pod's apps, as its PID 1 sees them: state, pid, exit code or signal, restarts.
+    List {
+        pod: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Stop an app (its stop signal, SIGKILL after its stop timeout) and wait
+    /// until it has ended; it is not restarted, the pod keeps running.
+    Stop { pod: String, app: spec::AcName },
+    /// Start a stopped or ended app again, as at the pod's start; waits until
+    /// it runs (or failed to).
+    Start { pod: String, app: spec::AcName },
 }
 
 #[derive(Debug, Subcommand)]
@@ -498,6 +522,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
         Command::Stop { pod, timeout } => pods_cmd::stop(&dirs, &pod, timeout)?,
         Command::Rm { pods } => pods_cmd::rm(&dirs, &pods)?,
         Command::Enter { pod, app, command } => return pods_cmd::enter(&dirs, &pod, app.as_deref(), &command),
+        Command::App(cmd) => pods_cmd::app(&dirs, cmd)?,
         Command::Gc => pods_cmd::gc(&dirs)?,
     }
     Ok(())

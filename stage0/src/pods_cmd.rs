@@ -1,9 +1,10 @@
-//! The pod commands of the CLI: run, list, status, logs, stop, rm, gc.
+//! The pod commands of the CLI: run, list, status, logs, stop, rm, gc, app.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
+use stage0::control;
 use stage0::crashpoint::crashpoint;
 use stage0::exit::Exit;
 use stage0::fetch::Fetcher;
@@ -17,7 +18,7 @@ use stage0::store::Store;
 use stage0::trust::TrustStore;
 use stage0::volumes::HostVolumePolicy;
 
-use crate::{fail, print_table, AccelArg, Failed, Format, RunArgs, Stage1Arg, UsernsArg};
+use crate::{fail, print_table, AccelArg, AppCmd, Failed, Format, RunArgs, Stage1Arg, UsernsArg};
 
 fn network_override(s: &str) -> spec::stage1::Network {
     match s {
@@ -57,6 +58,7 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
             UsernsArg::Host => spec::pod::UserNs::Host,
             UsernsArg::Auto => spec::pod::UserNs::Auto,
         }),
+        sandbox: args.sandbox,
     };
     let prepared = {
         let mut fetcher = Fetcher::new(&store, &trust, &sources, args.fetch.options())?;
@@ -311,5 +313,62 @@ pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[Stri
     } else {
         // The command's own status, as `pod run` passes the pod's.
         Err(Failed { exit: Exit::Ok, err: anyhow::anyhow!("command exited with status {code}"), code: Some(code) })
+    }
+}
+
+/// `pod app`: list, stop and start the apps of a running pod.
+pub(crate) fn app(dirs: &Dirs, cmd: AppCmd) -> Result<(), Failed> {
+    let pods = Pods::new(dirs);
+    match cmd {
+        AppCmd::List { pod, format } => {
+            let pod = lifecycle::find(&pods, &pod)?;
+            let apps = control::list(&pod)?;
+            match format {
+                Format::Json => {
+                    let v: Vec<_> = apps
+                        .iter()
+                        .map(|a| {
+                            serde_json::json!({"app": a.name, "state": a.state, "pid": a.pid, "exitCode": a.exit_code,
+                                "signal": a.signal, "restarts": a.restarts, "message": a.message})
+                        })
+                        .collect();
+                    println!("{}", serde_json::Value::Array(v));
+                }
+                Format::Table => {
+                    let mut out = String::from("APP\tSTATE\tPID\tEXIT\tRESTARTS\tMESSAGE\n");
+                    for a in &apps {
+                        let exit = match (a.exit_code, a.signal) {
+                            (_, Some(sig)) => format!("signal {sig}"),
+                            (Some(c), None) => c.to_string(),
+                            _ => "-".into(),
+                        };
+                        let pid = a.pid.map_or("-".into(), |p| p.to_string());
+                        let message = a.message.replace(['\n', '\t'], " ");
+                        out.push_str(&format!("{}\t{}\t{pid}\t{exit}\t{}\t{message}\n", a.name, a.state, a.restarts));
+                    }
+                    print_table(&out);
+                }
+            }
+        }
+        AppCmd::Stop { pod, app } => {
+            let pod = lifecycle::find(&pods, &pod)?;
+            let info = control::stop(&pod, &app)?;
+            eprintln!("pod {}: app {app} {}{}", pod.uuid, info.state, describe_end(&info));
+        }
+        AppCmd::Start { pod, app } => {
+            let pod = lifecycle::find(&pods, &pod)?;
+            let info = control::start(&pod, &app)?;
+            let pid = info.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+            eprintln!("pod {}: app {app} {}{pid}", pod.uuid, info.state);
+        }
+    }
+    Ok(())
+}
+
+fn describe_end(info: &spec::control::AppInfo) -> String {
+    if info.message.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", info.message)
     }
 }

@@ -59,6 +59,8 @@ pub enum PrepareError {
     },
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error("{file}: a sandbox pod (--sandbox, or apps: []) is not yet supported for VM pods: their apps cannot yet be started or stopped while they run")]
+    SandboxVm { file: String },
 }
 
 impl ExitCodeOf for PrepareError {
@@ -72,6 +74,7 @@ impl ExitCodeOf for PrepareError {
             Self::UsernsConflict { .. } => Exit::InvalidInput,
             Self::Userns { source, .. } => source.exit(),
             Self::Volume(e) => e.exit(),
+            Self::SandboxVm { .. } => Exit::Conflict,
         }
     }
 }
@@ -103,6 +106,9 @@ pub struct Overrides {
     pub network: Option<stage1::Network>,
     pub accel: Option<stage1::Accel>,
     pub userns: Option<pod::UserNs>,
+    /// `pod run --sandbox`: the pod outlives its apps until stopped (as a
+    /// pod file with `apps: []` does).
+    pub sandbox: bool,
 }
 
 /// The start order of the apps: dependencies first, ties in file order.
@@ -326,6 +332,11 @@ pub fn prepare(
             return Err(PrepareError::UsernsConflict { file, why });
         }
     }
+    // Apps in a running VM pod need the control channel over virtio-serial
+    // (a later version); a VM sandbox could never get one.
+    if vm && (overrides.sandbox || pod_file.apps.is_empty()) {
+        return Err(PrepareError::SandboxVm { file });
+    }
     if let (true, Err(why)) = (vm, &host.vm) {
         return Err(PrepareError::NoVm { file, why: why.clone() });
     }
@@ -452,6 +463,7 @@ fn write_pod(
         apps,
         volumes,
         created_at: store::now_rfc3339(),
+        sandbox: overrides.sandbox || pod_file.apps.is_empty(),
     };
     write_json(&dir.join(stage1::POD_MANIFEST_FILE), &resolved)?;
     crashpoint("prepare.manifest");

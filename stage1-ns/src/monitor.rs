@@ -465,7 +465,10 @@ fn pod_init(
         }
         SigSet::all().thread_unblock().map_err(|e| format!("unblock signals: {e}"))?;
         let prog = CString::new(stage2).map_err(|e| e.to_string())?;
-        let args = [prog.clone(), c"--root".into(), c"/".into()];
+        let mut args = vec![prog.clone(), c"--root".into(), c"/".into()];
+        if pod.sandbox {
+            args.push(c"--sandbox".into());
+        }
         let env: [CString; 0] = [];
         nix::unistd::execve(&prog, &args, &env).map_err(|e| format!("exec pod-init: {e}"))?;
         Err("exec returned".into())

@@ -65,6 +65,9 @@ pub enum StopReason {
     Pod,
     /// The app was not ready within `ReadinessTimeoutSec`.
     NotReady,
+    /// A `stop` request on the control channel (`pod app stop`): judged as
+    /// a pod stop, and never followed by a restart.
+    Request,
 }
 
 /// The judgement on one run of an app; the status file's `state`.
@@ -97,8 +100,8 @@ pub fn judge(end: Termination, stop: Option<StopReason>, kill_signal: i32) -> Ve
     let our_signal = |s: i32| s == kill_signal || s == Signal::SIGKILL as i32;
     match (stop, end) {
         (Some(StopReason::NotReady), _) => Verdict::Failed,
-        (Some(StopReason::Pod), Termination::Signal(s)) if our_signal(s) => Verdict::Stopped,
-        (Some(StopReason::Pod), Termination::Code(0)) => Verdict::Stopped,
+        (Some(StopReason::Pod | StopReason::Request), Termination::Signal(s)) if our_signal(s) => Verdict::Stopped,
+        (Some(StopReason::Pod | StopReason::Request), Termination::Code(0)) => Verdict::Stopped,
         (_, Termination::Code(0)) => Verdict::Exited,
         _ => Verdict::Failed,
     }

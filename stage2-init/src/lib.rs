@@ -74,6 +74,18 @@ impl std::fmt::Display for Uptime {
 pub struct Options {
     /// The pod root: `units/`, `apps/<app>/rootfs`, `status/`, `logs/`.
     pub root: PathBuf,
+    /// A sandbox: runs with no app, and outlives its apps until stopped.
+    pub sandbox: bool,
+    /// Where to serve the control channel (`spec::control`), if anywhere.
+    pub control: Option<PathBuf>,
+}
+
+impl Options {
+    /// The pod at `root`, its control socket at `root/control.sock`.
+    pub fn new(root: PathBuf) -> Options {
+        let control = Some(root.join(spec::control::SOCKET));
+        Options { root, sandbox: false, control }
+    }
 }
 
 /// pod-init's own failures; each ends it with [`EXIT_INIT_FAILED`].
@@ -112,7 +124,7 @@ pub fn run(options: &Options) -> Result<u8, Error> {
             _ => {}
         }
     }
-    let plan = match plan::load(root) {
+    let plan = match plan::load(root, options.sandbox) {
         Ok(plan) => plan,
         Err(e) => {
             record_failure(root, started_at, &e.to_string());
@@ -120,7 +132,7 @@ pub fn run(options: &Options) -> Result<u8, Error> {
         }
     };
     log_debug("units, users and filters read");
-    supervise::Supervisor::new(plan, root, signals, started_at)?.run()
+    supervise::Supervisor::new(plan, options, signals, started_at)?.run()
 }
 
 /// Logs a step of the VM guest's boot, with `pod.debug` only.

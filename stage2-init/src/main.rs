@@ -15,11 +15,13 @@ use std::path::PathBuf;
 
 use stage2_init::{Options, EXIT_INIT_FAILED};
 
-const USAGE: &str = "usage: pod-init [--root DIR]
+const USAGE: &str = "usage: pod-init [--root DIR] [--sandbox]
 
 The pod's PID 1: starts the apps of DIR/units/<app>.unit (default DIR: /)
 in dependency order, supervises them, and exits with the pod's status.
-Writes DIR/status/<app>.json, DIR/status/pod.json and DIR/logs/<app>.log.
+Writes DIR/status/<app>.json, DIR/status/pod.json and DIR/logs/<app>.log;
+serves DIR/control.sock (inspect, stop and start apps). --sandbox: run with
+no app, and outlive the apps until SIGTERM.
 Exit: 0 if every app succeeded, else the first failed app's code
 (128+signal for a signal); 125 if pod-init itself failed.";
 
@@ -33,16 +35,18 @@ enum Command {
 
 fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Command, String> {
     let mut root = PathBuf::from("/");
+    let mut sandbox = false;
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--root") => root = args.next().ok_or("--root needs a directory")?.into(),
             Some(a) if a.starts_with("--root=") => root = a.trim_start_matches("--root=").into(),
+            Some("--sandbox") => sandbox = true,
             Some("-h" | "--help") => return Ok(Command::Help),
             Some("--version") => return Ok(Command::Version),
             _ => return Err(format!("unexpected argument {arg:?}\n{USAGE}")),
         }
     }
-    Ok(Command::Run(Options { root }))
+    Ok(Command::Run(Options { sandbox, ..Options::new(root) }))
 }
 
 // glibc's start code calls this; `no_main` leaves no other `main`.
@@ -98,6 +102,10 @@ mod tests {
         assert!(matches!(args(&["--help"]), Ok(Command::Help)));
         assert!(matches!(args(&["--version"]), Ok(Command::Version)));
         assert!(args(&["--root"]).is_err());
+        assert!(
+            matches!(args(&["--sandbox"]), Ok(Command::Run(o)) if o.sandbox && o.control == Some("/control.sock".into()))
+        );
+        assert!(matches!(args(&[]), Ok(Command::Run(o)) if !o.sandbox));
         assert!(args(&["extra"]).is_err_and(|e| e.contains("usage: pod-init")));
         assert!(c_int::from(EXIT_INIT_FAILED) == 125);
     }

@@ -10,7 +10,7 @@ use std::fs::OpenOptions;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
@@ -27,6 +27,8 @@ use crate::launch::{self, Launch};
 use crate::plan::Plan;
 use crate::status::{self, PodStatus};
 use crate::{log, Error};
+
+mod control;
 
 /// How often readiness is checked.
 pub const READINESS_POLL: Duration = Duration::from_millis(50);
@@ -48,10 +50,20 @@ pub struct Supervisor {
     failures: u64,
     started_at: SystemTime,
     status_write_failed: bool,
+    /// A sandbox outlives its apps, until it is stopped.
+    sandbox: bool,
+    /// The control channel (`spec::control`), where it could be bound.
+    control: Option<control::Listener>,
 }
 
 impl Supervisor {
-    pub fn new(plan: Plan, root: &Path, signals: SignalFd, started_at: SystemTime) -> Result<Supervisor, Error> {
+    pub fn new(
+        plan: Plan,
+        options: &crate::Options,
+        signals: SignalFd,
+        started_at: SystemTime,
+    ) -> Result<Supervisor, Error> {
+        let root = options.root.as_path();
         let null = match OpenOptions::new().read(true).write(true).open("/dev/null") {
             Ok(f) => OwnedFd::from(f),
             Err(_) => nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::Sys)?.0,
@@ -67,6 +79,8 @@ impl Supervisor {
             failures: 0,
             started_at,
             status_write_failed: false,
+            sandbox: options.sandbox,
+            control: options.control.as_deref().and_then(control::Listener::bind),
         })
     }
 
@@ -78,11 +92,14 @@ impl Supervisor {
         }
         loop {
             self.tick(Instant::now());
-            if self.apps.iter().all(App::is_done) {
+            if self.apps.iter().all(App::is_done) && (!self.sandbox || self.stopping()) {
                 break;
             }
             let timeout = self.next_timer().map(|at| at.saturating_duration_since(Instant::now()));
             self.wait(timeout)?;
+        }
+        if let Some(listener) = self.control.take() {
+            listener.close();
         }
         let code = pod_exit_code(&self.apps.iter().map(App::final_word).collect::<Vec<_>>());
         log!("pod exited with code {code}");
@@ -216,6 +233,10 @@ impl Supervisor {
         let ms = u16::try_from(timeout.as_millis() + 1).unwrap_or(u16::MAX);
         let mut reporting = Vec::new();
         let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
+        if let Some(listener) = &self.control {
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+        }
+        let first_report = fds.len();
         for (i, app) in self.apps.iter().enumerate() {
             if let Phase::Starting { report: Some(fd), .. } = &app.phase {
                 fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
@@ -232,12 +253,16 @@ impl Supervisor {
             self.read_signals();
         }
         for (k, &i) in reporting.iter().enumerate() {
-            if ready.get(k + 1) == Some(&true) {
+            if ready.get(k + first_report) == Some(&true) {
                 self.read_report(i, Instant::now());
             }
         }
         // Cheap, and robust against coalesced or missed SIGCHLDs.
         self.reap();
+        // Last: a request sees (and answers with) every change above.
+        if first_report == 2 && ready.get(1) == Some(&true) {
+            self.serve_control();
+        }
         Ok(())
     }
 
@@ -481,7 +506,8 @@ impl Supervisor {
             self.failures += 1;
             app.failed_seq = self.failures;
         }
-        if exit::restarts(app.plan.unit.restart, verdict, stopping) {
+        // An app stopped by request stays stopped until started again.
+        if reason != Some(StopReason::Request) && exit::restarts(app.plan.unit.restart, verdict, stopping) {
             let delay = app.backoff.delay(now.saturating_duration_since(since));
             app.message = format!("{}; restarting in {}s", app.message, render_duration(delay));
             app.phase = Phase::Restarting { at: now + delay };

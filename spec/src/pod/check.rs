@@ -223,9 +223,8 @@ impl Cx<'_> {
             annotations.insert(key, v);
         }
 
-        if raw.apps.is_empty() {
-            return Err(self.invalid(&root.key("apps"), "a pod needs at least one app"));
-        }
+        // `apps: []` is a sandbox: the pod holds its namespaces and network
+        // until stopped, and apps come and go through pod-init's control channel.
         self.count(&root.key("apps"), raw.apps.len(), MAX_APPS)?;
         let mut apps: Vec<AppSpec> = Vec::with_capacity(raw.apps.len());
         for (i, a) in raw.apps.into_iter().enumerate() {

@@ -90,6 +90,7 @@ pub struct PodFile {
     /// Whether the pod gets a user namespace of its own.
     pub userns: UserNs,
     /// The apps in file order; see [`PodFile::app_order`] for start order.
+    /// None (`apps: []`): a sandbox, held until stopped.
     pub apps: Vec<AppSpec>,
     pub volumes: Vec<Volume>,
     pub annotations: BTreeMap<AcIdentifier, String>,

@@ -1,0 +1,199 @@
+//! `pod app`: the apps of a running pod, through its PID 1's control
+//! channel (`spec::control`, the socket `control.sock` in the pod
+//! directory). Namespace pods only for now: a VM pod's pod-init will serve
+//! the same protocol over its virtio-serial control port.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use spec::control::{AppInfo, ErrorKind, ProtocolError, Request, Response, MAX_RESPONSE, SOCKET};
+use spec::stage1::Isolation;
+use spec::AcName;
+
+use crate::exit::{Exit, ExitCodeOf};
+use crate::pods::{PodRef, PodState};
+use crate::prepare::read_resolved;
+
+/// How long one exchange with pod-init may take.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often `stop`/`start` look whether the app got there.
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("pod {uuid} is {state}, not running")]
+    NotRunning { uuid: String, state: PodState },
+    #[error(
+        "pod {0} is a VM pod: its apps cannot yet be listed, stopped or started while it runs (not yet for VM pods)"
+    )]
+    Vm(String),
+    #[error("pod {uuid}: {op} {path}: {source}")]
+    Io {
+        uuid: String,
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pod {uuid}: its PID 1 answered: {source}")]
+    Protocol {
+        uuid: String,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("pod {uuid} has no app {app}")]
+    NoApp { uuid: String, app: String },
+    #[error("pod {uuid}: {message}")]
+    Refused { uuid: String, kind: ErrorKind, message: String },
+    #[error("pod {uuid}: app {app} {what}")]
+    App { uuid: String, app: String, what: String },
+}
+
+impl ExitCodeOf for ControlError {
+    fn exit(&self) -> Exit {
+        match self {
+            Self::NotRunning { .. } | Self::Vm(_) => Exit::Conflict,
+            Self::NoApp { .. } => Exit::NotFound,
+            Self::Refused { kind: ErrorKind::Conflict, .. } => Exit::Conflict,
+            Self::Refused { kind: ErrorKind::NoSuchApp, .. } => Exit::NotFound,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// Sends one request to the pod's PID 1 and returns its `ok` answer (the
+/// apps, for `inspect`); a refusal is an error naming the pod and app.
+pub fn request(pod: &PodRef, request: &Request) -> Result<Vec<AppInfo>, ControlError> {
+    if pod.state != PodState::Running {
+        return Err(ControlError::NotRunning { uuid: pod.uuid.clone(), state: pod.state });
+    }
+    if read_resolved(&pod.dir).is_some_and(|r| r.isolation == Isolation::Vm) {
+        return Err(ControlError::Vm(pod.uuid.clone()));
+    }
+    let path = pod.dir.join(SOCKET);
+    let io = |op: &'static str| {
+        let (uuid, path) = (pod.uuid.clone(), path.clone());
+        move |source| ControlError::Io { uuid, op, path, source }
+    };
+    let mut stream = UnixStream::connect(&path).map_err(io("connect to"))?;
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT)).map_err(io("set a timeout on"))?;
+    stream.set_write_timeout(Some(EXCHANGE_TIMEOUT)).map_err(io("set a timeout on"))?;
+    stream.write_all(request.render().as_bytes()).map_err(io("write to"))?;
+    let mut answer = Vec::new();
+    (&mut stream).take(MAX_RESPONSE as u64).read_to_end(&mut answer).map_err(io("read from"))?;
+    let response = Response::parse(&String::from_utf8_lossy(&answer))
+        .map_err(|source| ControlError::Protocol { uuid: pod.uuid.clone(), source })?;
+    match response {
+        Response::Ok(apps) => Ok(apps),
+        Response::Error { kind: ErrorKind::NoSuchApp, .. } => {
+            let app = match request {
+                Request::Stop(a) | Request::Start(a) | Request::Add(a) | Request::Remove(a) => a.to_string(),
+                Request::Inspect => String::new(),
+            };
+            Err(ControlError::NoApp { uuid: pod.uuid.clone(), app })
+        }
+        Response::Error { kind, message } => Err(ControlError::Refused { uuid: pod.uuid.clone(), kind, message }),
+    }
+}
+
+/// Every app of the pod, as its PID 1 sees them, in start order.
+pub fn list(pod: &PodRef) -> Result<Vec<AppInfo>, ControlError> {
+    request(pod, &Request::Inspect)
+}
+
+fn find(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {
+    list(pod)?
+        .into_iter()
+        .find(|a| a.name == app.as_str())
+        .ok_or_else(|| ControlError::NoApp { uuid: pod.uuid.clone(), app: app.to_string() })
+}
+
+/// Polls the app until `done` says so or `limit` passes.
+fn wait_for(
+    pod: &PodRef,
+    app: &AcName,
+    limit: Duration,
+    done: impl Fn(&AppInfo) -> bool,
+) -> Result<Option<AppInfo>, ControlError> {
+    let start = Instant::now();
+    loop {
+        let info = find(pod, app)?;
+        if done(&info) {
+            return Ok(Some(info));
+        }
+        if start.elapsed() > limit {
+            return Ok(None);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn has_ended(info: &AppInfo) -> bool {
+    has_ended_state(&info.state)
+}
+
+fn has_ended_state(state: &str) -> bool {
+    matches!(state, "exited" | "failed" | "stopped")
+}
+
+/// Stops an app and waits until it has ended (its stop timeout, then
+/// SIGKILL, plus a margin); returns how it ended. Stopping the last app of
+/// a pod that is not a sandbox ends the pod: then its status file says.
+pub fn stop(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {
+    request(pod, &Request::Stop(app.clone()))?;
+    let resolved = read_resolved(&pod.dir);
+    let timeout = resolved
+        .as_ref()
+        .and_then(|r| r.apps.iter().find(|a| &a.name == app).map(|a| Duration::from_millis(a.stop_timeout_ms)))
+        .unwrap_or(Duration::from_secs(10))
+        + Duration::from_secs(5);
+    match wait_for(pod, app, timeout, has_ended) {
+        Ok(Some(info)) => return Ok(info),
+        Ok(None) => {}
+        // The pod ended meanwhile (its PID 1 is gone): wait for its stage1
+        // to release it, and read what pod-init recorded.
+        Err(ControlError::Io { .. }) => {
+            let start = Instant::now();
+            while crate::pods::is_locked(&pod.dir) && start.elapsed() < timeout {
+                std::thread::sleep(POLL);
+            }
+            let recorded = resolved
+                .as_ref()
+                .and_then(|r| crate::lifecycle::app_statuses(&pod.dir, r).into_iter().find(|a| a.app == app.as_str()));
+            if let Some(st) = recorded.filter(|st| has_ended_state(&st.state)) {
+                return Ok(AppInfo {
+                    name: st.app,
+                    state: st.state,
+                    pid: None,
+                    exit_code: st.exit_code.and_then(|c| i32::try_from(c).ok()),
+                    signal: st.signal.and_then(|c| i32::try_from(c).ok()),
+                    restarts: st.restarts.and_then(|r| u32::try_from(r).ok()).unwrap_or(0),
+                    message: format!("{}; the pod ended with it", st.message.unwrap_or_default()),
+                });
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Err(ControlError::App { uuid: pod.uuid.clone(), app: app.to_string(), what: "did not end after SIGKILL".into() })
+}
+
+/// Starts an ended app again and waits until it runs; an app that cannot
+/// be started (its exec failed, say) is an error with pod-init's message.
+pub fn start(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {
+    request(pod, &Request::Start(app.clone()))?;
+    let info = wait_for(pod, app, EXCHANGE_TIMEOUT, |a| a.state != "starting")?.ok_or_else(|| ControlError::App {
+        uuid: pod.uuid.clone(),
+        app: app.to_string(),
+        what: "is still starting".into(),
+    })?;
+    if info.state == "failed" {
+        return Err(ControlError::App {
+            uuid: pod.uuid.clone(),
+            app: app.to_string(),
+            what: format!("failed to start: {}", info.message),
+        });
+    }
+    Ok(info)
+}

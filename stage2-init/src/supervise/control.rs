@@ -1,0 +1,192 @@
+//! The control channel (`spec::control`): a unix socket in the pod root,
+//! polled by the supervision loop; one request per connection, answered at
+//! once. `inspect`, `stop APP` and `start APP` are served; `add` and
+//! `remove` are refused as unsupported by this version.
+//!
+//! No threads: a connection is read and answered in the loop, each read
+//! and write bounded by [`IO_TIMEOUT`]. Only root can connect (mode 0600),
+//! and `pod` writes its request whole as it connects.
+
+use std::io::{ErrorKind as IoKind, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::stat::{umask, Mode};
+use spec::control::{AppInfo, ErrorKind, ProtocolError, Request, Response, MAX_REQUEST};
+
+use super::Supervisor;
+use crate::app::Phase;
+use crate::exit::{StopReason, Verdict};
+use crate::log;
+
+/// The longest a client may take to send its request or read the answer.
+const IO_TIMEOUT: Duration = Duration::from_millis(200);
+/// Connections served per wakeup, so a flood cannot starve the apps.
+const MAX_PER_WAKEUP: usize = 16;
+
+#[derive(Debug)]
+pub struct Listener(UnixListener, PathBuf);
+
+impl Listener {
+    /// Binds the socket at `path`, mode 0600, replacing a stale one. A
+    /// socket that cannot be bound is logged: the pod runs without it.
+    pub fn bind(path: &Path) -> Option<Listener> {
+        let _ = std::fs::remove_file(path);
+        // Created 0600 from the start: no window where others could connect.
+        let old = umask(Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        umask(old);
+        match bound.and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+            Ok(listener) => Some(Listener(listener, path.to_owned())),
+            Err(e) => {
+                log!("control channel {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// Closes the socket and removes it: the pod has ended.
+    pub fn close(self) {
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+/// Reads one request line (up to [`MAX_REQUEST`] bytes).
+fn read_request(stream: &mut UnixStream) -> Result<Request, ProtocolError> {
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    while len < buf.len() && !buf[..len].contains(&b'\n') {
+        match stream.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == IoKind::Interrupted => {}
+            Err(e) => return Err(ProtocolError::Malformed { what: "request", why: e.to_string() }),
+        }
+    }
+    let line = buf[..len].split(|&b| b == b'\n').next().unwrap_or_default();
+    let line =
+        std::str::from_utf8(line).map_err(|_| ProtocolError::Malformed { what: "request", why: "not UTF-8".into() })?;
+    Request::parse(line)
+}
+
+fn refuse(kind: ErrorKind, message: String) -> Response {
+    Response::Error { kind, message }
+}
+
+impl Supervisor {
+    /// Answers the connections waiting on the control socket.
+    pub(super) fn serve_control(&mut self) {
+        for _ in 0..MAX_PER_WAKEUP {
+            let Some(listener) = &self.control else { return };
+            let mut stream = match listener.0.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == IoKind::WouldBlock => return,
+                Err(e) if e.kind() == IoKind::Interrupted => continue,
+                Err(e) => {
+                    log!("control channel: accept: {e}");
+                    return;
+                }
+            };
+            let prepared = stream
+                .set_nonblocking(false)
+                .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
+                .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)));
+            if prepared.is_err() {
+                continue;
+            }
+            let response = match read_request(&mut stream) {
+                Ok(request) => self.control_request(request, Instant::now()),
+                Err(e) => Response::refusal(&e),
+            };
+            // A client gone before the answer is its own loss.
+            let _ = stream.write_all(response.render().as_bytes());
+        }
+    }
+
+    fn control_request(&mut self, request: Request, now: Instant) -> Response {
+        let (name, stop) = match &request {
+            Request::Inspect => return Response::Ok(self.apps.iter().map(info).collect()),
+            Request::Stop(name) => (name, true),
+            Request::Start(name) => (name, false),
+            Request::Add(_) | Request::Remove(_) => {
+                let message = "adding and removing apps is unsupported in this version of pod-init".into();
+                return refuse(ErrorKind::Unsupported, message);
+            }
+        };
+        let Some(i) = self.apps.iter().position(|a| a.plan.name == *name) else {
+            return refuse(ErrorKind::NoSuchApp, format!("no app {name} in this pod"));
+        };
+        let result = if stop { self.stop_app(i, now) } else { self.start_app(i, now) };
+        match result {
+            Ok(()) => Response::Ok(Vec::new()),
+            Err(message) => refuse(ErrorKind::Conflict, message),
+        }
+    }
+
+    /// `stop APP`: as a pod stop does for one app, but the pod runs on and
+    /// the app is not restarted. Stopping an ended app changes nothing.
+    fn stop_app(&mut self, i: usize, now: Instant) -> Result<(), String> {
+        let app = &mut self.apps[i];
+        log!("{}: stop requested", app.name());
+        match &app.phase {
+            Phase::Starting { .. } | Phase::Running { .. } | Phase::Ready { .. } => {
+                self.stop(i, StopReason::Request, now);
+            }
+            Phase::Restarting { .. } => {
+                let cause = app.message.split("; restarting in ").next().unwrap_or_default();
+                app.message = format!("{cause}; not restarted: stopped by request");
+                app.phase = Phase::Done(app.last_verdict.unwrap_or(Verdict::Stopped));
+                self.publish(i);
+            }
+            Phase::Waiting => self.finish_unstarted(i, Verdict::Stopped, "not started: stopped by request".into()),
+            Phase::Done(_) => {}
+        }
+        Ok(())
+    }
+
+    /// `start APP`: starts an ended app again, as at the pod's start (same
+    /// unit, rootfs, privileges; its log appended). A running or waiting
+    /// app is left as it is.
+    fn start_app(&mut self, i: usize, now: Instant) -> Result<(), String> {
+        let name = self.apps[i].name().to_owned();
+        if self.stopping() {
+            return Err(format!("app {name} not started: the pod is stopping"));
+        }
+        match &self.apps[i].phase {
+            Phase::Starting { proc, .. } | Phase::Running { proc, .. } | Phase::Ready { proc }
+                if proc.stop.is_some() =>
+            {
+                Err(format!("app {name} is stopping; start it again once it has ended"))
+            }
+            Phase::Starting { .. } | Phase::Running { .. } | Phase::Ready { .. } | Phase::Waiting => Ok(()),
+            Phase::Restarting { .. } | Phase::Done(_) => {
+                log!("{name}: start requested");
+                if self.apps[i].is_done() {
+                    self.apps[i].restarts += 1;
+                }
+                self.start(i, now);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One app for `inspect`: what its status file holds.
+fn info(app: &crate::app::App) -> AppInfo {
+    let s = app.status();
+    AppInfo {
+        name: s.app.to_owned(),
+        state: s.state.to_owned(),
+        pid: s.pid,
+        exit_code: s.exit_code,
+        signal: s.signal,
+        restarts: s.restarts,
+        message: s.message.to_owned(),
+    }
+}

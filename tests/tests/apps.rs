@@ -1,0 +1,165 @@
+//! Apps in a running namespace pod (`pod app list|stop|start`, through
+//! pod-init's control channel) and sandbox pods (`apps: []`, `pod run
+//! --sandbox`) that hold until `pod stop`. Needs root; reports a skip
+//! without it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const BUSYBOX: &str = "example.com/busybox:1.35";
+const LIMIT: Duration = Duration::from_secs(60);
+
+macro_rules! skip_unless_pods {
+    () => {
+        if let Some(why) = skip_reason(false) {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+}
+
+/// A `network: none` pod of busybox apps, each `(name, script, extra)`.
+fn pod_yaml(name: &str, apps: &[(&str, &str, &str)]) -> String {
+    let mut y = format!("name: {name}\nnetwork: none\napps:\n");
+    for (app, script, extra) in apps {
+        let script = serde_json::to_string(script).unwrap();
+        y.push_str(&format!("  - name: {app}\n    image: {BUSYBOX}\n    exec: [/bin/sh, -c, {script}]\n{extra}"));
+    }
+    y
+}
+
+/// `pod app list POD --format json`.
+fn app_list(live: &Live, pod: &str) -> Vec<Value> {
+    let out = live.ok(&["app", "list", pod, "--format", "json"]);
+    match serde_json::from_str(&out) {
+        Ok(Value::Array(v)) => v,
+        other => panic!("pod app list --format json printed {out:?}: {other:?}"),
+    }
+}
+
+fn pod_state(live: &Live, pod: &str) -> String {
+    live.listed(pod).map(|e| e["state"].as_str().unwrap_or_default().to_owned()).unwrap_or_default()
+}
+
+fn pod_dir(live: &Live, uuid: &str) -> PathBuf {
+    live.data.join("pods").join("run").join(uuid)
+}
+
+#[test]
+fn an_app_stops_and_starts_again_while_the_pod_runs() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    // `restart: always`: a stopped app must stay stopped all the same.
+    let extra = "    restart: always\n    stopTimeout: 3s\n";
+    let file = live.pod_file(
+        "two",
+        &pod_yaml("two", &[("a", "echo a started; exec sleep 1000", extra), ("b", "exec sleep 1000", "")]),
+    );
+    let uuid = live.start(&file);
+    live.wait_all_up(&uuid, LIMIT);
+    let first_pid = live.app_status(&uuid, "a")["pid"].as_i64().unwrap();
+
+    // The socket: root's, 0600.
+    let sock = std::fs::metadata(pod_dir(&live, &uuid).join("control.sock")).unwrap();
+    assert!(sock.file_type().is_socket());
+    assert_eq!(sock.permissions().mode() & 0o777, 0o600);
+    assert_eq!(sock.uid(), 0);
+
+    let listed = app_list(&live, &uuid);
+    let names: Vec<&str> = listed.iter().filter_map(|a| a["app"].as_str()).collect();
+    assert_eq!(names, ["a", "b"], "{listed:?}");
+    assert_eq!(listed[0]["pid"].as_i64(), Some(first_pid), "{listed:?}");
+
+    let args = ["app", "stop", &uuid, "a"];
+    let out = live.run_within(&args, LIMIT);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    assert_eq!(live.app_status(&uuid, "a")["state"], "stopped");
+    std::thread::sleep(Duration::from_millis(1500));
+    let a = live.app_status(&uuid, "a");
+    assert_eq!(a["state"], "stopped", "not restarted: {a}");
+    assert_eq!(a["pid"], Value::Null, "{a}");
+    assert!(matches!(live.app_status(&uuid, "b")["state"].as_str(), Some("ready" | "running")));
+    assert_eq!(pod_state(&live, &uuid), "running");
+    assert_eq!(app_list(&live, &uuid)[0]["state"], "stopped");
+
+    let args = ["app", "start", &uuid, "a"];
+    let out = live.run_within(&args, LIMIT);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    live.wait_all_up(&uuid, LIMIT);
+    let a = live.app_status(&uuid, "a");
+    assert_ne!(a["pid"].as_i64(), Some(first_pid), "a new process: {a}");
+    assert_eq!(a["restarts"], 1, "{a}");
+    // Its log continues: the first run's line, then the second's.
+    let ok = wait_for(Duration::from_secs(10), || live.ok(&["logs", &uuid, "a"]).matches("a started").count() == 2);
+    assert!(ok, "log of a: {:?}", live.ok(&["logs", &uuid, "a"]));
+
+    // Errors name the pod and the app, with the documented codes.
+    let args = ["app", "stop", &uuid, "nope"];
+    let out = live.run_within(&args, LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&args, &out));
+    assert!(err.contains(&uuid) && err.contains("nope"), "{err}");
+    let out = live.run_within(&["app", "list", "no-such-pod"], LIMIT);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&["app", "list", "no-such-pod"], &out));
+
+    let out = live.run_within(&["stop", "--timeout", "10", &uuid], LIMIT);
+    assert!(out.status.success(), "{}", describe(&["stop", &uuid], &out));
+    let args = ["app", "start", &uuid, "a"];
+    let out = live.run_within(&args, LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&args, &out));
+    assert!(err.contains(&uuid) && err.contains("not running"), "{err}");
+}
+
+#[test]
+fn stopping_the_last_app_of_a_pod_ends_it_but_not_a_sandbox() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let file = live.pod_file("one", &pod_yaml("one", &[("only", "exec sleep 1000", "")]));
+    // Without --sandbox: today's rule, the pod ends with its apps.
+    let plain = live.start(&file);
+    live.wait_all_up(&plain, LIMIT);
+    let out = live.run_within(&["app", "stop", &plain, "only"], LIMIT);
+    assert!(out.status.success(), "{}", describe(&["app", "stop"], &out));
+    assert!(wait_for(Duration::from_secs(20), || pod_state(&live, &plain) == "exited"));
+    assert_eq!(live.status(&plain)["exitCode"], 0, "a stop by request is a success");
+
+    // With --sandbox: the pod outlives its app; the app starts again.
+    let args = ["run", "-d", "--sandbox", p(&file)];
+    let out = live.run_within(&args, LIMIT);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let sandbox = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    live.wait_all_up(&sandbox, LIMIT);
+    let out = live.run_within(&["app", "stop", &sandbox, "only"], LIMIT);
+    assert!(out.status.success(), "{}", describe(&["app", "stop"], &out));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(pod_state(&live, &sandbox), "running");
+    let out = live.run_within(&["app", "start", &sandbox, "only"], LIMIT);
+    assert!(out.status.success(), "{}", describe(&["app", "start"], &out));
+    live.wait_all_up(&sandbox, LIMIT);
+}
+
+#[test]
+fn a_sandbox_without_apps_holds_until_stopped() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let file = live.pod_file("empty", "name: empty\nnetwork: none\napps: []\n");
+    let uuid = live.start(&file);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(pod_state(&live, &uuid), "running");
+    assert!(app_list(&live, &uuid).is_empty());
+    let args = ["app", "start", &uuid, "x"];
+    let out = live.run_within(&args, LIMIT);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&args, &out));
+    let out = live.run_within(&["stop", &uuid], LIMIT);
+    assert!(out.status.success(), "{}", describe(&["stop", &uuid], &out));
+    assert_eq!(pod_state(&live, &uuid), "exited");
+    assert_eq!(live.status(&uuid)["exitCode"], 0);
+}
