@@ -168,7 +168,7 @@ pub(crate) enum AppCmd {
     /// Add an app to a running namespace pod and start it: its image is
     /// fetched and verified as for `pod run`, the app resolved as an app
     /// of a pod file (default capabilities, seccomp profile, no_new_privs).
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Remove an app from a running pod: stop it (stop signal, SIGKILL
     /// after its stop timeout), then unmount and remove its rootfs,
     /// cgroups, unit, status and log.

@@ -361,6 +361,7 @@ pub(crate) fn app(dirs: &Dirs, cmd: AppCmd) -> Result<(), Failed> {
             let trust = TrustStore::new(dirs.trust());
             let sources = Sources::new(dirs.sources());
             let mut fetcher = Fetcher::new(&store, &trust, &sources, args.fetch.options())?;
+            let args = *args;
             let new = stage0::addapp::NewApp {
                 name: args.name.clone(),
                 image: args.image,
