@@ -183,10 +183,14 @@ pub fn stop(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {
 /// be started (its exec failed, say) is an error with pod-init's message.
 pub fn start(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {
     request(pod, &Request::Start(app.clone()))?;
-    let info = wait_for(pod, app, EXCHANGE_TIMEOUT, |a| a.state != "starting")?.ok_or_else(|| ControlError::App {
-        uuid: pod.uuid.clone(),
-        app: app.to_string(),
-        what: "is still starting".into(),
+    wait_started(pod, app, EXCHANGE_TIMEOUT)
+}
+
+/// Waits until a started (or added) app is past `waiting` and `starting`;
+/// one that failed to start is an error with pod-init's message.
+pub fn wait_started(pod: &PodRef, app: &AcName, limit: Duration) -> Result<AppInfo, ControlError> {
+    let info = wait_for(pod, app, limit, |a| a.state != "starting" && a.state != "waiting")?.ok_or_else(|| {
+        ControlError::App { uuid: pod.uuid.clone(), app: app.to_string(), what: "is still starting".into() }
     })?;
     if info.state == "failed" {
         return Err(ControlError::App {

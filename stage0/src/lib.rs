@@ -2,6 +2,7 @@
 //! image building and dependency resolution. `main.rs` is a thin CLI over it.
 #![forbid(unsafe_code)]
 
+pub mod addapp;
 pub mod archive;
 pub mod build;
 pub mod control;

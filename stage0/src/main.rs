@@ -165,6 +165,63 @@ pub(crate) enum AppCmd {
     /// Start a stopped or ended app again, as at the pod's start; waits until
     /// it runs (or failed to).
     Start { pod: String, app: spec::AcName },
+    /// Add an app to a running namespace pod and start it: its image is
+    /// fetched and verified as for `pod run`, the app resolved as an app
+    /// of a pod file (default capabilities, seccomp profile, no_new_privs).
+    Add(Box<AddArgs>),
+    /// Remove an app from a running pod: stop it (stop signal, SIGKILL
+    /// after its stop timeout), then unmount and remove its rootfs,
+    /// cgroups, unit, status and log.
+    Rm { pod: String, app: spec::AcName },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AddArgs {
+    pub(crate) pod: String,
+    /// The app's name, unique in the pod.
+    #[arg(long)]
+    pub(crate) name: spec::AcName,
+    /// Its image, as `pod fetch` takes it.
+    #[arg(long)]
+    pub(crate) image: String,
+    /// Environment variable K=V, added to the image's (repeatable).
+    #[arg(long, value_parser = parse_env)]
+    pub(crate) env: Vec<(String, String)>,
+    /// Replaces the image's user (name or ID).
+    #[arg(long)]
+    pub(crate) user: Option<String>,
+    /// Replaces the image's group.
+    #[arg(long)]
+    pub(crate) group: Option<String>,
+    /// Replaces the image's working directory.
+    #[arg(long)]
+    pub(crate) working_directory: Option<String>,
+    /// Mounts one of the pod's volumes: VOLUME:PATH[:ro] (repeatable).
+    #[arg(long, value_parser = parse_mount)]
+    pub(crate) mount: Vec<(String, String, bool)>,
+    #[command(flatten)]
+    pub(crate) fetch: FetchFlags,
+    /// Replaces the image's exec: every argument after it (give it last).
+    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    pub(crate) exec: Option<Vec<String>>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not K=V")),
+    }
+}
+
+fn parse_mount(s: &str) -> Result<(String, String, bool), String> {
+    let (rest, read_only) = match s.strip_suffix(":ro") {
+        Some(rest) => (rest, true),
+        None => (s.strip_suffix(":rw").unwrap_or(s), false),
+    };
+    match rest.split_once(':') {
+        Some((v, p)) if !v.is_empty() && p.starts_with('/') => Ok((v.to_owned(), p.to_owned(), read_only)),
+        _ => Err(format!("{s:?} is not VOLUME:PATH[:ro] with an absolute PATH")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

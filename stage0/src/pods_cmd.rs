@@ -355,6 +355,32 @@ pub(crate) fn app(dirs: &Dirs, cmd: AppCmd) -> Result<(), Failed> {
             let info = control::stop(&pod, &app)?;
             eprintln!("pod {}: app {app} {}{}", pod.uuid, info.state, describe_end(&info));
         }
+        AppCmd::Add(args) => {
+            let pod = lifecycle::find(&pods, &args.pod)?;
+            let store = Store::open(dirs)?;
+            let trust = TrustStore::new(dirs.trust());
+            let sources = Sources::new(dirs.sources());
+            let mut fetcher = Fetcher::new(&store, &trust, &sources, args.fetch.options())?;
+            let args = *args;
+            let new = stage0::addapp::NewApp {
+                name: args.name.clone(),
+                image: args.image,
+                exec: args.exec,
+                env: args.env,
+                user: args.user,
+                group: args.group,
+                working_directory: args.working_directory,
+                mounts: args.mount,
+            };
+            let info = stage0::addapp::add(&pod, &mut fetcher, &new)?;
+            let pid = info.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
+            eprintln!("pod {}: app {} added, {}{pid}", pod.uuid, args.name, info.state);
+        }
+        AppCmd::Rm { pod, app } => {
+            let pod = lifecycle::find(&pods, &pod)?;
+            stage0::addapp::remove(&pod, &app)?;
+            eprintln!("pod {}: app {app} removed", pod.uuid);
+        }
         AppCmd::Start { pod, app } => {
             let pod = lifecycle::find(&pods, &pod)?;
             let info = control::start(&pod, &app)?;

@@ -140,7 +140,7 @@ pub fn app_order<'a>(file: &str, pod: &'a PodFile) -> Result<Vec<&'a AppSpec>, P
     }
 }
 
-fn image_ref(spec: &ImageSource, base: &Path) -> ImageRef {
+pub(crate) fn image_ref(spec: &ImageSource, base: &Path) -> ImageRef {
     match spec {
         ImageSource::Name { name, labels } => ImageRef::Name { name: name.clone(), labels: labels.clone() },
         ImageSource::Url(u) => ImageRef::Url(u.clone()),
@@ -173,7 +173,7 @@ fn rebase(base: &Path, p: &str) -> String {
 }
 
 /// Merges an image's app section with the pod file's overrides.
-fn resolve_app(
+pub(crate) fn resolve_app(
     file: &str,
     app: &AppSpec,
     meta: &store::ImageMeta,

@@ -2,6 +2,7 @@
 //! namespaces, cgroups, root filesystems and a network, then execs
 //! stage2-init as the pod's PID 1.
 
+pub mod addapp;
 pub mod cgroups;
 pub mod crashpoint;
 pub mod monitor;

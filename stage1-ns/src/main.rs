@@ -1,13 +1,18 @@
 //! `pod-stage1-ns`: the namespace stage1. stage0 execs it as
 //! `pod-stage1-ns [--stream-logs] POD_DIR` (run the pod, exit with its
 //! status) or `pod-stage1-ns gc POD_DIR` (clean up after a pod whose stage1
-//! died). See spec::stage1 for the contract.
+//! died), or, for a running pod, `pod-stage1-ns add-app POD_DIR APP`
+//! (set up an app stage0 added to its `pod.json`) and `pod-stage1-ns
+//! rm-app POD_DIR APP` (remove one: see addapp.rs). See spec::stage1 for
+//! the contract.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: pod-stage1-ns [--stream-logs] POD_DIR | pod-stage1-ns gc POD_DIR");
+    eprintln!(
+        "usage: pod-stage1-ns [--stream-logs] POD_DIR | pod-stage1-ns gc POD_DIR | pod-stage1-ns add-app|rm-app POD_DIR APP"
+    );
     ExitCode::from(2)
 }
 
@@ -23,6 +28,22 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        [verb @ ("add-app" | "rm-app"), dir, app] => {
+            let Ok(app) = spec::AcName::new(*app) else { return usage() };
+            let dir = PathBuf::from(dir);
+            let done = if *verb == "add-app" {
+                stage1_ns::addapp::add(&dir, &app)
+            } else {
+                stage1_ns::addapp::remove(&dir, &app)
+            };
+            match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pod-stage1-ns: {verb} {app}: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         [flag @ .., dir] if flag.iter().all(|f| *f == "--stream-logs") => {
             match stage1_ns::monitor::run(&PathBuf::from(dir), !flag.is_empty(), lock_fd) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),

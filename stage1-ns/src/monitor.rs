@@ -87,7 +87,7 @@ fn network_host(pod_dir: &Path, inv: &Invocation) -> NetworkHost {
     }
 }
 
-fn hierarchy() -> Result<cgroups::Hierarchy, Stage1Error> {
+pub(crate) fn hierarchy() -> Result<cgroups::Hierarchy, Stage1Error> {
     Ok(cgroups::detect_host(Path::new("/proc/self/mountinfo"), Path::new("/sys/fs/cgroup"))?)
 }
 

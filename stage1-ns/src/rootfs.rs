@@ -121,7 +121,7 @@ pub fn write_etc(pod_dir: &Path, hostname: &str, ips: &[String], resolv: &str) -
 }
 
 /// Copies a rendered tree, preserving owners, modes, links and times.
-fn copy_tree(tree: &Path, dest: &Path) -> Result<(), RootfsError> {
+pub(crate) fn copy_tree(tree: &Path, dest: &Path) -> Result<(), RootfsError> {
     let mut src = tree.as_os_str().to_owned();
     src.push("/.");
     let out = std::process::Command::new("cp")
@@ -176,11 +176,7 @@ pub fn make_private() -> Result<(), RootfsError> {
 /// stage2-init's appfs, each its own mount.
 fn bind(src: &Path, target: &Path, read_only: bool, what: &str) -> Result<(), RootfsError> {
     do_mount(Some(src), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, what)?;
-    let mut flags = mount_flags(target)? | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
-    if read_only {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    do_mount(None, target, None, flags, None, what)
+    remount_bind(target, read_only, what)
 }
 
 /// The per-mount flags of the mount at `path`, from statvfs: a bind
@@ -249,94 +245,171 @@ pub fn setup_apps(
 ) -> Result<(), RootfsError> {
     let mut idmapped = BTreeSet::new();
     for app in &pod.apps {
-        let base = pod_dir.join("apps").join(app.name.as_str());
-        let rootfs = base.join("rootfs");
-        let top = app.layers.last().ok_or_else(|| RootfsError::KernelFs(format!("app {} has no layers", app.name)))?;
-        if let Some(ids) = ids {
-            // Over itself, in this mount namespace only: the overlay's
-            // lower layers are then the trees seen through the pod's mapping.
-            for layer in &app.layers {
-                if idmapped.insert(layer.clone()) {
-                    let attrs = crate::sys::MOUNT_ATTR_RDONLY | crate::sys::MOUNT_ATTR_NODEV;
-                    crate::userns::idmapped_bind(layer, layer, ids.userns, false, attrs)?;
-                }
-            }
-            own_upper(&base.join("upper"), top, ids)?;
-        }
-        // overlayfs lists lower layers top first.
-        let lower: Vec<String> = app.layers.iter().rev().map(|l| l.display().to_string()).collect();
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            base.join("upper").display(),
-            base.join("work").display()
-        );
-        let overlay = mount_overlay(&rootfs, &opts);
-        if let (Err(overlay), Some(_)) = (&overlay, ids) {
-            // A copy would need a chown of every file: not done (see SECURITY.md).
-            return Err(RootfsError::KernelFs(format!("{overlay}: userns: auto needs overlayfs")));
-        }
-        if let Err(overlay) = overlay {
-            if app.layers.len() > 1 {
-                // Layers carry overlayfs whiteouts: only overlayfs reads them.
-                return Err(RootfsError::KernelFs(format!("{overlay}: an image of several layers needs overlayfs")));
-            }
-            // No overlayfs here (or not on this filesystem): fall back to a
-            // private copy of the tree, the slow path rkt also had.
-            eprintln!("pod-stage1-ns: {overlay}; copying the tree instead");
-            copy_tree(top, &base.join("upper"))?;
-            bind(&base.join("upper"), &rootfs, false, "copied rootfs")?;
-        }
-
-        // From here on, what is created inside the rootfs (mount points,
-        // /tmp, the tmpfs of /dev) is the pod's root's.
-        let _as_pod_root = ids.map(|i| crate::userns::AsPodRoot::new(i.uid, i.gid)).transpose()?;
-        let root = ids.map_or((0, 0), |i| (i.uid, i.gid));
-        if kernel_fs == KernelFs::Mount {
-            mount_kernel_fs(&rootfs)?;
-        }
-        let tmp = rootfs.join("tmp");
-        mkdir_p(&tmp)?;
-
-        for name in ["hosts", "hostname", "resolv.conf"] {
-            let target = rootfs.join("etc").join(name);
-            touch(&target)?;
-            bind(&pod_dir.join("etc").join(name), &target, true, name)?;
-        }
-        for m in &app.mounts {
-            let Some(vol) = pod.volumes.iter().find(|v| v.name == m.volume) else { continue };
-            // A host source is mounted through an fd pinned to the directory
-            // stage0 checked; the fd lives until the bind below is done.
-            let (src, vol_ro, _pinned) = match &vol.source {
-                VolumeSource::Empty => (pod_dir.join("volumes").join(vol.name.as_str()), false, None),
-                VolumeSource::Host { path, read_only } => {
-                    let fd = open_host_source(path, Path::new("/proc/self/fd"))?;
-                    (PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())), *read_only, Some(fd))
-                }
-            };
-            let target = inside(&rootfs, &m.path)?;
-            if matches!(vol.source, VolumeSource::Empty) {
-                adopt_owner(&src, &target, root)?;
-            }
-            mkdir_p(&target)?;
-            let read_only = m.read_only || vol_ro;
-            match (&vol.source, ids) {
-                // Host root's files are the pod's root's, and the other
-                // way round: see SECURITY.md. nodev as every bind (`bind`);
-                // the source's own flags (noexec, nosuid) come with the clone.
-                (VolumeSource::Host { .. }, Some(ids)) => {
-                    let ro = if read_only { crate::sys::MOUNT_ATTR_RDONLY } else { 0 };
-                    let attrs = ro | crate::sys::MOUNT_ATTR_NODEV;
-                    crate::userns::idmapped_bind(&src, &target, ids.userns, true, attrs)?;
-                }
-                _ => bind(&src, &target, read_only, &format!("volume {}", vol.name))?,
-            }
-        }
-        if app.read_only_root_fs {
-            read_only_root(&rootfs)?;
-        }
+        setup_app(pod_dir, pod, app, kernel_fs, ids, &mut idmapped, None)?;
     }
     Ok(())
+}
+
+/// What an app added to a running pod brings into the pod's mount
+/// namespace, made on the host before joining it: there the host's paths
+/// (image trees, host volumes, /dev) are out of sight, the pod having
+/// pivoted into its directory. See addapp.rs.
+#[derive(Debug)]
+pub struct Carried {
+    /// The app's rootfs: its overlay, detached.
+    pub rootfs: OwnedFd,
+    /// Host volumes by name, each a detached clone of the checked source.
+    pub host_volumes: std::collections::BTreeMap<String, OwnedFd>,
+    /// Where the host's /dev is attached meanwhile (inside the pod root).
+    pub dev: PathBuf,
+}
+
+/// Mounts one app's root filesystem under `<pod>/apps/<app>/rootfs`, its
+/// kernel filesystems, /etc files and volumes. `idmapped`: the layers
+/// already idmapped in this namespace (`userns: auto`). `carried`: for an
+/// app added to a running pod, where `pod_dir` is the pod root (`/`).
+pub fn setup_app(
+    pod_dir: &Path,
+    pod: &ResolvedPod,
+    app: &spec::stage1::App,
+    kernel_fs: KernelFs,
+    ids: Option<PodIds<'_>>,
+    idmapped: &mut BTreeSet<PathBuf>,
+    carried: Option<&Carried>,
+) -> Result<(), RootfsError> {
+    let base = pod_dir.join("apps").join(app.name.as_str());
+    let rootfs = base.join("rootfs");
+    match carried {
+        Some(c) => crate::sys::move_mount_to(&c.rootfs, &rootfs).map_err(|errno| RootfsError::Mount {
+            what: "overlay rootfs".into(),
+            target: rootfs.clone(),
+            errno,
+        })?,
+        None => mount_rootfs(&base, app, ids, idmapped)?,
+    }
+
+    // From here on, what is created inside the rootfs (mount points,
+    // /tmp, the tmpfs of /dev) is the pod's root's.
+    let _as_pod_root = ids.map(|i| crate::userns::AsPodRoot::new(i.uid, i.gid)).transpose()?;
+    let root = ids.map_or((0, 0), |i| (i.uid, i.gid));
+    if kernel_fs == KernelFs::Mount {
+        let dev = carried.map_or(Path::new("/dev"), |c| c.dev.as_path());
+        stage2_init::appfs::mount_kernel_fs(&rootfs, dev).map_err(|e| RootfsError::KernelFs(e.to_string()))?;
+    }
+    let tmp = rootfs.join("tmp");
+    mkdir_p(&tmp)?;
+
+    for name in ["hosts", "hostname", "resolv.conf"] {
+        let target = rootfs.join("etc").join(name);
+        touch(&target)?;
+        bind(&pod_dir.join("etc").join(name), &target, true, name)?;
+    }
+    for m in &app.mounts {
+        let Some(vol) = pod.volumes.iter().find(|v| v.name == m.volume) else { continue };
+        let target = inside(&rootfs, &m.path)?;
+        if let (VolumeSource::Host { read_only, .. }, Some(c)) = (&vol.source, carried) {
+            let tree = c
+                .host_volumes
+                .get(vol.name.as_str())
+                .ok_or_else(|| RootfsError::KernelFs(format!("volume {}: its host source was not opened", vol.name)))?;
+            mkdir_p(&target)?;
+            let what = format!("volume {}", vol.name);
+            crate::sys::move_mount_to(tree, &target).map_err(|errno| RootfsError::Mount {
+                what: what.clone(),
+                target: target.clone(),
+                errno,
+            })?;
+            remount_bind(&target, m.read_only || *read_only, &what)?;
+            continue;
+        }
+        // A host source is mounted through an fd pinned to the directory
+        // stage0 checked; the fd lives until the bind below is done.
+        let (src, vol_ro, _pinned) = match &vol.source {
+            VolumeSource::Empty => (pod_dir.join("volumes").join(vol.name.as_str()), false, None),
+            VolumeSource::Host { path, read_only } => {
+                let fd = open_host_source(path, Path::new("/proc/self/fd"))?;
+                (PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())), *read_only, Some(fd))
+            }
+        };
+        if matches!(vol.source, VolumeSource::Empty) {
+            adopt_owner(&src, &target, root)?;
+        }
+        mkdir_p(&target)?;
+        let read_only = m.read_only || vol_ro;
+        match (&vol.source, ids) {
+            // Host root's files are the pod's root's, and the other
+            // way round: see SECURITY.md. nodev as every bind (`bind`);
+            // the source's own flags (noexec, nosuid) come with the clone.
+            (VolumeSource::Host { .. }, Some(ids)) => {
+                let ro = if read_only { crate::sys::MOUNT_ATTR_RDONLY } else { 0 };
+                let attrs = ro | crate::sys::MOUNT_ATTR_NODEV;
+                crate::userns::idmapped_bind(&src, &target, ids.userns, true, attrs)?;
+            }
+            _ => bind(&src, &target, read_only, &format!("volume {}", vol.name))?,
+        }
+    }
+    if app.read_only_root_fs {
+        read_only_root(&rootfs)?;
+    }
+    Ok(())
+}
+
+/// The overlay options of an app's rootfs (host paths), top layer first.
+pub fn overlay_options(base: &Path, app: &spec::stage1::App) -> (String, String, String) {
+    // overlayfs lists lower layers top first.
+    let lower: Vec<String> = app.layers.iter().rev().map(|l| l.display().to_string()).collect();
+    (lower.join(":"), base.join("upper").display().to_string(), base.join("work").display().to_string())
+}
+
+/// Mounts the app's overlay rootfs (or, without overlayfs, a private copy
+/// of its one-layer tree) at `<base>/rootfs`.
+fn mount_rootfs(
+    base: &Path,
+    app: &spec::stage1::App,
+    ids: Option<PodIds<'_>>,
+    idmapped: &mut BTreeSet<PathBuf>,
+) -> Result<(), RootfsError> {
+    let rootfs = base.join("rootfs");
+    let top = app.layers.last().ok_or_else(|| RootfsError::KernelFs(format!("app {} has no layers", app.name)))?;
+    if let Some(ids) = ids {
+        // Over itself, in this mount namespace only: the overlay's
+        // lower layers are then the trees seen through the pod's mapping.
+        for layer in &app.layers {
+            if idmapped.insert(layer.clone()) {
+                let attrs = crate::sys::MOUNT_ATTR_RDONLY | crate::sys::MOUNT_ATTR_NODEV;
+                crate::userns::idmapped_bind(layer, layer, ids.userns, false, attrs)?;
+            }
+        }
+        own_upper(&base.join("upper"), top, ids)?;
+    }
+    let (lower, upper, work) = overlay_options(base, app);
+    let opts = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+    let overlay = mount_overlay(&rootfs, &opts);
+    if let (Err(overlay), Some(_)) = (&overlay, ids) {
+        // A copy would need a chown of every file: not done (see SECURITY.md).
+        return Err(RootfsError::KernelFs(format!("{overlay}: userns: auto needs overlayfs")));
+    }
+    if let Err(overlay) = overlay {
+        if app.layers.len() > 1 {
+            // Layers carry overlayfs whiteouts: only overlayfs reads them.
+            return Err(RootfsError::KernelFs(format!("{overlay}: an image of several layers needs overlayfs")));
+        }
+        // No overlayfs here (or not on this filesystem): fall back to a
+        // private copy of the tree, the slow path rkt also had.
+        eprintln!("pod-stage1-ns: {overlay}; copying the tree instead");
+        copy_tree(top, &base.join("upper"))?;
+        bind(&base.join("upper"), &rootfs, false, "copied rootfs")?;
+    }
+    Ok(())
+}
+
+/// Remounts a bind `nodev` (and read-only if asked), keeping its flags.
+fn remount_bind(target: &Path, read_only: bool, what: &str) -> Result<(), RootfsError> {
+    let mut flags = mount_flags(target)? | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    do_mount(None, target, None, flags, None, what)
 }
 
 /// Opens a host volume's source, as stage0 resolved and checked it (an
@@ -379,12 +452,6 @@ fn read_only_root(rootfs: &Path) -> Result<(), RootfsError> {
     do_mount(None, rootfs, None, flags, None, "read-only rootfs")
 }
 
-/// An app's /proc, read-only /sys, minimal /dev (bound from the host's)
-/// and /tmp: stage2-init's implementation, which a VM's pod-init also uses.
-fn mount_kernel_fs(rootfs: &Path) -> Result<(), RootfsError> {
-    stage2_init::appfs::mount_kernel_fs(rootfs, Path::new("/dev")).map_err(|e| RootfsError::KernelFs(e.to_string()))
-}
-
 /// Binds each app's cgroup directories at `<pod>/cgroup/<app>/<n>`, where
 /// stage2-init's child for that app joins them (the units' `Cgroup=`).
 pub fn bind_cgroups(
@@ -419,7 +486,7 @@ pub fn cgroup_path_in_pod(app: &str, n: usize) -> String {
     format!("/cgroup/{app}/{n}")
 }
 
-fn cgroup_mount(pod_dir: &Path, app: &str, n: usize) -> PathBuf {
+pub fn cgroup_mount(pod_dir: &Path, app: &str, n: usize) -> PathBuf {
     pod_dir.join("cgroup").join(app).join(n.to_string())
 }
 

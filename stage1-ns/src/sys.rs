@@ -49,6 +49,18 @@ fn c_path(path: &Path) -> nix::Result<CString> {
 /// (mount_setattr MOUNT_ATTR_IDMAP), recursively if `recursive`. The
 /// caller attaches it with [`move_mount_to`]; dropped unattached, it goes.
 pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>, recursive: bool, attrs: u64) -> nix::Result<OwnedFd> {
+    let userns_fd = u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?;
+    clone_with(path, recursive, MOUNT_ATTR_IDMAP | attrs, userns_fd)
+}
+
+/// A detached copy of the mount tree at `path`, as [`idmapped_clone`]
+/// without the id mapping: how a host directory reaches a pod's mount
+/// namespace after the pod pivoted away from the host's paths.
+pub fn clone_tree(path: &Path, recursive: bool, attrs: u64) -> nix::Result<OwnedFd> {
+    clone_with(path, recursive, attrs, 0)
+}
+
+fn clone_with(path: &Path, recursive: bool, attr_set: u64, userns_fd: u64) -> nix::Result<OwnedFd> {
     let cpath = c_path(path)?;
     let rec = if recursive { AT_RECURSIVE } else { 0 };
     let flags = OPEN_TREE_CLONE | rec | libc::O_CLOEXEC as libc::c_uint;
@@ -58,12 +70,10 @@ pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>, recursive: bool, attr
     let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
     // SAFETY: open_tree returned this fd just now; nothing else owns it.
     let tree = unsafe { OwnedFd::from_raw_fd(fd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | attrs,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: u64::try_from(userns.as_raw_fd()).map_err(|_| Errno::EBADF)?,
-    };
+    if attr_set == 0 {
+        return Ok(tree);
+    }
+    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd };
     let empty = c"";
     // SAFETY: `tree` is an open mount fd, `empty` a NUL-terminated string
     // and `attr` a `struct mount_attr` of the size passed, all alive for
@@ -81,7 +91,61 @@ pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>, recursive: bool, attr
     Ok(tree)
 }
 
-/// Attaches a detached mount (from [`idmapped_clone`]) on `target`.
+// fsopen/fsconfig/fsmount (Linux 5.2), from <linux/mount.h>.
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+fn c_str(s: &str) -> nix::Result<CString> {
+    CString::new(s).map_err(|_| Errno::EINVAL)
+}
+
+/// A new, detached overlay mount (nodev): `options` are its
+/// `key=value` (or flag) options, resolved in this mount namespace. The
+/// caller attaches it with [`move_mount_to`], in another mount namespace
+/// if it joins one first.
+pub fn overlay_detached(options: &[(&str, Option<&str>)]) -> nix::Result<OwnedFd> {
+    let fstype = c"overlay";
+    // SAFETY: `fstype` is a NUL-terminated string alive for the call; the
+    // kernel returns a new fd or -1.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: fsopen returned this fd just now; nothing else owns it.
+    let ctx = unsafe { OwnedFd::from_raw_fd(fd) };
+    for (key, value) in options {
+        let ckey = c_str(key)?;
+        let cvalue = value.map(c_str).transpose()?;
+        let (cmd, vptr) = match &cvalue {
+            Some(v) => (FSCONFIG_SET_STRING, v.as_ptr()),
+            None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+        };
+        // SAFETY: `ctx` is an fs context fd; `ckey` and `cvalue` (or NULL
+        // for a flag) are NUL-terminated strings alive for the call.
+        Errno::result(unsafe { libc::syscall(libc::SYS_fsconfig, ctx.as_raw_fd(), cmd, ckey.as_ptr(), vptr, 0) })?;
+    }
+    // SAFETY: `ctx` is an fs context fd; no pointers are passed.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            ctx.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: `ctx` is a created fs context fd; no pointers are passed.
+    let fd =
+        Errno::result(unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV) })?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: fsmount returned this fd just now; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Attaches a detached mount (from [`idmapped_clone`], [`clone_tree`] or
+/// [`overlay_detached`]) on `target`.
 pub fn move_mount_to(tree: &OwnedFd, target: &Path) -> nix::Result<()> {
     let ctarget = c_path(target)?;
     let empty = c"";

@@ -65,21 +65,41 @@ pub fn write_units(
     let dir = pod_dir.join("units");
     fs::create_dir_all(&dir).map_err(|e| (dir.clone(), e))?;
     let mut filters = None;
-    for app in pod.apps.iter().filter(|a| a.seccomp == Seccomp::Default) {
+    for app in &pod.apps {
+        let n = cgroups.get(app.name.as_str()).map_or(0, Vec::len);
+        write_app(pod_dir, app, n, &mut filters)?;
+    }
+    Ok(())
+}
+
+/// Writes one app's unit (`cgroups`: how many cgroup directories it joins)
+/// and, with the default profile, its seccomp filters, compiled once into
+/// `filters` for every app that needs them.
+pub fn write_app(
+    pod_dir: &Path,
+    app: &App,
+    cgroups: usize,
+    filters: &mut Option<Vec<Vec<u8>>>,
+) -> Result<(), (PathBuf, io::Error)> {
+    let dir = pod_dir.join("units");
+    if app.seccomp == Seccomp::Default {
         if filters.is_none() {
             let compiled = crate::seccomp::default_filters().map_err(|e| (dir.clone(), io::Error::other(e)))?;
-            filters = Some(compiled);
+            *filters = Some(compiled);
         }
         for (name, bytes) in seccomp_files(app.name.as_str()).iter().zip(filters.iter().flatten()) {
             let p = dir.join(name);
             fs::write(&p, bytes).map_err(|e| (p.clone(), e))?;
         }
     }
-    for app in &pod.apps {
-        let p = dir.join(format!("{}.unit", app.name));
-        let n = cgroups.get(app.name.as_str()).map_or(0, Vec::len);
-        let paths = (0..n).map(|i| crate::rootfs::cgroup_path_in_pod(app.name.as_str(), i)).collect();
-        fs::write(&p, unit_for(app, paths).render()).map_err(|e| (p.clone(), e))?;
-    }
-    Ok(())
+    let p = dir.join(format!("{}.unit", app.name));
+    let paths = (0..cgroups).map(|i| crate::rootfs::cgroup_path_in_pod(app.name.as_str(), i)).collect();
+    fs::write(&p, unit_for(app, paths).render()).map_err(|e| (p.clone(), e))
+}
+
+/// The files [`write_app`] writes for `app`, names in `units/`.
+pub fn app_files(app: &str) -> Vec<String> {
+    let mut files = seccomp_files(app).to_vec();
+    files.push(format!("{app}.unit"));
+    files
 }

@@ -43,6 +43,8 @@ pub struct Supervisor {
     /// read end of a pipe whose write end is closed: reads give EOF, writes
     /// fail with EBADF.
     null: OwnedFd,
+    /// The pod root, where an added app's unit and rootfs are.
+    root: PathBuf,
     status_dir: PathBuf,
     logs_dir: PathBuf,
     /// How many times the pod was asked to stop (a second request kills).
@@ -73,6 +75,7 @@ impl Supervisor {
             apps,
             signals,
             null,
+            root: root.to_owned(),
             status_dir: root.join("status"),
             logs_dir: root.join("logs"),
             stop_requests: 0,

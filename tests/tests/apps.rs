@@ -163,3 +163,93 @@ fn a_sandbox_without_apps_holds_until_stopped() {
     assert_eq!(pod_state(&live, &uuid), "exited");
     assert_eq!(live.status(&uuid)["exitCode"], 0);
 }
+
+/// The mount points under `/apps/<app>/` in the pod's mount namespace.
+fn mounts_of_app(pid1: i64, app: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid1}/mountinfo")).unwrap_or_default();
+    let needle = format!("/apps/{app}/");
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn app_names(live: &Live, pod: &str) -> Vec<String> {
+    app_list(live, pod).iter().filter_map(|a| a["app"].as_str().map(str::to_owned)).collect()
+}
+
+#[test]
+fn apps_are_added_to_and_removed_from_a_running_sandbox() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let file = live.pod_file("box", "name: box\nnetwork: none\napps: []\n");
+    let uuid = live.start(&file);
+    let dir = pod_dir(&live, &uuid);
+    let pid1: i64 = std::fs::read_to_string(dir.join("pid")).unwrap().trim().parse().unwrap();
+    let manifest = || std::fs::read(dir.join("pod.json")).unwrap();
+    let empty = manifest();
+
+    // An unsigned image: refused (exit 3), the pod untouched.
+    let unsigned = live.root().join("unsigned.aci");
+    std::fs::copy(example_image(Example::Busybox), &unsigned).unwrap();
+    let args = ["app", "add", &uuid, "--name", "bad", "--image", p(&unsigned), "--exec", "/bin/sleep", "100"];
+    let out = live.run_within(&args, LIMIT);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&args, &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&uuid) && err.contains("bad"), "{err}");
+    assert_eq!(manifest(), empty, "pod.json untouched");
+    assert!(!dir.join("apps").join("bad").exists());
+    assert!(cgroup_dirs_of(&uuid).iter().all(|d| !d.join("bad").exists()));
+
+    // A server and a client, added while the pod runs.
+    let server = "while true; do echo hi | nc -l -p 7000; done";
+    for (name, script) in [("srv", server), ("cli", "exec sleep 1000")] {
+        let args = ["app", "add", &uuid, "--name", name, "--image", BUSYBOX, "--exec", "/bin/sh", "-c", script];
+        let out = live.run_within(&args, LIMIT);
+        assert!(out.status.success(), "{}", describe(&args, &out));
+    }
+    live.wait_all_up(&uuid, LIMIT);
+    assert_eq!(app_names(&live, &uuid), ["srv", "cli"]);
+    let status = live.status(&uuid);
+    assert_eq!(status["apps"].as_array().map(Vec::len), Some(2), "{status}");
+    assert!(cgroup_dirs_of(&uuid).iter().all(|d| d.join("srv").is_dir()), "{:?}", cgroup_dirs_of(&uuid));
+    assert!(mounts_of_app(pid1, "srv").iter().any(|m| m.ends_with("/apps/srv/rootfs")));
+    // One network namespace: the client reaches the server on loopback.
+    let reached = wait_for(Duration::from_secs(15), || {
+        let args = ["enter", "--app", "cli", &uuid, "/bin/sh", "-c", "nc -w 2 127.0.0.1 7000 </dev/null"];
+        live.run_within(&args, LIMIT).stdout.starts_with(b"hi")
+    });
+    assert!(reached, "cli did not reach srv on 127.0.0.1:7000");
+
+    // A duplicate name: exit 7.
+    let args = ["app", "add", &uuid, "--name", "srv", "--image", BUSYBOX, "--exec", "/bin/true"];
+    let out = live.run_within(&args, LIMIT);
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&args, &out));
+
+    // Removed: gone from the lists, its mounts and cgroups gone, the pod on.
+    let args = ["app", "rm", &uuid, "srv"];
+    let out = live.run_within(&args, LIMIT);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    assert_eq!(app_names(&live, &uuid), ["cli"]);
+    assert_eq!(live.status(&uuid)["apps"].as_array().map(Vec::len), Some(1));
+    assert_eq!(mounts_of_app(pid1, "srv"), Vec::<String>::new());
+    assert!(cgroup_dirs_of(&uuid).iter().all(|d| !d.join("srv").exists()));
+    assert!(!dir.join("apps").join("srv").exists() && !dir.join("units").join("srv.unit").exists());
+    assert_eq!(pod_state(&live, &uuid), "running");
+    assert!(matches!(live.app_status(&uuid, "cli")["state"].as_str(), Some("ready" | "running")));
+    let out = live.run_within(&["app", "rm", &uuid, "srv"], LIMIT);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&["app", "rm"], &out));
+
+    let out = live.run_within(&["stop", &uuid], LIMIT);
+    assert!(out.status.success(), "{}", describe(&["stop", &uuid], &out));
+    let out = live.run_within(&["gc"], LIMIT);
+    assert!(out.status.success(), "{}", describe(&["gc"], &out));
+    // Nothing of the pod left on the host (other tests' pods run meanwhile).
+    assert_eq!(cgroup_dirs_of(&uuid), Vec::<PathBuf>::new());
+    let root = live.root().to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&root) || l.contains(&uuid)).collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+    assert!(!dir.exists(), "pod dir left: {}", dir.display());
+}

@@ -244,6 +244,37 @@ impl PodCgroup {
         }
     }
 
+    /// Kills what is left of one app (an app removed from a running pod)
+    /// and removes its leaf in every hierarchy. Safe to call again.
+    pub fn remove_app(&self, app: &str) -> Result<()> {
+        validate_app(app)?;
+        let dirs: Vec<PathBuf> = self.leaf_dirs(app).into_iter().filter(|d| d.is_dir()).collect();
+        let start = Instant::now();
+        loop {
+            let mut pids = BTreeSet::new();
+            for dir in &dirs {
+                pids.extend(fsx::procs(dir)?);
+            }
+            if pids.is_empty() {
+                break;
+            }
+            if start.elapsed() >= KILL_TIMEOUT {
+                return Err(CgroupError::KillTimeout {
+                    uuid: self.uuid.clone(),
+                    left: pids.len(),
+                    ms: start.elapsed().as_millis(),
+                });
+            }
+            sigkill(&pids.into_iter().collect::<Vec<_>>())?;
+            thread::sleep(fsx::POLL);
+        }
+        for dir in &dirs {
+            fsx::rmdir(dir)?;
+        }
+        tracing::debug!(uuid = %self.uuid, app, "app cgroups removed");
+        Ok(())
+    }
+
     /// Kills what is left, then removes every directory of the pod in every
     /// hierarchy, leaves first. Safe to call again after a failure.
     pub fn destroy(&self) -> Result<()> {

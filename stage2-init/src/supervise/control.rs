@@ -1,7 +1,8 @@
 //! The control channel (`spec::control`): a unix socket in the pod root,
 //! polled by the supervision loop; one request per connection, answered at
-//! once. `inspect`, `stop APP` and `start APP` are served; `add` and
-//! `remove` are refused as unsupported by this version.
+//! once. `inspect`, `stop APP`, `start APP`, `add APP` (its unit and
+//! rootfs made by stage1 first: read as at boot, appended to the plan and
+//! started) and `remove APP` (an ended app leaves the plan) are served.
 //!
 //! No threads: a connection is read and answered in the loop, each read
 //! and write bounded by [`IO_TIMEOUT`]. Only root can connect (mode 0600),
@@ -114,10 +115,8 @@ impl Supervisor {
             Request::Inspect => return Response::Ok(self.apps.iter().map(info).collect()),
             Request::Stop(name) => (name, true),
             Request::Start(name) => (name, false),
-            Request::Add(_) | Request::Remove(_) => {
-                let message = "adding and removing apps is unsupported in this version of pod-init".into();
-                return refuse(ErrorKind::Unsupported, message);
-            }
+            Request::Add(name) => return self.add_app(name, now),
+            Request::Remove(name) => return self.remove_app(name),
         };
         let Some(i) = self.apps.iter().position(|a| a.plan.name == *name) else {
             return refuse(ErrorKind::NoSuchApp, format!("no app {name} in this pod"));
@@ -174,6 +173,67 @@ impl Supervisor {
                 Ok(())
             }
         }
+    }
+}
+
+impl Supervisor {
+    /// `add APP`: its unit, seccomp filters and rootfs are in place (stage1
+    /// made them); read them as at boot, append the app to the plan and let
+    /// the next tick start it. It may only depend on apps already there,
+    /// so appending keeps the start order.
+    fn add_app(&mut self, name: &spec::AcName, now: Instant) -> Response {
+        if self.stopping() {
+            return refuse(ErrorKind::Conflict, format!("app {name} not added: the pod is stopping"));
+        }
+        if self.apps.iter().any(|a| a.plan.name == *name) {
+            return refuse(ErrorKind::Conflict, format!("the pod already has an app {name}"));
+        }
+        let (unit, seccomp) = match crate::plan::load_app(&self.root, name) {
+            Ok(loaded) => loaded,
+            Err(e) => return refuse(ErrorKind::Conflict, format!("app {name} not added: {e}")),
+        };
+        let index = |dep: &spec::AcName| self.apps.iter().position(|a| a.plan.name == *dep);
+        let mut deps = Vec::new();
+        for dep in unit.dependencies() {
+            match index(dep) {
+                Some(i) => deps.push(i),
+                None => return refuse(ErrorKind::Conflict, format!("app {name} depends on unknown app {dep}")),
+            }
+        }
+        let requires = unit.requires.iter().filter_map(index).collect();
+        let plan = crate::plan::AppPlan { name: name.clone(), unit, deps, requires, seccomp };
+        log!("{name}: added");
+        self.apps.push(crate::app::App::new(plan, &self.root));
+        let i = self.apps.len() - 1;
+        self.publish(i);
+        self.tick(now);
+        Response::Ok(Vec::new())
+    }
+
+    /// `remove APP`: an app that has ended (stop it first) leaves the plan
+    /// and the status list; stage1 then removes its files and mounts. An
+    /// app another one depends on stays.
+    fn remove_app(&mut self, name: &spec::AcName) -> Response {
+        let Some(i) = self.apps.iter().position(|a| a.plan.name == *name) else {
+            return refuse(ErrorKind::NoSuchApp, format!("no app {name} in this pod"));
+        };
+        if !matches!(self.apps[i].phase, Phase::Done(_) | Phase::Waiting) {
+            return refuse(ErrorKind::Conflict, format!("app {name} is {}; stop it first", self.apps[i].phase.state()));
+        }
+        if let Some(d) = self.apps.iter().find(|a| a.plan.deps.contains(&i)) {
+            return refuse(ErrorKind::Conflict, format!("app {} depends on app {name}", d.name()));
+        }
+        self.apps.remove(i);
+        for app in &mut self.apps {
+            for d in app.plan.deps.iter_mut().chain(app.plan.requires.iter_mut()) {
+                if *d > i {
+                    *d -= 1;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.status_dir.join(format!("{name}.json")));
+        log!("{name}: removed");
+        Response::Ok(Vec::new())
     }
 }
 

@@ -1,0 +1,273 @@
+//! Apps added to and removed from a running namespace pod (`pod app add`,
+//! `pod app rm`). stage0 writes the app into `pod.json` first (and drops
+//! it from there last); `pod-stage1-ns add-app POD_DIR APP` then makes what
+//! the monitor makes for an app at the pod's start — its cgroups, its unit
+//! and seccomp filters, its mounts in the pod's mount namespace — and
+//! `pod-stage1-ns rm-app POD_DIR APP` undoes all of it, idempotently (it
+//! is also the undo of a failed add). stage0 tells pod-init over the
+//! control channel.
+//!
+//! The pod's root is its directory, pivoted into in the pod's own mount
+//! namespace: the host's paths (image trees, host volumes, /dev, the
+//! cgroup hierarchies) are out of sight there. So the mounts that need
+//! them are made here on the host, detached (fsmount, open_tree), and
+//! carried in by a child that joins the pod's pid namespace (its /proc),
+//! network namespace (its /sys) and mount namespace and attaches them
+//! where `rootfs::setup_app` puts them at the pod's start. Not for
+//! `userns: auto` pods yet (their mounts are idmapped, their files the
+//! pod's root's).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{umount2, MntFlags};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::ForkResult;
+use spec::stage1::{App, ResolvedPod, VolumeSource};
+use spec::AcName;
+
+use crate::cgroups::{self, Limits};
+use crate::monitor::{self, Stage1Error};
+use crate::rootfs::{self, Carried, KernelFs};
+use crate::{sys, units};
+
+/// Where the host's /dev is attached while an added app's /dev is made,
+/// inside its app directory.
+const HOST_DEV: &str = "hostdev";
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Stage1Error + 'a {
+    move |source| Stage1Error::Io { op, path: path.to_owned(), source }
+}
+
+fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> Stage1Error {
+    move |errno| Stage1Error::Sys { what, errno }
+}
+
+/// The host pid of the pod's PID 1, from the pod directory's `pid` file.
+fn pod_pid(pod_dir: &Path) -> Result<i32, Stage1Error> {
+    let p = pod_dir.join("pid");
+    let text = fs::read_to_string(&p).map_err(io_err("read", &p))?;
+    text.trim().parse().map_err(|_| Stage1Error::Invalid(format!("{}: not a pid: {text:?}", p.display())))
+}
+
+fn open_ns(pid: i32, ns: &str) -> Result<File, Stage1Error> {
+    let p = PathBuf::from(format!("/proc/{pid}/ns/{ns}"));
+    File::open(&p).map_err(io_err("open", &p))
+}
+
+/// `add-app`: sets up app `name` of the running pod at `pod_dir`, as
+/// written in its `pod.json`. On failure, undoes what it made.
+pub fn add(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
+    let (inv, pod) = monitor::load(pod_dir)?;
+    if inv.userns.is_some() {
+        return Err(Stage1Error::Invalid(
+            "apps cannot yet be added to a running userns: auto pod (not yet for userns: auto)".into(),
+        ));
+    }
+    let app = pod
+        .apps
+        .iter()
+        .find(|a| &a.name == name)
+        .ok_or_else(|| Stage1Error::Invalid(format!("pod.json has no app {name}")))?;
+    let pid = pod_pid(pod_dir)?;
+    match add_app(pod_dir, &pod, app, pid) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if let Err(undo) = remove(pod_dir, name) {
+                eprintln!("pod-stage1-ns: undoing app {name}: {undo}");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn add_app(pod_dir: &Path, pod: &ResolvedPod, app: &App, pid: i32) -> Result<(), Stage1Error> {
+    let name = app.name.as_str();
+    let h = monitor::hierarchy()?;
+    let cg = cgroups::create_pod(&h, &pod.uuid, &[(name, Limits::from(app.resources))])?;
+    let cgroup_dirs = cg.app_dirs(name)?;
+    units::write_app(pod_dir, app, cgroup_dirs.len(), &mut None).map_err(|(p, e)| io_err("write", &p)(e))?;
+
+    // Everything from the host's side of the mount namespaces, detached.
+    let base = pod_dir.join("apps").join(name);
+    let host_dev = base.join(HOST_DEV);
+    fs::create_dir_all(&host_dev).map_err(io_err("create directory", &host_dev))?;
+    let carried = Carried {
+        rootfs: detached_rootfs(&base, app)?,
+        host_volumes: detached_host_volumes(pod, app)?,
+        dev: Path::new("/apps").join(name).join(HOST_DEV),
+    };
+    let dev = sys::clone_tree(Path::new("/dev"), false, 0).map_err(sys_err("open_tree /dev"))?;
+    let cgroup_trees = cgroup_dirs
+        .iter()
+        .map(|d| sys::clone_tree(d, false, 0).map_err(sys_err("open_tree of an app cgroup")))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let (pid_ns, net_ns, mnt_ns) = (open_ns(pid, "pid")?, open_ns(pid, "net")?, open_ns(pid, "mnt")?);
+    // Our next child is born in the pod's pid namespace: the /proc it
+    // mounts shows the pod's processes.
+    setns(&pid_ns, CloneFlags::CLONE_NEWPID).map_err(sys_err("setns pid"))?;
+    in_pod(|| {
+        setns(&net_ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
+        setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("setns mnt: {e}"))?;
+        let root = Path::new("/");
+        sys::move_mount_to(&dev, &carried.dev).map_err(|e| format!("attach /dev: {e}"))?;
+        let made = rootfs::setup_app(root, pod, app, KernelFs::Mount, None, &mut BTreeSet::new(), Some(&carried));
+        let _ = umount2(&carried.dev, MntFlags::MNT_DETACH);
+        made.map_err(|e| e.to_string())?;
+        for (i, tree) in cgroup_trees.iter().enumerate() {
+            let target = rootfs::cgroup_mount(root, name, i);
+            fs::create_dir_all(&target).map_err(|e| format!("create directory {}: {e}", target.display()))?;
+            sys::move_mount_to(tree, &target).map_err(|e| format!("attach cgroup on {}: {e}", target.display()))?;
+        }
+        Ok(())
+    })?;
+    fs::remove_dir(&host_dev).map_err(io_err("remove", &host_dev))
+}
+
+/// The app's rootfs, detached: its overlay (volatile where the kernel has
+/// it, as at the pod's start), or, without overlayfs, a private copy of a
+/// one-layer tree.
+fn detached_rootfs(base: &Path, app: &App) -> Result<OwnedFd, Stage1Error> {
+    let (lower, upper, work) = rootfs::overlay_options(base, app);
+    let opts =
+        [("lowerdir", Some(lower.as_str())), ("upperdir", Some(upper.as_str())), ("workdir", Some(work.as_str()))];
+    let volatile: Vec<_> = opts.iter().copied().chain([("volatile", None)]).collect();
+    let overlay = sys::overlay_detached(&volatile).or_else(|_| sys::overlay_detached(&opts));
+    match overlay {
+        Ok(fd) => Ok(fd),
+        Err(errno) if app.layers.len() == 1 => {
+            eprintln!("pod-stage1-ns: overlay rootfs of app {}: {errno}; copying the tree instead", app.name);
+            let upper = base.join("upper");
+            rootfs::copy_tree(&app.layers[0], &upper).map_err(|e| Stage1Error::Launch(e.to_string()))?;
+            sys::clone_tree(&upper, false, sys::MOUNT_ATTR_NODEV).map_err(sys_err("open_tree of the copied rootfs"))
+        }
+        Err(errno) => Err(Stage1Error::Launch(format!(
+            "overlay rootfs of app {}: {errno}: an image of several layers needs overlayfs",
+            app.name
+        ))),
+    }
+}
+
+/// Each host volume the app mounts, opened as at the pod's start (through
+/// an fd pinned to the checked path) and cloned, detached, with nodev.
+fn detached_host_volumes(pod: &ResolvedPod, app: &App) -> Result<BTreeMap<String, OwnedFd>, Stage1Error> {
+    let mut trees = BTreeMap::new();
+    for m in &app.mounts {
+        let Some(vol) = pod.volumes.iter().find(|v| v.name == m.volume) else { continue };
+        let VolumeSource::Host { path, .. } = &vol.source else { continue };
+        if trees.contains_key(vol.name.as_str()) {
+            continue;
+        }
+        let pinned = rootfs::open_host_source(path, Path::new("/proc/self/fd"))
+            .map_err(|e| Stage1Error::Launch(e.to_string()))?;
+        let via = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
+        let tree = sys::clone_tree(&via, true, sys::MOUNT_ATTR_NODEV).map_err(sys_err("open_tree of a host volume"))?;
+        trees.insert(vol.name.to_string(), tree);
+    }
+    Ok(trees)
+}
+
+/// Runs `f` in a child (single-threaded, so it may join a mount
+/// namespace) and returns its error, if any.
+fn in_pod(f: impl FnOnce() -> Result<(), String>) -> Result<(), Stage1Error> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
+    match sys::fork_process().map_err(sys_err("fork"))? {
+        ForkResult::Child => {
+            drop(r);
+            let code = match f() {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = nix::unistd::write(&w, e.as_bytes());
+                    1
+                }
+            };
+            // A forked child must never return into the parent's code.
+            #[allow(clippy::exit)]
+            std::process::exit(code);
+        }
+        ForkResult::Parent { child } => {
+            drop(w);
+            let mut why = String::new();
+            let _ = File::from(r).read_to_string(&mut why);
+            let status = loop {
+                match waitpid(child, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other,
+                }
+            };
+            match status {
+                Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+                _ if !why.is_empty() => Err(Stage1Error::Launch(why)),
+                other => Err(Stage1Error::Launch(format!("the child in the pod's namespaces ended: {other:?}"))),
+            }
+        }
+    }
+}
+
+/// `rm-app`: undoes what [`add`] (or the pod's start) made for app
+/// `name`: its mounts in the pod's mount namespace, its cgroups (killing
+/// what is left in them), its unit and seccomp filters, status, log and
+/// app directory. Idempotent; the pod's `pod.json` is stage0's.
+pub fn remove(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
+    let (inv, pod) = monitor::load(pod_dir)?;
+    if inv.userns.is_some() {
+        return Err(Stage1Error::Invalid(
+            "apps cannot yet be removed from a running userns: auto pod (not yet for userns: auto)".into(),
+        ));
+    }
+    let app = name.as_str();
+    // A pod that has ended took its mount namespace along.
+    if let Ok(mnt_ns) = pod_pid(pod_dir).and_then(|pid| open_ns(pid, "mnt")) {
+        in_pod(|| {
+            setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("setns mnt: {e}"))?;
+            let base = Path::new("/apps").join(app);
+            // Detaching the rootfs takes every mount below it along.
+            for target in [base.join("rootfs"), base.join(HOST_DEV)] {
+                unmount(&target)?;
+            }
+            let cgroups = rootfs::cgroup_mount(Path::new("/"), app, 0);
+            let dir = cgroups.parent().unwrap_or(Path::new("/cgroup"));
+            if let Ok(entries) = fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    unmount(&entry.path())?;
+                    let _ = fs::remove_dir(entry.path());
+                }
+                let _ = fs::remove_dir(dir);
+            }
+            Ok(())
+        })?;
+    }
+    let h = monitor::hierarchy()?;
+    if let Some(cg) = cgroups::open_pod(&h, &pod.uuid)? {
+        cg.remove_app(app)?;
+    }
+    let files = units::app_files(app)
+        .into_iter()
+        .map(|f| pod_dir.join("units").join(f))
+        .chain([format!("{app}.json"), format!("{app}.oom")].map(|f| pod_dir.join("status").join(f)))
+        .chain([pod_dir.join("logs").join(format!("{app}.log"))]);
+    for p in files {
+        match fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove", &p)(e)),
+            _ => {}
+        }
+    }
+    let dir = pod_dir.join("apps").join(app);
+    match fs::remove_dir_all(&dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Detaches the mount on `target`, if there is one.
+fn unmount(target: &Path) -> Result<(), String> {
+    match umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(format!("unmount {}: {e}", target.display())),
+    }
+}
