@@ -100,7 +100,17 @@ pub(super) fn fetch_layers(
         };
         let applied =
             super::super::layer::apply_layer(BufReader::with_capacity(1 << 20, f), Some(compression), &tree, &limits)
-                .map_err(layer_err)?;
+                .map_err(|e| match e {
+                // Say the image's limit, not what was left of it.
+                crate::archive::ArchiveError::TooLarge { .. } => OciError::Invalid {
+                    location: req.location.clone(),
+                    why: format!(
+                        "layer {} takes its layers past {} bytes unpacked, the limit (--max-image-size)",
+                        l.digest, req.limits.max_uncompressed
+                    ),
+                },
+                other => layer_err(other),
+            })?;
         if applied.diff_id != l.diff_id {
             return Err(OciError::DigestMismatch {
                 what: format!("uncompressed layer {} of {}", l.digest, req.location),
