@@ -124,20 +124,26 @@ impl BlobSource for LayoutSource {
         out: &mut dyn Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<(), OciError> {
-        let path = blob_file(&self.dir, digest)?;
-        let f = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => OciError::NotFound(format!("blob {digest} in {}", self.describe)),
-            _ => OciError::Io { op: "open", path: path.clone(), source: e },
-        })?;
-        pull::copy_verified(
-            io::BufReader::with_capacity(1 << 20, f),
-            digest,
-            size,
-            out,
-            progress,
-            &format!("blob {digest} of {}", self.describe),
-        )
+        serve_file(&blob_file(&self.dir, digest)?, digest, size, out, progress, &self.describe)
     }
+}
+
+/// Streams the file holding blob `digest` of `describe` into `out`,
+/// checking its size and digest.
+fn serve_file(
+    path: &Path,
+    digest: &str,
+    size: u64,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64),
+    describe: &str,
+) -> Result<(), OciError> {
+    let f = File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => OciError::NotFound(format!("blob {digest} in {describe}")),
+        _ => OciError::Io { op: "open", path: path.to_owned(), source: e },
+    })?;
+    let what = format!("blob {digest} of {describe}");
+    pull::copy_verified(io::BufReader::with_capacity(1 << 20, f), digest, size, out, progress, &what)
 }
 
 /// Unpacks an archive of plain files and directories into the empty `dest`.
@@ -342,15 +348,7 @@ impl BlobSource for DockerArchiveSource {
     ) -> Result<(), OciError> {
         let path =
             self.blobs.get(digest).ok_or_else(|| OciError::NotFound(format!("blob {digest} in {}", self.describe)))?;
-        let f = File::open(path).map_err(OciError::io("open", path))?;
-        pull::copy_verified(
-            io::BufReader::with_capacity(1 << 20, f),
-            digest,
-            size,
-            out,
-            progress,
-            &format!("blob {digest} of {}", self.describe),
-        )
+        serve_file(path, digest, size, out, progress, &self.describe)
     }
 }
 
