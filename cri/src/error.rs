@@ -91,6 +91,7 @@ impl From<CriError> for Status {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

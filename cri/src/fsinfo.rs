@@ -60,6 +60,7 @@ pub fn usage(data: &Path, roots: &[PathBuf]) -> Result<Usage, CriError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -101,7 +101,7 @@ pub fn pull(
     }
     // Credentials sent with the request, in a private file for the fetcher
     // (removed when the pull ends).
-    let auth_file = match auth.and_then(|a| credentials(a)) {
+    let auth_file = match auth.and_then(credentials) {
         Some(basic) => Some(write_auth(dirs, &reg.registry, &basic)?),
         None => None,
     };

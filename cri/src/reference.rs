@@ -109,6 +109,7 @@ fn found(r: Result<ImageMeta, StoreError>) -> Result<Option<ImageMeta>, CriError
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

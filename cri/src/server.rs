@@ -107,6 +107,7 @@ pub async fn serve(listener: UnixListener, path: &Path, runtime: Runtime, images
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
