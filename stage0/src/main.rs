@@ -101,6 +101,13 @@ enum Command {
     },
     /// Remove exited pods and whatever a killed pod left behind.
     Gc,
+    /// Kubernetes CRI: `pod cri serve [--listen unix:///run/pod/cri.sock]`
+    /// (runs pod-cri, installed beside pod; `pod cri --help` for its options).
+    #[command(disable_help_flag = true)]
+    Cri {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -572,6 +579,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
             }
         }
         Command::Image(cmd) => image_cmd::image(&dirs, cmd)?,
+        Command::Cri { args } => return cri(&dirs, cli.debug, args),
         Command::Run(args) => return pods_cmd::run(&dirs, args, cli.debug),
         Command::List { format } => pods_cmd::list(&dirs, format)?,
         Command::Status { pod, format } => pods_cmd::status(&dirs, &pod, format)?,
@@ -583,6 +591,20 @@ fn run(cli: Cli) -> Result<(), Failed> {
         Command::Gc => pods_cmd::gc(&dirs)?,
     }
     Ok(())
+}
+
+/// `pod cri ARGS`: execs pod-cri (the cri crate's binary, beside pod), so
+/// that neither stage0's library nor the `pod` binary links tokio and gRPC.
+fn cri(dirs: &Dirs, debug: bool, args: Vec<String>) -> Result<(), Failed> {
+    use std::os::unix::process::CommandExt;
+    let bin = stage0::run::bin_dir().join("pod-cri");
+    let mut cmd = std::process::Command::new(&bin);
+    if debug {
+        cmd.arg("--debug");
+    }
+    let err = cmd.args(args).env("POD_DIR", &dirs.data).env("POD_CONFIG", &dirs.config).exec();
+    let exit = if err.kind() == std::io::ErrorKind::NotFound { Exit::NotFound } else { Exit::Failure };
+    Err(fail(exit, format!("cannot run {}: {err} (it is installed beside pod)", bin.display())))
 }
 
 fn trust(dirs: &Dirs, cmd: TrustCmd) -> Result<(), Failed> {

@@ -1,0 +1,21 @@
+//! pod's Kubernetes CRI server: CRI v1 over gRPC on a unix socket, a client
+//! of stage0's library (never of the CLI's text). It keeps no state of its
+//! own: every answer is read from the store and pods directory, so restarting
+//! it disturbs nothing.
+//!
+//! stage0's library is blocking (reqwest's blocking client, flock, plain
+//! file I/O); tokio lives in this crate alone, and every library call runs on
+//! `spawn_blocking`.
+
+pub mod error;
+pub mod fsinfo;
+pub mod images;
+pub mod reference;
+pub mod runtime;
+pub mod server;
+
+pub mod proto {
+    //! The CRI v1 API (`runtime.v1`), generated from proto/api.proto.
+    #![allow(clippy::all, clippy::pedantic, missing_debug_implementations)]
+    tonic::include_proto!("runtime.v1");
+}
