@@ -323,22 +323,6 @@ fn pod_enter_runs_commands_with_the_apps_privileges() {
     assert!(out.status.success(), "{}", describe(&["enter", "probe"], &out));
 }
 
-/// Why VM pods cannot run here, if they cannot (as tests/vm.rs checks).
-fn skip_reason_vm() -> Option<String> {
-    let stage1 = target_dir().join("debug").join("pod-stage1-vm");
-    if !stage1.is_file() {
-        return Some(format!("{} is missing: run `cargo build --workspace` first", stage1.display()));
-    }
-    let kernel = std::env::var("POD_GUEST_KERNEL").unwrap_or_else(|_| "/usr/lib/pod/guest/vmlinuz".into());
-    if !std::path::Path::new(&kernel).is_file() {
-        return Some(format!("no guest kernel at {kernel} (scripts/install-deps.sh installs one)"));
-    }
-    if std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
-        return Some("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)".into());
-    }
-    None
-}
-
 #[test]
 fn the_probe_finds_every_way_out_of_a_vm_pod_blocked_too() {
     skip_unless_probe!();

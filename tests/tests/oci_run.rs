@@ -219,24 +219,6 @@ fn nginx_from_a_layered_oci_image_serves_on_its_host_port_and_stops_with_sigquit
     eprintln!("nginx test done in {:.1?}", started.elapsed());
 }
 
-fn skip_reason_vm() -> Option<String> {
-    if let Some(why) = skip_reason(false) {
-        return Some(why);
-    }
-    let stage1 = target_dir().join("debug").join("pod-stage1-vm");
-    if !stage1.is_file() {
-        return Some(format!("{} is missing: run `cargo build --workspace` first", stage1.display()));
-    }
-    let kernel = std::env::var("POD_GUEST_KERNEL").unwrap_or_else(|_| "/usr/lib/pod/guest/vmlinuz".into());
-    if !Path::new(&kernel).is_file() {
-        return Some(format!("no guest kernel at {kernel} (scripts/install-deps.sh installs one)"));
-    }
-    if std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
-        return Some("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)".into());
-    }
-    None
-}
-
 #[test]
 fn a_layered_oci_image_runs_in_a_vm_pod_with_its_whiteout_honoured() {
     if let Some(why) = skip_reason_vm() {

@@ -16,7 +16,6 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -24,24 +23,6 @@ use common::*;
 /// Booting the guest under TCG takes seconds; python and redis in it more.
 const UP_WITHIN: Duration = Duration::from_secs(240);
 const RUN_LIMIT: Duration = Duration::from_secs(240);
-
-fn skip_reason_vm() -> Option<String> {
-    if let Some(why) = skip_reason(false) {
-        return Some(why);
-    }
-    let stage1 = target_dir().join("debug").join("pod-stage1-vm");
-    if !stage1.is_file() {
-        return Some(format!("{} is missing: run `cargo build --workspace` first", stage1.display()));
-    }
-    let kernel = std::env::var("POD_GUEST_KERNEL").unwrap_or_else(|_| "/usr/lib/pod/guest/vmlinuz".into());
-    if !Path::new(&kernel).is_file() {
-        return Some(format!("no guest kernel at {kernel} (scripts/install-deps.sh installs one)"));
-    }
-    if std::process::Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
-        return Some("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)".into());
-    }
-    None
-}
 
 macro_rules! skip_unless_vms {
     () => {

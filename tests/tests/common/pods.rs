@@ -59,6 +59,26 @@ pub fn skip_reason(net: bool) -> Option<String> {
     None
 }
 
+/// Why VM pods cannot run here, if they cannot: [`skip_reason`], the VM
+/// stage1 binary, the guest kernel, qemu.
+pub fn skip_reason_vm() -> Option<String> {
+    if let Some(why) = skip_reason(false) {
+        return Some(why);
+    }
+    let stage1 = target_dir().join("debug").join("pod-stage1-vm");
+    if !stage1.is_file() {
+        return Some(format!("{} is missing: run `cargo build --workspace` first", stage1.display()));
+    }
+    let kernel = std::env::var("POD_GUEST_KERNEL").unwrap_or_else(|_| "/usr/lib/pod/guest/vmlinuz".into());
+    if !Path::new(&kernel).is_file() {
+        return Some(format!("no guest kernel at {kernel} (scripts/install-deps.sh installs one)"));
+    }
+    if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+        return Some("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)".into());
+    }
+    None
+}
+
 // ---------------------------------------------------------------------------
 // Example images.
 
