@@ -221,7 +221,9 @@ pub fn find_container(dirs: &Dirs, id: &str) -> Result<Container, CriError> {
 /// the fetcher finds in the store.
 fn app_image(meta: &stage0::store::ImageMeta) -> String {
     match &meta.oci {
-        Some(oci) => format!("docker://{}@{}", meta.name, oci.digest),
+        // Pinned to the stored manifest (the ID), which a pull policy of
+        // never finds by digest.
+        Some(_) => format!("docker://{}@{}", meta.name, reference::cri_id(&meta.id)),
         None => match meta.labels.get("version") {
             Some(v) => format!("{}:{v}", meta.name),
             None => meta.name.to_string(),

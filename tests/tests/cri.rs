@@ -382,3 +382,42 @@ fn sandbox_and_container_lifecycle_with_crictl() {
     let left = leftovers_of(&live, &sandbox);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+#[test]
+fn a_container_from_a_signed_oci_image_pulled_with_crictl() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    or_skip!(cosign_bin());
+    let live = Live::new(&[]);
+    let reg = or_skip!(Registry::start(&live.work.join("registry"), RegistryOpts::https()));
+    let img = or_skip!(or_skip!(OciImage::new(&live.work.join("layout"), "v1")).busybox())
+        .entrypoint(&["/bin/sh", "-c"])
+        .cmd(&["echo from oci; exec sleep 1000"]);
+    let digest = reg.push(&img, "team/bb:v1");
+    let key = cosign_generate_key_pair(&live.work.join("cosign"), "pw").unwrap();
+    cosign_sign(&key, &reg.image_ref(&format!("team/bb@{digest}")), &reg);
+    live.ok(&["trust", "add", "--prefix", &reg.image_ref("team"), p(&key.public)]);
+    let s = or_skip!(Server::start(&live, &["--ca-cert", p(reg.ca_cert()), "--authfile", p(reg.auth_json())]));
+    let image = reg.image_ref("team/bb:v1");
+    s.ok(&["pull", &image]);
+
+    let sandbox_json = live.work.join("sandbox.json");
+    let sandbox = json!({"metadata": {"name": "oci", "namespace": "default", "uid": "u2"}, "linux": {}});
+    std::fs::write(&sandbox_json, sandbox.to_string()).unwrap();
+    // The image's entrypoint and cmd, as pulled.
+    let container_json = live.work.join("container.json");
+    let container = json!({"metadata": {"name": "bb"}, "image": {"image": image}});
+    std::fs::write(&container_json, container.to_string()).unwrap();
+    let sandbox = s.ok(&["runp", p(&sandbox_json)]).trim().to_owned();
+    let container = s.ok(&["create", &sandbox, p(&container_json), p(&sandbox_json)]).trim().to_owned();
+    assert_eq!(s.json(&["inspect", "-o", "json", &container])["status"]["imageRef"], digest.as_str());
+    s.ok(&["start", &container]);
+    wait_state(&s, &container, "CONTAINER_RUNNING");
+    assert_mentions(&live.ok(&["logs", &sandbox, "bb"]), &["from oci"]);
+    s.ok(&["stopp", &sandbox]);
+    s.ok(&["rmp", &sandbox]);
+    let left = leftovers_of(&live, &sandbox);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
