@@ -259,9 +259,25 @@ pub(crate) fn fetcher_parts(dirs: &Dirs) -> Result<(Store, TrustStore, Sources),
     Ok((Store::open(dirs)?, TrustStore::new(dirs.trust()), Sources::new(dirs.sources())))
 }
 
-/// RunPodSandbox: a namespace pod with no apps and `network: none` (CNI
-/// for CRI sandboxes comes later), run detached. The same metadata asked
-/// again while its sandbox is ready gives that sandbox.
+/// The CNI network sandboxes join: the first `.conflist` (by file name)
+/// in `dir` that names one, as kubelet's runtimes pick it; `None` without.
+pub fn cni_network(dir: &Path) -> Option<String> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
+        .collect();
+    files.sort();
+    files.iter().find_map(|f| {
+        let doc: serde_json::Value = read_json(f)?;
+        doc.get("name").and_then(serde_json::Value::as_str).filter(|n| !n.is_empty()).map(str::to_owned)
+    })
+}
+
+/// RunPodSandbox: a namespace pod with no apps, run detached, on the CNI
+/// network of [`cni_network`] (`network: none` when there is none). The
+/// same metadata asked again while its sandbox is ready gives that sandbox.
 pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) -> Result<String, CriError> {
     check_handler(handler)?;
     let meta = config.metadata.clone().unwrap_or_default();
@@ -293,6 +309,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         .suffix(".json")
         .tempfile_in(&tmp)
         .map_err(io("create a file in", &tmp))?;
+    let network = cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name });
     let pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox"), "network": "none", "apps": []});
     fs::write(file.path(), pod_file.to_string()).map_err(io("write", file.path()))?;
 
@@ -310,7 +327,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
     };
     let overrides = Overrides {
         isolation: Some(Isolation::Namespace),
-        network: Some(Network::None),
+        network: Some(network.clone()),
         sandbox: true,
         ..Overrides::default()
     };
@@ -325,7 +342,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
     let uuid = pod.uuid.clone();
     let dir = pod.dir.clone();
     run::start_detached(&stage1, &dir, &uuid, pod.into_fd())?;
-    tracing::info!(sandbox = %uuid, name = %meta.name, namespace = %meta.namespace, "sandbox running");
+    tracing::info!(sandbox = %uuid, name = %meta.name, namespace = %meta.namespace, ?network, "sandbox running");
     Ok(uuid)
 }
 
@@ -385,6 +402,17 @@ mod tests {
         assert_eq!(app_name("busybox", 2), "busybox-2");
         spec::AcName::new(app_name("Über Äpp!", 1)).unwrap();
         assert_eq!(container_id("0f7a", "web"), "0f7a-web");
+    }
+
+    #[test]
+    fn the_first_named_conflist_is_the_network() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(cni_network(tmp.path()), None);
+        fs::write(tmp.path().join("05-unnamed.conflist"), "{}").unwrap();
+        fs::write(tmp.path().join("20-b.conflist"), r#"{"name":"b"}"#).unwrap();
+        fs::write(tmp.path().join("10-a.conflist"), r#"{"name":"a"}"#).unwrap();
+        fs::write(tmp.path().join("00-c.conf"), r#"{"name":"c"}"#).unwrap();
+        assert_eq!(cni_network(tmp.path()).as_deref(), Some("a"));
     }
 
     #[test]

@@ -421,3 +421,28 @@ fn a_container_from_a_signed_oci_image_pulled_with_crictl() {
     let left = leftovers_of(&live, &sandbox);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+#[test]
+fn a_sandbox_joins_the_cni_network_and_reports_its_ip() {
+    if let Some(why) = skip_reason(true) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::with_net(&[]);
+    let s = or_skip!(Server::start(&live, &[]));
+    let sandbox_json = live.work.join("sandbox.json");
+    let sandbox = json!({"metadata": {"name": "net", "namespace": "default", "uid": "u3"}, "linux": {}});
+    std::fs::write(&sandbox_json, sandbox.to_string()).unwrap();
+    let sandbox = s.ok(&["runp", p(&sandbox_json)]).trim().to_owned();
+    let st = s.json(&["inspectp", "-o", "json", &sandbox]);
+    let prefix = &live.net.as_ref().unwrap().prefix;
+    let ip = st["status"]["network"]["ip"].as_str().unwrap_or_default();
+    assert!(ip.starts_with(prefix.as_str()), "pod IP {ip:?} not in {prefix}0/24: {st}");
+    s.ok(&["stopp", &sandbox]);
+    s.ok(&["rmp", &sandbox]);
+    let bridge = &live.net.as_ref().unwrap().bridge;
+    assert!(links_on(bridge).is_empty(), "veths left on {bridge}: {:?}", links_on(bridge));
+    assert!(!netns_file(&sandbox).exists());
+    let left = leftovers_of(&live, &sandbox);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
