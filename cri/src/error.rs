@@ -4,10 +4,13 @@
 
 use std::path::PathBuf;
 
+use stage0::addapp::AddAppError;
 use stage0::exit::{Exit, ExitCodeOf};
 use stage0::fetch::FetchError;
 use stage0::lifecycle::LifecycleError;
+use stage0::prepare::PrepareError;
 use stage0::render::RenderError;
+use stage0::run::RunError;
 use stage0::store::StoreError;
 use tonic::{Code, Status};
 
@@ -28,6 +31,22 @@ pub enum CriError {
     InUse { image: String, pods: String },
     #[error("{0}")]
     InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    AddApp(#[from] AddAppError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error(transparent)]
@@ -44,7 +63,14 @@ impl CriError {
     /// The gRPC code for this error.
     pub fn code(&self) -> Code {
         match self {
-            Self::Io { .. } | Self::Join(_) => Code::Internal,
+            Self::Io { .. } | Self::Join(_) | Self::Failed(_) => Code::Internal,
+            Self::NotFound(_) => Code::NotFound,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Unimplemented(_) => Code::Unimplemented,
+            Self::Prepare(e) => code_of(e.exit()),
+            Self::Run(e) => code_of(e.exit()),
+            Self::AddApp(e) => code_of(e.exit()),
             Self::Reference { .. } | Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::ImageNotFound(_) => Code::NotFound,
             Self::InUse { .. } => Code::FailedPrecondition,

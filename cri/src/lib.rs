@@ -7,11 +7,13 @@
 //! file I/O); tokio lives in this crate alone, and every library call runs on
 //! `spawn_blocking`.
 
+pub mod container;
 pub mod error;
 pub mod fsinfo;
 pub mod images;
 pub mod reference;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 
 pub mod proto {

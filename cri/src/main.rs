@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use cri::images::{Images, PullConfig};
 use cri::runtime::Runtime;
+use cri::sandbox::Host;
 use cri::server;
 use stage0::paths::{Dirs, DEFAULT_CONFIG_DIR, DEFAULT_DATA_DIR};
 use stage0::trust::Scope;
@@ -31,8 +32,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve CRI v1 (RuntimeService: Version, Status; the whole
-    /// ImageService) over gRPC until SIGTERM.
+    /// Serve CRI v1 (RuntimeService: Version, Status, sandboxes and
+    /// containers; the whole ImageService) over gRPC until SIGTERM.
     Serve(ServeArgs),
 }
 
@@ -84,6 +85,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dirs = Dirs::new(cli.dir, cli.config);
+    let debug = cli.debug;
     let Command::Serve(args) = cli.command;
     // The store's directories exist before the first request.
     stage0::store::Store::open(&dirs)?;
@@ -99,7 +101,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ("cniConfDir".to_owned(), cni_conf_dir.display().to_string()),
         ("insecurePrefixes".to_owned(), insecure.join(",")),
     ]);
-    let runtime = Runtime { cni_conf_dir, config };
+    let host = Host { dirs: dirs.clone(), cni_conf_dir: cni_conf_dir.clone(), debug };
+    let runtime = Runtime { cni_conf_dir, config, host };
     let images = Images::new(
         dirs,
         PullConfig {

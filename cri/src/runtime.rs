@@ -1,14 +1,20 @@
-//! The CRI RuntimeService: Version and Status for now. Sandboxes and
-//! containers (pods and their apps) come next; until then those calls
-//! answer Unimplemented (tonic's default stubs).
+//! The CRI RuntimeService: Version, Status, and the sandbox and container
+//! lifecycle for the namespace handler (sandbox.rs). Calls not served yet
+//! (exec, attach, port-forward, stats, resource updates) answer
+//! Unimplemented (tonic's default stubs).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use tonic::{Request, Response, Status};
 
+use crate::container;
+use crate::error::CriError;
 use crate::proto;
 use crate::proto::runtime_service_server::RuntimeService;
+use crate::sandbox::{self, Host};
 
 /// The runtime's name as CRI clients see it.
 pub const RUNTIME_NAME: &str = "pod";
@@ -22,6 +28,23 @@ pub struct Runtime {
     pub cni_conf_dir: PathBuf,
     /// Shown by `Status` with `verbose` (`crictl info`).
     pub config: HashMap<String, String>,
+    /// Where pods run.
+    pub host: Host,
+}
+
+impl Runtime {
+    /// Runs a blocking library call off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Host) -> Result<T, CriError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let host = self.host.clone();
+        let out = tokio::task::spawn_blocking(move || f(&host)).await.map_err(CriError::from)?;
+        out.map_err(|e| {
+            tracing::debug!(error = %e, "runtime request failed");
+            Status::from(e)
+        })
+    }
 }
 
 /// True if `dir` holds a CNI network configuration, as libcni finds them.
@@ -83,5 +106,118 @@ impl RuntimeService for Runtime {
             info,
             ..Default::default()
         }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<proto::RunPodSandboxRequest>,
+    ) -> Result<Response<proto::RunPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        let config = req.config.unwrap_or_default();
+        let handler = req.runtime_handler;
+        let pod_sandbox_id = self.blocking(move |host| sandbox::run_sandbox(host, config, &handler)).await?;
+        Ok(Response::new(proto::RunPodSandboxResponse { pod_sandbox_id }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<proto::StopPodSandboxRequest>,
+    ) -> Result<Response<proto::StopPodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        self.blocking(move |host| sandbox::stop_sandbox(&host.dirs, &id)).await?;
+        Ok(Response::new(proto::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<proto::RemovePodSandboxRequest>,
+    ) -> Result<Response<proto::RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        self.blocking(move |host| sandbox::remove_sandbox(&host.dirs, &id)).await?;
+        Ok(Response::new(proto::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<proto::PodSandboxStatusRequest>,
+    ) -> Result<Response<proto::PodSandboxStatusResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let status = self
+            .blocking(move |host| {
+                sandbox::find_sandbox(&host.dirs, &id)?
+                    .map(|s| s.status())
+                    .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))
+            })
+            .await?;
+        Ok(Response::new(proto::PodSandboxStatusResponse { status: Some(status), ..Default::default() }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<proto::ListPodSandboxRequest>,
+    ) -> Result<Response<proto::ListPodSandboxResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let items = self.blocking(move |host| sandbox::list_sandboxes(&host.dirs, filter)).await?;
+        Ok(Response::new(proto::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<proto::CreateContainerRequest>,
+    ) -> Result<Response<proto::CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        let config = req.config.unwrap_or_default();
+        let container_id = self
+            .blocking(move |host| {
+                container::create_container(&host.dirs, &req.pod_sandbox_id, config, req.sandbox_config)
+            })
+            .await?;
+        Ok(Response::new(proto::CreateContainerResponse { container_id }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<proto::StartContainerRequest>,
+    ) -> Result<Response<proto::StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        self.blocking(move |host| container::start_container(&host.dirs, &id)).await?;
+        Ok(Response::new(proto::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<proto::StopContainerRequest>,
+    ) -> Result<Response<proto::StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        let timeout = Duration::from_secs(u64::try_from(req.timeout).unwrap_or(0));
+        self.blocking(move |host| container::stop_container(&host.dirs, &req.container_id, timeout)).await?;
+        Ok(Response::new(proto::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<proto::RemoveContainerRequest>,
+    ) -> Result<Response<proto::RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        self.blocking(move |host| container::remove_container(&host.dirs, &id)).await?;
+        Ok(Response::new(proto::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<proto::ListContainersRequest>,
+    ) -> Result<Response<proto::ListContainersResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let containers = self.blocking(move |host| container::list_containers(&host.dirs, filter)).await?;
+        Ok(Response::new(proto::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<proto::ContainerStatusRequest>,
+    ) -> Result<Response<proto::ContainerStatusResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let status = self.blocking(move |host| Ok(container::find_container(&host.dirs, &id)?.status())).await?;
+        Ok(Response::new(proto::ContainerStatusResponse { status: Some(status), ..Default::default() }))
     }
 }
