@@ -273,11 +273,6 @@ impl<'a> Fetcher<'a> {
         Ok(Fetched { meta, added, lower: vec![tree.path] })
     }
 
-    /// The options OCI sources need from this fetcher.
-    pub(crate) fn parts(&self) -> (&Store, &TrustStore, &FetchOptions) {
-        (self.store, self.trust, &self.opts)
-    }
-
     fn by_name(
         &mut self,
         name: &AcIdentifier,

@@ -11,9 +11,9 @@ use spec::{ImageId, ImageName};
 
 use super::{FetchError, Fetcher, PullPolicy};
 use crate::oci::layout::{self, DockerArchiveSource, LayoutSource};
-use crate::oci::pull::{self, Platform, Request, Verify};
+use crate::oci::pull::{self, BlobSource, Platform, Request, Verify};
 use crate::oci::OciError;
-use crate::store::{ImageMeta, StoreError};
+use crate::store::{ImageMeta, Staging, StoreError};
 
 /// Largest detached payload or signature file read.
 const MAX_SIGNATURE_FILE: u64 = 64 << 10;
@@ -21,75 +21,71 @@ const MAX_SIGNATURE_FILE: u64 = 64 << 10;
 impl Fetcher<'_> {
     /// Fetches an OCI image; returns it and whether this call added it.
     pub(super) fn fetch_oci(&mut self, src: &OciSource) -> Result<(ImageMeta, bool), FetchError> {
-        let (store, _, opts) = self.parts();
-        let platform = opts.platform.clone().unwrap_or_else(Platform::host);
-        let progress = opts.progress;
-        let limits = opts.limits.clone();
+        let platform = self.opts.platform.clone().unwrap_or_else(Platform::host);
         let location = src.to_string();
-        let request = |name: ImageName, reference: String, tag: Option<String>, verify| Request {
+        // An archive is unpacked into a staging dir that must outlive the pull.
+        let mut _unpacked = None;
+        let (source, name, verify, reference, tag): (Box<dyn BlobSource>, _, _, _, _) =
+            match src {
+                OciSource::Registry(r) => {
+                    if let Some(hit) = self.stored(r, &platform)? {
+                        return Ok((hit, false));
+                    }
+                    let verify = if self.opts.insecure.image { Verify::Skip } else { Verify::Attached(self.trust) };
+                    let source = crate::oci::registry_source::RegistrySource::new(r, &self.opts)?;
+                    (Box::new(source), r.name(), verify, r.reference().to_owned(), r.tag.clone())
+                }
+                OciSource::Layout { dir, tag } => {
+                    let source = LayoutSource::open(Path::new(dir), location.clone())?;
+                    let (name, verify) = self.local_identity(Path::new(dir), None)?;
+                    (Box::new(source), name, verify, tag.clone().unwrap_or_default(), tag.clone())
+                }
+                OciSource::OciArchive { file, tag } => {
+                    let (staging, dir) = self.unpack(file, "oci-archive", &location)?;
+                    _unpacked = Some(staging);
+                    let source = LayoutSource::open(&dir, location.clone())?;
+                    let (name, verify) = self.local_identity(Path::new(file), None)?;
+                    (Box::new(source), name, verify, tag.clone().unwrap_or_default(), tag.clone())
+                }
+                OciSource::DockerArchive { file, name } => {
+                    let (staging, dir) = self.unpack(file, "docker-archive", &location)?;
+                    _unpacked = Some(staging);
+                    let source = DockerArchiveSource::open(&dir, name.as_deref(), location.clone())?;
+                    let named = source.repo_tag.as_deref().map(Reference::parse).transpose().map_err(|why| {
+                        OciError::Invalid { location: location.clone(), why: format!("RepoTags: {why}") }
+                    })?;
+                    let (image_name, verify) = self.local_identity(Path::new(file), named.as_ref())?;
+                    (Box::new(source), image_name, verify, String::new(), named.and_then(|n| n.tag))
+                }
+            };
+        let req = Request {
             name,
             reference,
             tag,
-            location: location.clone(),
-            platform: platform.clone(),
+            location,
+            platform,
             verify,
-            limits: limits.clone(),
-            progress,
+            limits: self.opts.limits.clone(),
+            progress: self.opts.progress,
         };
-        match src {
-            OciSource::Registry(r) => {
-                if let Some(hit) = self.stored(r, &platform)? {
-                    return Ok((hit, false));
-                }
-                let (store, trust, opts) = self.parts();
-                let verify = if opts.insecure.image { Verify::Skip } else { Verify::Attached(trust) };
-                let source = crate::oci::registry_source::RegistrySource::new(r, opts)?;
-                let req = request(r.name(), r.reference().to_owned(), r.tag.clone(), verify);
-                let pulled = pull::pull(store, &source, &req)?;
-                Ok((pulled.meta, pulled.added))
-            }
-            OciSource::Layout { dir, tag } => {
-                let source = LayoutSource::open(Path::new(dir), location.clone())?;
-                let (name, verify) = self.local_identity(Path::new(dir), None)?;
-                let req = request(name, tag.clone().unwrap_or_default(), tag.clone(), verify);
-                let pulled = pull::pull(store, &source, &req)?;
-                Ok((pulled.meta, pulled.added))
-            }
-            OciSource::OciArchive { file, tag } => {
-                let staging = store.staging("oci-archive")?;
-                let dir = staging.path().join("layout");
-                fs::create_dir(&dir).map_err(OciError::io("create directory", &dir))?;
-                layout::unpack_archive(Path::new(file), &dir, &limits, &location)?;
-                let source = LayoutSource::open(&dir, location.clone())?;
-                let (name, verify) = self.local_identity(Path::new(file), None)?;
-                let req = request(name, tag.clone().unwrap_or_default(), tag.clone(), verify);
-                let pulled = pull::pull(store, &source, &req)?;
-                Ok((pulled.meta, pulled.added))
-            }
-            OciSource::DockerArchive { file, name } => {
-                let staging = store.staging("docker-archive")?;
-                let dir = staging.path().join("archive");
-                fs::create_dir(&dir).map_err(OciError::io("create directory", &dir))?;
-                layout::unpack_archive(Path::new(file), &dir, &limits, &location)?;
-                let source = DockerArchiveSource::open(&dir, name.as_deref(), location.clone())?;
-                let named =
-                    source.repo_tag.as_deref().map(Reference::parse).transpose().map_err(|why| OciError::Invalid {
-                        location: location.clone(),
-                        why: format!("RepoTags: {why}"),
-                    })?;
-                let (image_name, verify) = self.local_identity(Path::new(file), named.as_ref())?;
-                let tag = named.and_then(|n| n.tag);
-                let req = request(image_name, String::new(), tag, verify);
-                let pulled = pull::pull(store, &source, &req)?;
-                Ok((pulled.meta, pulled.added))
-            }
-        }
+        let pulled = pull::pull(self.store, source.as_ref(), &req)?;
+        Ok((pulled.meta, pulled.added))
+    }
+
+    /// Unpacks an archive source into a new staging dir: the dir (removed
+    /// when dropped) and where the archive's files are.
+    fn unpack(&self, file: &str, purpose: &str, location: &str) -> Result<(Staging, PathBuf), FetchError> {
+        let staging = self.store.staging(purpose)?;
+        let dir = staging.path().join("archive");
+        fs::create_dir(&dir).map_err(OciError::io("create directory", &dir))?;
+        layout::unpack_archive(Path::new(file), &dir, &self.opts.limits, location)?;
+        Ok((staging, dir))
     }
 
     /// A registry image already in the store, as the pull policy allows:
     /// by digest, or by name and tag for this platform.
     fn stored(&self, r: &Reference, platform: &Platform) -> Result<Option<ImageMeta>, FetchError> {
-        let (store, _, opts) = self.parts();
+        let (store, opts) = (self.store, &self.opts);
         if let Some(d) = &r.digest {
             let id: ImageId =
                 d.parse().map_err(|e| OciError::Invalid { location: r.to_string(), why: format!("{e}") })?;
@@ -122,7 +118,7 @@ impl Fetcher<'_> {
     /// name); without one, only `--insecure-options=image` lets it in, under
     /// the archive's own name or `localhost/<file name>`.
     fn local_identity(&self, path: &Path, named: Option<&Reference>) -> Result<(ImageName, Verify<'_>), FetchError> {
-        let (_, trust, opts) = self.parts();
+        let (trust, opts) = (self.trust, &self.opts);
         let location = path.display().to_string();
         if let Some(sig_path) = &opts.signature {
             let payload_path = payload_path(sig_path);
