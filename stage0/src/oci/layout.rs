@@ -264,14 +264,6 @@ pub struct DockerArchiveSource {
     pub repo_tag: Option<String>,
 }
 
-fn file_digest(path: &Path) -> Result<(String, u64), OciError> {
-    use sha2::{Digest, Sha256};
-    let mut f = File::open(path).map_err(OciError::io("open", path))?;
-    let mut h = Sha256::new();
-    let n = io::copy(&mut f, &mut h).map_err(OciError::io("read", path))?;
-    Ok((format!("sha256:{}", hex::encode(h.finalize())), n))
-}
-
 impl DockerArchiveSource {
     /// `dir` is an unpacked archive; `name` picks an image by `RepoTags`.
     pub fn open(dir: &Path, name: Option<&str>, describe: String) -> Result<Self, OciError> {
@@ -299,12 +291,12 @@ impl DockerArchiveSource {
             Ok(dir.join(r))
         };
         let config_path = path_of(&entry.config)?;
-        let (config_digest, config_size) = file_digest(&config_path)?;
+        let (config_digest, config_size) = super::store::file_digest(&config_path)?;
         blobs.insert(config_digest.clone(), config_path);
         let mut layers = Vec::new();
         for l in &entry.layers {
             let p = path_of(l)?;
-            let (digest, size) = file_digest(&p)?;
+            let (digest, size) = super::store::file_digest(&p)?;
             // Newer `docker save` stores layers as OCI blobs, maybe
             // compressed: the media type follows the bytes.
             let mut magic = [0u8; 4];

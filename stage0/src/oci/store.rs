@@ -173,7 +173,8 @@ pub fn gc(dirs: &Dirs, keep: &[OciMeta]) -> Result<Vec<String>, StoreError> {
     Ok(removed)
 }
 
-fn file_digest(path: &Path) -> Result<(String, u64), StoreError> {
+/// `sha256:<hex>` of a file, and its size.
+pub(crate) fn file_digest(path: &Path) -> Result<(String, u64), StoreError> {
     let mut f = File::open(path).map_err(io_err("open", path))?;
     let mut h = Sha256::new();
     let n = io::copy(&mut f, &mut h).map_err(io_err("read", path))?;

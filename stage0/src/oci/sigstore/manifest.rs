@@ -14,8 +14,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use oci_spec::image::ImageManifest;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
+use super::super::pull::sha256_digest;
 use super::verify::SignatureError;
 use super::{is_sha256_digest, SIGNATURE_ANNOTATION, SIMPLE_SIGNING_MEDIA_TYPE};
 
@@ -130,10 +130,6 @@ struct RootFs<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     diff_ids: Vec<&'a str>,
-}
-
-fn sha256_digest(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
 
 fn to_json(v: &impl Serialize) -> Vec<u8> {
