@@ -91,7 +91,7 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
-    /// The apps of a running pod: list, stop and start them while it runs.
+    /// The apps of a running pod: list, add, start, stop and remove them while it runs.
     #[command(subcommand)]
     App(AppCmd),
     /// Remove exited or prepared pods.
