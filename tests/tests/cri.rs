@@ -8,103 +8,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
-use serde_json::{json, Value};
-
-const CRICTL_INSTALLED: &str = "/usr/local/lib/pod-test/bin/crictl";
-
-fn crictl_bin() -> Result<PathBuf, Skip> {
-    if let Some(c) = std::env::var_os("POD_TEST_CRICTL") {
-        return which(&c.to_string_lossy()).ok_or_else(|| Skip(format!("crictl not found: POD_TEST_CRICTL={c:?}")));
-    }
-    which(CRICTL_INSTALLED)
-        .or_else(|| which("crictl"))
-        .ok_or_else(|| Skip("crictl not found (scripts/build-cri-tools.sh builds it)".into()))
-}
-
-/// `pod cri serve` on a socket of its own; killed on drop.
-struct Server {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    crictl: PathBuf,
-}
-
-impl Server {
-    fn start(pod: &Pod, extra: &[&str]) -> Result<Self, Skip> {
-        let crictl = crictl_bin()?;
-        let socket = pod.work.join("cri/cri.sock");
-        let log = pod.work.join("cri.log");
-        let listen = format!("unix://{}", socket.display());
-        let mut args = vec!["cri", "serve", "--listen", &listen];
-        args.extend_from_slice(extra);
-        let child = pod.cmd(&args).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-        let mut s = Self { child, socket, log, crictl };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !s.socket.exists() {
-            if let Some(status) = s.child.try_wait().unwrap() {
-                panic!("pod cri serve exited with {status}:\n{}", s.log());
-            }
-            assert!(Instant::now() < deadline, "no socket after 20 s:\n{}", s.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(s)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn crictl(&self, args: &[&str]) -> Output {
-        let endpoint = format!("unix://{}", self.socket.display());
-        // A crictl.yaml of its own: none of the host's.
-        let config = self.socket.with_file_name("crictl.yaml");
-        std::fs::write(&config, format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 30\n"))
-            .unwrap();
-        let mut c = Command::new(&self.crictl);
-        c.arg("--config").arg(&config).args(args).stdin(Stdio::null());
-        c.output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.crictl(args);
-        assert!(out.status.success(), "{}\nserver log:\n{}", describe(&["crictl"], &out), self.log());
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.crictl(args);
-        assert!(!out.status.success(), "crictl {args:?} succeeded:\n{}", String::from_utf8_lossy(&out.stdout));
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // A killed server leaves its socket; a next one must not be taken
-        // for ready because of it.
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-fn images(s: &Server) -> Vec<Value> {
-    s.json(&["images", "-o", "json"])["images"].as_array().unwrap().clone()
-}
+use serde_json::json;
 
 #[test]
 fn version_and_status() {
     let pod = Pod::new();
-    let s = or_skip!(Server::start(&pod, &[]));
+    let s = or_skip!(CriServer::start(&pod, &[]));
     let v = s.ok(&["version"]);
     assert_mentions(&v, &["RuntimeName:  pod", "RuntimeApiVersion:  v1"]);
 
@@ -146,7 +56,7 @@ fn images_pulled_verified_listed_inspected_removed() {
     cosign_sign(&key, &reg.image_ref(&format!("team/app@{digest}")), &reg);
     pod.ok(&["trust", "add", "--prefix", &reg.image_ref("team"), p(&key.public)]);
 
-    let s = or_skip!(Server::start(&pod, &["--ca-cert", p(reg.ca_cert()), "--authfile", p(reg.auth_json())]));
+    let s = or_skip!(CriServer::start(&pod, &["--ca-cert", p(reg.ca_cert()), "--authfile", p(reg.auth_json())]));
     let fsinfo = s.json(&["imagefsinfo", "-o", "json"]);
     let used_before: u64 =
         fsinfo["status"]["imageFilesystems"][0]["usedBytes"]["value"].as_str().unwrap().parse().unwrap();
@@ -198,40 +108,13 @@ fn insecure_prefixes_pull_unsigned_images_and_say_so() {
     let img = or_skip!(OciImage::new(&pod.work.join("layout"), "v1")).layer(&[("x", b"x\n")]);
     let digest = reg.push(&img, "dev/tool:v1");
     let prefix = reg.image_ref("dev");
-    let s = or_skip!(Server::start(
+    let s = or_skip!(CriServer::start(
         &pod,
         &["--ca-cert", p(reg.ca_cert()), "--authfile", p(reg.auth_json()), "--insecure-prefix", &prefix]
     ));
     s.ok(&["pull", &reg.image_ref("dev/tool:v1")]);
     assert_eq!(images(&s)[0]["id"], digest.as_str());
     assert_mentions(&s.log(), &["WITHOUT signature verification"]);
-}
-
-/// The pod directories, mounts and cgroups a pod left, if any.
-fn leftovers_of(pod: &Pod, uuid: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    for state in ["embryo", "prepared", "run", "garbage"] {
-        let d = pod.data.join("pods").join(state).join(uuid);
-        if d.exists() {
-            left.push(format!("pod dir {}", d.display()));
-        }
-    }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    left.extend(mountinfo.lines().filter(|l| l.contains(uuid)).map(|l| format!("mount {l}")));
-    left.extend(cgroup_dirs_of(uuid).iter().map(|d| format!("cgroup {}", d.display())));
-    left
-}
-
-fn wait_state(s: &Server, id: &str, want: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = s.json(&["inspect", "-o", "json", id]);
-        if st["status"]["state"] == want {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "container {id} not {want}: {st}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -241,7 +124,7 @@ fn sandbox_and_container_lifecycle_with_crictl() {
         return;
     }
     let live = Live::new(&[Example::Busybox]);
-    let s = or_skip!(Server::start(&live, &[]));
+    let s = or_skip!(CriServer::start(&live, &[]));
     let logs = live.work.join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let sandbox_json = live.work.join("sandbox.json");
@@ -332,7 +215,7 @@ fn sandbox_and_container_lifecycle_with_crictl() {
 
     // A restarted server rebuilds everything from the pods directory.
     drop(s);
-    let s = or_skip!(Server::start(&live, &[]));
+    let s = or_skip!(CriServer::start(&live, &[]));
     assert_eq!(s.json(&["inspectp", "-o", "json", &sandbox])["status"]["labels"]["app"], "web");
     assert_eq!(s.json(&["inspect", "-o", "json", &container])["status"]["state"], "CONTAINER_RUNNING");
 
@@ -399,7 +282,7 @@ fn a_container_from_a_signed_oci_image_pulled_with_crictl() {
     let key = cosign_generate_key_pair(&live.work.join("cosign"), "pw").unwrap();
     cosign_sign(&key, &reg.image_ref(&format!("team/bb@{digest}")), &reg);
     live.ok(&["trust", "add", "--prefix", &reg.image_ref("team"), p(&key.public)]);
-    let s = or_skip!(Server::start(&live, &["--ca-cert", p(reg.ca_cert()), "--authfile", p(reg.auth_json())]));
+    let s = or_skip!(CriServer::start(&live, &["--ca-cert", p(reg.ca_cert()), "--authfile", p(reg.auth_json())]));
     let image = reg.image_ref("team/bb:v1");
     s.ok(&["pull", &image]);
 
@@ -429,7 +312,7 @@ fn a_sandbox_joins_the_cni_network_and_reports_its_ip() {
         return;
     }
     let live = Live::with_net(&[]);
-    let s = or_skip!(Server::start(&live, &[]));
+    let s = or_skip!(CriServer::start(&live, &[]));
     let sandbox_json = live.work.join("sandbox.json");
     let sandbox = json!({"metadata": {"name": "net", "namespace": "default", "uid": "u3"}, "linux": {}});
     std::fs::write(&sandbox_json, sandbox.to_string()).unwrap();

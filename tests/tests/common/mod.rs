@@ -20,9 +20,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+mod cri;
 mod host;
 mod pods;
 mod registry;
+#[allow(unused_imports)] // Only the CRI tests use these.
+pub use cri::*;
 #[allow(unused_imports)] // Only the tests that run pods use these.
 pub use host::*;
 #[allow(unused_imports)]
