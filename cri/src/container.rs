@@ -327,6 +327,7 @@ pub fn start_container(dirs: &Dirs, id: &str) -> Result<(), CriError> {
         group: None,
         working_directory: (!r.working_dir.is_empty()).then(|| r.working_dir.clone()),
         mounts: Vec::new(),
+        extra: serde_json::Map::new(),
     };
     let (store, trust, sources) = fetcher_parts(dirs)?;
     let opts = FetchOptions { pull: PullPolicy::Never, ..FetchOptions::default() };

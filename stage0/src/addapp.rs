@@ -89,6 +89,11 @@ pub struct NewApp {
     pub working_directory: Option<String>,
     /// `(volume, path, read_only)`: volumes the pod already has.
     pub mounts: Vec<(String, String, bool)>,
+    /// More keys of the app, as a pod file writes them (`capabilities`,
+    /// `seccomp`, `resources`, `readOnlyRootFS`, ...): callers that map
+    /// another API (CRI) onto apps set them, and they are checked exactly
+    /// as in a pod file. A key here wins over the fields above.
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl NewApp {
@@ -116,6 +121,9 @@ impl NewApp {
         volumes.dedup();
         let volumes: Vec<_> = volumes.iter().map(|v| serde_json::json!({"name": v, "kind": "empty"})).collect();
         app["mounts"] = serde_json::json!(mounts);
+        for (key, value) in &self.extra {
+            app[key.as_str()] = value.clone();
+        }
         serde_json::json!({"name": "added", "apps": [app], "volumes": volumes}).to_string()
     }
 }

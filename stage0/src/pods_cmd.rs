@@ -371,6 +371,7 @@ pub(crate) fn app(dirs: &Dirs, cmd: AppCmd) -> Result<(), Failed> {
                 group: args.group,
                 working_directory: args.working_directory,
                 mounts: args.mount,
+                extra: serde_json::Map::new(),
             };
             let info = stage0::addapp::add(&pod, &mut fetcher, &new)?;
             let pid = info.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
