@@ -55,9 +55,13 @@ pub fn encode_answer(seq: u64, answer: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The longest head line of an answer (`control <u64> <usize>`).
+const MAX_HEAD: usize = 64;
+
 /// Reassembles answers from the bytes the guest sends, however they are
 /// cut. A line that is not an answer's head (a guest bug, or noise) is
-/// skipped; it never stalls the stream.
+/// skipped; it never stalls the stream, and what is held stays bounded
+/// (one answer and its head) whatever the guest sends.
 #[derive(Debug, Default)]
 pub struct Answers {
     buf: Vec<u8>,
@@ -71,7 +75,14 @@ impl Answers {
     /// The next whole answer: its `seq` and bytes.
     pub fn next_answer(&mut self) -> Option<(u64, Vec<u8>)> {
         loop {
-            let end = self.buf.iter().position(|&b| b == b'\n')?;
+            let Some(end) = self.buf.iter().position(|&b| b == b'\n') else {
+                if self.buf.len() > MAX_HEAD {
+                    // No head is this long: noise, dropped (its line's end
+                    // is skipped as a bad head when it comes).
+                    self.buf.clear();
+                }
+                return None;
+            };
             let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
             let parsed = head
                 .strip_prefix(CONTROL)
@@ -131,6 +142,19 @@ mod tests {
                 (4, b"pod-control 1 ok\n".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn endless_noise_is_not_kept() {
+        let mut answers = Answers::default();
+        for _ in 0..1000 {
+            answers.push(&[b'x'; 1000]);
+            assert_eq!(answers.next_answer(), None);
+        }
+        assert!(answers.buf.len() <= 1000 + MAX_HEAD);
+        answers.push(b"\n");
+        answers.push(&encode_answer(5, b"pod-control 1 ok\n"));
+        assert_eq!(answers.next_answer(), Some((5, b"pod-control 1 ok\n".to_vec())));
     }
 
     #[test]
