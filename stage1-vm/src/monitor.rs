@@ -521,6 +521,10 @@ mod tests {
         assert_eq!(machine(&p, Accel::Kvm, 1).cpus, 1, "never more vCPUs than host CPUs");
         let small = pod(serde_json::json!("none"), &[(Some(1), Some(100), "")]);
         assert_eq!(machine(&small, Accel::Tcg, 8), Machine { accel: Accel::Tcg, memory_mib: 129, cpus: 1 });
+        let mut sandbox = pod(serde_json::json!("none"), &[]);
+        sandbox.sandbox = true;
+        let m = machine(&sandbox, Accel::Tcg, 8);
+        assert_eq!((m.memory_mib, m.cpus), (128 + 512, 1), "room for the apps a sandbox will take");
     }
 
     #[test]
