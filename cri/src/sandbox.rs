@@ -1,6 +1,5 @@
 //! CRI sandboxes as pods, all their state in the pods directory. A sandbox
-//! is a pod with no apps (`apps: []`), run detached: a namespace pod, or a
-//! VM pod for the `pod-vm` handler (vm.rs). Its CRI
+//! is a pod with no apps (`apps: []`; a VM pod for `pod-vm`: vm.rs), run detached. Its CRI
 //! metadata, labels and annotations are `cri-sandbox.json` in the pod
 //! directory; only pods that have one are CRI sandboxes. Sandbox ID = pod
 //! uuid. Its containers are its apps (container.rs), named by the CRI name
@@ -272,8 +271,8 @@ pub fn cni_network(dir: &Path) -> Option<String> {
 }
 
 /// RunPodSandbox: a pod with no apps (of the handler's isolation: vm.rs),
-/// run detached, on the CNI
-/// network of [`cni_network`] (`network: none` when there is none). The
+/// run detached, on the CNI network of [`cni_network`] (`network: none`
+/// when there is none; a VM's is qemu's user-mode network). The
 /// same metadata asked again while its sandbox is ready gives that sandbox.
 pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) -> Result<String, CriError> {
     check_handler(handler)?;
@@ -339,7 +338,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
     let uuid = pod.uuid.clone();
     let dir = pod.dir.clone();
     run::start_detached(&stage1, &dir, &uuid, pod.into_fd())?;
-    let running = PodRef { dir: dir.clone(), uuid: uuid.clone(), state: PodState::Running };
+    let running = PodRef { dir, uuid: uuid.clone(), state: PodState::Running };
     crate::vm::wait_ready(&running, handler)?;
     tracing::info!(sandbox = %uuid, name = %meta.name, namespace = %meta.namespace, ?network, "sandbox running");
     Ok(uuid)
