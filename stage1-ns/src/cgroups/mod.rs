@@ -28,11 +28,15 @@
 mod detect;
 mod fsx;
 mod pod;
+mod stats;
+mod update;
 mod v1;
 mod v2;
 
 #[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod stats_tests;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +47,10 @@ use nix::unistd::Pid;
 
 pub use detect::{detect, detect_host, FsKind, Hierarchy, Mode};
 pub use pod::{add_pid, create_pod, list_pods, open_pod, PodCgroup, INIT_CGROUP, POD_BASE};
+pub use stats::{
+    app_limits, app_stats, pod_stats, shares_to_weight, weight_to_shares, CgroupLimits, CpuStats, MemoryStats, Stats,
+};
+pub use update::{update_app, Update};
 
 /// The CFS period every cpu limit uses, in microseconds (100 ms, the kernel
 /// default and what Kubernetes uses).
