@@ -48,7 +48,8 @@ use nix::unistd::Pid;
 pub use detect::{detect, detect_host, FsKind, Hierarchy, Mode};
 pub use pod::{add_pid, create_pod, list_pods, open_pod, PodCgroup, INIT_CGROUP, POD_BASE};
 pub use stats::{
-    app_limits, app_stats, pod_stats, shares_to_weight, weight_to_shares, CgroupLimits, CpuStats, MemoryStats, Stats,
+    app_limits, app_procs, app_stats, pod_stats, shares_to_weight, weight_to_shares, CgroupLimits, CpuStats,
+    MemoryStats, Stats,
 };
 pub use update::{update_app, Update};
 

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use super::detect::Layout;
 use super::pod::POD_BASE;
-use super::{validate_app, validate_uuid, CgroupError, Hierarchy, Result};
+use nix::unistd::Pid;
+
+use super::{fsx, validate_app, validate_uuid, CgroupError, Hierarchy, Result};
 
 /// v1's `cpuacct.stat` counts in USER_HZ ticks, which the kernel's ABI
 /// fixes at 100 a second whatever its internal HZ.
@@ -183,6 +185,17 @@ pub fn pod_stats(h: &Hierarchy, uuid: &str) -> Result<Stats> {
 /// The limits app `app` of pod `uuid` runs under now.
 pub fn app_limits(h: &Hierarchy, uuid: &str, app: &str) -> Result<CgroupLimits> {
     read_limits(&Dirs::of(h, &rel(uuid, Some(app))?))
+}
+
+/// The processes of app `app` of pod `uuid` (its `cgroup.procs`).
+pub fn app_procs(h: &Hierarchy, uuid: &str, app: &str) -> Result<Vec<Pid>> {
+    let dirs = Dirs::of(h, &rel(uuid, Some(app))?);
+    dirs.check_exists()?;
+    // Every managed v1 hierarchy holds the same processes.
+    match ["memory", "pids", "cpuacct", "cpu"].iter().find_map(|c| dirs.dir(c)) {
+        Some(dir) => fsx::procs(dir),
+        None => Ok(Vec::new()),
+    }
 }
 
 fn read_stats(dirs: &Dirs) -> Result<Stats> {

@@ -41,7 +41,7 @@ fn fake_v2_app(root: &Path) -> String {
     let app = format!("pod/{UUID}/web");
     file(root, "cgroup.controllers", "cpuset cpu io memory pids\n");
     for dir in [String::new(), "pod".into(), format!("pod/{UUID}")] {
-        file(root, &format!("{dir}/cgroup.subtree_control").trim_start_matches('/'), "cpu memory pids\n");
+        file(root, format!("{dir}/cgroup.subtree_control").trim_start_matches('/'), "cpu memory pids\n");
     }
     let files = [
         ("cpu.stat", "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\ncore_sched.force_idle_usec 0\nnr_periods 40\nnr_throttled 7\nthrottled_usec 350000\nnr_bursts 0\nburst_usec 0\n"),
