@@ -1,8 +1,9 @@
 //! UpdateContainerResources, and the resources ContainerStatus reports.
 //!
 //! An update is written into the running app's cgroup by
-//! stage1-ns::cgroups::update_app (all or nothing, v1 and v2), then
-//! recorded as `cri-resources/<app>.json` in the sandbox's pod directory,
+//! stage1-ns::cgroups::update_app (all or nothing, v1 and v2), the app's
+//! resources in the pod's `pod.json` follow (what `pod status` reports an
+//! OOM kill against), and the update is recorded as `cri-resources/<app>.json` in the sandbox's pod directory,
 //! merged over earlier updates. The limits live in the
 //! app's cgroup, which pod-init keeps when it restarts the app (Restart=),
 //! so a restarted app runs under them; the record is what ContainerStatus
@@ -19,6 +20,8 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use spec::AcName;
+use stage0::addapp;
 use stage0::paths::Dirs;
 use stage1_ns::cgroups::{self, CgroupError, CgroupLimits, Update};
 
@@ -179,7 +182,17 @@ pub fn update_container(
     let linux = linux.ok_or_else(|| CriError::InvalidArgument("no linux resources given".into()))?;
     let update = to_update(&linux)?;
     let h = live.hierarchy()?;
-    cgroups::update_app(h, &c.sandbox.pod.uuid, &c.record.app, &update).map_err(|e| update_error(id, e))?;
+    let (uuid, app) = (&c.sandbox.pod.uuid, &c.record.app);
+    let name = AcName::new(app.clone()).map_err(|e| CriError::InvalidArgument(e.to_string()))?;
+    addapp::update_resources(&c.sandbox.pod, &name, |res| -> Result<(), CriError> {
+        cgroups::update_app(h, uuid, app, &update).map_err(|e| update_error(id, e))?;
+        // pod.json says what the cgroup now enforces, in its own terms.
+        let now = cgroups::app_limits(h, uuid, app).map_err(|e| CriError::Failed(e.to_string()))?;
+        res.memory_bytes = now.memory_bytes;
+        res.cpu_millis = now.cpu_quota_us.zip(now.cpu_period_us).map(|(q, p)| q.saturating_mul(1000) / p.max(1));
+        res.pids = now.pids;
+        Ok(())
+    })?;
     let mut rec = recorded(&c).unwrap_or(Recorded { created_at: c.record.created_at, ..Recorded::default() });
     rec.merge(&linux);
     let path = record_path(&c);

@@ -148,6 +148,22 @@ fn stats_and_metrics_of_a_busy_container_and_its_sandbox() {
     assert_eq!(ws["labelValues"], json!(["stats", "default", "busy", busy, Example::Busybox.reference()]));
     let rx = mine["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "container_network_receive_bytes_total");
     assert!(rx.is_some_and(|m| num(&m["value"]) > 0), "{mine}");
+    // critest's check ("listing pod sandbox metrics"): every descriptor
+    // has a value with as many labels as it has keys, but for block I/O
+    // (optional there) and a CPU quota (this container has none).
+    let descs = s.json(&["metricdescs", "-o", "json"]);
+    let all: Vec<&Value> = mine["metrics"].as_array().unwrap().iter().chain(busy_metrics).collect();
+    for d in descs["descriptors"].as_array().unwrap() {
+        let name = d["name"].as_str().unwrap();
+        if name.starts_with("container_fs_reads") || name.starts_with("container_fs_writes") || name.contains("blkio") {
+            continue;
+        }
+        if name == "container_spec_cpu_quota" {
+            continue;
+        }
+        let m = all.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("no value for {name}"));
+        assert_eq!(m["labelValues"].as_array().unwrap().len(), d["labelKeys"].as_array().unwrap().len(), "{name}");
+    }
 
     s.ok(&["stopp", &sandbox]);
     s.ok(&["rmp", &sandbox]);
@@ -195,6 +211,13 @@ fn update_changes_the_apps_cgroup_and_shows_in_inspect() {
     assert_eq!(res["cpuQuota"], "20000", "{st}");
     assert_eq!(res["cpuPeriod"], "100000", "{st}");
     assert_eq!(res["cpuShares"], "512", "{st}");
+    // pod's own record of the app follows (what an OOM kill is told against).
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(live.data.join("pods/run").join(&sandbox).join("pod.json")).unwrap())
+            .unwrap();
+    let resources = &manifest["apps"].as_array().unwrap().iter().find(|a| a["name"] == "app").unwrap()["resources"];
+    assert_eq!(resources["memoryBytes"], json!(64u64 << 20), "{resources}");
+    assert_eq!(resources["cpuMillis"], json!(200), "{resources}");
     // The stats know the limit now.
     let stats = s.json(&["stats", "-o", "json", "--id", &app]);
     assert!(num(&stats_of(&stats, &app)["memory"]["availableBytes"]) > 0, "{stats}");
