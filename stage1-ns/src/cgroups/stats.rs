@@ -330,10 +330,12 @@ fn v1_limits(dirs: &Dirs) -> Result<CgroupLimits> {
     let file = |controller: &str, name: &str| dirs.dir(controller).map(|d| d.join(name));
     let num = |controller: &str, name: &str| file(controller, name).map_or(Ok(None), |p| number(&p));
     let limit = |controller: &str, name: &str| num(controller, name).map(|v| v.filter(|v| *v < V1_UNLIMITED));
-    let quota = match file("cpu", "cpu.cfs_quota_us").map(|p| read_opt(&p)).transpose()?.flatten() {
+    let quota = match file("cpu", "cpu.cfs_quota_us") {
         // -1 is unlimited.
-        Some(q) if q.trim().starts_with('-') => None,
-        Some(q) => Some(parse(&file("cpu", "cpu.cfs_quota_us").unwrap_or_default(), q.trim())?),
+        Some(path) => match read_opt(&path)? {
+            Some(q) if !q.trim().starts_with('-') => Some(parse(&path, q.trim())?),
+            _ => None,
+        },
         None => None,
     };
     Ok(CgroupLimits {
