@@ -184,15 +184,23 @@ pub fn update_container(
     let h = live.hierarchy()?;
     let (uuid, app) = (&c.sandbox.pod.uuid, &c.record.app);
     let name = AcName::new(app.clone()).map_err(|e| CriError::InvalidArgument(e.to_string()))?;
-    addapp::update_resources(&c.sandbox.pod, &name, |res| -> Result<(), CriError> {
-        cgroups::update_app(h, uuid, app, &update).map_err(|e| update_error(id, e))?;
+    let mut applied = None;
+    let recorded_too = addapp::update_resources(&c.sandbox.pod, &name, |res| -> Result<(), CriError> {
+        applied = Some(cgroups::update_app(h, uuid, app, &update).map_err(|e| update_error(id, e))?);
         // pod.json says what the cgroup now enforces, in its own terms.
         let now = cgroups::app_limits(h, uuid, app).map_err(|e| CriError::Failed(e.to_string()))?;
         res.memory_bytes = now.memory_bytes;
         res.cpu_millis = now.cpu_quota_us.zip(now.cpu_period_us).map(|(q, p)| q.saturating_mul(1000) / p.max(1));
         res.pids = now.pids;
         Ok(())
-    })?;
+    });
+    if let Err(e) = recorded_too {
+        // Not recorded in pod.json: not applied either.
+        if let Some(a) = applied {
+            a.undo();
+        }
+        return Err(e);
+    }
     let mut rec = recorded(&c).unwrap_or(Recorded { created_at: c.record.created_at, ..Recorded::default() });
     rec.merge(&linux);
     let path = record_path(&c);

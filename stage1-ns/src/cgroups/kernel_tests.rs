@@ -290,7 +290,7 @@ fn stats_and_live_updates_on_the_real_hierarchy() {
     assert!(whole.memory.usage >= stats.memory.usage, "the pod holds its app: {whole:?}");
 
     let u = Update { memory_bytes: Some(64 << 20), cpu_quota_us: Some(20_000), ..Update::default() };
-    update_app(&h, &uuid, "web", &u).expect("update");
+    drop(update_app(&h, &uuid, "web", &u).expect("update"));
     let l = app_limits(&h, &uuid, "web").expect("limits");
     assert_eq!((l.memory_bytes, l.cpu_quota_us), (Some(64 << 20), Some(20_000)), "{l:?}");
     if h.mode() != Mode::Unified {

@@ -200,7 +200,7 @@ fn v2_update_writes_weight_max_memory_and_cpuset() {
         cpuset_cpus: Some("0".into()),
         ..Update::default()
     };
-    update_app(&h, UUID, "web", &u).expect("update");
+    drop(update_app(&h, UUID, "web", &u).expect("update"));
     assert_eq!(read(tmp.path(), &format!("{app}/cpu.weight")), shares_to_weight(512).to_string());
     assert_eq!(read(tmp.path(), &format!("{app}/cpu.max")), "20000 100000", "the period kept");
     assert_eq!(read(tmp.path(), &format!("{app}/memory.max")), (32u64 << 20).to_string());
@@ -218,7 +218,7 @@ fn v2_update_writes_weight_max_memory_and_cpuset() {
         memory_swap_bytes: Some(-1),
         ..Update::default()
     };
-    update_app(&h, UUID, "web", &u).expect("update");
+    drop(update_app(&h, UUID, "web", &u).expect("update"));
     assert_eq!(read(tmp.path(), &format!("{app}/cpu.max")), "max 100000");
     assert_eq!(read(tmp.path(), &format!("{app}/memory.swap.max")), "max");
 }
@@ -237,7 +237,7 @@ fn v1_update_writes_shares_cfs_memsw_and_refuses_cpusets() {
         pids: Some(100),
         ..Update::default()
     };
-    update_app(&h, UUID, "web", &u).expect("update");
+    drop(update_app(&h, UUID, "web", &u).expect("update"));
     assert_eq!(read(tmp.path(), &format!("cpu/{app}/cpu.shares")), "256");
     assert_eq!(read(tmp.path(), &format!("cpu/{app}/cpu.cfs_quota_us")), "30000");
     assert_eq!(read(tmp.path(), &format!("cpu/{app}/cpu.cfs_period_us")), "50000");
@@ -284,4 +284,18 @@ fn bad_values_are_refused_before_anything_is_written() {
     }
     assert_eq!(read(tmp.path(), &format!("{app}/cpu.max")), "50000 100000");
     assert_eq!(read(tmp.path(), "cgroup.subtree_control"), "cpu memory pids");
+}
+
+#[test]
+fn an_applied_update_can_be_undone() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let app = fake_v2_app(tmp.path());
+    let h = hierarchy(tmp.path(), V2_MOUNTINFO);
+    let u = Update { cpu_period_us: Some(50_000), memory_bytes: Some(1 << 30), ..Update::default() };
+    let applied = update_app(&h, UUID, "web", &u).expect("update");
+    assert_eq!(read(tmp.path(), &format!("{app}/cpu.max")), "50000 50000");
+    applied.undo();
+    assert_eq!(read(tmp.path(), &format!("{app}/cpu.max")), "50000 100000");
+    assert_eq!(read(tmp.path(), &format!("{app}/memory.max")), "67108864");
+    assert_eq!(read(tmp.path(), &format!("{app}/memory.swap.max")), "0");
 }

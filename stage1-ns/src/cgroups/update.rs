@@ -93,6 +93,7 @@ fn valid_list(s: &str) -> bool {
 }
 
 /// Writes files, remembering each one's old content to put back.
+#[derive(Debug)]
 struct Journal {
     done: Vec<(PathBuf, String)>,
 }
@@ -119,8 +120,23 @@ impl Journal {
     }
 }
 
+/// An update written: kept, unless [`Applied::undo`] puts the old limits
+/// back (the caller could not record it, say).
+#[derive(Debug)]
+#[must_use = "an update is undone only by calling undo; drop it to keep it"]
+pub struct Applied {
+    journal: Journal,
+}
+
+impl Applied {
+    /// Puts back every limit the update changed, newest first.
+    pub fn undo(self) {
+        self.journal.undo();
+    }
+}
+
 /// Applies `update` to app `app` of pod `uuid`, all or nothing.
-pub fn update_app(h: &Hierarchy, uuid: &str, app: &str, update: &Update) -> Result<()> {
+pub fn update_app(h: &Hierarchy, uuid: &str, app: &str, update: &Update) -> Result<Applied> {
     update.validate(app)?;
     let dirs = Dirs::of(h, &rel(uuid, Some(app))?);
     // Fails (NotFound) if the app has no cgroup.
@@ -135,7 +151,7 @@ pub fn update_app(h: &Hierarchy, uuid: &str, app: &str, update: &Update) -> Resu
         return Err(e);
     }
     tracing::debug!(uuid, app, ?update, "app limits updated");
-    Ok(())
+    Ok(Applied { journal })
 }
 
 fn need<'a>(dirs: &'a Dirs, controller: &'static str) -> Result<&'a Path> {
