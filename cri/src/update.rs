@@ -103,6 +103,23 @@ pub fn recorded(c: &Container) -> Option<Recorded> {
     read_json::<Recorded>(&record_path(c)).filter(|r| r.created_at == c.record.created_at)
 }
 
+/// Writes the container's record, or removes it for `None`.
+fn save(c: &Container, rec: Option<&Recorded>) -> Result<(), CriError> {
+    let path = record_path(c);
+    match rec {
+        Some(rec) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(crate::sandbox::io("create", dir))?;
+            }
+            write_json(&path, rec)
+        }
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(crate::sandbox::io("remove", &path)(e)),
+            _ => Ok(()),
+        },
+    }
+}
+
 /// CRI's resources as a cgroup update, every value checked: a negative
 /// value (other than `-1` where it means "unlimited") names its field.
 pub fn to_update(r: &proto::LinuxContainerResources) -> Result<Update, CriError> {
@@ -184,30 +201,34 @@ pub fn update_container(
     let h = live.hierarchy()?;
     let (uuid, app) = (&c.sandbox.pod.uuid, &c.record.app);
     let name = AcName::new(app.clone()).map_err(|e| CriError::InvalidArgument(e.to_string()))?;
-    let mut applied = None;
-    let recorded_too = addapp::update_resources(&c.sandbox.pod, &name, |res| -> Result<(), CriError> {
+    let previous = recorded(&c);
+    let mut rec = previous.clone().unwrap_or(Recorded { created_at: c.record.created_at, ..Recorded::default() });
+    rec.merge(&linux);
+    let (mut applied, mut saved) = (None, false);
+    // The cgroup, then the record, then pod.json (under the apps lock):
+    // whatever fails, what was done before it is undone.
+    let done = addapp::update_resources(&c.sandbox.pod, &name, |res| -> Result<(), CriError> {
         applied = Some(cgroups::update_app(h, uuid, app, &update).map_err(|e| update_error(id, e))?);
         // pod.json says what the cgroup now enforces, in its own terms.
         let now = cgroups::app_limits(h, uuid, app).map_err(|e| CriError::Failed(e.to_string()))?;
         res.memory_bytes = now.memory_bytes;
         res.cpu_millis = now.cpu_quota_us.zip(now.cpu_period_us).map(|(q, p)| q.saturating_mul(1000) / p.max(1));
         res.pids = now.pids;
+        save(&c, Some(&rec))?;
+        saved = true;
         Ok(())
     });
-    if let Err(e) = recorded_too {
-        // Not recorded in pod.json: not applied either.
+    if let Err(e) = done {
         if let Some(a) = applied {
             a.undo();
         }
+        if saved {
+            if let Err(undo) = save(&c, previous.as_ref()) {
+                tracing::warn!(error = %undo, "could not restore a container's resources record");
+            }
+        }
         return Err(e);
     }
-    let mut rec = recorded(&c).unwrap_or(Recorded { created_at: c.record.created_at, ..Recorded::default() });
-    rec.merge(&linux);
-    let path = record_path(&c);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(crate::sandbox::io("create", dir))?;
-    }
-    write_json(&path, &rec)?;
     tracing::info!(container = %id, ?update, "container resources updated");
     Ok(())
 }
