@@ -11,8 +11,9 @@
 //! `/proc/<pid>/fd`, its overlay upper directory and the data
 //! filesystem's statvfs, and the sandbox PID 1's `/proc/<pid>/net/dev`.
 //! Described but not measured (critest counts them optional): block I/O
-//! per device (pod manages no blkio cgroup on v1), the hugetlb, PSI,
-//! memory reservation and ulimit metrics are not described at all.
+//! per device (pod manages no blkio cgroup on v1); pressure (PSI) is
+//! measured where the host has a cgroup2 tree and PSI. The hugetlb, memory
+//! reservation and ulimit metrics are not described at all.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -75,6 +76,12 @@ const DESCS: &[Desc] = &[
     Desc("container_network_transmit_packets_total", "Cumulative count of packets transmitted.", NET, COUNTER),
     Desc("container_network_transmit_packets_dropped_total", "Cumulative count of packets dropped while transmitting.", NET, COUNTER),
     Desc("container_network_transmit_errors_total", "Cumulative count of errors encountered while transmitting.", NET, COUNTER),
+    Desc("container_pressure_cpu_waiting_seconds_total", "Total time duration tasks in the container have waited due to CPU congestion.", &[], COUNTER),
+    Desc("container_pressure_cpu_stalled_seconds_total", "Total time duration no tasks in the container could make progress due to CPU congestion.", &[], COUNTER),
+    Desc("container_pressure_memory_waiting_seconds_total", "Total time duration tasks in the container have waited due to memory congestion.", &[], COUNTER),
+    Desc("container_pressure_memory_stalled_seconds_total", "Total time duration no tasks in the container could make progress due to memory congestion.", &[], COUNTER),
+    Desc("container_pressure_io_waiting_seconds_total", "Total time duration tasks in the container have waited due to I/O congestion.", &[], COUNTER),
+    Desc("container_pressure_io_stalled_seconds_total", "Total time duration no tasks in the container could make progress due to I/O congestion.", &[], COUNTER),
     Desc("container_processes", "Number of processes running inside the container.", &[], GAUGE),
     Desc("container_threads", "Number of threads running inside the container.", &[], GAUGE),
     Desc("container_threads_max", "Maximum number of threads allowed inside the container, infinity if value is zero.", &[], GAUGE),
@@ -173,6 +180,16 @@ fn container_metrics(e: &mut Emit, s: &Stats, l: &CgroupLimits, x: &Extra) {
     e.with("container_memory_failures_total", &["pgfault", "container"], m.pgfault);
     e.with("container_memory_failures_total", &["pgmajfault", "container"], m.pgmajfault);
     e.put("container_oom_events_total", m.oom_kills);
+    // Pressure: "waiting" is PSI's some, "stalled" its full (cAdvisor's names).
+    let p = &s.pressure;
+    for (kind, psi) in [("cpu", p.cpu), ("memory", p.memory), ("io", p.io)] {
+        if let Some(psi) = psi {
+            e.put(&format!("container_pressure_{kind}_waiting_seconds_total"), psi.some.total_ns / NS);
+            if let Some(full) = psi.full {
+                e.put(&format!("container_pressure_{kind}_stalled_seconds_total"), full.total_ns / NS);
+            }
+        }
+    }
     let dev = [x.device.as_str()];
     e.with("container_fs_usage_bytes", &dev, x.fs_used);
     e.with("container_fs_limit_bytes", &dev, x.fs_capacity);
@@ -296,11 +313,20 @@ mod tests {
         for m in &e.out {
             assert_eq!(descs.get(&m.name), Some(&m.label_values.len()), "{}: {:?}", m.name, m.label_values);
         }
-        // Each descriptor but block I/O (not measured) has a value.
+        // Each descriptor but block I/O (not measured) and pressure (not on
+        // every host) has a value.
         let emitted: Vec<&str> = e.out.iter().map(|m| m.name.as_str()).collect();
-        for name in descs.keys().filter(|n| !n.contains("fs_reads") && !n.contains("fs_writes") && !n.contains("blkio"))
-        {
+        let always = |n: &&String| !["fs_reads", "fs_writes", "blkio", "pressure"].iter().any(|x| n.contains(x));
+        for name in descs.keys().filter(always) {
             assert!(emitted.contains(&name.as_str()), "{name} has no value");
+        }
+        let mut s = Stats::default();
+        s.pressure.io = Some(stage1_ns::cgroups::Psi::default());
+        let mut p = Emit::new(["p", "ns", "c", "id", "img"], 1);
+        container_metrics(&mut p, &s, &limits, &Extra::default());
+        assert!(p.out.iter().any(|m| m.name == "container_pressure_io_waiting_seconds_total"));
+        for m in &p.out {
+            assert_eq!(descs.get(&m.name), Some(&m.label_values.len()), "{}", m.name);
         }
         let rx = e.out.iter().find(|m| m.name == "container_network_receive_bytes_total").unwrap();
         assert_eq!(rx.label_values.last().unwrap(), "eth0");

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use stage0::paths::Dirs;
 use stage0::pods::PodState;
-use stage1_ns::cgroups::{self, CgroupError, CgroupLimits, Stats};
+use stage1_ns::cgroups::{self, CgroupError, CgroupLimits, Psi, Stats};
 
 use crate::container::{containers, find_container, Container};
 use crate::error::CriError;
@@ -54,6 +54,23 @@ pub(crate) fn read_app(live: &Live, c: &Container) -> Result<Reading, CriError> 
     Ok(Some((stats, limits)))
 }
 
+/// Pressure as CRI gives it (kubelet's PSI metrics); `full` is zero where
+/// the kernel has no such line.
+fn psi(p: Option<Psi>) -> Option<proto::PsiStats> {
+    let data = |d: stage1_ns::cgroups::PsiData| proto::PsiData {
+        total: d.total_ns,
+        avg10: d.avg10,
+        avg60: d.avg60,
+        avg300: d.avg300,
+    };
+    p.map(|p| proto::PsiStats { full: Some(data(p.full.unwrap_or_default())), some: Some(data(p.some)) })
+}
+
+fn io(now: i64, reading: &Reading) -> Option<proto::IoUsage> {
+    let p = reading.as_ref()?.0.pressure.io?;
+    Some(proto::IoUsage { timestamp: now, psi: psi(Some(p)) })
+}
+
 fn cpu(live: &Live, key: &str, now: i64, reading: &Reading) -> proto::CpuUsage {
     let usage_ns = reading.as_ref().map_or(0, |(s, _)| s.cpu.usage_ns);
     let nano_cores = match reading {
@@ -64,12 +81,13 @@ fn cpu(live: &Live, key: &str, now: i64, reading: &Reading) -> proto::CpuUsage {
         timestamp: now,
         usage_core_nano_seconds: u64v(usage_ns),
         usage_nano_cores: nano_cores.and_then(u64v),
-        psi: None,
+        psi: psi(reading.as_ref().and_then(|(s, _)| s.pressure.cpu)),
     }
 }
 
 fn memory(now: i64, reading: &Reading) -> proto::MemoryUsage {
     let (m, limit) = reading.as_ref().map_or((Default::default(), None), |(s, l)| (s.memory, l.memory_bytes));
+    let pressure = reading.as_ref().and_then(|(s, _)| s.pressure.memory);
     let working_set = m.working_set();
     proto::MemoryUsage {
         timestamp: now,
@@ -79,7 +97,7 @@ fn memory(now: i64, reading: &Reading) -> proto::MemoryUsage {
         rss_bytes: u64v(m.rss),
         page_faults: u64v(m.pgfault),
         major_page_faults: u64v(m.pgmajfault),
-        psi: None,
+        psi: psi(pressure),
     }
 }
 
@@ -129,7 +147,7 @@ pub fn of_container(dirs: &Dirs, live: &Live, c: &Container) -> Result<proto::Co
         memory: Some(memory(now, &reading)),
         writable_layer: Some(writable_layer(dirs, c, now)?),
         swap: swap(now, &reading),
-        io: None,
+        io: io(now, &reading),
     })
 }
 
@@ -266,7 +284,7 @@ pub fn of_sandbox(
                 process_count: u64v(reading.as_ref().and_then(|(st, _)| st.pids).unwrap_or(0)),
             }),
             containers: mine.map(|c| of_container(dirs, live, c)).collect::<Result<_, _>>()?,
-            io: None,
+            io: io(now, &reading),
         }),
         windows: None,
     })

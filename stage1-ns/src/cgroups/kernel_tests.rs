@@ -286,6 +286,9 @@ fn stats_and_live_updates_on_the_real_hierarchy() {
     assert!(stats.memory.usage > 4_000_000 && stats.memory.rss > 0, "{stats:?}");
     assert!(stats.pids.unwrap_or(1) >= 1, "{stats:?}");
     assert!(app_procs(&h, &uuid, "web").expect("procs").contains(&pid(&child)));
+    if h.unified().is_some_and(|u| u.join("cpu.pressure").exists()) {
+        assert!(stats.pressure.cpu.is_some() && stats.pressure.memory.is_some(), "{stats:?}");
+    }
     let whole = pod_stats(&h, &uuid).expect("pod stats");
     assert!(whole.memory.usage >= stats.memory.usage, "the pod holds its app: {whole:?}");
 

@@ -28,6 +28,7 @@
 mod detect;
 mod fsx;
 mod pod;
+mod psi;
 mod stats;
 mod update;
 mod v1;
@@ -47,11 +48,12 @@ use nix::unistd::Pid;
 
 pub use detect::{detect, detect_host, FsKind, Hierarchy, Mode};
 pub use pod::{add_pid, create_pod, list_pods, open_pod, PodCgroup, INIT_CGROUP, POD_BASE};
+pub use psi::{Pressure, Psi, PsiData};
 pub use stats::{
     app_limits, app_procs, app_stats, pod_stats, shares_to_weight, weight_to_shares, CgroupLimits, CpuStats,
     MemoryStats, Stats,
 };
-pub use update::{update_app, Update};
+pub use update::{update_app, Applied, Update};
 
 /// The CFS period every cpu limit uses, in microseconds (100 ms, the kernel
 /// default and what Kubernetes uses).

@@ -19,6 +19,7 @@ use super::detect::Layout;
 use super::pod::POD_BASE;
 use nix::unistd::Pid;
 
+use super::psi::{self, Pressure};
 use super::{fsx, validate_app, validate_uuid, CgroupError, Hierarchy, Result};
 
 /// v1's `cpuacct.stat` counts in USER_HZ ticks, which the kernel's ABI
@@ -31,13 +32,15 @@ const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
 const V1_UNLIMITED: u64 = 1 << 62;
 
 /// What a cgroup has used, cumulative counters and current gauges.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
     pub cpu: CpuStats,
     pub memory: MemoryStats,
     /// Tasks in the cgroup and below (`pids.current`); `None` without the
     /// pids controller.
     pub pids: Option<u64>,
+    /// Pressure stall information, where the host has it (psi.rs).
+    pub pressure: Pressure,
 }
 
 /// CPU time, in nanoseconds.
@@ -174,12 +177,12 @@ pub(super) fn rel(uuid: &str, app: Option<&str>) -> Result<PathBuf> {
 
 /// What app `app` of pod `uuid` has used.
 pub fn app_stats(h: &Hierarchy, uuid: &str, app: &str) -> Result<Stats> {
-    read_stats(&Dirs::of(h, &rel(uuid, Some(app))?))
+    read_stats(h, &rel(uuid, Some(app))?)
 }
 
 /// What the whole pod has used: its apps and its PID 1.
 pub fn pod_stats(h: &Hierarchy, uuid: &str) -> Result<Stats> {
-    read_stats(&Dirs::of(h, &rel(uuid, None)?))
+    read_stats(h, &rel(uuid, None)?)
 }
 
 /// The limits app `app` of pod `uuid` runs under now.
@@ -198,12 +201,18 @@ pub fn app_procs(h: &Hierarchy, uuid: &str, app: &str) -> Result<Vec<Pid>> {
     }
 }
 
-fn read_stats(dirs: &Dirs) -> Result<Stats> {
+fn read_stats(h: &Hierarchy, rel: &Path) -> Result<Stats> {
+    let dirs = Dirs::of(h, rel);
     dirs.check_exists()?;
-    match dirs {
-        Dirs::V2(dir) => v2_stats(dir),
-        Dirs::V1(_) => v1_stats(dirs),
+    let mut stats = match &dirs {
+        Dirs::V2(dir) => v2_stats(dir)?,
+        Dirs::V1(_) => v1_stats(&dirs)?,
+    };
+    // The cgroup2 tree: the whole one, or Hybrid's mirror.
+    if let Some(dir) = h.unified().map(|u| u.join(rel)).filter(|d| d.is_dir()) {
+        stats.pressure = psi::read(&dir)?;
     }
+    Ok(stats)
 }
 
 pub(super) fn read_limits(dirs: &Dirs) -> Result<CgroupLimits> {
@@ -249,6 +258,7 @@ fn v2_stats(dir: &Path) -> Result<Stats> {
             oom_kills: get(&events, "oom_kill"),
         },
         pids: number(&dir.join("pids.current"))?,
+        pressure: Pressure::default(),
     })
 }
 
@@ -293,6 +303,7 @@ fn v1_stats(dirs: &Dirs) -> Result<Stats> {
             oom_kills: get(&oom, "oom_kill"),
         },
         pids: num("pids", "pids.current")?,
+        pressure: Pressure::default(),
     })
 }
 
@@ -352,7 +363,7 @@ fn v1_limits(dirs: &Dirs) -> Result<CgroupLimits> {
 }
 
 /// A control file's text; `None` if the kernel does not offer it.
-fn read_opt(path: &Path) -> Result<Option<String>> {
+pub(super) fn read_opt(path: &Path) -> Result<Option<String>> {
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

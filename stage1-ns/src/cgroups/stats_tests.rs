@@ -56,6 +56,8 @@ fn fake_v2_app(root: &Path) -> String {
         ("memory.stat", "anon 6291456\nfile 3145728\nkernel 524288\nkernel_stack 65536\nsock 0\nfile_mapped 1048576\nactive_anon 0\ninactive_anon 6291456\nactive_file 1048576\ninactive_file 2097152\npgfault 1200\npgmajfault 3\n"),
         ("pids.current", "4\n"),
         ("pids.max", "max\n"),
+        ("cpu.pressure", "some avg10=1.00 avg60=0.50 avg300=0.10 total=2000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"),
+        ("memory.pressure", "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"),
         ("cpuset.cpus", "\n"),
         ("cpuset.mems", "\n"),
     ];
@@ -119,6 +121,7 @@ fn expected() -> Stats {
             oom_kills: 1,
         },
         pids: Some(4),
+        pressure: Pressure::default(),
     }
 }
 
@@ -127,7 +130,10 @@ fn v2_stats_from_kernel_files() {
     let tmp = tempfile::tempdir().expect("tempdir");
     fake_v2_app(tmp.path());
     let h = hierarchy(tmp.path(), V2_MOUNTINFO);
-    let s = app_stats(&h, UUID, "web").expect("stats");
+    let mut s = app_stats(&h, UUID, "web").expect("stats");
+    assert_eq!(s.pressure.cpu.map(|p| p.some.total_ns), Some(2_000_000), "{:?}", s.pressure);
+    assert!(s.pressure.memory.is_some() && s.pressure.io.is_none(), "{:?}", s.pressure);
+    s.pressure = Pressure::default();
     assert_eq!(s, expected());
     assert_eq!(s.memory.working_set(), 10_485_760 - 2_097_152);
     let l = app_limits(&h, UUID, "web").expect("limits");
