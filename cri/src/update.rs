@@ -77,6 +77,18 @@ impl Recorded {
         }
     }
 
+    /// These fields over `r`'s, where they were given.
+    fn overlay(&self, r: &mut proto::LinuxContainerResources) {
+        let given = self.to_proto();
+        let mut merged = Recorded::default();
+        for source in [&*r, &given] {
+            merged.merge(source);
+        }
+        let oom = r.oom_score_adj;
+        *r = merged.to_proto();
+        r.oom_score_adj = oom;
+    }
+
     fn to_proto(&self) -> proto::LinuxContainerResources {
         proto::LinuxContainerResources {
             cpu_period: self.cpu_period,
@@ -248,12 +260,23 @@ fn from_limits(l: &CgroupLimits) -> proto::LinuxContainerResources {
     }
 }
 
-/// ContainerStatus.resources: the running app's cgroup limits; once it has
-/// none, the last update recorded; `None` if neither.
+/// ContainerStatus.resources: the running app's cgroup limits, with the
+/// values last asked for by an update over them (as containerd reports the
+/// requested spec: the kernel keeps some values only approximately — v2's
+/// `cpu.weight` is a lossy image of shares, v1 rounds memory to pages — and
+/// kubelet compares what it asked for); once the app has no cgroup, the
+/// recorded update alone; `None` if neither.
 pub fn resources_of(live: &Live, c: &Container) -> Result<Option<proto::ContainerResources>, CriError> {
+    let rec = recorded(c);
     let linux = match read_app(live, c)? {
-        Some((_, limits)) => Some(from_limits(&limits)),
-        None => recorded(c).map(|r| r.to_proto()),
+        Some((_, limits)) => {
+            let mut l = from_limits(&limits);
+            if let Some(rec) = &rec {
+                rec.overlay(&mut l);
+            }
+            Some(l)
+        }
+        None => rec.map(|r| r.to_proto()),
     };
     Ok(linux.map(|l| proto::ContainerResources { linux: Some(l), windows: None }))
 }
@@ -306,6 +329,10 @@ mod tests {
         assert_eq!((rec.cpu_shares, rec.memory_limit_in_bytes, rec.cpu_quota), (512, 200, 5000));
         let p = rec.to_proto();
         assert_eq!(p.memory_limit_in_bytes, 200);
+        // Over what the cgroup says: the values asked for win, the others stay.
+        let mut live = proto::LinuxContainerResources { cpu_shares: 508, cpu_period: 100_000, ..Default::default() };
+        rec.overlay(&mut live);
+        assert_eq!((live.cpu_shares, live.cpu_period, live.memory_limit_in_bytes), (512, 100_000, 200));
     }
 
     #[test]
