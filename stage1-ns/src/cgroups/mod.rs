@@ -23,7 +23,10 @@
 //!   `cgroup.kill` kills the pod in one write.
 //!
 //! Version quirks stay in `v1.rs` and `v2.rs`; `pod.rs` holds what is common,
-//! `detect.rs` the mode, `fsx.rs` the file operations.
+//! `detect.rs` the mode, `fsx.rs` the file operations. For the CRI server
+//! (which links this library): `stats.rs` reads a pod's or an app's
+//! accounting and limits, `psi.rs` its pressure, `update.rs` changes a
+//! running app's limits all or nothing.
 
 mod detect;
 mod fsx;
