@@ -177,11 +177,13 @@ fn update_error(id: &str, e: CgroupError) -> CriError {
     let msg = format!("container {id}: {e}");
     match &e {
         CgroupError::InvalidLimit { .. } => CriError::InvalidArgument(msg),
-        CgroupError::Write { source, .. } if source.raw_os_error() == Some(nix::libc::EBUSY) => {
-            CriError::FailedPrecondition(format!(
-                "{msg} (the kernel could not bring the container's memory use under the new limit); \
-                 the old limits are kept"
-            ))
+        CgroupError::Write { source, path, .. } if source.raw_os_error() == Some(nix::libc::EBUSY) => {
+            let why = if path.to_string_lossy().contains("memory") {
+                " (the kernel could not bring the container's memory use under the new limit)"
+            } else {
+                ""
+            };
+            CriError::FailedPrecondition(format!("{msg}{why}; the old limits are kept"))
         }
         CgroupError::Write { source, .. } if source.raw_os_error() == Some(nix::libc::EINVAL) => {
             CriError::InvalidArgument(format!("{msg}; the old limits are kept"))
