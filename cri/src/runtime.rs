@@ -64,6 +64,23 @@ impl Runtime {
     }
 }
 
+/// How many items one message of a streamed list carries (KEP-5825's
+/// streams exist to stay under gRPC's message size limit).
+const STREAM_CHUNK: usize = 100;
+
+/// A list as a stream of messages of at most [`STREAM_CHUNK`] items each.
+fn chunked<T: Send + 'static, R: Send + 'static>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R + Send + 'static,
+) -> tonic::codegen::BoxStream<R> {
+    let mut items = items.into_iter().peekable();
+    let mut chunks = Vec::new();
+    while items.peek().is_some() {
+        chunks.push(Ok(wrap(items.by_ref().take(STREAM_CHUNK).collect())));
+    }
+    Box::pin(tokio_stream::iter(chunks))
+}
+
 /// True if `dir` holds a CNI network configuration, as libcni finds them.
 pub fn has_cni_config(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|entries| {
@@ -311,6 +328,36 @@ impl RuntimeService for Runtime {
         Ok(Response::new(proto::ListPodSandboxStatsResponse { stats }))
     }
 
+    async fn stream_container_stats(
+        &self,
+        request: Request<proto::StreamContainerStatsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamContainerStatsResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let stats = self.blocking_live(move |host, live| stats::list_container_stats(&host.dirs, live, filter)).await?;
+        let wrap = |container_stats| proto::StreamContainerStatsResponse { container_stats };
+        Ok(Response::new(chunked(stats, wrap)))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<proto::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxStatsResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let stats =
+            self.blocking_live(move |host, live| stats::list_pod_sandbox_stats(&host.dirs, live, filter)).await?;
+        let wrap = |pod_sandbox_stats| proto::StreamPodSandboxStatsResponse { pod_sandbox_stats };
+        Ok(Response::new(chunked(stats, wrap)))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<proto::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxMetricsResponse>>, Status> {
+        let metrics = self.blocking_live(move |host, live| metrics::list_pod_sandbox_metrics(&host.dirs, live)).await?;
+        let wrap = |pod_sandbox_metrics| proto::StreamPodSandboxMetricsResponse { pod_sandbox_metrics };
+        Ok(Response::new(chunked(metrics, wrap)))
+    }
+
     async fn list_metric_descriptors(
         &self,
         _request: Request<proto::ListMetricDescriptorsRequest>,
@@ -325,5 +372,22 @@ impl RuntimeService for Runtime {
         let pod_metrics =
             self.blocking_live(move |host, live| metrics::list_pod_sandbox_metrics(&host.dirs, live)).await?;
         Ok(Response::new(proto::ListPodSandboxMetricsResponse { pod_metrics }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn lists_stream_in_chunks() {
+        let sizes: Vec<usize> =
+            chunked((0..250).collect(), |v: Vec<i32>| v.len()).map(Result::unwrap).collect::<Vec<_>>().await;
+        assert_eq!(sizes, [100, 100, 50]);
+        let none: Vec<_> = chunked(Vec::<i32>::new(), |v| v.len()).collect::<Vec<_>>().await;
+        assert!(none.is_empty(), "nothing to send, no message");
     }
 }
