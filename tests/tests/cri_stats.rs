@@ -1,6 +1,6 @@
 //! `pod cri serve`'s stats, metrics and resource updates under the real
 //! crictl: `crictl stats` / `statsp` / `metricsp` on a container burning
-//! CPU in a sandbox on its own CNI network, `crictl update` read back from
+//! CPU in a sandbox on its own CNI network (a peer sandbox knocking on it), `crictl update` read back from
 //! the app's cgroup files on the host and from `crictl inspect`, and
 //! `crictl update-runtime-config`. As root with the busybox example; SKIPs
 //! visibly without root, crictl or the CNI plugins.
@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -123,13 +122,22 @@ fn stats_and_metrics_of_a_busy_container_and_its_sandbox() {
     let table = s.ok(&["stats"]);
     assert_mentions(&table, &["busy", &busy[..13]]);
 
-    // The sandbox: its traffic (the host reaching the pod's address on a
-    // closed port: a SYN in, a RST out), its processes, its containers.
+    // The sandbox: its traffic, its processes, its containers. A peer
+    // sandbox on the same network knocks on a closed port of this one's
+    // address: a SYN in, a RST out, each time.
     let ip = s.json(&["inspectp", "-o", "json", &sandbox])["status"]["network"]["ip"].as_str().unwrap().to_owned();
-    let addr: SocketAddr = format!("{ip}:9").parse().unwrap();
-    for _ in 0..3 {
-        let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
-    }
+    let peer_json = write_json(
+        &live.work,
+        "peer",
+        &json!({"metadata": {"name": "peer", "namespace": "default", "uid": "u-peer"}, "linux": {}}),
+    );
+    let peer = s.ok(&["runp", p(&peer_json)]).trim().to_owned();
+    let knock = format!("while :; do wget -q -T 1 -O /dev/null http://{ip}:9/; sleep 0.2; done");
+    let knocker_json = container_json(&live.work, "knocker", &knock);
+    let knocker = s.ok(&["create", &peer, p(&knocker_json), p(&peer_json)]).trim().to_owned();
+    s.ok(&["start", &knocker]);
+    wait_state(&s, &knocker, "CONTAINER_RUNNING");
+    std::thread::sleep(Duration::from_millis(1000));
     let pods = s.json(&["statsp", "-o", "json", "--id", &sandbox]);
     let ps = &pods["stats"][0];
     assert_eq!(ps["attributes"]["id"], sandbox.as_str(), "{pods}");
@@ -175,10 +183,12 @@ fn stats_and_metrics_of_a_busy_container_and_its_sandbox() {
         assert_eq!(m["labelValues"].as_array().unwrap().len(), d["labelKeys"].as_array().unwrap().len(), "{name}");
     }
 
-    s.ok(&["stopp", &sandbox]);
-    s.ok(&["rmp", &sandbox]);
-    let left = leftovers_of(&live, &sandbox);
-    assert!(left.is_empty(), "left behind: {left:#?}");
+    for sb in [&sandbox, &peer] {
+        s.ok(&["stopp", sb]);
+        s.ok(&["rmp", sb]);
+        let left = leftovers_of(&live, sb);
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
 }
 
 #[test]
