@@ -11,10 +11,14 @@ pub mod container;
 pub mod error;
 pub mod fsinfo;
 pub mod images;
+pub mod live;
+pub mod metrics;
 pub mod reference;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod stats;
+pub mod update;
 pub mod vm;
 
 pub mod proto {

@@ -303,3 +303,33 @@ pub fn remove(pod: &PodRef, name: &AcName) -> Result<(), AddAppError> {
     updated.apps.retain(|a| &a.name != name);
     write_manifest(pod, &updated)
 }
+
+/// Changes app `name`'s resources in `pod.json` around `apply`, which
+/// changes them where they are enforced (the app's cgroup, for CRI's
+/// UpdateContainerResources) and then in the value it is given: all under
+/// the apps lock, waiting for an add or rm in progress, so neither writes
+/// back an older manifest. Nothing is written if `apply` fails.
+pub fn update_resources<E: From<AddAppError>>(
+    pod: &PodRef,
+    name: &AcName,
+    apply: impl FnOnce(&mut stage1::Resources) -> Result<(), E>,
+) -> Result<(), E> {
+    let io = |op: &'static str, path: &Path| {
+        let (uuid, path) = (pod.uuid.clone(), path.to_owned());
+        move |source| AddAppError::Io { uuid, op, path, source }
+    };
+    let lock_path = pod.dir.join(APPS_LOCK);
+    let lock = File::create(&lock_path).map_err(io("create", &lock_path))?;
+    lock.lock().map_err(io("lock", &lock_path))?;
+    let manifest = pod.dir.join(POD_MANIFEST_FILE);
+    let mut resolved = read_resolved(&pod.dir)
+        .ok_or_else(|| io("read", &manifest)(io::Error::new(io::ErrorKind::InvalidData, "missing or malformed")))?;
+    let app = resolved
+        .apps
+        .iter_mut()
+        .find(|a| a.name == *name)
+        .ok_or_else(|| AddAppError::NoApp { uuid: pod.uuid.clone(), app: name.to_string() })?;
+    apply(&mut app.resources)?;
+    write_manifest(pod, &resolved)?;
+    Ok(())
+}

@@ -36,8 +36,8 @@ fn version_and_status() {
         .any(|c| c["type"] == "NetworkReady" && c["status"] == true);
     assert!(ready, "{info}");
 
-    // Calls not served yet say so.
-    let err = s.fails(&["stats"]);
+    // Calls not served yet say so (checkpointing is nobody's yet).
+    let err = s.fails(&["checkpoint", "--export", p(&pod.work.join("c.tar")), "no-such-container"]);
     assert_mentions_any(&err, &["Unimplemented", "unimplemented"]);
 }
 
