@@ -11,6 +11,8 @@ pub mod container;
 pub mod error;
 pub mod fsinfo;
 pub mod images;
+pub mod mounts;
+pub mod podcfg;
 pub mod reference;
 pub mod runtime;
 pub mod sandbox;

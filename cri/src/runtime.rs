@@ -103,6 +103,7 @@ impl RuntimeService for Runtime {
         }
         Ok(Response::new(proto::StatusResponse {
             status: Some(proto::RuntimeStatus { conditions }),
+            runtime_handlers: crate::podcfg::runtime_handlers(),
             info,
             ..Default::default()
         }))

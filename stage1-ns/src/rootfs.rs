@@ -320,6 +320,7 @@ pub fn setup_app(
                 errno,
             })?;
             remount_bind(&target, m.read_only || *read_only, &what)?;
+            crate::mounts::apply(&target, m, true)?;
             continue;
         }
         // A host source is mounted through an fd pinned to the directory
@@ -347,6 +348,7 @@ pub fn setup_app(
             }
             _ => bind(&src, &target, read_only, &format!("volume {}", vol.name))?,
         }
+        crate::mounts::apply(&target, m, false)?;
     }
     if app.read_only_root_fs {
         read_only_root(&rootfs)?;

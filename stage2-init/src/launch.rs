@@ -176,7 +176,11 @@ fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), ChildError> {
 }
 
 /// Makes the app's rootfs this process's `/`, in a mount namespace of its
-/// own so the pod's mounts are untouched. pivot_root detaches the pod root
+/// own so the pod's mounts are untouched: a slave of the pod's, so nothing
+/// the app mounts goes back, while a volume the stage1 made a peer or a
+/// slave of a host mount (`propagation: rslave`/`rshared`) still gets the
+/// host's new mounts; every other pod mount is private, and stays so.
+/// pivot_root detaches the pod root
 /// entirely; where it cannot work (the pod root is an initramfs, as in the
 /// VM stage1: EINVAL) chroot is the fallback, which is as good here because
 /// the namespace is private and the app gets no CAP_SYS_CHROOT-style way
@@ -184,7 +188,7 @@ fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), ChildError> {
 fn enter_rootfs(rootfs: &CStr) -> Result<(), ChildError> {
     let none = None::<&str>;
     unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare mount namespace"))?;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(step("make mounts private"))?;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none).map_err(step("make mounts slaves"))?;
     // pivot_root needs the new root to be a mount point; MS_REC keeps the
     // /proc, /dev and volumes stage1 mounted inside it.
     mount(Some(rootfs), rootfs, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(step("bind rootfs"))?;
