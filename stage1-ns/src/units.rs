@@ -34,6 +34,7 @@ pub fn unit_for(app: &App, cgroups: Vec<String>) -> Unit {
         Restart::Always => unit::Restart::Always,
     };
     u.timeout_stop = Duration::from_millis(app.stop_timeout_ms);
+    u.oom_score_adjust = app.resources.oom_score_adj;
     u.readiness = app.readiness.as_ref().map(|r| unit::Readiness {
         check: match &r.probe {
             Probe::Tcp(port) => ReadinessCheck::Tcp(([127, 0, 0, 1], *port).into()),

@@ -142,6 +142,11 @@ pub fn become_app(
 ) -> Result<Vec<(String, String)>, ChildError> {
     join_cgroups(cgroups)?;
     enter_rootfs(rootfs)?;
+    // While still root: lowering it takes CAP_SYS_RESOURCE.
+    if let Some(adj) = unit.oom_score_adjust {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("oom_score_adj {adj}: {e}") })?;
+    }
     let creds = read_creds(unit)?;
     // The bounding set shrinks while pod-init's CAP_SETPCAP is still held;
     // the caps in effect now (SETUID, SETGID) stay until setuid/capset.

@@ -142,15 +142,16 @@ fn host_path_mounts_resources_and_refusals() {
     let link = live.work.join("shared-link");
     std::os::unix::fs::symlink(&shared, &link).unwrap();
 
-    let script = "cat /data/in.txt; echo from-the-app > /data/out.txt; \
+    let script = "cat /data/in.txt; echo from-the-app > /data/out.txt; echo adj=$(cat /proc/self/oom_score_adj); \
                   if echo x > /ro/new.txt; then echo RO-WRITTEN; else echo ro-refused; fi; echo done; exec sleep 1000";
     let mut config = busybox("vols", script);
     config["mounts"] = json!([
         {"container_path": "/data", "host_path": p(&link)},
         {"container_path": "/ro", "host_path": p(&ro), "readonly": true}
     ]);
-    config["linux"] =
-        json!({"resources": {"memory_limit_in_bytes": 64 << 20, "cpu_period": 100000, "cpu_quota": 50000}});
+    config["linux"] = json!({"resources": {
+        "memory_limit_in_bytes": 64 << 20, "cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 512, "oom_score_adj": 500
+    }});
     let config_json = write_json(&live.work, "vols.json", &config);
     let container = s.ok(&["create", &sandbox, &config_json, &sandbox_json]).trim().to_owned();
     let st = s.json(&["inspect", "-o", "json", &container]);
@@ -161,7 +162,7 @@ fn host_path_mounts_resources_and_refusals() {
     s.ok(&["start", &container]);
     wait_state(&s, &container, "CONTAINER_RUNNING");
     let log = logs_with(&live, &sandbox, "vols", "done");
-    assert_mentions(&log, &["from the host", "ro-refused"]);
+    assert_mentions(&log, &["from the host", "ro-refused", "adj=500"]);
     assert!(!log.contains("RO-WRITTEN"), "{log}");
     assert_eq!(std::fs::read_to_string(shared.join("out.txt")).unwrap(), "from-the-app\n");
     assert!(!ro.join("new.txt").exists());
@@ -177,6 +178,13 @@ fn host_path_mounts_resources_and_refusals() {
         })
         .unwrap_or_else(|| panic!("no memory limit file under {leaves:?}"));
     assert_eq!(limit.trim(), (64u64 << 20).to_string());
+    let read =
+        |names: &[&str]| leaves.iter().find_map(|d| names.iter().find_map(|n| std::fs::read_to_string(d.join(n)).ok()));
+    let quota = read(&["cpu.cfs_quota_us", "cpu.max"]).unwrap();
+    assert!(quota.starts_with("50000"), "cpu quota {quota:?}");
+    // v1's shares as given, or v2's weight for them.
+    let weight = read(&["cpu.shares", "cpu.weight"]).unwrap();
+    assert!(["512", "20"].contains(&weight.trim()), "cpu weight {weight:?}");
 
     // Refused at create, naming what is wrong; nothing recorded.
     let refusals = [
@@ -265,4 +273,75 @@ fn a_host_wide_or_unknown_sysctl_is_refused_and_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "pod directories left: {left:?}");
     assert!(live.tmp_entries().is_empty(), "temp files left: {:?}", live.tmp_entries());
+}
+
+/// `mount ARGS` on the host, for the propagation test's own directories.
+fn host_mount(args: &[&str]) {
+    let out = Command::new("mount").args(args).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&["mount"], &out));
+}
+
+/// Detaches the test's host mounts, innermost first, whatever happened.
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for m in self.0.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}
+
+#[test]
+fn host_mounts_reach_rslave_and_rshared_containers_not_private_ones() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let s = or_skip!(CriServer::start(&live, &[]));
+    let sandbox_json = write_json(
+        &live.work,
+        "sandbox.json",
+        &json!({"metadata": {"name": "prop", "namespace": "default", "uid": "u-p"}}),
+    );
+    let sandbox = s.ok(&["runp", &sandbox_json]).trim().to_owned();
+    // As critest does: the host path is a shared mount of its own.
+    let mnt = live.work.join("mnt");
+    let src = live.work.join("src");
+    let mut unmount = Unmount(Vec::new());
+    for (i, propagation) in [(0, "private"), (1, "rslave"), (2, "rshared")] {
+        let point = mnt.join(propagation).join("later");
+        std::fs::create_dir_all(&point).unwrap();
+        let top = mnt.join(propagation);
+        host_mount(&["--bind", p(&top), p(&top)]);
+        unmount.0.push(top.clone());
+        host_mount(&["--make-rshared", p(&top)]);
+        let script =
+            "for i in $(seq 50); do [ -e /m/later/flag ] && { echo found-it; exec sleep 1000; }; sleep 0.1; done; \
+                      echo never-found; exec sleep 1000";
+        let mut config = busybox(propagation, script);
+        config["mounts"] = json!([{"container_path": "/m", "host_path": p(&top), "propagation": i}]);
+        let c = s.ok(&["create", &sandbox, &write_json(&live.work, "c.json", &config), &sandbox_json]);
+        s.ok(&["start", c.trim()]);
+        wait_state(&s, c.trim(), "CONTAINER_RUNNING");
+    }
+    // Mounted on the host after the containers started.
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("flag"), "x").unwrap();
+    for propagation in ["private", "rslave", "rshared"] {
+        let point = mnt.join(propagation).join("later");
+        host_mount(&["--bind", p(&src), p(&point)]);
+        unmount.0.push(point);
+    }
+    for propagation in ["rslave", "rshared"] {
+        let log = logs_with(&live, &sandbox, propagation, "found");
+        assert!(log.contains("found-it"), "{propagation}: the host's new mount did not reach it: {log}");
+    }
+    let private = logs_with(&live, &sandbox, "private", "found");
+    assert!(private.contains("never-found"), "a private mount saw the host's new mount: {private}");
+    remove_sandbox(&live, &s, &sandbox);
+    drop(unmount);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(p(&mnt)), "{mountinfo}");
 }

@@ -149,6 +149,9 @@ pub struct Unit {
     /// `KillSignal=`: what stopping the app sends first (default SIGTERM;
     /// an OCI image's StopSignal), SIGKILL after `TimeoutStopSec`.
     pub kill_signal: i32,
+    /// `OOMScoreAdjust=` (-1000 to 1000): the app's `oom_score_adj`, set
+    /// before it drops its privileges; absent: inherited from pod-init.
+    pub oom_score_adjust: Option<i32>,
     pub readiness: Option<Readiness>,
     /// `[X-Pod] Cgroup=`: cgroup directories (paths inside the pod root)
     /// the app's process joins before exec, by writing its pid into each
@@ -284,6 +287,7 @@ impl Unit {
             restart_sec: DEFAULT_RESTART_SEC,
             timeout_stop: DEFAULT_TIMEOUT_STOP,
             kill_signal: SIGTERM,
+            oom_score_adjust: None,
             readiness: None,
             cgroups: Vec::new(),
             capabilities: DEFAULT_CAPS,
@@ -352,6 +356,7 @@ impl Unit {
                     "RestartSec",
                     "TimeoutStopSec",
                     "KillSignal",
+                    "OOMScoreAdjust",
                 ][..],
                 Section::Pod => {
                     &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup", "Capabilities", "SeccompFilter"]
@@ -470,6 +475,10 @@ impl Unit {
                     unit.kill_signal = signal_number(value)
                         .ok_or_else(|| invalid("expected a signal name (SIGQUIT) or number (1-64)"))?;
                 }
+                "OOMScoreAdjust" => {
+                    let adj = value.parse::<i32>().ok().filter(|n| (-1000..=1000).contains(n));
+                    unit.oom_score_adjust = Some(adj.ok_or_else(|| invalid("expected a number from -1000 to 1000"))?);
+                }
                 "ReadinessTimeoutSec" => readiness_timeout = Some((duration(true)?, lineno, value)),
                 "ReadinessTCP" => {
                     readiness_check = Some(ReadinessCheck::Tcp(
@@ -544,6 +553,9 @@ impl Unit {
         line(&mut out, "TimeoutStopSec", &render_duration(self.timeout_stop));
         if self.kill_signal != SIGTERM {
             line(&mut out, "KillSignal", &self.kill_signal.to_string());
+        }
+        if let Some(adj) = self.oom_score_adjust {
+            line(&mut out, "OOMScoreAdjust", &adj.to_string());
         }
         out.push_str("[X-Pod]\n");
         if !self.cgroups.is_empty() {
