@@ -345,3 +345,49 @@ fn host_mounts_reach_rslave_and_rshared_containers_not_private_ones() {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(p(&mnt)), "{mountinfo}");
 }
+
+#[test]
+fn recursive_read_only_mounts_reach_the_mounts_below() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let s = or_skip!(CriServer::start(&live, &[]));
+    let info = s.json(&["info"]);
+    let handlers = info["runtimeHandlers"].as_array().cloned().unwrap_or_default();
+    // crictl prints the proto's field names and leaves the empty default name out.
+    let default = handlers
+        .iter()
+        .find(|h| h["name"].as_str().unwrap_or_default().is_empty())
+        .unwrap_or_else(|| panic!("no default handler: {info}"));
+    if default["features"]["recursive_read_only_mounts"] != true {
+        eprintln!("SKIP: this kernel has no mount_setattr (Linux 5.12): {info}");
+        return;
+    }
+    let sandbox_json = write_json(
+        &live.work,
+        "sandbox.json",
+        &json!({"metadata": {"name": "rro", "namespace": "default", "uid": "u-r"}}),
+    );
+    let sandbox = s.ok(&["runp", &sandbox_json]).trim().to_owned();
+    // As critest does: a tmpfs mounted below the host path.
+    let host = live.work.join("rro");
+    let below = host.join("tmpfs");
+    std::fs::create_dir_all(&below).unwrap();
+    host_mount(&["-t", "tmpfs", "none", p(&below)]);
+    let unmount = Unmount(vec![below.clone()]);
+    let script = "touch /plain/tmpfs/a && echo plain-writable; touch /rro/tmpfs/b 2>&1; echo done; exec sleep 1000";
+    let mut config = busybox("rro", script);
+    config["mounts"] = json!([
+        {"container_path": "/plain", "host_path": p(&host), "readonly": true},
+        {"container_path": "/rro", "host_path": p(&host), "readonly": true, "recursive_read_only": true}
+    ]);
+    let c = s.ok(&["create", &sandbox, &write_json(&live.work, "rro.json", &config), &sandbox_json]);
+    s.ok(&["start", c.trim()]);
+    let log = logs_with(&live, &sandbox, "rro", "done");
+    assert_mentions(&log, &["plain-writable", "Read-only file system"]);
+    assert!(!below.join("b").exists());
+    remove_sandbox(&live, &s, &sandbox);
+    drop(unmount);
+}
