@@ -5,8 +5,8 @@
 //!
 //! Checked at CreateContainer, so a bad mount fails there: the host path
 //! must exist and is resolved (a symlink mounts what it points to, as CRI
-//! asks); a directory only (files, such as kubelet's termination-log, are
-//! not yet served). Which host paths a pod may mount is the kubelet's
+//! asks); a directory or a regular file (kubelet's termination-log and
+//! /etc/hosts are files). Which host paths a pod may mount is the kubelet's
 //! decision (hostPath volumes, PodSecurity admission), so the CRI server
 //! refuses only pod's own state (store, pods, trusted keys: see
 //! `stage0::volumes::HostVolumePolicy::for_cri`). `recursive_read_only`

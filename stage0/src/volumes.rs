@@ -82,6 +82,9 @@ pub struct HostVolumePolicy {
     /// Whether the built-in sensitive paths (`/proc`, `/etc`, ...) are
     /// refused: for pod files, not for the CRI (see [`Self::for_cri`]).
     system_paths: bool,
+    /// Whether a regular file may be a source (the CRI's file mounts, such
+    /// as kubelet's termination-log); pod files mount directories.
+    files: bool,
     /// `Some` when the allowlist file exists: its entries, resolved.
     allowed: Option<Vec<PathBuf>>,
     allowlist: PathBuf,
@@ -106,7 +109,7 @@ impl HostVolumePolicy {
     /// `state`: the data and configuration directories.
     pub fn new(state: &[&Path], allowed: Option<Vec<PathBuf>>, allowlist: PathBuf) -> Self {
         let state = state.iter().map(|d| resolve_lexically(d)).collect();
-        Self { state, system_paths: true, allowed, allowlist }
+        Self { state, system_paths: true, files: false, allowed, allowlist }
     }
 
     /// The CRI server's rules: only pod's own state (store, pods, trusted
@@ -118,7 +121,7 @@ impl HostVolumePolicy {
     /// privilege than the operator.
     pub fn for_cri(dirs: &Dirs) -> Self {
         let state = [&dirs.data, &dirs.config].iter().map(|d| resolve_lexically(d)).collect();
-        Self { state, system_paths: false, allowed: None, allowlist: dirs.config.join(ALLOWLIST_FILE) }
+        Self { state, system_paths: false, files: true, allowed: None, allowlist: dirs.config.join(ALLOWLIST_FILE) }
     }
 
     /// Checks every host volume of `pod`; returns, per volume in file order,
@@ -142,8 +145,9 @@ impl HostVolumePolicy {
                 resolved: resolved.clone(),
                 why,
             };
-            if !resolved.is_dir() {
-                return Err(refuse("is not a directory".to_owned()));
+            if !(resolved.is_dir() || self.files && resolved.is_file()) {
+                let what = if self.files { "a directory or a regular file" } else { "a directory" };
+                return Err(refuse(format!("is not {what}")));
             }
             if let Some(why) = self.refusal(&resolved) {
                 return Err(refuse(why));

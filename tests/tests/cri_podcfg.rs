@@ -138,16 +138,21 @@ fn host_path_mounts_resources_and_refusals() {
     }
     std::fs::write(shared.join("in.txt"), "from the host\n").unwrap();
     std::fs::write(ro.join("keep.txt"), "kept\n").unwrap();
+    // A file, as kubelet mounts its termination-log.
+    let termination = live.work.join("termination-log");
+    std::fs::write(&termination, "").unwrap();
     // The host path given is a symlink: the directory it names is mounted.
     let link = live.work.join("shared-link");
     std::os::unix::fs::symlink(&shared, &link).unwrap();
 
     let script = "cat /data/in.txt; echo from-the-app > /data/out.txt; echo adj=$(cat /proc/self/oom_score_adj); \
+                  echo last words > /dev/termination-log; \
                   if echo x > /ro/new.txt; then echo RO-WRITTEN; else echo ro-refused; fi; echo done; exec sleep 1000";
     let mut config = busybox("vols", script);
     config["mounts"] = json!([
         {"container_path": "/data", "host_path": p(&link)},
-        {"container_path": "/ro", "host_path": p(&ro), "readonly": true}
+        {"container_path": "/ro", "host_path": p(&ro), "readonly": true},
+        {"container_path": "/dev/termination-log", "host_path": p(&termination)}
     ]);
     config["linux"] = json!({"resources": {
         "memory_limit_in_bytes": 64 << 20, "cpu_period": 100000, "cpu_quota": 50000, "cpu_shares": 512, "oom_score_adj": 500
@@ -156,7 +161,7 @@ fn host_path_mounts_resources_and_refusals() {
     let container = s.ok(&["create", &sandbox, &config_json, &sandbox_json]).trim().to_owned();
     let st = s.json(&["inspect", "-o", "json", &container]);
     let mounts = st["status"]["mounts"].as_array().unwrap();
-    assert_eq!(mounts.len(), 2, "{st}");
+    assert_eq!(mounts.len(), 3, "{st}");
     assert_eq!(mounts[0]["hostPath"], p(&link), "{st}");
     assert_eq!(mounts[1]["readonly"], true, "{st}");
     s.ok(&["start", &container]);
@@ -165,6 +170,7 @@ fn host_path_mounts_resources_and_refusals() {
     assert_mentions(&log, &["from the host", "ro-refused", "adj=500"]);
     assert!(!log.contains("RO-WRITTEN"), "{log}");
     assert_eq!(std::fs::read_to_string(shared.join("out.txt")).unwrap(), "from-the-app\n");
+    assert_eq!(std::fs::read_to_string(&termination).unwrap(), "last words\n");
     assert!(!ro.join("new.txt").exists());
 
     // The memory limit is the app's cgroup's (v1 or v2, as the host has it).
