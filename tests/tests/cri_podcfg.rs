@@ -268,6 +268,15 @@ fn a_host_wide_or_unknown_sysctl_is_refused_and_leaves_nothing() {
         let sandbox = json!({"metadata": {"name": "bad", "namespace": "default", "uid": sysctl}, "linux": {"sysctls": {sysctl: "1"}}});
         let err = s.fails(&["runp", &write_json(&live.work, "bad.json", &sandbox)]);
         assert_mentions(&err, &[sysctl, why]);
+        // A pod that got as far as its start is named in the error: none of
+        // it may remain (directory, mounts, cgroups).
+        let named = err.split(|c: char| !(c.is_ascii_hexdigit() || c == '-')).find(|w| is_uuid(w));
+        // The unknown one is refused by the kernel, at the pod's start.
+        assert_eq!(named.is_some(), sysctl.starts_with("net."), "{err}");
+        if let Some(uuid) = named {
+            let left = leftovers_of(&live, uuid);
+            assert!(left.is_empty(), "left behind: {left:#?}");
+        }
         assert!(s.json(&["pods", "-o", "json"])["items"].as_array().unwrap().is_empty(), "a sandbox is listed");
         assert!(live.pods().is_empty(), "a pod remains: {:?}", live.pods());
     }
