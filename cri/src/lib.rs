@@ -17,6 +17,7 @@ pub mod reference;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod vm;
 
 pub mod proto {
     //! The CRI v1 API (`runtime.v1`), generated from proto/api.proto.

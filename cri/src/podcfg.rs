@@ -182,17 +182,18 @@ pub fn recursive_read_only_supported(osrelease: &str) -> bool {
     (major, minor) >= (5, 12)
 }
 
-/// The handlers of this runtime and their features, for Status.
-pub fn runtime_handlers() -> Vec<proto::RuntimeHandler> {
+/// The handlers' features for Status: the namespace handlers mount
+/// recursively read-only where the kernel can (the VM handler's guest sees
+/// volumes through 9p: not claimed there).
+pub fn with_features(mut handlers: Vec<proto::RuntimeHandler>) -> Vec<proto::RuntimeHandler> {
     let osrelease = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let features = proto::RuntimeHandlerFeatures {
-        recursive_read_only_mounts: recursive_read_only_supported(&osrelease),
-        user_namespaces: false,
-    };
-    crate::sandbox::NS_HANDLERS
-        .iter()
-        .map(|name| proto::RuntimeHandler { name: (*name).to_owned(), features: Some(features) })
-        .collect()
+    let rro = recursive_read_only_supported(&osrelease);
+    for h in &mut handlers {
+        if crate::sandbox::NS_HANDLERS.contains(&h.name.as_str()) {
+            h.features.get_or_insert_with(Default::default).recursive_read_only_mounts = rro;
+        }
+    }
+    handlers
 }
 
 /// Removes the pod of a sandbox whose stage1 failed to start it (its

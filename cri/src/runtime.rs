@@ -103,8 +103,8 @@ impl RuntimeService for Runtime {
         }
         Ok(Response::new(proto::StatusResponse {
             status: Some(proto::RuntimeStatus { conditions }),
-            runtime_handlers: crate::podcfg::runtime_handlers(),
             info,
+            runtime_handlers: crate::podcfg::with_features(crate::vm::runtime_handlers()),
             ..Default::default()
         }))
     }
