@@ -12,9 +12,9 @@ pub(super) mod podcfg;
 use super::scan::{self, FieldPath, Positions};
 use super::{privs, values};
 use super::{
-    raw, Accel, AppSpec, ImageSpec, Isolation, Mount, Network, PodFile, PodFileError, PodFileErrorKind, PortMapping,
-    Probe, Readiness, Resources, RestartPolicy, UserNs, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT, MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
+    raw, Accel, AppSpec, ImageSpec, Isolation, Network, PodFile, PodFileError, PodFileErrorKind, PortMapping, Probe,
+    Readiness, Resources, RestartPolicy, UserNs, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
 };
 use crate::name::{AcIdentifier, AcName};
 use crate::security::{Seccomp, DEFAULT_CAPS};
@@ -336,44 +336,7 @@ impl Cx<'_> {
             }
         };
         let stop_timeout = self.duration(&path.key("stopTimeout"), a.stop_timeout.as_deref(), DEFAULT_STOP_TIMEOUT)?;
-        self.count(&path.key("mounts"), a.mounts.len(), MAX_ENTRIES)?;
-        let mut mounts: Vec<Mount> = Vec::with_capacity(a.mounts.len());
-        for (i, m) in a.mounts.iter().enumerate() {
-            let mp = path.at("mounts", i);
-            let volume = match (&m.volume, &m.host) {
-                (Some(v), None) => self.name(&mp.key("volume"), v)?,
-                (None, Some(source)) => {
-                    self.abs_path(&mp.key("host"), source)?;
-                    let volume = self.name(&mp.key("host"), &format!("{name}-host-{i}"))?;
-                    if volumes.iter().any(|v| v.name == volume) {
-                        let m =
-                            format!("the volume of this host mount would be named {volume}, as a volume already is");
-                        return Err(self.invalid(&mp.key("host"), m));
-                    }
-                    let kind = VolumeKind::Host { source: source.clone(), read_only: false };
-                    volumes.push(Volume { name: volume.clone(), kind });
-                    volume
-                }
-                _ => return Err(self.invalid(&mp, "give either volume: NAME or host: /ABS")),
-            };
-            let (propagation, recursive_read_only) = self.mount_extras(&mp, m)?;
-            self.abs_path(&mp.key("path"), &m.path)?;
-            let normal = normalise(&m.path);
-            if normal == "/" {
-                return Err(self.invalid(&mp.key("path"), "a volume cannot replace the app's whole root"));
-            }
-            if let Some(o) = mounts.iter().find(|o| normalise(&o.path) == normal) {
-                let msg = format!("{} is already the mount point of volume {}", m.path, o.volume);
-                return Err(self.invalid(&mp.key("path"), msg));
-            }
-            mounts.push(Mount {
-                volume,
-                path: m.path.clone(),
-                read_only: m.read_only,
-                propagation,
-                recursive_read_only,
-            });
-        }
+        let mounts = self.mounts(path, &name, &a.mounts, volumes)?;
         let capabilities = match &a.capabilities {
             None => DEFAULT_CAPS,
             Some(c) => {

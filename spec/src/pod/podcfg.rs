@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::scan::FieldPath;
-use super::{raw, Cx, Result};
-use crate::pod::{Network, PodFile, Protocol, MAX_ENTRIES};
+use super::{normalise, raw, Cx, Result};
+use crate::name::AcName;
+use crate::pod::{Mount, Network, PodFile, Protocol, Volume, VolumeKind, MAX_ENTRIES};
 
 /// Longest hostname the kernel takes (`HOST_NAME_MAX`).
 const MAX_HOSTNAME: usize = 64;
@@ -225,6 +226,56 @@ impl Cx<'_> {
             Some("udp") => Ok(Protocol::Udp),
             Some(o) => Err(self.invalid(field, format!("{o:?} is not tcp or udp"))),
         }
+    }
+
+    /// An app's mounts; its anonymous host volumes (`{ host: /abs }`) join
+    /// `volumes` as `<app>-host-<index>`.
+    pub(super) fn mounts(
+        &self,
+        path: &FieldPath,
+        name: &AcName,
+        raw: &[raw::Mount],
+        volumes: &mut Vec<Volume>,
+    ) -> Result<Vec<Mount>> {
+        self.count(&path.key("mounts"), raw.len(), MAX_ENTRIES)?;
+        let mut mounts: Vec<Mount> = Vec::with_capacity(raw.len());
+        for (i, m) in raw.iter().enumerate() {
+            let mp = path.at("mounts", i);
+            let volume = match (&m.volume, &m.host) {
+                (Some(v), None) => self.name(&mp.key("volume"), v)?,
+                (None, Some(source)) => {
+                    self.abs_path(&mp.key("host"), source)?;
+                    let volume = self.name(&mp.key("host"), &format!("{name}-host-{i}"))?;
+                    if volumes.iter().any(|v| v.name == volume) {
+                        let m =
+                            format!("the volume of this host mount would be named {volume}, as a volume already is");
+                        return Err(self.invalid(&mp.key("host"), m));
+                    }
+                    let kind = VolumeKind::Host { source: source.clone(), read_only: false };
+                    volumes.push(Volume { name: volume.clone(), kind });
+                    volume
+                }
+                _ => return Err(self.invalid(&mp, "give either volume: NAME or host: /ABS")),
+            };
+            let (propagation, recursive_read_only) = self.mount_extras(&mp, m)?;
+            self.abs_path(&mp.key("path"), &m.path)?;
+            let normal = normalise(&m.path);
+            if normal == "/" {
+                return Err(self.invalid(&mp.key("path"), "a volume cannot replace the app's whole root"));
+            }
+            if let Some(o) = mounts.iter().find(|o| normalise(&o.path) == normal) {
+                let msg = format!("{} is already the mount point of volume {}", m.path, o.volume);
+                return Err(self.invalid(&mp.key("path"), msg));
+            }
+            mounts.push(Mount {
+                volume,
+                path: m.path.clone(),
+                read_only: m.read_only,
+                propagation,
+                recursive_read_only,
+            });
+        }
+        Ok(mounts)
     }
 
     /// A mount's `propagation` and `recursiveReadOnly`, which must agree
