@@ -13,8 +13,8 @@
 //! needs `readonly` and private propagation, as the CRI specifies.
 //! Propagation: `PROPAGATION_HOST_TO_CONTAINER` is `rslave`,
 //! `PROPAGATION_BIDIRECTIONAL` `rshared` (the host's new mounts reach the
-//! container; the container's own mounts stay in it: see stage1-ns's
-//! mounts.rs). SELinux relabelling has nothing to do on a host without
+//! container, and a privileged container's own mounts there reach the
+//! host: see stage1-ns's mounts.rs). SELinux relabelling has nothing to do on a host without
 //! SELinux; id-mapped and image mounts are refused.
 
 use serde::{Deserialize, Serialize};

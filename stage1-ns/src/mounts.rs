@@ -9,9 +9,10 @@
 //! shared: `rshared` keeps that, `rslave` makes it a slave (the host's new
 //! mounts come in, none go out), `private` cuts it. pod-init makes each
 //! app's own mount namespace a slave of the pod's (stage2-init's
-//! launch.rs), so what reaches the pod's copy reaches the app; a mount the
-//! app makes goes no further than its own namespace, so `rshared` works
-//! from the host into the app only.
+//! launch.rs), so what reaches the pod's copy reaches the app, and puts an
+//! `rshared` volume back on top as a peer (the unit's `SharedMounts=`), so
+//! the app's own mounts there reach the host too (it needs CAP_SYS_ADMIN
+//! to make any).
 
 use std::path::Path;
 

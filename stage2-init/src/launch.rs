@@ -141,7 +141,7 @@ pub fn become_app(
     seccomp: &[SeccompProgram],
 ) -> Result<Vec<(String, String)>, ChildError> {
     join_cgroups(cgroups)?;
-    enter_rootfs(rootfs)?;
+    enter_rootfs(rootfs, &unit.shared_mounts)?;
     // While still root: lowering it takes CAP_SYS_RESOURCE.
     if let Some(adj) = unit.oom_score_adjust {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
@@ -190,9 +190,22 @@ fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), ChildError> {
 /// VM stage1: EINVAL) chroot is the fallback, which is as good here because
 /// the namespace is private and the app gets no CAP_SYS_CHROOT-style way
 /// back unless it runs as root, which the pod root holds nothing against.
-fn enter_rootfs(rootfs: &CStr) -> Result<(), ChildError> {
+/// `shared`: the app's `rshared` volumes (paths inside its rootfs), put
+/// back on top as peers of the pod's, so the app's own mounts there reach
+/// the pod's namespace and the host.
+fn enter_rootfs(rootfs: &CStr, shared: &[String]) -> Result<(), ChildError> {
     let none = None::<&str>;
     unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare mount namespace"))?;
+    // Cloned while still peers, detached so the slaving below passes them by.
+    let c_path = |p: String| {
+        std::ffi::CString::new(p)
+            .map_err(|_| ChildError { code: EXIT_LAUNCH_FAILED, message: "a NUL in a path".into() })
+    };
+    let mut peers = Vec::with_capacity(shared.len());
+    for path in shared {
+        let inside = c_path(format!("{}{path}", rootfs.to_string_lossy().trim_end_matches('/')))?;
+        peers.push((c_path(path.clone())?, crate::sys::clone_tree(&inside).map_err(step("clone a shared volume"))?));
+    }
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none).map_err(step("make mounts slaves"))?;
     // pivot_root needs the new root to be a mount point; MS_REC keeps the
     // /proc, /dev and volumes stage1 mounted inside it.
@@ -204,7 +217,11 @@ fn enter_rootfs(rootfs: &CStr) -> Result<(), ChildError> {
         Err(Errno::EINVAL) => chroot(".").map_err(step("chroot"))?,
         Err(e) => return Err(step("pivot_root")(e)),
     }
-    chdir("/").map_err(step("chdir /"))
+    chdir("/").map_err(step("chdir /"))?;
+    for (path, tree) in &peers {
+        crate::sys::move_mount_to(std::os::fd::AsFd::as_fd(tree), path).map_err(step("attach a shared volume"))?;
+    }
+    Ok(())
 }
 
 fn read_small(path: &str) -> Result<String, ChildError> {

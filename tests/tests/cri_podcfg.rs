@@ -406,3 +406,53 @@ fn recursive_read_only_mounts_reach_the_mounts_below() {
     remove_sandbox(&live, &s, &sandbox);
     drop(unmount);
 }
+
+#[test]
+fn an_rshared_mount_carries_the_apps_own_mounts_to_the_host() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    // `pod app add --app-keys`: the app may mount (CAP_SYS_ADMIN, no
+    // seccomp filter), as a privileged CRI container may.
+    let live = Live::new(&[Example::Busybox]);
+    let uuid = live.start(&live.pod_file("box", "name: box\nnetwork: none\napps: []\n"));
+    let top = live.work.join("shared");
+    let made = top.join("made");
+    std::fs::create_dir_all(&made).unwrap();
+    host_mount(&["--bind", p(&top), p(&top)]);
+    let mut unmount = Unmount(vec![top.clone()]);
+    host_mount(&["--make-rshared", p(&top)]);
+    unmount.0.push(made.clone());
+    let keys = json!({
+        "capabilities": {"add": ["SYS_ADMIN"]},
+        "seccomp": "unconfined",
+        "mounts": [{"host": p(&top), "path": "/m", "propagation": "rshared"}]
+    });
+    let script =
+        "mount -t tmpfs -o size=1m none /m/made && echo from-the-app > /m/made/flag && echo mounted; exec sleep 1000";
+    let keys = keys.to_string();
+    let args = [
+        "app",
+        "add",
+        &uuid,
+        "--name",
+        "mounter",
+        "--image",
+        Example::Busybox.reference(),
+        "--app-keys",
+        &keys,
+        "--exec",
+        "/bin/sh",
+        "-c",
+        script,
+    ];
+    live.ok(&args);
+    assert_mentions(&logs_with(&live, &uuid, "mounter", "mounted"), &["mounted"]);
+    // The app's tmpfs is the host's too.
+    assert_eq!(std::fs::read_to_string(made.join("flag")).unwrap(), "from-the-app\n");
+    live.ok(&["stop", &uuid]);
+    drop(unmount);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(p(&top)), "{mountinfo}");
+}

@@ -162,6 +162,11 @@ pub struct Unit {
     /// `[X-Pod] SeccompFilter=`: BPF files (paths inside the pod root)
     /// installed in order just before execve.
     pub seccomp_filters: Vec<String>,
+    /// `[X-Pod] SharedMounts=`: volume mount points (paths inside the
+    /// app's rootfs) that stay peers of the pod's mount there (`propagation:
+    /// rshared`), so the app's own mounts below them reach the host; every
+    /// other mount of the app's namespace is a slave of the pod's.
+    pub shared_mounts: Vec<String>,
 }
 
 /// When a finished app is started again.
@@ -292,6 +297,7 @@ impl Unit {
             cgroups: Vec::new(),
             capabilities: DEFAULT_CAPS,
             seccomp_filters: Vec::new(),
+            shared_mounts: Vec::new(),
         }
     }
 
@@ -358,10 +364,15 @@ impl Unit {
                     "KillSignal",
                     "OOMScoreAdjust",
                 ][..],
-                Section::Pod => {
-                    &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup", "Capabilities", "SeccompFilter"]
-                        [..]
-                }
+                Section::Pod => &[
+                    "ReadinessTCP",
+                    "ReadinessExec",
+                    "ReadinessTimeoutSec",
+                    "Cgroup",
+                    "Capabilities",
+                    "SeccompFilter",
+                    "SharedMounts",
+                ][..],
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
                 let name = match section {
@@ -459,6 +470,14 @@ impl Unit {
                             return Err(fail(UnitErrorKind::Invalid { value: word, why: "expected an absolute path" }));
                         }
                         unit.seccomp_filters.push(word);
+                    }
+                }
+                "SharedMounts" => {
+                    for word in words()? {
+                        if !word.starts_with('/') || word.split('/').any(|c| c == "..") {
+                            return Err(fail(UnitErrorKind::Invalid { value: word, why: "expected an absolute path" }));
+                        }
+                        unit.shared_mounts.push(word);
                     }
                 }
                 "Restart" => {
@@ -564,6 +583,9 @@ impl Unit {
         line(&mut out, "Capabilities", &self.capabilities.to_string());
         if !self.seccomp_filters.is_empty() {
             line(&mut out, "SeccompFilter", &join_words(&self.seccomp_filters));
+        }
+        if !self.shared_mounts.is_empty() {
+            line(&mut out, "SharedMounts", &join_words(&self.shared_mounts));
         }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {

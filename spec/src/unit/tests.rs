@@ -127,6 +127,9 @@ fn defaults_and_round_trip() {
     );
     assert_eq!(Unit::parse(&u.render(), "r").expect("round trip"), u);
 
+    let shared = Unit::parse("[Service]\nExecStart=x\n[X-Pod]\nSharedMounts=/m \"/a b\"\n", "s.unit").expect("parse");
+    assert_eq!(shared.shared_mounts, ["/m", "/a b"]);
+    assert_eq!(Unit::parse(&shared.render(), "r").expect("round trip"), shared);
     let adj = Unit::parse("[Service]\nExecStart=sleep 1\nOOMScoreAdjust=-997\n", "o.unit").expect("parse");
     assert_eq!(adj.oom_score_adjust, Some(-997));
     assert_eq!(Unit::parse(&adj.render(), "r").expect("round trip"), adj);
