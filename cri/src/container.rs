@@ -24,6 +24,7 @@ use stage0::paths::Dirs;
 use stage0::pods::PodState;
 use stage0::prepare::read_resolved;
 use stage0::store::Store;
+use stage0::volumes::HostVolumePolicy;
 
 use crate::error::CriError;
 use crate::proto;
@@ -65,6 +66,13 @@ pub struct ContainerRecord {
     pub created_at: i64,
     #[serde(default)]
     pub started_at: i64,
+    /// More keys of the app, as a pod file writes them (podcfg.rs),
+    /// checked at create and given to the app at start.
+    #[serde(default)]
+    pub app_keys: serde_json::Map<String, serde_json::Value>,
+    /// The mounts as asked, for ContainerStatus.
+    #[serde(default)]
+    pub mounts: Vec<crate::mounts::MountRecord>,
 }
 
 /// A container: its sandbox, its record, and how the app is.
@@ -123,6 +131,11 @@ impl Container {
                 e
             }
             Some(st) => match st.state.as_str() {
+                "exited" | "stopped" | "failed"
+                    if crate::podcfg::oom_killed(&self.sandbox.pod.dir, &self.record.app) =>
+                {
+                    exited(&st, "OOMKilled")
+                }
                 "exited" | "stopped" => exited(&st, if st.exit_code == Some(0) { "Completed" } else { "Error" }),
                 "failed" => exited(&st, "Error"),
                 _ => AppState { state: proto::ContainerState::ContainerRunning as i32, ..AppState::default() },
@@ -171,6 +184,7 @@ impl Container {
             annotations: hash(&self.record.annotations),
             log_path: self.record.log_path.clone(),
             image_id: self.record.image_ref.clone(),
+            mounts: self.record.mounts.iter().map(crate::mounts::MountRecord::to_proto).collect(),
             ..Default::default()
         }
     }
@@ -260,6 +274,8 @@ pub fn create_container(
             sandbox.pod.uuid, meta.name, meta.attempt
         )));
     }
+    let app_keys = crate::podcfg::container_keys(&config)?;
+    let mounts = config.mounts.iter().map(crate::mounts::MountRecord::of).collect();
     let log_directory = sandbox_config.map(|c| c.log_directory).unwrap_or(sandbox.record.log_directory.clone());
     let log_path = match (log_directory.is_empty(), config.log_path.is_empty()) {
         (_, true) => String::new(),
@@ -282,7 +298,11 @@ pub fn create_container(
         log_path,
         created_at: now_nanos(),
         started_at: 0,
+        app_keys,
+        mounts,
     };
+    // Refused now rather than at start: the app's keys and host paths.
+    new_app(&record)?.check(&HostVolumePolicy::for_cri(dirs)).map_err(CriError::InvalidArgument)?;
     let dir = sandbox.containers_dir();
     fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     // Written aside, then linked into place: the record appears whole, and
@@ -313,12 +333,25 @@ pub fn start_container(dirs: &Dirs, id: &str) -> Result<(), CriError> {
     if c.added() {
         return Err(CriError::FailedPrecondition(format!("container {id} was started already")));
     }
-    let r = &c.record;
+    let new = new_app(&c.record)?;
+    let (store, trust, sources) = fetcher_parts(dirs)?;
+    let opts = FetchOptions { pull: PullPolicy::Never, ..FetchOptions::default() };
+    let mut fetcher = Fetcher::new(&store, &trust, &sources, opts)?;
+    let policy = HostVolumePolicy::for_cri(dirs);
+    addapp::add_with_host_volumes(&c.sandbox.pod, &mut fetcher, &new, Some(&policy))?;
+    c.record.started_at = now_nanos();
+    write_json(&c.record_path(), &c.record)?;
+    tracing::info!(container = %id, "container started");
+    Ok(())
+}
+
+/// The app a container record adds.
+fn new_app(r: &ContainerRecord) -> Result<NewApp, CriError> {
     // CRI: command replaces the image's entrypoint, args its arguments.
     // pod's apps have one exec: command + args, else args alone, else the
     // image's.
     let exec: Vec<String> = r.command.iter().chain(&r.args).cloned().collect();
-    let new = NewApp {
+    Ok(NewApp {
         name: AcName::new(r.app.clone()).map_err(|e| CriError::InvalidArgument(e.to_string()))?,
         image: r.app_image.clone(),
         exec: (!exec.is_empty()).then_some(exec),
@@ -327,16 +360,8 @@ pub fn start_container(dirs: &Dirs, id: &str) -> Result<(), CriError> {
         group: None,
         working_directory: (!r.working_dir.is_empty()).then(|| r.working_dir.clone()),
         mounts: Vec::new(),
-        extra: serde_json::Map::new(),
-    };
-    let (store, trust, sources) = fetcher_parts(dirs)?;
-    let opts = FetchOptions { pull: PullPolicy::Never, ..FetchOptions::default() };
-    let mut fetcher = Fetcher::new(&store, &trust, &sources, opts)?;
-    addapp::add(&c.sandbox.pod, &mut fetcher, &new)?;
-    c.record.started_at = now_nanos();
-    write_json(&c.record_path(), &c.record)?;
-    tracing::info!(container = %id, "container started");
-    Ok(())
+        extra: r.app_keys.clone(),
+    })
 }
 
 /// StopContainer: stops the app (its stop timeout, then SIGKILL). A

@@ -13,6 +13,8 @@ pub mod fsinfo;
 pub mod images;
 pub mod live;
 pub mod metrics;
+pub mod mounts;
+pub mod podcfg;
 pub mod reference;
 pub mod runtime;
 pub mod sandbox;

@@ -142,7 +142,7 @@ impl RuntimeService for Runtime {
         Ok(Response::new(proto::StatusResponse {
             status: Some(proto::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: crate::vm::runtime_handlers(),
+            runtime_handlers: crate::podcfg::with_features(crate::vm::runtime_handlers()),
             ..Default::default()
         }))
     }

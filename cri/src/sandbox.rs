@@ -61,6 +61,9 @@ pub struct SandboxRecord {
     pub runtime_handler: String,
     #[serde(default)]
     pub log_directory: String,
+    /// `linux.cgroup_parent` as given: kept, not honoured (see podcfg.rs).
+    #[serde(default)]
+    pub cgroup_parent: String,
     /// Nanoseconds since the epoch.
     pub created_at: i64,
 }
@@ -287,6 +290,8 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         return Ok(s.pod.uuid);
     }
     let dirs = &host.dirs;
+    let network = cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name });
+    let settings = crate::podcfg::sandbox_keys(&config, &network)?;
     let record = SandboxRecord {
         name: meta.name.clone(),
         uid: meta.uid.clone(),
@@ -296,6 +301,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         annotations: btree(config.annotations),
         runtime_handler: handler.to_owned(),
         log_directory: config.log_directory,
+        cgroup_parent: config.linux.map(|l| l.cgroup_parent).unwrap_or_default(),
         created_at: now_nanos(),
     };
     let tmp = dirs.tmp();
@@ -305,8 +311,11 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         .suffix(".json")
         .tempfile_in(&tmp)
         .map_err(io("create a file in", &tmp))?;
-    let network = cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name });
-    let pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox"), "network": "none", "apps": []});
+    let mut pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox"), "apps": []});
+    pod_file["network"] = serde_json::json!(crate::podcfg::network_key(&network));
+    for (k, v) in settings {
+        pod_file[k.as_str()] = v;
+    }
     fs::write(file.path(), pod_file.to_string()).map_err(io("write", file.path()))?;
 
     let (store, trust, sources) = fetcher_parts(dirs)?;
@@ -337,7 +346,12 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
     pods.transition(&mut pod, PodState::Running).map_err(lifecycle::LifecycleError::from)?;
     let uuid = pod.uuid.clone();
     let dir = pod.dir.clone();
-    run::start_detached(&stage1, &dir, &uuid, pod.into_fd())?;
+    if let Err(e) = run::start_detached(&stage1, &dir, &uuid, pod.into_fd()) {
+        // A sandbox that did not start (a sysctl the kernel refused, say)
+        // is not kept for kubelet to find NotReady.
+        crate::podcfg::discard_failed(&pods, &uuid);
+        return Err(e.into());
+    }
     let running = PodRef { dir, uuid: uuid.clone(), state: PodState::Running };
     crate::vm::wait_ready(&running, handler)?;
     tracing::info!(sandbox = %uuid, name = %meta.name, namespace = %meta.namespace, ?network, "sandbox running");

@@ -80,6 +80,12 @@ pub struct Resources {
     pub memory_bytes: Option<u64>,
     pub cpu_millis: Option<u64>,
     pub pids: Option<u64>,
+    /// CPU weight, in cgroup v1 `cpu.shares` units (1024 = one CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_shares: Option<u64>,
+    /// The app process's `oom_score_adj`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +105,60 @@ pub struct Mount {
     pub volume: AcName,
     pub path: String,
     pub read_only: bool,
+    /// Mounts below it travel from the host in (`rslave`) or both ways
+    /// (`rshared`); absent: private.
+    #[serde(default, skip_serializing_if = "Propagation::is_private")]
+    pub propagation: Propagation,
+    /// Read-only all the way down (`mount_setattr` with `AT_RECURSIVE`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recursive_read_only: bool,
+}
+
+/// A mount's propagation (see `spec::pod::Propagation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Propagation {
+    #[default]
+    Private,
+    Rslave,
+    Rshared,
+}
+
+impl Propagation {
+    pub fn is_private(&self) -> bool {
+        *self == Self::Private
+    }
+}
+
+impl From<crate::pod::Propagation> for Propagation {
+    fn from(p: crate::pod::Propagation) -> Self {
+        match p {
+            crate::pod::Propagation::Private => Self::Private,
+            crate::pod::Propagation::Slave => Self::Rslave,
+            crate::pod::Propagation::Shared => Self::Rshared,
+        }
+    }
+}
+
+/// The pod's resolv.conf (see `spec::pod::Dns`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Dns {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+impl Dns {
+    /// The resolv.conf text: `search`, `nameserver` lines, `options`.
+    pub fn resolv_conf(&self) -> String {
+        let pod = crate::pod::Dns {
+            servers: self.servers.iter().filter_map(|s| s.parse().ok()).collect(),
+            searches: self.searches.clone(),
+            options: self.options.clone(),
+        };
+        pod.resolv_conf()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +243,27 @@ pub struct ResolvedPod {
     /// has ended, until the pod is stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
+    /// The pod's hostname, when not its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The pod's resolv.conf instead of the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
+    /// Namespaced sysctls (dotted keys) set in the pod's namespaces at its
+    /// start; stage0 checked each is namespaced.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sysctls: std::collections::BTreeMap<String, String>,
+    /// Ports published to the pod's own ports by number, whichever app
+    /// listens there (`name` is the container port's number).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+}
+
+impl ResolvedPod {
+    /// The pod's hostname: its `hostname`, else its name.
+    pub fn hostname(&self) -> &str {
+        self.hostname.as_deref().unwrap_or(self.name.as_str())
+    }
 }
 
 /// `stage1.json`: how to run it on this host.

@@ -52,6 +52,8 @@ pub enum AddAppError {
     NoApp { uuid: String, app: String },
     #[error("pod {uuid}: app {app}: the pod has no volume {volume}")]
     NoVolume { uuid: String, app: String, volume: String },
+    #[error("pod {uuid}: app {app}: {why}")]
+    HostVolume { uuid: String, app: String, why: String },
     #[error("pod {0}: another `pod app add` or `pod app rm` is changing its apps")]
     Busy(String),
     #[error(transparent)]
@@ -67,6 +69,7 @@ impl ExitCodeOf for AddAppError {
         match self {
             Self::NotRunning { .. } | Self::Userns(_) | Self::Duplicate { .. } | Self::Busy(_) => Exit::Conflict,
             Self::NoApp { .. } | Self::NoVolume { .. } => Exit::NotFound,
+            Self::HostVolume { .. } => Exit::InvalidInput,
             Self::Prepare(e) => e.exit(),
             Self::Control(e) => e.exit(),
             Self::Io { .. } | Self::Stage1 { .. } => Exit::Failure,
@@ -122,6 +125,18 @@ impl NewApp {
             app[key.as_str()] = value.clone();
         }
         serde_json::json!({"name": "added", "apps": [app], "volumes": volumes}).to_string()
+    }
+}
+
+impl NewApp {
+    /// Checks the app as [`add_with_host_volumes`] will, before any pod is
+    /// touched: its one-app pod file, and its host directories under
+    /// `policy` (each must exist; symlinks are followed). For callers that
+    /// must refuse a bad app early (the CRI's CreateContainer).
+    pub fn check(&self, policy: &crate::volumes::HostVolumePolicy) -> Result<(), String> {
+        let file = format!("app {}", self.name);
+        let pod_file = PodFile::parse(self.pod_file().as_bytes(), &file).map_err(|e| e.to_string())?;
+        policy.check(&pod_file, &file).map(drop).map_err(|e| e.to_string())
     }
 }
 
@@ -190,8 +205,21 @@ fn stage1(pod: &PodRef, isolation: Isolation, verb: &'static str, app: &AcName) 
 
 /// Adds `new` to the running pod and starts it; returns it as its PID 1
 /// sees it once it left `waiting`/`starting`. The image is fetched and
-/// verified before the pod is touched.
+/// verified before the pod is touched. Host directories (`mounts: [{ host:
+/// ... }]` in `new.extra`) are refused: see [`add_with_host_volumes`].
 pub fn add(pod: &PodRef, fetcher: &mut Fetcher<'_>, new: &NewApp) -> Result<AppInfo, AddAppError> {
+    add_with_host_volumes(pod, fetcher, new, None)
+}
+
+/// [`add`], with the app's host directories (`mounts: [{ host: /abs, ...
+/// }]`, each an anonymous host volume of the pod named `<app>-host-<i>`)
+/// checked by `policy` and mounted; with no policy they are refused.
+pub fn add_with_host_volumes(
+    pod: &PodRef,
+    fetcher: &mut Fetcher<'_>,
+    new: &NewApp,
+    policy: Option<&crate::volumes::HostVolumePolicy>,
+) -> Result<AppInfo, AddAppError> {
     let Changing { resolved, _lock } = begin(pod)?;
     if resolved.isolation == Isolation::Vm {
         // A guest still booting would read the new unit as one of its own
@@ -204,6 +232,7 @@ pub fn add(pod: &PodRef, fetcher: &mut Fetcher<'_>, new: &NewApp) -> Result<AppI
     }
     let file = format!("pod {uuid}");
     let pod_file = PodFile::parse(new.pod_file().as_bytes(), &file).map_err(PrepareError::from)?;
+    let host_volumes = host_volumes(pod, new, &pod_file, &resolved, policy)?;
     let spec = pod_file.apps.first().ok_or_else(|| PrepareError::App {
         file: file.clone(),
         app: new.name.to_string(),
@@ -228,6 +257,10 @@ pub fn add(pod: &PodRef, fetcher: &mut Fetcher<'_>, new: &NewApp) -> Result<AppI
     let mut updated = resolved.clone();
     let mut new_volumes = Vec::new();
     for m in &app.mounts {
+        if let Some(v) = host_volumes.iter().find(|v| v.name == m.volume) {
+            updated.volumes.push(v.clone());
+            continue;
+        }
         if updated.volumes.iter().any(|v| v.name == m.volume) {
             continue;
         }
@@ -281,6 +314,39 @@ pub fn add(pod: &PodRef, fetcher: &mut Fetcher<'_>, new: &NewApp) -> Result<AppI
     control::wait_started(pod, &new.name, limit).map_err(AddAppError::from)
 }
 
+/// The one-app pod file's host volumes, checked by `policy` and resolved,
+/// as the pod's volumes they become. None may share a name with a volume
+/// the pod has (it would silently be that one instead).
+fn host_volumes(
+    pod: &PodRef,
+    new: &NewApp,
+    pod_file: &PodFile,
+    resolved: &ResolvedPod,
+    policy: Option<&crate::volumes::HostVolumePolicy>,
+) -> Result<Vec<stage1::Volume>, AddAppError> {
+    let fail = |why: String| AddAppError::HostVolume { uuid: pod.uuid.clone(), app: new.name.to_string(), why };
+    let declared = pod_file.volumes.iter().any(|v| matches!(v.kind, spec::pod::VolumeKind::Host { .. }));
+    if !declared {
+        return Ok(Vec::new());
+    }
+    let Some(policy) = policy else {
+        return Err(fail("host directories cannot be mounted into an app added this way".into()));
+    };
+    let sources = policy.check(pod_file, &format!("pod {}", pod.uuid)).map_err(|e| fail(e.to_string()))?;
+    let mut out = Vec::new();
+    for (v, source) in pod_file.volumes.iter().zip(sources) {
+        let (spec::pod::VolumeKind::Host { read_only, .. }, Some(path)) = (&v.kind, source) else { continue };
+        if resolved.volumes.iter().any(|o| o.name == v.name) {
+            return Err(fail(format!("the pod already has a volume named {}", v.name)));
+        }
+        out.push(stage1::Volume {
+            name: v.name.clone(),
+            source: stage1::VolumeSource::Host { path, read_only: *read_only },
+        });
+    }
+    Ok(out)
+}
+
 /// Removes app `name` from the running pod: stops it (its stop timeout,
 /// then SIGKILL), drops it from PID 1's plan, unmounts and removes its
 /// files, cgroups and log, and drops it from `pod.json`.
@@ -301,6 +367,12 @@ pub fn remove(pod: &PodRef, name: &AcName) -> Result<(), AddAppError> {
     stage1(pod, resolved.isolation, "rm-app", name)?;
     let mut updated = resolved;
     updated.apps.retain(|a| &a.name != name);
+    // Its anonymous host volumes (`<app>-host-<i>`) go with it.
+    let anonymous = format!("{name}-host-");
+    updated.volumes.retain(|v| {
+        !(v.name.as_str().starts_with(&anonymous) && matches!(v.source, stage1::VolumeSource::Host { .. }))
+            || updated.apps.iter().any(|a| a.mounts.iter().any(|m| m.volume == v.name))
+    });
     write_manifest(pod, &updated)
 }
 

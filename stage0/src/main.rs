@@ -207,11 +207,21 @@ pub(crate) struct AddArgs {
     /// Mounts one of the pod's volumes: VOLUME:PATH[:ro] (repeatable).
     #[arg(long, value_parser = parse_mount)]
     pub(crate) mount: Vec<(String, String, bool)>,
+    /// More keys of the app, as a pod file writes them, as one JSON object
+    /// (e.g. '{"resources": {"memory": "64Mi"}, "mounts": [{"host":
+    /// "/srv/x", "path": "/x", "propagation": "rslave"}]}'); checked as a
+    /// pod file's, host directories by the host volume rules.
+    #[arg(long, value_parser = parse_app_keys)]
+    pub(crate) app_keys: Option<serde_json::Map<String, serde_json::Value>>,
     #[command(flatten)]
     pub(crate) fetch: FetchFlags,
     /// Replaces the image's exec: every argument after it (give it last).
     #[arg(long, num_args = 1.., allow_hyphen_values = true)]
     pub(crate) exec: Option<Vec<String>>,
+}
+
+fn parse_app_keys(s: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a JSON object of app keys: {e}"))
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {

@@ -371,9 +371,10 @@ pub(crate) fn app(dirs: &Dirs, cmd: AppCmd) -> Result<(), Failed> {
                 group: args.group,
                 working_directory: args.working_directory,
                 mounts: args.mount,
-                extra: serde_json::Map::new(),
+                extra: args.app_keys.unwrap_or_default(),
             };
-            let info = stage0::addapp::add(&pod, &mut fetcher, &new)?;
+            let policy = stage0::volumes::HostVolumePolicy::load(dirs)?;
+            let info = stage0::addapp::add_with_host_volumes(&pod, &mut fetcher, &new, Some(&policy))?;
             let pid = info.pid.map(|p| format!(", pid {p}")).unwrap_or_default();
             eprintln!("pod {}: app {} added, {}{pid}", pod.uuid, args.name, info.state);
         }

@@ -255,6 +255,8 @@ pub(crate) fn resolve_app(
             memory_bytes: app.resources.memory_bytes,
             cpu_millis: app.resources.cpu_millis,
             pids: app.resources.pids,
+            cpu_shares: app.resources.cpu_shares,
+            oom_score_adj: app.resources.oom_score_adj,
         },
         ports,
         mounts: mounts_of(file, app, meta, image_app)?,
@@ -276,7 +278,13 @@ fn mounts_of(
     let mut mounts: Vec<stage1::Mount> = app
         .mounts
         .iter()
-        .map(|m| stage1::Mount { volume: m.volume.clone(), path: m.path.clone(), read_only: m.read_only })
+        .map(|m| stage1::Mount {
+            volume: m.volume.clone(),
+            path: m.path.clone(),
+            read_only: m.read_only,
+            propagation: m.propagation.into(),
+            recursive_read_only: m.recursive_read_only,
+        })
         .collect();
     if meta.oci.is_none() {
         return Ok(mounts);
@@ -292,9 +300,37 @@ fn mounts_of(
             app: app.name.to_string(),
             why: format!("volume {name:?} for the image's mount point {}: {e}", mp.path),
         })?;
-        mounts.push(stage1::Mount { volume, path: mp.path.clone(), read_only: mp.read_only });
+        mounts.push(stage1::Mount {
+            volume,
+            path: mp.path.clone(),
+            read_only: mp.read_only,
+            propagation: stage1::Propagation::Private,
+            recursive_read_only: false,
+        });
     }
     Ok(mounts)
+}
+
+/// The pod file's pod-level `ports`, each named by its container port.
+fn pod_ports(file: &str, pod_file: &PodFile) -> Result<Vec<stage1::Port>, PrepareError> {
+    pod_file
+        .ports
+        .iter()
+        .map(|p| {
+            let name = spec::AcName::new(p.container_port.to_string()).map_err(|e| PrepareError::App {
+                file: file.to_owned(),
+                app: String::new(),
+                why: format!("port {}: {e}", p.container_port),
+            })?;
+            Ok(stage1::Port {
+                name,
+                protocol: p.protocol.to_string(),
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: p.host_ip.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// A prepared pod, still locked by us.
@@ -456,6 +492,14 @@ fn write_pod(
         volumes,
         created_at: store::now_rfc3339(),
         sandbox: overrides.sandbox || pod_file.apps.is_empty(),
+        hostname: pod_file.hostname.clone(),
+        dns: pod_file.dns.as_ref().map(|d| stage1::Dns {
+            servers: d.servers.iter().map(ToString::to_string).collect(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        sysctls: pod_file.sysctls.clone(),
+        ports: pod_ports(file, pod_file)?,
     };
     write_json(&dir.join(stage1::POD_MANIFEST_FILE), &resolved)?;
     crashpoint("prepare.manifest");

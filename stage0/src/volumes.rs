@@ -79,6 +79,12 @@ impl ExitCodeOf for VolumeError {
 pub struct HostVolumePolicy {
     /// Directories a volume may neither be, nor lie under, nor contain.
     state: Vec<PathBuf>,
+    /// Whether the built-in sensitive paths (`/proc`, `/etc`, ...) are
+    /// refused: for pod files, not for the CRI (see [`Self::for_cri`]).
+    system_paths: bool,
+    /// Whether a regular file may be a source (the CRI's file mounts, such
+    /// as kubelet's termination-log); pod files mount directories.
+    files: bool,
     /// `Some` when the allowlist file exists: its entries, resolved.
     allowed: Option<Vec<PathBuf>>,
     allowlist: PathBuf,
@@ -103,7 +109,19 @@ impl HostVolumePolicy {
     /// `state`: the data and configuration directories.
     pub fn new(state: &[&Path], allowed: Option<Vec<PathBuf>>, allowlist: PathBuf) -> Self {
         let state = state.iter().map(|d| resolve_lexically(d)).collect();
-        Self { state, allowed, allowlist }
+        Self { state, system_paths: true, files: false, allowed, allowlist }
+    }
+
+    /// The CRI server's rules: only pod's own state (store, pods, trusted
+    /// keys) is refused. Which host paths a Kubernetes pod may mount is the
+    /// kubelet's decision (hostPath volumes, PodSecurity admission), and it
+    /// mounts system paths itself (`/sys`, `/dev`, its own files under
+    /// `/var/lib/kubelet`) as containerd and CRI-O let it; the allowlist
+    /// and the built-in list are for pod files, whose author may have less
+    /// privilege than the operator.
+    pub fn for_cri(dirs: &Dirs) -> Self {
+        let state = [&dirs.data, &dirs.config].iter().map(|d| resolve_lexically(d)).collect();
+        Self { state, system_paths: false, files: true, allowed: None, allowlist: dirs.config.join(ALLOWLIST_FILE) }
     }
 
     /// Checks every host volume of `pod`; returns, per volume in file order,
@@ -127,8 +145,9 @@ impl HostVolumePolicy {
                 resolved: resolved.clone(),
                 why,
             };
-            if !resolved.is_dir() {
-                return Err(refuse("is not a directory".to_owned()));
+            if !(resolved.is_dir() || self.files && resolved.is_file()) {
+                let what = if self.files { "a directory or a regular file" } else { "a directory" };
+                return Err(refuse(format!("is not {what}")));
             }
             if let Some(why) = self.refusal(&resolved) {
                 return Err(refuse(why));
@@ -140,10 +159,10 @@ impl HostVolumePolicy {
 
     /// Why `path` (resolved) may not be mounted, if it may not.
     fn refusal(&self, path: &Path) -> Option<String> {
-        if let Some(d) = DENIED_TREES.iter().map(Path::new).find(|d| path.starts_with(d)) {
+        if let Some(d) = DENIED_TREES.iter().map(Path::new).find(|d| self.system_paths && path.starts_with(d)) {
             return Some(format!("is {} or under it: host paths there are never mounted into pods", d.display()));
         }
-        if DENIED_EXACT.iter().any(|d| path == Path::new(d)) {
+        if self.system_paths && DENIED_EXACT.iter().any(|d| path == Path::new(d)) {
             return Some("is a system directory that is never mounted into pods (a subdirectory may be)".to_owned());
         }
         for d in &self.state {

@@ -161,6 +161,9 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     }
     mask.thread_block().map_err(sys_err("block signals"))?;
     let userns = match inv.userns {
+        Some(_) if !pod.sysctls.is_empty() => {
+            return Err(Stage1Error::Invalid("sysctls cannot yet be set in a userns: auto pod (not yet)".into()));
+        }
         Some(_) if pod.network == spec::stage1::Network::Host => {
             return Err(Stage1Error::Invalid("userns: auto cannot share the host's network namespace".into()));
         }
@@ -266,6 +269,7 @@ fn prepare_host(
         .apps
         .iter()
         .flat_map(|a| a.ports.iter())
+        .chain(&pod.ports)
         .map(PortMapping::from_spec)
         .collect::<Result<Vec<_>, _>>()
         .map_err(network::NetworkError::from)?;
@@ -285,11 +289,8 @@ fn prepare_host(
         (ips, netns)
     };
 
-    let resolv = match &pod.network {
-        spec::stage1::Network::None => String::new(),
-        _ => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-    };
-    rootfs::write_etc(pod_dir, pod.name.as_str(), &ips, &resolv).map_err(|e| Stage1Error::Launch(e.to_string()))?;
+    let resolv = crate::podcfg::resolv_conf(pod, Path::new("/etc/resolv.conf"));
+    rootfs::write_etc(pod_dir, pod.hostname(), &ips, &resolv).map_err(|e| Stage1Error::Launch(e.to_string()))?;
     units::write_units(pod_dir, pod, &app_cgroups).map_err(|(p, e)| io_err("write", &p)(e))?;
     for sub in ["status", "logs"] {
         let d = pod_dir.join(sub);
@@ -449,6 +450,9 @@ fn pod_init(
         if private_net(pod, userns) {
             network::bring_lo_up().map_err(|e| format!("lo up: {e}"))?;
         }
+        // In the pod's net, ipc and uts namespaces now (not yet with a user
+        // namespace, refused at the start): the values are the pod's.
+        crate::podcfg::write_sysctls(pod, Path::new("/proc/sys")).map_err(|e| e.to_string())?;
         rootfs::make_private().map_err(|e| e.to_string())?;
         let ids = userns.map(|ns| rootfs::PodIds { userns: ns.user_fd(), uid: ns.map.uid, gid: ns.map.gid });
         rootfs::setup_apps(pod_dir, pod, rootfs::KernelFs::Mount, ids).map_err(|e| e.to_string())?;
@@ -458,7 +462,7 @@ fn pod_init(
         if let Some(ns) = userns {
             crate::userns::join(ns.user_fd()).map_err(|e| e.to_string())?;
         }
-        nix::unistd::sethostname(pod.name.as_str()).map_err(|e| format!("sethostname: {e}"))?;
+        nix::unistd::sethostname(pod.hostname()).map_err(|e| format!("sethostname: {e}"))?;
         let mut byte = [0u8; 1];
         if !matches!(File::from(joined).read(&mut byte), Ok(1)) {
             return Err("the launcher did not place the pod in its cgroups".into());
@@ -491,12 +495,15 @@ fn supervise(
     cgroup: Option<&PodCgroup>,
 ) -> Result<i32, Stage1Error> {
     let mut ooms: BTreeMap<String, u64> = BTreeMap::new();
+    // Apps added while the pod runs (`pod app add`, CRI containers) have
+    // cgroups the one made at the start does not list: looked up again
+    // whenever pod.json changes.
+    let mut watched = crate::oom::Watched::new(pod_dir, cgroup.cloned(), pod);
     // The kernel counts OOM kills per cgroup; pod-init only sees SIGKILL.
     // Record them beside the app's status so `pod status` can say why.
     let mut note_ooms = || {
-        let Some(cg) = cgroup else { return };
-        for app in &pod.apps {
-            let name = app.name.to_string();
+        let Some((cg, apps)) = watched.current() else { return };
+        for name in apps {
             let n = cg.oom_kills(&name).unwrap_or(0);
             if n > 0 && ooms.get(&name) != Some(&n) {
                 let p = pod_dir.join("status").join(format!("{name}.oom"));

@@ -312,7 +312,7 @@ pub fn setup_app(
                 .host_volumes
                 .get(vol.name.as_str())
                 .ok_or_else(|| RootfsError::KernelFs(format!("volume {}: its host source was not opened", vol.name)))?;
-            mkdir_p(&target)?;
+            mount_point(&target, is_file(tree))?;
             let what = format!("volume {}", vol.name);
             crate::sys::move_mount_to(tree, &target).map_err(|errno| RootfsError::Mount {
                 what: what.clone(),
@@ -320,6 +320,7 @@ pub fn setup_app(
                 errno,
             })?;
             remount_bind(&target, m.read_only || *read_only, &what)?;
+            crate::mounts::apply(&target, m, true)?;
             continue;
         }
         // A host source is mounted through an fd pinned to the directory
@@ -334,7 +335,7 @@ pub fn setup_app(
         if matches!(vol.source, VolumeSource::Empty) {
             adopt_owner(&src, &target, root)?;
         }
-        mkdir_p(&target)?;
+        mount_point(&target, _pinned.as_ref().is_some_and(is_file))?;
         let read_only = m.read_only || vol_ro;
         match (&vol.source, ids) {
             // Host root's files are the pod's root's, and the other
@@ -347,11 +348,27 @@ pub fn setup_app(
             }
             _ => bind(&src, &target, read_only, &format!("volume {}", vol.name))?,
         }
+        crate::mounts::apply(&target, m, false)?;
     }
     if app.read_only_root_fs {
         read_only_root(&rootfs)?;
     }
     Ok(())
+}
+
+/// Whether a host source (a pinned fd, or a detached tree of one) is a
+/// regular file: a CRI file mount, bound on a file.
+fn is_file(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd.as_raw_fd()).is_ok_and(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG)
+}
+
+/// The mount point of a volume: a directory, or a file for a file.
+fn mount_point(target: &Path, file: bool) -> Result<(), RootfsError> {
+    if file {
+        touch(target)
+    } else {
+        mkdir_p(target)
+    }
 }
 
 /// The overlay options of an app's rootfs (host paths), top layer first.
@@ -424,11 +441,16 @@ fn remount_bind(target: &Path, read_only: bool, what: &str) -> Result<(), Rootfs
 pub fn open_host_source(path: &Path, proc_fd: &Path) -> Result<OwnedFd, RootfsError> {
     let file = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(
-            (nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_DIRECTORY).bits(),
-        )
+        .custom_flags((nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_NOFOLLOW).bits())
         .open(path)
         .map_err(|e| RootfsError::HostSourceMoved { expected: path.to_owned(), found: e.to_string() })?;
+    // O_PATH with O_NOFOLLOW opens a symlink itself: only a directory or
+    // (a CRI file mount) a regular file is a source.
+    let kind = file.metadata().map_err(io_err("inspect", path))?.file_type();
+    if !(kind.is_dir() || kind.is_file()) {
+        let found = format!("{kind:?}, not a directory or a regular file");
+        return Err(RootfsError::HostSourceMoved { expected: path.to_owned(), found });
+    }
     let fd = OwnedFd::from(file);
     let link = proc_fd.join(fd.as_raw_fd().to_string());
     let now = fs::read_link(&link).map_err(io_err("read link", &link))?;

@@ -91,6 +91,47 @@ fn clone_with(path: &Path, recursive: bool, attr_set: u64, userns_fd: u64) -> ni
     Ok(tree)
 }
 
+/// Sets `attr_set` on the mount at `path` and every mount below it
+/// (mount_setattr with AT_RECURSIVE): a recursively read-only volume.
+pub fn setattr_recursive(path: &Path, attr_set: u64) -> nix::Result<()> {
+    let cpath = c_path(path)?;
+    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: `cpath` is a NUL-terminated string and `attr` a `struct
+    // mount_attr` of the size passed, both alive for the call; the kernel
+    // only reads them.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            cpath.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })
+    .map(drop)
+}
+
+/// Whether the kernel has mount_setattr: asked on fd -1, which it
+/// refuses with EBADF when it has the call, ENOSYS when not.
+pub fn mount_setattr_exists() -> bool {
+    let attr = MountAttr { attr_set: 0, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let empty = c"";
+    // SAFETY: `empty` and `attr` are alive for the call and only read; fd
+    // -1 makes the kernel fail before touching any mount.
+    let r = Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    });
+    r != Err(Errno::ENOSYS)
+}
+
 // fsopen/fsconfig/fsmount (Linux 5.2), from <linux/mount.h>.
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
 const FSCONFIG_SET_FLAG: libc::c_uint = 0;

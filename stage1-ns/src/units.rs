@@ -34,6 +34,13 @@ pub fn unit_for(app: &App, cgroups: Vec<String>) -> Unit {
         Restart::Always => unit::Restart::Always,
     };
     u.timeout_stop = Duration::from_millis(app.stop_timeout_ms);
+    u.oom_score_adjust = app.resources.oom_score_adj;
+    u.shared_mounts = app
+        .mounts
+        .iter()
+        .filter(|m| m.propagation == spec::stage1::Propagation::Rshared)
+        .map(|m| m.path.clone())
+        .collect();
     u.readiness = app.readiness.as_ref().map(|r| unit::Readiness {
         check: match &r.probe {
             Probe::Tcp(port) => ReadinessCheck::Tcp(([127, 0, 0, 1], *port).into()),

@@ -212,11 +212,12 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
     let fs_err = |e: rootfs::RootfsError| VmError::Launch(e.to_string());
     rootfs::make_private().map_err(fs_err)?;
     let ips = if net.is_some() { vec![qemu::GUEST_IP.to_string()] } else { Vec::new() };
-    let resolv = match net {
-        Some(n) if !n.restrict => format!("nameserver {}\n", qemu::GUEST_DNS),
+    let resolv = match (net, &pod.dns) {
+        (Some(_), Some(dns)) => dns.resolv_conf(),
+        (Some(n), None) if !n.restrict => format!("nameserver {}\n", qemu::GUEST_DNS),
         _ => String::new(),
     };
-    rootfs::write_etc(pod_dir, pod.name.as_str(), &ips, &resolv).map_err(fs_err)?;
+    rootfs::write_etc(pod_dir, pod.hostname(), &ips, &resolv).map_err(fs_err)?;
     rootfs::setup_apps(pod_dir, pod, KernelFs::Skip, None).map_err(fs_err)?;
     // The VM is the pod's resource boundary: no per-app cgroups in the units.
     stage1_ns::units::write_units(pod_dir, pod, &BTreeMap::new()).map_err(|(p, e)| io_err("write", &p)(e))?;
@@ -229,7 +230,7 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
         let _ = fs::remove_file(stale);
     }
     let guest = GuestConfig {
-        hostname: pod.name.to_string(),
+        hostname: pod.hostname().to_owned(),
         address: net.map(|_| (qemu::GUEST_IP, qemu::GUEST_PREFIX)),
         gateway: net.map(|_| qemu::GUEST_GATEWAY),
         sandbox: pod.sandbox,
@@ -276,6 +277,14 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         // the host's, which this stage1 does not do (the guest kernel is
         // the boundary; the monitor and qemu run as host root).
         return Err(VmError::Invalid("userns: auto is not supported by the VM stage1".into()));
+    }
+    // Not dropped with a warning either: the guest kernel would need them
+    // written, and its network forwards only the apps' own ports.
+    if let Some(key) = pod.sysctls.keys().next() {
+        return Err(VmError::Invalid(format!("sysctls ({key}) are not yet set by the VM stage1")));
+    }
+    if !pod.ports.is_empty() {
+        return Err(VmError::Invalid("pod-level ports are not yet published by the VM stage1".into()));
     }
     let host: &VmHost = inv.vm.as_ref().ok_or_else(|| {
         VmError::Invalid("stage1.json has no vm section: stage0 found no guest kernel (see README, VM pods)".into())

@@ -141,7 +141,12 @@ pub fn become_app(
     seccomp: &[SeccompProgram],
 ) -> Result<Vec<(String, String)>, ChildError> {
     join_cgroups(cgroups)?;
-    enter_rootfs(rootfs)?;
+    enter_rootfs(rootfs, &unit.shared_mounts)?;
+    // While still root: lowering it takes CAP_SYS_RESOURCE.
+    if let Some(adj) = unit.oom_score_adjust {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("oom_score_adj {adj}: {e}") })?;
+    }
     let creds = read_creds(unit)?;
     // The bounding set shrinks while pod-init's CAP_SETPCAP is still held;
     // the caps in effect now (SETUID, SETGID) stay until setuid/capset.
@@ -176,15 +181,32 @@ fn join_cgroups(procs_files: &[PathBuf]) -> Result<(), ChildError> {
 }
 
 /// Makes the app's rootfs this process's `/`, in a mount namespace of its
-/// own so the pod's mounts are untouched. pivot_root detaches the pod root
+/// own so the pod's mounts are untouched: a slave of the pod's, so nothing
+/// the app mounts goes back, while a volume the stage1 made a peer or a
+/// slave of a host mount (`propagation: rslave`/`rshared`) still gets the
+/// host's new mounts; every other pod mount is private, and stays so.
+/// pivot_root detaches the pod root
 /// entirely; where it cannot work (the pod root is an initramfs, as in the
 /// VM stage1: EINVAL) chroot is the fallback, which is as good here because
 /// the namespace is private and the app gets no CAP_SYS_CHROOT-style way
 /// back unless it runs as root, which the pod root holds nothing against.
-fn enter_rootfs(rootfs: &CStr) -> Result<(), ChildError> {
+/// `shared`: the app's `rshared` volumes (paths inside its rootfs), put
+/// back on top as peers of the pod's, so the app's own mounts there reach
+/// the pod's namespace and the host.
+fn enter_rootfs(rootfs: &CStr, shared: &[String]) -> Result<(), ChildError> {
     let none = None::<&str>;
     unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare mount namespace"))?;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(step("make mounts private"))?;
+    // Cloned while still peers, detached so the slaving below passes them by.
+    let c_path = |p: String| {
+        std::ffi::CString::new(p)
+            .map_err(|_| ChildError { code: EXIT_LAUNCH_FAILED, message: "a NUL in a path".into() })
+    };
+    let mut peers = Vec::with_capacity(shared.len());
+    for path in shared {
+        let inside = c_path(format!("{}{path}", rootfs.to_string_lossy().trim_end_matches('/')))?;
+        peers.push((c_path(path.clone())?, crate::sys::clone_tree(&inside).map_err(step("clone a shared volume"))?));
+    }
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none).map_err(step("make mounts slaves"))?;
     // pivot_root needs the new root to be a mount point; MS_REC keeps the
     // /proc, /dev and volumes stage1 mounted inside it.
     mount(Some(rootfs), rootfs, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(step("bind rootfs"))?;
@@ -195,7 +217,11 @@ fn enter_rootfs(rootfs: &CStr) -> Result<(), ChildError> {
         Err(Errno::EINVAL) => chroot(".").map_err(step("chroot"))?,
         Err(e) => return Err(step("pivot_root")(e)),
     }
-    chdir("/").map_err(step("chdir /"))
+    chdir("/").map_err(step("chdir /"))?;
+    for (path, tree) in &peers {
+        crate::sys::move_mount_to(std::os::fd::AsFd::as_fd(tree), path).map_err(step("attach a shared volume"))?;
+    }
+    Ok(())
 }
 
 fn read_small(path: &str) -> Result<String, ChildError> {

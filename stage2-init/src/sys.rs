@@ -266,3 +266,40 @@ pub(crate) fn install_seccomp(program: &[libc::sock_filter]) -> nix::Result<()> 
     // only reads it (the pointer is *mut in the C struct alone).
     Errno::result(unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog) }).map(drop)
 }
+
+// The new mount API (Linux 5.2), which nix lacks; from <linux/mount.h>.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// A detached copy of the mount tree at `path` (open_tree with
+/// OPEN_TREE_CLONE | AT_RECURSIVE): a copy of a shared mount is a peer of
+/// it, and being detached, no propagation change to this namespace's
+/// mounts reaches it.
+pub(crate) fn clone_tree(path: &std::ffi::CStr) -> nix::Result<std::os::fd::OwnedFd> {
+    let flags = OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: `path` is a NUL-terminated string alive for the call; the
+    // kernel returns a new fd or -1.
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: open_tree returned this fd just now; nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Attaches a detached mount tree from [`clone_tree`] on `target`.
+pub(crate) fn move_mount_to(tree: BorrowedFd<'_>, target: &std::ffi::CStr) -> nix::Result<()> {
+    let empty = c"";
+    // SAFETY: `tree` is an open mount fd; both strings are NUL-terminated
+    // and alive for the call.
+    Errno::result(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}

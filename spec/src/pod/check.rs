@@ -6,12 +6,15 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+#[path = "podcfg.rs"]
+pub(super) mod podcfg;
+
 use super::scan::{self, FieldPath, Positions};
 use super::{privs, values};
 use super::{
-    raw, Accel, AppSpec, ImageSpec, Isolation, Mount, Network, PodFile, PodFileError, PodFileErrorKind, PortMapping,
-    Probe, Protocol, Readiness, Resources, RestartPolicy, UserNs, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT,
-    DEFAULT_STOP_TIMEOUT, MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
+    raw, Accel, AppSpec, ImageSpec, Isolation, Network, PodFile, PodFileError, PodFileErrorKind, PortMapping, Probe,
+    Readiness, Resources, RestartPolicy, UserNs, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
 };
 use crate::name::{AcIdentifier, AcName};
 use crate::security::{Seccomp, DEFAULT_CAPS};
@@ -221,6 +224,7 @@ impl Cx<'_> {
             volumes.push(vol);
         }
 
+        let settings = self.pod_settings(&raw, &network)?;
         self.count(&root.key("annotations"), raw.annotations.len(), MAX_ENTRIES)?;
         let mut annotations = BTreeMap::new();
         for (k, v) in raw.annotations {
@@ -236,16 +240,31 @@ impl Cx<'_> {
         let mut apps: Vec<AppSpec> = Vec::with_capacity(raw.apps.len());
         for (i, a) in raw.apps.into_iter().enumerate() {
             let path = root.at("apps", i);
-            let app = self.app(&path, a)?;
+            let app = self.app(&path, a, &mut volumes)?;
             if apps.iter().any(|o| o.name == app.name) {
                 return Err(self.invalid(&path.key("name"), format!("a second app named {}", app.name)));
             }
             apps.push(app);
         }
 
-        let pod = PodFile { name, isolation, network, accel, userns, apps, volumes, annotations };
+        let podcfg::PodSettings { hostname, dns, sysctls, ports } = settings;
+        let pod = PodFile {
+            name,
+            isolation,
+            network,
+            accel,
+            userns,
+            apps,
+            volumes,
+            annotations,
+            hostname,
+            dns,
+            sysctls,
+            ports,
+        };
         self.references(&pod)?;
         self.ports(&pod)?;
+        self.pod_ports(&pod)?;
         self.cycle(&pod.apps)?;
         Ok(pod)
     }
@@ -275,7 +294,9 @@ impl Cx<'_> {
         Ok(Volume { name, kind })
     }
 
-    fn app(&self, path: &FieldPath, a: raw::App) -> Result<AppSpec> {
+    /// One app; its anonymous host volumes (`mounts: [{ host: ... }]`)
+    /// join `volumes` as `<app>-host-<index>`.
+    fn app(&self, path: &FieldPath, a: raw::App, volumes: &mut Vec<Volume>) -> Result<AppSpec> {
         let name = self.name(&path.key("name"), &a.name)?;
         let source = values::image(&a.image).map_err(|m| self.invalid(&path.key("image"), m))?;
         let image = ImageSpec { reference: a.image, source };
@@ -322,22 +343,7 @@ impl Cx<'_> {
             }
         };
         let stop_timeout = self.duration(&path.key("stopTimeout"), a.stop_timeout.as_deref(), DEFAULT_STOP_TIMEOUT)?;
-        self.count(&path.key("mounts"), a.mounts.len(), MAX_ENTRIES)?;
-        let mut mounts: Vec<Mount> = Vec::with_capacity(a.mounts.len());
-        for (i, m) in a.mounts.iter().enumerate() {
-            let mp = path.at("mounts", i);
-            let volume = self.name(&mp.key("volume"), &m.volume)?;
-            self.abs_path(&mp.key("path"), &m.path)?;
-            let normal = normalise(&m.path);
-            if normal == "/" {
-                return Err(self.invalid(&mp.key("path"), "a volume cannot replace the app's whole root"));
-            }
-            if let Some(o) = mounts.iter().find(|o| normalise(&o.path) == normal) {
-                let msg = format!("{} is already the mount point of volume {}", m.path, o.volume);
-                return Err(self.invalid(&mp.key("path"), msg));
-            }
-            mounts.push(Mount { volume, path: m.path.clone(), read_only: m.read_only });
-        }
+        let mounts = self.mounts(path, &name, &a.mounts, volumes)?;
         let capabilities = match &a.capabilities {
             None => DEFAULT_CAPS,
             Some(c) => {
@@ -412,11 +418,7 @@ impl Cx<'_> {
                 s.parse().map_err(|_| self.invalid(&path.key("hostIP"), format!("{s:?} is not an IP address")))?
             }
         };
-        let protocol = match p.protocol.as_deref() {
-            None | Some("tcp") => Protocol::Tcp,
-            Some("udp") => Protocol::Udp,
-            Some(o) => return Err(self.invalid(&path.key("protocol"), format!("{o:?} is not tcp or udp"))),
-        };
+        let protocol = self.protocol(&path.key("protocol"), p.protocol.as_deref())?;
         Ok(PortMapping { name, host_port, host_ip, protocol })
     }
 
@@ -454,7 +456,8 @@ impl Cx<'_> {
                 Some(n)
             }
         };
-        Ok(Resources { memory_bytes, cpu_millis, pids })
+        let (cpu_shares, oom_score_adj) = self.resource_extras(path, r)?;
+        Ok(Resources { memory_bytes, cpu_millis, pids, cpu_shares, oom_score_adj })
     }
 
     /// Every `after`/`requires` names another app; every mount a volume.

@@ -29,6 +29,20 @@
 //! annotations: { example.com/owner: me }
 //! ```
 //!
+//! Settings of the pod as a whole, for sandboxes that start without apps
+//! (the CRI's RunPodSandbox) as for any pod (see `podcfg.rs`):
+//!
+//! ```yaml
+//! hostname: web-0                 # default: the pod's name
+//! dns: { servers: [10.96.0.10], searches: [svc.cluster.local], options: [ndots:5] }
+//! sysctls: { net.ipv4.ip_unprivileged_port_start: "0", kernel.shm_rmid_forced: "1" }
+//! ports: [{ containerPort: 80, host: 8080 }]   # by number, no image port needed; hostIP, protocol
+//! apps:
+//!   - name: web
+//!     mounts: [{ host: /srv/www, path: /www, readOnly: true, propagation: rslave }]
+//!     resources: { memory: 64Mi, cpuShares: 512, oomScoreAdj: 500 }
+//! ```
+//!
 //! Parsing runs in three steps. A pre-scan with an event parser that never
 //! expands aliases enforces the hostile-input limits (size, nodes, depth,
 //! alias expansion, duplicate keys) and records where each node starts.
@@ -43,6 +57,7 @@ mod raw;
 mod scan;
 mod values;
 
+pub use check::podcfg::{namespaced_sysctl, Dns, PodPort, Propagation, SysctlNamespace};
 pub use check::userns_conflict;
 
 #[cfg(test)]
@@ -94,6 +109,16 @@ pub struct PodFile {
     pub apps: Vec<AppSpec>,
     pub volumes: Vec<Volume>,
     pub annotations: BTreeMap<AcIdentifier, String>,
+    /// The pod's hostname when it is not its name (`hostname`).
+    pub hostname: Option<String>,
+    /// The pod's resolv.conf (`dns`) instead of the host's.
+    pub dns: Option<Dns>,
+    /// Namespaced kernel parameters set in the pod's own namespaces at its
+    /// start (`sysctls`), keys written with dots.
+    pub sysctls: BTreeMap<String, String>,
+    /// Host ports published to the pod's own ports by number (`ports`),
+    /// whichever app listens there.
+    pub ports: Vec<PodPort>,
 }
 
 /// How the pod is isolated from the host: which stage1 runs it.
@@ -265,6 +290,12 @@ pub struct Resources {
     /// Thousandths of a CPU: `500m` and `0.5` are 500.
     pub cpu_millis: Option<u64>,
     pub pids: Option<u64>,
+    /// The app's CPU weight against its siblings (`cpuShares`, 2-262144,
+    /// cgroup v1's `cpu.shares`; 1024 is one CPU's worth).
+    pub cpu_shares: Option<u64>,
+    /// `/proc/<pid>/oom_score_adj` of the app's process (`oomScoreAdj`,
+    /// -1000 to 1000).
+    pub oom_score_adj: Option<i32>,
 }
 
 /// What stage2-init does when an app exits.
@@ -286,6 +317,11 @@ pub struct Mount {
     pub path: String,
     /// Read-only in this app; a read-only host volume is read-only everywhere.
     pub read_only: bool,
+    /// How mounts made later below the mount point travel (`propagation`).
+    pub propagation: Propagation,
+    /// Read-only all the way down, mounts below the source included
+    /// (`recursiveReadOnly`; needs `readOnly` and private propagation).
+    pub recursive_read_only: bool,
 }
 
 /// A volume of the pod.

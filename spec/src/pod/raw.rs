@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a pod: a mapping with name, apps and optionally isolation, network, accel, userns, volumes, annotations"
+    expecting = "a pod: a mapping with name, apps and optionally isolation, network, accel, userns, volumes, annotations, hostname, dns, sysctls, ports"
 )]
 pub(super) struct Pod {
     pub name: String,
@@ -28,6 +28,40 @@ pub(super) struct Pod {
     pub volumes: Vec<Volume>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub dns: Option<Dns>,
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<PodPort>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "dns: { servers: [IP...], searches: [DOMAIN...], options: [OPTION...] }")]
+pub(super) struct Dns {
+    #[serde(default)]
+    pub servers: Vec<String>,
+    #[serde(default)]
+    pub searches: Vec<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a pod port: { containerPort: PORT, host: PORT }, optional hostIP, protocol"
+)]
+pub(super) struct PodPort {
+    pub container_port: String,
+    pub host: String,
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,7 +135,11 @@ pub(super) struct Port {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "resources: { memory: SIZE, cpu: CPUS, pids: COUNT }")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "resources: { memory: SIZE, cpu: CPUS, pids: COUNT, cpuShares: WEIGHT, oomScoreAdj: SCORE }"
+)]
 pub(super) struct Resources {
     #[serde(default)]
     pub memory: Option<String>,
@@ -109,19 +147,32 @@ pub(super) struct Resources {
     pub cpu: Option<String>,
     #[serde(default)]
     pub pids: Option<String>,
+    #[serde(default)]
+    pub cpu_shares: Option<String>,
+    #[serde(default)]
+    pub oom_score_adj: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mount: { volume: NAME, path: /ABS }, optional readOnly"
+    expecting = "a mount: { volume: NAME, path: /ABS } or { host: /ABS, path: /ABS }, optional readOnly, propagation, recursiveReadOnly"
 )]
 pub(super) struct Mount {
-    pub volume: String,
+    #[serde(default)]
+    pub volume: Option<String>,
+    /// A host directory mounted without a declared volume (an anonymous
+    /// host volume of the pod, checked as a declared one).
+    #[serde(default)]
+    pub host: Option<String>,
     pub path: String,
     #[serde(default)]
     pub read_only: bool,
+    #[serde(default)]
+    pub propagation: Option<String>,
+    #[serde(default)]
+    pub recursive_read_only: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,7 +52,9 @@ fn example_parses() {
         [Mount {
             volume: AcName::new("data").unwrap_or_else(|e| panic!("{e}")),
             path: "/data".into(),
-            read_only: false
+            read_only: false,
+            propagation: Propagation::Private,
+            recursive_read_only: false,
         }]
     );
     assert_eq!(
@@ -69,7 +71,10 @@ fn example_parses() {
     let port = &web.ports[0];
     assert_eq!((port.name.as_str(), port.host_port, port.protocol), ("http", 8080, Protocol::Tcp));
     assert_eq!(port.host_ip.to_string(), "0.0.0.0");
-    assert_eq!(web.resources, Resources { memory_bytes: Some(128 << 20), cpu_millis: Some(500), pids: Some(256) });
+    assert_eq!(
+        web.resources,
+        Resources { memory_bytes: Some(128 << 20), cpu_millis: Some(500), pids: Some(256), ..Resources::default() }
+    );
     assert_eq!((web.restart, web.stop_timeout), (RestartPolicy::OnFailure, Duration::from_secs(10)));
     assert!(web.exec.is_none() && web.user.is_none() && web.readiness.is_none());
 
@@ -130,7 +135,10 @@ volumes:
     assert_eq!(a.env.get("B").map(String::as_str), Some("true"));
     assert_eq!(a.readiness.as_ref().map(|r| r.timeout), Some(Duration::from_secs(90)));
     assert_eq!((a.ports[0].protocol, a.ports[0].host_ip.to_string()), (Protocol::Udp, "127.0.0.1".to_owned()));
-    assert_eq!(a.resources, Resources { memory_bytes: Some(1 << 30), cpu_millis: Some(500), pids: Some(10) });
+    assert_eq!(
+        a.resources,
+        Resources { memory_bytes: Some(1 << 30), cpu_millis: Some(500), pids: Some(10), ..Resources::default() }
+    );
     assert_eq!((a.restart, a.stop_timeout), (RestartPolicy::Always, Duration::from_millis(500)));
     assert!(a.mounts[0].read_only);
     assert_eq!(p.volumes[0].kind, VolumeKind::Host { source: "/srv/etc".into(), read_only: true });

@@ -149,6 +149,9 @@ pub struct Unit {
     /// `KillSignal=`: what stopping the app sends first (default SIGTERM;
     /// an OCI image's StopSignal), SIGKILL after `TimeoutStopSec`.
     pub kill_signal: i32,
+    /// `OOMScoreAdjust=` (-1000 to 1000): the app's `oom_score_adj`, set
+    /// before it drops its privileges; absent: inherited from pod-init.
+    pub oom_score_adjust: Option<i32>,
     pub readiness: Option<Readiness>,
     /// `[X-Pod] Cgroup=`: cgroup directories (paths inside the pod root)
     /// the app's process joins before exec, by writing its pid into each
@@ -159,6 +162,11 @@ pub struct Unit {
     /// `[X-Pod] SeccompFilter=`: BPF files (paths inside the pod root)
     /// installed in order just before execve.
     pub seccomp_filters: Vec<String>,
+    /// `[X-Pod] SharedMounts=`: volume mount points (paths inside the
+    /// app's rootfs) that stay peers of the pod's mount there (`propagation:
+    /// rshared`), so the app's own mounts below them reach the host; every
+    /// other mount of the app's namespace is a slave of the pod's.
+    pub shared_mounts: Vec<String>,
 }
 
 /// When a finished app is started again.
@@ -284,10 +292,12 @@ impl Unit {
             restart_sec: DEFAULT_RESTART_SEC,
             timeout_stop: DEFAULT_TIMEOUT_STOP,
             kill_signal: SIGTERM,
+            oom_score_adjust: None,
             readiness: None,
             cgroups: Vec::new(),
             capabilities: DEFAULT_CAPS,
             seccomp_filters: Vec::new(),
+            shared_mounts: Vec::new(),
         }
     }
 
@@ -352,11 +362,17 @@ impl Unit {
                     "RestartSec",
                     "TimeoutStopSec",
                     "KillSignal",
+                    "OOMScoreAdjust",
                 ][..],
-                Section::Pod => {
-                    &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup", "Capabilities", "SeccompFilter"]
-                        [..]
-                }
+                Section::Pod => &[
+                    "ReadinessTCP",
+                    "ReadinessExec",
+                    "ReadinessTimeoutSec",
+                    "Cgroup",
+                    "Capabilities",
+                    "SeccompFilter",
+                    "SharedMounts",
+                ][..],
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
                 let name = match section {
@@ -456,6 +472,14 @@ impl Unit {
                         unit.seccomp_filters.push(word);
                     }
                 }
+                "SharedMounts" => {
+                    for word in words()? {
+                        if !word.starts_with('/') || word.split('/').any(|c| c == "..") {
+                            return Err(fail(UnitErrorKind::Invalid { value: word, why: "expected an absolute path" }));
+                        }
+                        unit.shared_mounts.push(word);
+                    }
+                }
                 "Restart" => {
                     unit.restart = match value {
                         "no" => Restart::No,
@@ -469,6 +493,10 @@ impl Unit {
                 "KillSignal" => {
                     unit.kill_signal = signal_number(value)
                         .ok_or_else(|| invalid("expected a signal name (SIGQUIT) or number (1-64)"))?;
+                }
+                "OOMScoreAdjust" => {
+                    let adj = value.parse::<i32>().ok().filter(|n| (-1000..=1000).contains(n));
+                    unit.oom_score_adjust = Some(adj.ok_or_else(|| invalid("expected a number from -1000 to 1000"))?);
                 }
                 "ReadinessTimeoutSec" => readiness_timeout = Some((duration(true)?, lineno, value)),
                 "ReadinessTCP" => {
@@ -545,6 +573,9 @@ impl Unit {
         if self.kill_signal != SIGTERM {
             line(&mut out, "KillSignal", &self.kill_signal.to_string());
         }
+        if let Some(adj) = self.oom_score_adjust {
+            line(&mut out, "OOMScoreAdjust", &adj.to_string());
+        }
         out.push_str("[X-Pod]\n");
         if !self.cgroups.is_empty() {
             line(&mut out, "Cgroup", &join_words(&self.cgroups));
@@ -552,6 +583,9 @@ impl Unit {
         line(&mut out, "Capabilities", &self.capabilities.to_string());
         if !self.seccomp_filters.is_empty() {
             line(&mut out, "SeccompFilter", &join_words(&self.seccomp_filters));
+        }
+        if !self.shared_mounts.is_empty() {
+            line(&mut out, "SharedMounts", &join_words(&self.shared_mounts));
         }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {

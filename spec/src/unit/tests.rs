@@ -127,6 +127,15 @@ fn defaults_and_round_trip() {
     );
     assert_eq!(Unit::parse(&u.render(), "r").expect("round trip"), u);
 
+    let shared = Unit::parse("[Service]\nExecStart=x\n[X-Pod]\nSharedMounts=/m \"/a b\"\n", "s.unit").expect("parse");
+    assert_eq!(shared.shared_mounts, ["/m", "/a b"]);
+    assert_eq!(Unit::parse(&shared.render(), "r").expect("round trip"), shared);
+    let adj = Unit::parse("[Service]\nExecStart=sleep 1\nOOMScoreAdjust=-997\n", "o.unit").expect("parse");
+    assert_eq!(adj.oom_score_adjust, Some(-997));
+    assert_eq!(Unit::parse(&adj.render(), "r").expect("round trip"), adj);
+    let e = Unit::parse("[Service]\nExecStart=sleep 1\nOOMScoreAdjust=1001\n", "o.unit").expect_err("range");
+    assert!(e.to_string().contains("-1000 to 1000"), "{e}");
+
     let mut odd = Unit::new(vec!["/bin/sh".into(), "-c".into(), "echo \"$1\" 'x'\n\\".into(), String::new()]);
     odd.description = Some(String::new());
     odd.environment = vec![("A".into(), "with space \"and\" 'quotes'".into()), ("E".into(), String::new())];

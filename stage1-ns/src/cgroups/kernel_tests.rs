@@ -85,8 +85,8 @@ fn limits_processes_kill_and_destroy() {
     let Some(h) = host() else { return };
     let uuid = unique("life");
     let _guard = Guard { h: h.clone(), uuid: uuid.clone() };
-    let web = Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), pids: Some(16) };
-    let db = Limits { memory_bytes: Some(50 << 20), cpu_millis: None, pids: Some(5) };
+    let web = Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), pids: Some(16), cpu_shares: None };
+    let db = Limits { memory_bytes: Some(50 << 20), cpu_millis: None, pids: Some(5), cpu_shares: None };
     create_pod(&h, &uuid, &[("web", web), ("db", db)]).expect("create");
     let pod = create_pod(&h, &uuid, &[("web", web), ("db", db)]).expect("create again");
 

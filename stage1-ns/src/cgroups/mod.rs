@@ -74,20 +74,22 @@ pub struct Limits {
     pub cpu_millis: Option<u64>,
     /// Most processes and threads the app may have at once.
     pub pids: Option<u64>,
+    /// CPU weight against the pod's other apps, in v1 `cpu.shares` units
+    /// (2-262144, 1024 the default); v2's `cpu.weight` is converted.
+    pub cpu_shares: Option<u64>,
 }
 
 impl From<spec::stage1::Resources> for Limits {
     fn from(r: spec::stage1::Resources) -> Self {
-        Self { memory_bytes: r.memory_bytes, cpu_millis: r.cpu_millis, pids: r.pids }
+        Self { memory_bytes: r.memory_bytes, cpu_millis: r.cpu_millis, pids: r.pids, cpu_shares: r.cpu_shares }
     }
 }
 
 impl Limits {
     /// The controllers these limits need, by their (v1 and v2) name.
     fn controllers(&self) -> impl Iterator<Item = &'static str> {
-        [self.memory_bytes.map(|_| "memory"), self.cpu_millis.map(|_| "cpu"), self.pids.map(|_| "pids")]
-            .into_iter()
-            .flatten()
+        let cpu = self.cpu_millis.or(self.cpu_shares).map(|_| "cpu");
+        [self.memory_bytes.map(|_| "memory"), cpu, self.pids.map(|_| "pids")].into_iter().flatten()
     }
 
     fn validate(&self, app: &str) -> Result<()> {
@@ -110,6 +112,13 @@ impl Limits {
 /// ask for `1m`. `None` on overflow, which `create_pod` rejects before touching anything.
 pub fn cpu_quota_us(millis: u64) -> Option<u64> {
     millis.checked_mul(CPU_PERIOD_US).map(|q| (q / 1000).max(CPU_MIN_QUOTA_US))
+}
+
+/// cgroup v2's `cpu.weight` (1-10000, default 100) for v1 `cpu.shares`
+/// (2-262144, default 1024), as runc and the kubelet convert it.
+pub fn cpu_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
 }
 
 /// What went wrong, with the path and operation.

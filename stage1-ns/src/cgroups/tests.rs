@@ -71,8 +71,8 @@ const THIS_HOST: &str = "\
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
 
-const WEB: Limits = Limits { memory_bytes: Some(50 << 20), cpu_millis: Some(500), pids: Some(5) };
-const DB: Limits = Limits { memory_bytes: None, cpu_millis: Some(2000), pids: None };
+const WEB: Limits = Limits { memory_bytes: Some(50 << 20), cpu_millis: Some(500), pids: Some(5), cpu_shares: None };
+const DB: Limits = Limits { memory_bytes: None, cpu_millis: Some(2000), pids: None, cpu_shares: None };
 
 #[test]
 fn detects_unified() {
@@ -342,8 +342,9 @@ fn names_and_limits_are_checked_first() {
 
 #[test]
 fn limits_from_the_resolved_pod() {
-    let r = spec::stage1::Resources { memory_bytes: Some(1), cpu_millis: Some(2), pids: Some(3) };
-    assert_eq!(Limits::from(r), Limits { memory_bytes: Some(1), cpu_millis: Some(2), pids: Some(3) });
+    let r = spec::stage1::Resources { memory_bytes: Some(1), cpu_millis: Some(2), pids: Some(3), ..Default::default() };
+    assert_eq!(Limits::from(r), Limits { memory_bytes: Some(1), cpu_millis: Some(2), pids: Some(3), cpu_shares: None });
+    assert_eq!((super::cpu_weight(2), super::cpu_weight(1024), super::cpu_weight(262_144)), (1, 39, 10000));
 }
 
 #[test]

@@ -46,6 +46,9 @@ pub(super) fn apply(controllers: &BTreeMap<String, PathBuf>, rel: &Path, app: &s
         fsx::write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
         fsx::write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
     }
+    if let Some(shares) = limits.cpu_shares {
+        fsx::write(&dir("cpu")?.join("cpu.shares"), &shares.to_string())?;
+    }
     if let Some(pids) = limits.pids {
         fsx::write(&dir("pids")?.join("pids.max"), &pids.to_string())?;
     }

@@ -67,6 +67,9 @@ pub(super) fn apply(dir: &Path, app: &str, limits: &Limits) -> Result<()> {
         })?;
         fsx::write(&dir.join("cpu.max"), &value)?;
     }
+    if let Some(shares) = limits.cpu_shares {
+        fsx::write(&dir.join("cpu.weight"), &super::cpu_weight(shares).to_string())?;
+    }
     if let Some(pids) = limits.pids {
         fsx::write(&dir.join("pids.max"), &pids.to_string())?;
     }
