@@ -77,9 +77,16 @@ pub(crate) fn nanos(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// A CRI name as an AcName: lowercase, runs of anything else than
-/// `[a-z0-9]` become one `-`, trimmed of `-`; empty becomes `fallback`.
-pub fn sanitize(name: &str, fallback: &str) -> String {
+/// The longest app name a CRI container gets.
+const MAX_APP_NAME: usize = 200;
+/// The longest pod name: a pod's name is also its default hostname (a DNS
+/// label), and Kubernetes sandbox names are often longer (critest's are).
+const MAX_POD_NAME: usize = 63;
+
+/// A CRI name as an AcName of at most `max` bytes: lowercase, runs of
+/// anything else than `[a-z0-9]` become one `-`, trimmed of `-`; empty
+/// becomes `fallback`.
+pub fn sanitize(name: &str, fallback: &str, max: usize) -> String {
     let mut out = String::new();
     for c in name.chars() {
         let c = c.to_ascii_lowercase();
@@ -90,7 +97,7 @@ pub fn sanitize(name: &str, fallback: &str) -> String {
         }
     }
     let out = out.trim_matches('-');
-    let out: String = out.chars().take(200).collect();
+    let out: String = out.chars().take(max).collect();
     let out = out.trim_end_matches('-');
     if out.is_empty() {
         fallback.to_owned()
@@ -101,7 +108,7 @@ pub fn sanitize(name: &str, fallback: &str) -> String {
 
 /// The app name of a CRI container.
 pub fn app_name(name: &str, attempt: u32) -> String {
-    let base = sanitize(name, "container");
+    let base = sanitize(name, "container", MAX_APP_NAME);
     if attempt == 0 {
         base
     } else {
@@ -311,7 +318,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         .suffix(".json")
         .tempfile_in(&tmp)
         .map_err(io("create a file in", &tmp))?;
-    let mut pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox"), "apps": []});
+    let mut pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox", MAX_POD_NAME), "apps": []});
     pod_file["network"] = serde_json::json!(crate::podcfg::network_key(&network));
     for (k, v) in settings {
         pod_file[k.as_str()] = v;
@@ -408,8 +415,11 @@ mod tests {
 
     #[test]
     fn cri_names_become_app_names() {
-        assert_eq!(sanitize("My_Container.v2", "x"), "my-container-v2");
-        assert_eq!(sanitize("--", "sandbox"), "sandbox");
+        assert_eq!(sanitize("My_Container.v2", "x", 200), "my-container-v2");
+        assert_eq!(sanitize("--", "sandbox", 200), "sandbox");
+        // Cut to the limit, and no `-` left at the cut.
+        let long = format!("{}-{}", "a".repeat(62), "b".repeat(40));
+        assert_eq!(sanitize(&long, "sandbox", MAX_POD_NAME), "a".repeat(62));
         assert_eq!(app_name("busybox", 0), "busybox");
         assert_eq!(app_name("busybox", 2), "busybox-2");
         spec::AcName::new(app_name("Über Äpp!", 1)).unwrap();
