@@ -65,6 +65,10 @@ pub struct ContainerRecord {
     pub created_at: i64,
     #[serde(default)]
     pub started_at: i64,
+    /// The app's keys for its security context, as a pod file writes them
+    /// (secctx.rs), checked at create and given to the app at start.
+    #[serde(default)]
+    pub app_keys: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A container: its sandbox, its record, and how the app is.
@@ -260,6 +264,7 @@ pub fn create_container(
             sandbox.pod.uuid, meta.name, meta.attempt
         )));
     }
+    let app_keys = crate::secctx::container_keys(&config, sandbox_config.as_ref())?;
     let log_directory = sandbox_config.map(|c| c.log_directory).unwrap_or(sandbox.record.log_directory.clone());
     let log_path = match (log_directory.is_empty(), config.log_path.is_empty()) {
         (_, true) => String::new(),
@@ -282,7 +287,11 @@ pub fn create_container(
         log_path,
         created_at: now_nanos(),
         started_at: 0,
+        app_keys,
     };
+    // The app as it will be added, checked now: a bad security context
+    // fails CreateContainer, not StartContainer.
+    addapp::check(&new_app(&record)?)?;
     let dir = sandbox.containers_dir();
     fs::create_dir_all(&dir).map_err(io("create", &dir))?;
     // Written aside, then linked into place: the record appears whole, and
@@ -307,18 +316,13 @@ pub fn create_container(
     Ok(id)
 }
 
-/// StartContainer: adds the app to the running sandbox and starts it.
-pub fn start_container(dirs: &Dirs, id: &str) -> Result<(), CriError> {
-    let mut c = find_container(dirs, id)?;
-    if c.added() {
-        return Err(CriError::FailedPrecondition(format!("container {id} was started already")));
-    }
-    let r = &c.record;
+/// The app a container's record adds to its sandbox.
+fn new_app(r: &ContainerRecord) -> Result<NewApp, CriError> {
     // CRI: command replaces the image's entrypoint, args its arguments.
     // pod's apps have one exec: command + args, else args alone, else the
     // image's.
     let exec: Vec<String> = r.command.iter().chain(&r.args).cloned().collect();
-    let new = NewApp {
+    Ok(NewApp {
         name: AcName::new(r.app.clone()).map_err(|e| CriError::InvalidArgument(e.to_string()))?,
         image: r.app_image.clone(),
         exec: (!exec.is_empty()).then_some(exec),
@@ -327,8 +331,17 @@ pub fn start_container(dirs: &Dirs, id: &str) -> Result<(), CriError> {
         group: None,
         working_directory: (!r.working_dir.is_empty()).then(|| r.working_dir.clone()),
         mounts: Vec::new(),
-        extra: serde_json::Map::new(),
-    };
+        extra: r.app_keys.clone(),
+    })
+}
+
+/// StartContainer: adds the app to the running sandbox and starts it.
+pub fn start_container(dirs: &Dirs, id: &str) -> Result<(), CriError> {
+    let mut c = find_container(dirs, id)?;
+    if c.added() {
+        return Err(CriError::FailedPrecondition(format!("container {id} was started already")));
+    }
+    let new = new_app(&c.record)?;
     let (store, trust, sources) = fetcher_parts(dirs)?;
     let opts = FetchOptions { pull: PullPolicy::Never, ..FetchOptions::default() };
     let mut fetcher = Fetcher::new(&store, &trust, &sources, opts)?;

@@ -14,6 +14,7 @@ pub mod images;
 pub mod reference;
 pub mod runtime;
 pub mod sandbox;
+pub mod secctx;
 pub mod server;
 
 pub mod proto {

@@ -290,6 +290,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
     if let Some(s) = sandboxes(&host.dirs)?.into_iter().find(|s| s.ready() && same(&s.record)) {
         return Ok(s.pod.uuid);
     }
+    let namespaces = crate::secctx::SandboxNamespaces::of(&config)?;
     let dirs = &host.dirs;
     let record = SandboxRecord {
         name: meta.name.clone(),
@@ -309,8 +310,12 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         .suffix(".json")
         .tempfile_in(&tmp)
         .map_err(io("create a file in", &tmp))?;
-    let network = cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name });
-    let pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox"), "network": "none", "apps": []});
+    let network = match namespaces.host_network {
+        true => Network::Host,
+        false => cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name }),
+    };
+    let mut pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox"), "network": "none", "apps": []});
+    namespaces.apply(&mut pod_file);
     fs::write(file.path(), pod_file.to_string()).map_err(io("write", file.path()))?;
 
     let (store, trust, sources) = fetcher_parts(dirs)?;

@@ -128,6 +128,13 @@ impl NewApp {
     }
 }
 
+/// Checks `new` as `add` will, without a pod: its one-app pod file parses
+/// (every key as in a pod file). For callers that record an app to add
+/// later (CRI's CreateContainer).
+pub fn check(new: &NewApp) -> Result<(), PrepareError> {
+    PodFile::parse(new.pod_file().as_bytes(), &format!("app {}", new.name)).map(drop).map_err(PrepareError::from)
+}
+
 /// The pod, checked to take a change to its apps, and its lock for it.
 struct Changing {
     resolved: ResolvedPod,

@@ -59,6 +59,8 @@ pub enum PrepareError {
     },
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error("{file}: pid: host and ipc: host are for namespace pods with the host's user namespace: {why}")]
+    HostNamespaces { file: String, why: &'static str },
     #[error("{file}: a sandbox pod (--sandbox, or apps: []) is not yet supported for VM pods: their apps cannot yet be started or stopped while they run")]
     SandboxVm { file: String },
 }
@@ -71,7 +73,7 @@ impl ExitCodeOf for PrepareError {
             Self::Image { source, .. } => source.exit(),
             Self::Pod(e) => e.exit(),
             Self::NoVm { .. } => Exit::NotFound,
-            Self::UsernsConflict { .. } => Exit::InvalidInput,
+            Self::UsernsConflict { .. } | Self::HostNamespaces { .. } => Exit::InvalidInput,
             Self::Userns { source, .. } => source.exit(),
             Self::Volume(e) => e.exit(),
             Self::SandboxVm { .. } => Exit::Conflict,
@@ -225,7 +227,13 @@ pub(crate) fn resolve_app(
         layers,
         exec,
         user: app.user.clone().or_else(|| image_app.map(|a| a.user.clone())).unwrap_or_else(|| "0".into()),
-        group: app.group.clone().or_else(|| image_app.map(|a| a.group.clone())).unwrap_or_else(|| "0".into()),
+        // A user given without a group runs with its primary group, as
+        // `docker run --user`: the image's group goes with the image's user.
+        group: match (&app.group, &app.user) {
+            (Some(g), _) => g.clone(),
+            (None, Some(_)) => String::new(),
+            (None, None) => image_app.map_or_else(|| "0".into(), |a| a.group.clone()),
+        },
         supplementary_gids: image_app.map(|a| a.supplementary_gids.clone()).unwrap_or_default(),
         working_directory: app
             .working_directory
@@ -262,8 +270,9 @@ pub(crate) fn resolve_app(
         ports,
         mounts: mounts_of(file, app, meta, image_app)?,
         capabilities: app.capabilities,
-        seccomp: app.seccomp,
+        seccomp: crate::secprofile::resolve(&app.seccomp).map_err(err)?,
         read_only_root_fs: app.read_only_root_fs,
+        security: app.security.clone(),
     })
 }
 
@@ -330,6 +339,14 @@ pub fn prepare(
         };
         if let Some(why) = pod::userns_conflict(vm, host_net) {
             return Err(PrepareError::UsernsConflict { file, why });
+        }
+    }
+    if pod_file.host_pid || pod_file.host_ipc {
+        let auto = overrides.userns.unwrap_or(pod_file.userns) == pod::UserNs::Auto;
+        if vm || auto {
+            let why =
+                if vm { "a VM pod has its own kernel" } else { "userns: auto does not own the host's namespaces" };
+            return Err(PrepareError::HostNamespaces { file, why });
         }
     }
     // Apps in a running VM pod need the control channel over virtio-serial
@@ -464,6 +481,8 @@ fn write_pod(
         volumes,
         created_at: store::now_rfc3339(),
         sandbox: overrides.sandbox || pod_file.apps.is_empty(),
+        host_pid: pod_file.host_pid,
+        host_ipc: pod_file.host_ipc,
     };
     write_json(&dir.join(stage1::POD_MANIFEST_FILE), &resolved)?;
     crashpoint("prepare.manifest");

@@ -9,6 +9,7 @@ pub mod monitor;
 pub mod network;
 pub mod rootfs;
 pub mod seccomp;
+pub mod seccomp_oci;
 mod sys;
 pub mod units;
 pub mod userns;

@@ -267,6 +267,20 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         // the boundary; the monitor and qemu run as host root).
         return Err(VmError::Invalid("userns: auto is not supported by the VM stage1".into()));
     }
+    if pod.host_pid || pod.host_ipc {
+        return Err(VmError::Invalid("pid: host and ipc: host are not supported by the VM stage1".into()));
+    }
+    // The guest mounts each app's /proc, /sys and /dev with the defaults.
+    if let Some(app) = pod
+        .apps
+        .iter()
+        .find(|a| a.security.privileged || a.security.masked_paths.is_some() || a.security.readonly_paths.is_some())
+    {
+        return Err(VmError::Invalid(format!(
+            "app {}: privileged, maskedPaths and readonlyPaths are not yet supported by the VM stage1",
+            app.name
+        )));
+    }
     let host: &VmHost = inv.vm.as_ref().ok_or_else(|| {
         VmError::Invalid("stage1.json has no vm section: stage0 found no guest kernel (see README, VM pods)".into())
     })?;

@@ -67,24 +67,60 @@ fn touch(path: &Path) -> Result<(), BootError> {
 /// One app's /proc, /sys (read-only), /dev and /tmp; `dev` holds the
 /// device nodes to bind (the host's /dev, or a guest's devtmpfs).
 pub fn mount_kernel_fs(rootfs: &Path, dev: &Path) -> Result<(), BootError> {
+    mount_kernel_fs_as(rootfs, dev, false)?;
+    harden(rootfs, &dev.join("null"), &MASKED_PATHS, &READONLY_PATHS)
+}
+
+/// [`mount_kernel_fs`] without the masked and read-only paths (the caller
+/// applies its own with [`harden`] once the app's volumes are mounted).
+/// `privileged`: /sys writable and every device node of `dev` bound, as
+/// runc gives a privileged container.
+pub fn mount_kernel_fs_as(rootfs: &Path, dev: &Path, privileged: bool) -> Result<(), BootError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = rootfs.join("proc");
     mkdir_p(&proc_dir)?;
     do_mount(Path::new("proc"), &proc_dir, Some("proc"), hardened, None)?;
     let sys = rootfs.join("sys");
     mkdir_p(&sys)?;
-    do_mount(Path::new("sysfs"), &sys, Some("sysfs"), hardened | MsFlags::MS_RDONLY, None)?;
-    harden_kernel_fs(rootfs, &dev.join("null"))?;
+    let sys_flags = if privileged { hardened } else { hardened | MsFlags::MS_RDONLY };
+    do_mount(Path::new("sysfs"), &sys, Some("sysfs"), sys_flags, None)?;
     setup_dev(&rootfs.join("dev"), dev)?;
+    if privileged {
+        host_devices(&rootfs.join("dev"), dev)?;
+    }
     mkdir_p(&rootfs.join("tmp"))
 }
 
-/// runc's masked and read-only paths in the app's /proc and /sys: `null`
-/// over masked files, an empty read-only tmpfs over masked directories,
-/// read-only binds; paths this kernel lacks are skipped.
-fn harden_kernel_fs(rootfs: &Path, null: &Path) -> Result<(), BootError> {
+/// A privileged app's extra devices: every character and block device
+/// directly in `dev` that its /dev lacks, bound one by one (the /dev
+/// tmpfs itself stays nodev).
+fn host_devices(app_dev: &Path, dev: &Path) -> Result<(), BootError> {
+    use std::os::unix::fs::FileTypeExt;
+    let entries = std::fs::read_dir(dev).map_err(|e| BootError::new("read", dev, e))?;
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else { continue };
+        if !(kind.is_char_device() || kind.is_block_device()) {
+            continue;
+        }
+        let target = app_dev.join(entry.file_name());
+        // ptmx and console are the app's own (devpts, /dev/null).
+        if std::fs::symlink_metadata(&target).is_ok() || matches!(entry.file_name().to_str(), Some("ptmx" | "console"))
+        {
+            continue;
+        }
+        touch(&target)?;
+        do_mount(&entry.path(), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    Ok(())
+}
+
+/// Masked and read-only paths in the app (runc's `maskedPaths` and
+/// `readonlyPaths`; [`MASKED_PATHS`] and [`READONLY_PATHS`] by default):
+/// `null` over masked files, an empty read-only tmpfs over masked
+/// directories, read-only binds; paths the app lacks are skipped.
+pub fn harden<S: AsRef<str>>(rootfs: &Path, null: &Path, masked: &[S], readonly: &[S]) -> Result<(), BootError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    for rel in MASKED_PATHS {
+    for rel in masked.iter().map(AsRef::as_ref) {
         let target = rootfs.join(rel.trim_start_matches('/'));
         match std::fs::metadata(&target) {
             Err(_) => {}
@@ -95,13 +131,16 @@ fn harden_kernel_fs(rootfs: &Path, null: &Path) -> Result<(), BootError> {
             Ok(_) => do_mount(null, &target, None, MsFlags::MS_BIND, None)?,
         }
     }
-    for rel in READONLY_PATHS {
+    for rel in readonly.iter().map(AsRef::as_ref) {
         let target = rootfs.join(rel.trim_start_matches('/'));
         if std::fs::symlink_metadata(&target).is_err() {
             continue;
         }
         do_mount(&target, &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hardened;
+        // noexec only in the kernel's filesystems: a read-only /usr still runs.
+        let kernel = rel.starts_with("/proc/") || rel.starts_with("/sys/");
+        let extra = if kernel { hardened } else { MsFlags::MS_NOSUID | MsFlags::MS_NODEV };
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
         mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
             .map_err(|e| BootError::new("mount", &target, format!("read-only remount: {e}")))?;
     }

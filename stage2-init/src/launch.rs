@@ -146,6 +146,11 @@ pub fn become_app(
     // The bounding set shrinks while pod-init's CAP_SETPCAP is still held;
     // the caps in effect now (SETUID, SETGID) stay until setuid/capset.
     privs::bound(unit.capabilities)?;
+    // Without no_new_privs, installing a filter takes CAP_SYS_ADMIN: now,
+    // while pod-init's is held (runc's order too).
+    if !unit.no_new_privileges {
+        privs::install_filters(seccomp)?;
+    }
     setgroups(&creds.groups.iter().map(|&g| Gid::from_raw(g)).collect::<Vec<_>>()).map_err(step("setgroups"))?;
     setgid(Gid::from_raw(creds.gid)).map_err(step("setgid"))?;
     setuid(Uid::from_raw(creds.uid)).map_err(step("setuid"))?;
@@ -154,7 +159,9 @@ pub fn become_app(
     let dir = unit.working_directory.as_deref().unwrap_or("/");
     chdir(dir).map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("chdir {dir}: {e}") })?;
     let env = environment(app, unit, &creds);
-    privs::lock_down(seccomp)?;
+    if unit.no_new_privileges {
+        privs::lock_down(seccomp)?;
+    }
     Ok(env)
 }
 
@@ -214,7 +221,8 @@ fn read_small(path: &str) -> Result<String, ChildError> {
 
 fn read_creds(unit: &Unit) -> Result<Creds, ChildError> {
     let (passwd, group) = (read_small("/etc/passwd")?, read_small("/etc/group")?);
-    creds::resolve(unit.user.as_deref(), unit.group.as_deref(), &unit.supplementary_groups, &passwd, &group)
+    let (user, group_name) = (unit.user.as_deref(), unit.group.as_deref());
+    creds::resolve_with(user, group_name, &unit.supplementary_groups, &passwd, &group, unit.image_groups)
         .map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: e.to_string() })
 }
 

@@ -14,9 +14,11 @@ use super::{
     DEFAULT_STOP_TIMEOUT, MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
 };
 use crate::name::{AcIdentifier, AcName};
-use crate::security::{Seccomp, DEFAULT_CAPS};
+use crate::security::DEFAULT_CAPS;
 
 use PodFileErrorKind::{Cycle, Invalid, Limit, Schema, Syntax, TooLarge};
+
+mod secctx;
 
 /// Longest pod name: it is the pod's hostname.
 const MAX_HOSTNAME: usize = 63;
@@ -202,6 +204,7 @@ impl Cx<'_> {
                 return Err(self.invalid(&root.key("userns"), why));
             }
         }
+        let (host_pid, host_ipc) = self.host_namespaces(&raw, isolation, userns)?;
 
         self.count(&root.key("volumes"), raw.volumes.len(), MAX_VOLUMES)?;
         let mut volumes: Vec<Volume> = Vec::with_capacity(raw.volumes.len());
@@ -236,7 +239,7 @@ impl Cx<'_> {
             apps.push(app);
         }
 
-        let pod = PodFile { name, isolation, network, accel, userns, apps, volumes, annotations };
+        let pod = PodFile { name, isolation, network, accel, userns, host_pid, host_ipc, apps, volumes, annotations };
         self.references(&pod)?;
         self.ports(&pod)?;
         self.cycle(&pod.apps)?;
@@ -271,6 +274,7 @@ impl Cx<'_> {
     fn app(&self, path: &FieldPath, a: raw::App) -> Result<AppSpec> {
         let name = self.name(&path.key("name"), &a.name)?;
         let source = values::image(&a.image).map_err(|m| self.invalid(&path.key("image"), m))?;
+        let security = self.app_security(path, &a)?;
         let image = ImageSpec { reference: a.image, source };
         if let Some(exec) = &a.exec {
             self.argv(&path.key("exec"), exec)?;
@@ -331,7 +335,7 @@ impl Cx<'_> {
             }
             mounts.push(Mount { volume, path: m.path.clone(), read_only: m.read_only });
         }
-        let capabilities = match &a.capabilities {
+        let mut capabilities = match &a.capabilities {
             None => DEFAULT_CAPS,
             Some(c) => {
                 let field = path.key("capabilities");
@@ -340,11 +344,12 @@ impl Cx<'_> {
                 privs::capabilities(&c.add, &c.drop).map_err(|e| self.invalid(&field.at(e.list, e.index), e.message))?
             }
         };
-        let seccomp = match a.seccomp.as_deref() {
-            None | Some("default") => Seccomp::Default,
-            Some("unconfined") => Seccomp::Unconfined,
-            Some(o) => return Err(self.invalid(&path.key("seccomp"), format!("{o:?} is not default or unconfined"))),
-        };
+        let mut seccomp = self.seccomp(&path.key("seccomp"), a.seccomp.as_deref())?;
+        if security.privileged {
+            // As Docker's --privileged: whatever else the app asks for.
+            capabilities = crate::security::CapSet::ALL;
+            seccomp = crate::security::SeccompSpec::Unconfined;
+        }
         Ok(AppSpec {
             name,
             image,
@@ -364,6 +369,7 @@ impl Cx<'_> {
             capabilities,
             seccomp,
             read_only_root_fs: a.read_only_root_fs,
+            security,
         })
     }
 

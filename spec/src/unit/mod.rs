@@ -25,6 +25,7 @@
 //! User=redis
 //! Group=redis
 //! SupplementaryGroups=audio 44
+//! NoNewPrivileges=yes
 //! Restart=on-failure
 //! RestartSec=0.5
 //! TimeoutStopSec=10
@@ -34,6 +35,7 @@
 //! Cgroup=/cgroup/db/0 /cgroup/db/1
 //! Capabilities=CAP_CHOWN CAP_KILL CAP_NET_BIND_SERVICE
 //! SeccompFilter=/units/db.seccomp.bpf /units/db.clone3.seccomp.bpf
+//! SupplementaryGroupsPolicy=merge
 //! ```
 //!
 //! - Sections `[Unit]`, `[Service]` and `[X-Pod]`, in any order. An unknown
@@ -80,7 +82,14 @@
 //!   [`DEFAULT_CAPS`] (Docker's default). Every other capability leaves the
 //!   bounding set before the app's user is taken; an app running as root
 //!   then holds exactly this set (permitted, effective, inheritable; no
-//!   ambient), any other user none. Every app runs with `no_new_privs`.
+//!   ambient), any other user none.
+//! - `NoNewPrivileges=yes|no` (default yes): `no_new_privs` for the app.
+//!   With `no`, setuid binaries and file capabilities work (within the
+//!   bounding set), and the seccomp filters are installed before the app's
+//!   user is taken, while pod-init still holds CAP_SYS_ADMIN (as runc).
+//! - `[X-Pod] SupplementaryGroupsPolicy=merge|strict` (default merge): with
+//!   `strict` the groups listing the user in the app's /etc/group are not
+//!   added, only the primary group and `SupplementaryGroups=`.
 //! - `[X-Pod] SeccompFilter=`: absolute paths (inside the pod root) of
 //!   seccomp filters, given at most once: each file a raw array of
 //!   `struct sock_filter` (8 bytes each, native byte order) as
@@ -159,6 +168,11 @@ pub struct Unit {
     /// `[X-Pod] SeccompFilter=`: BPF files (paths inside the pod root)
     /// installed in order just before execve.
     pub seccomp_filters: Vec<String>,
+    /// `NoNewPrivileges=`.
+    pub no_new_privileges: bool,
+    /// `[X-Pod] SupplementaryGroupsPolicy=strict` is `false`: the image's
+    /// /etc/group memberships of the user are not added.
+    pub image_groups: bool,
 }
 
 /// When a finished app is started again.
@@ -288,6 +302,8 @@ impl Unit {
             cgroups: Vec::new(),
             capabilities: DEFAULT_CAPS,
             seccomp_filters: Vec::new(),
+            no_new_privileges: true,
+            image_groups: true,
         }
     }
 
@@ -352,11 +368,17 @@ impl Unit {
                     "RestartSec",
                     "TimeoutStopSec",
                     "KillSignal",
+                    "NoNewPrivileges",
                 ][..],
-                Section::Pod => {
-                    &["ReadinessTCP", "ReadinessExec", "ReadinessTimeoutSec", "Cgroup", "Capabilities", "SeccompFilter"]
-                        [..]
-                }
+                Section::Pod => &[
+                    "ReadinessTCP",
+                    "ReadinessExec",
+                    "ReadinessTimeoutSec",
+                    "Cgroup",
+                    "Capabilities",
+                    "SeccompFilter",
+                    "SupplementaryGroupsPolicy",
+                ][..],
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
                 let name = match section {
@@ -464,6 +486,20 @@ impl Unit {
                         _ => return Err(invalid("expected no, on-failure or always")),
                     }
                 }
+                "NoNewPrivileges" => {
+                    unit.no_new_privileges = match value {
+                        "yes" => true,
+                        "no" => false,
+                        _ => return Err(invalid("expected yes or no")),
+                    }
+                }
+                "SupplementaryGroupsPolicy" => {
+                    unit.image_groups = match value {
+                        "merge" => true,
+                        "strict" => false,
+                        _ => return Err(invalid("expected merge or strict")),
+                    }
+                }
                 "RestartSec" => unit.restart_sec = duration(false)?,
                 "TimeoutStopSec" => unit.timeout_stop = duration(true)?,
                 "KillSignal" => {
@@ -545,6 +581,9 @@ impl Unit {
         if self.kill_signal != SIGTERM {
             line(&mut out, "KillSignal", &self.kill_signal.to_string());
         }
+        if !self.no_new_privileges {
+            line(&mut out, "NoNewPrivileges", "no");
+        }
         out.push_str("[X-Pod]\n");
         if !self.cgroups.is_empty() {
             line(&mut out, "Cgroup", &join_words(&self.cgroups));
@@ -552,6 +591,9 @@ impl Unit {
         line(&mut out, "Capabilities", &self.capabilities.to_string());
         if !self.seccomp_filters.is_empty() {
             line(&mut out, "SeccompFilter", &join_words(&self.seccomp_filters));
+        }
+        if !self.image_groups {
+            line(&mut out, "SupplementaryGroupsPolicy", "strict");
         }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {
