@@ -157,6 +157,11 @@ fn seccomp_profiles_and_no_new_privs() {
     assert_mentions(&log, &["chmod-ok"]);
     let log = sb.run("runtime-default", script, json!({"seccomp": {"profile_type": 0}, "no_new_privs": true}));
     assert_eq!((status_field(&log, "Seccomp"), status_field(&log, "NoNewPrivs")), ("2", "1"), "{log}");
+    // Without no_new_privs the filter goes in before the user is taken.
+    let as_user = json!({"seccomp": {"profile_type": 0}, "run_as_user": {"value": 1001}});
+    let log = sb.run("default-as-user", &format!("{script}; id -u"), as_user);
+    assert_eq!((status_field(&log, "Seccomp"), status_field(&log, "NoNewPrivs")), ("2", "0"), "{log}");
+    assert_eq!(log.lines().last(), Some("1001"), "{log}");
     let localhost = json!({"seccomp": {"profile_type": 2, "localhost_ref": p(&profile)}});
     let log = sb.run("localhost", script, localhost);
     assert_eq!(status_field(&log, "Seccomp"), "2", "{log}");

@@ -105,8 +105,10 @@ use std::time::Duration;
 use crate::name::{AcName, NameError};
 use crate::security::{CapSet, DEFAULT_CAPS};
 
+mod values;
 mod words;
 
+pub use values::{parse_duration, render_duration, signal_number};
 pub use words::{join_words, quote_word, split_words, QuoteError};
 
 /// A unit file larger than this is rejected.
@@ -119,25 +121,6 @@ pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// SIGTERM's number on Linux.
 pub const SIGTERM: i32 = 15;
-
-/// A signal by name (`SIGQUIT`, `QUIT`, any case) or number (1-64), as
-/// OCI image configs and systemd's `KillSignal=` write them.
-pub fn signal_number(s: &str) -> Option<i32> {
-    const NAMES: [&str; 31] = [
-        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM",
-        "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF",
-        "WINCH", "IO", "PWR", "SYS",
-    ];
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    if let Some(rest) = name.strip_prefix("RTMIN+") {
-        return rest.parse::<i32>().ok().filter(|n| (0..=30).contains(n)).map(|n| 34 + n);
-    }
-    NAMES.iter().position(|n| *n == name).and_then(|i| i32::try_from(i + 1).ok())
-}
 
 /// One app's unit: what to run, as whom, in which order, and how to supervise.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,34 +227,6 @@ pub enum UnitErrorKind {
     Invalid { value: String, why: &'static str },
     #[error("{0} is required")]
     Missing(&'static str),
-}
-
-/// Parses a duration: decimal seconds, or with an `s` or `ms` suffix.
-/// Exact (no floating point), so rendering round-trips.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    // Seconds carry 9 fractional digits of nanoseconds, milliseconds 6.
-    let (number, scale_digits) = match s.strip_suffix("ms") {
-        Some(n) => (n, 6u32),
-        None => (s.strip_suffix('s').unwrap_or(s), 9u32),
-    };
-    let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
-    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    if !digits(int) || !digits(frac) || frac.len() > scale_digits as usize || int.len() > 12 {
-        return None;
-    }
-    let frac_padded = format!("{frac:0<width$}", width = scale_digits as usize);
-    let nanos: u128 = int.parse::<u128>().ok()? * 10u128.pow(scale_digits) + frac_padded.parse::<u128>().ok()?;
-    let d = Duration::new(u64::try_from(nanos / 1_000_000_000).ok()?, u32::try_from(nanos % 1_000_000_000).ok()?);
-    (d <= MAX_DURATION).then_some(d)
-}
-
-/// Renders a duration as decimal seconds, exactly.
-pub fn render_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        return d.as_secs().to_string();
-    }
-    let frac = format!("{:09}", d.subsec_nanos());
-    format!("{}.{}", d.as_secs(), frac.trim_end_matches('0'))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
