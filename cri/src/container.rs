@@ -175,6 +175,9 @@ impl Container {
             annotations: hash(&self.record.annotations),
             log_path: self.record.log_path.clone(),
             image_id: self.record.image_ref.clone(),
+            user: (st.state == proto::ContainerState::ContainerRunning as i32)
+                .then(|| crate::secctx::running_user(&self.sandbox.pod.dir, &self.record.app))
+                .flatten(),
             ..Default::default()
         }
     }

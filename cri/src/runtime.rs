@@ -104,6 +104,7 @@ impl RuntimeService for Runtime {
         Ok(Response::new(proto::StatusResponse {
             status: Some(proto::RuntimeStatus { conditions }),
             info,
+            features: Some(crate::secctx::features()),
             ..Default::default()
         }))
     }

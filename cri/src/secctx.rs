@@ -268,6 +268,35 @@ fn userns(u: &proto::UserNamespace) -> Result<(), CriError> {
     }
 }
 
+/// What the runtime as a whole supports, for `Status`: the supplemental
+/// groups policy (`Strict` leaves out the image's /etc/group memberships).
+pub fn features() -> proto::RuntimeFeatures {
+    proto::RuntimeFeatures { supplemental_groups_policy: true, ..Default::default() }
+}
+
+/// The identity of a running container's main process (ContainerStatus
+/// `user`), as the kernel has it: read through the pod's PID 1 (its host
+/// pid in `pid`) from the app's own /proc, where its pid (as pod-init
+/// knows it, in `status/<app>.json`) means that process. None when it is
+/// not running or cannot be read.
+pub fn running_user(pod_dir: &Path, app: &str) -> Option<proto::ContainerUser> {
+    let init: u32 = std::fs::read_to_string(pod_dir.join("pid")).ok()?.trim().parse().ok()?;
+    let st: stage0::lifecycle::AppStatus =
+        serde_json::from_slice(&std::fs::read(pod_dir.join("status").join(format!("{app}.json"))).ok()?).ok()?;
+    let pid = st.pid?;
+    let status = std::fs::read_to_string(format!("/proc/{init}/root/apps/{app}/rootfs/proc/{pid}/status")).ok()?;
+    parse_user(&status)
+}
+
+/// `Uid:` (real), `Gid:` (real) and `Groups:` of a /proc/PID/status text.
+fn parse_user(status: &str) -> Option<proto::ContainerUser> {
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::split_whitespace);
+    let uid = field("Uid:")?.next()?.parse().ok()?;
+    let gid = field("Gid:")?.next()?.parse().ok()?;
+    let supplemental_groups = field("Groups:")?.filter_map(|g| g.parse().ok()).collect();
+    Some(proto::ContainerUser { linux: Some(proto::LinuxContainerUser { uid, gid, supplemental_groups }) })
+}
+
 #[cfg(test)]
 #[path = "secctx_tests.rs"]
 mod tests;

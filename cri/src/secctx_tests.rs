@@ -115,3 +115,11 @@ fn sandbox_namespaces() {
     let one = vec![mapping(0, 1000, 100_000)];
     assert_eq!(sandbox_ns(userns(NamespaceMode::Pod, one)).expect_err("pod").code(), tonic::Code::Unimplemented);
 }
+
+#[test]
+fn users_from_proc_status() {
+    let status = "Name:\tsh\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\nGroups:\t1000 1234 50000 \n";
+    let user = parse_user(status).expect("user").linux.expect("linux");
+    assert_eq!((user.uid, user.gid, user.supplemental_groups), (1000, 1000, vec![1000, 1234, 50000]));
+    assert!(parse_user("Name:\tsh\n").is_none());
+}

@@ -218,3 +218,65 @@ fn host_network_pid_and_ipc_namespaces() {
     assert_mentions(&err, &["Unimplemented", "CONTAINER"]);
     sb.finish();
 }
+
+#[test]
+fn supplemental_groups_policy_merge_and_strict_and_the_status_user() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[]);
+    let reg = or_skip!(Registry::start(&live.work.join("registry"), RegistryOpts::https()));
+    // As critest's image: user 1000, a member of group 50000 in /etc/group.
+    let img = or_skip!(or_skip!(OciImage::new(&live.work.join("layout"), "v1")).busybox()).layer(&[
+        ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\ndefault-user:x:1000:1000::/:/bin/sh\n"),
+        ("etc/group", b"root:x:0:\ndefault-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n"),
+    ]);
+    reg.push(&img, "dev/groups:v1");
+    let prefix = reg.image_ref("dev");
+    let args = ["--ca-cert", p(reg.ca_cert()), "--authfile", p(reg.auth_json()), "--insecure-prefix", &prefix];
+    let s = or_skip!(CriServer::start(&live, &args));
+    let image = reg.image_ref("dev/groups:v1");
+    s.ok(&["pull", &image]);
+    let info = s.json(&["info"]);
+    assert_eq!(info["features"]["supplemental_groups_policy"], true, "{info}");
+
+    let sandbox_json = live.work.join("sandbox.json");
+    std::fs::write(
+        &sandbox_json,
+        json!({"metadata": {"name": "groups", "namespace": "default", "uid": "g"}}).to_string(),
+    )
+    .unwrap();
+    let sandbox = s.ok(&["runp", p(&sandbox_json)]).trim().to_owned();
+    let run = |name: &str, policy: u32| {
+        let f = live.work.join(format!("{name}.json"));
+        let c = json!({
+            "metadata": {"name": name},
+            "image": {"image": image},
+            "command": ["/bin/sh", "-c", "id -G; exec sleep 1000"],
+            "linux": {"security_context": {"run_as_user": {"value": 1000}, "supplemental_groups": [1234],
+                "supplemental_groups_policy": policy}}
+        });
+        std::fs::write(&f, c.to_string()).unwrap();
+        let id = s.ok(&["create", &sandbox, p(&f), p(&sandbox_json)]).trim().to_owned();
+        s.ok(&["start", &id]);
+        let st = wait_state(&s, &id, "CONTAINER_RUNNING");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut log = live.ok(&["logs", &sandbox, name]);
+        while log.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            log = live.ok(&["logs", &sandbox, name]);
+        }
+        (st["status"]["user"]["linux"].clone(), log)
+    };
+    let (user, log) = run("merge", 0);
+    assert_eq!(log.trim(), "1000 1234 50000", "{log}");
+    assert_eq!(user, json!({"uid": "1000", "gid": "1000", "supplementalGroups": ["1000", "1234", "50000"]}));
+    let (user, log) = run("strict", 1);
+    assert_eq!(log.trim(), "1000 1234", "{log}");
+    assert_eq!(user["supplementalGroups"], json!(["1000", "1234"]), "{user}");
+    s.ok(&["stopp", &sandbox]);
+    s.ok(&["rmp", &sandbox]);
+    let left = leftovers_of(&live, &sandbox);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
