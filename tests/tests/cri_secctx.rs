@@ -41,10 +41,14 @@ fn sandbox(name: &str, linux: Value) -> Option<Sandbox> {
 
 impl Sandbox {
     fn container_file(&self, name: &str, script: &str, security: Value) -> std::path::PathBuf {
+        self.container_file_of(name, Example::Busybox.reference(), script, security)
+    }
+
+    fn container_file_of(&self, name: &str, image: &str, script: &str, security: Value) -> std::path::PathBuf {
         let f = self.live.work.join(format!("{name}.json"));
         let c = json!({
             "metadata": {"name": name},
-            "image": {"image": Example::Busybox.reference()},
+            "image": {"image": image},
             "command": ["/bin/sh", "-c", script],
             "linux": {"security_context": security}
         });
@@ -54,7 +58,11 @@ impl Sandbox {
 
     /// Runs `script` in a container with this security context; its log once exited.
     fn run(&self, name: &str, script: &str, security: Value) -> String {
-        let f = self.container_file(name, script, security);
+        self.run_image(name, Example::Busybox.reference(), script, security)
+    }
+
+    fn run_image(&self, name: &str, image: &str, script: &str, security: Value) -> String {
+        let f = self.container_file_of(name, image, script, security);
         let id = self.s.ok(&["create", &self.id, p(&f), p(&self.json)]).trim().to_owned();
         self.s.ok(&["start", &id]);
         wait_state(&self.s, &id, "CONTAINER_EXITED");
@@ -279,4 +287,33 @@ fn supplemental_groups_policy_merge_and_strict_and_the_status_user() {
     s.ok(&["rmp", &sandbox]);
     let left = leftovers_of(&live, &sandbox);
     assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// A static program printing its effective uid (critest's nonewprivs
+/// image does the same), built with the host's C compiler.
+fn euid_program(dir: &std::path::Path) -> Result<std::path::PathBuf, Skip> {
+    let cc = which("cc").ok_or_else(|| Skip("no C compiler (cc) to build the setuid test program".into()))?;
+    let src = dir.join("euid.c");
+    std::fs::write(&src, "#include <stdio.h>\n#include <unistd.h>\nint main(void) { printf(\"Effective uid: %d\\n\", (int)geteuid()); return 0; }\n").unwrap();
+    let out = dir.join("euid");
+    let built = std::process::Command::new(cc).arg("-static").arg("-o").arg(&out).arg(&src).output().unwrap();
+    if !built.status.success() {
+        return Err(Skip(format!("cc -static failed: {}", String::from_utf8_lossy(&built.stderr))));
+    }
+    Ok(out)
+}
+
+#[test]
+fn setuid_binaries_work_only_without_no_new_privs() {
+    let Some(sb) = sandbox("nnp", json!({})) else { return };
+    let program = or_skip!(euid_program(&sb.live.work));
+    suid_image_of(&sb.live, "euid", &program, "euid");
+    // A setuid-root program run by uid 1000 is root only when
+    // no_new_privs is off (Kubernetes' allowPrivilegeEscalation).
+    let user = |nnp: bool| json!({"run_as_user": {"value": 1000}, "no_new_privs": nnp});
+    let log = sb.run_image("escalates", "example.com/euid:1", "/suid/euid", user(false));
+    assert_eq!(log.trim(), "Effective uid: 0", "{log}");
+    let log = sb.run_image("stays", "example.com/euid:1", "/suid/euid", user(true));
+    assert_eq!(log.trim(), "Effective uid: 1000", "{log}");
+    sb.finish();
 }
