@@ -114,14 +114,53 @@ fn host_devices(app_dev: &Path, dev: &Path) -> Result<(), BootError> {
     Ok(())
 }
 
+/// `rel` (a path inside the app) as a path under `rootfs`, with the
+/// image's symlinks followed as the app would see them: an absolute link
+/// starts again at `rootfs`, `..` never climbs above it (as runc's
+/// securejoin). A mount on what comes out stays inside the app's tree,
+/// whatever links the image holds. None after 40 links (a loop).
+pub fn resolve_in(rootfs: &Path, rel: &str) -> Option<PathBuf> {
+    let mut todo: Vec<std::ffi::OsString> =
+        Path::new(rel).components().rev().map(|c| c.as_os_str().to_owned()).collect();
+    let mut at: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        match part.to_str() {
+            Some("/" | "." | "") => continue,
+            Some("..") => {
+                at.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let here: PathBuf = at.iter().fold(rootfs.to_path_buf(), |p, c| p.join(c)).join(&part);
+        match std::fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&here).ok()?;
+                if target.is_absolute() {
+                    at.clear();
+                }
+                todo.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
+            }
+            _ => at.push(part),
+        }
+    }
+    Some(at.iter().fold(rootfs.to_path_buf(), |p, c| p.join(c)))
+}
+
 /// Masked and read-only paths in the app (runc's `maskedPaths` and
 /// `readonlyPaths`; [`MASKED_PATHS`] and [`READONLY_PATHS`] by default):
 /// `null` over masked files, an empty read-only tmpfs over masked
 /// directories, read-only binds; paths the app lacks are skipped.
+/// Symlinks in the path resolve inside the app ([`resolve_in`]).
 pub fn harden<S: AsRef<str>>(rootfs: &Path, null: &Path, masked: &[S], readonly: &[S]) -> Result<(), BootError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     for rel in masked.iter().map(AsRef::as_ref) {
-        let target = rootfs.join(rel.trim_start_matches('/'));
+        let Some(target) = resolve_in(rootfs, rel) else { continue };
         match std::fs::metadata(&target) {
             Err(_) => {}
             Ok(m) if m.is_dir() => {
@@ -132,7 +171,7 @@ pub fn harden<S: AsRef<str>>(rootfs: &Path, null: &Path, masked: &[S], readonly:
         }
     }
     for rel in readonly.iter().map(AsRef::as_ref) {
-        let target = rootfs.join(rel.trim_start_matches('/'));
+        let Some(target) = resolve_in(rootfs, rel) else { continue };
         if std::fs::symlink_metadata(&target).is_err() {
             continue;
         }
@@ -187,6 +226,24 @@ fn setup_dev(app_dev: &Path, dev: &Path) -> Result<(), BootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_resolve_inside_the_app() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
+        std::fs::write(root.join("usr/bin/busybox"), "").expect("write");
+        symlink("busybox", root.join("usr/bin/ls")).expect("link");
+        symlink("/usr/bin", root.join("bin")).expect("link");
+        symlink("/etc/shadow", root.join("evil")).expect("link");
+        symlink("../../../../../etc", root.join("usr/up")).expect("link");
+        symlink("loop", root.join("loop")).expect("link");
+        assert_eq!(resolve_in(root, "/bin/ls"), Some(root.join("usr/bin/busybox")));
+        assert_eq!(resolve_in(root, "/evil"), Some(root.join("etc/shadow")), "absolute links stay inside");
+        assert_eq!(resolve_in(root, "/usr/up/passwd"), Some(root.join("etc/passwd")), ".. stops at the root");
+        assert_eq!(resolve_in(root, "/tmp/../proc/kcore"), Some(root.join("proc/kcore")));
+        assert_eq!(resolve_in(root, "/loop"), None);
+    }
 
     #[test]
     fn app_rootfs_dirs_lists_apps_with_a_rootfs() {
