@@ -574,4 +574,26 @@ apps:
             Some("p.yaml: app web: ports[0]: image example.com/web declares no port named \"https\"")
         );
     }
+
+    #[test]
+    fn a_user_alone_takes_its_primary_group_and_security_is_carried() {
+        let pod = PodFile::parse(POD.as_bytes(), "p.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let manifest = spec::ImageManifest::parse(IMAGE.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let resolve = |app: &AppSpec| {
+            resolve_app("p.yaml", app, &meta(), manifest.app.as_ref(), vec![PathBuf::from("/t")])
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(resolve(&pod.apps[1]).group, "www", "the image's user and group");
+        let mut web = pod.apps[1].clone();
+        web.user = Some("1001".into());
+        assert_eq!(resolve(&web).group, "", "the user's primary group, not the image's");
+        web.group = Some("1002".into());
+        assert_eq!(resolve(&web).group, "1002");
+        web.security.supplementary_groups = vec![1234];
+        web.security.no_new_privileges = false;
+        assert_eq!(resolve(&web).security, web.security);
+        web.seccomp = spec::security::SeccompSpec::Localhost("/no/such/profile.json".into());
+        let err = resolve_app("p.yaml", &web, &meta(), manifest.app.as_ref(), vec![]).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("seccomp profile /no/such/profile.json")));
+    }
 }
