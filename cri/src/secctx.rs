@@ -17,9 +17,10 @@
 //!   is fine (containerd on a host without AppArmor does the same); a
 //!   profile asked for is refused. SELinux options are refused only where
 //!   the host has SELinux enabled (elsewhere containerd ignores them too).
-//! - Namespaces: host network, pid and ipc (`NODE`) are honoured; a pid
-//!   namespace per container (`CONTAINER`) and another container's
-//!   (`TARGET`) are not yet; user namespaces: `NODE` (the host's) only.
+//! - Namespaces: host network, pid and ipc (`NODE`) are honoured, and a
+//!   pid namespace per container (`CONTAINER`, Kubernetes' default: the
+//!   app's `pidNamespace: own`); another container's (`TARGET`) is not yet;
+//!   user namespaces: `NODE` (the host's) only.
 
 use std::path::Path;
 
@@ -109,10 +110,27 @@ pub fn container_keys(
     }
     apparmor(sc.apparmor.as_ref(), &sc.apparmor_profile)?;
     selinux(sc.selinux_options.as_ref(), Path::new("/sys/fs/selinux/enforce"))?;
-    if let Some(ns) = &sc.namespace_options {
-        if ns.pid == NamespaceMode::Container as i32 || ns.pid == NamespaceMode::Target as i32 {
-            return Err(pid_unsupported(ns.pid));
+    let sandbox_pid = sandbox
+        .and_then(|s| s.linux.as_ref())
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .map_or(NamespaceMode::Pod as i32, |n| n.pid);
+    let pid = sc.namespace_options.as_ref().map_or(sandbox_pid, |n| n.pid);
+    match NamespaceMode::try_from(pid) {
+        Ok(NamespaceMode::Pod) => {}
+        Ok(NamespaceMode::Container) => {
+            keys.insert("pidNamespace".into(), json!("own"));
         }
+        Ok(NamespaceMode::Node) if sandbox_pid == NamespaceMode::Node as i32 => {}
+        Ok(NamespaceMode::Node) => {
+            return Err(invalid("namespace_options.pid NODE: the sandbox does not share the host's pid namespace"))
+        }
+        Ok(NamespaceMode::Target) => {
+            return Err(CriError::Unimplemented(
+                "namespace_options.pid TARGET: sharing another container's pid namespace is not supported".into(),
+            ))
+        }
+        Err(_) => return Err(invalid(format!("namespace_options.pid: unknown mode {pid}"))),
     }
     Ok(keys)
 }
@@ -177,19 +195,6 @@ fn selinux(options: Option<&proto::SeLinuxOption>, enforce: &Path) -> Result<(),
     Ok(())
 }
 
-fn pid_unsupported(mode: i32) -> CriError {
-    if mode == NamespaceMode::Target as i32 {
-        CriError::Unimplemented(
-            "namespace_options.pid TARGET: sharing another container's pid namespace is not supported".into(),
-        )
-    } else {
-        CriError::Unimplemented(
-            "namespace_options.pid CONTAINER: a pid namespace per container is not yet supported (apps share their pod's)"
-                .into(),
-        )
-    }
-}
-
 /// A sandbox's namespaces: the host's network, pid and ipc ones (`NODE`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SandboxNamespaces {
@@ -206,8 +211,9 @@ impl SandboxNamespaces {
         else {
             return Ok(Self::default());
         };
-        if ns.pid == NamespaceMode::Container as i32 || ns.pid == NamespaceMode::Target as i32 {
-            return Err(pid_unsupported(ns.pid));
+        // CONTAINER: each container gets its own (container_keys).
+        if ns.pid == NamespaceMode::Target as i32 {
+            return Err(invalid("namespace_options.pid TARGET: a sandbox has no target container"));
         }
         for (field, mode) in [("network", ns.network), ("ipc", ns.ipc)] {
             if mode != NamespaceMode::Pod as i32 && mode != NamespaceMode::Node as i32 {
@@ -283,8 +289,16 @@ pub fn running_user(pod_dir: &Path, app: &str) -> Option<proto::ContainerUser> {
     let init: u32 = std::fs::read_to_string(pod_dir.join("pid")).ok()?.trim().parse().ok()?;
     let st: stage0::lifecycle::AppStatus =
         serde_json::from_slice(&std::fs::read(pod_dir.join("status").join(format!("{app}.json"))).ok()?).ok()?;
+    let proc_dir = format!("/proc/{init}/root/apps/{app}/rootfs/proc");
     let pid = st.pid?;
-    let status = std::fs::read_to_string(format!("/proc/{init}/root/apps/{app}/rootfs/proc/{pid}/status")).ok()?;
+    let mut status = std::fs::read_to_string(format!("{proc_dir}/{pid}/status")).ok()?;
+    // An app with a pid namespace of its own: pod-init knows the waiter
+    // (stage2-init/src/pidns.rs), the app is its one child.
+    if status.lines().next().is_some_and(|l| l.split_whitespace().nth(1) == Some("pod-init")) {
+        let children = std::fs::read_to_string(format!("{proc_dir}/{pid}/task/{pid}/children")).ok()?;
+        let child = children.split_whitespace().next()?;
+        status = std::fs::read_to_string(format!("{proc_dir}/{child}/status")).ok()?;
+    }
     parse_user(&status)
 }
 

@@ -97,8 +97,11 @@ fn sandbox_namespaces() {
     ns.apply(&mut file);
     assert_eq!((file["pid"].clone(), file["ipc"].clone()), (json!("host"), json!("host")));
     let container = NamespaceMode::Container as i32;
-    let e = sandbox_ns(proto::NamespaceOption { pid: container, ..Default::default() }).expect_err("pid CONTAINER");
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    let own = sandbox_ns(proto::NamespaceOption { pid: container, ..Default::default() }).expect("pid CONTAINER");
+    assert_eq!(own, SandboxNamespaces::default(), "each container gets its own");
+    let target = NamespaceMode::Target as i32;
+    let e = sandbox_ns(proto::NamespaceOption { pid: target, ..Default::default() }).expect_err("pid TARGET");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
     let mapping = |c, h, l| proto::IdMapping { container_id: c, host_id: h, length: l };
     let userns = |mode: NamespaceMode, maps: Vec<proto::IdMapping>| proto::NamespaceOption {
         userns_options: Some(proto::UserNamespace { mode: mode as i32, uids: maps.clone(), gids: maps }),
@@ -122,4 +125,20 @@ fn users_from_proc_status() {
     let user = parse_user(status).expect("user").linux.expect("linux");
     assert_eq!((user.uid, user.gid, user.supplemental_groups), (1000, 1000, vec![1000, 1234, 50000]));
     assert!(parse_user("Name:\tsh\n").is_none());
+}
+
+#[test]
+fn container_pid_namespaces() {
+    let pid = |mode: NamespaceMode| {
+        sc(|s| s.namespace_options = Some(proto::NamespaceOption { pid: mode as i32, ..Default::default() }))
+    };
+    let keys = container_keys(&pid(NamespaceMode::Container), None).expect("own");
+    assert_eq!(keys["pidNamespace"], "own");
+    assert!(container_keys(&pid(NamespaceMode::Pod), None).expect("pod").get("pidNamespace").is_none());
+    let e = container_keys(&pid(NamespaceMode::Node), None).expect_err("node without a host-pid sandbox");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        container_keys(&pid(NamespaceMode::Target), None).expect_err("target").code(),
+        tonic::Code::Unimplemented
+    );
 }

@@ -256,6 +256,10 @@ pub struct AppSecurity {
     /// /proc, /sys writable and the host's devices in /dev: what Docker's
     /// `--privileged` and Kubernetes' `privileged: true` give.
     pub privileged: bool,
+    /// `pidNamespace: own`: the app's program is PID 1 of a pid namespace
+    /// of its own, seeing only its processes (the CRI's per-container pid
+    /// namespace); default: the pod's.
+    pub own_pid_namespace: bool,
 }
 
 impl Default for AppSecurity {
@@ -267,6 +271,7 @@ impl Default for AppSecurity {
             masked_paths: None,
             readonly_paths: None,
             privileged: false,
+            own_pid_namespace: false,
         }
     }
 }

@@ -32,6 +32,7 @@ pub fn unit_for(app: &App, cgroups: Vec<String>, seccomp_programs: usize) -> Uni
         app.supplementary_gids.iter().chain(&app.security.supplementary_groups).map(ToString::to_string).collect();
     u.image_groups = app.security.groups_policy == GroupsPolicy::Merge;
     u.no_new_privileges = app.security.no_new_privileges;
+    u.own_pid = app.security.own_pid_namespace;
     u.restart = match app.restart {
         Restart::Never => unit::Restart::No,
         Restart::OnFailure => unit::Restart::OnFailure,

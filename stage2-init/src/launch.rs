@@ -83,7 +83,7 @@ pub fn spawn(launch: &Launch<'_>) -> nix::Result<Spawned> {
         Fork::Parent(pid) => Ok(Spawned { pid, report }),
         Fork::Child => {
             drop(report);
-            let e = match child(launch) {
+            let e = match child(launch, report_w.as_raw_fd()) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -111,13 +111,17 @@ pub fn read_report(fd: &OwnedFd) -> Option<String> {
     }
 }
 
-fn child(l: &Launch<'_>) -> Result<Infallible, ChildError> {
+fn child(l: &Launch<'_>, report: std::os::fd::RawFd) -> Result<Infallible, ChildError> {
     sys::reset_signal_dispositions();
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(step("sigprocmask"))?;
     setsid().map_err(step("setsid"))?;
     dup2(l.stdin.as_raw_fd(), 0).map_err(step("stdin"))?;
     dup2(l.output.as_raw_fd(), 1).map_err(step("stdout"))?;
     dup2(l.output.as_raw_fd(), 2).map_err(step("stderr"))?;
+    if l.unit.own_pid {
+        // From here on in the grandchild, PID 1 of a new pid namespace.
+        crate::pidns::enter(report)?;
+    }
     let env = become_app(l.app, l.unit, &l.rootfs, l.cgroups, l.seccomp)?;
     exec(&l.argv, &env)
 }
@@ -142,6 +146,11 @@ pub fn become_app(
 ) -> Result<Vec<(String, String)>, ChildError> {
     join_cgroups(cgroups)?;
     enter_rootfs(rootfs)?;
+    // PID 1 of the app's own pid namespace (not `pod enter`, which joins
+    // the pod's): a /proc of that namespace.
+    if unit.own_pid && nix::unistd::getpid().as_raw() == 1 {
+        crate::pidns::remount_proc()?;
+    }
     let creds = read_creds(unit)?;
     // The bounding set shrinks while pod-init's CAP_SETPCAP is still held;
     // the caps in effect now (SETUID, SETGID) stay until setuid/capset.

@@ -221,9 +221,31 @@ fn host_network_pid_and_ipc_namespaces() {
     for ns in ["net", "pid", "ipc"] {
         assert!(!log.contains(&own(ns)), "{ns} is the pod's own: {log}");
     }
-    // A pid namespace per container is not served yet, and says so.
-    let err = sb.refused("own-pid", json!({"namespace_options": {"pid": 1}}));
-    assert_mentions(&err, &["Unimplemented", "CONTAINER"]);
+    // A pid namespace per container (Kubernetes' default): the app is its
+    // PID 1 and sees only its own processes, with /proc masked as before.
+    let script = "echo pid=$$; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'; \
+        wc -c < /proc/timer_list; grep -c . /proc/sys/kernel/hostname; echo x > /proc/sys/kernel/domainname; true";
+    let log = sb.run("own-pid", script, json!({"namespace_options": {"pid": 1}}));
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines[0], "pid=1", "{log}");
+    assert!(lines[1].starts_with("/bin/sh -c"), "PID 1 is the app: {log}");
+    assert!(lines[2].trim().parse::<u32>().unwrap() <= 3, "only its own processes: {log}");
+    assert_eq!(lines[3].trim(), "0", "/proc/timer_list still masked: {log}");
+    assert_mentions(&log, &["Read-only file system"]);
+    // Its user is the app's, not the waiter's, and it stops (SIGKILL after
+    // the timeout: as any PID 1 it ignores SIGTERM without a handler).
+    let own = json!({"namespace_options": {"pid": 1}, "run_as_user": {"value": 1001}});
+    let f = sb.container_file("own-pid-sleeps", "exec sleep 1000", own);
+    let id = sb.s.ok(&["create", &sb.id, p(&f), p(&sb.json)]).trim().to_owned();
+    sb.s.ok(&["start", &id]);
+    let st = wait_state(&sb.s, &id, "CONTAINER_RUNNING");
+    assert_eq!(st["status"]["user"]["linux"]["uid"], "1001", "{st}");
+    sb.s.ok(&["stop", "--timeout", "1", &id]);
+    wait_state(&sb.s, &id, "CONTAINER_EXITED");
+    let log = sb.run("pod-pid", "cat /proc/1/cmdline | tr '\\0' ' '", json!({}));
+    assert!(log.contains("pod-init"), "the pod's PID 1: {log}");
+    let err = sb.refused("target-pid", json!({"namespace_options": {"pid": 3}}));
+    assert_mentions(&err, &["Unimplemented", "TARGET"]);
     sb.finish();
 }
 

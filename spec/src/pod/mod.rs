@@ -33,6 +33,7 @@
 //!     maskedPaths: [/proc/kcore]               # replace the default masked paths
 //!     readonlyPaths: [/proc/sys]               # replace the default read-only paths
 //!     privileged: false                        # true: all caps, no seccomp, no masks, host devices
+//!     pidNamespace: pod                        # own: the app is PID 1 of a pid namespace of its own
 //! volumes:
 //!   - { name: data, kind: empty }              # or kind: host, source: /abs, readOnly: true
 //! annotations: { example.com/owner: me }

@@ -83,6 +83,8 @@ pub(super) struct App {
     pub readonly_paths: Option<Vec<String>>,
     #[serde(default)]
     pub privileged: bool,
+    #[serde(default)]
+    pub pid_namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -490,14 +490,14 @@ fn security_keys_and_host_namespaces() {
     let text = BASE.replacen(
         "after: [a]",
         "after: [a]\n    seccomp: /etc/p.json\n    supplementaryGroups: [1234, 5678]\n    supplementaryGroupsPolicy: strict\n    \
-         noNewPrivileges: false\n    maskedPaths: [/bin/ls]\n    readonlyPaths: [/tmp]",
+         noNewPrivileges: false\n    maskedPaths: [/bin/ls]\n    readonlyPaths: [/tmp]\n    pidNamespace: own",
         1,
     );
     let b = ok(&text).apps.remove(1);
     assert_eq!(b.seccomp, SeccompSpec::Localhost("/etc/p.json".into()));
     let s = &b.security;
     assert_eq!((s.supplementary_groups.as_slice(), s.groups_policy), (&[1234, 5678][..], GroupsPolicy::Strict));
-    assert!(!s.no_new_privileges);
+    assert!(!s.no_new_privileges && s.own_pid_namespace);
     assert_eq!((s.masked(), s.readonly()), (vec!["/bin/ls".to_owned()], vec!["/tmp".to_owned()]));
     let privileged = ok(&BASE.replacen("after: [a]", "privileged: true\n    seccomp: default", 1)).apps.remove(1);
     assert_eq!((privileged.capabilities, privileged.seccomp), (CapSet::ALL, SeccompSpec::Unconfined));

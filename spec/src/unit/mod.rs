@@ -87,6 +87,8 @@
 //!   With `no`, setuid binaries and file capabilities work (within the
 //!   bounding set), and the seccomp filters are installed before the app's
 //!   user is taken, while pod-init still holds CAP_SYS_ADMIN (as runc).
+//! - `[X-Pod] PIDNamespace=pod|own` (default pod): `own` makes the app's
+//!   program PID 1 of a pid namespace of its own (stage2-init/src/pidns.rs).
 //! - `[X-Pod] SupplementaryGroupsPolicy=merge|strict` (default merge): with
 //!   `strict` the groups listing the user in the app's /etc/group are not
 //!   added, only the primary group and `SupplementaryGroups=`.
@@ -108,6 +110,7 @@ use crate::security::{CapSet, DEFAULT_CAPS};
 mod values;
 mod words;
 
+use values::{account_ok, command, env_name_ok, tcp_addr};
 pub use values::{parse_duration, render_duration, signal_number};
 pub use words::{join_words, quote_word, split_words, QuoteError};
 
@@ -156,6 +159,9 @@ pub struct Unit {
     /// `[X-Pod] SupplementaryGroupsPolicy=strict` is `false`: the image's
     /// /etc/group memberships of the user are not added.
     pub image_groups: bool,
+    /// `[X-Pod] PIDNamespace=own`: the app's program is PID 1 of a pid
+    /// namespace of its own (default `pod`: the pod's).
+    pub own_pid: bool,
 }
 
 /// When a finished app is started again.
@@ -259,6 +265,7 @@ impl Unit {
             seccomp_filters: Vec::new(),
             no_new_privileges: true,
             image_groups: true,
+            own_pid: false,
         }
     }
 
@@ -333,6 +340,7 @@ impl Unit {
                     "Capabilities",
                     "SeccompFilter",
                     "SupplementaryGroupsPolicy",
+                    "PIDNamespace",
                 ][..],
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
@@ -448,6 +456,13 @@ impl Unit {
                         _ => return Err(invalid("expected yes or no")),
                     }
                 }
+                "PIDNamespace" => {
+                    unit.own_pid = match value {
+                        "pod" => false,
+                        "own" => true,
+                        _ => return Err(invalid("expected pod or own")),
+                    }
+                }
                 "SupplementaryGroupsPolicy" => {
                     unit.image_groups = match value {
                         "merge" => true,
@@ -550,6 +565,9 @@ impl Unit {
         if !self.image_groups {
             line(&mut out, "SupplementaryGroupsPolicy", "strict");
         }
+        if self.own_pid {
+            line(&mut out, "PIDNamespace", "own");
+        }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {
                 ReadinessCheck::Tcp(addr) if addr.ip() == Ipv4Addr::LOCALHOST => {
@@ -562,38 +580,6 @@ impl Unit {
         }
         out
     }
-}
-
-fn command(words: Vec<String>) -> Result<Vec<String>, &'static str> {
-    let Some(first) = words.first() else { return Err("expected a command") };
-    if first.starts_with(['-', '@', '+', '!', ':']) {
-        return Err("systemd command prefixes (-@+!:) are not supported");
-    }
-    if !first.starts_with('/') && first.contains('/') {
-        return Err("the program must be an absolute path or a bare name looked up in PATH");
-    }
-    Ok(words)
-}
-
-fn env_name_ok(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b == b'_' || b.is_ascii_alphabetic())
-        && bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
-}
-
-fn account_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && !s.starts_with('-')
-        && s.chars().all(|c| !(c.is_whitespace() || c.is_control() || matches!(c, ':' | ',' | '/' | '"' | '\'' | '\\')))
-}
-
-fn tcp_addr(value: &str) -> Option<SocketAddr> {
-    let addr = match value.parse::<u16>() {
-        Ok(port) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        Err(_) => value.parse().ok()?,
-    };
-    (addr.port() != 0).then_some(addr)
 }
 
 #[cfg(test)]

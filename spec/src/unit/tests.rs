@@ -253,9 +253,11 @@ fn no_new_privileges_and_groups_policy() {
     let u = Unit::parse("[Service]\nExecStart=/x\n", "u").expect("unit");
     assert!(u.no_new_privileges && u.image_groups, "the defaults");
     assert!(!u.render().contains("NoNewPrivileges") && !u.render().contains("SupplementaryGroupsPolicy"));
-    let text = "[Service]\nExecStart=/x\nNoNewPrivileges=no\n[X-Pod]\nSupplementaryGroupsPolicy=strict\n";
+    let text =
+        "[Service]\nExecStart=/x\nNoNewPrivileges=no\n[X-Pod]\nSupplementaryGroupsPolicy=strict\nPIDNamespace=own\n";
     let u = Unit::parse(text, "u").expect("unit");
-    assert!(!u.no_new_privileges && !u.image_groups);
+    assert!(!u.no_new_privileges && !u.image_groups && u.own_pid);
+    assert!(Unit::parse("[Service]\nExecStart=/x\n[X-Pod]\nPIDNamespace=host\n", "u").is_err());
     assert_eq!(Unit::parse(&u.render(), "r").expect("round trip"), u);
     let e = Unit::parse("[Service]\nExecStart=/x\nNoNewPrivileges=maybe\n", "u").expect_err("bad");
     assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("NoNewPrivileges")));

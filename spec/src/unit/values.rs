@@ -1,5 +1,7 @@
-//! The scalar values of unit files: durations and signals.
+//! The scalar values of unit files: durations, signals, commands, names
+//! and addresses.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use super::MAX_DURATION;
@@ -49,4 +51,36 @@ pub fn render_duration(d: Duration) -> String {
     }
     let frac = format!("{:09}", d.subsec_nanos());
     format!("{}.{}", d.as_secs(), frac.trim_end_matches('0'))
+}
+
+pub(super) fn command(words: Vec<String>) -> Result<Vec<String>, &'static str> {
+    let Some(first) = words.first() else { return Err("expected a command") };
+    if first.starts_with(['-', '@', '+', '!', ':']) {
+        return Err("systemd command prefixes (-@+!:) are not supported");
+    }
+    if !first.starts_with('/') && first.contains('/') {
+        return Err("the program must be an absolute path or a bare name looked up in PATH");
+    }
+    Ok(words)
+}
+
+pub(super) fn env_name_ok(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b == b'_' || b.is_ascii_alphabetic())
+        && bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
+}
+
+pub(super) fn account_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && !s.starts_with('-')
+        && s.chars().all(|c| !(c.is_whitespace() || c.is_control() || matches!(c, ':' | ',' | '/' | '"' | '\'' | '\\')))
+}
+
+pub(super) fn tcp_addr(value: &str) -> Option<SocketAddr> {
+    let addr = match value.parse::<u16>() {
+        Ok(port) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Err(_) => value.parse().ok()?,
+    };
+    (addr.port() != 0).then_some(addr)
 }

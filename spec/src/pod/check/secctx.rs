@@ -1,6 +1,7 @@
 //! The pod file's security keys beyond capabilities: an app's `seccomp`
 //! (a profile path too), `supplementaryGroups`, `supplementaryGroupsPolicy`,
-//! `noNewPrivileges`, `maskedPaths`, `readonlyPaths`, `privileged`; and
+//! `noNewPrivileges`, `maskedPaths`, `readonlyPaths`, `privileged`,
+//! `pidNamespace`; and
 //! the pod's `pid` and `ipc` namespaces.
 
 use super::{raw, Cx, FieldPath, Result};
@@ -53,6 +54,11 @@ impl Cx<'_> {
         );
         let masked_paths = lists.next().transpose()?.flatten();
         let readonly_paths = lists.next().transpose()?.flatten();
+        let own_pid_namespace = match a.pid_namespace.as_deref() {
+            None | Some("pod") => false,
+            Some("own") => true,
+            Some(o) => return Err(self.invalid(&path.key("pidNamespace"), format!("{o:?} is not pod or own"))),
+        };
         Ok(AppSecurity {
             supplementary_groups,
             groups_policy,
@@ -60,6 +66,7 @@ impl Cx<'_> {
             masked_paths,
             readonly_paths,
             privileged: a.privileged,
+            own_pid_namespace,
         })
     }
 
