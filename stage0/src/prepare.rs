@@ -341,6 +341,13 @@ pub fn prepare(
             return Err(PrepareError::UsernsConflict { file, why });
         }
     }
+    let own_pid = pod_file.apps.iter().any(|a| a.security.own_pid_namespace);
+    if own_pid && overrides.userns == Some(pod::UserNs::Auto) {
+        return Err(PrepareError::UsernsConflict {
+            file,
+            why: "pidNamespace: own cannot go with userns: auto (not yet)",
+        });
+    }
     if pod_file.host_pid || pod_file.host_ipc {
         let auto = overrides.userns.unwrap_or(pod_file.userns) == pod::UserNs::Auto;
         if vm || auto {

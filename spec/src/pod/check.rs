@@ -240,6 +240,7 @@ impl Cx<'_> {
         }
 
         let pod = PodFile { name, isolation, network, accel, userns, host_pid, host_ipc, apps, volumes, annotations };
+        self.own_pid_with_userns(&pod)?;
         self.references(&pod)?;
         self.ports(&pod)?;
         self.cycle(&pod.apps)?;

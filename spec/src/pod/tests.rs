@@ -526,4 +526,6 @@ fn security_keys_and_host_namespaces() {
     assert!(e.message.contains("namespace pods"), "{e}");
     let e = err(&format!("pid: host\nuserns: auto\n{BASE}"));
     assert!(e.message.contains("userns: auto"), "{e}");
+    let e = err(&format!("userns: auto\n{}", BASE.replacen("after: [a]", "pidNamespace: own", 1)));
+    assert_eq!(e.field, "apps[1].pidNamespace", "{e}");
 }

@@ -93,3 +93,21 @@ impl Cx<'_> {
         Ok((out[0], out[1]))
     }
 }
+
+impl Cx<'_> {
+    /// `pidNamespace: own` mounts a /proc of the app's namespace, which a
+    /// user namespace's root may only do where a whole /proc is in sight;
+    /// an app's is masked, so not with `userns: auto`.
+    pub(super) fn own_pid_with_userns(&self, pod: &crate::pod::PodFile) -> Result<()> {
+        if pod.userns != UserNs::Auto {
+            return Ok(());
+        }
+        match pod.apps.iter().position(|a| a.security.own_pid_namespace) {
+            Some(i) => Err(self.invalid(
+                &FieldPath::default().at("apps", i).key("pidNamespace"),
+                "pidNamespace: own cannot go with userns: auto (not yet)",
+            )),
+            None => Ok(()),
+        }
+    }
+}
