@@ -48,19 +48,20 @@ pub fn unit_for(app: &App, cgroups: Vec<String>, seccomp_programs: usize) -> Uni
     });
     u.cgroups = cgroups;
     u.capabilities = app.capabilities;
-    u.seccomp_filters =
-        (0..seccomp_programs).map(|i| format!("/units/{}", seccomp_file(app.name.as_str(), i))).collect();
+    u.seccomp_filters = (0..seccomp_programs).map(|i| format!("/units/{}", seccomp_file(app, i))).collect();
     u
 }
 
-/// The file name, in `units/`, of an app's `n`th seccomp program (the
+/// The file name, in `units/`, of an app's `n`th seccomp program: the
 /// default profile's in the order of [`crate::seccomp::default_filters`],
-/// or a Localhost profile's, [`crate::seccomp_oci::compile`]).
-fn seccomp_file(app: &str, n: usize) -> String {
-    match n {
-        0 => format!("{app}.seccomp.bpf"),
-        1 => format!("{app}.clone3.seccomp.bpf"),
-        n => format!("{app}.{n}.seccomp.bpf"),
+/// or a Localhost profile's ([`crate::seccomp_oci::compile`]).
+fn seccomp_file(app: &App, n: usize) -> String {
+    let name = app.name.as_str();
+    match (&app.seccomp, n) {
+        (Seccomp::Localhost { .. }, n) => format!("{name}.profile{n}.seccomp.bpf"),
+        (_, 0) => format!("{name}.seccomp.bpf"),
+        (_, 1) => format!("{name}.clone3.seccomp.bpf"),
+        (_, n) => format!("{name}.{n}.seccomp.bpf"),
     }
 }
 
@@ -106,7 +107,7 @@ pub fn write_app(
         }
     };
     for (i, bytes) in programs.iter().enumerate() {
-        let p = dir.join(seccomp_file(app.name.as_str(), i));
+        let p = dir.join(seccomp_file(app, i));
         fs::write(&p, bytes).map_err(|e| (p.clone(), e))?;
     }
     let p = dir.join(format!("{}.unit", app.name));
@@ -119,4 +120,19 @@ pub fn write_app(
 /// `<app>.` is the app's alone).
 pub fn is_app_file(app: &str, file: &str) -> bool {
     file.strip_prefix(app).and_then(|r| r.strip_prefix('.')).is_some_and(|r| r == "unit" || r.ends_with("seccomp.bpf"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_apps_files_are_its_own() {
+        for f in ["web.unit", "web.seccomp.bpf", "web.clone3.seccomp.bpf", "web.profile3.seccomp.bpf"] {
+            assert!(is_app_file("web", f), "{f}");
+        }
+        for f in ["web-2.unit", "web-2.seccomp.bpf", "webx.unit", "web.json", "web"] {
+            assert!(!is_app_file("web", f), "{f}");
+        }
+    }
 }
