@@ -43,13 +43,10 @@ pub fn container_keys(
     sandbox: Option<&proto::PodSandboxConfig>,
 ) -> Result<Map<String, Value>, CriError> {
     let mut keys = Map::new();
-    let Some(sc) = config.linux.as_ref().and_then(|l| l.security_context.as_ref()) else {
-        // No security context at all: CRI's defaults (no seccomp profile
-        // is unconfined; no_new_privs off).
-        keys.insert("seccomp".into(), json!("unconfined"));
-        keys.insert("noNewPrivileges".into(), json!(false));
-        return Ok(keys);
-    };
+    // None at all: CRI's defaults (no seccomp profile is unconfined,
+    // no_new_privs off; the sandbox's pid namespace mode).
+    let none = proto::LinuxContainerSecurityContext::default();
+    let sc = config.linux.as_ref().and_then(|l| l.security_context.as_ref()).unwrap_or(&none);
     let user = match (&sc.run_as_user, sc.run_as_username.as_str()) {
         (Some(uid), _) => Some(id("run_as_user", uid.value)?.to_string()),
         (None, "") => None,

@@ -135,6 +135,12 @@ fn container_pid_namespaces() {
     let keys = container_keys(&pid(NamespaceMode::Container), None).expect("own");
     assert_eq!(keys["pidNamespace"], "own");
     assert!(container_keys(&pid(NamespaceMode::Pod), None).expect("pod").get("pidNamespace").is_none());
+    // Without options of its own, the container takes the sandbox's mode.
+    let mut sandbox = privileged_sandbox(false);
+    let ns = proto::NamespaceOption { pid: NamespaceMode::Container as i32, ..Default::default() };
+    sandbox.linux.as_mut().and_then(|l| l.security_context.as_mut()).expect("sc").namespace_options = Some(ns);
+    let keys = container_keys(&proto::ContainerConfig::default(), Some(&sandbox)).expect("keys");
+    assert_eq!(keys["pidNamespace"], "own");
     let e = container_keys(&pid(NamespaceMode::Node), None).expect_err("node without a host-pid sandbox");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert_eq!(
