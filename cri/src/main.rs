@@ -102,7 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ("insecurePrefixes".to_owned(), insecure.join(",")),
     ]);
     let host = Host { dirs: dirs.clone(), cni_conf_dir: cni_conf_dir.clone(), debug };
-    let runtime = Runtime { cni_conf_dir, config, host };
+    let runtime = Runtime { cni_conf_dir, config, host, live: Default::default() };
     let images = Images::new(
         dirs,
         PullConfig {

@@ -61,8 +61,6 @@ pub enum PrepareError {
     Volume(#[from] VolumeError),
     #[error("{file}: pid: host and ipc: host are for namespace pods with the host's user namespace: {why}")]
     HostNamespaces { file: String, why: &'static str },
-    #[error("{file}: a sandbox pod (--sandbox, or apps: []) is not yet supported for VM pods: their apps cannot yet be started or stopped while they run")]
-    SandboxVm { file: String },
 }
 
 impl ExitCodeOf for PrepareError {
@@ -76,7 +74,6 @@ impl ExitCodeOf for PrepareError {
             Self::UsernsConflict { .. } | Self::HostNamespaces { .. } => Exit::InvalidInput,
             Self::Userns { source, .. } => source.exit(),
             Self::Volume(e) => e.exit(),
-            Self::SandboxVm { .. } => Exit::Conflict,
         }
     }
 }
@@ -355,11 +352,6 @@ pub fn prepare(
                 if vm { "a VM pod has its own kernel" } else { "userns: auto does not own the host's namespaces" };
             return Err(PrepareError::HostNamespaces { file, why });
         }
-    }
-    // Apps in a running VM pod need the control channel over virtio-serial
-    // (a later version); a VM sandbox could never get one.
-    if vm && (overrides.sandbox || pod_file.apps.is_empty()) {
-        return Err(PrepareError::SandboxVm { file });
     }
     if let (true, Err(why)) = (vm, &host.vm) {
         return Err(PrepareError::NoVm { file, why: why.clone() });
