@@ -20,6 +20,8 @@ use PodFileErrorKind::{Cycle, Invalid, Limit, Schema, Syntax, TooLarge};
 
 mod secctx;
 
+pub use secctx::userns_conflict;
+
 /// Longest pod name: it is the pod's hostname.
 const MAX_HOSTNAME: usize = 63;
 /// Smallest memory limit: below it no process starts.
@@ -602,17 +604,4 @@ impl Dfs<'_> {
 fn normalise(p: &str) -> String {
     let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
     format!("/{}", parts.join("/"))
-}
-
-/// Why `userns: auto` cannot go with this isolation and network, if it
-/// cannot. stage0 asks again after the command line's overrides.
-pub fn userns_conflict(vm: bool, host_network: bool) -> Option<&'static str> {
-    match (vm, host_network) {
-        (true, _) => Some("userns: auto is for namespace pods; a VM pod is isolated by its own kernel"),
-        (_, true) => Some(
-            "userns: auto cannot share the host's network namespace: the pod's root could neither bind ports \
-             below 1024 nor mount its /sys there",
-        ),
-        _ => None,
-    }
 }

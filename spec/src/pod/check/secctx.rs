@@ -1,8 +1,8 @@
 //! The pod file's security keys beyond capabilities: an app's `seccomp`
 //! (a profile path too), `supplementaryGroups`, `supplementaryGroupsPolicy`,
 //! `noNewPrivileges`, `maskedPaths`, `readonlyPaths`, `privileged`,
-//! `pidNamespace`; and
-//! the pod's `pid` and `ipc` namespaces.
+//! `pidNamespace`; the pod's `pid` and `ipc` namespaces; and what
+//! `userns: auto` cannot go with.
 
 use super::{raw, Cx, FieldPath, Result};
 use crate::pod::{Isolation, UserNs};
@@ -109,5 +109,18 @@ impl Cx<'_> {
             )),
             None => Ok(()),
         }
+    }
+}
+
+/// Why `userns: auto` cannot go with this isolation and network, if it
+/// cannot. stage0 asks again after the command line's overrides.
+pub fn userns_conflict(vm: bool, host_network: bool) -> Option<&'static str> {
+    match (vm, host_network) {
+        (true, _) => Some("userns: auto is for namespace pods; a VM pod is isolated by its own kernel"),
+        (_, true) => Some(
+            "userns: auto cannot share the host's network namespace: the pod's root could neither bind ports \
+             below 1024 nor mount its /sys there",
+        ),
+        _ => None,
     }
 }
