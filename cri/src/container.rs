@@ -66,8 +66,9 @@ pub struct ContainerRecord {
     pub created_at: i64,
     #[serde(default)]
     pub started_at: i64,
-    /// More keys of the app, as a pod file writes them (podcfg.rs),
-    /// checked at create and given to the app at start.
+    /// More keys of the app, as a pod file writes them (podcfg.rs:
+    /// mounts, resources; secctx.rs: its security context), checked at
+    /// create and given to the app at start.
     #[serde(default)]
     pub app_keys: serde_json::Map<String, serde_json::Value>,
     /// The mounts as asked, for ContainerStatus.
@@ -185,6 +186,9 @@ impl Container {
             log_path: self.record.log_path.clone(),
             image_id: self.record.image_ref.clone(),
             mounts: self.record.mounts.iter().map(crate::mounts::MountRecord::to_proto).collect(),
+            user: (st.state == proto::ContainerState::ContainerRunning as i32)
+                .then(|| crate::secctx::running_user(&self.sandbox.pod.dir, &self.record.app))
+                .flatten(),
             ..Default::default()
         }
     }
@@ -274,7 +278,8 @@ pub fn create_container(
             sandbox.pod.uuid, meta.name, meta.attempt
         )));
     }
-    let app_keys = crate::podcfg::container_keys(&config)?;
+    let mut app_keys = crate::podcfg::container_keys(&config)?;
+    app_keys.extend(crate::secctx::container_keys(&config, sandbox_config.as_ref())?);
     let mounts = config.mounts.iter().map(crate::mounts::MountRecord::of).collect();
     let log_directory = sandbox_config.map(|c| c.log_directory).unwrap_or(sandbox.record.log_directory.clone());
     let log_path = match (log_directory.is_empty(), config.log_path.is_empty()) {
@@ -301,7 +306,8 @@ pub fn create_container(
         app_keys,
         mounts,
     };
-    // Refused now rather than at start: the app's keys and host paths.
+    // The app as it will be added, checked now: a bad security context or
+    // host path fails CreateContainer, not StartContainer.
     new_app(&record)?.check(&HostVolumePolicy::for_cri(dirs)).map_err(CriError::InvalidArgument)?;
     let dir = sandbox.containers_dir();
     fs::create_dir_all(&dir).map_err(io("create", &dir))?;
@@ -345,7 +351,7 @@ pub fn start_container(dirs: &Dirs, id: &str) -> Result<(), CriError> {
     Ok(())
 }
 
-/// The app a container record adds.
+/// The app a container's record adds to its sandbox.
 fn new_app(r: &ContainerRecord) -> Result<NewApp, CriError> {
     // CRI: command replaces the image's entrypoint, args its arguments.
     // pod's apps have one exec: command + args, else args alone, else the

@@ -18,6 +18,7 @@ pub mod podcfg;
 pub mod reference;
 pub mod runtime;
 pub mod sandbox;
+pub mod secctx;
 pub mod server;
 pub mod stats;
 pub mod update;

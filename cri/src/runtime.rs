@@ -143,7 +143,7 @@ impl RuntimeService for Runtime {
             status: Some(proto::RuntimeStatus { conditions }),
             info,
             runtime_handlers: crate::podcfg::with_features(crate::vm::runtime_handlers()),
-            ..Default::default()
+            features: Some(crate::secctx::features()),
         }))
     }
 

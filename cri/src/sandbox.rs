@@ -296,8 +296,12 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
     if let Some(s) = sandboxes(&host.dirs)?.into_iter().find(|s| s.ready() && same(&s.record)) {
         return Ok(s.pod.uuid);
     }
+    let namespaces = crate::secctx::SandboxNamespaces::of(&config)?;
     let dirs = &host.dirs;
-    let network = cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name });
+    let network = match namespaces.host_network {
+        true => Network::Host,
+        false => cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name }),
+    };
     let settings = crate::podcfg::sandbox_keys(&config, &network)?;
     let record = SandboxRecord {
         name: meta.name.clone(),
@@ -323,6 +327,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
     for (k, v) in settings {
         pod_file[k.as_str()] = v;
     }
+    namespaces.apply(&mut pod_file);
     fs::write(file.path(), pod_file.to_string()).map_err(io("write", file.path()))?;
 
     let (store, trust, sources) = fetcher_parts(dirs)?;

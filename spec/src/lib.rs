@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod name;
 pub mod oci;
 pub mod pod;
+pub mod seccomp;
 pub mod security;
 pub mod stage1;
 pub mod unit;

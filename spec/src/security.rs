@@ -191,8 +191,8 @@ impl<'de> Deserialize<'de> for CapSet {
     }
 }
 
-/// Which seccomp filter an app runs under.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Which seccomp filter an app runs under (`pod.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Seccomp {
     /// The default deny list (stage1-ns/src/seccomp.rs): EPERM for calls
@@ -202,6 +202,103 @@ pub enum Seccomp {
     Default,
     /// No filter.
     Unconfined,
+    /// A profile file in the OCI runtime spec's format, read when the pod
+    /// was prepared (`path`, for humans) and frozen here.
+    Localhost { path: String, profile: crate::seccomp::OciSeccomp },
+}
+
+/// The pod file's `seccomp`: `default`, `unconfined`, or the absolute path
+/// of an OCI seccomp profile on the host (read by stage0 when the pod is
+/// prepared).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum SeccompSpec {
+    #[default]
+    Default,
+    Unconfined,
+    Localhost(String),
+}
+
+/// How the supplementary groups of an app are made (CRI's
+/// `SupplementalGroupsPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GroupsPolicy {
+    /// The user's groups in the image's /etc/group, plus those given.
+    #[default]
+    Merge,
+    /// Only the primary group and those given.
+    Strict,
+}
+
+/// An app's privileges beyond its capabilities and seccomp profile: the
+/// pod file's `supplementaryGroups`, `supplementaryGroupsPolicy`,
+/// `noNewPrivileges`, `maskedPaths`, `readonlyPaths` and `privileged`,
+/// carried as they are into `pod.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AppSecurity {
+    /// Group ids added to the app's supplementary groups.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub supplementary_groups: Vec<u32>,
+    pub groups_policy: GroupsPolicy,
+    /// `no_new_privs` for the app (the default): setuid binaries and file
+    /// capabilities grant nothing. Off, a non-root app may gain privileges
+    /// through them, within its bounding set (Kubernetes'
+    /// `allowPrivilegeEscalation`).
+    pub no_new_privileges: bool,
+    /// Replaces [`MASKED_PATHS`] when given (paths inside the app).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masked_paths: Option<Vec<String>>,
+    /// Replaces [`READONLY_PATHS`] when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readonly_paths: Option<Vec<String>>,
+    /// Every capability, no seccomp filter, nothing masked or read-only in
+    /// /proc, /sys writable and the host's devices in /dev: what Docker's
+    /// `--privileged` and Kubernetes' `privileged: true` give.
+    pub privileged: bool,
+    /// `pidNamespace: own`: the app's program is PID 1 of a pid namespace
+    /// of its own, seeing only its processes (the CRI's per-container pid
+    /// namespace); default: the pod's.
+    pub own_pid_namespace: bool,
+}
+
+impl Default for AppSecurity {
+    fn default() -> Self {
+        AppSecurity {
+            supplementary_groups: Vec::new(),
+            groups_policy: GroupsPolicy::Merge,
+            no_new_privileges: true,
+            masked_paths: None,
+            readonly_paths: None,
+            privileged: false,
+            own_pid_namespace: false,
+        }
+    }
+}
+
+impl AppSecurity {
+    /// Whether these are the defaults (left out of `pod.json`).
+    pub fn is_default(&self) -> bool {
+        *self == AppSecurity::default()
+    }
+
+    /// The paths masked in the app: none when privileged.
+    pub fn masked(&self) -> Vec<String> {
+        match (&self.masked_paths, self.privileged) {
+            (_, true) => Vec::new(),
+            (Some(p), false) => p.clone(),
+            (None, false) => MASKED_PATHS.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// The paths made read-only in the app: none when privileged.
+    pub fn readonly(&self) -> Vec<String> {
+        match (&self.readonly_paths, self.privileged) {
+            (_, true) => Vec::new(),
+            (Some(p), false) => p.clone(),
+            (None, false) => READONLY_PATHS.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
 }
 
 /// Paths under an app's `/` hidden from it, as runc and Docker do: a file

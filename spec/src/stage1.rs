@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::ImageId;
 use crate::name::{AcName, ImageName};
-use crate::security::{CapSet, Seccomp, DEFAULT_CAPS};
+use crate::security::{AppSecurity, CapSet, Seccomp, DEFAULT_CAPS};
 
 /// The invocation version this build writes and reads.
 pub const INVOCATION_VERSION: u32 = 1;
@@ -216,6 +216,11 @@ pub struct App {
     /// The rootfs is remounted read-only once its mounts are in place.
     #[serde(default, rename = "readOnlyRootFS")]
     pub read_only_root_fs: bool,
+    /// Supplementary groups and their policy, no_new_privs, masked and
+    /// read-only paths, privileged (see [`AppSecurity`]). Absent: the
+    /// defaults.
+    #[serde(default, skip_serializing_if = "AppSecurity::is_default")]
+    pub security: AppSecurity,
 }
 
 fn default_caps() -> CapSet {
@@ -257,6 +262,13 @@ pub struct ResolvedPod {
     /// listens there (`name` is the container port's number).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Port>,
+    /// `pid: host`: no pid namespace of the pod's own. A stage1 that
+    /// cannot share the host's (the VM stage1) fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_pid: bool,
+    /// `ipc: host`: no IPC namespace of the pod's own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_ipc: bool,
 }
 
 impl ResolvedPod {

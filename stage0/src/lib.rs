@@ -19,6 +19,7 @@ pub mod pods;
 pub mod prepare;
 pub mod render;
 pub mod run;
+pub mod secprofile;
 pub mod sha512;
 pub mod sources;
 pub mod store;

@@ -59,6 +59,8 @@ pub enum PrepareError {
     },
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error("{file}: pid: host and ipc: host are for namespace pods with the host's user namespace: {why}")]
+    HostNamespaces { file: String, why: &'static str },
 }
 
 impl ExitCodeOf for PrepareError {
@@ -69,7 +71,7 @@ impl ExitCodeOf for PrepareError {
             Self::Image { source, .. } => source.exit(),
             Self::Pod(e) => e.exit(),
             Self::NoVm { .. } => Exit::NotFound,
-            Self::UsernsConflict { .. } => Exit::InvalidInput,
+            Self::UsernsConflict { .. } | Self::HostNamespaces { .. } => Exit::InvalidInput,
             Self::Userns { source, .. } => source.exit(),
             Self::Volume(e) => e.exit(),
         }
@@ -222,7 +224,13 @@ pub(crate) fn resolve_app(
         layers,
         exec,
         user: app.user.clone().or_else(|| image_app.map(|a| a.user.clone())).unwrap_or_else(|| "0".into()),
-        group: app.group.clone().or_else(|| image_app.map(|a| a.group.clone())).unwrap_or_else(|| "0".into()),
+        // A user given without a group runs with its primary group, as
+        // `docker run --user`: the image's group goes with the image's user.
+        group: match (&app.group, &app.user) {
+            (Some(g), _) => g.clone(),
+            (None, Some(_)) => String::new(),
+            (None, None) => image_app.map_or_else(|| "0".into(), |a| a.group.clone()),
+        },
         supplementary_gids: image_app.map(|a| a.supplementary_gids.clone()).unwrap_or_default(),
         working_directory: app
             .working_directory
@@ -261,8 +269,9 @@ pub(crate) fn resolve_app(
         ports,
         mounts: mounts_of(file, app, meta, image_app)?,
         capabilities: app.capabilities,
-        seccomp: app.seccomp,
+        seccomp: crate::secprofile::resolve(&app.seccomp).map_err(err)?,
         read_only_root_fs: app.read_only_root_fs,
+        security: app.security.clone(),
     })
 }
 
@@ -363,6 +372,21 @@ pub fn prepare(
         };
         if let Some(why) = pod::userns_conflict(vm, host_net) {
             return Err(PrepareError::UsernsConflict { file, why });
+        }
+    }
+    let own_pid = pod_file.apps.iter().any(|a| a.security.own_pid_namespace);
+    if own_pid && overrides.userns == Some(pod::UserNs::Auto) {
+        return Err(PrepareError::UsernsConflict {
+            file,
+            why: "pidNamespace: own cannot go with userns: auto (not yet)",
+        });
+    }
+    if pod_file.host_pid || pod_file.host_ipc {
+        let auto = overrides.userns.unwrap_or(pod_file.userns) == pod::UserNs::Auto;
+        if vm || auto {
+            let why =
+                if vm { "a VM pod has its own kernel" } else { "userns: auto does not own the host's namespaces" };
+            return Err(PrepareError::HostNamespaces { file, why });
         }
     }
     if let (true, Err(why)) = (vm, &host.vm) {
@@ -500,6 +524,8 @@ fn write_pod(
         }),
         sysctls: pod_file.sysctls.clone(),
         ports: pod_ports(file, pod_file)?,
+        host_pid: pod_file.host_pid,
+        host_ipc: pod_file.host_ipc,
     };
     write_json(&dir.join(stage1::POD_MANIFEST_FILE), &resolved)?;
     crashpoint("prepare.manifest");
@@ -590,5 +616,27 @@ apps:
             err.as_deref(),
             Some("p.yaml: app web: ports[0]: image example.com/web declares no port named \"https\"")
         );
+    }
+
+    #[test]
+    fn a_user_alone_takes_its_primary_group_and_security_is_carried() {
+        let pod = PodFile::parse(POD.as_bytes(), "p.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let manifest = spec::ImageManifest::parse(IMAGE.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let resolve = |app: &AppSpec| {
+            resolve_app("p.yaml", app, &meta(), manifest.app.as_ref(), vec![PathBuf::from("/t")])
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(resolve(&pod.apps[1]).group, "www", "the image's user and group");
+        let mut web = pod.apps[1].clone();
+        web.user = Some("1001".into());
+        assert_eq!(resolve(&web).group, "", "the user's primary group, not the image's");
+        web.group = Some("1002".into());
+        assert_eq!(resolve(&web).group, "1002");
+        web.security.supplementary_groups = vec![1234];
+        web.security.no_new_privileges = false;
+        assert_eq!(resolve(&web).security, web.security);
+        web.seccomp = spec::security::SeccompSpec::Localhost("/no/such/profile.json".into());
+        let err = resolve_app("p.yaml", &web, &meta(), manifest.app.as_ref(), vec![]).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("seccomp profile /no/such/profile.json")));
     }
 }

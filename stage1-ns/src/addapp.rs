@@ -255,9 +255,16 @@ pub fn remove(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
 /// Idempotent. The VM stage1's `rm-app` too.
 pub fn remove_files(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
     let app = name.as_str();
-    let files = units::app_files(app)
+    let units_dir = pod_dir.join("units");
+    let unit_files: Vec<PathBuf> = fs::read_dir(&units_dir)
         .into_iter()
-        .map(|f| pod_dir.join("units").join(f))
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|f| units::is_app_file(app, f)))
+        .map(|e| e.path())
+        .collect();
+    let files = unit_files
+        .into_iter()
         .chain([format!("{app}.json"), format!("{app}.oom")].map(|f| pod_dir.join("status").join(f)))
         .chain([pod_dir.join("logs").join(format!("{app}.log"))]);
     for p in files {

@@ -12,6 +12,7 @@ mod oom;
 pub mod podcfg;
 pub mod rootfs;
 pub mod seccomp;
+pub mod seccomp_oci;
 mod sys;
 pub mod units;
 pub mod userns;

@@ -376,7 +376,11 @@ fn launch_pod(
     // others are the pod's PID 1's own. A launcher with a mount namespace
     // of its own would pay for tearing that copy of the host's mount table
     // down when it exits (an RCU grace period: ~100 ms measured).
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid: {e}"))?;
+    // `pid: host`: none, the pod's PID 1 is a host process (pod-init then
+    // becomes a subreaper).
+    if !pod.host_pid {
+        unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid: {e}"))?;
+    }
     // The pod's PID 1 waits on this before it execs stage2-init, until the
     // launcher has moved it into the pod's cgroups.
     let (joined_r, joined_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
@@ -441,7 +445,11 @@ fn pod_init(
         // owns them; the mounts are made here as host root all the same.
         let mut flags = CloneFlags::CLONE_NEWNS;
         if userns.is_none() {
-            flags |= CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+            flags |= CloneFlags::CLONE_NEWUTS;
+        }
+        // `ipc: host` (never with a user namespace: stage0 refuses it).
+        if userns.is_none() && !pod.host_ipc {
+            flags |= CloneFlags::CLONE_NEWIPC;
         }
         if private_net(pod, userns) {
             flags |= CloneFlags::CLONE_NEWNET;

@@ -292,9 +292,10 @@ pub fn setup_app(
     // /tmp, the tmpfs of /dev) is the pod's root's.
     let _as_pod_root = ids.map(|i| crate::userns::AsPodRoot::new(i.uid, i.gid)).transpose()?;
     let root = ids.map_or((0, 0), |i| (i.uid, i.gid));
+    let dev = carried.map_or(Path::new("/dev"), |c| c.dev.as_path());
     if kernel_fs == KernelFs::Mount {
-        let dev = carried.map_or(Path::new("/dev"), |c| c.dev.as_path());
-        stage2_init::appfs::mount_kernel_fs(&rootfs, dev).map_err(|e| RootfsError::KernelFs(e.to_string()))?;
+        stage2_init::appfs::mount_kernel_fs_as(&rootfs, dev, app.security.privileged)
+            .map_err(|e| RootfsError::KernelFs(e.to_string()))?;
     }
     let tmp = rootfs.join("tmp");
     mkdir_p(&tmp)?;
@@ -349,6 +350,12 @@ pub fn setup_app(
             _ => bind(&src, &target, read_only, &format!("volume {}", vol.name))?,
         }
         crate::mounts::apply(&target, m, false)?;
+    }
+    if kernel_fs == KernelFs::Mount {
+        // Last, so that a masked or read-only path inside a volume is too.
+        let (masked, readonly) = (app.security.masked(), app.security.readonly());
+        stage2_init::appfs::harden(&rootfs, &dev.join("null"), &masked, &readonly)
+            .map_err(|e| RootfsError::KernelFs(e.to_string()))?;
     }
     if app.read_only_root_fs {
         read_only_root(&rootfs)?;

@@ -155,7 +155,7 @@ pub fn default_filters() -> Result<Vec<Vec<u8>>, SeccompError> {
 }
 
 /// `nr`, and on x86-64 its x32 twin.
-fn with_x32(nr: i64) -> impl Iterator<Item = i64> {
+pub(crate) fn with_x32(nr: i64) -> impl Iterator<Item = i64> {
     #[cfg(target_arch = "x86_64")]
     let twin = Some(nr | X32_BIT);
     #[cfg(not(target_arch = "x86_64"))]

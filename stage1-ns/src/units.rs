@@ -9,13 +9,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use spec::security::Seccomp;
+use spec::security::{GroupsPolicy, Seccomp};
 use spec::stage1::{App, Probe, ResolvedPod, Restart};
 use spec::unit::{self, ReadinessCheck, Unit};
 
 /// The unit for one app; `cgroups` are the paths (inside the pod root) of
-/// the cgroup directories its processes join.
-pub fn unit_for(app: &App, cgroups: Vec<String>) -> Unit {
+/// the cgroup directories its processes join; `seccomp_programs`: how many
+/// seccomp programs [`write_app`] wrote for it.
+pub fn unit_for(app: &App, cgroups: Vec<String>, seccomp_programs: usize) -> Unit {
     let mut u = Unit::new(app.exec.clone());
     u.description = Some(format!("{} ({})", app.name, app.image_name));
     u.after = app.after.clone();
@@ -27,7 +28,11 @@ pub fn unit_for(app: &App, cgroups: Vec<String>) -> Unit {
     u.group = (!app.group.is_empty()).then(|| app.group.clone());
     // Checked by stage0 when the pod was prepared.
     u.kill_signal = app.stop_signal.as_deref().and_then(spec::unit::signal_number).unwrap_or(spec::unit::SIGTERM);
-    u.supplementary_groups = app.supplementary_gids.iter().map(ToString::to_string).collect();
+    u.supplementary_groups =
+        app.supplementary_gids.iter().chain(&app.security.supplementary_groups).map(ToString::to_string).collect();
+    u.image_groups = app.security.groups_policy == GroupsPolicy::Merge;
+    u.no_new_privileges = app.security.no_new_privileges;
+    u.own_pid = app.security.own_pid_namespace;
     u.restart = match app.restart {
         Restart::Never => unit::Restart::No,
         Restart::OnFailure => unit::Restart::OnFailure,
@@ -50,17 +55,21 @@ pub fn unit_for(app: &App, cgroups: Vec<String>) -> Unit {
     });
     u.cgroups = cgroups;
     u.capabilities = app.capabilities;
-    u.seccomp_filters = match app.seccomp {
-        Seccomp::Default => seccomp_files(app.name.as_str()).iter().map(|f| format!("/units/{f}")).collect(),
-        Seccomp::Unconfined => Vec::new(),
-    };
+    u.seccomp_filters = (0..seccomp_programs).map(|i| format!("/units/{}", seccomp_file(app, i))).collect();
     u
 }
 
-/// The file names, in `units/`, of an app's default seccomp programs, in
-/// the order of [`crate::seccomp::default_filters`].
-fn seccomp_files(app: &str) -> [String; 2] {
-    [format!("{app}.seccomp.bpf"), format!("{app}.clone3.seccomp.bpf")]
+/// The file name, in `units/`, of an app's `n`th seccomp program: the
+/// default profile's in the order of [`crate::seccomp::default_filters`],
+/// or a Localhost profile's ([`crate::seccomp_oci::compile`]).
+fn seccomp_file(app: &App, n: usize) -> String {
+    let name = app.name.as_str();
+    match (&app.seccomp, n) {
+        (Seccomp::Localhost { .. }, n) => format!("{name}.profile{n}.seccomp.bpf"),
+        (_, 0) => format!("{name}.seccomp.bpf"),
+        (_, 1) => format!("{name}.clone3.seccomp.bpf"),
+        (_, n) => format!("{name}.{n}.seccomp.bpf"),
+    }
 }
 
 /// Writes `<pod>/units/<app>.unit` for every app.
@@ -89,24 +98,48 @@ pub fn write_app(
     filters: &mut Option<Vec<Vec<u8>>>,
 ) -> Result<(), (PathBuf, io::Error)> {
     let dir = pod_dir.join("units");
-    if app.seccomp == Seccomp::Default {
-        if filters.is_none() {
-            let compiled = crate::seccomp::default_filters().map_err(|e| (dir.clone(), io::Error::other(e)))?;
-            *filters = Some(compiled);
+    let compile_err = |e: String| (dir.clone(), io::Error::other(e));
+    let own;
+    let programs: &[Vec<u8>] = match &app.seccomp {
+        Seccomp::Default => {
+            if filters.is_none() {
+                *filters = Some(crate::seccomp::default_filters().map_err(|e| compile_err(e.to_string()))?);
+            }
+            filters.as_deref().unwrap_or_default()
         }
-        for (name, bytes) in seccomp_files(app.name.as_str()).iter().zip(filters.iter().flatten()) {
-            let p = dir.join(name);
-            fs::write(&p, bytes).map_err(|e| (p.clone(), e))?;
+        Seccomp::Unconfined => &[],
+        Seccomp::Localhost { path, profile } => {
+            own = crate::seccomp_oci::compile(profile).map_err(|e| compile_err(format!("{path}: {e}")))?;
+            &own
         }
+    };
+    for (i, bytes) in programs.iter().enumerate() {
+        let p = dir.join(seccomp_file(app, i));
+        fs::write(&p, bytes).map_err(|e| (p.clone(), e))?;
     }
     let p = dir.join(format!("{}.unit", app.name));
     let paths = (0..cgroups).map(|i| crate::rootfs::cgroup_path_in_pod(app.name.as_str(), i)).collect();
-    fs::write(&p, unit_for(app, paths).render()).map_err(|e| (p.clone(), e))
+    fs::write(&p, unit_for(app, paths, programs.len()).render()).map_err(|e| (p.clone(), e))
 }
 
-/// The files [`write_app`] writes for `app`, names in `units/`.
-pub fn app_files(app: &str) -> Vec<String> {
-    let mut files = seccomp_files(app).to_vec();
-    files.push(format!("{app}.unit"));
-    files
+/// Whether `file` in `units/` is one [`write_app`] writes for `app`: its
+/// unit and its seccomp programs (app names have no dots, so the prefix
+/// `<app>.` is the app's alone).
+pub fn is_app_file(app: &str, file: &str) -> bool {
+    file.strip_prefix(app).and_then(|r| r.strip_prefix('.')).is_some_and(|r| r == "unit" || r.ends_with("seccomp.bpf"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_apps_files_are_its_own() {
+        for f in ["web.unit", "web.seccomp.bpf", "web.clone3.seccomp.bpf", "web.profile3.seccomp.bpf"] {
+            assert!(is_app_file("web", f), "{f}");
+        }
+        for f in ["web-2.unit", "web-2.seccomp.bpf", "webx.unit", "web.json", "web"] {
+            assert!(!is_app_file("web", f), "{f}");
+        }
+    }
 }

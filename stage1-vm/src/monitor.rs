@@ -267,6 +267,18 @@ fn spawn_qemu(qemu: &Path, vm: &Vm, dir: &VmDir) -> Result<Child, VmError> {
 }
 
 /// Runs the pod; returns its exit status.
+/// Why this stage1 cannot run `app` as asked, if it cannot: the guest
+/// mounts each app's /proc, /sys and /dev with the defaults.
+pub(crate) fn unsupported(app: &spec::stage1::App) -> Option<VmError> {
+    let s = &app.security;
+    (s.privileged || s.masked_paths.is_some() || s.readonly_paths.is_some()).then(|| {
+        VmError::Invalid(format!(
+            "app {}: privileged, maskedPaths and readonlyPaths are not yet supported by the VM stage1",
+            app.name
+        ))
+    })
+}
+
 pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     let (inv, pod) = stage1_ns::monitor::read_pod(pod_dir).map_err(|e| VmError::Invalid(e.to_string()))?;
     if pod.isolation != Isolation::Vm {
@@ -285,6 +297,12 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     }
     if !pod.ports.is_empty() {
         return Err(VmError::Invalid("pod-level ports are not yet published by the VM stage1".into()));
+    }
+    if pod.host_pid || pod.host_ipc {
+        return Err(VmError::Invalid("pid: host and ipc: host are not supported by the VM stage1".into()));
+    }
+    if let Some(e) = pod.apps.iter().find_map(unsupported) {
+        return Err(e);
     }
     let host: &VmHost = inv.vm.as_ref().ok_or_else(|| {
         VmError::Invalid("stage1.json has no vm section: stage0 found no guest kernel (see README, VM pods)".into())

@@ -67,25 +67,100 @@ fn touch(path: &Path) -> Result<(), BootError> {
 /// One app's /proc, /sys (read-only), /dev and /tmp; `dev` holds the
 /// device nodes to bind (the host's /dev, or a guest's devtmpfs).
 pub fn mount_kernel_fs(rootfs: &Path, dev: &Path) -> Result<(), BootError> {
+    mount_kernel_fs_as(rootfs, dev, false)?;
+    harden(rootfs, &dev.join("null"), &MASKED_PATHS, &READONLY_PATHS)
+}
+
+/// [`mount_kernel_fs`] without the masked and read-only paths (the caller
+/// applies its own with [`harden`] once the app's volumes are mounted).
+/// `privileged`: /sys writable and every device node of `dev` bound, as
+/// runc gives a privileged container.
+pub fn mount_kernel_fs_as(rootfs: &Path, dev: &Path, privileged: bool) -> Result<(), BootError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = rootfs.join("proc");
     mkdir_p(&proc_dir)?;
     do_mount(Path::new("proc"), &proc_dir, Some("proc"), hardened, None)?;
     let sys = rootfs.join("sys");
     mkdir_p(&sys)?;
-    do_mount(Path::new("sysfs"), &sys, Some("sysfs"), hardened | MsFlags::MS_RDONLY, None)?;
-    harden_kernel_fs(rootfs, &dev.join("null"))?;
+    let sys_flags = if privileged { hardened } else { hardened | MsFlags::MS_RDONLY };
+    do_mount(Path::new("sysfs"), &sys, Some("sysfs"), sys_flags, None)?;
     setup_dev(&rootfs.join("dev"), dev)?;
+    if privileged {
+        host_devices(&rootfs.join("dev"), dev)?;
+    }
     mkdir_p(&rootfs.join("tmp"))
 }
 
-/// runc's masked and read-only paths in the app's /proc and /sys: `null`
-/// over masked files, an empty read-only tmpfs over masked directories,
-/// read-only binds; paths this kernel lacks are skipped.
-fn harden_kernel_fs(rootfs: &Path, null: &Path) -> Result<(), BootError> {
+/// A privileged app's extra devices: every character and block device
+/// directly in `dev` that its /dev lacks, bound one by one (the /dev
+/// tmpfs itself stays nodev).
+fn host_devices(app_dev: &Path, dev: &Path) -> Result<(), BootError> {
+    use std::os::unix::fs::FileTypeExt;
+    let entries = std::fs::read_dir(dev).map_err(|e| BootError::new("read", dev, e))?;
+    for entry in entries.flatten() {
+        let Ok(kind) = entry.file_type() else { continue };
+        if !(kind.is_char_device() || kind.is_block_device()) {
+            continue;
+        }
+        let target = app_dev.join(entry.file_name());
+        // ptmx and console are the app's own (devpts, /dev/null).
+        if std::fs::symlink_metadata(&target).is_ok() || matches!(entry.file_name().to_str(), Some("ptmx" | "console"))
+        {
+            continue;
+        }
+        touch(&target)?;
+        do_mount(&entry.path(), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    Ok(())
+}
+
+/// `rel` (a path inside the app) as a path under `rootfs`, with the
+/// image's symlinks followed as the app would see them: an absolute link
+/// starts again at `rootfs`, `..` never climbs above it (as runc's
+/// securejoin). A mount on what comes out stays inside the app's tree,
+/// whatever links the image holds. None after 40 links (a loop).
+pub fn resolve_in(rootfs: &Path, rel: &str) -> Option<PathBuf> {
+    let mut todo: Vec<std::ffi::OsString> =
+        Path::new(rel).components().rev().map(|c| c.as_os_str().to_owned()).collect();
+    let mut at: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        match part.to_str() {
+            Some("/" | "." | "") => continue,
+            Some("..") => {
+                at.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let here: PathBuf = at.iter().fold(rootfs.to_path_buf(), |p, c| p.join(c)).join(&part);
+        match std::fs::symlink_metadata(&here) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&here).ok()?;
+                if target.is_absolute() {
+                    at.clear();
+                }
+                todo.extend(target.components().rev().map(|c| c.as_os_str().to_owned()));
+            }
+            _ => at.push(part),
+        }
+    }
+    Some(at.iter().fold(rootfs.to_path_buf(), |p, c| p.join(c)))
+}
+
+/// Masked and read-only paths in the app (runc's `maskedPaths` and
+/// `readonlyPaths`; [`MASKED_PATHS`] and [`READONLY_PATHS`] by default):
+/// `null` over masked files, an empty read-only tmpfs over masked
+/// directories, read-only binds; paths the app lacks are skipped.
+/// Symlinks in the path resolve inside the app ([`resolve_in`]).
+pub fn harden<S: AsRef<str>>(rootfs: &Path, null: &Path, masked: &[S], readonly: &[S]) -> Result<(), BootError> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    for rel in MASKED_PATHS {
-        let target = rootfs.join(rel.trim_start_matches('/'));
+    for rel in masked.iter().map(AsRef::as_ref) {
+        let Some(target) = resolve_in(rootfs, rel) else { continue };
         match std::fs::metadata(&target) {
             Err(_) => {}
             Ok(m) if m.is_dir() => {
@@ -95,13 +170,16 @@ fn harden_kernel_fs(rootfs: &Path, null: &Path) -> Result<(), BootError> {
             Ok(_) => do_mount(null, &target, None, MsFlags::MS_BIND, None)?,
         }
     }
-    for rel in READONLY_PATHS {
-        let target = rootfs.join(rel.trim_start_matches('/'));
+    for rel in readonly.iter().map(AsRef::as_ref) {
+        let Some(target) = resolve_in(rootfs, rel) else { continue };
         if std::fs::symlink_metadata(&target).is_err() {
             continue;
         }
         do_mount(&target, &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hardened;
+        // noexec only in the kernel's filesystems: a read-only /usr still runs.
+        let kernel = rel.starts_with("/proc/") || rel.starts_with("/sys/");
+        let extra = if kernel { hardened } else { MsFlags::MS_NOSUID | MsFlags::MS_NODEV };
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
         mount(None::<&str>, &target, None::<&str>, flags, None::<&str>)
             .map_err(|e| BootError::new("mount", &target, format!("read-only remount: {e}")))?;
     }
@@ -148,6 +226,24 @@ fn setup_dev(app_dev: &Path, dev: &Path) -> Result<(), BootError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_resolve_inside_the_app() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("usr/bin")).expect("mkdir");
+        std::fs::write(root.join("usr/bin/busybox"), "").expect("write");
+        symlink("busybox", root.join("usr/bin/ls")).expect("link");
+        symlink("/usr/bin", root.join("bin")).expect("link");
+        symlink("/etc/shadow", root.join("evil")).expect("link");
+        symlink("../../../../../etc", root.join("usr/up")).expect("link");
+        symlink("loop", root.join("loop")).expect("link");
+        assert_eq!(resolve_in(root, "/bin/ls"), Some(root.join("usr/bin/busybox")));
+        assert_eq!(resolve_in(root, "/evil"), Some(root.join("etc/shadow")), "absolute links stay inside");
+        assert_eq!(resolve_in(root, "/usr/up/passwd"), Some(root.join("etc/passwd")), ".. stops at the root");
+        assert_eq!(resolve_in(root, "/tmp/../proc/kcore"), Some(root.join("proc/kcore")));
+        assert_eq!(resolve_in(root, "/loop"), None);
+    }
 
     #[test]
     fn app_rootfs_dirs_lists_apps_with_a_rootfs() {

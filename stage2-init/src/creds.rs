@@ -77,6 +77,19 @@ pub fn resolve(
     passwd_file: &str,
     group_file: &str,
 ) -> Result<Creds, CredsError> {
+    resolve_with(user, group, extra, passwd_file, group_file, true)
+}
+
+/// [`resolve`]; `image_groups: false` (`SupplementaryGroupsPolicy=strict`)
+/// leaves out the groups that list the user as a member.
+pub fn resolve_with(
+    user: Option<&str>,
+    group: Option<&str>,
+    extra: &[String],
+    passwd_file: &str,
+    group_file: &str,
+    image_groups: bool,
+) -> Result<Creds, CredsError> {
     let spec = user.unwrap_or("0");
     let (uid, entry) = match numeric(spec) {
         Some(uid) => {
@@ -93,7 +106,7 @@ pub fn resolve(
         None => entry.as_ref().map_or(0, |p| p.gid),
     };
     let mut wanted = vec![gid];
-    if let Some(p) = &entry {
+    if let (Some(p), true) = (&entry, image_groups) {
         wanted.extend(groups(group_file).filter(|g| g.members.split(',').any(|m| m.trim() == p.name)).map(|g| g.gid));
     }
     for g in extra {
@@ -146,6 +159,15 @@ mod tests {
         assert_eq!(ok(Some("7"), None, &[]).home, "/");
         let c = resolve(Some("1000"), None, &[], "", "").expect("no files");
         assert_eq!((c.uid, c.gid, c.groups), (1000, 0, vec![0]));
+    }
+
+    #[test]
+    fn strict_policy_leaves_out_memberships() {
+        let extra = ["1234".to_owned()];
+        let c = resolve_with(Some("redis"), None, &extra, PASSWD, GROUP, false).expect("resolve");
+        assert_eq!(c.groups, [101, 1234]);
+        let c = resolve_with(Some("redis"), None, &extra, PASSWD, GROUP, true).expect("resolve");
+        assert_eq!(c.groups, [101, 29, 1234]);
     }
 
     #[test]

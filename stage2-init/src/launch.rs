@@ -83,7 +83,7 @@ pub fn spawn(launch: &Launch<'_>) -> nix::Result<Spawned> {
         Fork::Parent(pid) => Ok(Spawned { pid, report }),
         Fork::Child => {
             drop(report);
-            let e = match child(launch) {
+            let e = match child(launch, report_w.as_raw_fd()) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -111,13 +111,17 @@ pub fn read_report(fd: &OwnedFd) -> Option<String> {
     }
 }
 
-fn child(l: &Launch<'_>) -> Result<Infallible, ChildError> {
+fn child(l: &Launch<'_>, report: std::os::fd::RawFd) -> Result<Infallible, ChildError> {
     sys::reset_signal_dispositions();
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(step("sigprocmask"))?;
     setsid().map_err(step("setsid"))?;
     dup2(l.stdin.as_raw_fd(), 0).map_err(step("stdin"))?;
     dup2(l.output.as_raw_fd(), 1).map_err(step("stdout"))?;
     dup2(l.output.as_raw_fd(), 2).map_err(step("stderr"))?;
+    if l.unit.own_pid {
+        // From here on in the grandchild, PID 1 of a new pid namespace.
+        crate::pidns::enter(report)?;
+    }
     let env = become_app(l.app, l.unit, &l.rootfs, l.cgroups, l.seccomp)?;
     exec(&l.argv, &env)
 }
@@ -142,6 +146,11 @@ pub fn become_app(
 ) -> Result<Vec<(String, String)>, ChildError> {
     join_cgroups(cgroups)?;
     enter_rootfs(rootfs, &unit.shared_mounts)?;
+    // PID 1 of the app's own pid namespace (not `pod enter`, which joins
+    // the pod's): a /proc of that namespace.
+    if unit.own_pid && nix::unistd::getpid().as_raw() == 1 {
+        crate::pidns::remount_proc()?;
+    }
     // While still root: lowering it takes CAP_SYS_RESOURCE.
     if let Some(adj) = unit.oom_score_adjust {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
@@ -151,6 +160,11 @@ pub fn become_app(
     // The bounding set shrinks while pod-init's CAP_SETPCAP is still held;
     // the caps in effect now (SETUID, SETGID) stay until setuid/capset.
     privs::bound(unit.capabilities)?;
+    // Without no_new_privs, installing a filter takes CAP_SYS_ADMIN: now,
+    // while pod-init's is held (runc's order too).
+    if !unit.no_new_privileges {
+        privs::install_filters(seccomp)?;
+    }
     setgroups(&creds.groups.iter().map(|&g| Gid::from_raw(g)).collect::<Vec<_>>()).map_err(step("setgroups"))?;
     setgid(Gid::from_raw(creds.gid)).map_err(step("setgid"))?;
     setuid(Uid::from_raw(creds.uid)).map_err(step("setuid"))?;
@@ -159,7 +173,9 @@ pub fn become_app(
     let dir = unit.working_directory.as_deref().unwrap_or("/");
     chdir(dir).map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("chdir {dir}: {e}") })?;
     let env = environment(app, unit, &creds);
-    privs::lock_down(seccomp)?;
+    if unit.no_new_privileges {
+        privs::lock_down(seccomp)?;
+    }
     Ok(env)
 }
 
@@ -240,7 +256,8 @@ fn read_small(path: &str) -> Result<String, ChildError> {
 
 fn read_creds(unit: &Unit) -> Result<Creds, ChildError> {
     let (passwd, group) = (read_small("/etc/passwd")?, read_small("/etc/group")?);
-    creds::resolve(unit.user.as_deref(), unit.group.as_deref(), &unit.supplementary_groups, &passwd, &group)
+    let (user, group_name) = (unit.user.as_deref(), unit.group.as_deref());
+    creds::resolve_with(user, group_name, &unit.supplementary_groups, &passwd, &group, unit.image_groups)
         .map_err(|e| ChildError { code: EXIT_LAUNCH_FAILED, message: e.to_string() })
 }
 

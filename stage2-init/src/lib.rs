@@ -17,6 +17,7 @@ pub mod vm;
 
 mod app;
 mod launch;
+mod pidns;
 mod supervise;
 mod sys;
 

@@ -97,6 +97,12 @@ pub(crate) fn set_caps(caps: CapSet, uid: u32) -> Result<(), ChildError> {
 /// Step 4: no_new_privs, then each filter, the last thing before execve.
 pub(crate) fn lock_down(filters: &[SeccompProgram]) -> Result<(), ChildError> {
     nix::sys::prctl::set_no_new_privs().map_err(failed("no_new_privs"))?;
+    install_filters(filters)
+}
+
+/// Each filter in order: after no_new_privs, or (`NoNewPrivileges=no`)
+/// while CAP_SYS_ADMIN is still held.
+pub(crate) fn install_filters(filters: &[SeccompProgram]) -> Result<(), ChildError> {
     for program in filters {
         sys::install_seccomp(&program.0).map_err(failed("install seccomp filter"))?;
     }

@@ -77,6 +77,22 @@ pub fn cloexec_inherited_fds() {
     }
 }
 
+/// Closes every fd from `first` up, for a forked copy of pod-init that
+/// stays without exec (the waiter of pidns.rs): it must not keep pod-init's
+/// control connections, pipes and sockets open.
+pub(crate) fn close_fds_from(first: i32) {
+    let first = libc::c_uint::try_from(first).unwrap_or(3);
+    // SAFETY: called in a forked child that owns no Rust value using these
+    // fds afterwards (it only waits and exits with _exit).
+    if unsafe { libc::close_range(first, libc::c_uint::MAX, 0) } == 0 {
+        return;
+    }
+    // Kernels before 5.11.
+    for fd in first..4096 {
+        let _ = nix::unistd::close(i32::try_from(fd).unwrap_or(i32::MAX));
+    }
+}
+
 /// Opens /dev/null on any of fds 0, 1, 2 that is closed, so that files
 /// pod-init opens later never land on a standard stream.
 pub(crate) fn ensure_stdio() {

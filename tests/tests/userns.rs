@@ -149,34 +149,6 @@ fn the_pods_root_is_an_unprivileged_range_and_files_land_where_expected() {
     live.ok(&["rm", &uuid]);
 }
 
-/// `example.com/suid:1`: busybox (a dependency) plus `/suid/busybox`, a
-/// setuid-root copy of it (named so, busybox takes its first argument as
-/// the applet).
-fn suid_image(live: &Live) -> PathBuf {
-    let dir = live.work.join("suid-build");
-    let bin = dir.join("rootfs/suid");
-    fs::create_dir_all(&bin).unwrap();
-    let copy = bin.join("busybox");
-    fs::copy(live.tree_with("bin/busybox").join("bin/busybox"), &copy).unwrap();
-    std::os::unix::fs::chown(&copy, Some(0), Some(0)).unwrap();
-    fs::set_permissions(&copy, fs::Permissions::from_mode(0o4755)).unwrap();
-    let recipe = serde_json::json!({
-        "name": "example.com/suid",
-        "labels": { "version": "1" },
-        "app": { "exec": ["/bin/sh"], "user": "0", "group": "0" },
-        "rootfs": { "dir": "rootfs" },
-        "dependencies": [{ "imageName": "example.com/busybox", "labels": { "version": "1.35" } }],
-    });
-    let recipe_path = dir.join("recipe.yaml");
-    fs::write(&recipe_path, serde_json::to_string_pretty(&recipe).unwrap()).unwrap();
-    let out = live.images.join("suid-1.aci");
-    let cache = live.work.join("deb-cache");
-    live.ok(&["image", "build", p(&recipe_path), "-o", p(&out), "--cache-dir", p(&cache)]);
-    live.sign(e2e_key(), &out);
-    live.ok(&["fetch", p(&out)]);
-    out
-}
-
 /// Runs `exe ARGS` as uid/gid 65534 on the host.
 fn as_nobody(exe: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("setpriv")

@@ -17,9 +17,13 @@ use super::{
     MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
 };
 use crate::name::{AcIdentifier, AcName};
-use crate::security::{Seccomp, DEFAULT_CAPS};
+use crate::security::DEFAULT_CAPS;
 
 use PodFileErrorKind::{Cycle, Invalid, Limit, Schema, Syntax, TooLarge};
+
+mod secctx;
+
+pub use secctx::userns_conflict;
 
 /// Longest pod name: it is the pod's hostname.
 const MAX_HOSTNAME: usize = 63;
@@ -212,6 +216,7 @@ impl Cx<'_> {
                 return Err(self.invalid(&root.key("userns"), why));
             }
         }
+        let (host_pid, host_ipc) = self.host_namespaces(&raw, isolation, userns)?;
 
         self.count(&root.key("volumes"), raw.volumes.len(), MAX_VOLUMES)?;
         let mut volumes: Vec<Volume> = Vec::with_capacity(raw.volumes.len());
@@ -254,6 +259,8 @@ impl Cx<'_> {
             network,
             accel,
             userns,
+            host_pid,
+            host_ipc,
             apps,
             volumes,
             annotations,
@@ -262,6 +269,7 @@ impl Cx<'_> {
             sysctls,
             ports,
         };
+        self.own_pid_with_userns(&pod)?;
         self.references(&pod)?;
         self.ports(&pod)?;
         self.pod_ports(&pod)?;
@@ -299,6 +307,7 @@ impl Cx<'_> {
     fn app(&self, path: &FieldPath, a: raw::App, volumes: &mut Vec<Volume>) -> Result<AppSpec> {
         let name = self.name(&path.key("name"), &a.name)?;
         let source = values::image(&a.image).map_err(|m| self.invalid(&path.key("image"), m))?;
+        let security = self.app_security(path, &a)?;
         let image = ImageSpec { reference: a.image, source };
         if let Some(exec) = &a.exec {
             self.argv(&path.key("exec"), exec)?;
@@ -344,7 +353,7 @@ impl Cx<'_> {
         };
         let stop_timeout = self.duration(&path.key("stopTimeout"), a.stop_timeout.as_deref(), DEFAULT_STOP_TIMEOUT)?;
         let mounts = self.mounts(path, &name, &a.mounts, volumes)?;
-        let capabilities = match &a.capabilities {
+        let mut capabilities = match &a.capabilities {
             None => DEFAULT_CAPS,
             Some(c) => {
                 let field = path.key("capabilities");
@@ -353,11 +362,12 @@ impl Cx<'_> {
                 privs::capabilities(&c.add, &c.drop).map_err(|e| self.invalid(&field.at(e.list, e.index), e.message))?
             }
         };
-        let seccomp = match a.seccomp.as_deref() {
-            None | Some("default") => Seccomp::Default,
-            Some("unconfined") => Seccomp::Unconfined,
-            Some(o) => return Err(self.invalid(&path.key("seccomp"), format!("{o:?} is not default or unconfined"))),
-        };
+        let mut seccomp = self.seccomp(&path.key("seccomp"), a.seccomp.as_deref())?;
+        if security.privileged {
+            // As Docker's --privileged: whatever else the app asks for.
+            capabilities = crate::security::CapSet::ALL;
+            seccomp = crate::security::SeccompSpec::Unconfined;
+        }
         Ok(AppSpec {
             name,
             image,
@@ -377,6 +387,7 @@ impl Cx<'_> {
             capabilities,
             seccomp,
             read_only_root_fs: a.read_only_root_fs,
+            security,
         })
     }
 
@@ -598,17 +609,4 @@ impl Dfs<'_> {
 fn normalise(p: &str) -> String {
     let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
     format!("/{}", parts.join("/"))
-}
-
-/// Why `userns: auto` cannot go with this isolation and network, if it
-/// cannot. stage0 asks again after the command line's overrides.
-pub fn userns_conflict(vm: bool, host_network: bool) -> Option<&'static str> {
-    match (vm, host_network) {
-        (true, _) => Some("userns: auto is for namespace pods; a VM pod is isolated by its own kernel"),
-        (_, true) => Some(
-            "userns: auto cannot share the host's network namespace: the pod's root could neither bind ports \
-             below 1024 nor mount its /sys there",
-        ),
-        _ => None,
-    }
 }

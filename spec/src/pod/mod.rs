@@ -7,6 +7,8 @@
 //! network: default              # none | host | default | <CNI network name>
 //! accel: auto                   # auto | kvm | tcg (vm isolation)
 //! userns: auto                  # host (default) | auto: the pod's root is an unprivileged host range
+//! pid: pod                      # pod (default) | host: the host's pid namespace
+//! ipc: pod                      # pod (default) | host: the host's IPC namespace
 //! apps:
 //!   - name: db
 //!     image: example.com/redis:7.0
@@ -24,6 +26,14 @@
 //!     capabilities: { add: [NET_ADMIN], drop: [MKNOD] }  # or CAP_NET_ADMIN; ALL
 //!     seccomp: unconfined                      # default: the default deny list
 //!     readOnlyRootFS: true                     # only volumes, /dev, /proc stay writable
+//!     # seccomp: /etc/pod/seccomp/web.json     # an OCI seccomp profile on the host
+//!     supplementaryGroups: [1234]              # gids added to the user's groups
+//!     supplementaryGroupsPolicy: strict        # merge (default): also the image's /etc/group ones
+//!     noNewPrivileges: false                   # default true: setuid binaries grant nothing
+//!     maskedPaths: [/proc/kcore]               # replace the default masked paths
+//!     readonlyPaths: [/proc/sys]               # replace the default read-only paths
+//!     privileged: false                        # true: all caps, no seccomp, no masks, host devices
+//!     pidNamespace: pod                        # own: the app is PID 1 of a pid namespace of its own
 //! volumes:
 //!   - { name: data, kind: empty }              # or kind: host, source: /abs, readOnly: true
 //! annotations: { example.com/owner: me }
@@ -69,7 +79,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::name::{AcIdentifier, AcName};
-use crate::security::{CapSet, Seccomp};
+use crate::security::{AppSecurity, CapSet, SeccompSpec};
 
 /// A pod file larger than this is rejected before parsing.
 pub const MAX_POD_FILE_BYTES: usize = 1024 * 1024;
@@ -104,6 +114,12 @@ pub struct PodFile {
     pub accel: Accel,
     /// Whether the pod gets a user namespace of its own.
     pub userns: UserNs,
+    /// `pid: host`: the pod shares the host's pid namespace (its apps see
+    /// and may signal every process of the host); default `pod`, its own.
+    pub host_pid: bool,
+    /// `ipc: host`: the pod shares the host's IPC namespace (System V IPC,
+    /// POSIX message queues); default `pod`, its own.
+    pub host_ipc: bool,
     /// The apps in file order; see [`PodFile::app_order`] for start order.
     /// None (`apps: []`): a sandbox, held until stopped.
     pub apps: Vec<AppSpec>,
@@ -199,10 +215,13 @@ pub struct AppSpec {
     /// The app's capability set: the default set with the file's
     /// `capabilities.add`/`drop` applied (see [`crate::security`]).
     pub capabilities: CapSet,
-    pub seccomp: Seccomp,
+    pub seccomp: SeccompSpec,
     /// `readOnlyRootFS`: the app's root filesystem is mounted read-only;
     /// its volumes, /dev, /dev/shm and /proc stay as they are.
     pub read_only_root_fs: bool,
+    /// `supplementaryGroups`, `supplementaryGroupsPolicy`,
+    /// `noNewPrivileges`, `maskedPaths`, `readonlyPaths`, `privileged`.
+    pub security: AppSecurity,
 }
 
 /// An app's image: the reference as written, and what it names.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a pod: a mapping with name, apps and optionally isolation, network, accel, userns, volumes, annotations, hostname, dns, sysctls, ports"
+    expecting = "a pod: a mapping with name, apps and optionally isolation, network, accel, userns, pid, ipc, volumes, annotations, hostname, dns, sysctls, ports"
 )]
 pub(super) struct Pod {
     pub name: String,
@@ -23,6 +23,10 @@ pub(super) struct Pod {
     pub accel: Option<String>,
     #[serde(default)]
     pub userns: Option<String>,
+    #[serde(default)]
+    pub pid: Option<String>,
+    #[serde(default)]
+    pub ipc: Option<String>,
     pub apps: Vec<App>,
     #[serde(default)]
     pub volumes: Vec<Volume>,
@@ -101,6 +105,20 @@ pub(super) struct App {
     pub seccomp: Option<String>,
     #[serde(default, rename = "readOnlyRootFS")]
     pub read_only_root_fs: bool,
+    #[serde(default)]
+    pub supplementary_groups: Vec<String>,
+    #[serde(default)]
+    pub supplementary_groups_policy: Option<String>,
+    #[serde(default)]
+    pub no_new_privileges: Option<bool>,
+    #[serde(default)]
+    pub masked_paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub readonly_paths: Option<Vec<String>>,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub pid_namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -430,10 +430,10 @@ fn positions_follow_block_and_flow_styles() {
 
 #[test]
 fn privileges_default_and_override() {
-    use crate::security::{parse_cap, CapSet, Seccomp, DEFAULT_CAPS};
+    use crate::security::{parse_cap, CapSet, SeccompSpec as Seccomp, DEFAULT_CAPS};
     let p = ok(BASE);
     let a = &p.apps[0];
-    assert_eq!((a.capabilities, a.seccomp, a.read_only_root_fs), (DEFAULT_CAPS, Seccomp::Default, false));
+    assert_eq!((a.capabilities, a.seccomp.clone(), a.read_only_root_fs), (DEFAULT_CAPS, Seccomp::Default, false));
     let text = BASE.replacen(
         "after: [a]",
         "after: [a]\n    capabilities: { add: [CAP_NET_ADMIN], drop: [mknod] }\n    seccomp: unconfined\n    readOnlyRootFS: true",
@@ -463,7 +463,7 @@ fn privileges_default_and_override() {
             "apps[1].capabilities.drop[1]",
             "not a capability",
         ),
-        ("seccomp: strict", 9, "apps[1].seccomp", "\"strict\" is not default or unconfined"),
+        ("seccomp: strict", 9, "apps[1].seccomp", "\"strict\" is not default, unconfined or the absolute path"),
     ];
     for &(to, line, field, message) in cases {
         expect(&BASE.replacen("after: [a]", to, 1), Invalid, line, field, message);
@@ -488,4 +488,52 @@ fn userns_field() {
         let e = err(&text);
         assert_eq!((e.line, e.field.as_str()), (Some(2), "userns"), "{e}");
     }
+}
+
+#[test]
+fn security_keys_and_host_namespaces() {
+    use crate::security::{AppSecurity, CapSet, GroupsPolicy, SeccompSpec};
+    let p = ok(BASE);
+    assert_eq!((p.host_pid, p.host_ipc, &p.apps[0].security), (false, false, &AppSecurity::default()));
+    let text = BASE.replacen(
+        "after: [a]",
+        "after: [a]\n    seccomp: /etc/p.json\n    supplementaryGroups: [1234, 5678]\n    supplementaryGroupsPolicy: strict\n    \
+         noNewPrivileges: false\n    maskedPaths: [/bin/ls]\n    readonlyPaths: [/tmp]\n    pidNamespace: own",
+        1,
+    );
+    let b = ok(&text).apps.remove(1);
+    assert_eq!(b.seccomp, SeccompSpec::Localhost("/etc/p.json".into()));
+    let s = &b.security;
+    assert_eq!((s.supplementary_groups.as_slice(), s.groups_policy), (&[1234, 5678][..], GroupsPolicy::Strict));
+    assert!(!s.no_new_privileges && s.own_pid_namespace);
+    assert_eq!((s.masked(), s.readonly()), (vec!["/bin/ls".to_owned()], vec!["/tmp".to_owned()]));
+    let privileged = ok(&BASE.replacen("after: [a]", "privileged: true\n    seccomp: default", 1)).apps.remove(1);
+    assert_eq!((privileged.capabilities, privileged.seccomp), (CapSet::ALL, SeccompSpec::Unconfined));
+    assert!(privileged.security.masked().is_empty() && privileged.security.readonly().is_empty());
+    let host = ok(&format!("pid: host\nipc: host\n{BASE}"));
+    assert!(host.host_pid && host.host_ipc);
+
+    use PodFileErrorKind::Invalid;
+    expect(
+        &BASE.replacen("after: [a]", "supplementaryGroups: [wheel]", 1),
+        Invalid,
+        9,
+        "apps[1].supplementaryGroups[0]",
+        "not a gid",
+    );
+    expect(
+        &BASE.replacen("after: [a]", "maskedPaths: [bin/ls]", 1),
+        Invalid,
+        9,
+        "apps[1].maskedPaths[0]",
+        "not absolute",
+    );
+    let e = err(&format!("pid: container\n{BASE}"));
+    assert_eq!((e.line, e.field.as_str()), (Some(1), "pid"), "{e}");
+    let e = err(&format!("ipc: host\nisolation: vm\n{BASE}"));
+    assert!(e.message.contains("namespace pods"), "{e}");
+    let e = err(&format!("pid: host\nuserns: auto\n{BASE}"));
+    assert!(e.message.contains("userns: auto"), "{e}");
+    let e = err(&format!("userns: auto\n{}", BASE.replacen("after: [a]", "pidNamespace: own", 1)));
+    assert_eq!(e.field, "apps[1].pidNamespace", "{e}");
 }

@@ -25,6 +25,7 @@
 //! User=redis
 //! Group=redis
 //! SupplementaryGroups=audio 44
+//! NoNewPrivileges=yes
 //! Restart=on-failure
 //! RestartSec=0.5
 //! TimeoutStopSec=10
@@ -34,6 +35,7 @@
 //! Cgroup=/cgroup/db/0 /cgroup/db/1
 //! Capabilities=CAP_CHOWN CAP_KILL CAP_NET_BIND_SERVICE
 //! SeccompFilter=/units/db.seccomp.bpf /units/db.clone3.seccomp.bpf
+//! SupplementaryGroupsPolicy=merge
 //! ```
 //!
 //! - Sections `[Unit]`, `[Service]` and `[X-Pod]`, in any order. An unknown
@@ -80,7 +82,16 @@
 //!   [`DEFAULT_CAPS`] (Docker's default). Every other capability leaves the
 //!   bounding set before the app's user is taken; an app running as root
 //!   then holds exactly this set (permitted, effective, inheritable; no
-//!   ambient), any other user none. Every app runs with `no_new_privs`.
+//!   ambient), any other user none.
+//! - `NoNewPrivileges=yes|no` (default yes): `no_new_privs` for the app.
+//!   With `no`, setuid binaries and file capabilities work (within the
+//!   bounding set), and the seccomp filters are installed before the app's
+//!   user is taken, while pod-init still holds CAP_SYS_ADMIN (as runc).
+//! - `[X-Pod] PIDNamespace=pod|own` (default pod): `own` makes the app's
+//!   program PID 1 of a pid namespace of its own (stage2-init/src/pidns.rs).
+//! - `[X-Pod] SupplementaryGroupsPolicy=merge|strict` (default merge): with
+//!   `strict` the groups listing the user in the app's /etc/group are not
+//!   added, only the primary group and `SupplementaryGroups=`.
 //! - `[X-Pod] SeccompFilter=`: absolute paths (inside the pod root) of
 //!   seccomp filters, given at most once: each file a raw array of
 //!   `struct sock_filter` (8 bytes each, native byte order) as
@@ -96,8 +107,11 @@ use std::time::Duration;
 use crate::name::{AcName, NameError};
 use crate::security::{CapSet, DEFAULT_CAPS};
 
+mod values;
 mod words;
 
+use values::{account_ok, command, env_name_ok, tcp_addr};
+pub use values::{parse_duration, render_duration, signal_number};
 pub use words::{join_words, quote_word, split_words, QuoteError};
 
 /// A unit file larger than this is rejected.
@@ -110,25 +124,6 @@ pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// SIGTERM's number on Linux.
 pub const SIGTERM: i32 = 15;
-
-/// A signal by name (`SIGQUIT`, `QUIT`, any case) or number (1-64), as
-/// OCI image configs and systemd's `KillSignal=` write them.
-pub fn signal_number(s: &str) -> Option<i32> {
-    const NAMES: [&str; 31] = [
-        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2", "PIPE", "ALRM",
-        "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU", "URG", "XCPU", "XFSZ", "VTALRM", "PROF",
-        "WINCH", "IO", "PWR", "SYS",
-    ];
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    if let Some(rest) = name.strip_prefix("RTMIN+") {
-        return rest.parse::<i32>().ok().filter(|n| (0..=30).contains(n)).map(|n| 34 + n);
-    }
-    NAMES.iter().position(|n| *n == name).and_then(|i| i32::try_from(i + 1).ok())
-}
 
 /// One app's unit: what to run, as whom, in which order, and how to supervise.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +162,14 @@ pub struct Unit {
     /// rshared`), so the app's own mounts below them reach the host; every
     /// other mount of the app's namespace is a slave of the pod's.
     pub shared_mounts: Vec<String>,
+    /// `NoNewPrivileges=`.
+    pub no_new_privileges: bool,
+    /// `[X-Pod] SupplementaryGroupsPolicy=strict` is `false`: the image's
+    /// /etc/group memberships of the user are not added.
+    pub image_groups: bool,
+    /// `[X-Pod] PIDNamespace=own`: the app's program is PID 1 of a pid
+    /// namespace of its own (default `pod`: the pod's).
+    pub own_pid: bool,
 }
 
 /// When a finished app is started again.
@@ -240,34 +243,6 @@ pub enum UnitErrorKind {
     Missing(&'static str),
 }
 
-/// Parses a duration: decimal seconds, or with an `s` or `ms` suffix.
-/// Exact (no floating point), so rendering round-trips.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    // Seconds carry 9 fractional digits of nanoseconds, milliseconds 6.
-    let (number, scale_digits) = match s.strip_suffix("ms") {
-        Some(n) => (n, 6u32),
-        None => (s.strip_suffix('s').unwrap_or(s), 9u32),
-    };
-    let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
-    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    if !digits(int) || !digits(frac) || frac.len() > scale_digits as usize || int.len() > 12 {
-        return None;
-    }
-    let frac_padded = format!("{frac:0<width$}", width = scale_digits as usize);
-    let nanos: u128 = int.parse::<u128>().ok()? * 10u128.pow(scale_digits) + frac_padded.parse::<u128>().ok()?;
-    let d = Duration::new(u64::try_from(nanos / 1_000_000_000).ok()?, u32::try_from(nanos % 1_000_000_000).ok()?);
-    (d <= MAX_DURATION).then_some(d)
-}
-
-/// Renders a duration as decimal seconds, exactly.
-pub fn render_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        return d.as_secs().to_string();
-    }
-    let frac = format!("{:09}", d.subsec_nanos());
-    format!("{}.{}", d.as_secs(), frac.trim_end_matches('0'))
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Section {
     Unit,
@@ -298,6 +273,9 @@ impl Unit {
             capabilities: DEFAULT_CAPS,
             seccomp_filters: Vec::new(),
             shared_mounts: Vec::new(),
+            no_new_privileges: true,
+            image_groups: true,
+            own_pid: false,
         }
     }
 
@@ -363,6 +341,7 @@ impl Unit {
                     "TimeoutStopSec",
                     "KillSignal",
                     "OOMScoreAdjust",
+                    "NoNewPrivileges",
                 ][..],
                 Section::Pod => &[
                     "ReadinessTCP",
@@ -372,6 +351,8 @@ impl Unit {
                     "Capabilities",
                     "SeccompFilter",
                     "SharedMounts",
+                    "SupplementaryGroupsPolicy",
+                    "PIDNamespace",
                 ][..],
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
@@ -488,6 +469,27 @@ impl Unit {
                         _ => return Err(invalid("expected no, on-failure or always")),
                     }
                 }
+                "NoNewPrivileges" => {
+                    unit.no_new_privileges = match value {
+                        "yes" => true,
+                        "no" => false,
+                        _ => return Err(invalid("expected yes or no")),
+                    }
+                }
+                "PIDNamespace" => {
+                    unit.own_pid = match value {
+                        "pod" => false,
+                        "own" => true,
+                        _ => return Err(invalid("expected pod or own")),
+                    }
+                }
+                "SupplementaryGroupsPolicy" => {
+                    unit.image_groups = match value {
+                        "merge" => true,
+                        "strict" => false,
+                        _ => return Err(invalid("expected merge or strict")),
+                    }
+                }
                 "RestartSec" => unit.restart_sec = duration(false)?,
                 "TimeoutStopSec" => unit.timeout_stop = duration(true)?,
                 "KillSignal" => {
@@ -576,6 +578,9 @@ impl Unit {
         if let Some(adj) = self.oom_score_adjust {
             line(&mut out, "OOMScoreAdjust", &adj.to_string());
         }
+        if !self.no_new_privileges {
+            line(&mut out, "NoNewPrivileges", "no");
+        }
         out.push_str("[X-Pod]\n");
         if !self.cgroups.is_empty() {
             line(&mut out, "Cgroup", &join_words(&self.cgroups));
@@ -586,6 +591,12 @@ impl Unit {
         }
         if !self.shared_mounts.is_empty() {
             line(&mut out, "SharedMounts", &join_words(&self.shared_mounts));
+        }
+        if !self.image_groups {
+            line(&mut out, "SupplementaryGroupsPolicy", "strict");
+        }
+        if self.own_pid {
+            line(&mut out, "PIDNamespace", "own");
         }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {
@@ -599,38 +610,6 @@ impl Unit {
         }
         out
     }
-}
-
-fn command(words: Vec<String>) -> Result<Vec<String>, &'static str> {
-    let Some(first) = words.first() else { return Err("expected a command") };
-    if first.starts_with(['-', '@', '+', '!', ':']) {
-        return Err("systemd command prefixes (-@+!:) are not supported");
-    }
-    if !first.starts_with('/') && first.contains('/') {
-        return Err("the program must be an absolute path or a bare name looked up in PATH");
-    }
-    Ok(words)
-}
-
-fn env_name_ok(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b == b'_' || b.is_ascii_alphabetic())
-        && bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
-}
-
-fn account_ok(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && !s.starts_with('-')
-        && s.chars().all(|c| !(c.is_whitespace() || c.is_control() || matches!(c, ':' | ',' | '/' | '"' | '\'' | '\\')))
-}
-
-fn tcp_addr(value: &str) -> Option<SocketAddr> {
-    let addr = match value.parse::<u16>() {
-        Ok(port) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        Err(_) => value.parse().ok()?,
-    };
-    (addr.port() != 0).then_some(addr)
 }
 
 #[cfg(test)]

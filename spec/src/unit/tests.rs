@@ -256,3 +256,19 @@ fn kill_signal_by_name_or_number() {
     let plain = Unit::parse("[Service]\nExecStart=/bin/x\n", "x.unit").unwrap_or_else(|e| panic!("{e}"));
     assert!(!plain.render().contains("KillSignal"));
 }
+
+#[test]
+fn no_new_privileges_and_groups_policy() {
+    let u = Unit::parse("[Service]\nExecStart=/x\n", "u").expect("unit");
+    assert!(u.no_new_privileges && u.image_groups, "the defaults");
+    assert!(!u.render().contains("NoNewPrivileges") && !u.render().contains("SupplementaryGroupsPolicy"));
+    let text =
+        "[Service]\nExecStart=/x\nNoNewPrivileges=no\n[X-Pod]\nSupplementaryGroupsPolicy=strict\nPIDNamespace=own\n";
+    let u = Unit::parse(text, "u").expect("unit");
+    assert!(!u.no_new_privileges && !u.image_groups && u.own_pid);
+    assert!(Unit::parse("[Service]\nExecStart=/x\n[X-Pod]\nPIDNamespace=host\n", "u").is_err());
+    assert_eq!(Unit::parse(&u.render(), "r").expect("round trip"), u);
+    let e = Unit::parse("[Service]\nExecStart=/x\nNoNewPrivileges=maybe\n", "u").expect_err("bad");
+    assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("NoNewPrivileges")));
+    assert!(Unit::parse("[X-Pod]\nSupplementaryGroupsPolicy=loose\n[Service]\nExecStart=/x\n", "u").is_err());
+}

@@ -576,3 +576,37 @@ pub fn refused(port: u16) -> bool {
     matches!(TcpStream::connect_timeout(&addr, Duration::from_secs(2)),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
 }
+
+/// `example.com/suid:1`: busybox (a dependency) plus `/suid/busybox`, a
+/// setuid-root copy of it (named so, busybox takes its first argument as
+/// the applet).
+pub fn suid_image(live: &Live) -> PathBuf {
+    suid_image_of(live, "suid", &live.tree_with("bin/busybox").join("bin/busybox"), "busybox")
+}
+
+/// `example.com/<name>:1`: busybox (a dependency) plus `/suid/<file>`, a
+/// setuid-root copy of `binary`.
+pub fn suid_image_of(live: &Live, name: &str, binary: &Path, file: &str) -> PathBuf {
+    let dir = live.work.join(format!("{name}-build"));
+    let bin = dir.join("rootfs/suid");
+    fs::create_dir_all(&bin).unwrap();
+    let copy = bin.join(file);
+    fs::copy(binary, &copy).unwrap();
+    std::os::unix::fs::chown(&copy, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&copy, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o4755)).unwrap();
+    let recipe = serde_json::json!({
+        "name": format!("example.com/{name}"),
+        "labels": { "version": "1" },
+        "app": { "exec": ["/bin/sh"], "user": "0", "group": "0" },
+        "rootfs": { "dir": "rootfs" },
+        "dependencies": [{ "imageName": "example.com/busybox", "labels": { "version": "1.35" } }],
+    });
+    let recipe_path = dir.join("recipe.yaml");
+    fs::write(&recipe_path, serde_json::to_string_pretty(&recipe).unwrap()).unwrap();
+    let out = live.images.join(format!("{name}-1.aci"));
+    let cache = live.work.join("deb-cache");
+    live.ok(&["image", "build", p(&recipe_path), "-o", p(&out), "--cache-dir", p(&cache)]);
+    live.sign(e2e_key(), &out);
+    live.ok(&["fetch", p(&out)]);
+    out
+}
