@@ -54,14 +54,23 @@ pub fn cri_id(id: &ImageId) -> String {
     }
 }
 
-/// `name:version` for each image that has a version.
+/// `name:tag` for each name and tag the image is known by (its own
+/// `name:version` first).
 pub fn repo_tags(meta: &ImageMeta) -> Vec<String> {
-    meta.labels.get("version").map(|v| format!("{}:{v}", meta.name)).into_iter().collect()
+    meta.names().into_iter().filter_map(|(name, tag)| tag.map(|t| format!("{name}:{t}"))).collect()
 }
 
-/// `name@sha256:…` for an OCI image (its manifest digest).
+/// `name@sha256:…` for each name of an OCI image (its manifest digest).
 pub fn repo_digests(meta: &ImageMeta) -> Vec<String> {
-    meta.oci.as_ref().map(|o| format!("{}@{}", meta.name, o.digest)).into_iter().collect()
+    let Some(oci) = &meta.oci else { return Vec::new() };
+    let mut out: Vec<String> = Vec::new();
+    for (name, _) in meta.names() {
+        let d = format!("{name}@{}", oci.digest);
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    out
 }
 
 /// Finds the stored image a CRI request names: an image ID (`sha256:…`,
@@ -83,13 +92,10 @@ pub fn resolve(store: &Store, image: &str) -> Result<Option<ImageMeta>, CriError
     }
     if let Ok(r) = Reference::parse(image) {
         let name = r.name();
-        let hit = store.list()?.into_iter().find(|m| {
-            m.name == name
-                && match (&r.digest, &m.oci) {
-                    (Some(d), Some(oci)) => &oci.digest == d,
-                    (Some(_), None) => false,
-                    (None, _) => m.labels.get("version") == r.tag.as_ref(),
-                }
+        let hit = store.list()?.into_iter().find(|m| match (&r.digest, &m.oci) {
+            (Some(d), Some(oci)) => &oci.digest == d && m.known_as(&name, None),
+            (Some(_), None) => false,
+            (None, _) => m.known_as(&name, Some(r.tag.as_deref().unwrap_or("latest"))),
         });
         if hit.is_some() {
             return Ok(hit);

@@ -520,6 +520,7 @@ apps:
             imported_at: String::new(),
             source: String::new(),
             oci: None,
+            other_names: Vec::new(),
         }
     }
 
