@@ -96,6 +96,19 @@ pub fn sanitize(name: &str, fallback: &str) -> String {
     }
 }
 
+/// The pod name of a CRI sandbox: its name sanitized, cut to the 63 bytes
+/// of a hostname (the pod's default hostname). Sandboxes are told apart by
+/// their uuid, so two long names alike are no conflict.
+pub fn pod_name(name: &str) -> String {
+    let full = sanitize(name, "sandbox");
+    let cut = full[..full.len().min(63)].trim_end_matches('-');
+    if cut.is_empty() {
+        "sandbox".to_owned()
+    } else {
+        cut.to_owned()
+    }
+}
+
 /// The app name of a CRI container.
 pub fn app_name(name: &str, attempt: u32) -> String {
     let base = sanitize(name, "container");
@@ -306,7 +319,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         .tempfile_in(&tmp)
         .map_err(io("create a file in", &tmp))?;
     let network = cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name });
-    let pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox"), "network": "none", "apps": []});
+    let pod_file = serde_json::json!({"name": pod_name(&meta.name), "network": "none", "apps": []});
     fs::write(file.path(), pod_file.to_string()).map_err(io("write", file.path()))?;
 
     let (store, trust, sources) = fetcher_parts(dirs)?;
@@ -396,6 +409,10 @@ mod tests {
     fn cri_names_become_app_names() {
         assert_eq!(sanitize("My_Container.v2", "x"), "my-container-v2");
         assert_eq!(sanitize("--", "sandbox"), "sandbox");
+        assert_eq!(pod_name("Web_Sandbox"), "web-sandbox");
+        let long = pod_name(&format!("PodSandbox-for-create-container-{}", "0123456789abcdef".repeat(3)));
+        assert!(long.len() <= 63 && long.starts_with("podsandbox-for-create-container-"), "{long}");
+        assert_eq!(pod_name(&format!("{}-x", "a".repeat(62))), "a".repeat(62));
         assert_eq!(app_name("busybox", 0), "busybox");
         assert_eq!(app_name("busybox", 2), "busybox-2");
         spec::AcName::new(app_name("Über Äpp!", 1)).unwrap();

@@ -235,6 +235,8 @@ fn semantic_errors_name_their_line() {
         ("after: [a]", "readiness: { exec: [./true] }", 9, "apps[1].readiness.exec[0]", "not absolute"),
         ("after: [a]", "exec: []", 9, "apps[1].exec", "empty command"),
         ("after: [a]", "exec: [bin/sh]", 9, "apps[1].exec[0]", "not absolute"),
+        ("after: [a]", "exec: [./sh]", 9, "apps[1].exec[0]", "not absolute"),
+        ("after: [a]", "exec: ['']", 9, "apps[1].exec[0]", "not absolute"),
         ("after: [a]", "workingDirectory: srv", 9, "apps[1].workingDirectory", "not absolute"),
         ("after: [a]", "user: 'a:b'", 9, "apps[1].user", "not a user or group"),
         ("after: [a]", "env: { 'A=B': x }", 9, "apps[1].env.A=B", "not a variable name"),
@@ -480,4 +482,10 @@ fn userns_field() {
         let e = err(&text);
         assert_eq!((e.line, e.field.as_str()), (Some(2), "userns"), "{e}");
     }
+}
+
+#[test]
+fn a_bare_program_name_is_looked_up_in_path() {
+    let p = ok("name: p\napps: [{ name: a, image: ./a.aci, exec: [sh, -c, 'echo hi'] }]\n");
+    assert_eq!(p.apps[0].exec.as_deref(), Some(&["sh".to_owned(), "-c".to_owned(), "echo hi".to_owned()][..]));
 }
