@@ -147,10 +147,66 @@ fn mirror_repo(name: &str) -> (String, String) {
     (format!("mirror/{repo}"), tag.to_owned())
 }
 
+/// What `publish` made.
+#[derive(Debug)]
+pub struct Published {
+    /// How many names were pushed.
+    pub names: usize,
+    /// Whether the nonewprivs stand-in was built (it needs rustc).
+    pub nonewprivs: bool,
+}
+
+/// Pushes `img` as the mirror copy of `name` (`NAME:TAG`) and signs it with
+/// `key` for `name`'s repository.
+fn push_signed(reg: &Registry, key: &CosignKey, img: &OciImage, name: &str) {
+    let (repo, tag) = mirror_repo(name);
+    let digest = reg.push(img, &format!("{repo}:{tag}"));
+    let original = name.rsplit_once(':').unwrap().0;
+    let out = cosign_sign_output(
+        key,
+        &reg.image_ref(&format!("{repo}@{digest}")),
+        reg,
+        &["--sign-container-identity", original],
+    );
+    assert!(out.status.success(), "cosign sign {name}:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// critest's NoNewPrivs image: a setuid-root program that prints its
+/// effective uid (images/nonewprivs of kubernetes' e2e test images).
+pub const NONEWPRIVS: &str = "registry.k8s.io/e2e-test-images/nonewprivs:1.3";
+
+/// nonewprivs' program, built static with the Rust toolchain that runs the
+/// tests (`$RUSTC`, else rustc); `None` when it cannot be built.
+fn nnp_helper(work: &Path) -> Option<std::path::PathBuf> {
+    let src = work.join("nnp.rs");
+    fs::write(
+        &src,
+        "extern \"C\" {\n    fn geteuid() -> u32;\n}\n\nfn main() {\n    // SAFETY: geteuid has no preconditions.\n    \
+         let uid = unsafe { geteuid() };\n    println!(\"Effective uid: {}\", uid);\n}\n",
+    )
+    .unwrap();
+    let out = work.join("nnp");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let built = Command::new(rustc)
+        .args(["-O", "-C", "target-feature=+crt-static", "-C", "strip=symbols", "-o"])
+        .args([&out, &src])
+        .output();
+    match built {
+        Ok(o) if o.status.success() => Some(out),
+        Ok(o) => {
+            eprintln!("the nonewprivs stand-in is not built: rustc: {}", String::from_utf8_lossy(&o.stderr));
+            None
+        }
+        Err(e) => {
+            eprintln!("the nonewprivs stand-in is not built: rustc: {e}");
+            None
+        }
+    }
+}
+
 /// Builds every stand-in into an OCI layout under `work`, pushes each under
 /// its mirror names in `reg` and signs it with `key` for its original name.
-/// Returns how many names were published.
-pub fn publish(work: &Path, reg: &Registry, key: &CosignKey) -> Result<usize, Skip> {
+pub fn publish(work: &Path, reg: &Registry, key: &CosignKey) -> Result<Published, Skip> {
     let layout = work.join("stand-ins");
     // One base layer, as busybox's own image has.
     need_tools(&["/bin/busybox"])?;
@@ -190,20 +246,23 @@ pub fn publish(work: &Path, reg: &Registry, key: &CosignKey) -> Result<usize, Sk
             img = img.user(u);
         }
         for name in &s.names {
-            let (repo, tag) = mirror_repo(name);
-            let digest = reg.push(&img, &format!("{repo}:{tag}"));
-            let original = name.rsplit_once(':').unwrap().0;
-            let out = cosign_sign_output(
-                key,
-                &reg.image_ref(&format!("{repo}@{digest}")),
-                reg,
-                &["--sign-container-identity", original],
-            );
-            assert!(out.status.success(), "cosign sign {name}:\n{}", String::from_utf8_lossy(&out.stderr));
+            push_signed(reg, key, &img, name);
             published += 1;
         }
     }
-    Ok(published)
+    let nnp = nnp_helper(work).map(|helper| {
+        let img = OciImage::based_on(&base, "nonewprivs")
+            .layer_with(|root| {
+                let f = root.join("usr/local/bin/nnp");
+                fs::create_dir_all(f.parent().unwrap()).unwrap();
+                fs::copy(&helper, &f).unwrap();
+                std::os::unix::fs::chown(&f, Some(0), Some(0)).unwrap();
+                fs::set_permissions(&f, fs::Permissions::from_mode(0o4755)).unwrap();
+            })
+            .cmd(&["/usr/local/bin/nnp"]);
+        push_signed(reg, key, &img, NONEWPRIVS);
+    });
+    Ok(Published { names: published + usize::from(nnp.is_some()), nonewprivs: nnp.is_some() })
 }
 
 /// Makes `pod` (the environment of `pod_env`) pull critest's names through

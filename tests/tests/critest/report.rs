@@ -98,15 +98,18 @@ pub fn summary(title: &str, specs: &[Spec]) -> String {
             let _ = writeln!(out, "FAILED{opt}: {}\n    {why}", s.name);
         }
     }
+    // Specs that say why they skipped (a feature missing); those left out
+    // by -ginkgo.skip/-ginkgo.focus only counted.
+    let mut filtered = 0;
     for s in specs {
-        if let Outcome::Skipped(why) = &s.outcome {
-            let _ = writeln!(
-                out,
-                "skipped: {}{}",
-                s.name,
-                if why.is_empty() { String::new() } else { format!("\n    {why}") }
-            );
+        match &s.outcome {
+            Outcome::Skipped(why) if why.is_empty() => filtered += 1,
+            Outcome::Skipped(why) => {
+                let _ = writeln!(out, "skipped: {}\n    {why}", s.name);
+            }
+            _ => {}
         }
     }
+    let _ = writeln!(out, "({filtered} more skipped by -ginkgo.skip/-ginkgo.focus or critest's own filters)");
     out
 }
