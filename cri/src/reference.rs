@@ -132,6 +132,37 @@ mod tests {
     }
 
     #[test]
+    fn every_name_is_a_repo_tag_and_digest() {
+        let name = |s: &str| spec::ImageName::new(s).unwrap();
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        let meta: ImageMeta = serde_json::from_value(serde_json::json!({
+            "id": format!("sha256-{}", "cd".repeat(32)),
+            "name": "registry.k8s.io/pause",
+            "labels": {"version": "3.9"},
+            "size": 1, "uncompressed_size": 1, "signer": null, "imported_at": "", "source": "",
+            "oci": {"digest": digest, "mediaType": "m", "configDigest": digest, "layers": []},
+            "other_names": [
+                {"name": name("k8s.gcr.io/pause"), "tag": "3.9"},
+                {"name": name("registry.k8s.io/pause"), "tag": "latest"},
+                {"name": name("example.org/pinned")}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            repo_tags(&meta),
+            ["registry.k8s.io/pause:3.9", "k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:latest"]
+        );
+        assert_eq!(
+            repo_digests(&meta),
+            [
+                format!("registry.k8s.io/pause@{digest}"),
+                format!("k8s.gcr.io/pause@{digest}"),
+                format!("example.org/pinned@{digest}")
+            ]
+        );
+    }
+
+    #[test]
     fn oci_ids_are_reported_with_a_colon() {
         let hex = "ab".repeat(32);
         let id: ImageId = format!("sha256-{hex}").parse().unwrap();
