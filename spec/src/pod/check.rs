@@ -158,23 +158,6 @@ impl Cx<'_> {
         Ok(())
     }
 
-    /// An app's command: as `argv`, but the program may also be a bare name
-    /// looked up in the app's PATH when it starts (as a unit's ExecStart,
-    /// and as CRI and OCI commands such as `sh` are); a relative path with
-    /// a '/' is refused.
-    fn command(&self, field: &FieldPath, argv: &[String]) -> Result<()> {
-        match argv.first() {
-            Some(program) if !program.is_empty() && !program.contains('/') => {
-                self.count(field, argv.len(), MAX_ENTRIES)?;
-                for (i, a) in argv.iter().enumerate() {
-                    self.no_nul(&field.index(i), a)?;
-                }
-                Ok(())
-            }
-            _ => self.argv(field, argv),
-        }
-    }
-
     fn port(&self, field: &FieldPath, s: &str) -> Result<u16> {
         match s.parse::<i128>() {
             Ok(n) => u16::try_from(n)
@@ -297,7 +280,7 @@ impl Cx<'_> {
         let source = values::image(&a.image).map_err(|m| self.invalid(&path.key("image"), m))?;
         let image = ImageSpec { reference: a.image, source };
         if let Some(exec) = &a.exec {
-            self.command(&path.key("exec"), exec)?;
+            self.argv(&path.key("exec"), exec)?;
         }
         for (key, v) in [("user", &a.user), ("group", &a.group)] {
             if let Some(v) = v {
