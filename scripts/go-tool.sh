@@ -7,8 +7,13 @@
 # then print `SKIP: NAME not found`.
 #
 # Usage: scripts/go-tool.sh NAME MODULE VERSION WHAT [LDFLAGS]
+#   MODULE: the package path of the main package (`go install PKG@VERSION`);
 #   WHAT: the tests that skip without it (for the warning);
 #   LDFLAGS: stamps the version where the tool's Makefile would.
+# GO_TOOL_TEST_BINARY=1: the tool is a Go test binary (critest is `go test
+#   -c` of its package, as cri-tools' Makefile builds it): built in a
+#   throwaway module that requires MODULE@VERSION, so the dependency versions
+#   are the tool's own, as `go install` would pick them.
 #   The installed binary's version is read with `NAME --version` (its last
 #   word) or `NAME version` (its `GitVersion:` line).
 # POD_TEST_BIN=DIR installs elsewhere.
@@ -54,10 +59,17 @@ tmp=$(mktemp -d "/var/tmp/pod-$name.XXXXXX") || warn "no temp dir"
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
 # GOTOOLCHAIN=local: never download another Go; CGO off: a static binary.
-if ! GOBIN=$tmp GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-trimpath \
-  "$go" install ${ldflags:+-ldflags "$ldflags"} "$module@$version" >"$tmp/build.log" 2>&1; then
-  tail -20 "$tmp/build.log" >&2
-  warn "go install $module@$version failed"
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-trimpath
+if [ -z "${GO_TOOL_TEST_BINARY:-}" ]; then
+  GOBIN=$tmp "$go" install ${ldflags:+-ldflags "$ldflags"} "$module@$version" >"$tmp/build.log" 2>&1 ||
+    { tail -20 "$tmp/build.log" >&2; warn "go install $module@$version failed"; }
+else
+  mkdir "$tmp/mod" && (
+    cd "$tmp/mod" && "$go" mod init pod-test-tool &&
+      "$go" get -t "$module@$version" &&
+      "$go" test -c -o "$tmp/$name" ${ldflags:+-ldflags "$ldflags"} "$module"
+  ) >"$tmp/build.log" 2>&1 ||
+    { tail -20 "$tmp/build.log" >&2; warn "go test -c $module@$version failed"; }
 fi
 got=$(version_of "$tmp/$name")
 [ "$got" = "$version" ] || warn "the built binary reports ${got:-no version}, not $version"

@@ -64,8 +64,9 @@ fi
 # cosign, the OCI tests' signer, from its Go module (Go is at /usr/local/go;
 # Debian's golang is not installed). Never fails: without it those tests SKIP.
 bash "$(dirname "$0")/build-cosign.sh"
-# crictl, the CRI tests' client, likewise (cri-tools v1.37.0); without it
-# tests/tests/cri.rs SKIPs.
+# crictl, the CRI tests' client, and critest, the CRI validation suite,
+# likewise (cri-tools v1.37.0); without them tests/tests/cri.rs and
+# tests/tests/critest.rs SKIP.
 bash "$(dirname "$0")/build-cri-tools.sh"
 
 if ! command -v cargo >/dev/null; then

@@ -371,9 +371,14 @@ fn new_app(r: &ContainerRecord) -> Result<NewApp, CriError> {
 }
 
 /// StopContainer: stops the app (its stop timeout, then SIGKILL). A
-/// container not started, or already ended, is no error.
+/// container not started, already ended or gone is no error (CRI: stopping
+/// is idempotent, and kubelet may retry after a removal).
 pub fn stop_container(dirs: &Dirs, id: &str, _timeout: Duration) -> Result<(), CriError> {
-    let c = find_container(dirs, id)?;
+    let c = match find_container(dirs, id) {
+        Ok(c) => c,
+        Err(CriError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     if !c.added() || c.sandbox.pod.state != PodState::Running {
         return Ok(());
     }

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use stage0::archive::Limits;
@@ -12,7 +13,7 @@ use stage0::fetch::{FetchOptions, Fetcher, Insecure, PullPolicy};
 use stage0::paths::Dirs;
 use stage0::pods::Pods;
 use stage0::sources::Sources;
-use stage0::store::{ImageMeta, Store};
+use stage0::store::{ImageMeta, Store, StoreError};
 use stage0::trust::{Scope, TrustStore};
 use tonic::{Request, Response, Status};
 
@@ -63,17 +64,60 @@ impl Images {
     }
 }
 
-/// An image as CRI describes it.
-pub fn to_image(m: &ImageMeta) -> proto::Image {
+/// An image as CRI describes it, with the user its config names.
+pub fn to_image(store: &Store, m: &ImageMeta) -> proto::Image {
     let id = cri_id(&m.id);
+    let (uid, username) = image_user(store, m);
     proto::Image {
         repo_tags: repo_tags(m),
         repo_digests: repo_digests(m),
         size: m.uncompressed_size,
         spec: Some(proto::ImageSpec { image: id.clone(), ..Default::default() }),
         id,
+        uid: uid.map(|value| proto::Int64Value { value }),
+        username,
         ..Default::default()
     }
+}
+
+/// The user an OCI image's config runs as (`User`: `uid`, `name`, either
+/// with `:group`): CRI's `uid` for a number, `username` for a name. An ACI
+/// (or a config that cannot be read) reports neither.
+fn image_user(store: &Store, m: &ImageMeta) -> (Option<i64>, String) {
+    if m.oci.is_none() {
+        return (None, String::new());
+    }
+    let path = store.image_dir(&m.id).join(stage0::oci::store::CONFIG_FILE);
+    let user = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| c["config"]["User"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    parse_user(&user)
+}
+
+fn parse_user(user: &str) -> (Option<i64>, String) {
+    let user = user.split(':').next().unwrap_or_default();
+    match user.parse::<i64>() {
+        Ok(uid) => (Some(uid), String::new()),
+        Err(_) => (None, user.to_owned()),
+    }
+}
+
+/// The deadline a gRPC client sent (`grpc-timeout`: digits and a unit).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn spec_image(spec: Option<&proto::ImageSpec>) -> &str {
@@ -166,7 +210,13 @@ pub fn remove(dirs: &Dirs, image: &str) -> Result<bool, CriError> {
     if !users.is_empty() {
         return Err(CriError::InUse { image: meta.name.to_string(), pods: users.join(", ") });
     }
-    store.remove(&meta.id)?;
+    match store.remove(&meta.id) {
+        Ok(()) => {}
+        // Removed by a concurrent RemoveImage since it was resolved: gone
+        // is what both asked for.
+        Err(StoreError::NotFound(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
     tracing::info!(image, id = %meta.id, "removed");
     match store.try_lock_exclusive() {
         Ok(_lock) => {
@@ -191,13 +241,14 @@ impl ImageService for Images {
         let images = self
             .blocking(move |dirs, _| {
                 let store = Store::open(dirs)?;
-                Ok(match filter {
+                let metas = match filter {
                     Some(f) => reference::resolve(&store, &f)?.into_iter().collect(),
                     None => store.list()?,
-                })
+                };
+                Ok(metas.iter().map(|m| to_image(&store, m)).collect::<Vec<_>>())
             })
             .await?;
-        Ok(Response::new(proto::ListImagesResponse { images: images.iter().map(to_image).collect() }))
+        Ok(Response::new(proto::ListImagesResponse { images }))
     }
 
     async fn stream_images(
@@ -216,31 +267,43 @@ impl ImageService for Images {
     ) -> Result<Response<proto::ImageStatusResponse>, Status> {
         let req = request.into_inner();
         let image = spec_image(req.image.as_ref()).to_owned();
-        let meta = self
+        let found = self
             .blocking(move |dirs, _| {
                 let store = Store::open(dirs)?;
-                reference::resolve(&store, &image)
+                Ok(reference::resolve(&store, &image)?.map(|m| (to_image(&store, &m), m)))
             })
             .await?;
         // CRI: an image that is not there is no error, just no image.
-        let Some(meta) = meta else { return Ok(Response::new(proto::ImageStatusResponse::default())) };
+        let Some((image, meta)) = found else { return Ok(Response::new(proto::ImageStatusResponse::default())) };
         let mut info = std::collections::HashMap::new();
         if req.verbose {
             let json = serde_json::to_string(&meta).map_err(|e| Status::internal(format!("image metadata: {e}")))?;
             info.insert("info".to_owned(), json);
         }
-        Ok(Response::new(proto::ImageStatusResponse { image: Some(to_image(&meta)), info }))
+        Ok(Response::new(proto::ImageStatusResponse { image: Some(image), info }))
     }
 
     async fn pull_image(
         &self,
         request: Request<proto::PullImageRequest>,
     ) -> Result<Response<proto::PullImageResponse>, Status> {
+        let deadline = grpc_timeout(request.metadata());
         let req = request.into_inner();
         let image = spec_image(req.image.as_ref()).to_owned();
         tracing::info!(image, "pull");
         let auth = req.auth;
-        let meta = self.blocking(move |dirs, cfg| pull(dirs, cfg, &image, auth.as_ref())).await?;
+        let named = image.clone();
+        let pulling = self.blocking(move |dirs, cfg| pull(dirs, cfg, &image, auth.as_ref()));
+        let meta = match deadline {
+            // Answered a little before tonic's own timeout, which would say
+            // Cancelled: a client whose deadline passed is told so. The pull
+            // itself goes on (a blocking task cannot be interrupted), and its
+            // image lands in the store whole or not at all.
+            Some(d) => tokio::time::timeout(d.saturating_sub(Duration::from_millis(1)), pulling)
+                .await
+                .map_err(|_| Status::deadline_exceeded(format!("pulling {named}: the client's deadline passed")))??,
+            None => pulling.await?,
+        };
         Ok(Response::new(proto::PullImageResponse { image_ref: cri_id(&meta.id) }))
     }
 
@@ -271,5 +334,35 @@ impl ImageService for Images {
             inodes_used: Some(proto::UInt64Value { value: used.inodes }),
         };
         Ok(Response::new(proto::ImageFsInfoResponse { image_filesystems: vec![fs], container_filesystems: vec![] }))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::parse_user;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_their_units() {
+        use std::time::Duration;
+        let mut m = tonic::metadata::MetadataMap::new();
+        assert_eq!(super::grpc_timeout(&m), None);
+        for (v, d) in
+            [("1m", Duration::from_millis(1)), ("2S", Duration::from_secs(2)), ("3M", Duration::from_secs(180))]
+        {
+            m.insert("grpc-timeout", v.parse().unwrap());
+            assert_eq!(super::grpc_timeout(&m), Some(d), "{v}");
+        }
+        m.insert("grpc-timeout", "5x".parse().unwrap());
+        assert_eq!(super::grpc_timeout(&m), None);
+    }
+
+    #[test]
+    fn an_image_user_is_a_uid_or_a_name() {
+        assert_eq!(parse_user(""), (None, String::new()));
+        assert_eq!(parse_user("1002"), (Some(1002), String::new()));
+        assert_eq!(parse_user("1003:users"), (Some(1003), String::new()));
+        assert_eq!(parse_user("www-data"), (None, "www-data".to_owned()));
+        assert_eq!(parse_user("www-data:users"), (None, "www-data".to_owned()));
     }
 }

@@ -54,14 +54,23 @@ pub fn cri_id(id: &ImageId) -> String {
     }
 }
 
-/// `name:version` for each image that has a version.
+/// `name:tag` for each name and tag the image is known by (its own
+/// `name:version` first).
 pub fn repo_tags(meta: &ImageMeta) -> Vec<String> {
-    meta.labels.get("version").map(|v| format!("{}:{v}", meta.name)).into_iter().collect()
+    meta.names().into_iter().filter_map(|(name, tag)| tag.map(|t| format!("{name}:{t}"))).collect()
 }
 
-/// `name@sha256:…` for an OCI image (its manifest digest).
+/// `name@sha256:…` for each name of an OCI image (its manifest digest).
 pub fn repo_digests(meta: &ImageMeta) -> Vec<String> {
-    meta.oci.as_ref().map(|o| format!("{}@{}", meta.name, o.digest)).into_iter().collect()
+    let Some(oci) = &meta.oci else { return Vec::new() };
+    let mut out: Vec<String> = Vec::new();
+    for (name, _) in meta.names() {
+        let d = format!("{name}@{}", oci.digest);
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    out
 }
 
 /// Finds the stored image a CRI request names: an image ID (`sha256:…`,
@@ -83,13 +92,10 @@ pub fn resolve(store: &Store, image: &str) -> Result<Option<ImageMeta>, CriError
     }
     if let Ok(r) = Reference::parse(image) {
         let name = r.name();
-        let hit = store.list()?.into_iter().find(|m| {
-            m.name == name
-                && match (&r.digest, &m.oci) {
-                    (Some(d), Some(oci)) => &oci.digest == d,
-                    (Some(_), None) => false,
-                    (None, _) => m.labels.get("version") == r.tag.as_ref(),
-                }
+        let hit = store.list()?.into_iter().find(|m| match (&r.digest, &m.oci) {
+            (Some(d), Some(oci)) => &oci.digest == d && m.known_as(&name, None),
+            (Some(_), None) => false,
+            (None, _) => m.known_as(&name, Some(r.tag.as_deref().unwrap_or("latest"))),
         });
         if hit.is_some() {
             return Ok(hit);
@@ -123,6 +129,37 @@ mod tests {
         assert!(matches!(fetch_ref("oci-archive:/etc/passwd"), Err(CriError::Reference { .. })));
         assert!(matches!(fetch_ref(" "), Err(CriError::InvalidArgument(_))));
         assert!(matches!(fetch_ref("127.0.0.1:5000/Team/app:v1"), Err(CriError::Reference { .. })));
+    }
+
+    #[test]
+    fn every_name_is_a_repo_tag_and_digest() {
+        let name = |s: &str| spec::ImageName::new(s).unwrap();
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        let meta: ImageMeta = serde_json::from_value(serde_json::json!({
+            "id": format!("sha256-{}", "cd".repeat(32)),
+            "name": "registry.k8s.io/pause",
+            "labels": {"version": "3.9"},
+            "size": 1, "uncompressed_size": 1, "signer": null, "imported_at": "", "source": "",
+            "oci": {"digest": digest, "mediaType": "m", "configDigest": digest, "layers": []},
+            "other_names": [
+                {"name": name("k8s.gcr.io/pause"), "tag": "3.9"},
+                {"name": name("registry.k8s.io/pause"), "tag": "latest"},
+                {"name": name("example.org/pinned")}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            repo_tags(&meta),
+            ["registry.k8s.io/pause:3.9", "k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:latest"]
+        );
+        assert_eq!(
+            repo_digests(&meta),
+            [
+                format!("registry.k8s.io/pause@{digest}"),
+                format!("k8s.gcr.io/pause@{digest}"),
+                format!("example.org/pinned@{digest}")
+            ]
+        );
     }
 
     #[test]

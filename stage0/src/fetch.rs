@@ -84,6 +84,8 @@ pub enum FetchError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
+    Mirror(#[from] crate::mirrors::MirrorError),
+    #[error(transparent)]
     Deps(#[from] DepsError),
     #[error(transparent)]
     Render(#[from] RenderError),
@@ -112,6 +114,7 @@ impl ExitCodeOf for FetchError {
             Self::Store(e) => e.exit(),
             Self::Trust(e) => e.exit(),
             Self::Source(e) => e.exit(),
+            Self::Mirror(e) => e.exit(),
             Self::Deps(e) => e.exit(),
             Self::Render(e) => e.exit(),
             Self::Oci(e) => e.exit(),
@@ -385,6 +388,7 @@ impl<'a> Fetcher<'a> {
             imported_at: store::now_rfc3339(),
             source: location.to_owned(),
             oci: None,
+            other_names: Vec::new(),
         };
         let meta_path = dir.join("meta.json");
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| io_err("serialize", &meta_path)(e.into()))?;

@@ -11,6 +11,7 @@ use stage0::build;
 use stage0::exit::{Exit, ExitCodeOf};
 use stage0::fetch::{FetchOptions, Fetcher, ImageRef, Insecure, PullPolicy};
 use stage0::keys;
+use stage0::mirrors::{Mirror, Mirrors};
 use stage0::oci::sigstore;
 use stage0::paths::{Dirs, DEFAULT_CONFIG_DIR, DEFAULT_DATA_DIR};
 use stage0::sources::{Source, Sources};
@@ -333,6 +334,27 @@ enum SourceCmd {
         url: String,
     },
     List,
+    Rm {
+        prefix: String,
+    },
+    /// Registry mirrors: pull registry images under a prefix from a mirror
+    /// first, keeping their own name (tags, trust prefix), as
+    /// registries.conf mirrors.
+    #[command(subcommand)]
+    Mirror(MirrorCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum MirrorCmd {
+    /// Look for registry images under PREFIX at MIRROR (docker://HOST[:PORT][/PATH]) first: the rest of the
+    /// name goes under PATH. Several mirrors of a prefix are tried in the order added, then the image's own registry.
+    Add {
+        #[arg(long)]
+        prefix: String,
+        mirror: String,
+    },
+    List,
+    /// Remove every mirror of PREFIX.
     Rm {
         prefix: String,
     },
@@ -678,6 +700,23 @@ fn source(dirs: &Dirs, cmd: SourceCmd) -> Result<(), Failed> {
             print_table(&out);
         }
         SourceCmd::Rm { prefix } => sources.remove(&prefix)?,
+        SourceCmd::Mirror(cmd) => mirror(dirs, cmd)?,
+    }
+    Ok(())
+}
+
+fn mirror(dirs: &Dirs, cmd: MirrorCmd) -> Result<(), Failed> {
+    let mirrors = Mirrors::new(dirs.mirrors());
+    match cmd {
+        MirrorCmd::Add { prefix, mirror } => mirrors.add(Mirror::new(&prefix, &mirror)?)?,
+        MirrorCmd::List => {
+            let mut out = String::from("PREFIX\tMIRROR\n");
+            for m in mirrors.list()? {
+                out.push_str(&format!("{}\t{}\n", m.prefix, m.mirror));
+            }
+            print_table(&out);
+        }
+        MirrorCmd::Rm { prefix } => mirrors.remove(&prefix)?,
     }
     Ok(())
 }

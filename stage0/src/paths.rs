@@ -55,6 +55,10 @@ impl Dirs {
     pub fn sources(&self) -> PathBuf {
         self.config.join("sources.yaml")
     }
+    /// Registry mirrors (per name prefix, see `mirrors`).
+    pub fn mirrors(&self) -> PathBuf {
+        self.config.join("mirrors.yaml")
+    }
 }
 
 /// Creates `dir` (and its parents) as a directory only its owner can enter,

@@ -590,6 +590,7 @@ apps:
             imported_at: String::new(),
             source: String::new(),
             oci: None,
+            other_names: Vec::new(),
         }
     }
 

@@ -30,6 +30,9 @@ use crate::crashpoint::crashpoint;
 use crate::exit::{Exit, ExitCodeOf};
 use crate::paths::{self, Dirs};
 
+mod names;
+pub use names::OtherName;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{op} {path}: {source}")]
@@ -86,6 +89,11 @@ pub struct ImageMeta {
     /// What an OCI image is made of; absent for an ACI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<crate::oci::store::OciMeta>,
+    /// The other names and tags it was pulled by (the same manifest under
+    /// another tag or repository), each verified for its own name when
+    /// pulled: see `Store::add_name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_names: Vec<OtherName>,
 }
 
 impl ImageMeta {

@@ -135,10 +135,19 @@ fn add_app(pod_dir: &Path, pod: &ResolvedPod, app: &App, pid: i32) -> Result<(),
 /// one-layer tree.
 fn detached_rootfs(base: &Path, app: &App) -> Result<OwnedFd, Stage1Error> {
     let (lower, upper, work) = rootfs::overlay_options(base, app);
-    let opts =
-        [("lowerdir", Some(lower.as_str())), ("upperdir", Some(upper.as_str())), ("workdir", Some(work.as_str()))];
-    let volatile: Vec<_> = opts.iter().copied().chain([("volatile", None)]).collect();
-    let overlay = sys::overlay_detached(&volatile).or_else(|_| sys::overlay_detached(&opts));
+    let dirs = [("upperdir", Some(upper.as_str())), ("workdir", Some(work.as_str()))];
+    // fsconfig(2) takes string values of at most 256 bytes: three layer
+    // paths are longer than that joined. The layers go one by one
+    // (`lowerdir+`, top first, Linux 6.8); the joined list only where the
+    // kernel lacks `lowerdir+`.
+    let layers: Vec<String> = app.layers.iter().rev().map(|l| l.display().to_string()).collect();
+    let one_by_one: Vec<_> = layers.iter().map(|l| ("lowerdir+", Some(l.as_str()))).chain(dirs).collect();
+    let joined: Vec<_> = std::iter::once(("lowerdir", Some(lower.as_str()))).chain(dirs).collect();
+    let mount = |opts: &[(&str, Option<&str>)]| {
+        let volatile: Vec<_> = opts.iter().copied().chain([("volatile", None)]).collect();
+        sys::overlay_detached(&volatile).or_else(|_| sys::overlay_detached(opts))
+    };
+    let overlay = mount(&one_by_one).or_else(|_| mount(&joined));
     match overlay {
         Ok(fd) => Ok(fd),
         Err(errno) if app.layers.len() == 1 => {

@@ -243,6 +243,8 @@ fn semantic_errors_name_their_line() {
         ("after: [a]", "readiness: { exec: [./true] }", 9, "apps[1].readiness.exec[0]", "not absolute"),
         ("after: [a]", "exec: []", 9, "apps[1].exec", "empty command"),
         ("after: [a]", "exec: [bin/sh]", 9, "apps[1].exec[0]", "not absolute"),
+        ("after: [a]", "exec: [./sh]", 9, "apps[1].exec[0]", "not absolute"),
+        ("after: [a]", "exec: ['']", 9, "apps[1].exec[0]", "not absolute"),
         ("after: [a]", "workingDirectory: srv", 9, "apps[1].workingDirectory", "not absolute"),
         ("after: [a]", "user: 'a:b'", 9, "apps[1].user", "not a user or group"),
         ("after: [a]", "env: { 'A=B': x }", 9, "apps[1].env.A=B", "not a variable name"),
@@ -536,4 +538,10 @@ fn security_keys_and_host_namespaces() {
     assert!(e.message.contains("userns: auto"), "{e}");
     let e = err(&format!("userns: auto\n{}", BASE.replacen("after: [a]", "pidNamespace: own", 1)));
     assert_eq!(e.field, "apps[1].pidNamespace", "{e}");
+}
+
+#[test]
+fn a_bare_program_name_is_looked_up_in_path() {
+    let p = ok("name: p\napps: [{ name: a, image: ./a.aci, exec: [sh, -c, 'echo hi'] }]\n");
+    assert_eq!(p.apps[0].exec.as_deref(), Some(&["sh".to_owned(), "-c".to_owned(), "echo hi".to_owned()][..]));
 }

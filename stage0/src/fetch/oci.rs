@@ -31,6 +31,9 @@ impl Fetcher<'_> {
                     if let Some(hit) = self.stored(r, &platform)? {
                         return Ok((hit, false));
                     }
+                    if let Some(pulled) = self.pull_from_mirrors(r, &platform)? {
+                        return Ok(pulled);
+                    }
                     let verify = if self.opts.insecure.image { Verify::Skip } else { Verify::Attached(self.trust) };
                     let source = crate::oci::registry_source::RegistrySource::new(r, &self.opts)?;
                     (Box::new(source), r.name(), verify, r.reference().to_owned(), r.tag.clone())
@@ -70,6 +73,37 @@ impl Fetcher<'_> {
         };
         let pulled = pull::pull(self.store, source.as_ref(), &req)?;
         Ok((pulled.meta, pulled.added))
+    }
+
+    /// Pulls `r` from the first of its mirrors (`pod mirror`) that has it,
+    /// stored and verified under `r`'s own name; `None` when it has no
+    /// mirror or none served it (each failure logged), and the caller pulls
+    /// it from its own registry, as registries.conf mirrors fall back.
+    fn pull_from_mirrors(&self, r: &Reference, platform: &Platform) -> Result<Option<(ImageMeta, bool)>, FetchError> {
+        let candidates = crate::mirrors::Mirrors::new(self.store.dirs().mirrors()).candidates(r)?;
+        for mirror in candidates {
+            let verify = if self.opts.insecure.image { Verify::Skip } else { Verify::Attached(self.trust) };
+            let req = Request {
+                name: r.name(),
+                reference: r.reference().to_owned(),
+                tag: r.tag.clone(),
+                location: format!("{mirror} (mirror of {r})"),
+                platform: platform.clone(),
+                verify,
+                limits: self.opts.limits.clone(),
+                progress: self.opts.progress,
+            };
+            let pulled = crate::oci::registry_source::RegistrySource::new(&mirror, &self.opts)
+                .and_then(|source| pull::pull(self.store, &source, &req));
+            match pulled {
+                Ok(p) => {
+                    tracing::info!(image = %r, %mirror, "pulled from a mirror");
+                    return Ok(Some((p.meta, p.added)));
+                }
+                Err(error) => tracing::warn!(image = %r, %mirror, %error, "mirror failed; trying the next source"),
+            }
+        }
+        Ok(None)
     }
 
     /// Unpacks an archive source into a new staging dir: the dir (removed

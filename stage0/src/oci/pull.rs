@@ -269,7 +269,10 @@ pub fn pull(store: &Store, src: &dyn BlobSource, req: &Request<'_>) -> Result<Pu
         .digest
         .parse()
         .map_err(|e| OciError::Invalid { location: loc.to_owned(), why: format!("manifest digest: {e}") })?;
-    if let Ok(meta) = store.meta(&id) {
+    if store.meta(&id).is_ok() {
+        // The same manifest by another name or tag: that name is recorded
+        // too (its signature was checked for it above).
+        let meta = store.add_name(&id, &req.name, req.tag.as_deref())?;
         return Ok(Pulled { meta, added: false });
     }
 
@@ -360,12 +363,13 @@ pub fn pull(store: &Store, src: &dyn BlobSource, req: &Request<'_>) -> Result<Pu
             stop_signal,
             signature: signer.as_ref().map(|_| "cosign".to_owned()),
         }),
+        other_names: Vec::new(),
     };
     let meta_file = staging.path().join("meta.json");
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| OciError::io("serialize", &meta_file)(e.into()))?;
     fs::write(&meta_file, json).map_err(OciError::io("write", &meta_file))?;
     let added = store.commit(staging, &id)?;
-    let meta = if added { meta } else { store.meta(&id)? };
+    let meta = if added { meta } else { store.add_name(&id, &req.name, req.tag.as_deref())? };
     Ok(Pulled { meta, added })
 }
 

@@ -37,7 +37,11 @@ impl CriServer {
         let listen = format!("unix://{}", socket.display());
         let mut args = vec!["cri", "serve", "--listen", &listen];
         args.extend_from_slice(extra);
-        let child = pod.cmd(&args).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        let mut cmd = pod.cmd(&args);
+        // Registries on loopback only: a pull that falls back from a mirror
+        // to a public registry fails at once instead of leaving the machine.
+        no_internet(&mut cmd);
+        let child = cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
         let mut s = Self { child, socket, log, crictl };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !s.socket.exists() {
