@@ -10,6 +10,7 @@ pub mod oci;
 pub mod pod;
 pub mod security;
 pub mod stage1;
+pub mod stdio;
 pub mod unit;
 pub mod vm;
 

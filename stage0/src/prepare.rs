@@ -263,6 +263,8 @@ pub(crate) fn resolve_app(
         capabilities: app.capabilities,
         seccomp: app.seccomp,
         read_only_root_fs: app.read_only_root_fs,
+        log: app.log.clone(),
+        stdin: app.stdin,
     })
 }
 

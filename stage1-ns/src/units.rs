@@ -50,6 +50,11 @@ pub fn unit_for(app: &App, cgroups: Vec<String>) -> Unit {
     });
     u.cgroups = cgroups;
     u.capabilities = app.capabilities;
+    if let Some(log) = &app.log {
+        u.log_path = Some(log.path_in_pod());
+        u.log_format = log.format;
+    }
+    u.stdin_fifo = app.stdin;
     u.seccomp_filters = match app.seccomp {
         Seccomp::Default => seccomp_files(app.name.as_str()).iter().map(|f| format!("/units/{f}")).collect(),
         Seccomp::Unconfined => Vec::new(),

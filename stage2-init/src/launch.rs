@@ -47,8 +47,8 @@ pub struct Launch<'a> {
     /// Installed last, after no_new_privs.
     pub seccomp: &'a [SeccompProgram],
     pub stdin: BorrowedFd<'a>,
-    /// Where stdout and stderr go.
-    pub output: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
 }
 
 /// A forked process; `report` is readable (EOF or a message) once it exec'd
@@ -116,8 +116,8 @@ fn child(l: &Launch<'_>) -> Result<Infallible, ChildError> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(step("sigprocmask"))?;
     setsid().map_err(step("setsid"))?;
     dup2(l.stdin.as_raw_fd(), 0).map_err(step("stdin"))?;
-    dup2(l.output.as_raw_fd(), 1).map_err(step("stdout"))?;
-    dup2(l.output.as_raw_fd(), 2).map_err(step("stderr"))?;
+    dup2(l.stdout.as_raw_fd(), 1).map_err(step("stdout"))?;
+    dup2(l.stderr.as_raw_fd(), 2).map_err(step("stderr"))?;
     let env = become_app(l.app, l.unit, &l.rootfs, l.cgroups, l.seccomp)?;
     exec(&l.argv, &env)
 }

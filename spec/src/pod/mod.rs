@@ -24,6 +24,8 @@
 //!     capabilities: { add: [NET_ADMIN], drop: [MKNOD] }  # or CAP_NET_ADMIN; ALL
 //!     seccomp: unconfined                      # default: the default deny list
 //!     readOnlyRootFS: true                     # only volumes, /dev, /proc stay writable
+//!     log: { volume: logs, path: web/0.log, format: cri }  # default: logs/<app>.log, raw
+//!     stdin: true                              # a FIFO, /stdin/<app> in the pod root
 //! volumes:
 //!   - { name: data, kind: empty }              # or kind: host, source: /abs, readOnly: true
 //! annotations: { example.com/owner: me }
@@ -203,6 +205,11 @@ pub struct AppSpec {
     /// `readOnlyRootFS`: the app's root filesystem is mounted read-only;
     /// its volumes, /dev, /dev/shm and /proc stay as they are.
     pub read_only_root_fs: bool,
+    /// Where and how its output is logged (see [`crate::stdio`]); `None`:
+    /// raw, into the pod's `logs/<app>.log`.
+    pub log: Option<crate::stdio::AppLog>,
+    /// Its stdin is a FIFO others write into (see [`crate::stdio`]).
+    pub stdin: bool,
 }
 
 /// An app's image: the reference as written, and what it names.

@@ -88,6 +88,12 @@
 //!   pod-init reads them at startup (a bad one fails the pod) and the app's
 //!   process installs them in order as its very last step before execve.
 //!   Absent: no filter. stage1 compiles them (`stage1-ns/src/seccomp.rs`).
+//! - `[X-Pod] LogPath=`: an absolute path (inside the pod root) the app's
+//!   output is appended to instead of `logs/<app>.log`; `LogFormat=raw|cri`
+//!   (default raw): `cri` writes stdout and stderr, through a pipe each,
+//!   as CRI log lines (`crate::stdio::LogFormat`). `Stdin=fifo`: the app's
+//!   stdin is the FIFO `/stdin/<app>` (`crate::stdio::stdin_fifo`) instead
+//!   of /dev/null.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -95,9 +101,12 @@ use std::time::Duration;
 
 use crate::name::{AcName, NameError};
 use crate::security::{CapSet, DEFAULT_CAPS};
+use crate::stdio::LogFormat;
 
+mod duration;
 mod words;
 
+pub use duration::{parse_duration, render_duration};
 pub use words::{join_words, quote_word, split_words, QuoteError};
 
 /// A unit file larger than this is rejected.
@@ -167,6 +176,13 @@ pub struct Unit {
     /// rshared`), so the app's own mounts below them reach the host; every
     /// other mount of the app's namespace is a slave of the pod's.
     pub shared_mounts: Vec<String>,
+    /// `[X-Pod] LogPath=`: the app's log file (inside the pod root);
+    /// `None`: `logs/<app>.log`.
+    pub log_path: Option<String>,
+    /// `[X-Pod] LogFormat=`.
+    pub log_format: LogFormat,
+    /// `[X-Pod] Stdin=fifo`.
+    pub stdin_fifo: bool,
 }
 
 /// When a finished app is started again.
@@ -240,34 +256,6 @@ pub enum UnitErrorKind {
     Missing(&'static str),
 }
 
-/// Parses a duration: decimal seconds, or with an `s` or `ms` suffix.
-/// Exact (no floating point), so rendering round-trips.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    // Seconds carry 9 fractional digits of nanoseconds, milliseconds 6.
-    let (number, scale_digits) = match s.strip_suffix("ms") {
-        Some(n) => (n, 6u32),
-        None => (s.strip_suffix('s').unwrap_or(s), 9u32),
-    };
-    let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
-    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-    if !digits(int) || !digits(frac) || frac.len() > scale_digits as usize || int.len() > 12 {
-        return None;
-    }
-    let frac_padded = format!("{frac:0<width$}", width = scale_digits as usize);
-    let nanos: u128 = int.parse::<u128>().ok()? * 10u128.pow(scale_digits) + frac_padded.parse::<u128>().ok()?;
-    let d = Duration::new(u64::try_from(nanos / 1_000_000_000).ok()?, u32::try_from(nanos % 1_000_000_000).ok()?);
-    (d <= MAX_DURATION).then_some(d)
-}
-
-/// Renders a duration as decimal seconds, exactly.
-pub fn render_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        return d.as_secs().to_string();
-    }
-    let frac = format!("{:09}", d.subsec_nanos());
-    format!("{}.{}", d.as_secs(), frac.trim_end_matches('0'))
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Section {
     Unit,
@@ -298,6 +286,9 @@ impl Unit {
             capabilities: DEFAULT_CAPS,
             seccomp_filters: Vec::new(),
             shared_mounts: Vec::new(),
+            log_path: None,
+            log_format: LogFormat::Raw,
+            stdin_fifo: false,
         }
     }
 
@@ -372,6 +363,9 @@ impl Unit {
                     "Capabilities",
                     "SeccompFilter",
                     "SharedMounts",
+                    "LogPath",
+                    "LogFormat",
+                    "Stdin",
                 ][..],
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
@@ -480,6 +474,25 @@ impl Unit {
                         unit.shared_mounts.push(word);
                     }
                 }
+                "LogPath" => {
+                    if !value.starts_with('/')
+                        || value.split('/').any(|c| c == "..")
+                        || value.contains(char::is_control)
+                    {
+                        return Err(invalid("expected an absolute path"));
+                    }
+                    unit.log_path = Some(value.to_owned());
+                }
+                "LogFormat" => {
+                    unit.log_format = LogFormat::parse(value).ok_or_else(|| invalid("expected raw or cri"))?
+                }
+                "Stdin" => {
+                    unit.stdin_fifo = match value {
+                        "null" => false,
+                        "fifo" => true,
+                        _ => return Err(invalid("expected null or fifo")),
+                    }
+                }
                 "Restart" => {
                     unit.restart = match value {
                         "no" => Restart::No,
@@ -586,6 +599,15 @@ impl Unit {
         }
         if !self.shared_mounts.is_empty() {
             line(&mut out, "SharedMounts", &join_words(&self.shared_mounts));
+        }
+        if let Some(path) = &self.log_path {
+            line(&mut out, "LogPath", path);
+        }
+        if self.log_format != LogFormat::Raw {
+            line(&mut out, "LogFormat", self.log_format.as_str());
+        }
+        if self.stdin_fifo {
+            line(&mut out, "Stdin", "fifo");
         }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {
