@@ -323,6 +323,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
     for (k, v) in settings {
         pod_file[k.as_str()] = v;
     }
+    pod_file["volumes"] = crate::logs::sandbox_volumes(&record.log_directory)?;
     fs::write(file.path(), pod_file.to_string()).map_err(io("write", file.path()))?;
 
     let (store, trust, sources) = fetcher_parts(dirs)?;

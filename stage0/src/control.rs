@@ -173,7 +173,8 @@ pub fn stop(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {
 /// Stops an app as [`stop`], SIGKILL after `grace` instead of its stop
 /// timeout (zero: at once).
 pub fn stop_within(pod: &PodRef, app: &AcName, grace: Duration) -> Result<AppInfo, ControlError> {
-    stop_app(pod, app, Some(grace))
+    // The protocol takes at most a year; kubelet's grace may be any int64.
+    stop_app(pod, app, Some(grace.min(spec::unit::MAX_DURATION)))
 }
 
 fn stop_app(pod: &PodRef, app: &AcName, grace: Option<Duration>) -> Result<AppInfo, ControlError> {

@@ -213,7 +213,7 @@ pub(crate) fn logs(dirs: &Dirs, query: &str, app: Option<&str>, follow: bool) ->
     let mut out = std::io::stdout().lock();
     loop {
         for (i, a) in apps.iter().enumerate() {
-            let Ok(mut f) = File::open(pod.dir.join("logs").join(format!("{a}.log"))) else { continue };
+            let Ok(mut f) = File::open(lifecycle::app_log_file(&pod.dir, &resolved, a)) else { continue };
             let mut buf = Vec::new();
             if f.seek(SeekFrom::Start(offsets[i])).is_ok() && f.read_to_end(&mut buf).is_ok() {
                 offsets[i] += buf.len() as u64;
