@@ -196,3 +196,60 @@ fn stdin_reaches_the_container_through_its_fifo() {
     assert!(!String::from_utf8_lossy(&s.crictl(&["logs", &c]).stdout).contains("EOF"));
     sb.remove();
 }
+
+#[test]
+fn a_pod_file_app_logs_into_a_volume_in_the_cri_format() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let host = live.work.join("host-logs");
+    std::fs::create_dir_all(&host).unwrap();
+    let yaml = format!(
+        "name: logging\nnetwork: none\napps:\n  - name: cri\n    image: {img}\n    exec: [/bin/sh, -c, 'echo out; echo err >&2; exec sleep 1000']\n    log: {{ volume: logs, path: cri.log, format: cri }}\n  - name: plain\n    image: {img}\n    exec: [/bin/sh, -c, 'echo plain out; echo plain err >&2; exec sleep 1000']\nvolumes:\n  - {{ name: logs, kind: host, source: {dir} }}\n",
+        img = Example::Busybox.reference(),
+        dir = p(&host)
+    );
+    let uuid = live.start(&live.pod_file("logging", &yaml));
+    live.wait_all_up(&uuid, Duration::from_secs(60));
+    let log = host.join("cri.log");
+    wait_until("both streams in the host volume", Duration::from_secs(20), || cri_lines(&log).len() >= 2);
+    let lines = cri_lines(&log);
+    assert!(lines.contains(&("stdout".into(), "F".into(), "out".into())), "{lines:?}");
+    assert!(lines.contains(&("stderr".into(), "F".into(), "err".into())), "{lines:?}");
+    // An app without `log:` keeps its raw log in the pod directory.
+    let plain = live.data.join("pods/run").join(&uuid).join("logs/plain.log");
+    wait_until("the plain log", Duration::from_secs(10), || {
+        std::fs::read_to_string(&plain).is_ok_and(|t| t.contains("plain out\n") && t.contains("plain err\n"))
+    });
+    assert_mentions(&live.ok(&["logs", &uuid, "plain"]), &["plain out", "plain err"]);
+    live.ok(&["stop", &uuid]);
+    live.ok(&["rm", &uuid]);
+    let left = leftovers_of(&live, &uuid);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// VM pods run the same pod-init: the host volume an app logs into is
+/// bound where the guest sees the pod directory.
+#[test]
+fn a_vm_pod_app_logs_into_a_volume_in_the_cri_format() {
+    if let Some(why) = skip_reason_vm() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let host = live.work.join("vm-logs");
+    std::fs::create_dir_all(&host).unwrap();
+    let yaml = format!(
+        "name: vmlog\nisolation: vm\nnetwork: none\napps:\n  - name: cri\n    image: {img}\n    exec: [/bin/sh, -c, 'echo out; echo err >&2']\n    log: {{ volume: logs, path: cri.log, format: cri }}\nvolumes:\n  - {{ name: logs, kind: host, source: {dir} }}\n",
+        img = Example::Busybox.reference(),
+        dir = p(&host)
+    );
+    let file = live.pod_file("vmlog", &yaml);
+    let out = live.run_within(&["run", p(&file)], Duration::from_secs(240));
+    assert!(out.status.success(), "{}", describe(&["run"], &out));
+    let lines = cri_lines(&host.join("cri.log"));
+    assert!(lines.contains(&("stdout".into(), "F".into(), "out".into())), "{lines:?}");
+    assert!(lines.contains(&("stderr".into(), "F".into(), "err".into())), "{lines:?}");
+}
