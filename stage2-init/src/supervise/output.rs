@@ -26,6 +26,10 @@ use crate::log;
 /// How much of a pipe one wakeup reads, so a chatty app cannot starve the
 /// others (and PID 1's other work).
 const READS_PER_WAKEUP: usize = 4;
+/// The most one drain reads per pipe: a full pipe of the largest size an
+/// unprivileged app may set (1 MiB), and no endless loop when something
+/// that escaped the app's process group keeps writing.
+const DRAIN_READS: usize = (1 << 20) / CRI_LINE_MAX;
 
 /// The streams of one start of an app, until it is launched.
 #[derive(Debug)]
@@ -146,7 +150,7 @@ impl CriLog {
     /// what it wrote belongs in the log before its end is published.
     pub fn drain(&mut self) {
         for k in (0..self.pipes.len()).rev() {
-            self.pump(k, usize::MAX);
+            self.pump(k, DRAIN_READS);
         }
     }
 
