@@ -381,10 +381,15 @@ fn new_app(r: &ContainerRecord) -> Result<NewApp, CriError> {
 }
 
 /// StopContainer: stops the app (its stop signal, SIGKILL after `timeout`;
-/// zero: SIGKILL at once). A container not started, or already ended, is
-/// no error.
+/// zero: SIGKILL at once). A container unknown, not started, or already
+/// ended is no error.
 pub fn stop_container(dirs: &Dirs, id: &str, timeout: Duration) -> Result<(), CriError> {
-    let c = find_container(dirs, id)?;
+    // Idempotent, as critest expects: an unknown container is stopped.
+    let c = match find_container(dirs, id) {
+        Ok(c) => c,
+        Err(CriError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e),
+    };
     if !c.added() || c.sandbox.pod.state != PodState::Running {
         return Ok(());
     }
