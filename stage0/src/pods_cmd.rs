@@ -350,9 +350,12 @@ pub(crate) fn app(dirs: &Dirs, cmd: AppCmd) -> Result<(), Failed> {
                 }
             }
         }
-        AppCmd::Stop { pod, app } => {
+        AppCmd::Stop { pod, app, timeout } => {
             let pod = lifecycle::find(&pods, &pod)?;
-            let info = control::stop(&pod, &app)?;
+            let info = match timeout {
+                Some(secs) => control::stop_within(&pod, &app, std::time::Duration::from_secs(secs))?,
+                None => control::stop(&pod, &app)?,
+            };
             eprintln!("pod {}: app {app} {}{}", pod.uuid, info.state, describe_end(&info));
         }
         AppCmd::Add(args) => {
