@@ -24,6 +24,11 @@ struct Sandbox<'a> {
 
 impl<'a> Sandbox<'a> {
     fn run(live: &'a Live, s: &'a CriServer, name: &str) -> Self {
+        Self::run_with(live, s, name, "pod")
+    }
+
+    /// With RuntimeHandler `handler` (`pod`, or `pod-vm` for a VM sandbox).
+    fn run_with(live: &'a Live, s: &'a CriServer, name: &str, handler: &str) -> Self {
         let logs = live.work.join("pods-logs").join(name);
         let config = live.work.join(format!("{name}-sandbox.json"));
         let sandbox = json!({
@@ -32,7 +37,7 @@ impl<'a> Sandbox<'a> {
             "linux": {}
         });
         std::fs::write(&config, sandbox.to_string()).unwrap();
-        let id = s.ok(&["runp", p(&config)]).trim().to_owned();
+        let id = s.ok(&["runp", "--runtime", handler, p(&config)]).trim().to_owned();
         Self { live, s, id, config, logs }
     }
 
@@ -51,7 +56,9 @@ impl<'a> Sandbox<'a> {
         std::fs::write(&file, c.to_string()).unwrap();
         let id = self.s.ok(&["create", &self.id, p(&file), p(&self.config)]).trim().to_owned();
         self.s.ok(&["start", &id]);
-        wait_state(self.s, &id, "CONTAINER_RUNNING");
+        wait_until("the container runs", Duration::from_secs(120), || {
+            self.s.json(&["inspect", "-o", "json", &id])["status"]["state"] == "CONTAINER_RUNNING"
+        });
         id
     }
 
@@ -252,4 +259,33 @@ fn a_vm_pod_app_logs_into_a_volume_in_the_cri_format() {
     let lines = cri_lines(&host.join("cri.log"));
     assert!(lines.contains(&("stdout".into(), "F".into(), "out".into())), "{lines:?}");
     assert!(lines.contains(&("stderr".into(), "F".into(), "err".into())), "{lines:?}");
+}
+
+/// A VM sandbox (`pod-vm`) runs the same pod-init: the container's log is
+/// written through the share into the log directory, and reopened over
+/// the relayed control channel.
+#[test]
+fn a_vm_sandbox_container_logs_in_the_cri_format_and_reopens() {
+    if let Some(why) = skip_reason_vm() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let s = or_skip!(CriServer::start(&live, &[]));
+    let sb = Sandbox::run_with(&live, &s, "vmlogs", "pod-vm");
+    let script = "echo vm stdout; echo vm stderr >&2; while true; do echo tick; sleep 0.2; done";
+    let c = sb.container("talk", script, json!({}));
+    let log = sb.logs.join("talk/0.log");
+    wait_until("both streams in the log", Duration::from_secs(60), || {
+        let lines = cri_lines(&log);
+        lines.iter().any(|l| l.0 == "stdout" && l.2 == "vm stdout")
+            && lines.iter().any(|l| l.0 == "stderr" && l.2 == "vm stderr")
+    });
+    assert_mentions(&s.ok(&["logs", &c]), &["vm stdout"]);
+    let rotated = sb.logs.join("talk/0.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    s.ok(&["logs", "--reopen", "--tail", "0", &c]);
+    assert!(log.exists(), "no new log file at {}", log.display());
+    wait_until("ticks in the new log", Duration::from_secs(30), || !cri_lines(&log).is_empty());
+    sb.remove();
 }

@@ -64,7 +64,8 @@ impl Stdio {
 #[derive(Debug)]
 pub struct CriLog {
     path: PathBuf,
-    file: File,
+    /// `None` once a reopen failed even after closing the old file.
+    file: Option<File>,
     pipes: Vec<(OwnedFd, Splitter)>,
     write_failed: bool,
 }
@@ -104,7 +105,7 @@ pub fn open(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> Result<Stdi
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let pipes = vec![(out_r, Splitter::new(Stream::Stdout)), (err_r, Splitter::new(Stream::Stderr))];
-    let cri = CriLog { path, file, pipes, write_failed: false };
+    let cri = CriLog { path, file: Some(file), pipes, write_failed: false };
     Ok(Stdio { stdin, out: out_w, err: Some(err_w), cri: Some(cri) })
 }
 
@@ -160,7 +161,7 @@ impl CriLog {
         self.drain();
         let now = SystemTime::now();
         for (_, splitter) in &mut self.pipes {
-            if let Err(e) = splitter.finish(now, &mut self.file) {
+            if let Err(e) = splitter.finish(now, &mut Sink(self.file.as_mut())) {
                 note(&mut self.write_failed, &self.path, &e);
             }
         }
@@ -179,9 +180,9 @@ impl CriLog {
             };
             let now = SystemTime::now();
             let written = if n == 0 {
-                splitter.finish(now, &mut self.file)
+                splitter.finish(now, &mut Sink(self.file.as_mut()))
             } else {
-                splitter.feed(&buf[..n], now, &mut self.file)
+                splitter.feed(&buf[..n], now, &mut Sink(self.file.as_mut()))
             };
             if let Err(e) = written {
                 note(&mut self.write_failed, &self.path, &e);
@@ -194,12 +195,40 @@ impl CriLog {
     }
 
     /// `reopen-log`: opens the log's path anew (a new file if the old one
-    /// was renamed away); the old file is closed. On failure the old one
-    /// stays in use.
+    /// was renamed away); the old file is closed. Where that fails while
+    /// the old file is open, it is closed first and the path opened again:
+    /// on a VM's 9p share the open file pins the old name (the guest
+    /// kernel keeps its dentry, qemu's fid the host path the host renamed),
+    /// so the new file can only be made once the old one is let go. If
+    /// that fails too, output is dropped until the next reopen.
     pub fn reopen(&mut self) -> Result<(), String> {
-        self.file = open_log(&self.path)?;
+        let file = match open_log(&self.path) {
+            Ok(f) => f,
+            Err(_) => {
+                self.file = None;
+                open_log(&self.path)?
+            }
+        };
+        self.file = Some(file);
         self.write_failed = false;
         Ok(())
+    }
+}
+
+/// The log file, or nowhere when there is none (a failed reopen): lines
+/// are then dropped, and the write error says so once.
+struct Sink<'a>(Option<&'a mut File>);
+
+impl std::io::Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.as_mut() {
+            Some(f) => f.write(buf),
+            None => Err(std::io::Error::new(ErrorKind::NotFound, "the log could not be reopened")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.as_mut().map_or(Ok(()), |f| f.flush())
     }
 }
 
