@@ -295,6 +295,7 @@ pub fn create_container(
         (false, false) => Path::new(&log_directory).join(&config.log_path).display().to_string(),
     };
     crate::logs::app_keys(&sandbox, &log_path, config.stdin, &mut app_keys)?;
+    crate::logs::check_stdin(&sandbox, config.stdin)?;
     let record = ContainerRecord {
         app: app.clone(),
         name: meta.name,

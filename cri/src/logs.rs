@@ -9,7 +9,7 @@
 //! (the streaming server's Attach writes into it and follows the log).
 //! `tty: true` is recorded, but the app gets no terminal: its output goes
 //! through the same pipes, and `stdin_once` is not honoured (the FIFO
-//! outlives each writer).
+//! outlives each writer). VM sandboxes (`pod-vm`) do not serve stdin yet.
 
 use std::fs;
 use std::path::Path;
@@ -65,6 +65,19 @@ pub fn relative_log_path(sandbox: &Sandbox, log_path: &str) -> Result<Option<Str
     spec::stdio::check_relative_path(&rel)
         .map_err(|why| CriError::InvalidArgument(format!("the container's log path {log_path}: {why}")))?;
     Ok(Some(rel))
+}
+
+/// A VM sandbox cannot give a container a FIFO as stdin (its pod
+/// directory is a 9p share in the guest): refused at CreateContainer.
+pub fn check_stdin(sandbox: &Sandbox, stdin: bool) -> Result<(), CriError> {
+    if stdin && sandbox.record.runtime_handler == crate::vm::VM_HANDLER {
+        return Err(CriError::Unimplemented(format!(
+            "pod sandbox {}: containers with stdin are not yet served by the {} handler",
+            sandbox.pod.uuid,
+            crate::vm::VM_HANDLER
+        )));
+    }
+    Ok(())
 }
 
 /// Adds the app keys (`NewApp::extra`) of a container's log (`log_path`:
@@ -132,6 +145,15 @@ mod tests {
         }
         let e = relative_log_path(&sandbox(""), "/tmp/c.log").unwrap_err();
         assert!(e.to_string().contains("log_directory"), "{e}");
+    }
+
+    #[test]
+    fn vm_sandboxes_refuse_stdin() {
+        let mut vm = sandbox("/l");
+        vm.record.runtime_handler = crate::vm::VM_HANDLER.into();
+        assert_eq!(check_stdin(&vm, true).unwrap_err().code(), tonic::Code::Unimplemented);
+        assert!(check_stdin(&vm, false).is_ok());
+        assert!(check_stdin(&sandbox("/l"), true).is_ok());
     }
 
     #[test]

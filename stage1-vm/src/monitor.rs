@@ -268,6 +268,19 @@ fn spawn_qemu(qemu: &Path, vm: &Vm, dir: &VmDir) -> Result<Child, VmError> {
     cmd.spawn().map_err(io_err("start", qemu))
 }
 
+/// `stdin: true` needs a FIFO in the pod directory, which a VM's pod-init
+/// sees over 9p: it cannot make one there (ENXIO), and one made on the
+/// host would be the guest's own. Refused, not dropped.
+pub fn refuse_stdin(app: &spec::stage1::App) -> Result<(), VmError> {
+    if app.stdin {
+        return Err(VmError::Invalid(format!(
+            "app {}: stdin: true is not supported by the VM stage1 (its FIFO would be on the 9p share)",
+            app.name
+        )));
+    }
+    Ok(())
+}
+
 /// Runs the pod; returns its exit status.
 pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     let (inv, pod) = stage1_ns::monitor::read_pod(pod_dir).map_err(|e| VmError::Invalid(e.to_string()))?;
@@ -287,6 +300,9 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     }
     if !pod.ports.is_empty() {
         return Err(VmError::Invalid("pod-level ports are not yet published by the VM stage1".into()));
+    }
+    for app in &pod.apps {
+        refuse_stdin(app)?;
     }
     let host: &VmHost = inv.vm.as_ref().ok_or_else(|| {
         VmError::Invalid("stage1.json has no vm section: stage0 found no guest kernel (see README, VM pods)".into())

@@ -259,6 +259,15 @@ fn a_vm_pod_app_logs_into_a_volume_in_the_cri_format() {
     let lines = cri_lines(&host.join("cri.log"));
     assert!(lines.contains(&("stdout".into(), "F".into(), "out".into())), "{lines:?}");
     assert!(lines.contains(&("stderr".into(), "F".into(), "err".into())), "{lines:?}");
+
+    // A FIFO as stdin cannot be given in a VM: refused, not dropped.
+    let file = live.pod_file(
+        "vmstdin",
+        &yaml.replace("name: vmlog", "name: vmstdin").replace("    log:", "    stdin: true\n    log:"),
+    );
+    let out = live.run_within(&["run", p(&file)], Duration::from_secs(240));
+    assert!(!out.status.success(), "{}", describe(&["run"], &out));
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["stdin", "not supported by the VM stage1"]);
 }
 
 /// A VM sandbox (`pod-vm`) runs the same pod-init: the container's log is
@@ -287,5 +296,11 @@ fn a_vm_sandbox_container_logs_in_the_cri_format_and_reopens() {
     s.ok(&["logs", "--reopen", "--tail", "0", &c]);
     assert!(log.exists(), "no new log file at {}", log.display());
     wait_until("ticks in the new log", Duration::from_secs(30), || !cri_lines(&log).is_empty());
+
+    // No FIFO can be made on the guest's share: stdin is refused, not dropped.
+    let file = live.work.join("vm-stdin.json");
+    let c = json!({"metadata": {"name": "reader"}, "image": {"image": Example::Busybox.reference()}, "stdin": true});
+    std::fs::write(&file, c.to_string()).unwrap();
+    assert_mentions(&s.fails(&["create", &sb.id, p(&file), p(&sb.config)]), &["Unimplemented", "stdin"]);
     sb.remove();
 }
