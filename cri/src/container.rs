@@ -59,10 +59,18 @@ pub struct ContainerRecord {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    /// `log_directory/log_path`, as kubelet gives them (not yet written in
-    /// the CRI log format: the app's log is the pod's own).
+    /// `log_directory/log_path`, as kubelet gives them: pod-init writes the
+    /// container's output there in the CRI log format (logs.rs).
     #[serde(default)]
     pub log_path: String,
+    /// `stdin`: the app reads a FIFO (logs.rs); `stdin_once` and `tty`
+    /// are kept for the streaming server (not honoured: see logs.rs).
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+    #[serde(default)]
+    pub tty: bool,
     pub created_at: i64,
     #[serde(default)]
     pub started_at: i64,
@@ -281,12 +289,18 @@ pub fn create_container(
     let mut app_keys = crate::podcfg::container_keys(&config)?;
     app_keys.extend(crate::secctx::container_keys(&config, sandbox_config.as_ref())?);
     let mounts = config.mounts.iter().map(crate::mounts::MountRecord::of).collect();
-    let log_directory = sandbox_config.map(|c| c.log_directory).unwrap_or(sandbox.record.log_directory.clone());
+    // The recorded log directory is the one bound into the sandbox's pod.
+    let log_directory = match sandbox.record.log_directory.as_str() {
+        "" => sandbox_config.map(|c| c.log_directory).unwrap_or_default(),
+        recorded => recorded.to_owned(),
+    };
     let log_path = match (log_directory.is_empty(), config.log_path.is_empty()) {
         (_, true) => String::new(),
         (true, false) => config.log_path.clone(),
         (false, false) => Path::new(&log_directory).join(&config.log_path).display().to_string(),
     };
+    crate::logs::app_keys(&sandbox, &log_path, config.stdin, &mut app_keys)?;
+    crate::logs::check_stdin(&sandbox, config.stdin)?;
     let record = ContainerRecord {
         app: app.clone(),
         name: meta.name,
@@ -301,6 +315,9 @@ pub fn create_container(
         labels: btree(config.labels),
         annotations: btree(config.annotations),
         log_path,
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
+        tty: config.tty,
         created_at: now_nanos(),
         started_at: 0,
         app_keys,
@@ -370,10 +387,11 @@ fn new_app(r: &ContainerRecord) -> Result<NewApp, CriError> {
     })
 }
 
-/// StopContainer: stops the app (its stop timeout, then SIGKILL). A
-/// container not started, already ended or gone is no error (CRI: stopping
-/// is idempotent, and kubelet may retry after a removal).
-pub fn stop_container(dirs: &Dirs, id: &str, _timeout: Duration) -> Result<(), CriError> {
+/// StopContainer: stops the app (its stop signal, SIGKILL after `timeout`;
+/// zero: SIGKILL at once). A container not started, already ended or gone
+/// is no error (CRI: stopping is idempotent, and kubelet may retry after a
+/// removal).
+pub fn stop_container(dirs: &Dirs, id: &str, timeout: Duration) -> Result<(), CriError> {
     let c = match find_container(dirs, id) {
         Ok(c) => c,
         Err(CriError::NotFound(_)) => return Ok(()),
@@ -383,7 +401,7 @@ pub fn stop_container(dirs: &Dirs, id: &str, _timeout: Duration) -> Result<(), C
         return Ok(());
     }
     let name = AcName::new(c.record.app.clone()).map_err(|e| CriError::InvalidArgument(e.to_string()))?;
-    control::stop(&c.sandbox.pod, &name).map_err(addapp::AddAppError::from)?;
+    control::stop_within(&c.sandbox.pod, &name, timeout).map_err(addapp::AddAppError::from)?;
     Ok(())
 }
 

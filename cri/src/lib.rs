@@ -12,6 +12,7 @@ pub mod error;
 pub mod fsinfo;
 pub mod images;
 pub mod live;
+pub mod logs;
 pub mod metrics;
 pub mod mounts;
 pub mod podcfg;

@@ -251,6 +251,15 @@ impl RuntimeService for Runtime {
         Ok(Response::new(proto::ListContainersResponse { containers }))
     }
 
+    async fn reopen_container_log(
+        &self,
+        request: Request<proto::ReopenContainerLogRequest>,
+    ) -> Result<Response<proto::ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        self.blocking(move |host| crate::logs::reopen_container_log(&host.dirs, &id)).await?;
+        Ok(Response::new(proto::ReopenContainerLogResponse {}))
+    }
+
     async fn container_status(
         &self,
         request: Request<proto::ContainerStatusRequest>,

@@ -328,6 +328,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         pod_file[k.as_str()] = v;
     }
     namespaces.apply(&mut pod_file);
+    pod_file["volumes"] = crate::logs::sandbox_volumes(&record.log_directory)?;
     fs::write(file.path(), pod_file.to_string()).map_err(io("write", file.path()))?;
 
     let (store, trust, sources) = fetcher_parts(dirs)?;
@@ -340,7 +341,9 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         debug: host.debug,
         vm: crate::vm::host_vm(handler)?,
         subids: stage0::userns::SubIds::default(),
-        volumes: HostVolumePolicy::load(dirs).map_err(|e| CriError::Failed(e.to_string()))?,
+        // Its one host volume is kubelet's log directory: kubelet's choice,
+        // as the containers' mounts are (mounts.rs).
+        volumes: HostVolumePolicy::for_cri(dirs),
     };
     let overrides = Overrides {
         isolation: Some(crate::vm::isolation(handler)),

@@ -2,15 +2,21 @@
 //! a unix stream socket (`control.sock` in the pod directory of a namespace
 //! pod), one request per connection.
 //!
-//! A request is one line, `pod-control <version> <verb> [<app>]\n`:
+//! A request is one line, `pod-control <version> <verb> [<app> [<seconds>]]\n`:
 //!
 //! ```text
 //! pod-control 1 inspect
 //! pod-control 1 stop db
+//! pod-control 1 stop db 2.5   (SIGKILL after 2.5 s, not the unit's TimeoutStopSec; 0: at once)
 //! pod-control 1 start db
-//! pod-control 1 add db        (later versions; answered `unsupported` today)
-//! pod-control 1 remove db     (likewise)
+//! pod-control 1 add db
+//! pod-control 1 remove db
+//! pod-control 1 reopen-log db (close the app's log file, open its path anew)
 //! ```
+//!
+//! `stop` with a timeout and `reopen-log` came later within version 1: a
+//! pod-init that predates them refuses them as a bad request, and every
+//! request it knew reads as it did.
 //!
 //! The answer is a head line, `pod-control <version> ok\n` or
 //! `pod-control <version> error <kind> <message>\n`, and after an `ok` to
@@ -27,6 +33,7 @@
 //! naming both versions. Parsing never panics, whatever the bytes.
 
 use std::fmt::{self, Write as _};
+use std::time::Duration;
 
 use crate::AcName;
 
@@ -51,10 +58,33 @@ pub enum Request {
     Stop(AcName),
     /// Start a stopped or ended app again, as at boot.
     Start(AcName),
-    /// Add an app whose unit and rootfs are prepared (not yet served).
+    /// Stop an app as [`Request::Stop`], SIGKILL after this grace instead
+    /// of its `TimeoutStopSec` (zero: SIGKILL at once, as kubelet's
+    /// StopContainer with timeout 0).
+    StopWithin(AcName, Duration),
+    /// Add an app whose unit and rootfs are prepared.
     Add(AcName),
-    /// Remove an ended app (not yet served).
+    /// Remove an ended app.
     Remove(AcName),
+    /// Close the app's log file and open its path again (a new file once
+    /// the old one was renamed away: log rotation, CRI's
+    /// ReopenContainerLog). Refused unless the app runs.
+    ReopenLog(AcName),
+}
+
+impl Request {
+    /// The app the request is about, if any.
+    pub fn app(&self) -> Option<&AcName> {
+        match self {
+            Request::Inspect => None,
+            Request::Stop(a)
+            | Request::StopWithin(a, _)
+            | Request::Start(a)
+            | Request::Add(a)
+            | Request::Remove(a)
+            | Request::ReopenLog(a) => Some(a),
+        }
+    }
 }
 
 /// Why pod-init refused a request; the wire word is [`ErrorKind::as_str`].
@@ -145,16 +175,20 @@ fn head<'a>(line: &'a str, what: &'static str) -> Result<&'a str, ProtocolError>
 impl Request {
     /// The request line, newline included.
     pub fn render(&self) -> String {
-        let (verb, app) = match self {
-            Request::Inspect => ("inspect", None),
-            Request::Stop(a) => ("stop", Some(a)),
-            Request::Start(a) => ("start", Some(a)),
-            Request::Add(a) => ("add", Some(a)),
-            Request::Remove(a) => ("remove", Some(a)),
+        let verb = match self {
+            Request::Inspect => "inspect",
+            Request::Stop(_) | Request::StopWithin(..) => "stop",
+            Request::Start(_) => "start",
+            Request::Add(_) => "add",
+            Request::Remove(_) => "remove",
+            Request::ReopenLog(_) => "reopen-log",
         };
-        match app {
-            Some(app) => format!("{MAGIC} {VERSION} {verb} {app}\n"),
-            None => format!("{MAGIC} {VERSION} {verb}\n"),
+        match (self.app(), self) {
+            (Some(app), Request::StopWithin(_, t)) => {
+                format!("{MAGIC} {VERSION} {verb} {app} {}\n", crate::unit::render_duration(*t))
+            }
+            (Some(app), _) => format!("{MAGIC} {VERSION} {verb} {app}\n"),
+            (None, _) => format!("{MAGIC} {VERSION} {verb}\n"),
         }
     }
 
@@ -165,7 +199,8 @@ impl Request {
         let mut words = rest.split(' ');
         let verb = words.next().unwrap_or_default();
         let app = words.next();
-        if words.next().is_some() {
+        let timeout = words.next();
+        if words.next().is_some() || (timeout.is_some() && verb != "stop") {
             return Err(malformed("request", "too many words"));
         }
         let given = app.is_some();
@@ -176,10 +211,19 @@ impl Request {
         match verb {
             "inspect" if !given => Ok(Request::Inspect),
             "inspect" => Err(malformed("request", "inspect takes no app")),
-            "stop" => Ok(Request::Stop(app()?)),
+            "stop" => match timeout {
+                None => Ok(Request::Stop(app()?)),
+                Some(t) => {
+                    let t = crate::unit::parse_duration(t).ok_or_else(|| {
+                        malformed("request", format!("stop timeout {t:?} is not a number of seconds"))
+                    })?;
+                    Ok(Request::StopWithin(app()?, t))
+                }
+            },
             "start" => Ok(Request::Start(app()?)),
             "add" => Ok(Request::Add(app()?)),
             "remove" => Ok(Request::Remove(app()?)),
+            "reopen-log" => Ok(Request::ReopenLog(app()?)),
             other => Err(malformed("request", format!("unknown verb {other:?}"))),
         }
     }
@@ -325,9 +369,19 @@ mod tests {
             Request::Start(name("web-1")),
             Request::Add(name("x")),
             Request::Remove(name("x")),
+            Request::StopWithin(name("db"), Duration::ZERO),
+            Request::StopWithin(name("db"), Duration::from_millis(2500)),
+            Request::ReopenLog(name("web")),
         ] {
             assert_eq!(Request::parse(&r.render()), Ok(r));
         }
+        assert_eq!(Request::StopWithin(name("db"), Duration::from_secs(30)).render(), "pod-control 1 stop db 30\n");
+        assert_eq!(Request::StopWithin(name("db"), Duration::ZERO).render(), "pod-control 1 stop db 0\n");
+        assert_eq!(Request::ReopenLog(name("db")).render(), "pod-control 1 reopen-log db\n");
+        assert_eq!(
+            Request::parse("pod-control 1 stop db 1.5s"),
+            Ok(Request::StopWithin(name("db"), Duration::from_millis(1500)))
+        );
         assert_eq!(Request::Stop(name("db")).render(), "pod-control 1 stop db\n");
         assert_eq!(Request::parse("pod-control 1 inspect"), Ok(Request::Inspect));
     }
@@ -340,7 +394,12 @@ mod tests {
         assert!(bad("pod-control x inspect").contains("version"));
         assert!(bad("pod-control 1 stop").contains("stop needs an app name"));
         assert!(bad("pod-control 1 stop Bad_Name").contains("request"));
-        assert!(bad("pod-control 1 stop a b").contains("too many words"));
+        assert!(bad("pod-control 1 stop a b").contains("not a number of seconds"));
+        assert!(bad("pod-control 1 stop a -1").contains("not a number of seconds"));
+        assert!(bad("pod-control 1 stop a 1 2").contains("too many words"));
+        assert!(bad("pod-control 1 start a 1").contains("too many words"));
+        assert!(bad("pod-control 1 reopen-log a 1").contains("too many words"));
+        assert!(bad("pod-control 1 reopen-log").contains("reopen-log needs an app name"));
         assert!(bad("pod-control 1 inspect a").contains("inspect takes no app"));
         assert!(bad("pod-control 1 inspect Bad_Name").contains("inspect takes no app"));
         assert!(bad("pod-control 1 reboot").contains("unknown verb"));
@@ -397,6 +456,8 @@ mod tests {
         // A poor man's fuzzer: every prefix and every byte flipped of valid lines.
         let samples = [
             Request::Stop(name("db")).render(),
+            Request::StopWithin(name("db"), Duration::from_millis(1250)).render(),
+            Request::ReopenLog(name("db")).render(),
             Response::Ok(vec![AppInfo {
                 name: "a".into(),
                 state: "ready".into(),

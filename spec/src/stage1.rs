@@ -221,6 +221,13 @@ pub struct App {
     /// defaults.
     #[serde(default, skip_serializing_if = "AppSecurity::is_default")]
     pub security: AppSecurity,
+    /// Where and how its output is logged (`crate::stdio`); absent: raw,
+    /// into the pod's `logs/<app>.log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::stdio::AppLog>,
+    /// Its stdin is a FIFO (`crate::stdio::stdin_fifo`); else /dev/null.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
 }
 
 fn default_caps() -> CapSet {

@@ -118,6 +118,10 @@ impl NewApp {
         let mounts: Vec<_> =
             self.mounts.iter().map(|(v, p, ro)| serde_json::json!({"volume": v, "path": p, "readOnly": ro})).collect();
         let mut volumes: Vec<_> = self.mounts.iter().map(|(v, _, _)| v.clone()).collect();
+        // The volume an app logs into (`log.volume`) is the pod's too.
+        let log_volume = self.extra.get("log").and_then(|l| l.get("volume")).and_then(serde_json::Value::as_str);
+        volumes.extend(log_volume.map(str::to_owned));
+        volumes.sort();
         volumes.dedup();
         let volumes: Vec<_> = volumes.iter().map(|v| serde_json::json!({"name": v, "kind": "empty"})).collect();
         app["mounts"] = serde_json::json!(mounts);
@@ -269,6 +273,9 @@ pub fn add_with_host_volumes(
         }
         updated.volumes.push(stage1::Volume { name: m.volume.clone(), source: stage1::VolumeSource::Empty });
         new_volumes.push(pod.dir.join("volumes").join(m.volume.as_str()));
+    }
+    if let Some(log) = app.log.as_ref().filter(|l| !updated.volumes.iter().any(|v| v.name == l.volume)) {
+        return Err(AddAppError::NoVolume { uuid, app: new.name.to_string(), volume: log.volume.to_string() });
     }
     updated.apps.push(app);
 

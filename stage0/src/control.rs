@@ -87,10 +87,7 @@ pub fn request(pod: &PodRef, request: &Request) -> Result<Vec<AppInfo>, ControlE
     match response {
         Response::Ok(apps) => Ok(apps),
         Response::Error { kind: ErrorKind::NoSuchApp, .. } => {
-            let app = match request {
-                Request::Stop(a) | Request::Start(a) | Request::Add(a) | Request::Remove(a) => a.to_string(),
-                Request::Inspect => String::new(),
-            };
+            let app = request.app().map(ToString::to_string).unwrap_or_default();
             Err(ControlError::NoApp { uuid: pod.uuid.clone(), app })
         }
         Response::Error { kind, message } => Err(ControlError::Refused { uuid: pod.uuid.clone(), kind, message }),
@@ -170,13 +167,32 @@ fn has_ended_state(state: &str) -> bool {
 /// SIGKILL, plus a margin); returns how it ended. Stopping the last app of
 /// a pod that is not a sandbox ends the pod: then its status file says.
 pub fn stop(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {
-    request(pod, &Request::Stop(app.clone()))?;
+    stop_app(pod, app, None)
+}
+
+/// Stops an app as [`stop`], SIGKILL after `grace` instead of its stop
+/// timeout (zero: at once).
+pub fn stop_within(pod: &PodRef, app: &AcName, grace: Duration) -> Result<AppInfo, ControlError> {
+    // The protocol takes at most a year; kubelet's grace may be any int64.
+    stop_app(pod, app, Some(grace.min(spec::unit::MAX_DURATION)))
+}
+
+fn stop_app(pod: &PodRef, app: &AcName, grace: Option<Duration>) -> Result<AppInfo, ControlError> {
     let resolved = read_resolved(&pod.dir);
-    let timeout = resolved
-        .as_ref()
-        .and_then(|r| r.apps.iter().find(|a| &a.name == app).map(|a| Duration::from_millis(a.stop_timeout_ms)))
-        .unwrap_or(Duration::from_secs(10))
-        + Duration::from_secs(5);
+    let grace = match grace {
+        Some(g) => {
+            request(pod, &Request::StopWithin(app.clone(), g))?;
+            g
+        }
+        None => {
+            request(pod, &Request::Stop(app.clone()))?;
+            resolved
+                .as_ref()
+                .and_then(|r| r.apps.iter().find(|a| &a.name == app).map(|a| Duration::from_millis(a.stop_timeout_ms)))
+                .unwrap_or(Duration::from_secs(10))
+        }
+    };
+    let timeout = grace + Duration::from_secs(5);
     match wait_for(pod, app, timeout, has_ended) {
         Ok(Some(info)) => return Ok(info),
         Ok(None) => {}
@@ -205,6 +221,12 @@ pub fn stop(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {
         Err(e) => return Err(e),
     }
     Err(ControlError::App { uuid: pod.uuid.clone(), app: app.to_string(), what: "did not end after SIGKILL".into() })
+}
+
+/// Has pod-init close the app's log file and open its path anew (after
+/// the file was renamed away); refused unless the app runs.
+pub fn reopen_log(pod: &PodRef, app: &AcName) -> Result<(), ControlError> {
+    request(pod, &Request::ReopenLog(app.clone())).map(drop)
 }
 
 /// Starts an ended app again and waits until it runs; an app that cannot

@@ -80,6 +80,18 @@ pub fn find(pods: &Pods, query: &str) -> Result<PodRef, LifecycleError> {
     Ok(pods.find(query, name_of)?)
 }
 
+/// Where app `app`'s log is on the host: `logs/<app>.log` in the pod
+/// directory, or the file its `log:` names in one of the pod's volumes.
+pub fn app_log_file(dir: &Path, pod: &ResolvedPod, app: &str) -> PathBuf {
+    let log = pod.apps.iter().find(|a| a.name.as_str() == app).and_then(|a| a.log.as_ref());
+    let volume = log.and_then(|l| pod.volumes.iter().find(|v| v.name == l.volume).map(|v| (l, &v.source)));
+    match volume {
+        Some((l, spec::stage1::VolumeSource::Host { path, .. })) => path.join(&l.path),
+        Some((l, spec::stage1::VolumeSource::Empty)) => dir.join("volumes").join(l.volume.as_str()).join(&l.path),
+        None => dir.join("logs").join(format!("{app}.log")),
+    }
+}
+
 /// Every app's status, in start order; apps not started yet are "waiting".
 pub fn app_statuses(dir: &Path, pod: &ResolvedPod) -> Vec<AppStatus> {
     pod.apps

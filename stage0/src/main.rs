@@ -170,7 +170,13 @@ pub(crate) enum AppCmd {
     },
     /// Stop an app (its stop signal, SIGKILL after its stop timeout) and wait
     /// until it has ended; it is not restarted, the pod keeps running.
-    Stop { pod: String, app: spec::AcName },
+    Stop {
+        pod: String,
+        app: spec::AcName,
+        /// Seconds before SIGKILL instead of the app's stop timeout (0: at once).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
     /// Start a stopped or ended app again, as at the pod's start; waits until
     /// it runs (or failed to).
     Start { pod: String, app: spec::AcName },

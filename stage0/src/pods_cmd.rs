@@ -213,7 +213,7 @@ pub(crate) fn logs(dirs: &Dirs, query: &str, app: Option<&str>, follow: bool) ->
     let mut out = std::io::stdout().lock();
     loop {
         for (i, a) in apps.iter().enumerate() {
-            let Ok(mut f) = File::open(pod.dir.join("logs").join(format!("{a}.log"))) else { continue };
+            let Ok(mut f) = File::open(lifecycle::app_log_file(&pod.dir, &resolved, a)) else { continue };
             let mut buf = Vec::new();
             if f.seek(SeekFrom::Start(offsets[i])).is_ok() && f.read_to_end(&mut buf).is_ok() {
                 offsets[i] += buf.len() as u64;
@@ -350,9 +350,12 @@ pub(crate) fn app(dirs: &Dirs, cmd: AppCmd) -> Result<(), Failed> {
                 }
             }
         }
-        AppCmd::Stop { pod, app } => {
+        AppCmd::Stop { pod, app, timeout } => {
             let pod = lifecycle::find(&pods, &pod)?;
-            let info = control::stop(&pod, &app)?;
+            let info = match timeout {
+                Some(secs) => control::stop_within(&pod, &app, std::time::Duration::from_secs(secs))?,
+                None => control::stop(&pod, &app)?,
+            };
             eprintln!("pod {}: app {app} {}{}", pod.uuid, info.state, describe_end(&info));
         }
         AppCmd::Add(args) => {

@@ -272,6 +272,8 @@ pub(crate) fn resolve_app(
         seccomp: crate::secprofile::resolve(&app.seccomp).map_err(err)?,
         read_only_root_fs: app.read_only_root_fs,
         security: app.security.clone(),
+        log: app.log.clone(),
+        stdin: app.stdin,
     })
 }
 

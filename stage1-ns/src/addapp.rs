@@ -221,8 +221,8 @@ pub fn in_pod(f: impl FnOnce() -> Result<(), String>) -> Result<(), Stage1Error>
 
 /// `rm-app`: undoes what [`add`] (or the pod's start) made for app
 /// `name`: its mounts in the pod's mount namespace, its cgroups (killing
-/// what is left in them), its unit and seccomp filters, status, log and
-/// app directory. Idempotent; the pod's `pod.json` is stage0's.
+/// what is left in them), its unit and seccomp filters, status, log, stdin
+/// FIFO and app directory. Idempotent; the pod's `pod.json` is stage0's.
 pub fn remove(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
     let (inv, pod) = monitor::load(pod_dir)?;
     if inv.userns.is_some() {
@@ -275,7 +275,7 @@ pub fn remove_files(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
     let files = unit_files
         .into_iter()
         .chain([format!("{app}.json"), format!("{app}.oom")].map(|f| pod_dir.join("status").join(f)))
-        .chain([pod_dir.join("logs").join(format!("{app}.log"))]);
+        .chain([pod_dir.join("logs").join(format!("{app}.log")), pod_dir.join("stdin").join(app)]);
     for p in files {
         match fs::remove_file(&p) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove", &p)(e)),

@@ -464,6 +464,9 @@ fn pod_init(
         rootfs::make_private().map_err(|e| e.to_string())?;
         let ids = userns.map(|ns| rootfs::PodIds { userns: ns.user_fd(), uid: ns.map.uid, gid: ns.map.gid });
         rootfs::setup_apps(pod_dir, pod, rootfs::KernelFs::Mount, ids).map_err(|e| e.to_string())?;
+        if ids.is_none() {
+            rootfs::bind_host_volumes(pod_dir, pod).map_err(|e| e.to_string())?;
+        }
         rootfs::bind_cgroups(pod_dir, &go.app_cgroups).map_err(|e| e.to_string())?;
         let stage2 = rootfs::bind_stage2(pod_dir, &inv.stage2).map_err(|e| e.to_string())?;
         rootfs::pivot_into(pod_dir).map_err(|e| e.to_string())?;

@@ -481,6 +481,25 @@ fn read_only_root(rootfs: &Path) -> Result<(), RootfsError> {
     do_mount(None, rootfs, None, flags, None, "read-only rootfs")
 }
 
+/// Binds host volumes at `<pod>/volumes/<name>`, where empty volumes
+/// are, so pod-init can write an app's log into them (`log.volume`): the
+/// ones an app logs into, and every one of a sandbox, whose apps come
+/// later. Not with a user namespace (pod-init could not write there).
+pub fn bind_host_volumes(pod_dir: &Path, pod: &ResolvedPod) -> Result<(), RootfsError> {
+    for vol in &pod.volumes {
+        let VolumeSource::Host { path, read_only } = &vol.source else { continue };
+        if !pod.sandbox && !pod.apps.iter().any(|a| a.log.as_ref().is_some_and(|l| l.volume == vol.name)) {
+            continue;
+        }
+        let pinned = open_host_source(path, Path::new("/proc/self/fd"))?;
+        let target = pod_dir.join("volumes").join(vol.name.as_str());
+        mkdir_p(&target)?;
+        let src = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
+        bind(&src, &target, *read_only, &format!("volume {} for pod-init", vol.name))?;
+    }
+    Ok(())
+}
+
 /// Binds each app's cgroup directories at `<pod>/cgroup/<app>/<n>`, where
 /// stage2-init's child for that app joins them (the units' `Cgroup=`).
 pub fn bind_cgroups(

@@ -55,6 +55,11 @@ pub fn unit_for(app: &App, cgroups: Vec<String>, seccomp_programs: usize) -> Uni
     });
     u.cgroups = cgroups;
     u.capabilities = app.capabilities;
+    if let Some(log) = &app.log {
+        u.log_path = Some(log.path_in_pod());
+        u.log_format = log.format;
+    }
+    u.stdin_fifo = app.stdin;
     u.seccomp_filters = (0..seccomp_programs).map(|i| format!("/units/{}", seccomp_file(app, i))).collect();
     u
 }

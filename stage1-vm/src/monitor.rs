@@ -219,6 +219,8 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
     };
     rootfs::write_etc(pod_dir, pod.hostname(), &ips, &resolv).map_err(fs_err)?;
     rootfs::setup_apps(pod_dir, pod, KernelFs::Skip, None).map_err(fs_err)?;
+    // Host volumes apps log into, where the guest's pod-init writes (the share).
+    rootfs::bind_host_volumes(pod_dir, pod).map_err(fs_err)?;
     // The VM is the pod's resource boundary: no per-app cgroups in the units.
     stage1_ns::units::write_units(pod_dir, pod, &BTreeMap::new()).map_err(|(p, e)| io_err("write", &p)(e))?;
     let dir = VmDir::new(pod_dir);
@@ -266,6 +268,19 @@ fn spawn_qemu(qemu: &Path, vm: &Vm, dir: &VmDir) -> Result<Child, VmError> {
     cmd.spawn().map_err(io_err("start", qemu))
 }
 
+/// `stdin: true` needs a FIFO in the pod directory, which a VM's pod-init
+/// sees over 9p: it cannot make one there (ENXIO), and one made on the
+/// host would be the guest's own. Refused, not dropped.
+pub fn refuse_stdin(app: &spec::stage1::App) -> Result<(), VmError> {
+    if app.stdin {
+        return Err(VmError::Invalid(format!(
+            "app {}: stdin: true is not supported by the VM stage1 (its FIFO would be on the 9p share)",
+            app.name
+        )));
+    }
+    Ok(())
+}
+
 /// Runs the pod; returns its exit status.
 /// Why this stage1 cannot run `app` as asked, if it cannot: the guest
 /// mounts each app's /proc, /sys and /dev with the defaults.
@@ -303,6 +318,9 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     }
     if let Some(e) = pod.apps.iter().find_map(unsupported) {
         return Err(e);
+    }
+    for app in &pod.apps {
+        refuse_stdin(app)?;
     }
     let host: &VmHost = inv.vm.as_ref().ok_or_else(|| {
         VmError::Invalid("stage1.json has no vm section: stage0 found no guest kernel (see README, VM pods)".into())

@@ -125,6 +125,8 @@ pub struct App {
     /// Orders failures in time, for the pod's exit code.
     pub failed_seq: u64,
     pub message: String,
+    /// The CRI log writer of its latest start (`LogFormat=cri`).
+    pub cri: Option<crate::supervise::CriLog>,
 }
 
 impl App {
@@ -156,6 +158,7 @@ impl App {
             last_verdict: None,
             failed_seq: 0,
             message: String::new(),
+            cri: None,
         }
     }
 

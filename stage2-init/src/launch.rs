@@ -47,8 +47,8 @@ pub struct Launch<'a> {
     /// Installed last, after no_new_privs.
     pub seccomp: &'a [SeccompProgram],
     pub stdin: BorrowedFd<'a>,
-    /// Where stdout and stderr go.
-    pub output: BorrowedFd<'a>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
 }
 
 /// A forked process; `report` is readable (EOF or a message) once it exec'd
@@ -116,8 +116,8 @@ fn child(l: &Launch<'_>, report: std::os::fd::RawFd) -> Result<Infallible, Child
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(step("sigprocmask"))?;
     setsid().map_err(step("setsid"))?;
     dup2(l.stdin.as_raw_fd(), 0).map_err(step("stdin"))?;
-    dup2(l.output.as_raw_fd(), 1).map_err(step("stdout"))?;
-    dup2(l.output.as_raw_fd(), 2).map_err(step("stderr"))?;
+    dup2(l.stdout.as_raw_fd(), 1).map_err(step("stdout"))?;
+    dup2(l.stderr.as_raw_fd(), 2).map_err(step("stderr"))?;
     if l.unit.own_pid {
         // From here on in the grandchild, PID 1 of a new pid namespace.
         crate::pidns::enter(report)?;

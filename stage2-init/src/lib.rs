@@ -9,6 +9,7 @@
 
 pub mod appfs;
 pub mod creds;
+pub mod crilog;
 pub mod exit;
 pub mod plan;
 pub mod privs;

@@ -3,13 +3,13 @@
 //! stop the pod in reverse dependency order, and settle the pod's status.
 //!
 //! Single-threaded and event driven: one poll(2) over a signalfd (SIGCHLD,
-//! SIGTERM, SIGINT, SIGHUP) and the exec-report pipes of starting apps, with
-//! a timeout to the next timer (restart, readiness check, SIGKILL).
+//! SIGTERM, SIGINT, SIGHUP), the exec-report pipes of starting apps and the
+//! output pipes of apps that log in the CRI format (output.rs), with a
+//! timeout to the next timer (restart, readiness check, SIGKILL).
 
 use std::fs::OpenOptions;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +29,9 @@ use crate::status::{self, PodStatus};
 use crate::{log, Error};
 
 mod control;
+mod output;
+
+pub use output::CriLog;
 
 /// How often readiness is checked.
 pub const READINESS_POLL: Duration = Duration::from_millis(50);
@@ -103,6 +106,11 @@ impl Supervisor {
         }
         if let Some(listener) = self.control.take() {
             listener.close();
+        }
+        for app in &mut self.apps {
+            if let Some(cri) = app.cri.as_mut() {
+                cri.close();
+            }
         }
         let code = pod_exit_code(&self.apps.iter().map(App::final_word).collect::<Vec<_>>());
         log!("pod exited with code {code}");
@@ -246,6 +254,14 @@ impl Supervisor {
                 reporting.push(i);
             }
         }
+        let first_output = fds.len();
+        let mut outputs = Vec::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            for (k, fd) in app.cri.iter().flat_map(output::CriLog::fds).enumerate() {
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                outputs.push((i, k));
+            }
+        }
         match poll(&mut fds, PollTimeout::from(ms)) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(Error::Sys(e)),
@@ -258,6 +274,15 @@ impl Supervisor {
         for (k, &i) in reporting.iter().enumerate() {
             if ready.get(k + first_report) == Some(&true) {
                 self.read_report(i, Instant::now());
+            }
+        }
+        // Backwards: a pipe that ends leaves its app's list, and the
+        // indices before it stay right.
+        for (n, &(i, k)) in outputs.iter().enumerate().rev() {
+            if ready.get(first_output + n) == Some(&true) {
+                if let Some(cri) = self.apps[i].cri.as_mut() {
+                    cri.read(k);
+                }
             }
         }
         // Cheap, and robust against coalesced or missed SIGCHLDs.
@@ -385,12 +410,15 @@ impl Supervisor {
             app.restarts += 1;
         }
         (app.started_at, app.finished_at, app.last_end) = (Some(SystemTime::now()), None, None);
-        let log_path = self.logs_dir.join(format!("{}.log", app.name()));
-        let log = OpenOptions::new().create(true).append(true).mode(0o640).open(&log_path);
-        let spawned = match (&app.argv, log) {
+        // What a previous run left in its pipes goes to the log first.
+        if let Some(mut old) = app.cri.take() {
+            old.close();
+        }
+        let stdio = output::open(&self.root, &self.logs_dir, app.name(), &app.plan.unit);
+        let spawned = match (&app.argv, stdio) {
             (Err(e), _) => Err(e.clone()),
-            (_, Err(e)) => Err(format!("{}: {e}", log_path.display())),
-            (Ok(argv), Ok(log)) => {
+            (_, Err(e)) => Err(e),
+            (Ok(argv), Ok(stdio)) => {
                 let launch = Launch {
                     app: app.plan.name.as_str(),
                     unit: &app.plan.unit,
@@ -398,10 +426,13 @@ impl Supervisor {
                     cgroups: &app.cgroups,
                     argv: argv.clone(),
                     seccomp: &app.plan.seccomp,
-                    stdin: self.null.as_fd(),
-                    output: log.as_fd(),
+                    stdin: stdio.stdin.as_ref().map_or(self.null.as_fd(), AsFd::as_fd),
+                    stdout: stdio.stdout(),
+                    stderr: stdio.stderr(),
                 };
-                launch::spawn(&launch).map_err(|e| format!("fork: {e}"))
+                let spawned = launch::spawn(&launch).map_err(|e| format!("fork: {e}"));
+                app.cri = stdio.launched();
+                spawned
             }
         };
         match spawned {
@@ -427,7 +458,8 @@ impl Supervisor {
             argv: argv.clone(),
             seccomp: &app.plan.seccomp,
             stdin: self.null.as_fd(),
-            output: self.null.as_fd(),
+            stdout: self.null.as_fd(),
+            stderr: self.null.as_fd(),
         };
         // The probe's exit status is its whole answer; its report is not read.
         if let (Ok(spawned), Phase::Running { probe, .. }) = (launch::spawn(&launch), &mut app.phase) {
@@ -438,13 +470,27 @@ impl Supervisor {
     /// Asks an app's process group to stop: SIGTERM (and SIGCONT, so a
     /// stopped process sees it), SIGKILL after `TimeoutStopSec`.
     fn stop(&mut self, i: usize, reason: StopReason, now: Instant) {
+        let grace = self.apps[i].plan.unit.timeout_stop;
+        self.stop_within(i, reason, now, grace);
+    }
+
+    /// [`Supervisor::stop`] with SIGKILL after `grace` (zero: at once). An
+    /// app already stopping is killed no later than `grace` from now.
+    fn stop_within(&mut self, i: usize, reason: StopReason, now: Instant, grace: Duration) {
         let app = &mut self.apps[i];
-        let grace = app.plan.unit.timeout_stop;
         let Some(proc) = app.phase.proc_mut() else { return };
-        if proc.stop.is_some() {
+        if let Some(stop) = proc.stop.as_mut() {
+            stop.kill_at = stop.kill_at.min(now + grace);
+            if grace.is_zero() && !stop.killed {
+                stop.killed = true;
+                signal_group(proc.pid, Signal::SIGKILL);
+            }
             return;
         }
-        proc.stop = Some(Stop { reason, kill_at: now + grace, killed: false });
+        proc.stop = Some(Stop { reason, kill_at: now + grace, killed: grace.is_zero() });
+        if grace.is_zero() {
+            signal_group(proc.pid, Signal::SIGKILL);
+        }
         signal_group(proc.pid, Signal::try_from(app.plan.unit.kill_signal).unwrap_or(Signal::SIGTERM));
         signal_group(proc.pid, Signal::SIGCONT);
         if let Phase::Running { probe: Probe::Running { pid }, .. } = &app.phase {
@@ -479,6 +525,10 @@ impl Supervisor {
         // process group goes with it, as when a container's init exits.
         // (Not `signal_group`: the pid itself is reaped and may be reused.)
         let _ = killpg(proc.pid, Signal::SIGKILL);
+        // Its output is in the log before its end is published.
+        if let Some(cri) = app.cri.as_mut() {
+            cri.drain();
+        }
         let reason = proc.stop.as_ref().map(|s| s.reason);
         self.conclude(i, end, failure, reason, proc.since, now);
     }

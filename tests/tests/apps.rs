@@ -8,7 +8,7 @@ mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -252,4 +252,25 @@ fn apps_are_added_to_and_removed_from_a_running_sandbox() {
     let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&root) || l.contains(&uuid)).collect();
     assert!(left.is_empty(), "mounts left: {left:?}");
     assert!(!dir.exists(), "pod dir left: {}", dir.display());
+}
+
+#[test]
+fn app_stop_with_a_timeout_kills_after_it() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    // Ignores SIGTERM; its own stop timeout would be a minute.
+    let stubborn = "trap '' TERM; while true; do sleep 0.1; done";
+    let file = live.pod_file(
+        "stubborn",
+        &pod_yaml("stubborn", &[("a", stubborn, "    stopTimeout: 60s\n"), ("b", "exec sleep 1000", "")]),
+    );
+    let uuid = live.start(&file);
+    live.wait_all_up(&uuid, LIMIT);
+    let start = Instant::now();
+    live.ok(&["app", "stop", &uuid, "a", "--timeout", "1"]);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(10), "stopped after {took:?}");
+    let a = live.app_status(&uuid, "a");
+    assert_eq!((a["state"].as_str(), a["signal"].as_i64()), (Some("stopped"), Some(9)), "{a}");
+    live.ok(&["stop", &uuid]);
 }

@@ -368,6 +368,7 @@ impl Cx<'_> {
             capabilities = crate::security::CapSet::ALL;
             seccomp = crate::security::SeccompSpec::Unconfined;
         }
+        let log = a.log.as_ref().map(|l| self.log(&path.key("log"), l)).transpose()?;
         Ok(AppSpec {
             name,
             image,
@@ -388,7 +389,20 @@ impl Cx<'_> {
             seccomp,
             read_only_root_fs: a.read_only_root_fs,
             security,
+            log,
+            stdin: a.stdin,
         })
+    }
+
+    fn log(&self, path: &FieldPath, l: &raw::Log) -> Result<crate::stdio::AppLog> {
+        let volume = self.name(&path.key("volume"), &l.volume)?;
+        crate::stdio::check_relative_path(&l.path).map_err(|m| self.invalid(&path.key("path"), m))?;
+        let format = match l.format.as_deref() {
+            None => crate::stdio::LogFormat::Raw,
+            Some(f) => crate::stdio::LogFormat::parse(f)
+                .ok_or_else(|| self.invalid(&path.key("format"), format!("{f:?} is not raw or cri")))?,
+        };
+        Ok(crate::stdio::AppLog { volume, path: l.path.clone(), format })
     }
 
     fn names(&self, field: &FieldPath, list: &[String]) -> Result<Vec<AcName>> {
@@ -484,6 +498,19 @@ impl Cx<'_> {
                     if pod.app(dep.as_str()).is_none() {
                         return Err(self.invalid(&field, format!("no app named {dep} in this pod")));
                     }
+                }
+            }
+            if let Some(log) = &app.log {
+                match pod.volume(log.volume.as_str()).map(|v| &v.kind) {
+                    None => {
+                        let msg = format!("no volume named {} under volumes", log.volume);
+                        return Err(self.invalid(&root.at("apps", i).key("log").key("volume"), msg));
+                    }
+                    Some(VolumeKind::Host { read_only: true, .. }) => {
+                        let msg = format!("volume {} is read-only: no log can be written into it", log.volume);
+                        return Err(self.invalid(&root.at("apps", i).key("log").key("volume"), msg));
+                    }
+                    Some(_) => {}
                 }
             }
             for (j, m) in app.mounts.iter().enumerate() {

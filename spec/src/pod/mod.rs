@@ -34,6 +34,8 @@
 //!     readonlyPaths: [/proc/sys]               # replace the default read-only paths
 //!     privileged: false                        # true: all caps, no seccomp, no masks, host devices
 //!     pidNamespace: pod                        # own: the app is PID 1 of a pid namespace of its own
+//!     log: { volume: logs, path: web/0.log, format: cri }  # default: logs/<app>.log, raw
+//!     stdin: true                              # a FIFO, /stdin/<app> in the pod root
 //! volumes:
 //!   - { name: data, kind: empty }              # or kind: host, source: /abs, readOnly: true
 //! annotations: { example.com/owner: me }
@@ -222,6 +224,11 @@ pub struct AppSpec {
     /// `supplementaryGroups`, `supplementaryGroupsPolicy`,
     /// `noNewPrivileges`, `maskedPaths`, `readonlyPaths`, `privileged`.
     pub security: AppSecurity,
+    /// Where and how its output is logged (see [`crate::stdio`]); `None`:
+    /// raw, into the pod's `logs/<app>.log`.
+    pub log: Option<crate::stdio::AppLog>,
+    /// Its stdin is a FIFO others write into (see [`crate::stdio`]).
+    pub stdin: bool,
 }
 
 /// An app's image: the reference as written, and what it names.

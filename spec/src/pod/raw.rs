@@ -119,6 +119,19 @@ pub(super) struct App {
     pub privileged: bool,
     #[serde(default)]
     pub pid_namespace: Option<String>,
+    #[serde(default)]
+    pub log: Option<Log>,
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "log: { volume: NAME, path: RELATIVE/PATH }, optional format: raw | cri")]
+pub(super) struct Log {
+    pub volume: String,
+    pub path: String,
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -545,3 +545,29 @@ fn a_bare_program_name_is_looked_up_in_path() {
     let p = ok("name: p\napps: [{ name: a, image: ./a.aci, exec: [sh, -c, 'echo hi'] }]\n");
     assert_eq!(p.apps[0].exec.as_deref(), Some(&["sh".to_owned(), "-c".to_owned(), "echo hi".to_owned()][..]));
 }
+
+#[test]
+fn log_and_stdin() {
+    use crate::stdio::{AppLog, LogFormat};
+    let base = "name: p\napps:\n  - name: a\n    image: x\n";
+    let vols = "volumes:\n  - { name: logs, kind: host, source: /var/log/pods/x }\n  - { name: ro, kind: host, source: /srv, readOnly: true }\n";
+    let a = ok(base).apps.remove(0);
+    assert_eq!((a.log, a.stdin), (None, false));
+    let text = format!("{base}    log: {{ volume: logs, path: c/0.log, format: cri }}\n    stdin: true\n{vols}");
+    let a = ok(&text).apps.remove(0);
+    let want = AppLog { volume: AcName::new("logs").expect("name"), path: "c/0.log".into(), format: LogFormat::Cri };
+    assert_eq!((a.log, a.stdin), (Some(want), true));
+    let raw = ok(&format!("{base}    log: {{ volume: logs, path: a.log }}\n{vols}")).apps.remove(0);
+    assert_eq!(raw.log.map(|l| l.format), Some(LogFormat::Raw));
+    for (log, field, message) in [
+        ("{ volume: nope, path: a.log }", "apps[0].log.volume", "no volume named nope"),
+        ("{ volume: ro, path: a.log }", "apps[0].log.volume", "read-only"),
+        ("{ volume: logs, path: /abs.log }", "apps[0].log.path", "not a relative path"),
+        ("{ volume: logs, path: ../up.log }", "apps[0].log.path", "no '..'"),
+        ("{ volume: logs, path: a.log, format: json }", "apps[0].log.format", "not raw or cri"),
+    ] {
+        let e = err(&format!("{base}    log: {log}\n{vols}"));
+        assert_eq!(e.field, field, "{log}: {e}");
+        assert!(e.message.contains(message), "{log}: {e}");
+    }
+}

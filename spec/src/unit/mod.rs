@@ -99,6 +99,12 @@
 //!   pod-init reads them at startup (a bad one fails the pod) and the app's
 //!   process installs them in order as its very last step before execve.
 //!   Absent: no filter. stage1 compiles them (`stage1-ns/src/seccomp.rs`).
+//! - `[X-Pod] LogPath=`: an absolute path (inside the pod root) the app's
+//!   output is appended to instead of `logs/<app>.log`; `LogFormat=raw|cri`
+//!   (default raw): `cri` writes stdout and stderr, through a pipe each,
+//!   as CRI log lines (`crate::stdio::LogFormat`). `Stdin=fifo`: the app's
+//!   stdin is the FIFO `/stdin/<app>` (`crate::stdio::stdin_fifo`) instead
+//!   of /dev/null.
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -106,6 +112,7 @@ use std::time::Duration;
 
 use crate::name::{AcName, NameError};
 use crate::security::{CapSet, DEFAULT_CAPS};
+use crate::stdio::LogFormat;
 
 mod values;
 mod words;
@@ -170,6 +177,13 @@ pub struct Unit {
     /// `[X-Pod] PIDNamespace=own`: the app's program is PID 1 of a pid
     /// namespace of its own (default `pod`: the pod's).
     pub own_pid: bool,
+    /// `[X-Pod] LogPath=`: the app's log file (inside the pod root);
+    /// `None`: `logs/<app>.log`.
+    pub log_path: Option<String>,
+    /// `[X-Pod] LogFormat=`.
+    pub log_format: LogFormat,
+    /// `[X-Pod] Stdin=fifo`.
+    pub stdin_fifo: bool,
 }
 
 /// When a finished app is started again.
@@ -276,6 +290,9 @@ impl Unit {
             no_new_privileges: true,
             image_groups: true,
             own_pid: false,
+            log_path: None,
+            log_format: LogFormat::Raw,
+            stdin_fifo: false,
         }
     }
 
@@ -353,6 +370,9 @@ impl Unit {
                     "SharedMounts",
                     "SupplementaryGroupsPolicy",
                     "PIDNamespace",
+                    "LogPath",
+                    "LogFormat",
+                    "Stdin",
                 ][..],
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
@@ -459,6 +479,25 @@ impl Unit {
                             return Err(fail(UnitErrorKind::Invalid { value: word, why: "expected an absolute path" }));
                         }
                         unit.shared_mounts.push(word);
+                    }
+                }
+                "LogPath" => {
+                    if !value.starts_with('/')
+                        || value.split('/').any(|c| c == "..")
+                        || value.contains(char::is_control)
+                    {
+                        return Err(invalid("expected an absolute path"));
+                    }
+                    unit.log_path = Some(value.to_owned());
+                }
+                "LogFormat" => {
+                    unit.log_format = LogFormat::parse(value).ok_or_else(|| invalid("expected raw or cri"))?
+                }
+                "Stdin" => {
+                    unit.stdin_fifo = match value {
+                        "null" => false,
+                        "fifo" => true,
+                        _ => return Err(invalid("expected null or fifo")),
                     }
                 }
                 "Restart" => {
@@ -597,6 +636,15 @@ impl Unit {
         }
         if self.own_pid {
             line(&mut out, "PIDNamespace", "own");
+        }
+        if let Some(path) = &self.log_path {
+            line(&mut out, "LogPath", path);
+        }
+        if self.log_format != LogFormat::Raw {
+            line(&mut out, "LogFormat", self.log_format.as_str());
+        }
+        if self.stdin_fifo {
+            line(&mut out, "Stdin", "fifo");
         }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {

@@ -1,9 +1,11 @@
 //! The control channel (`spec::control`): a unix socket in the pod root
 //! (in a VM, a guest-local one that the ctl agent relays the host's
-//! requests to: `spec::vm::relay`), polled by the supervision loop; one request per connection, answered at
-//! once. `inspect`, `stop APP`, `start APP`, `add APP` (its unit and
-//! rootfs made by stage1 first: read as at boot, appended to the plan and
-//! started) and `remove APP` (an ended app leaves the plan) are served.
+//! requests to: `spec::vm::relay`), polled by the supervision loop; one
+//! request per connection, answered at once. `inspect`, `stop APP
+//! [SECONDS]`, `start APP`, `add APP` (its unit and rootfs made by stage1
+//! first: read as at boot, appended to the plan and started), `remove APP`
+//! (an ended app leaves the plan) and `reopen-log APP` (a running
+//! CRI-format app's log file is opened anew) are served.
 //!
 //! No threads: a connection is read and answered in the loop, each read
 //! and write bounded by [`IO_TIMEOUT`]. Only root can connect (mode 0600),
@@ -112,17 +114,23 @@ impl Supervisor {
     }
 
     fn control_request(&mut self, request: Request, now: Instant) -> Response {
-        let (name, stop) = match &request {
+        let name = match &request {
             Request::Inspect => return Response::Ok(self.apps.iter().map(info).collect()),
-            Request::Stop(name) => (name, true),
-            Request::Start(name) => (name, false),
             Request::Add(name) => return self.add_app(name, now),
             Request::Remove(name) => return self.remove_app(name),
+            Request::Stop(name) | Request::StopWithin(name, _) | Request::Start(name) | Request::ReopenLog(name) => {
+                name
+            }
         };
         let Some(i) = self.apps.iter().position(|a| a.plan.name == *name) else {
             return refuse(ErrorKind::NoSuchApp, format!("no app {name} in this pod"));
         };
-        let result = if stop { self.stop_app(i, now) } else { self.start_app(i, now) };
+        let result = match &request {
+            Request::Stop(_) => self.stop_app(i, now, None),
+            Request::StopWithin(_, grace) => self.stop_app(i, now, Some(*grace)),
+            Request::ReopenLog(_) => self.reopen_log(i),
+            _ => self.start_app(i, now),
+        };
         match result {
             Ok(()) => Response::Ok(Vec::new()),
             Err(message) => refuse(ErrorKind::Conflict, message),
@@ -131,13 +139,15 @@ impl Supervisor {
 
     /// `stop APP`: as a pod stop does for one app, but the pod runs on and
     /// the app is not restarted. Stopping an ended app changes nothing.
-    fn stop_app(&mut self, i: usize, now: Instant) -> Result<(), String> {
+    /// `grace`: SIGKILL after it instead of the unit's `TimeoutStopSec`.
+    fn stop_app(&mut self, i: usize, now: Instant, grace: Option<Duration>) -> Result<(), String> {
         let app = &mut self.apps[i];
         log!("{}: stop requested", app.name());
         match &app.phase {
-            Phase::Starting { .. } | Phase::Running { .. } | Phase::Ready { .. } => {
-                self.stop(i, StopReason::Request, now);
-            }
+            Phase::Starting { .. } | Phase::Running { .. } | Phase::Ready { .. } => match grace {
+                Some(grace) => self.stop_within(i, StopReason::Request, now, grace),
+                None => self.stop(i, StopReason::Request, now),
+            },
             Phase::Restarting { .. } => {
                 let cause = app.message.split("; restarting in ").next().unwrap_or_default();
                 app.message = format!("{cause}; not restarted: stopped by request");
@@ -148,6 +158,26 @@ impl Supervisor {
             Phase::Done(_) => {}
         }
         Ok(())
+    }
+
+    /// `reopen-log APP`: kubelet renamed the log away (rotation) and wants
+    /// a new file at its path. Only a running app that logs in the CRI
+    /// format (pod-init writes its file) can; as containerd, an app that
+    /// does not run is an error.
+    fn reopen_log(&mut self, i: usize) -> Result<(), String> {
+        let app = &mut self.apps[i];
+        let name = app.plan.name.to_string();
+        if app.phase.proc().is_none() {
+            return Err(format!("app {name} is {}, not running: its log cannot be reopened", app.phase.state()));
+        }
+        match app.cri.as_mut() {
+            Some(cri) => {
+                // What was written before the rename belongs in the old file.
+                cri.drain();
+                cri.reopen().map_err(|e| format!("app {name}: {e}"))
+            }
+            None => Err(format!("app {name} writes its log itself (raw format): there is nothing to reopen")),
+        }
     }
 
     /// `start APP`: starts an ended app again, as at the pod's start (same

@@ -1,0 +1,242 @@
+//! An app's standard streams, set up anew at each start. By default its
+//! stdout and stderr are its log file (`logs/<app>.log`, or `LogPath=`),
+//! appended to as they come, and stdin is /dev/null. With `LogFormat=cri`
+//! stdout and stderr are a pipe each, which the supervision loop reads
+//! (no threads) and writes into the log file as CRI log lines (crilog.rs);
+//! the file can then be reopened (`reopen-log`) once it was renamed away.
+//! With `Stdin=fifo`, stdin is the FIFO `/stdin/<app>`, opened for reading
+//! and writing, so the app sees no end of input when a writer leaves.
+
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use spec::stdio::LogFormat;
+use spec::unit::Unit;
+
+use crate::crilog::{Splitter, Stream, CRI_LINE_MAX};
+use crate::log;
+
+/// How much of a pipe one wakeup reads, so a chatty app cannot starve the
+/// others (and PID 1's other work).
+const READS_PER_WAKEUP: usize = 4;
+/// The most one drain reads per pipe: a full pipe of the largest size an
+/// unprivileged app may set (1 MiB), and no endless loop when something
+/// that escaped the app's process group keeps writing.
+const DRAIN_READS: usize = (1 << 20) / CRI_LINE_MAX;
+
+/// The streams of one start of an app, until it is launched.
+#[derive(Debug)]
+pub struct Stdio {
+    /// `None`: /dev/null.
+    pub stdin: Option<OwnedFd>,
+    /// The log file (raw), or the write ends of the pipes (CRI).
+    out: OwnedFd,
+    err: Option<OwnedFd>,
+    /// The CRI writer, once the app is launched.
+    cri: Option<CriLog>,
+}
+
+impl Stdio {
+    pub fn stdout(&self) -> BorrowedFd<'_> {
+        self.out.as_fd()
+    }
+
+    pub fn stderr(&self) -> BorrowedFd<'_> {
+        self.err.as_ref().unwrap_or(&self.out).as_fd()
+    }
+
+    /// The app is launched: our copies of its ends go; what is left to
+    /// read is the CRI writer's.
+    pub fn launched(self) -> Option<CriLog> {
+        self.cri
+    }
+}
+
+/// The log file of an app whose unit has `LogFormat=cri`, and the read
+/// ends of its stdout and stderr pipes.
+#[derive(Debug)]
+pub struct CriLog {
+    path: PathBuf,
+    /// `None` once a reopen failed even after closing the old file.
+    file: Option<File>,
+    pipes: Vec<(OwnedFd, Splitter)>,
+    write_failed: bool,
+}
+
+fn open_log(path: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| format!("log {}: {e}", path.display()))
+}
+
+/// The log file of an app, as pod-init (rooted at `root`) sees it.
+pub fn log_path(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> PathBuf {
+    match &unit.log_path {
+        Some(p) => root.join(p.trim_start_matches('/')),
+        None => logs_dir.join(format!("{app}.log")),
+    }
+}
+
+/// Opens what app `app` gets as stdin, stdout and stderr for one start.
+pub fn open(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> Result<Stdio, String> {
+    let path = log_path(root, logs_dir, app, unit);
+    let file = open_log(&path)?;
+    let stdin = if unit.stdin_fifo { Some(open_fifo(root, app)?) } else { None };
+    if unit.log_format == LogFormat::Raw {
+        return Ok(Stdio { stdin, out: OwnedFd::from(file), err: None, cri: None });
+    }
+    let pipe = || {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        // Only our end is non-blocking: the app's writes block when we lag.
+        nix::fcntl::fcntl(r.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .map_err(|e| format!("pipe: {e}"))?;
+        Ok::<_, String>((r, w))
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let pipes = vec![(out_r, Splitter::new(Stream::Stdout)), (err_r, Splitter::new(Stream::Stderr))];
+    let cri = CriLog { path, file: Some(file), pipes, write_failed: false };
+    Ok(Stdio { stdin, out: out_w, err: Some(err_w), cri: Some(cri) })
+}
+
+/// Makes `/stdin/<app>` (a FIFO, mode 0600, in a directory only root may
+/// enter) unless it is there, and opens it for reading and writing.
+fn open_fifo(root: &Path, app: &str) -> Result<OwnedFd, String> {
+    let dir = root.join("stdin");
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(format!("stdin {}: {e}", dir.display())),
+        _ => {}
+    }
+    let path = dir.join(app);
+    match nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(format!("stdin {}: mkfifo: {e}", path.display())),
+    }
+    let is_fifo = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_fifo());
+    if !is_fifo {
+        return Err(format!("stdin {}: not a FIFO", path.display()));
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .open(&path)
+        .map_err(|e| format!("stdin {}: {e}", path.display()))?;
+    Ok(OwnedFd::from(f))
+}
+
+impl CriLog {
+    /// The pipes still open, for poll(2).
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.pipes.iter().map(|(fd, _)| fd.as_fd())
+    }
+
+    /// Reads pipe `k` (in [`CriLog::fds`] order), a few buffers at most,
+    /// and writes the lines; at its end, the last part and it is closed.
+    pub fn read(&mut self, k: usize) {
+        self.pump(k, READS_PER_WAKEUP);
+    }
+
+    /// Reads every pipe until nothing is waiting in it: the app ended, and
+    /// what it wrote belongs in the log before its end is published.
+    pub fn drain(&mut self) {
+        for k in (0..self.pipes.len()).rev() {
+            self.pump(k, DRAIN_READS);
+        }
+    }
+
+    /// The last word: drains, writes every unfinished line as a part and
+    /// closes the pipes (the pod ends).
+    pub fn close(&mut self) {
+        self.drain();
+        let now = SystemTime::now();
+        for (_, splitter) in &mut self.pipes {
+            if let Err(e) = splitter.finish(now, &mut Sink(self.file.as_mut())) {
+                note(&mut self.write_failed, &self.path, &e);
+            }
+        }
+        self.pipes.clear();
+    }
+
+    fn pump(&mut self, k: usize, reads: usize) {
+        let mut buf = [0u8; CRI_LINE_MAX];
+        for _ in 0..reads {
+            let Some((fd, splitter)) = self.pipes.get_mut(k) else { return };
+            let n = match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return,
+                Err(_) => 0,
+            };
+            let now = SystemTime::now();
+            let written = if n == 0 {
+                splitter.finish(now, &mut Sink(self.file.as_mut()))
+            } else {
+                splitter.feed(&buf[..n], now, &mut Sink(self.file.as_mut()))
+            };
+            if let Err(e) = written {
+                note(&mut self.write_failed, &self.path, &e);
+            }
+            if n == 0 {
+                self.pipes.remove(k);
+                return;
+            }
+        }
+    }
+
+    /// `reopen-log`: opens the log's path anew (a new file if the old one
+    /// was renamed away); the old file is closed. Where that fails while
+    /// the old file is open, it is closed first and the path opened again:
+    /// on a VM's 9p share the open file pins the old name (the guest
+    /// kernel keeps its dentry, qemu's fid the host path the host renamed),
+    /// so the new file can only be made once the old one is let go. If
+    /// that fails too, output is dropped until the next reopen.
+    pub fn reopen(&mut self) -> Result<(), String> {
+        let file = match open_log(&self.path) {
+            Ok(f) => f,
+            Err(_) => {
+                self.file = None;
+                open_log(&self.path)?
+            }
+        };
+        self.file = Some(file);
+        self.write_failed = false;
+        Ok(())
+    }
+}
+
+/// The log file, or nowhere when there is none (a failed reopen): lines
+/// are then dropped, and the write error says so once.
+struct Sink<'a>(Option<&'a mut File>);
+
+impl std::io::Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.as_mut() {
+            Some(f) => f.write(buf),
+            None => Err(std::io::Error::new(ErrorKind::NotFound, "the log could not be reopened")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+/// A log that cannot be written is said once; the pipes are read on, so
+/// the app never blocks on its output.
+fn note(failed: &mut bool, path: &Path, e: &std::io::Error) {
+    if !*failed {
+        *failed = true;
+        log!("log {}: {e} (output is dropped until the log is reopened)", path.display());
+    }
+}
