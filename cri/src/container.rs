@@ -55,6 +55,10 @@ pub struct ContainerRecord {
     pub env: Vec<(String, String)>,
     #[serde(default)]
     pub working_dir: String,
+    /// The image's entrypoint, kept when only `args` are given: CRI's args
+    /// replace the image's Cmd, not its Entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -308,6 +312,10 @@ pub fn create_container(
         image,
         image_ref: reference::cri_id(&image_meta.id),
         app_image: app_image(&image_meta),
+        entrypoint: match config.command.is_empty() && !config.args.is_empty() {
+            true => image_entrypoint(&store, &image_meta),
+            false => Vec::new(),
+        },
         command: config.command,
         args: config.args,
         env: config.envs.into_iter().map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).into_owned())).collect(),
@@ -368,12 +376,26 @@ pub fn start_container(dirs: &Dirs, id: &str) -> Result<(), CriError> {
     Ok(())
 }
 
+/// An OCI image's `Entrypoint` from its stored config (none for an ACI,
+/// whose exec is one command line).
+fn image_entrypoint(store: &Store, meta: &stage0::store::ImageMeta) -> Vec<String> {
+    if meta.oci.is_none() {
+        return Vec::new();
+    }
+    let path = store.image_dir(&meta.id).join(stage0::oci::store::CONFIG_FILE);
+    let config: Option<serde_json::Value> = read_json(&path);
+    config
+        .and_then(|c| serde_json::from_value(c["config"]["Entrypoint"].clone()).ok())
+        .unwrap_or_default()
+}
+
 /// The app a container's record adds to its sandbox.
 fn new_app(r: &ContainerRecord) -> Result<NewApp, CriError> {
-    // CRI: command replaces the image's entrypoint, args its arguments.
-    // pod's apps have one exec: command + args, else args alone, else the
-    // image's.
-    let exec: Vec<String> = r.command.iter().chain(&r.args).cloned().collect();
+    // CRI: command replaces the image's entrypoint, args its Cmd. pod's
+    // apps have one exec: command + args, else the image's entrypoint +
+    // args, else the image's own.
+    let head = if r.command.is_empty() { &r.entrypoint } else { &r.command };
+    let exec: Vec<String> = head.iter().chain(&r.args).cloned().collect();
     Ok(NewApp {
         name: AcName::new(r.app.clone()).map_err(|e| CriError::InvalidArgument(e.to_string()))?,
         image: r.app_image.clone(),
