@@ -45,6 +45,11 @@ pause_image=example.com/pause:1
 if ! command -v containerd >/dev/null || ! command -v runc >/dev/null; then
   echo "installing Debian's containerd and runc"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd runc >/dev/null
+  # Where systemd runs, the package starts a containerd of the host's: this
+  # benchmark runs its own, so the one it just brought in is stopped.
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now containerd >/dev/null 2>&1 || true
+  fi
 fi
 for tool in containerd ctr runc umoci zstd cc ip python3; do
   command -v "$tool" >/dev/null || { echo "$tool is needed (scripts/install-deps.sh)" >&2; exit 1; }
