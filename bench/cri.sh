@@ -194,7 +194,8 @@ state = "$ctrd/state"
   sandbox_image = "$pause_image"
   netns_mounts_under_state_dir = true
   # Sandboxes ask for oom_score_adj -998, which needs CAP_SYS_RESOURCE
-  # (not had in every build sandbox): kept at ours or above instead.
+  # (not granted on every machine, e.g. not in this project's sandboxes):
+  # kept at containerd's own or above instead.
   restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
