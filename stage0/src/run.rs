@@ -157,6 +157,11 @@ pub fn start_detached(stage1: &Path, pod_dir: &Path, uuid: &str, lock: OwnedFd) 
             return Err(RunError::Start { uuid: uuid.to_owned(), why: format!("{why} ({status})") });
         }
         if pod_dir.join("pid").is_file() {
+            // The stage1 stays our child: a caller that lives on (`pod cri
+            // serve`) would keep it as a zombie once the pod ends, one per
+            // sandbox. A thread reaps it; `pod run -d` exits first and
+            // leaves that to init.
+            let _ = std::thread::Builder::new().name("reap-stage1".into()).spawn(move || child.wait());
             return Ok(());
         }
         if Instant::now() > deadline {

@@ -9,6 +9,8 @@
 mod common;
 
 use common::*;
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 #[test]
@@ -261,6 +263,51 @@ fn sandbox_and_container_lifecycle_with_crictl() {
     assert!(s.json(&["pods", "-o", "json"])["items"].as_array().unwrap().is_empty());
     let left = leftovers_of(&live, &sandbox);
     assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// The zombie children of process `pid` (each thread's children, by pid).
+fn zombie_children(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let children: Vec<String> = tasks
+        .flatten()
+        .flat_map(|t| {
+            let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            c.split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+        })
+        .collect();
+    children
+        .into_iter()
+        .filter(|c| {
+            // The state follows the command's closing parenthesis.
+            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .collect()
+}
+
+#[test]
+fn the_server_reaps_the_stage1_of_each_stopped_sandbox() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[]);
+    let s = or_skip!(CriServer::start(&live, &[]));
+    let sandbox_json = live.work.join("sandbox.json");
+    let sandbox = json!({"metadata": {"name": "reaped", "namespace": "default", "uid": "u4"}, "linux": {}});
+    std::fs::write(&sandbox_json, sandbox.to_string()).unwrap();
+    for _ in 0..2 {
+        let sandbox = s.ok(&["runp", p(&sandbox_json)]).trim().to_owned();
+        s.ok(&["stopp", &sandbox]);
+        s.ok(&["rmp", &sandbox]);
+    }
+    // A long-lived server keeps no zombie per sandbox it ran.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !zombie_children(s.child.id()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let zombies = zombie_children(s.child.id());
+    assert!(zombies.is_empty(), "zombie children of pod cri serve: {zombies:?}");
 }
 
 #[test]
