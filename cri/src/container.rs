@@ -384,9 +384,7 @@ fn image_entrypoint(store: &Store, meta: &stage0::store::ImageMeta) -> Vec<Strin
     }
     let path = store.image_dir(&meta.id).join(stage0::oci::store::CONFIG_FILE);
     let config: Option<serde_json::Value> = read_json(&path);
-    config
-        .and_then(|c| serde_json::from_value(c["config"]["Entrypoint"].clone()).ok())
-        .unwrap_or_default()
+    config.and_then(|c| serde_json::from_value(c["config"]["Entrypoint"].clone()).ok()).unwrap_or_default()
 }
 
 /// The app a container's record adds to its sandbox.
@@ -456,4 +454,33 @@ pub fn list_containers(dirs: &Dirs, filter: Option<proto::ContainerFilter>) -> R
         .map(Container::to_proto)
         .filter(|c| filter.state.as_ref().is_none_or(|want| want.state == c.state))
         .collect())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn record(command: &[&str], args: &[&str], entrypoint: &[&str]) -> ContainerRecord {
+        let v = |s: &[&str]| s.iter().map(|x| (*x).to_owned()).collect();
+        ContainerRecord {
+            app: "c".into(),
+            command: v(command),
+            args: v(args),
+            entrypoint: v(entrypoint),
+            ..ContainerRecord::default()
+        }
+    }
+
+    #[test]
+    fn command_replaces_the_entrypoint_and_args_the_cmd() {
+        let exec = |r: &ContainerRecord| new_app(r).unwrap().exec;
+        let s = |x: &[&str]| Some(x.iter().map(|y| (*y).to_owned()).collect::<Vec<_>>());
+        assert_eq!(exec(&record(&["/bin/echo"], &["hi"], &[])), s(&["/bin/echo", "hi"]));
+        // Args alone follow the image's entrypoint.
+        assert_eq!(exec(&record(&[], &["-c", "true"], &["/bin/sh"])), s(&["/bin/sh", "-c", "true"]));
+        // An image without one (or an ACI): the args are the whole command.
+        assert_eq!(exec(&record(&[], &["top"], &[])), s(&["top"]));
+        assert_eq!(exec(&record(&[], &[], &[])), None);
+    }
 }
