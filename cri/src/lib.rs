@@ -3,6 +3,9 @@
 //! own: every answer is read from the store and pods directory, so restarting
 //! it disturbs nothing.
 //!
+//! Exec, Attach and PortForward answer with a URL on the streaming server
+//! (streaming/): SPDY/3.1 and WebSocket, exec through `pod enter`.
+//!
 //! stage0's library is blocking (reqwest's blocking client, flock, plain
 //! file I/O); tokio lives in this crate alone, and every library call runs on
 //! `spawn_blocking`.
@@ -15,6 +18,7 @@ pub mod reference;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod streaming;
 
 pub mod proto {
     //! The CRI v1 API (`runtime.v1`), generated from proto/api.proto.

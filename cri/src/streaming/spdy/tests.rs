@@ -1,0 +1,129 @@
+use super::*;
+
+fn hdrs(pairs: &[(&str, &str)]) -> Headers {
+    pairs.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect()
+}
+
+fn roundtrip(frames: &[Frame]) -> Vec<Frame> {
+    let mut enc = Encoder::default();
+    let mut buf = BytesMut::new();
+    for f in frames {
+        enc.encode(f, &mut buf);
+    }
+    let mut dec = Decoder::default();
+    let mut out = Vec::new();
+    while let Some(f) = dec.decode(&mut buf).unwrap() {
+        out.push(f);
+    }
+    assert!(buf.is_empty());
+    out
+}
+
+#[test]
+fn the_dictionary_is_spdy3s() {
+    assert_eq!(DICTIONARY.len(), 1423);
+    assert!(DICTIONARY.starts_with(b"\0\0\0\x07options"));
+}
+
+#[test]
+fn frames_survive_a_roundtrip_with_one_zlib_stream_per_direction() {
+    let frames = vec![
+        Frame::SynStream { id: 1, flags: 0, headers: hdrs(&[("streamtype", "error")]) },
+        Frame::SynStream { id: 3, flags: FLAG_FIN, headers: hdrs(&[("streamtype", "stdout"), ("port", "80")]) },
+        Frame::SynReply { id: 1, flags: 0, headers: Vec::new() },
+        Frame::Headers { id: 3, flags: 0, headers: hdrs(&[("x", "y")]) },
+        Frame::Data { id: 3, flags: 0, data: Bytes::from_static(b"hello") },
+        Frame::Data { id: 3, flags: FLAG_FIN, data: Bytes::new() },
+        Frame::RstStream { id: 5, status: RST_CANCEL },
+        Frame::Ping { id: 7 },
+        Frame::GoAway { last_id: 3, status: 0 },
+    ];
+    assert_eq!(roundtrip(&frames), frames);
+}
+
+#[test]
+fn several_values_of_a_name_are_nul_separated() {
+    let mut raw = Vec::new();
+    raw.put_u32(1);
+    raw.put_u32(4);
+    raw.put_slice(b"Port");
+    raw.put_u32(6);
+    raw.put_slice(b"80\x00443");
+    assert_eq!(parse_block(&raw).unwrap(), hdrs(&[("port", "80"), ("port", "443")]));
+}
+
+#[test]
+fn a_partial_frame_waits_for_more_bytes() {
+    let mut enc = Encoder::default();
+    let mut whole = BytesMut::new();
+    enc.encode(&Frame::SynStream { id: 1, flags: 0, headers: hdrs(&[("streamtype", "data")]) }, &mut whole);
+    enc.encode(&Frame::Data { id: 1, flags: 0, data: Bytes::from_static(b"abc") }, &mut whole);
+    let mut dec = Decoder::default();
+    let mut buf = BytesMut::new();
+    let mut got = Vec::new();
+    for b in whole.iter() {
+        buf.put_u8(*b);
+        while let Some(f) = dec.decode(&mut buf).unwrap() {
+            got.push(f);
+        }
+    }
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1], Frame::Data { id: 1, flags: 0, data: Bytes::from_static(b"abc") });
+}
+
+#[test]
+fn a_wrong_version_or_short_control_frame_is_an_error() {
+    let mut buf = BytesMut::from(&[0x80, 2, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1][..]);
+    assert_eq!(Decoder::default().decode(&mut buf), Err(FrameError::Version(2)));
+    let mut buf = BytesMut::from(&[0x80, 3, 0, 3, 0, 0, 0, 2, 0, 0][..]);
+    assert_eq!(Decoder::default().decode(&mut buf), Err(FrameError::Malformed("RST_STREAM")));
+    let mut buf = BytesMut::from(&[0x80, 3, 0, 1, 0, 0, 0, 4, 0, 0, 0, 1][..]);
+    assert_eq!(Decoder::default().decode(&mut buf), Err(FrameError::Malformed("SYN_STREAM")));
+}
+
+#[test]
+fn a_header_bomb_is_refused() {
+    // 4 MiB of zeros compresses to a few KiB.
+    let mut c = Compress::new(Compression::best(), true);
+    c.set_dictionary(DICTIONARY).unwrap();
+    let raw = vec![0u8; 4 << 20];
+    let mut z = Vec::with_capacity(1 << 20);
+    c.compress_vec(&raw, &mut z, FlushCompress::Sync).unwrap();
+    let mut buf = BytesMut::new();
+    buf.put_u16(0x8003);
+    buf.put_u16(SYN_STREAM);
+    buf.put_u32(u32::try_from(z.len() + 10).unwrap());
+    buf.put_u32(1);
+    buf.put_u32(0);
+    buf.put_u16(0);
+    buf.put_slice(&z);
+    assert!(matches!(Decoder::default().decode(&mut buf), Err(FrameError::HeaderBlock(_))));
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    // A deterministic stream of junk, some of it shaped like frames.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..3000 {
+        let len = usize::try_from(next() % 64).unwrap();
+        let mut bytes: Vec<u8> = (0..len).map(|_| u8::try_from(next() & 0xff).unwrap()).collect();
+        if round % 2 == 0 && bytes.len() >= 8 {
+            bytes[0] = 0x80;
+            bytes[1] = 3;
+            bytes[2] = 0;
+            bytes[3] = u8::try_from(next() % 10).unwrap();
+            bytes[5] = 0;
+            bytes[6] = 0;
+            bytes[7] = u8::try_from(len - 8).unwrap();
+        }
+        let mut dec = Decoder::default();
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = dec.decode(&mut buf) {}
+    }
+}
