@@ -177,7 +177,7 @@ impl Server {
                 match on_upgrade.await {
                     Ok(up) => {
                         let ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
-                        server.run(pending, Transport::WebSocket(ws)).await;
+                        server.run(pending, Transport::WebSocket(Box::new(ws))).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "streaming: upgrade failed"),
                 }
@@ -278,7 +278,7 @@ impl Server {
                 let netns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
                 match transport {
                     Transport::Spdy(io) => portforward::serve(io, netns).await,
-                    Transport::WebSocket(ws) => portforward::serve(ws::tunnel(ws), netns).await,
+                    Transport::WebSocket(ws) => portforward::serve(ws::tunnel(*ws), netns).await,
                 }
             }
         }
@@ -288,7 +288,7 @@ impl Server {
 /// An upgraded connection.
 enum Transport {
     Spdy(TokioIo<hyper::upgrade::Upgraded>),
-    WebSocket(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>),
+    WebSocket(Box<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>),
 }
 
 impl Transport {
@@ -299,7 +299,7 @@ impl Transport {
     {
         match self {
             Transport::Spdy(io) => remotecommand::serve_spdy(io, opts, handler).await,
-            Transport::WebSocket(ws) => remotecommand::serve_ws(ws, opts, handler).await,
+            Transport::WebSocket(ws) => remotecommand::serve_ws(*ws, opts, handler).await,
         }
     }
 }

@@ -165,9 +165,15 @@ where
     }
 }
 
-fn new_io(
-    opts: Options,
-) -> (Io, mpsc::Receiver<(Chan, Bytes)>, Option<mpsc::Sender<Bytes>>, Option<mpsc::Sender<TermSize>>) {
+/// An [`Io`] and the transport's ends of it.
+struct Wiring {
+    io: Io,
+    out_rx: mpsc::Receiver<(Chan, Bytes)>,
+    stdin_tx: Option<mpsc::Sender<Bytes>>,
+    resize_tx: Option<mpsc::Sender<TermSize>>,
+}
+
+fn new_io(opts: Options) -> Wiring {
     let (out, out_rx) = mpsc::channel(16);
     let (stdin_tx, stdin) = if opts.stdin {
         let (t, r) = mpsc::channel(16);
@@ -182,7 +188,7 @@ fn new_io(
         (None, None)
     };
     let io = Io { stdin, resize, out, stdout: opts.stdout, stderr: opts.stderr && !opts.tty, tty: opts.tty };
-    (io, out_rx, stdin_tx, resize_tx)
+    Wiring { io, out_rx, stdin_tx, resize_tx }
 }
 
 /// Serves one request over an upgraded SPDY connection.
@@ -235,7 +241,7 @@ where
             }
         }
     }
-    let (io, out_rx, stdin_tx, resize_tx) = new_io(opts);
+    let Wiring { io, out_rx, stdin_tx, resize_tx } = new_io(opts);
     let stdin_id = ids.get("stdin").copied();
     let resize_id = ids.get("resize").copied();
     let writer = session.writer.clone();
@@ -314,7 +320,7 @@ where
     F: Future<Output = Outcome>,
 {
     let (mut sink, mut stream) = ws.split();
-    let (io, out_rx, stdin_tx, resize_tx) = new_io(opts);
+    let Wiring { io, out_rx, stdin_tx, resize_tx } = new_io(opts);
     let input = tokio::spawn(async move {
         let mut stdin_tx = stdin_tx;
         let mut resize = ResizeDecoder::default();
@@ -352,6 +358,9 @@ where
                 return;
             }
         }
+        // A normal closure (1000): Go's websocket clients take any other,
+        // even none, as an error.
+        let _ = sink.send(super::ws::normal_close()).await;
         let _ = sink.close().await;
     });
     let outcome = drive(handler(io), out_rx, |chan, data| {

@@ -16,6 +16,13 @@ pub fn choose<'a>(offered: &str, served: &[&'a str]) -> Option<&'a str> {
     offered.split(',').map(str::trim).find_map(|p| served.iter().find(|s| s.eq_ignore_ascii_case(p)).copied())
 }
 
+/// A close message with status 1000 (normal closure).
+pub fn normal_close() -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))
+}
+
 /// A byte stream over a WebSocket's binary messages: what is written goes
 /// out as messages, what comes in is read as bytes; a close ends both.
 pub fn tunnel<IO>(ws: WebSocketStream<IO>) -> DuplexStream
@@ -27,14 +34,14 @@ where
     let (mut sink, mut stream) = ws.split();
     tokio::spawn(async move {
         while let Some(Ok(msg)) = stream.next().await {
-            match msg {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
+            let Message::Binary(b) = msg else {
+                if matches!(msg, Message::Close(_)) {
+                    break;
                 }
-                Message::Close(_) => break,
-                _ => {}
+                continue;
+            };
+            if wr.write_all(&b).await.is_err() {
+                break;
             }
         }
         let _ = wr.shutdown().await;
@@ -51,6 +58,9 @@ where
                 }
             }
         }
+        // A normal closure (1000): Go's websocket clients take any other,
+        // even none, as an error.
+        let _ = sink.send(super::ws::normal_close()).await;
         let _ = sink.close().await;
     });
     ours
