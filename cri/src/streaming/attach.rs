@@ -75,12 +75,14 @@ pub struct AttachTarget {
 
 /// Follows `log` from its current end, sending output until `running`
 /// says the container stopped (and what it wrote last is sent) or the
-/// client is gone.
+/// client is gone. With `tty` both streams go out as stdout (a terminal
+/// has one).
 async fn follow(
     log: PathBuf,
     out: mpsc::Sender<(Chan, Bytes)>,
     stdout: bool,
     stderr: bool,
+    tty: bool,
     running: impl Fn() -> bool,
 ) {
     use std::os::unix::fs::MetadataExt;
@@ -103,6 +105,7 @@ async fn follow(
                     Chan::Stdout => stdout,
                     Chan::Stderr => stderr,
                 };
+                let chan = if tty { Chan::Stdout } else { chan };
                 if wanted && out.send((chan, data)).await.is_err() {
                     return;
                 }
@@ -165,7 +168,7 @@ async fn feed(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) {
 /// Attach: until the container stops.
 pub async fn attach(t: AttachTarget, io: Io, running: impl Fn() -> bool + Send + 'static) -> Outcome {
     let input = io.stdin.map(|rx| tokio::spawn(feed(t.stdin_fifo.clone(), rx)));
-    follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, running).await;
+    follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, io.tty, running).await;
     if let Some(h) = input {
         h.abort();
     }
@@ -206,8 +209,9 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s2 = stop.clone();
-        let task =
-            tokio::spawn(follow(log.clone(), tx, true, false, move || !s2.load(std::sync::atomic::Ordering::SeqCst)));
+        let task = tokio::spawn(follow(log.clone(), tx, true, false, false, move || {
+            !s2.load(std::sync::atomic::Ordering::SeqCst)
+        }));
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         std::io::Write::write_all(

@@ -400,6 +400,70 @@ mod tests {
         assert_eq!(v["message"], "no");
     }
 
+    /// A client of our own frames: opens the streams client-go opens,
+    /// sends stdin, and reads output, then the status, then GOAWAY.
+    #[tokio::test]
+    async fn an_exec_over_spdy_streams_in_out_and_ends_with_its_status() {
+        use crate::streaming::spdy::{Decoder, Encoder, Frame, FLAG_FIN};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let opts = Options { stdin: true, stdout: true, stderr: true, tty: false };
+        let served = tokio::spawn(serve_spdy(server, opts, |mut io: Io| async move {
+            let mut input = Vec::new();
+            let mut stdin = io.stdin.take().unwrap();
+            while let Some(b) = stdin.recv().await {
+                input.extend_from_slice(&b);
+            }
+            let upper = String::from_utf8(input).unwrap().to_uppercase();
+            io.out.send((Chan::Stdout, Bytes::from(upper))).await.unwrap();
+            io.out.send((Chan::Stderr, Bytes::from_static(b"e"))).await.unwrap();
+            Outcome::Exited(3)
+        }));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let mut enc = Encoder::default();
+        let mut buf = BytesMut::new();
+        for (id, kind) in [(1, "error"), (3, "stdin"), (5, "stdout"), (7, "stderr")] {
+            let headers = vec![("streamtype".to_owned(), kind.to_owned())];
+            enc.encode(&Frame::SynStream { id, flags: 0, headers }, &mut buf);
+        }
+        enc.encode(&Frame::Data { id: 3, flags: 0, data: Bytes::from_static(b"abc") }, &mut buf);
+        enc.encode(&Frame::Data { id: 3, flags: FLAG_FIN, data: Bytes::new() }, &mut buf);
+        wr.write_all(&buf).await.unwrap();
+        let mut got = BytesMut::new();
+        while rd.read_buf(&mut got).await.unwrap() > 0 {}
+        served.await.unwrap();
+        let mut dec = Decoder::default();
+        let mut frames = Vec::new();
+        while let Some(f) = dec.decode(&mut got).unwrap() {
+            frames.push(f);
+        }
+        let data_of = |want: u32| -> Vec<u8> {
+            frames
+                .iter()
+                .filter_map(|f| match f {
+                    Frame::Data { id, data, .. } if *id == want => Some(data.to_vec()),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        };
+        assert_eq!(data_of(5), b"ABC");
+        assert_eq!(data_of(7), b"e");
+        let status: serde_json::Value = serde_json::from_slice(&data_of(1)).unwrap();
+        assert_eq!(status["details"]["causes"][0]["message"], "3");
+        let replies = frames.iter().filter(|f| matches!(f, Frame::SynReply { .. })).count();
+        assert_eq!(replies, 4);
+        // Output before the status, FIN on each, GOAWAY last.
+        let pos = |p: &dyn Fn(&Frame) -> bool| frames.iter().position(p).unwrap();
+        let out_at = pos(&|f| matches!(f, Frame::Data { id: 5, data, .. } if !data.is_empty()));
+        let status_at = pos(&|f| matches!(f, Frame::Data { id: 1, data, .. } if !data.is_empty()));
+        assert!(out_at < status_at);
+        for id in [1, 5, 7] {
+            assert!(frames.iter().any(|f| matches!(f, Frame::Data { id: i, flags: FLAG_FIN, .. } if *i == id)));
+        }
+        assert!(matches!(frames.last(), Some(Frame::GoAway { .. })));
+    }
+
     #[test]
     fn resize_messages_may_be_split_and_joined() {
         let mut d = ResizeDecoder::default();
