@@ -286,3 +286,68 @@ fn attach_shows_output_and_takes_stdin() {
     assert_eq!(line, "got hello\n", "{}", f.s.log());
     f.done();
 }
+
+/// A streamed exec whose client goes away takes its command with it.
+#[test]
+fn an_exec_whose_client_is_killed_ends() {
+    let Some(f) = Fixture::new() else { return };
+    let c = f.container("main", "exec sleep 1000", false);
+    let mut child = Command::new(&f.s.crictl)
+        .args(["--config", &config_of(&f.s), "exec", &c, "/bin/sh", "-c", "exec sleep 4322"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ps = || f.s.ok(&["exec", "-s", &c, "/bin/sh", "-c", "ps"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ps().contains("4322") {
+        assert!(Instant::now() < deadline, "the exec never started:\n{}", f.s.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ps().contains("4322") {
+        assert!(Instant::now() < deadline, "the command outlived its client:\n{}", ps());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f.done();
+}
+
+/// Attach's output path on both transports: what lands in the container's
+/// CRI log after the attach shows, by stream; the attach ends when the
+/// container stops. The lines are appended by the test, standing in for
+/// pod-init's log writer (attach_shows_output_and_takes_stdin drives the
+/// real one).
+#[test]
+fn attach_follows_the_cri_log() {
+    let Some(f) = Fixture::new() else { return };
+    for transport in ["spdy", "websocket"] {
+        let name = format!("follow-{transport}");
+        let c = f.container(&name, "exec sleep 1000", false);
+        let log = f.live.work.join("logs").join(format!("{name}.log"));
+        let child = Command::new(&f.s.crictl)
+            .args(["--config", &config_of(&f.s), "attach", "--transport", transport, &c])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let mut w = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        std::io::Write::write_all(
+            &mut w,
+            b"2026-01-01T00:00:00.000000000Z stdout P par\n2026-01-01T00:00:00.1Z stdout F ts\n2026-01-01T00:00:00.2Z stderr F to-stderr\n",
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        f.s.ok(&["stop", &c]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = rx.recv_timeout(Duration::from_secs(30)).expect("attach did not end with its container").unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "parts\n", "{transport}\n{}", f.s.log());
+        assert_mentions(&String::from_utf8_lossy(&out.stderr), &["to-stderr"]);
+    }
+    f.done();
+}

@@ -168,7 +168,10 @@ async fn feed(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) {
 /// Attach: until the container stops.
 pub async fn attach(t: AttachTarget, io: Io, running: impl Fn() -> bool + Send + 'static) -> Outcome {
     let input = io.stdin.map(|rx| tokio::spawn(feed(t.stdin_fifo.clone(), rx)));
-    follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, io.tty, running).await;
+    tokio::select! {
+        () = follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, io.tty, running) => {}
+        _ = io.gone => {}
+    }
     if let Some(h) = input {
         h.abort();
     }

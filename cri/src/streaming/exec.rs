@@ -192,8 +192,17 @@ async fn finish(
     mut child: Child,
     output: Vec<tokio::task::JoinHandle<()>>,
     input: Option<tokio::task::JoinHandle<()>>,
+    gone: tokio::sync::oneshot::Receiver<()>,
 ) -> Outcome {
-    let status = child.wait().await;
+    let status = tokio::select! {
+        s = child.wait() => s,
+        _ = gone => {
+            // The client went away: nobody reads this command any more.
+            tracing::debug!("exec: the client is gone; killing the command");
+            kill_tree(&mut child);
+            child.wait().await
+        }
+    };
     let drain = async {
         for h in output {
             let _ = h.await;
@@ -228,7 +237,7 @@ async fn exec_pipes(t: &Target, argv: &[String], io: Io) -> std::io::Result<Outc
         (Some(rx), Some(w)) => Some(tokio::spawn(pump_in(rx, w))),
         _ => None,
     };
-    Ok(finish(child, output, input).await)
+    Ok(finish(child, output, input, io.gone).await)
 }
 
 /// Sets a pty's window size.
@@ -284,7 +293,7 @@ async fn exec_tty(t: &Target, argv: &[String], io: Io) -> std::io::Result<Outcom
             }
         })
     });
-    let outcome = finish(child, output, input).await;
+    let outcome = finish(child, output, input, io.gone).await;
     if let Some(h) = resizer {
         h.abort();
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -56,6 +56,9 @@ pub struct Io {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
+    /// Resolves when the client's connection is gone (then what runs for
+    /// it should stop).
+    pub gone: oneshot::Receiver<()>,
 }
 
 /// How it ended.
@@ -171,6 +174,8 @@ struct Wiring {
     out_rx: mpsc::Receiver<(Chan, Bytes)>,
     stdin_tx: Option<mpsc::Sender<Bytes>>,
     resize_tx: Option<mpsc::Sender<TermSize>>,
+    /// Dropped by the input task when the connection ends.
+    gone_tx: oneshot::Sender<()>,
 }
 
 fn new_io(opts: Options) -> Wiring {
@@ -187,8 +192,9 @@ fn new_io(opts: Options) -> Wiring {
     } else {
         (None, None)
     };
-    let io = Io { stdin, resize, out, stdout: opts.stdout, stderr: opts.stderr && !opts.tty, tty: opts.tty };
-    Wiring { io, out_rx, stdin_tx, resize_tx }
+    let (gone_tx, gone) = oneshot::channel();
+    let io = Io { stdin, resize, out, stdout: opts.stdout, stderr: opts.stderr && !opts.tty, tty: opts.tty, gone };
+    Wiring { io, out_rx, stdin_tx, resize_tx, gone_tx }
 }
 
 /// Serves one request over an upgraded SPDY connection.
@@ -241,13 +247,14 @@ where
             }
         }
     }
-    let Wiring { io, out_rx, stdin_tx, resize_tx } = new_io(opts);
+    let Wiring { io, out_rx, stdin_tx, resize_tx, gone_tx } = new_io(opts);
     let stdin_id = ids.get("stdin").copied();
     let resize_id = ids.get("resize").copied();
     let writer = session.writer.clone();
     // Input: stdin data until its FIN, resize messages.
     let mut events = std::mem::replace(&mut session.events, mpsc::channel(1).1);
     let input = tokio::spawn(async move {
+        let _gone = gone_tx;
         let mut stdin_tx = stdin_tx;
         let mut resize = ResizeDecoder::default();
         let mut pending = early.into_iter();
@@ -320,8 +327,9 @@ where
     F: Future<Output = Outcome>,
 {
     let (mut sink, mut stream) = ws.split();
-    let Wiring { io, out_rx, stdin_tx, resize_tx } = new_io(opts);
+    let Wiring { io, out_rx, stdin_tx, resize_tx, gone_tx } = new_io(opts);
     let input = tokio::spawn(async move {
+        let _gone = gone_tx;
         let mut stdin_tx = stdin_tx;
         let mut resize = ResizeDecoder::default();
         while let Some(Ok(msg)) = stream.next().await {
