@@ -7,8 +7,10 @@
 //!
 //! - `/exec/TOKEN`, `/attach/TOKEN`: the remote command protocol
 //!   (remotecommand.rs), v4/v5.channel.k8s.io on both transports.
-//! - `/portforward/TOKEN`: portforward.k8s.io over SPDY, and the same
-//!   tunneled in a WebSocket (`SPDY/3.1+portforward.k8s.io`).
+//! - `/portforward/TOKEN`: portforward.k8s.io over SPDY, the same
+//!   tunneled in a WebSocket (`SPDY/3.1+portforward.k8s.io`, client-go's),
+//!   and kubelet's WebSocket channels (`v4.channel.k8s.io`,
+//!   portforward_ws.rs).
 //!
 //! It listens on `--streaming-address` (default 127.0.0.1:0, a random
 //! loopback port, like containerd's stream_server_address): the URLs carry
@@ -17,6 +19,7 @@
 pub mod attach;
 pub mod exec;
 pub mod portforward;
+pub mod portforward_ws;
 pub mod remotecommand;
 pub mod spdy;
 pub mod ws;
@@ -167,12 +170,13 @@ impl Server {
         let key = get(header::SEC_WEBSOCKET_KEY);
         let ws_offered = get(header::SEC_WEBSOCKET_PROTOCOL);
         let spdy_offered = get(header::HeaderName::from_static("x-stream-protocol-version"));
+        let query = req.uri().query().unwrap_or_default().to_owned();
         let on_upgrade = hyper::upgrade::on(&mut req);
         let server = self.clone();
         if upgrade.contains("websocket") {
             let offered = ws_offered;
             let served: &[&str] = match pending {
-                Pending::PortForward(_) => &["SPDY/3.1+portforward.k8s.io"],
+                Pending::PortForward(_) => &[ws::PORTFORWARD_TUNNEL, portforward_ws::PROTOCOL],
                 _ => &remotecommand::SPDY_PROTOCOLS,
             };
             let Some(protocol) = ws::choose(&offered, served) else {
@@ -181,11 +185,28 @@ impl Server {
                     &format!("no served subprotocol in {offered:?} (served: {served:?})"),
                 );
             };
+            // Kubelet's channel protocol forwards fixed ports: the request's,
+            // else the URL's.
+            let mut channels = None;
+            if let (Pending::PortForward(pf), portforward_ws::PROTOCOL) = (&pending, protocol) {
+                let ports: Vec<u16> =
+                    pf.port.iter().filter_map(|p| u16::try_from(*p).ok()).filter(|p| *p > 0).collect();
+                let ports = if ports.is_empty() { portforward_ws::ports_of_query(&query) } else { Ok(ports) };
+                match ports {
+                    Ok(p) if !p.is_empty() => channels = Some(p),
+                    Ok(_) => return plain(StatusCode::BAD_REQUEST, "query parameter \"port\" is required"),
+                    Err(e) => return plain(StatusCode::BAD_REQUEST, &e),
+                }
+            }
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(up) => {
-                        let ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
-                        server.run(pending, Transport::WebSocket(Box::new(ws))).await;
+                        let ws = Box::new(WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await);
+                        let transport = match channels {
+                            Some(ports) => Transport::PortChannels(ws, ports),
+                            None => Transport::WebSocket(ws),
+                        };
+                        server.run(pending, transport).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "streaming: upgrade failed"),
                 }
@@ -287,6 +308,7 @@ impl Server {
                 match transport {
                     Transport::Spdy(io) => portforward::serve(io, netns).await,
                     Transport::WebSocket(ws) => portforward::serve(ws::tunnel(*ws), netns).await,
+                    Transport::PortChannels(ws, ports) => portforward_ws::serve(*ws, netns, ports).await,
                 }
             }
         }
@@ -297,6 +319,8 @@ impl Server {
 enum Transport {
     Spdy(TokioIo<hyper::upgrade::Upgraded>),
     WebSocket(Box<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>),
+    /// Port-forward with kubelet's WebSocket channels, for these ports.
+    PortChannels(Box<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>, Vec<u16>),
 }
 
 impl Transport {
@@ -307,7 +331,9 @@ impl Transport {
     {
         match self {
             Transport::Spdy(io) => remotecommand::serve_spdy(io, opts, handler).await,
-            Transport::WebSocket(ws) => remotecommand::serve_ws(*ws, opts, handler).await,
+            Transport::WebSocket(ws) | Transport::PortChannels(ws, _) => {
+                remotecommand::serve_ws(*ws, opts, handler).await;
+            }
         }
     }
 }

@@ -8,8 +8,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// The prefix of a tunneled SPDY subprotocol.
-pub const TUNNEL_PREFIX: &str = "SPDY/3.1+";
+/// Port-forward's SPDY tunneled in a WebSocket (client-go's).
+pub const PORTFORWARD_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// The first of the client's `Sec-WebSocket-Protocol` values that we serve.
 pub fn choose<'a>(offered: &str, served: &[&'a str]) -> Option<&'a str> {
