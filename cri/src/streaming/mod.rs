@@ -177,7 +177,7 @@ impl Server {
             let offered = ws_offered;
             let served: &[&str] = match pending {
                 Pending::PortForward(_) => &[ws::PORTFORWARD_TUNNEL, portforward_ws::PROTOCOL],
-                _ => &remotecommand::SPDY_PROTOCOLS,
+                _ => &remotecommand::WS_PROTOCOLS,
             };
             let Some(protocol) = ws::choose(&offered, served) else {
                 return plain(

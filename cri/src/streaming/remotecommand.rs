@@ -1,5 +1,5 @@
 //! Kubernetes' remote command protocol (exec and attach), over SPDY
-//! (`v4.channel.k8s.io`, `v5.channel.k8s.io`: one SPDY stream per
+//! (`v4.channel.k8s.io`: one SPDY stream per
 //! standard stream, plus `error` and `resize`) or WebSocket
 //! (`v4`/`v5.channel.k8s.io`: binary messages whose first byte is the
 //! channel: 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize, 255 close).
@@ -24,8 +24,11 @@ use tokio_tungstenite::WebSocketStream;
 use super::spdy::session::{Event, Session};
 use super::spdy::{header, RST_REFUSED_STREAM};
 
-/// The protocols served, in our order of preference for SPDY.
-pub const SPDY_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// The protocols served over SPDY: v4, as kubelet's streaming server
+/// (v5 only adds a stdin close message, which SPDY has as a FIN).
+pub const SPDY_PROTOCOLS: [&str; 1] = ["v4.channel.k8s.io"];
+/// The protocols served over WebSocket (client-go asks for v5 alone).
+pub const WS_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 /// How long a client has to open its streams (kubelet's default).
 pub const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
