@@ -93,6 +93,9 @@ fn exec_sync_and_streamed_exec_over_spdy_and_websocket() {
     // crictl reports a non-zero code as an error with the code and stderr.
     let err = f.s.fails(&["exec", "-s", &c, "/bin/sh", "-c", "echo bad >&2; exit 3"]);
     assert_mentions(&err, &["exited with 3", "bad"]);
+    // A command that is not there: said so, with its name.
+    let err = f.s.fails(&["exec", "-s", &c, "/no/such/command"]);
+    assert_mentions(&err, &["/no/such/command"]);
     // It runs in the app: its hostname and root are the container's.
     let out = f.s.ok(&["exec", "-s", &c, "/bin/sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; ls /bin/busybox"]);
     assert_mentions(&out, &["/bin/busybox"]);

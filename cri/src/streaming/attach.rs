@@ -66,6 +66,12 @@ impl LogSplitter {
     }
 }
 
+/// The app's stdin FIFO in its pod directory (pod-init makes it for an
+/// app created with `stdin: true`).
+pub fn stdin_fifo(pod_dir: &std::path::Path, app: &str) -> PathBuf {
+    pod_dir.join("stdin").join(app)
+}
+
 /// What attach needs of the container.
 #[derive(Debug, Clone)]
 pub struct AttachTarget {

@@ -8,7 +8,6 @@
 //! under `pod enter` is killed, not `pod enter` alone.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -298,16 +297,6 @@ async fn exec_tty(t: &Target, argv: &[String], io: Io) -> std::io::Result<Outcom
         h.abort();
     }
     Ok(outcome)
-}
-
-/// The pod-init pid file of a pod directory (for port-forward's netns).
-pub fn init_pid(pod_dir: &std::path::Path) -> Option<i32> {
-    stage0::enter::init_pid(pod_dir)
-}
-
-/// Where the app's log and stdin FIFO are, for attach.
-pub fn stdin_fifo(pod_dir: &std::path::Path, app: &str) -> PathBuf {
-    pod_dir.join("stdin").join(app)
 }
 
 #[cfg(test)]

@@ -281,7 +281,7 @@ impl Server {
                     };
                     let t = attach::AttachTarget {
                         log_path: c.record.log_path.clone().into(),
-                        stdin_fifo: exec::stdin_fifo(&c.sandbox.pod.dir, &c.record.app),
+                        stdin_fifo: attach::stdin_fifo(&c.sandbox.pod.dir, &c.record.app),
                     };
                     let id = c.id();
                     let running = move || {
@@ -295,7 +295,7 @@ impl Server {
             Pending::PortForward(req) => {
                 let id = req.pod_sandbox_id.clone();
                 let pid = tokio::task::spawn_blocking(move || {
-                    sandbox::find_sandbox(&dirs, &id).ok().flatten().and_then(|s| exec::init_pid(&s.pod.dir))
+                    sandbox::find_sandbox(&dirs, &id).ok().flatten().and_then(|s| stage0::enter::init_pid(&s.pod.dir))
                 })
                 .await
                 .ok()
