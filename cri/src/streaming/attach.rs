@@ -89,7 +89,7 @@ async fn follow(
     stdout: bool,
     stderr: bool,
     tty: bool,
-    running: impl Fn() -> bool,
+    running: impl Fn() -> bool + Clone + Send + 'static,
 ) {
     use std::os::unix::fs::MetadataExt;
     let mut splitter = LogSplitter::default();
@@ -102,6 +102,7 @@ async fn follow(
     }
     let mut buf = vec![0u8; 32 << 10];
     let mut stopped_polls = 0;
+    let mut idle_polls = 0u32;
     loop {
         let mut got = 0;
         if let Some((f, _)) = file.as_mut() {
@@ -131,11 +132,17 @@ async fn follow(
         if out.is_closed() {
             return;
         }
-        if !running() {
-            // Once more after it stopped: its last lines.
-            stopped_polls += 1;
-            if stopped_polls > 2 {
-                return;
+        // The container's state is files to read: off the async workers,
+        // every few idle polls.
+        idle_polls = idle_polls.wrapping_add(1);
+        if stopped_polls > 0 || idle_polls.is_multiple_of(5) {
+            let r = running.clone();
+            if !tokio::task::spawn_blocking(r).await.unwrap_or(false) {
+                // Once more after it stopped: its last lines.
+                stopped_polls += 1;
+                if stopped_polls > 2 {
+                    return;
+                }
             }
         }
         tokio::time::sleep(POLL).await;
@@ -172,7 +179,7 @@ async fn feed(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) {
 }
 
 /// Attach: until the container stops.
-pub async fn attach(t: AttachTarget, io: Io, running: impl Fn() -> bool + Send + 'static) -> Outcome {
+pub async fn attach(t: AttachTarget, io: Io, running: impl Fn() -> bool + Clone + Send + 'static) -> Outcome {
     let input = io.stdin.map(|rx| tokio::spawn(feed(t.stdin_fifo.clone(), rx)));
     tokio::select! {
         () = follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, io.tty, running) => {}
