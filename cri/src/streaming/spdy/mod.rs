@@ -179,12 +179,16 @@ impl Decoder {
                 }
                 out.reserve(out.len().max(256));
             }
-            let before = self.inflate.total_in();
+            let (before, had) = (self.inflate.total_in(), out.len());
             let res = self.inflate.decompress_vec(input, &mut out, FlushDecompress::Sync);
             let used = usize::try_from(self.inflate.total_in() - before).unwrap_or(input.len());
             input = input.get(used..).unwrap_or_default();
             match res {
                 Ok(Status::StreamEnd) => break,
+                // No progress with room to spare: never loop on it.
+                Ok(Status::Ok) if used == 0 && out.len() == had && out.len() < out.capacity() => {
+                    return Err(FrameError::HeaderBlock("no progress".into()));
+                }
                 Ok(Status::Ok) => {}
                 Ok(Status::BufError) => {
                     if out.len() < out.capacity() {

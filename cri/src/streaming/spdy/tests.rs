@@ -127,3 +127,32 @@ fn random_bytes_never_panic() {
         while let Ok(Some(_)) = dec.decode(&mut buf) {}
     }
 }
+
+#[test]
+fn mutated_valid_frames_never_panic() {
+    let mut enc = Encoder::default();
+    let mut valid = BytesMut::new();
+    for id in [1u32, 3, 5] {
+        let headers = hdrs(&[("streamtype", "data"), ("port", "8080"), ("requestid", "0")]);
+        enc.encode(&Frame::SynStream { id, flags: 0, headers }, &mut valid);
+        enc.encode(&Frame::Data { id, flags: FLAG_FIN, data: Bytes::from_static(b"payload") }, &mut valid);
+    }
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..5000 {
+        let mut bytes = valid.to_vec();
+        for _ in 0..1 + next() % 4 {
+            let at = usize::try_from(next()).unwrap() % bytes.len();
+            bytes[at] ^= u8::try_from(next() & 0xff).unwrap() | 1;
+        }
+        let cut = usize::try_from(next()).unwrap() % (bytes.len() + 1);
+        let mut dec = Decoder::default();
+        let mut buf = BytesMut::from(&bytes[..cut]);
+        while let Ok(Some(_)) = dec.decode(&mut buf) {}
+    }
+}
