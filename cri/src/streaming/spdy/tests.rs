@@ -156,3 +156,28 @@ fn mutated_valid_frames_never_panic() {
         while let Ok(Some(_)) = dec.decode(&mut buf) {}
     }
 }
+
+/// Frames made by C zlib (Python's, as Go's compress/zlib writes them:
+/// the dictionary's id in the header, sync flushes) decode.
+#[test]
+fn frames_compressed_by_c_zlib_decode() {
+    let hex: String = [
+        "80030001000000280000000100000000000078f9e3c6a7c202a62346703a2b294a4dcc851625aca9a08006000000ffff",
+        "800300010000001700000003000000000000c22e555c02cc2e00000000ffff8003000100000019000000050000000000",
+        "00c22a054ce729f9a52500000000ffff000000030100000568656c6c6f80030006000000040000000180030003000000",
+        "080000000500000005",
+    ]
+    .concat();
+    let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut dec = Decoder::default();
+    let mut frames = Vec::new();
+    while let Some(f) = dec.decode(&mut buf).unwrap() {
+        frames.push(f);
+    }
+    assert_eq!(frames[0], Frame::SynStream { id: 1, flags: 0, headers: hdrs(&[("streamtype", "error")]) });
+    assert_eq!(frames[2], Frame::SynStream { id: 5, flags: 0, headers: hdrs(&[("streamtype", "stdout")]) });
+    assert_eq!(frames[3], Frame::Data { id: 3, flags: FLAG_FIN, data: Bytes::from_static(b"hello") });
+    assert_eq!(frames[4], Frame::Ping { id: 1 });
+    assert_eq!(frames[5], Frame::RstStream { id: 5, status: RST_CANCEL });
+}
