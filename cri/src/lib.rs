@@ -14,11 +14,16 @@ pub mod container;
 pub mod error;
 pub mod fsinfo;
 pub mod images;
+pub mod live;
+pub mod metrics;
 pub mod reference;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod stats;
 pub mod streaming;
+pub mod update;
+pub mod vm;
 
 pub mod proto {
     //! The CRI v1 API (`runtime.v1`), generated from proto/api.proto.

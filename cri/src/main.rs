@@ -123,7 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     rt.block_on(async {
         let listener = server::bind(&path)?;
         let streaming = cri::streaming::Server::start(args.streaming_address, streaming_dirs).await?;
-        let runtime = Runtime { cni_conf_dir, config, host, streaming };
+        let runtime = Runtime { cni_conf_dir, config, host, live: Default::default(), streaming };
         server::serve(listener, &path, runtime, images).await?;
         Ok::<(), anyhow::Error>(())
     })?;

@@ -1,8 +1,9 @@
-//! The CRI RuntimeService: Version, Status, the sandbox and container
-//! lifecycle for the namespace handler (sandbox.rs), ExecSync, and Exec,
-//! Attach and PortForward as URLs on the streaming server (streaming/).
-//! Calls not served yet (stats, resource updates) answer Unimplemented
-//! (tonic's default stubs).
+//! The CRI RuntimeService: Version, Status, and the sandbox and container
+//! lifecycle for the namespace handler (sandbox.rs); stats and metrics
+//! (stats.rs, metrics.rs), resource updates (update.rs) and the runtime
+//! config (the pod CIDR, kept in live.rs); ExecSync, and Exec, Attach and
+//! PortForward as URLs on the streaming server (streaming/). Calls not
+//! served yet answer Unimplemented (tonic's default stubs).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,10 +15,12 @@ use tonic::{Request, Response, Status};
 
 use crate::container;
 use crate::error::CriError;
+use crate::live::Live;
 use crate::proto;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::sandbox::{self, Host};
 use crate::streaming::{self, Pending};
+use crate::{metrics, stats, update};
 
 /// The runtime's name as CRI clients see it.
 pub const RUNTIME_NAME: &str = "pod";
@@ -33,6 +36,8 @@ pub struct Runtime {
     pub config: HashMap<String, String>,
     /// Where pods run.
     pub host: Host,
+    /// What the server keeps in memory: CPU samples, the pod CIDR.
+    pub live: Arc<Live>,
     /// Where Exec, Attach and PortForward URLs point.
     pub streaming: Arc<crate::streaming::Server>,
 }
@@ -50,6 +55,34 @@ impl Runtime {
             Status::from(e)
         })
     }
+}
+
+impl Runtime {
+    /// [`Runtime::blocking`] with the in-memory state too.
+    async fn blocking_live<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Host, &Live) -> Result<T, CriError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let live = Arc::clone(&self.live);
+        self.blocking(move |host| f(host, &live)).await
+    }
+}
+
+/// How many items one message of a streamed list carries (KEP-5825's
+/// streams exist to stay under gRPC's message size limit).
+const STREAM_CHUNK: usize = 100;
+
+/// A list as a stream of messages of at most [`STREAM_CHUNK`] items each.
+fn chunked<T: Send + 'static, R: Send + 'static>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> R + Send + 'static,
+) -> tonic::codegen::BoxStream<R> {
+    let mut items = items.into_iter().peekable();
+    let mut chunks = Vec::new();
+    while items.peek().is_some() {
+        chunks.push(Ok(wrap(items.by_ref().take(STREAM_CHUNK).collect())));
+    }
+    Box::pin(tokio_stream::iter(chunks))
 }
 
 /// True if `dir` holds a CNI network configuration, as libcni finds them.
@@ -102,13 +135,18 @@ impl RuntimeService for Runtime {
         ];
         let mut info = HashMap::new();
         if request.into_inner().verbose {
-            let config: serde_json::Map<String, serde_json::Value> =
+            let mut config: serde_json::Map<String, serde_json::Value> =
                 self.config.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+            // As containerd shows it: the CIDR kubelet gave, for CNI templates.
+            if let Some(cidr) = self.live.pod_cidr() {
+                config.insert("podCIDR".to_owned(), serde_json::Value::String(cidr));
+            }
             info.insert("config".to_owned(), serde_json::Value::Object(config).to_string());
         }
         Ok(Response::new(proto::StatusResponse {
             status: Some(proto::RuntimeStatus { conditions }),
             info,
+            runtime_handlers: crate::vm::runtime_handlers(),
             ..Default::default()
         }))
     }
@@ -222,8 +260,123 @@ impl RuntimeService for Runtime {
         request: Request<proto::ContainerStatusRequest>,
     ) -> Result<Response<proto::ContainerStatusResponse>, Status> {
         let id = request.into_inner().container_id;
-        let status = self.blocking(move |host| Ok(container::find_container(&host.dirs, &id)?.status())).await?;
+        let status = self
+            .blocking_live(move |host, live| {
+                let c = container::find_container(&host.dirs, &id)?;
+                let mut status = c.status();
+                if let Some(resources) = update::resources_of(live, &c)? {
+                    status.resources = Some(resources);
+                }
+                Ok(status)
+            })
+            .await?;
         Ok(Response::new(proto::ContainerStatusResponse { status: Some(status), ..Default::default() }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<proto::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<proto::UpdateContainerResourcesResponse>, Status> {
+        let req = request.into_inner();
+        self.blocking_live(move |host, live| update::update_container(&host.dirs, live, &req.container_id, req.linux))
+            .await?;
+        Ok(Response::new(proto::UpdateContainerResourcesResponse {}))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<proto::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<proto::UpdateRuntimeConfigResponse>, Status> {
+        // Only the pod CIDR means anything here; the rest is accepted.
+        let cidr = request.into_inner().runtime_config.and_then(|c| c.network_config).map(|n| n.pod_cidr);
+        if let Some(cidr) = cidr {
+            tracing::info!(pod_cidr = %cidr, "runtime config updated");
+            self.live.set_pod_cidr((!cidr.is_empty()).then_some(cidr));
+        }
+        Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<proto::ContainerStatsRequest>,
+    ) -> Result<Response<proto::ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
+        let stats = self.blocking_live(move |host, live| stats::container_stats(&host.dirs, live, &id)).await?;
+        Ok(Response::new(proto::ContainerStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<proto::ListContainerStatsRequest>,
+    ) -> Result<Response<proto::ListContainerStatsResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let stats = self.blocking_live(move |host, live| stats::list_container_stats(&host.dirs, live, filter)).await?;
+        Ok(Response::new(proto::ListContainerStatsResponse { stats }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<proto::PodSandboxStatsRequest>,
+    ) -> Result<Response<proto::PodSandboxStatsResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        let stats = self.blocking_live(move |host, live| stats::pod_sandbox_stats(&host.dirs, live, &id)).await?;
+        Ok(Response::new(proto::PodSandboxStatsResponse { stats: Some(stats) }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<proto::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<proto::ListPodSandboxStatsResponse>, Status> {
+        let filter = request.into_inner().filter;
+        let stats =
+            self.blocking_live(move |host, live| stats::list_pod_sandbox_stats(&host.dirs, live, filter)).await?;
+        Ok(Response::new(proto::ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        request: Request<proto::StreamContainerStatsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamContainerStatsResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let stats = self.blocking_live(move |host, live| stats::list_container_stats(&host.dirs, live, filter)).await?;
+        let wrap = |container_stats| proto::StreamContainerStatsResponse { container_stats };
+        Ok(Response::new(chunked(stats, wrap)))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<proto::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxStatsResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let stats =
+            self.blocking_live(move |host, live| stats::list_pod_sandbox_stats(&host.dirs, live, filter)).await?;
+        let wrap = |pod_sandbox_stats| proto::StreamPodSandboxStatsResponse { pod_sandbox_stats };
+        Ok(Response::new(chunked(stats, wrap)))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<proto::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<tonic::codegen::BoxStream<proto::StreamPodSandboxMetricsResponse>>, Status> {
+        let metrics = self.blocking_live(move |host, live| metrics::list_pod_sandbox_metrics(&host.dirs, live)).await?;
+        let wrap = |pod_sandbox_metrics| proto::StreamPodSandboxMetricsResponse { pod_sandbox_metrics };
+        Ok(Response::new(chunked(metrics, wrap)))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<proto::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<proto::ListMetricDescriptorsResponse>, Status> {
+        Ok(Response::new(proto::ListMetricDescriptorsResponse { descriptors: metrics::descriptors() }))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<proto::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<proto::ListPodSandboxMetricsResponse>, Status> {
+        let pod_metrics =
+            self.blocking_live(move |host, live| metrics::list_pod_sandbox_metrics(&host.dirs, live)).await?;
+        Ok(Response::new(proto::ListPodSandboxMetricsResponse { pod_metrics }))
     }
 
     async fn exec_sync(
@@ -318,5 +471,22 @@ impl Runtime {
         }
         let c = self.running_container(id).await?;
         Ok((streaming::exec::Target::of(&c, &self.host.dirs), cmd))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn lists_stream_in_chunks() {
+        let sizes: Vec<usize> =
+            chunked((0..250).collect(), |v: Vec<i32>| v.len()).map(Result::unwrap).collect::<Vec<_>>().await;
+        assert_eq!(sizes, [100, 100, 50]);
+        let none: Vec<_> = chunked(Vec::<i32>::new(), |v| v.len()).collect::<Vec<_>>().await;
+        assert!(none.is_empty(), "nothing to send, no message");
     }
 }

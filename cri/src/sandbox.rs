@@ -1,5 +1,5 @@
 //! CRI sandboxes as pods, all their state in the pods directory. A sandbox
-//! is a namespace pod with no apps (`apps: []`), run detached. Its CRI
+//! is a pod with no apps (`apps: []`; a VM pod for `pod-vm`: vm.rs), run detached. Its CRI
 //! metadata, labels and annotations are `cri-sandbox.json` in the pod
 //! directory; only pods that have one are CRI sandboxes. Sandbox ID = pod
 //! uuid. Its containers are its apps (container.rs), named by the CRI name
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use spec::stage1::{Isolation, Network};
+use spec::stage1::Network;
 use stage0::fetch::{FetchOptions, Fetcher, PullPolicy};
 use stage0::lifecycle;
 use stage0::paths::Dirs;
@@ -35,8 +35,7 @@ pub const SANDBOX_FILE: &str = "cri-sandbox.json";
 pub const CONTAINERS_DIR: &str = "cri-containers";
 /// The handler names served by the namespace stage1.
 pub const NS_HANDLERS: [&str; 2] = ["", "pod"];
-/// The VM handler: not yet (VM pods cannot take added apps).
-pub const VM_HANDLER: &str = "pod-vm";
+pub use crate::vm::VM_HANDLER;
 
 /// Where pods run: the data and config directories and the host settings.
 #[derive(Debug, Clone)]
@@ -239,15 +238,11 @@ pub(crate) fn need_sandbox(dirs: &Dirs, id: &str) -> Result<Sandbox, CriError> {
     find_sandbox(dirs, id)?.ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))
 }
 
-/// Checks a RuntimeHandler: the namespace stage1 serves "" and "pod".
+/// Checks a RuntimeHandler: the namespace stage1 serves "" and "pod", the
+/// VM stage1 "pod-vm".
 pub fn check_handler(handler: &str) -> Result<(), CriError> {
-    if NS_HANDLERS.contains(&handler) {
+    if NS_HANDLERS.contains(&handler) || handler == VM_HANDLER {
         Ok(())
-    } else if handler == VM_HANDLER {
-        Err(CriError::Unimplemented(
-            "runtime handler pod-vm: VM sandboxes are not yet served (VM pods cannot yet take apps added while they run)"
-                .into(),
-        ))
     } else {
         Err(CriError::InvalidArgument(format!(
             "unknown runtime handler {handler:?} (this runtime has \"pod\" and \"pod-vm\")"
@@ -275,8 +270,9 @@ pub fn cni_network(dir: &Path) -> Option<String> {
     })
 }
 
-/// RunPodSandbox: a namespace pod with no apps, run detached, on the CNI
-/// network of [`cni_network`] (`network: none` when there is none). The
+/// RunPodSandbox: a pod with no apps (of the handler's isolation: vm.rs),
+/// run detached, on the CNI network of [`cni_network`] (`network: none`
+/// when there is none; a VM's is qemu's user-mode network). The
 /// same metadata asked again while its sandbox is ready gives that sandbox.
 pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) -> Result<String, CriError> {
     check_handler(handler)?;
@@ -321,12 +317,12 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
         netns_dir: "/run/pod/netns".into(),
         debug: host.debug,
-        vm: Err("VM sandboxes are not served".into()),
+        vm: crate::vm::host_vm(handler)?,
         subids: stage0::userns::SubIds::default(),
         volumes: HostVolumePolicy::load(dirs).map_err(|e| CriError::Failed(e.to_string()))?,
     };
     let overrides = Overrides {
-        isolation: Some(Isolation::Namespace),
+        isolation: Some(crate::vm::isolation(handler)),
         network: Some(network.clone()),
         sandbox: true,
         ..Overrides::default()
@@ -337,11 +333,13 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
     let mut pod = prepared.pod;
     // Written before the pod runs: the record moves with its directory.
     write_json(&pod.dir.join(SANDBOX_FILE), &record)?;
-    let stage1 = run::stage1_for(Isolation::Namespace)?;
+    let stage1 = run::stage1_for(crate::vm::isolation(handler))?;
     pods.transition(&mut pod, PodState::Running).map_err(lifecycle::LifecycleError::from)?;
     let uuid = pod.uuid.clone();
     let dir = pod.dir.clone();
     run::start_detached(&stage1, &dir, &uuid, pod.into_fd())?;
+    let running = PodRef { dir, uuid: uuid.clone(), state: PodState::Running };
+    crate::vm::wait_ready(&running, handler)?;
     tracing::info!(sandbox = %uuid, name = %meta.name, namespace = %meta.namespace, ?network, "sandbox running");
     Ok(uuid)
 }
@@ -419,7 +417,7 @@ mod tests {
     fn handlers() {
         assert!(check_handler("").is_ok());
         assert!(check_handler("pod").is_ok());
-        assert_eq!(check_handler("pod-vm").unwrap_err().code(), tonic::Code::Unimplemented);
+        assert!(check_handler("pod-vm").is_ok());
         assert_eq!(check_handler("runc").unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 

@@ -25,12 +25,15 @@
 //! # Ports
 //!
 //! - [`CTL_PORT`]: lines from the host. `stop` asks PID 1 to stop the pod
-//!   (as SIGTERM does).
+//!   (as SIGTERM does); `control ...` relays a request of the pod's control
+//!   channel (`crate::control`) and is answered on the port ([`relay`]).
 //! - [`ENTER_PORT`]: one [`EnterRequest`] line at a time; the guest answers
 //!   with [`Frame`]s: the command's output, then its exit status.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+
+pub mod relay;
 
 /// The file that tells `pod-init` it is a VM's PID 1.
 pub const GUEST_MARKER: &str = "/etc/pod-vm-guest";
@@ -56,6 +59,9 @@ pub struct GuestConfig {
     /// prefix length; `None` for loopback only.
     pub address: Option<(Ipv4Addr, u8)>,
     pub gateway: Option<Ipv4Addr>,
+    /// A sandbox (`spec::stage1::ResolvedPod::sandbox`): pod-init keeps
+    /// the guest up with no app, until it is stopped.
+    pub sandbox: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,9 +73,13 @@ pub enum GuestConfigError {
 }
 
 impl GuestConfig {
-    /// `key=value` lines: `hostname`, `address` (`A.B.C.D/N`), `gateway`.
+    /// `key=value` lines: `hostname`, `address` (`A.B.C.D/N`), `gateway`,
+    /// `sandbox=1` for a sandbox.
     pub fn render(&self) -> String {
         let mut out = format!("hostname={}\n", self.hostname);
+        if self.sandbox {
+            out.push_str("sandbox=1\n");
+        }
         if let Some((ip, len)) = self.address {
             let _ = writeln!(out, "address={ip}/{len}");
         }
@@ -83,6 +93,7 @@ impl GuestConfig {
         let mut hostname = None;
         let mut address = None;
         let mut gateway = None;
+        let mut sandbox = false;
         for (i, line) in text.lines().enumerate() {
             let bad = |why: String| GuestConfigError::Line { line: i + 1, why };
             if line.trim().is_empty() {
@@ -97,13 +108,14 @@ impl GuestConfig {
                     let len = len.parse::<u8>().ok().filter(|l| *l <= 32);
                     address = Some((ip, len.ok_or_else(|| bad(format!("{value:?}: bad prefix length")))?));
                 }
+                "sandbox" if value == "1" => sandbox = true,
                 "gateway" => {
                     gateway = Some(value.parse().map_err(|_| bad(format!("{value:?} is not an IPv4 address")))?)
                 }
                 _ => return Err(bad(format!("unknown or invalid {key:?}"))),
             }
         }
-        Ok(Self { hostname: hostname.ok_or(GuestConfigError::NoHostname)?, address, gateway })
+        Ok(Self { hostname: hostname.ok_or(GuestConfigError::NoHostname)?, address, gateway, sandbox })
     }
 }
 
@@ -233,11 +245,14 @@ mod tests {
             hostname: "web-db".into(),
             address: Some((Ipv4Addr::new(10, 0, 2, 15), 24)),
             gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
+            sandbox: false,
         };
         assert_eq!(c.render(), "hostname=web-db\naddress=10.0.2.15/24\ngateway=10.0.2.2\n");
         assert_eq!(GuestConfig::parse(&c.render()), Ok(c));
-        let lo = GuestConfig { hostname: "p".into(), address: None, gateway: None };
+        let lo = GuestConfig { hostname: "p".into(), address: None, gateway: None, sandbox: true };
+        assert_eq!(lo.render(), "hostname=p\nsandbox=1\n");
         assert_eq!(GuestConfig::parse(&lo.render()), Ok(lo));
+        assert!(GuestConfig::parse("hostname=p\nsandbox=yes\n").is_err());
     }
 
     #[test]

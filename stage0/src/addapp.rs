@@ -2,9 +2,10 @@
 //! namespace pod. Adding fetches and verifies the image with the same
 //! `Fetcher` as `pod run`, resolves the app exactly as a pod file's (the
 //! flags become a one-app pod file, so defaults and checks are the same),
-//! appends it to `pod.json`, has the stage1 set it up (`pod-stage1-ns
-//! add-app`: cgroups, unit, mounts in the pod's namespaces) and tells the
-//! pod's PID 1 (`add`). Removing stops it, tells PID 1 (`remove`), has the
+//! appends it to `pod.json`, has the pod's stage1 set it up (`pod-stage1-ns
+//! add-app`: cgroups, unit, mounts in the pod's namespaces; `pod-stage1-vm
+//! add-app`: unit, rootfs under the VM's share) and tells the pod's PID 1
+//! (`add`; a VM's over its control port, relayed by its monitor). Removing stops it, tells PID 1 (`remove`), has the
 //! stage1 undo it all (`rm-app`) and drops it from `pod.json`. A failure
 //! on the way leaves the pod as it was. One change at a time per pod:
 //! `apps.lock` in the pod directory (the pod's own lock is its stage1's).
@@ -41,8 +42,6 @@ pub enum AddAppError {
     },
     #[error("pod {uuid} is {state}, not running")]
     NotRunning { uuid: String, state: PodState },
-    #[error("pod {0} is a VM pod: apps cannot yet be added to or removed from it while it runs (not yet for VM pods)")]
-    Vm(String),
     #[error(
         "pod {0} has a user namespace (userns: auto): apps cannot yet be added to or removed from it while it runs"
     )]
@@ -66,9 +65,7 @@ pub enum AddAppError {
 impl ExitCodeOf for AddAppError {
     fn exit(&self) -> Exit {
         match self {
-            Self::NotRunning { .. } | Self::Vm(_) | Self::Userns(_) | Self::Duplicate { .. } | Self::Busy(_) => {
-                Exit::Conflict
-            }
+            Self::NotRunning { .. } | Self::Userns(_) | Self::Duplicate { .. } | Self::Busy(_) => Exit::Conflict,
             Self::NoApp { .. } | Self::NoVolume { .. } => Exit::NotFound,
             Self::Prepare(e) => e.exit(),
             Self::Control(e) => e.exit(),
@@ -153,9 +150,6 @@ fn begin(pod: &PodRef) -> Result<Changing, AddAppError> {
     let manifest = pod.dir.join(POD_MANIFEST_FILE);
     let resolved = read_resolved(&pod.dir)
         .ok_or_else(|| io("read", &manifest)(io::Error::new(io::ErrorKind::InvalidData, "missing or malformed")))?;
-    if resolved.isolation == Isolation::Vm {
-        return Err(AddAppError::Vm(pod.uuid.clone()));
-    }
     if crate::userns::recorded(&pod.dir).is_some() {
         return Err(AddAppError::Userns(pod.uuid.clone()));
     }
@@ -176,10 +170,10 @@ fn write_manifest(pod: &PodRef, resolved: &ResolvedPod) -> Result<(), AddAppErro
     fs::rename(&tmp, &path).map_err(io("rename", &tmp))
 }
 
-/// Runs `pod-stage1-ns VERB POD_DIR APP`.
-fn stage1(pod: &PodRef, verb: &'static str, app: &AcName) -> Result<(), AddAppError> {
+/// Runs `pod-stage1-ns VERB POD_DIR APP` (`pod-stage1-vm` for a VM pod).
+fn stage1(pod: &PodRef, isolation: Isolation, verb: &'static str, app: &AcName) -> Result<(), AddAppError> {
     let fail = |why: String| AddAppError::Stage1 { uuid: pod.uuid.clone(), app: app.to_string(), verb, why };
-    let stage1 = crate::run::stage1_for(Isolation::Namespace).map_err(|e| fail(e.to_string()))?;
+    let stage1 = crate::run::stage1_for(isolation).map_err(|e| fail(e.to_string()))?;
     let out = Command::new(&stage1)
         .arg(verb)
         .arg(&pod.dir)
@@ -199,6 +193,11 @@ fn stage1(pod: &PodRef, verb: &'static str, app: &AcName) -> Result<(), AddAppEr
 /// verified before the pod is touched.
 pub fn add(pod: &PodRef, fetcher: &mut Fetcher<'_>, new: &NewApp) -> Result<AppInfo, AddAppError> {
     let Changing { resolved, _lock } = begin(pod)?;
+    if resolved.isolation == Isolation::Vm {
+        // A guest still booting would read the new unit as one of its own
+        // and refuse the `add`: wait until its pod-init runs.
+        control::wait_guest(pod, control::BOOT_LIMIT)?;
+    }
     let uuid = pod.uuid.clone();
     if resolved.apps.iter().any(|a| a.name == new.name) {
         return Err(AddAppError::Duplicate { uuid, app: new.name.to_string() });
@@ -262,10 +261,11 @@ pub fn add(pod: &PodRef, fetcher: &mut Fetcher<'_>, new: &NewApp) -> Result<AppI
         undo_dirs();
         return Err(e);
     }
-    let started = stage1(pod, "add-app", &new.name).and_then(|()| {
+    let isolation = resolved.isolation;
+    let started = stage1(pod, isolation, "add-app", &new.name).and_then(|()| {
         control::request(pod, &Request::Add(new.name.clone())).map(drop).map_err(|e| {
             // pod-init refused it: undo the stage1's part too.
-            let _ = stage1(pod, "rm-app", &new.name);
+            let _ = stage1(pod, isolation, "rm-app", &new.name);
             AddAppError::from(e)
         })
     });
@@ -275,7 +275,10 @@ pub fn add(pod: &PodRef, fetcher: &mut Fetcher<'_>, new: &NewApp) -> Result<AppI
         undo_dirs();
         return Err(e);
     }
-    control::wait_started(pod, &new.name, Duration::from_secs(10)).map_err(AddAppError::from)
+    // A guest under TCG (no KVM) execs and maps an app's binaries over 9p,
+    // far slower than a namespace pod does.
+    let limit = Duration::from_secs(if isolation == Isolation::Vm { 60 } else { 10 });
+    control::wait_started(pod, &new.name, limit).map_err(AddAppError::from)
 }
 
 /// Removes app `name` from the running pod: stops it (its stop timeout,
@@ -295,8 +298,38 @@ pub fn remove(pod: &PodRef, name: &AcName) -> Result<(), AddAppError> {
         Ok(_) | Err(ControlError::NoApp { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    stage1(pod, "rm-app", name)?;
+    stage1(pod, resolved.isolation, "rm-app", name)?;
     let mut updated = resolved;
     updated.apps.retain(|a| &a.name != name);
     write_manifest(pod, &updated)
+}
+
+/// Changes app `name`'s resources in `pod.json` around `apply`, which
+/// changes them where they are enforced (the app's cgroup, for CRI's
+/// UpdateContainerResources) and then in the value it is given: all under
+/// the apps lock, waiting for an add or rm in progress, so neither writes
+/// back an older manifest. Nothing is written if `apply` fails.
+pub fn update_resources<E: From<AddAppError>>(
+    pod: &PodRef,
+    name: &AcName,
+    apply: impl FnOnce(&mut stage1::Resources) -> Result<(), E>,
+) -> Result<(), E> {
+    let io = |op: &'static str, path: &Path| {
+        let (uuid, path) = (pod.uuid.clone(), path.to_owned());
+        move |source| AddAppError::Io { uuid, op, path, source }
+    };
+    let lock_path = pod.dir.join(APPS_LOCK);
+    let lock = File::create(&lock_path).map_err(io("create", &lock_path))?;
+    lock.lock().map_err(io("lock", &lock_path))?;
+    let manifest = pod.dir.join(POD_MANIFEST_FILE);
+    let mut resolved = read_resolved(&pod.dir)
+        .ok_or_else(|| io("read", &manifest)(io::Error::new(io::ErrorKind::InvalidData, "missing or malformed")))?;
+    let app = resolved
+        .apps
+        .iter_mut()
+        .find(|a| a.name == *name)
+        .ok_or_else(|| AddAppError::NoApp { uuid: pod.uuid.clone(), app: name.to_string() })?;
+    apply(&mut app.resources)?;
+    write_manifest(pod, &resolved)?;
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! `pod app`: the apps of a running pod, through its PID 1's control
 //! channel (`spec::control`, the socket `control.sock` in the pod
-//! directory). Namespace pods only for now: a VM pod's pod-init will serve
-//! the same protocol over its virtio-serial control port.
+//! directory). The same for VM pods: there the VM's monitor listens on that
+//! socket and relays each request to the guest's pod-init over the
+//! virtio-serial control port (`spec::vm::relay`).
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -25,10 +26,6 @@ const POLL: Duration = Duration::from_millis(50);
 pub enum ControlError {
     #[error("pod {uuid} is {state}, not running")]
     NotRunning { uuid: String, state: PodState },
-    #[error(
-        "pod {0} is a VM pod: its apps cannot yet be listed, stopped or started while it runs (not yet for VM pods)"
-    )]
-    Vm(String),
     #[error("pod {uuid}: {op} {path}: {source}")]
     Io {
         uuid: String,
@@ -49,12 +46,14 @@ pub enum ControlError {
     Refused { uuid: String, kind: ErrorKind, message: String },
     #[error("pod {uuid}: app {app} {what}")]
     App { uuid: String, app: String, what: String },
+    #[error("pod {uuid}: its VM's guest did not start its pod-init within {limit:?}")]
+    NotBooted { uuid: String, limit: Duration },
 }
 
 impl ExitCodeOf for ControlError {
     fn exit(&self) -> Exit {
         match self {
-            Self::NotRunning { .. } | Self::Vm(_) => Exit::Conflict,
+            Self::NotRunning { .. } => Exit::Conflict,
             Self::NoApp { .. } => Exit::NotFound,
             Self::Refused { kind: ErrorKind::Conflict, .. } => Exit::Conflict,
             Self::Refused { kind: ErrorKind::NoSuchApp, .. } => Exit::NotFound,
@@ -70,7 +69,7 @@ pub fn request(pod: &PodRef, request: &Request) -> Result<Vec<AppInfo>, ControlE
         return Err(ControlError::NotRunning { uuid: pod.uuid.clone(), state: pod.state });
     }
     if read_resolved(&pod.dir).is_some_and(|r| r.isolation == Isolation::Vm) {
-        return Err(ControlError::Vm(pod.uuid.clone()));
+        wait_booted(pod, BOOT_LIMIT)?;
     }
     let path = pod.dir.join(SOCKET);
     let io = |op: &'static str| {
@@ -96,6 +95,35 @@ pub fn request(pod: &PodRef, request: &Request) -> Result<Vec<AppInfo>, ControlE
         }
         Response::Error { kind, message } => Err(ControlError::Refused { uuid: pod.uuid.clone(), kind, message }),
     }
+}
+
+/// How long a request to a VM pod waits for its guest to boot (TCG on a
+/// busy host: tens of seconds).
+pub const BOOT_LIMIT: Duration = Duration::from_secs(300);
+
+/// Waits until a VM pod's guest runs its pod-init: it writes
+/// `status/pod.json` once its control channel is served. Until then a
+/// request would wait in the VM's control port, past the relay's patience.
+fn wait_booted(pod: &PodRef, limit: Duration) -> Result<(), ControlError> {
+    let status = pod.dir.join("status").join("pod.json");
+    let start = Instant::now();
+    while !status.exists() {
+        if !crate::pods::is_locked(&pod.dir) {
+            return Err(ControlError::NotRunning { uuid: pod.uuid.clone(), state: PodState::Exited });
+        }
+        if start.elapsed() > limit {
+            return Err(ControlError::NotBooted { uuid: pod.uuid.clone(), limit });
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(())
+}
+
+/// Waits until the pod's PID 1 answers on its control channel (a VM pod's
+/// once its guest has booted, at most `limit`).
+pub fn wait_guest(pod: &PodRef, limit: Duration) -> Result<(), ControlError> {
+    wait_booted(pod, limit)?;
+    list(pod).map(drop)
 }
 
 /// Every app of the pod, as its PID 1 sees them, in start order.

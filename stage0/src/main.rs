@@ -150,7 +150,8 @@ pub(crate) struct RunArgs {
     pub(crate) userns: Option<UsernsArg>,
     /// Keep the pod, its namespaces and network, once its apps have ended,
     /// until `pod stop` (as a pod file with `apps: []` does); its apps are
-    /// stopped and started with `pod app`. Namespace pods only for now.
+    /// stopped, started, added and removed with `pod app` (namespace and VM
+    /// pods).
     #[arg(long)]
     pub(crate) sandbox: bool,
     #[command(flatten)]
@@ -172,7 +173,7 @@ pub(crate) enum AppCmd {
     /// Start a stopped or ended app again, as at the pod's start; waits until
     /// it runs (or failed to).
     Start { pod: String, app: spec::AcName },
-    /// Add an app to a running namespace pod and start it: its image is
+    /// Add an app to a running pod (namespaces or VM) and start it: its image is
     /// fetched and verified as for `pod run`, the app resolved as an app
     /// of a pod file (default capabilities, seccomp profile, no_new_privs).
     Add(Box<AddArgs>),

@@ -59,8 +59,6 @@ pub enum PrepareError {
     },
     #[error(transparent)]
     Volume(#[from] VolumeError),
-    #[error("{file}: a sandbox pod (--sandbox, or apps: []) is not yet supported for VM pods: their apps cannot yet be started or stopped while they run")]
-    SandboxVm { file: String },
 }
 
 impl ExitCodeOf for PrepareError {
@@ -74,7 +72,6 @@ impl ExitCodeOf for PrepareError {
             Self::UsernsConflict { .. } => Exit::InvalidInput,
             Self::Userns { source, .. } => source.exit(),
             Self::Volume(e) => e.exit(),
-            Self::SandboxVm { .. } => Exit::Conflict,
         }
     }
 }
@@ -331,11 +328,6 @@ pub fn prepare(
         if let Some(why) = pod::userns_conflict(vm, host_net) {
             return Err(PrepareError::UsernsConflict { file, why });
         }
-    }
-    // Apps in a running VM pod need the control channel over virtio-serial
-    // (a later version); a VM sandbox could never get one.
-    if vm && (overrides.sandbox || pod_file.apps.is_empty()) {
-        return Err(PrepareError::SandboxVm { file });
     }
     if let (true, Err(why)) = (vm, &host.vm) {
         return Err(PrepareError::NoVm { file, why: why.clone() });

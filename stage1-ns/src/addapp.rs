@@ -47,14 +47,15 @@ fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> Stage1Error 
     move |errno| Stage1Error::Sys { what, errno }
 }
 
-/// The host pid of the pod's PID 1, from the pod directory's `pid` file.
-fn pod_pid(pod_dir: &Path) -> Result<i32, Stage1Error> {
+/// The host pid of the pod's PID 1 (of a VM pod: its monitor), from the
+/// pod directory's `pid` file.
+pub fn pod_pid(pod_dir: &Path) -> Result<i32, Stage1Error> {
     let p = pod_dir.join("pid");
     let text = fs::read_to_string(&p).map_err(io_err("read", &p))?;
     text.trim().parse().map_err(|_| Stage1Error::Invalid(format!("{}: not a pid: {text:?}", p.display())))
 }
 
-fn open_ns(pid: i32, ns: &str) -> Result<File, Stage1Error> {
+pub fn open_ns(pid: i32, ns: &str) -> Result<File, Stage1Error> {
     let p = PathBuf::from(format!("/proc/{pid}/ns/{ns}"));
     File::open(&p).map_err(io_err("open", &p))
 }
@@ -174,7 +175,7 @@ fn detached_host_volumes(pod: &ResolvedPod, app: &App) -> Result<BTreeMap<String
 
 /// Runs `f` in a child (single-threaded, so it may join a mount
 /// namespace) and returns its error, if any.
-fn in_pod(f: impl FnOnce() -> Result<(), String>) -> Result<(), Stage1Error> {
+pub fn in_pod(f: impl FnOnce() -> Result<(), String>) -> Result<(), Stage1Error> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))?;
     match sys::fork_process().map_err(sys_err("fork"))? {
         ForkResult::Child => {
@@ -246,6 +247,14 @@ pub fn remove(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
     if let Some(cg) = cgroups::open_pod(&h, &pod.uuid)? {
         cg.remove_app(app)?;
     }
+    remove_files(pod_dir, name)
+}
+
+/// Removes what an app has in the pod directory: its unit and seccomp
+/// filters, status, log and app directory (its mounts undone first).
+/// Idempotent. The VM stage1's `rm-app` too.
+pub fn remove_files(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
+    let app = name.as_str();
     let files = units::app_files(app)
         .into_iter()
         .map(|f| pod_dir.join("units").join(f))
@@ -265,7 +274,7 @@ pub fn remove(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
 }
 
 /// Detaches the mount on `target`, if there is one.
-fn unmount(target: &Path) -> Result<(), String> {
+pub fn unmount(target: &Path) -> Result<(), String> {
     match umount2(target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
         Err(e) => Err(format!("unmount {}: {e}", target.display())),

@@ -4,6 +4,8 @@
 //! See `spec::vm` for the host → guest contract.
 
 pub mod accel;
+pub mod addapp;
+pub mod control;
 pub mod initramfs;
 pub mod kernel;
 pub mod kmod;

@@ -1,13 +1,17 @@
 //! `pod-stage1-vm`: the VM stage1. stage0 execs it as
 //! `pod-stage1-vm [--stream-logs] POD_DIR` (run the pod in a qemu VM, exit
-//! with its status) or `pod-stage1-vm gc POD_DIR` (clean up after a pod
-//! whose stage1 died). See spec::stage1 and spec::vm for the contracts.
+//! with its status), `pod-stage1-vm gc POD_DIR` (clean up after a pod
+//! whose stage1 died) or, for a running pod, `pod-stage1-vm add-app|rm-app
+//! POD_DIR APP` (see addapp.rs). See spec::stage1 and spec::vm for the
+//! contracts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: pod-stage1-vm [--stream-logs] POD_DIR | pod-stage1-vm gc POD_DIR");
+    eprintln!(
+        "usage: pod-stage1-vm [--stream-logs] POD_DIR | pod-stage1-vm gc POD_DIR | pod-stage1-vm add-app|rm-app POD_DIR APP"
+    );
     ExitCode::from(2)
 }
 
@@ -25,6 +29,22 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        [verb @ ("add-app" | "rm-app"), dir, app] => {
+            let Ok(app) = spec::AcName::new(*app) else { return usage() };
+            let dir = PathBuf::from(dir);
+            let done = if *verb == "add-app" {
+                stage1_vm::addapp::add(&dir, &app)
+            } else {
+                stage1_vm::addapp::remove(&dir, &app)
+            };
+            match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pod-stage1-vm: {verb} {app}: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         [flag @ .., dir] if flag.iter().all(|f| *f == "--stream-logs") => {
             match stage1_vm::monitor::run(&PathBuf::from(dir), !flag.is_empty()) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),

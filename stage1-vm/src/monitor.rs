@@ -5,11 +5,13 @@
 //! the pod directory), writes the units and `vm/guest.conf`, and runs qemu
 //! as its child (killed with it: PR_SET_PDEATHSIG). SIGTERM becomes a
 //! `stop` on the guest's control port; the pod's status comes back through
-//! the share (`status/pod.json`), as in a namespace pod.
+//! the share (`status/pod.json`), as in a namespace pod. The pod's control
+//! channel (`control.sock`) is served here and relayed to the guest
+//! (control.rs).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,7 @@ use stage1_ns::network::{PortMapping, Protocol as NsProtocol};
 use stage1_ns::rootfs::{self, KernelFs};
 
 use crate::accel::{self, HostProbe};
+use crate::control::Relay;
 use crate::qemu::{self, Accel, Console, DirectBoot, HostFwd, Machine, Protocol, SerialPort, Share9p, UserNet, Vm};
 use crate::{initramfs, kernel, kmod, VmError};
 
@@ -36,6 +39,10 @@ use crate::{initramfs, kernel, kmod, VmError};
 const OVERHEAD_MIB: u64 = 128;
 /// What an app without a memory limit counts for.
 const DEFAULT_APP_MIB: u64 = 128;
+/// What a sandbox keeps for the apps added to it while it runs: its
+/// memory is fixed at boot (no balloon), and a guest only takes from the
+/// host the pages it touches.
+const SANDBOX_APPS_MIB: u64 = 512;
 /// How long a guest may take to start its units (`status/pod.json`
 /// appears) before it counts as hung. TCG is slow, KVM is not: a KVM guest
 /// that has not started in this time is not going to.
@@ -117,6 +124,7 @@ pub fn user_net(pod: &ResolvedPod) -> Result<Option<UserNet>, VmError> {
 /// of the apps' memory limits plus an overhead; CPUs rounded up).
 pub fn machine(pod: &ResolvedPod, accel: Accel, host_cpus: u32) -> Machine {
     let memory_mib = OVERHEAD_MIB
+        + if pod.sandbox { SANDBOX_APPS_MIB } else { 0 }
         + pod
             .apps
             .iter()
@@ -213,7 +221,8 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
     // The VM is the pod's resource boundary: no per-app cgroups in the units.
     stage1_ns::units::write_units(pod_dir, pod, &BTreeMap::new()).map_err(|(p, e)| io_err("write", &p)(e))?;
     let dir = VmDir::new(pod_dir);
-    for d in [pod_dir.join("status"), pod_dir.join("logs"), dir.path().to_owned()] {
+    // `apps/` even for a sandbox with none yet: the guest lists it at boot.
+    for d in [pod_dir.join("status"), pod_dir.join("logs"), pod_dir.join("apps"), dir.path().to_owned()] {
         fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
     }
     for stale in [dir.ctl_socket(), dir.enter_socket()] {
@@ -223,6 +232,7 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
         hostname: pod.name.to_string(),
         address: net.map(|_| (qemu::GUEST_IP, qemu::GUEST_PREFIX)),
         gateway: net.map(|_| qemu::GUEST_GATEWAY),
+        sandbox: pod.sandbox,
     };
     let conf = pod_dir.join(GUEST_CONF);
     fs::write(&conf, guest.render()).map_err(io_err("write", &conf))
@@ -291,6 +301,13 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         let words: Vec<_> = args.iter().map(|a| a.to_string_lossy()).collect();
         eprintln!("pod-stage1-vm: {} {}", host.qemu.display(), words.join(" "));
     }
+    // Bound before qemu starts, so that a client never finds the pod
+    // running without it. One that cannot be bound is reported: the pod
+    // runs, but its apps cannot be changed while it does.
+    let control_path = pod_dir.join(spec::control::SOCKET);
+    let relay = Relay::bind(&control_path)
+        .map_err(|e| eprintln!("pod-stage1-vm: control channel {}: {e}", control_path.display()))
+        .ok();
     let mut child = spawn_qemu(&host.qemu, &vm, &dir)?;
     stage1_ns::crashpoint::crashpoint("stage1-vm.qemu");
     let _ = fs::write(dir.qemu_pid(), format!("{}\n", child.id()));
@@ -307,8 +324,8 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         Accel::Tcg => BOOT_LIMIT_TCG,
     };
     let apps = pod.apps.iter().map(|a| a.name.to_string()).collect();
-    let ended =
-        supervise(&mut child, pod_dir, &mask, Limits { grace, boot_limit }, LogTail::new(pod_dir, apps), stream_logs);
+    let tail = LogTail::new(pod_dir, apps);
+    let ended = supervise(&mut child, pod_dir, &mask, Limits { grace, boot_limit }, tail, relay, stream_logs);
     let code = match ended {
         Ok(()) => pod_status(pod_dir, &dir),
         Err(e) => Err(e),
@@ -335,6 +352,7 @@ fn supervise(
     mask: &SigSet,
     limits: Limits,
     mut tail: LogTail,
+    mut relay: Option<Relay>,
     stream_logs: bool,
 ) -> Result<(), VmError> {
     let dir = VmDir::new(pod_dir);
@@ -348,14 +366,25 @@ fn supervise(
     let mut stop_asked: Option<Instant> = None;
     let mut failure = None;
     loop {
-        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&sfd), nix::poll::PollFlags::POLLIN)];
-        let _ = nix::poll::poll(&mut fds, 200u16);
+        let from_guest = wait(&sfd, ctl.as_ref(), relay.as_ref());
         let mut stop = false;
         while let Ok(Some(info)) = sfd.read_signal() {
             stop |= info.ssi_signo != Signal::SIGCHLD as u32;
         }
+        if from_guest {
+            let mut buf = [0u8; 4096];
+            match ctl.as_mut().map(|c| c.read(&mut buf)) {
+                // qemu closed the port: it is ending.
+                Some(Ok(0) | Err(_)) => ctl = None,
+                Some(Ok(n)) => relay.iter_mut().for_each(|r| r.from_guest(&buf[..n])),
+                None => {}
+            }
+        }
         if ctl.is_none() {
             ctl = UnixStream::connect(dir.ctl_socket()).ok();
+        }
+        if let Some(relay) = &mut relay {
+            relay.pump(ctl.as_mut(), Instant::now());
         }
         if stop && stop_asked.is_none() {
             stop_asked = Some(Instant::now());
@@ -384,7 +413,23 @@ fn supervise(
         }
     }
     tail.finish(stream_logs);
+    if let Some(relay) = relay {
+        relay.close();
+    }
     failure.map_or(Ok(()), Err)
+}
+
+/// Sleeps until a signal, bytes from the guest's ctl port or a control
+/// client comes, or 200 ms pass; returns whether the port is readable.
+fn wait(sfd: &SignalFd, ctl: Option<&UnixStream>, relay: Option<&Relay>) -> bool {
+    use nix::poll::{PollFd, PollFlags};
+    use std::os::fd::AsFd;
+    let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+    fds.extend(ctl.map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)));
+    fds.extend(relay.and_then(Relay::listener_fd).map(|l| PollFd::new(l, PollFlags::POLLIN)));
+    let _ = nix::poll::poll(&mut fds, 200u16);
+    ctl.is_some()
+        && fds[1].revents().is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR))
 }
 
 /// What the guest and qemu last said, for error messages: pod-init's own
@@ -432,7 +477,7 @@ pub fn gc(pod_dir: &Path) -> Result<(), VmError> {
             }
         }
     }
-    for f in [dir.ctl_socket(), dir.enter_socket(), dir.qemu_pid()] {
+    for f in [dir.ctl_socket(), dir.enter_socket(), dir.qemu_pid(), pod_dir.join(spec::control::SOCKET)] {
         match fs::remove_file(&f) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove", &f)(e)),
             _ => {}
@@ -476,6 +521,10 @@ mod tests {
         assert_eq!(machine(&p, Accel::Kvm, 1).cpus, 1, "never more vCPUs than host CPUs");
         let small = pod(serde_json::json!("none"), &[(Some(1), Some(100), "")]);
         assert_eq!(machine(&small, Accel::Tcg, 8), Machine { accel: Accel::Tcg, memory_mib: 129, cpus: 1 });
+        let mut sandbox = pod(serde_json::json!("none"), &[]);
+        sandbox.sandbox = true;
+        let m = machine(&sandbox, Accel::Tcg, 8);
+        assert_eq!((m.memory_mib, m.cpus), (128 + 512, 1), "room for the apps a sandbox will take");
     }
 
     #[test]

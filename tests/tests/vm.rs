@@ -42,20 +42,6 @@ fn hardware_virt() -> bool {
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
 }
 
-/// The pids of processes whose command line has `word` as an argument
-/// (qemu runs as `-name pod-<uuid>`).
-fn processes_with_arg(word: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if cmdline.split(|&b| b == 0).any(|w| w == word.as_bytes()) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 /// `manifests/web-db.yaml` as shipped, made a VM pod on host port `port`.
 fn web_db_vm(live: &Live, port: u16) -> std::path::PathBuf {
     let example = fs::read_to_string(workspace().join("manifests/web-db.yaml")).unwrap();

@@ -144,7 +144,14 @@ impl Cx<'_> {
             return Err(self.invalid(field, "an empty command; give at least the program's absolute path"));
         }
         self.count(field, argv.len(), MAX_ENTRIES)?;
-        self.abs_path(&field.index(0), &argv[0])?;
+        // A bare program name is looked up in the app's PATH when it starts
+        // (pod-init, as execvp and OCI runtimes do); a relative path is not
+        // (it would depend on the working directory).
+        if argv[0].is_empty() || argv[0].contains('/') {
+            self.abs_path(&field.index(0), &argv[0])?;
+        } else {
+            self.no_nul(&field.index(0), &argv[0])?;
+        }
         for (i, a) in argv.iter().enumerate() {
             self.no_nul(&field.index(i), a)?;
         }

@@ -149,7 +149,8 @@ pub enum UserNs {
 pub struct AppSpec {
     pub name: AcName,
     pub image: ImageSpec,
-    /// Replaces the image's `exec`; `exec[0]` is absolute.
+    /// Replaces the image's `exec`; `exec[0]` is absolute, or a bare program
+    /// name looked up in the app's `PATH` when it starts.
     pub exec: Option<Vec<String>>,
     /// Replaces the image's user (name, ID or path, as appc).
     pub user: Option<String>,
@@ -224,7 +225,8 @@ pub struct Readiness {
 pub enum Probe {
     /// A TCP connect to this port in the pod's network namespace succeeds.
     Tcp(u16),
-    /// This command, run in the app, exits 0; `argv[0]` is absolute.
+    /// This command, run in the app, exits 0; `argv[0]` is absolute or a
+    /// bare program name looked up in the app's `PATH`.
     Exec(Vec<String>),
 }
 

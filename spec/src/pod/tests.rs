@@ -232,7 +232,7 @@ fn semantic_errors_name_their_line() {
         ("after: [a]", "readiness: { tcp: 80, exec: [/bin/true] }", 9, "apps[1].readiness", "exactly one probe"),
         ("after: [a]", "readiness: { timeout: 1s }", 9, "apps[1].readiness", "exactly one probe"),
         ("after: [a]", "readiness: { tcp: 80, timeout: 0s }", 9, "apps[1].readiness.timeout", "zero timeout"),
-        ("after: [a]", "readiness: { exec: [true] }", 9, "apps[1].readiness.exec[0]", "not absolute"),
+        ("after: [a]", "readiness: { exec: [./true] }", 9, "apps[1].readiness.exec[0]", "not absolute"),
         ("after: [a]", "exec: []", 9, "apps[1].exec", "empty command"),
         ("after: [a]", "exec: [bin/sh]", 9, "apps[1].exec[0]", "not absolute"),
         ("after: [a]", "workingDirectory: srv", 9, "apps[1].workingDirectory", "not absolute"),

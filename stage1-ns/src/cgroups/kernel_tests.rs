@@ -261,3 +261,50 @@ fn legacy_freezer_kill_on_the_real_v1_mounts() {
         assert!(!root.join(POD_BASE).join(&uuid).exists(), "{}", root.display());
     }
 }
+
+#[test]
+fn stats_and_live_updates_on_the_real_hierarchy() {
+    let Some(h) = host() else { return };
+    let uuid = unique("stats");
+    let _guard = Guard { h: h.clone(), uuid: uuid.clone() };
+    let pod = create_pod(&h, &uuid, &[("web", Limits::default())]).expect("create");
+    // Busy for a moment, then holding a few MiB of memory while it waits.
+    let mut child = gated_sh(
+        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; x=$(head -c 4000000 /dev/zero | tr '\\0' a); sleep 30",
+    );
+    add_pid(&pod.app_dirs("web").expect("dirs"), pid(&child)).expect("join");
+    release(&mut child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let stats = loop {
+        let s = app_stats(&h, &uuid, "web").expect("stats");
+        if s.memory.usage > 4_000_000 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(stats.cpu.usage_ns > 0, "{stats:?}");
+    assert!(stats.memory.usage > 4_000_000 && stats.memory.rss > 0, "{stats:?}");
+    assert!(stats.pids.unwrap_or(1) >= 1, "{stats:?}");
+    assert!(app_procs(&h, &uuid, "web").expect("procs").contains(&pid(&child)));
+    if h.unified().is_some_and(|u| u.join("cpu.pressure").exists()) {
+        assert!(stats.pressure.cpu.is_some() && stats.pressure.memory.is_some(), "{stats:?}");
+    }
+    let whole = pod_stats(&h, &uuid).expect("pod stats");
+    assert!(whole.memory.usage >= stats.memory.usage, "the pod holds its app: {whole:?}");
+
+    let u = Update { memory_bytes: Some(64 << 20), cpu_quota_us: Some(20_000), ..Update::default() };
+    drop(update_app(&h, &uuid, "web", &u).expect("update"));
+    let l = app_limits(&h, &uuid, "web").expect("limits");
+    assert_eq!((l.memory_bytes, l.cpu_quota_us), (Some(64 << 20), Some(20_000)), "{l:?}");
+    if h.mode() != Mode::Unified {
+        // v1 cannot reclaim anonymous memory without swap: it refuses, and
+        // every limit written before is put back.
+        let below = Update { cpu_quota_us: Some(30_000), memory_bytes: Some(1 << 20), ..Update::default() };
+        let err = update_app(&h, &uuid, "web", &below).expect_err("below usage");
+        assert!(matches!(err, CgroupError::Write { .. }), "{err}");
+        let l = app_limits(&h, &uuid, "web").expect("limits");
+        assert_eq!((l.memory_bytes, l.cpu_quota_us), (Some(64 << 20), Some(20_000)), "{l:?}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

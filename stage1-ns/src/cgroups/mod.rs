@@ -23,16 +23,24 @@
 //!   `cgroup.kill` kills the pod in one write.
 //!
 //! Version quirks stay in `v1.rs` and `v2.rs`; `pod.rs` holds what is common,
-//! `detect.rs` the mode, `fsx.rs` the file operations.
+//! `detect.rs` the mode, `fsx.rs` the file operations. For the CRI server
+//! (which links this library): `stats.rs` reads a pod's or an app's
+//! accounting and limits, `psi.rs` its pressure, `update.rs` changes a
+//! running app's limits all or nothing.
 
 mod detect;
 mod fsx;
 mod pod;
+mod psi;
+mod stats;
+mod update;
 mod v1;
 mod v2;
 
 #[cfg(test)]
 mod kernel_tests;
+#[cfg(test)]
+mod stats_tests;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +51,12 @@ use nix::unistd::Pid;
 
 pub use detect::{detect, detect_host, FsKind, Hierarchy, Mode};
 pub use pod::{add_pid, create_pod, list_pods, open_pod, PodCgroup, INIT_CGROUP, POD_BASE};
+pub use psi::{Pressure, Psi, PsiData};
+pub use stats::{
+    app_limits, app_procs, app_stats, pod_stats, shares_to_weight, weight_to_shares, CgroupLimits, CpuStats,
+    MemoryStats, Stats,
+};
+pub use update::{update_app, Applied, Update};
 
 /// The CFS period every cpu limit uses, in microseconds (100 ms, the kernel
 /// default and what Kubernetes uses).

@@ -53,23 +53,34 @@ pub(super) fn apply(controllers: &BTreeMap<String, PathBuf>, rel: &Path, app: &s
 }
 
 /// `memory.limit_in_bytes`, and the same for memory+swap when swap is
-/// accounted, so the app cannot swap past its limit. The kernel insists
-/// memsw >= limit at every step: lowering goes limit first, raising
-/// (a second `create_pod` with a bigger limit) fails with EINVAL and is
-/// redone memsw first.
+/// accounted, so the app cannot swap past its limit.
 fn memory(dir: &Path, bytes: u64) -> Result<()> {
     let value = bytes.to_string();
-    let limit = dir.join("memory.limit_in_bytes");
-    let memsw = dir.join("memory.memsw.limit_in_bytes");
-    if !memsw.exists() {
-        tracing::debug!(path = %memsw.display(), "no swap accounting; swap left unlimited");
-        return fsx::write(&limit, &value);
+    memory_and_swap(dir, &value, &value, &mut |path, value| fsx::write(path, value))
+}
+
+/// Writes `limit` to `memory.limit_in_bytes` and `memsw` (memory+swap,
+/// `-1` unlimited) to `memory.memsw.limit_in_bytes` if swap is accounted,
+/// each through `write`. The kernel insists memsw >= limit at every step:
+/// lowering goes limit first, raising fails with EINVAL and is redone
+/// memsw first.
+pub(super) fn memory_and_swap(
+    dir: &Path,
+    limit: &str,
+    memsw: &str,
+    write: &mut dyn FnMut(&Path, &str) -> Result<()>,
+) -> Result<()> {
+    let limit_file = dir.join("memory.limit_in_bytes");
+    let memsw_file = dir.join("memory.memsw.limit_in_bytes");
+    if !memsw_file.exists() {
+        tracing::debug!(path = %memsw_file.display(), "no swap accounting; swap left unlimited");
+        return write(&limit_file, limit);
     }
-    match fsx::write(&limit, &value) {
-        Ok(()) => fsx::write(&memsw, &value),
+    match write(&limit_file, limit) {
+        Ok(()) => write(&memsw_file, memsw),
         Err(CgroupError::Write { source, .. }) if source.raw_os_error() == Some(nix::libc::EINVAL) => {
-            fsx::write(&memsw, &value)?;
-            fsx::write(&limit, &value)
+            write(&memsw_file, memsw)?;
+            write(&limit_file, limit)
         }
         Err(e) => Err(e),
     }

@@ -1,5 +1,6 @@
-//! The control channel (`spec::control`): a unix socket in the pod root,
-//! polled by the supervision loop; one request per connection, answered at
+//! The control channel (`spec::control`): a unix socket in the pod root
+//! (in a VM, a guest-local one that the ctl agent relays the host's
+//! requests to: `spec::vm::relay`), polled by the supervision loop; one request per connection, answered at
 //! once. `inspect`, `stop APP`, `start APP`, `add APP` (its unit and
 //! rootfs made by stage1 first: read as at boot, appended to the plan and
 //! started) and `remove APP` (an ended app leaves the plan) are served.
@@ -201,6 +202,10 @@ impl Supervisor {
             }
         }
         let requires = unit.requires.iter().filter_map(index).collect();
+        if let Err(e) = crate::vm::app_added(&self.root, name) {
+            crate::vm::app_removed(&self.root, name);
+            return refuse(ErrorKind::Conflict, format!("app {name} not added: {e}"));
+        }
         let plan = crate::plan::AppPlan { name: name.clone(), unit, deps, requires, seccomp };
         log!("{name}: added");
         self.apps.push(crate::app::App::new(plan, &self.root));
@@ -224,6 +229,7 @@ impl Supervisor {
             return refuse(ErrorKind::Conflict, format!("app {} depends on app {name}", d.name()));
         }
         self.apps.remove(i);
+        crate::vm::app_removed(&self.root, name);
         for app in &mut self.apps {
             for d in app.plan.deps.iter_mut().chain(app.plan.requires.iter_mut()) {
                 if *d > i {

@@ -1,7 +1,8 @@
 //! The guest's agents on the virtio-serial ports: one forked process per
 //! port, so PID 1 stays single-threaded with its one poll loop. The ctl
-//! agent turns `stop` into SIGTERM for PID 1; the enter agent runs commands
-//! in apps (`enter.rs`).
+//! agent turns `stop` into SIGTERM for PID 1 and relays the host's control
+//! requests to PID 1's guest-local control socket (`spec::vm::relay`); the
+//! enter agent runs commands in apps (`enter.rs`).
 //!
 //! While nothing is connected on the host side, a port reads EOF and polls
 //! as hung up; the agents then sleep [`IDLE`] and look again, never spin.
@@ -10,13 +11,15 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
-use spec::vm::{CTL_PORT, CTL_STOP, ENTER_PORT};
+use spec::control::{ErrorKind, Response, MAX_RESPONSE};
+use spec::vm::{relay, CTL_PORT, CTL_STOP, ENTER_PORT};
 
 use crate::log;
 use crate::sys::{self, Fork};
@@ -171,9 +174,18 @@ pub(crate) fn start_all(root: &Path) {
 
 /// `stop` → SIGTERM to PID 1, which has it blocked and reads it from its
 /// signalfd: a stop requested before the supervisor runs is kept.
+/// `control <seq> <request>` → the request to PID 1's control socket, its
+/// answer back to the host.
 fn serve_ctl(mut port: Port) {
     loop {
         let line = port.read_line();
+        if let Some((seq, request)) = relay::decode_request(&line) {
+            let answer = ask_pid1(Path::new(relay::GUEST_CONTROL_SOCKET), request);
+            if let Err(e) = port.send(&relay::encode_answer(seq, &answer)) {
+                log!("ctl: answer: {e}");
+            }
+            continue;
+        }
         match line.trim() {
             CTL_STOP => {
                 if let Err(e) = kill(Pid::from_raw(1), Signal::SIGTERM) {
@@ -184,6 +196,34 @@ fn serve_ctl(mut port: Port) {
             other => log!("ctl: unknown command {other:?}"),
         }
     }
+}
+
+/// How long PID 1 may take to answer a relayed request (it answers at
+/// once, between two turns of its loop).
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends one control request line to PID 1 at `socket` and returns its
+/// whole answer; a PID 1 that cannot be asked (not serving yet, or gone)
+/// is answered for, as a `conflict` naming why.
+pub(crate) fn ask_pid1(socket: &Path, request: &str) -> Vec<u8> {
+    let asked = UnixStream::connect(socket).and_then(|mut s| {
+        s.set_read_timeout(Some(ASK_TIMEOUT))?;
+        s.set_write_timeout(Some(ASK_TIMEOUT))?;
+        s.write_all(request.as_bytes())?;
+        s.write_all(b"\n")?;
+        let mut answer = Vec::new();
+        (&mut s).take(MAX_RESPONSE as u64).read_to_end(&mut answer)?;
+        Ok(answer)
+    });
+    match asked {
+        Ok(answer) if !answer.is_empty() => answer,
+        Ok(_) => refusal("the guest's pod-init closed the control channel without an answer"),
+        Err(e) => refusal(&format!("the guest's pod-init is not serving its control channel: {e}")),
+    }
+}
+
+fn refusal(message: &str) -> Vec<u8> {
+    Response::Error { kind: ErrorKind::Conflict, message: message.to_owned() }.render().into_bytes()
 }
 
 #[cfg(test)]
@@ -203,6 +243,25 @@ mod tests {
         assert_eq!(find_port(dir.path(), CTL_PORT).as_deref(), Some("vport0p1"));
         assert_eq!(find_port(dir.path(), ENTER_PORT).as_deref(), Some("vport0p2"));
         assert_eq!(find_port(dir.path(), "pod.other"), None);
+    }
+
+    #[test]
+    fn control_requests_reach_pid1_and_a_silent_pid1_is_answered_for() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("control.sock");
+        let missing = String::from_utf8(ask_pid1(&socket, "pod-control 1 inspect")).expect("utf8");
+        assert!(missing.starts_with("pod-control 1 error conflict ") && missing.contains("not serving"), "{missing}");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut line = [0u8; 22];
+            s.read_exact(&mut line).expect("read");
+            s.write_all(b"pod-control 1 ok\napp a ready 5 - - 0 \n").expect("write");
+            line
+        });
+        let answer = ask_pid1(&socket, "pod-control 1 inspect");
+        assert_eq!(&server.join().expect("server"), b"pod-control 1 inspect\n");
+        assert_eq!(answer, b"pod-control 1 ok\napp a ready 5 - - 0 \n");
     }
 
     #[test]

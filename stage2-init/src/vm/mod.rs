@@ -20,6 +20,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use spec::vm::relay::GUEST_CONTROL_SOCKET;
 use spec::vm::{GuestConfig, GUEST_CONF, GUEST_MARKER, GUEST_POD_ROOT};
 
 use crate::{appfs, log, Options, EXIT_INIT_FAILED};
@@ -78,10 +79,12 @@ pub fn boot() -> i32 {
     let root = Path::new(GUEST_POD_ROOT);
     let started_at = SystemTime::now();
     let mut share_mounted = false;
-    // No control socket: one on the 9p share would not reach the host. VM
-    // pods get the control channel over virtio-serial in a later version.
+    // The control socket is guest-local: one on the 9p share would reach no
+    // one on the host. The ctl agent relays the host's requests to it
+    // (`spec::vm::relay`).
+    let control = Some(PathBuf::from(GUEST_CONTROL_SOCKET));
     let code = match prepare(root, &mut share_mounted) {
-        Ok(()) => match crate::run(&Options { root: root.to_owned(), sandbox: false, control: None }) {
+        Ok(conf) => match crate::run(&Options { root: root.to_owned(), sandbox: conf.sandbox, control }) {
             Ok(code) => i32::from(code),
             Err(e) => {
                 log!("{e}");
@@ -102,9 +105,10 @@ pub fn boot() -> i32 {
     code
 }
 
-/// Steps 1–5 of the boot, then the agents. With `pod.debug` on the kernel
-/// command line (`pod --debug`), each step logs the guest's uptime.
-fn prepare(root: &Path, share_mounted: &mut bool) -> Result<(), BootError> {
+/// Steps 1–5 of the boot, then the agents; returns the guest's
+/// configuration. With `pod.debug` on the kernel command line (`pod
+/// --debug`), each step logs the guest's uptime.
+fn prepare(root: &Path, share_mounted: &mut bool) -> Result<GuestConfig, BootError> {
     let started = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME);
     boot::mount_kernel_filesystems()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -130,9 +134,40 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<(), BootError> {
     step("network configured");
     appfs::setup_all(root, Path::new("/dev"))?;
     step("app filesystems mounted");
+    if let Some(dir) = Path::new(GUEST_CONTROL_SOCKET).parent() {
+        std::fs::create_dir_all(dir).map_err(|e| BootError::new("create directory", dir, e))?;
+    }
     agent::start_all(root);
     step("agents started");
-    Ok(())
+    Ok(conf)
+}
+
+/// An app added to the running pod (`add` on the control channel): the
+/// host has mounted its rootfs under the share; give it the guest-kernel
+/// /proc, /sys and /dev the apps of the boot got from [`appfs::setup_all`].
+/// Nothing to do outside a VM.
+pub(crate) fn app_added(root: &Path, app: &spec::AcName) -> Result<(), BootError> {
+    if !is_guest() {
+        return Ok(());
+    }
+    appfs::mount_kernel_fs(&root.join("apps").join(app.as_str()).join("rootfs"), Path::new("/dev"))
+}
+
+/// An app removed from the running pod: detaches what [`app_added`] (or
+/// the boot) mounted in its rootfs, so the host can unmount that and a
+/// later app of the same name starts afresh. Nothing to do outside a VM.
+pub(crate) fn app_removed(root: &Path, app: &spec::AcName) {
+    if !is_guest() {
+        return;
+    }
+    let rootfs = root.join("apps").join(app.as_str()).join("rootfs");
+    for dir in ["dev", "sys", "proc"] {
+        // Lazily: the masked paths and device binds below go along.
+        match nix::mount::umount2(&rootfs.join(dir), nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
+            Err(e) => log!("{app}: unmount {}: {e}", rootfs.join(dir).display()),
+        }
+    }
 }
 
 /// Ends every other process (agents, orphans), syncs, unmounts the share and

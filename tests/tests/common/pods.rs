@@ -79,6 +79,20 @@ pub fn skip_reason_vm() -> Option<String> {
     None
 }
 
+/// The pids of processes whose command line has `word` as an argument
+/// (a VM pod's qemu runs as `-name pod-<uuid>`).
+pub fn processes_with_arg(word: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).any(|w| w == word.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 // ---------------------------------------------------------------------------
 // Example images.
 
