@@ -15,7 +15,7 @@ seconds=${1:-60}
 shift || true
 cd "$(dirname "$0")"
 
-all_targets=(manifest pod_file unit aci_extract control)
+all_targets=(manifest pod_file unit aci_extract control spdy)
 targets=("${@:-${all_targets[@]}}")
 
 # Inputs larger than a real one gains nothing but slower runs: manifests and
@@ -23,7 +23,7 @@ targets=("${@:-${all_targets[@]}}")
 # must hold a few tar blocks.
 max_len() {
     case $1 in
-        manifest | pod_file | unit | control) echo 16384 ;;
+        manifest | pod_file | unit | control | spdy) echo 16384 ;;
         aci_extract) echo 65536 ;;
         *) echo 4096 ;;
     esac

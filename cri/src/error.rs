@@ -41,6 +41,8 @@ pub enum CriError {
     Unimplemented(String),
     #[error("{0}")]
     Failed(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error(transparent)]
     Prepare(#[from] PrepareError),
     #[error(transparent)]
@@ -68,6 +70,7 @@ impl CriError {
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Unimplemented(_) => Code::Unimplemented,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Prepare(e) => code_of(e.exit()),
             Self::Run(e) => code_of(e.exit()),
             Self::AddApp(e) => code_of(e.exit()),

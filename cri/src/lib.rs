@@ -3,6 +3,9 @@
 //! own: every answer is read from the store and pods directory, so restarting
 //! it disturbs nothing.
 //!
+//! Exec, Attach and PortForward answer with a URL on the streaming server
+//! (streaming/): SPDY/3.1 and WebSocket, exec through `pod enter`.
+//!
 //! stage0's library is blocking (reqwest's blocking client, flock, plain
 //! file I/O); tokio lives in this crate alone, and every library call runs on
 //! `spawn_blocking`.
@@ -22,6 +25,7 @@ pub mod sandbox;
 pub mod secctx;
 pub mod server;
 pub mod stats;
+pub mod streaming;
 pub mod update;
 pub mod vm;
 

@@ -33,7 +33,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve CRI v1 (RuntimeService: Version, Status, sandboxes and
-    /// containers; the whole ImageService) over gRPC until SIGTERM.
+    /// containers, ExecSync, and Exec, Attach and PortForward through a
+    /// streaming server speaking SPDY/3.1 and WebSocket; the whole
+    /// ImageService) over gRPC until SIGTERM.
     Serve(ServeArgs),
 }
 
@@ -57,6 +59,11 @@ struct ServeArgs {
     /// CONFIG/net.d, as `pod run` uses).
     #[arg(long)]
     cni_conf_dir: Option<PathBuf>,
+    /// Where the streaming server (Exec, Attach, PortForward: SPDY/3.1 and
+    /// WebSocket) listens; port 0 picks a free one. Its URLs hold one-shot
+    /// tokens and no other credential: keep it on loopback.
+    #[arg(long, default_value = cri::streaming::DEFAULT_ADDRESS)]
+    streaming_address: std::net::SocketAddr,
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {
@@ -102,7 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ("insecurePrefixes".to_owned(), insecure.join(",")),
     ]);
     let host = Host { dirs: dirs.clone(), cni_conf_dir: cni_conf_dir.clone(), debug };
-    let runtime = Runtime { cni_conf_dir, config, host, live: Default::default() };
+    let streaming_dirs = dirs.clone();
     let images = Images::new(
         dirs,
         PullConfig {
@@ -115,7 +122,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let listener = server::bind(&path)?;
-        server::serve(listener, &path, runtime, images).await
+        let streaming = cri::streaming::Server::start(args.streaming_address, streaming_dirs).await?;
+        let runtime = Runtime { cni_conf_dir, config, host, live: Default::default(), streaming };
+        server::serve(listener, &path, runtime, images).await?;
+        Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! The CRI RuntimeService: Version, Status, and the sandbox and container
 //! lifecycle for the namespace handler (sandbox.rs); stats and metrics
 //! (stats.rs, metrics.rs), resource updates (update.rs) and the runtime
-//! config (the pod CIDR, kept in live.rs). Calls not served yet answer
-//! Unimplemented (tonic's default stubs).
+//! config (the pod CIDR, kept in live.rs); ExecSync, and Exec, Attach and
+//! PortForward as URLs on the streaming server (streaming/). Calls not
+//! served yet answer Unimplemented (tonic's default stubs).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use crate::live::Live;
 use crate::proto;
 use crate::proto::runtime_service_server::RuntimeService;
 use crate::sandbox::{self, Host};
+use crate::streaming::{self, Pending};
 use crate::{metrics, stats, update};
 
 /// The runtime's name as CRI clients see it.
@@ -36,6 +38,8 @@ pub struct Runtime {
     pub host: Host,
     /// What the server keeps in memory: CPU samples, the pod CIDR.
     pub live: Arc<Live>,
+    /// Where Exec, Attach and PortForward URLs point.
+    pub streaming: Arc<crate::streaming::Server>,
 }
 
 impl Runtime {
@@ -382,6 +386,100 @@ impl RuntimeService for Runtime {
         let pod_metrics =
             self.blocking_live(move |host, live| metrics::list_pod_sandbox_metrics(&host.dirs, live)).await?;
         Ok(Response::new(proto::ListPodSandboxMetricsResponse { pod_metrics }))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<proto::ExecSyncRequest>,
+    ) -> Result<Response<proto::ExecSyncResponse>, Status> {
+        let req = request.into_inner();
+        let (target, argv) = self.exec_target(req.container_id, req.cmd).await?;
+        let timeout = u64::try_from(req.timeout).ok().filter(|t| *t > 0).map(Duration::from_secs);
+        let out = streaming::exec::exec_sync(&target, &argv, timeout).await.map_err(|e| match e {
+            streaming::exec::ExecError::Timeout { .. } => Status::from(CriError::DeadlineExceeded(e.to_string())),
+            streaming::exec::ExecError::Spawn(_) => Status::from(CriError::Failed(e.to_string())),
+        })?;
+        Ok(Response::new(proto::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code }))
+    }
+
+    async fn exec(&self, request: Request<proto::ExecRequest>) -> Result<Response<proto::ExecResponse>, Status> {
+        let req = request.into_inner();
+        streaming_options(req.stdin, req.stdout, req.stderr, req.tty)?;
+        self.exec_target(req.container_id.clone(), req.cmd.clone()).await?;
+        let url = self.streaming.url_for(Pending::Exec(req)).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(Response::new(proto::ExecResponse { url }))
+    }
+
+    async fn attach(&self, request: Request<proto::AttachRequest>) -> Result<Response<proto::AttachResponse>, Status> {
+        let req = request.into_inner();
+        streaming_options(req.stdin, req.stdout, req.stderr, req.tty)?;
+        self.running_container(req.container_id.clone()).await?;
+        let url =
+            self.streaming.url_for(Pending::Attach(req)).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(Response::new(proto::AttachResponse { url }))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<proto::PortForwardRequest>,
+    ) -> Result<Response<proto::PortForwardResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.pod_sandbox_id.clone();
+        self.blocking(move |host| {
+            if id.is_empty() {
+                return Err(CriError::InvalidArgument("no pod sandbox ID given".into()));
+            }
+            let s = sandbox::find_sandbox(&host.dirs, &id)?
+                .ok_or_else(|| CriError::NotFound(format!("pod sandbox {id:?} not found")))?;
+            if !s.ready() {
+                return Err(CriError::FailedPrecondition(format!("pod sandbox {} is not ready", s.pod.uuid)));
+            }
+            Ok(())
+        })
+        .await?;
+        let url =
+            self.streaming.url_for(Pending::PortForward(req)).map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(Response::new(proto::PortForwardResponse { url }))
+    }
+}
+
+/// Exec and Attach options as kubelet's streaming server checks them.
+fn streaming_options(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), Status> {
+    if tty && stderr {
+        return Err(Status::invalid_argument("tty and stderr cannot both be true"));
+    }
+    if !stdin && !stdout && !stderr {
+        return Err(Status::invalid_argument("one of stdin, stdout and stderr must be set"));
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// A running container, or why not.
+    async fn running_container(&self, id: String) -> Result<container::Container, Status> {
+        self.blocking(move |host| {
+            let c = container::find_container(&host.dirs, &id)?;
+            let state = c.status().state;
+            if state != proto::ContainerState::ContainerRunning as i32 {
+                let name = proto::ContainerState::try_from(state).map_or("unknown", |s| s.as_str_name());
+                return Err(CriError::FailedPrecondition(format!("container {} is not running ({name})", c.id())));
+            }
+            Ok(c)
+        })
+        .await
+    }
+
+    /// Where a command of a running container runs.
+    async fn exec_target(
+        &self,
+        id: String,
+        cmd: Vec<String>,
+    ) -> Result<(streaming::exec::Target, Vec<String>), Status> {
+        if cmd.is_empty() {
+            return Err(Status::invalid_argument("no command given (cmd is empty)"));
+        }
+        let c = self.running_container(id).await?;
+        Ok((streaming::exec::Target::of(&c, &self.host.dirs), cmd))
     }
 }
 

@@ -47,7 +47,9 @@ impl<R: Read> Read for Source<R> {
 
 enum Decoder<R: Read> {
     Zstd(zstd::stream::read::Decoder<'static, BufReader<Source<R>>>),
-    Gzip(flate2::bufread::MultiGzDecoder<BufReader<Source<R>>>),
+    // Boxed: flate2's zlib-rs backend (the CRI server's SPDY needs it) makes
+    // the gzip state several times the others.
+    Gzip(Box<flate2::bufread::MultiGzDecoder<BufReader<Source<R>>>>),
     Plain(BufReader<Source<R>>),
 }
 
@@ -110,7 +112,7 @@ impl<R: Read> Decompressor<R> {
                     .map_err(|source| ArchiveError::Decompress { format: "zstd", source })?,
             ),
             // Multi-member, like `gzip -d`.
-            Compression::Gzip => Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Compression::Gzip => Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered))),
             Compression::None => Decoder::Plain(buffered),
         };
         Ok(Self { decoder, compression, size: 0, limit: limits.max_uncompressed, eof: false })

@@ -1,0 +1,261 @@
+//! Attach: a running container's output as it comes, and its stdin.
+//! pod-init writes each CRI container's stdout and stderr to the
+//! container's log file in the CRI log format (`<RFC3339Nano> <stdout|stderr>
+//! <F|P> <text>`, P lines being parts of a longer line), and gives an app
+//! created with `stdin: true` a FIFO as stdin at `<pod dir>/stdin/<app>`.
+//! So attach follows the log from its end at attach time (no second copy
+//! of the output is kept anywhere), and writes the client's stdin into the
+//! FIFO.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::remotecommand::{Chan, Io, Outcome};
+
+/// How often the log is polled for more.
+const POLL: Duration = Duration::from_millis(100);
+
+/// One CRI log line: which stream, whether the line is whole (F) or a
+/// part (P), and its text.
+pub fn parse_line(line: &[u8]) -> Option<(Chan, bool, &[u8])> {
+    let mut parts = line.splitn(4, |b| *b == b' ');
+    let _time = parts.next()?;
+    let chan = match parts.next()? {
+        b"stdout" => Chan::Stdout,
+        b"stderr" => Chan::Stderr,
+        _ => return None,
+    };
+    let full = match parts.next()? {
+        b"F" => true,
+        b"P" => false,
+        // Tags may carry more than F/P, ':'-separated.
+        t => !t.split(|b| *b == b':').any(|x| x == b"P"),
+    };
+    Some((chan, full, parts.next().unwrap_or_default()))
+}
+
+/// Turns log bytes into output, a line at a time; a partial line at the
+/// end waits for its rest.
+#[derive(Debug, Default)]
+pub struct LogSplitter {
+    pending: Vec<u8>,
+}
+
+impl LogSplitter {
+    pub fn push(&mut self, data: &[u8]) -> Vec<(Chan, Bytes)> {
+        self.pending.extend_from_slice(data);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(nl) = self.pending[start..].iter().position(|b| *b == b'\n') {
+            let line = &self.pending[start..start + nl];
+            if let Some((chan, full, text)) = parse_line(line) {
+                let mut t = text.to_vec();
+                if full {
+                    t.push(b'\n');
+                }
+                out.push((chan, Bytes::from(t)));
+            }
+            start += nl + 1;
+        }
+        self.pending.drain(..start);
+        out
+    }
+}
+
+/// The app's stdin FIFO in its pod directory (pod-init makes it for an
+/// app created with `stdin: true`).
+pub fn stdin_fifo(pod_dir: &std::path::Path, app: &str) -> PathBuf {
+    pod_dir.join("stdin").join(app)
+}
+
+/// What attach needs of the container.
+#[derive(Debug, Clone)]
+pub struct AttachTarget {
+    pub log_path: PathBuf,
+    pub stdin_fifo: PathBuf,
+}
+
+/// Follows `log` from its current end, sending output until `running`
+/// says the container stopped (and what it wrote last is sent) or the
+/// client is gone. With `tty` both streams go out as stdout (a terminal
+/// has one).
+async fn follow(
+    log: PathBuf,
+    out: mpsc::Sender<(Chan, Bytes)>,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+    running: impl Fn() -> bool + Clone + Send + 'static,
+) {
+    use std::os::unix::fs::MetadataExt;
+    let mut splitter = LogSplitter::default();
+    let mut file: Option<(tokio::fs::File, u64)> = None;
+    if let Ok(mut f) = tokio::fs::File::open(&log).await {
+        if f.seek(std::io::SeekFrom::End(0)).await.is_ok() {
+            let ino = f.metadata().await.map(|m| m.ino()).unwrap_or(0);
+            file = Some((f, ino));
+        }
+    }
+    let mut buf = vec![0u8; 32 << 10];
+    let mut stopped_polls = 0;
+    let mut idle_polls = 0u32;
+    loop {
+        let mut got = 0;
+        if let Some((f, _)) = file.as_mut() {
+            got = f.read(&mut buf).await.unwrap_or(0);
+            for (chan, data) in splitter.push(&buf[..got]) {
+                let wanted = match chan {
+                    Chan::Stdout => stdout,
+                    Chan::Stderr => stderr,
+                };
+                let chan = if tty { Chan::Stdout } else { chan };
+                if wanted && out.send((chan, data)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if got > 0 {
+            continue;
+        }
+        // The log was rotated (ReopenContainerLog): the new file from its start.
+        let now = tokio::fs::metadata(&log).await.map(|m| m.ino()).ok();
+        if now.is_some() && now != file.as_ref().map(|(_, ino)| *ino) {
+            if let Ok(f) = tokio::fs::File::open(&log).await {
+                file = Some((f, now.unwrap_or(0)));
+                continue;
+            }
+        }
+        if out.is_closed() {
+            return;
+        }
+        // The container's state is files to read: off the async workers,
+        // every few idle polls.
+        idle_polls = idle_polls.wrapping_add(1);
+        if stopped_polls > 0 || idle_polls.is_multiple_of(5) {
+            let r = running.clone();
+            if !tokio::task::spawn_blocking(r).await.unwrap_or(false) {
+                // Once more after it stopped: its last lines.
+                stopped_polls += 1;
+                if stopped_polls > 2 {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Writes the client's stdin into the app's FIFO.
+async fn feed(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) {
+    // Opened for writing without blocking: the app holds the read end
+    // while it runs (ENXIO otherwise).
+    let opened = tokio::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo).await;
+    let mut w = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(fifo = %fifo.display(), error = %e, "attach: no stdin to write to");
+            while rx.recv().await.is_some() {}
+            return;
+        }
+    };
+    while let Some(data) = rx.recv().await {
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            match w.write(rest).await {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tokio::time::sleep(POLL).await,
+                Err(_) => return,
+            }
+        }
+        // tokio's File writes in the background: done before the next.
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Attach: until the container stops.
+pub async fn attach(t: AttachTarget, io: Io, running: impl Fn() -> bool + Clone + Send + 'static) -> Outcome {
+    let input = io.stdin.map(|rx| tokio::spawn(feed(t.stdin_fifo.clone(), rx)));
+    tokio::select! {
+        () = follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, io.tty, running) => {}
+        _ = io.gone => {}
+    }
+    if let Some(h) = input {
+        h.abort();
+    }
+    Outcome::Exited(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    #[test]
+    fn lines_split_by_stream_and_partials_join() {
+        let mut s = LogSplitter::default();
+        let got = s.push(b"2026-01-01T00:00:00.000000001Z stdout P hel");
+        assert!(got.is_empty());
+        let got = s.push(
+            b"\n2026-01-01T00:00:00.1Z stdout F lo\n2026-01-01T00:00:00.2Z stderr F oops\nbad line\n2026-01-01T00:00:00.3Z stdout F \n",
+        );
+        let text: Vec<(Chan, &[u8])> = got.iter().map(|(c, b)| (*c, &b[..])).collect();
+        assert_eq!(
+            text,
+            vec![
+                (Chan::Stdout, &b"hel"[..]),
+                (Chan::Stdout, b"lo\n"),
+                (Chan::Stderr, b"oops\n"),
+                (Chan::Stdout, b"\n")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn follow_starts_at_the_end_and_sees_new_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("c.log");
+        std::fs::write(&log, "2026-01-01T00:00:00Z stdout F old\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let task = tokio::spawn(follow(log.clone(), tx, true, false, false, move || {
+            !s2.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"2026-01-01T00:00:01Z stderr F skipped\n2026-01-01T00:00:01Z stdout F new\n",
+        )
+        .unwrap();
+        let (chan, data) = rx.recv().await.unwrap();
+        assert_eq!((chan, &data[..]), (Chan::Stdout, &b"new\n"[..]));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stdin_goes_into_the_fifo() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("app");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // The app's end.
+        let reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(feed(fifo.clone(), rx));
+        tx.send(Bytes::from_static(b"echo hello\n")).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        let mut got = String::new();
+        let mut r = reader;
+        std::io::Read::read_to_string(&mut r, &mut got).unwrap();
+        assert_eq!(got, "echo hello\n");
+    }
+}
