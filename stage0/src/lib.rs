@@ -13,6 +13,7 @@ pub mod exit;
 pub mod fetch;
 pub mod keys;
 pub mod lifecycle;
+mod listfile;
 pub mod mirrors;
 pub mod oci;
 pub mod paths;

@@ -14,14 +14,14 @@
 //! against the keys trusted for that name. When every mirror fails the
 //! image is pulled from its own registry.
 
-use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use spec::oci::Reference;
 
 use crate::exit::{Exit, ExitCodeOf};
+use crate::listfile::{self, ListFileError};
 use crate::trust::Scope;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,15 @@ pub enum MirrorError {
     Invalid(String),
     #[error("no mirror with prefix {0:?}")]
     NotFound(String),
+}
+
+impl From<ListFileError> for MirrorError {
+    fn from(e: ListFileError) -> Self {
+        match e {
+            ListFileError::Io { op, path, source } => Self::Io { op, path, source },
+            ListFileError::Parse { path, source } => Self::Parse { path, source },
+        }
+    }
 }
 
 impl ExitCodeOf for MirrorError {
@@ -129,16 +138,7 @@ impl Mirrors {
     }
 
     pub fn list(&self) -> Result<Vec<Mirror>, MirrorError> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(MirrorError::Io { op: "read", path: self.path.clone(), source }),
-        };
-        if text.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        let list: Vec<Mirror> =
-            serde_yaml::from_str(&text).map_err(|source| MirrorError::Parse { path: self.path.clone(), source })?;
+        let list: Vec<Mirror> = listfile::read(&self.path)?;
         for m in &list {
             Mirror::new(&m.prefix, &m.mirror)
                 .map_err(|e| MirrorError::Invalid(format!("{}: {e}", self.path.display())))?;
@@ -147,17 +147,7 @@ impl Mirrors {
     }
 
     fn save(&self, list: &[Mirror]) -> Result<(), MirrorError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(|source| MirrorError::Io {
-            op: "create directory",
-            path: dir.to_owned(),
-            source,
-        })?;
-        let text =
-            serde_yaml::to_string(list).map_err(|source| MirrorError::Parse { path: self.path.clone(), source })?;
-        let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
-        fs::write(&tmp, text).map_err(|source| MirrorError::Io { op: "write", path: tmp.clone(), source })?;
-        fs::rename(&tmp, &self.path).map_err(|source| MirrorError::Io { op: "rename", path: self.path.clone(), source })
+        Ok(listfile::write(&self.path, list)?)
     }
 
     /// Adds a mirror; a prefix may have several, tried in the order added.

@@ -11,14 +11,14 @@
 //! prefix wins. The signature is fetched from the same URL plus `.sig`.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use spec::AcIdentifier;
 
 use crate::exit::{Exit, ExitCodeOf};
+use crate::listfile::{self, ListFileError};
 use crate::trust::Scope;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,15 @@ pub enum SourceError {
     MissingLabel { template: String, label: String, image: String },
     #[error("no source with prefix {0:?}")]
     NotFound(String),
+}
+
+impl From<ListFileError> for SourceError {
+    fn from(e: ListFileError) -> Self {
+        match e {
+            ListFileError::Io { op, path, source } => Self::Io { op, path, source },
+            ListFileError::Parse { path, source } => Self::Parse { path, source },
+        }
+    }
 }
 
 impl ExitCodeOf for SourceError {
@@ -116,16 +125,7 @@ impl Sources {
     }
 
     pub fn list(&self) -> Result<Vec<Source>, SourceError> {
-        let text = match fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(SourceError::Io { op: "read", path: self.path.clone(), source }),
-        };
-        if text.trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        let list: Vec<Source> =
-            serde_yaml::from_str(&text).map_err(|source| SourceError::Parse { path: self.path.clone(), source })?;
+        let list: Vec<Source> = listfile::read(&self.path)?;
         for s in &list {
             Source::new(&s.prefix, &s.url)
                 .map_err(|e| SourceError::Invalid(format!("{}: {e}", self.path.display())))?;
@@ -134,17 +134,7 @@ impl Sources {
     }
 
     fn save(&self, list: &[Source]) -> Result<(), SourceError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(|source| SourceError::Io {
-            op: "create directory",
-            path: dir.to_owned(),
-            source,
-        })?;
-        let text =
-            serde_yaml::to_string(list).map_err(|source| SourceError::Parse { path: self.path.clone(), source })?;
-        let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
-        fs::write(&tmp, text).map_err(|source| SourceError::Io { op: "write", path: tmp.clone(), source })?;
-        fs::rename(&tmp, &self.path).map_err(|source| SourceError::Io { op: "rename", path: self.path.clone(), source })
+        Ok(listfile::write(&self.path, list)?)
     }
 
     /// Adds or replaces the source for `source.prefix`.
