@@ -99,25 +99,31 @@ where
     session.finish().await;
 }
 
-/// One forwarded connection.
-async fn forward(writer: Writer, netns: PathBuf, port: u16, error: u32, data: u32, mut rx: mpsc::Receiver<Bytes>) {
-    let connected = tokio::task::spawn_blocking(move || connect_in_netns(netns, port))
+/// A connection to `port` on the pod's loopback, made off the async
+/// workers (the thread that joins the pod's network namespace blocks).
+pub async fn connect(netns: PathBuf, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    tokio::task::spawn_blocking(move || connect_in_netns(netns, port))
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-    let stream = match connected.and_then(|s| {
-        s.set_nonblocking(true)?;
-        tokio::net::TcpStream::from_std(s)
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            let msg = format!("error forwarding port {port} to the pod: {e}");
-            tracing::debug!("{msg}");
-            writer.data(error, Bytes::from(msg)).await;
-            writer.fin(error).await;
-            writer.fin(data).await;
-            return;
-        }
-    };
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+        .and_then(|s| {
+            s.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(s)
+        })
+}
+
+/// Where a forwarded connection's bytes from the pod go: one transport's
+/// data stream or channel.
+pub trait ToClient: Send {
+    /// Sends bytes the pod wrote; `false`: the client is gone.
+    fn data(&mut self, bytes: &[u8]) -> impl std::future::Future<Output = bool> + Send;
+    /// The pod closed its side.
+    fn closed(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Pipes one forwarded connection both ways, whatever the transport: what
+/// `rx` brings goes to the pod (its write side shut when `rx` ends), what
+/// the pod sends goes to `out`.
+pub async fn pump(stream: tokio::net::TcpStream, mut rx: mpsc::Receiver<Bytes>, out: &mut impl ToClient) {
     let (mut rd, mut wr) = stream.into_split();
     let to_pod = async {
         while let Some(chunk) = rx.recv().await {
@@ -133,16 +139,49 @@ async fn forward(writer: Writer, netns: PathBuf, port: u16, error: u32, data: u3
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if !writer.data(data, Bytes::copy_from_slice(&buf[..n])).await {
+                    if !out.data(&buf[..n]).await {
                         break;
                     }
                 }
             }
         }
-        writer.fin(data).await;
+        out.closed().await;
     };
     tokio::join!(to_pod, from_pod);
+}
+
+/// One forwarded connection.
+async fn forward(writer: Writer, netns: PathBuf, port: u16, error: u32, data: u32, rx: mpsc::Receiver<Bytes>) {
+    let stream = match connect(netns, port).await {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("error forwarding port {port} to the pod: {e}");
+            tracing::debug!("{msg}");
+            writer.data(error, Bytes::from(msg)).await;
+            writer.fin(error).await;
+            writer.fin(data).await;
+            return;
+        }
+    };
+    let mut out = SpdyData { writer: &writer, data };
+    pump(stream, rx, &mut out).await;
     writer.fin(error).await;
+}
+
+/// A forwarded connection's SPDY data stream.
+struct SpdyData<'a> {
+    writer: &'a Writer,
+    data: u32,
+}
+
+impl ToClient for SpdyData<'_> {
+    async fn data(&mut self, bytes: &[u8]) -> bool {
+        self.writer.data(self.data, Bytes::copy_from_slice(bytes)).await
+    }
+
+    async fn closed(&mut self) {
+        self.writer.fin(self.data).await;
+    }
 }
 
 #[cfg(test)]

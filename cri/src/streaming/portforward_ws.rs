@@ -11,12 +11,12 @@ use std::path::PathBuf;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::portforward::connect_in_netns;
+use super::portforward::{connect, pump, ToClient};
 
 /// The subprotocol.
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
@@ -89,22 +89,8 @@ where
     let _ = send.await;
 }
 
-async fn forward(
-    tx: mpsc::Sender<Message>,
-    netns: PathBuf,
-    port: u16,
-    data: u8,
-    error: u8,
-    mut rx: mpsc::Receiver<Bytes>,
-) {
-    let connected = tokio::task::spawn_blocking(move || connect_in_netns(netns, port))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-        .and_then(|s| {
-            s.set_nonblocking(true)?;
-            tokio::net::TcpStream::from_std(s)
-        });
-    let stream = match connected {
+async fn forward(tx: mpsc::Sender<Message>, netns: PathBuf, port: u16, data: u8, error: u8, rx: mpsc::Receiver<Bytes>) {
+    let stream = match connect(netns, port).await {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("error forwarding port {port} to the pod: {e}");
@@ -112,29 +98,23 @@ async fn forward(
             return;
         }
     };
-    let (mut rd, mut wr) = stream.into_split();
-    let to_pod = async {
-        while let Some(chunk) = rx.recv().await {
-            if wr.write_all(&chunk).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    };
-    let from_pod = async {
-        let mut buf = vec![0u8; 32 << 10];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.send(message(data, &buf[..n])).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    tokio::join!(to_pod, from_pod);
+    pump(stream, rx, &mut WsData { tx, data }).await;
+}
+
+/// A forwarded connection's data channel.
+struct WsData {
+    tx: mpsc::Sender<Message>,
+    data: u8,
+}
+
+impl ToClient for WsData {
+    async fn data(&mut self, bytes: &[u8]) -> bool {
+        self.tx.send(message(self.data, bytes)).await.is_ok()
+    }
+
+    /// The channel has no end of its own: the connection ends with the
+    /// WebSocket.
+    async fn closed(&mut self) {}
 }
 
 #[cfg(test)]
@@ -161,7 +141,8 @@ mod tests {
             std::io::Read::read_exact(&mut s, &mut buf).unwrap();
             std::io::Write::write_all(&mut s, &buf).unwrap();
         });
-        if connect_in_netns(PathBuf::from("/proc/self/ns/net"), 1).is_err_and(|e| e.raw_os_error() == Some(libc::EPERM))
+        if super::super::portforward::connect_in_netns(PathBuf::from("/proc/self/ns/net"), 1)
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EPERM))
         {
             eprintln!("SKIP: setns needs CAP_SYS_ADMIN");
             return;
