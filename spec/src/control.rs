@@ -12,9 +12,10 @@
 //! pod-control 1 add db
 //! pod-control 1 remove db
 //! pod-control 1 reopen-log db (close the app's log file, open its path anew)
+//! pod-control 1 close-stdin db (pod-init lets go of the app's stdin FIFO)
 //! ```
 //!
-//! `stop` with a timeout and `reopen-log` came later within version 1: a
+//! `stop` with a timeout, `reopen-log` and `close-stdin` came later within version 1: a
 //! pod-init that predates them refuses them as a bad request, and every
 //! request it knew reads as it did.
 //!
@@ -70,6 +71,10 @@ pub enum Request {
     /// the old one was renamed away: log rotation, CRI's
     /// ReopenContainerLog). Refused unless the app runs.
     ReopenLog(AcName),
+    /// Close pod-init's own write end of the app's stdin FIFO, so the app
+    /// reads end-of-file once the writers it has now are gone (CRI's
+    /// `stdin_once`: the first attach's stdin is the app's whole input).
+    CloseStdin(AcName),
 }
 
 impl Request {
@@ -82,7 +87,8 @@ impl Request {
             | Request::Start(a)
             | Request::Add(a)
             | Request::Remove(a)
-            | Request::ReopenLog(a) => Some(a),
+            | Request::ReopenLog(a)
+            | Request::CloseStdin(a) => Some(a),
         }
     }
 }
@@ -182,6 +188,7 @@ impl Request {
             Request::Add(_) => "add",
             Request::Remove(_) => "remove",
             Request::ReopenLog(_) => "reopen-log",
+            Request::CloseStdin(_) => "close-stdin",
         };
         match (self.app(), self) {
             (Some(app), Request::StopWithin(_, t)) => {
@@ -224,6 +231,7 @@ impl Request {
             "add" => Ok(Request::Add(app()?)),
             "remove" => Ok(Request::Remove(app()?)),
             "reopen-log" => Ok(Request::ReopenLog(app()?)),
+            "close-stdin" => Ok(Request::CloseStdin(app()?)),
             other => Err(malformed("request", format!("unknown verb {other:?}"))),
         }
     }
@@ -372,12 +380,15 @@ mod tests {
             Request::StopWithin(name("db"), Duration::ZERO),
             Request::StopWithin(name("db"), Duration::from_millis(2500)),
             Request::ReopenLog(name("web")),
+            Request::CloseStdin(name("web")),
         ] {
             assert_eq!(Request::parse(&r.render()), Ok(r));
         }
         assert_eq!(Request::StopWithin(name("db"), Duration::from_secs(30)).render(), "pod-control 1 stop db 30\n");
         assert_eq!(Request::StopWithin(name("db"), Duration::ZERO).render(), "pod-control 1 stop db 0\n");
         assert_eq!(Request::ReopenLog(name("db")).render(), "pod-control 1 reopen-log db\n");
+        assert_eq!(Request::CloseStdin(name("db")).render(), "pod-control 1 close-stdin db\n");
+        assert_eq!(Request::parse("pod-control 1 close-stdin db\n"), Ok(Request::CloseStdin(name("db"))));
         assert_eq!(
             Request::parse("pod-control 1 stop db 1.5s"),
             Ok(Request::StopWithin(name("db"), Duration::from_millis(1500)))

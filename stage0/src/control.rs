@@ -229,6 +229,12 @@ pub fn reopen_log(pod: &PodRef, app: &AcName) -> Result<(), ControlError> {
     request(pod, &Request::ReopenLog(app.clone())).map(drop)
 }
 
+/// Has pod-init let go of the app's stdin FIFO: the app reads end-of-file
+/// once its current writers are gone (CRI's `stdin_once`).
+pub fn close_stdin(pod: &PodRef, app: &AcName) -> Result<(), ControlError> {
+    request(pod, &Request::CloseStdin(app.clone())).map(drop)
+}
+
 /// Starts an ended app again and waits until it runs; an app that cannot
 /// be started (its exec failed, say) is an error with pod-init's message.
 pub fn start(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {

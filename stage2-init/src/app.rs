@@ -127,6 +127,9 @@ pub struct App {
     pub message: String,
     /// The CRI log writer of its latest start (`LogFormat=cri`).
     pub cri: Option<crate::supervise::CriLog>,
+    /// pod-init's write end of the app's stdin FIFO (`Stdin=fifo`), until
+    /// `close-stdin` or the app's end.
+    pub stdin_keeper: Option<std::os::fd::OwnedFd>,
 }
 
 impl App {
@@ -159,6 +162,7 @@ impl App {
             failed_seq: 0,
             message: String::new(),
             cri: None,
+            stdin_keeper: None,
         }
     }
 

@@ -431,7 +431,7 @@ impl Supervisor {
                     stderr: stdio.stderr(),
                 };
                 let spawned = launch::spawn(&launch).map_err(|e| format!("fork: {e}"));
-                app.cri = stdio.launched();
+                (app.cri, app.stdin_keeper) = stdio.launched();
                 spawned
             }
         };

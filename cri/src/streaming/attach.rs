@@ -73,10 +73,24 @@ pub fn stdin_fifo(pod_dir: &std::path::Path, app: &str) -> PathBuf {
 }
 
 /// What attach needs of the container.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AttachTarget {
     pub log_path: PathBuf,
     pub stdin_fifo: PathBuf,
+    /// For a `stdin_once` container: run (blocking) once the client's
+    /// stdin ended, to have pod-init let go of the FIFO so the app reads
+    /// end-of-file.
+    pub stdin_once: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for AttachTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttachTarget")
+            .field("log_path", &self.log_path)
+            .field("stdin_fifo", &self.stdin_fifo)
+            .field("stdin_once", &self.stdin_once.is_some())
+            .finish()
+    }
 }
 
 /// Follows `log` from its current end, sending output until `running`
@@ -149,8 +163,19 @@ async fn follow(
     }
 }
 
-/// Writes the client's stdin into the app's FIFO.
-async fn feed(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) {
+/// Writes the client's stdin into the app's FIFO; once it ends, closes our
+/// end and runs `once` (a `stdin_once` container's end of input).
+async fn feed(fifo: PathBuf, rx: mpsc::Receiver<Bytes>, once: Option<std::sync::Arc<dyn Fn() + Send + Sync>>) {
+    if copy_in(fifo, rx).await {
+        if let Some(once) = once {
+            let _ = tokio::task::spawn_blocking(move || once()).await;
+        }
+    }
+}
+
+/// Copies the client's stdin into the FIFO; `true` when the client ended
+/// it (not an error).
+async fn copy_in(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) -> bool {
     // Opened for writing without blocking: the app holds the read end
     // while it runs (ENXIO otherwise).
     let opened = tokio::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo).await;
@@ -159,7 +184,7 @@ async fn feed(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) {
         Err(e) => {
             tracing::debug!(fifo = %fifo.display(), error = %e, "attach: no stdin to write to");
             while rx.recv().await.is_some() {}
-            return;
+            return false;
         }
     };
     while let Some(data) = rx.recv().await {
@@ -168,19 +193,20 @@ async fn feed(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) {
             match w.write(rest).await {
                 Ok(n) => rest = &rest[n..],
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tokio::time::sleep(POLL).await,
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
         // tokio's File writes in the background: done before the next.
         if w.flush().await.is_err() {
-            return;
+            return false;
         }
     }
+    true
 }
 
 /// Attach: until the container stops.
 pub async fn attach(t: AttachTarget, io: Io, running: impl Fn() -> bool + Clone + Send + 'static) -> Outcome {
-    let input = io.stdin.map(|rx| tokio::spawn(feed(t.stdin_fifo.clone(), rx)));
+    let input = io.stdin.map(|rx| tokio::spawn(feed(t.stdin_fifo.clone(), rx, t.stdin_once.clone())));
     tokio::select! {
         () = follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, io.tty, running) => {}
         _ = io.gone => {}
@@ -249,10 +275,17 @@ mod tests {
         // The app's end.
         let reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(feed(fifo.clone(), rx));
+        // A stdin_once container's hook runs once the client's stdin ended.
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ended.clone();
+        let once: std::sync::Arc<dyn Fn() + Send + Sync> =
+            std::sync::Arc::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+        let task = tokio::spawn(feed(fifo.clone(), rx, Some(once)));
         tx.send(Bytes::from_static(b"echo hello\n")).await.unwrap();
+        assert!(!ended.load(std::sync::atomic::Ordering::SeqCst), "ran before stdin ended");
         drop(tx);
         task.await.unwrap();
+        assert!(ended.load(std::sync::atomic::Ordering::SeqCst), "stdin_once hook not run");
         let mut got = String::new();
         let mut r = reader;
         std::io::Read::read_to_string(&mut r, &mut got).unwrap();

@@ -279,9 +279,23 @@ impl Server {
                         Ok(Err(e)) => return Outcome::Failed(e.to_string()),
                         Err(e) => return Outcome::Failed(e.to_string()),
                     };
+                    let stdin_once: Option<std::sync::Arc<dyn Fn() + Send + Sync>> = match c.record.stdin_once {
+                        true => {
+                            let (pod, app) = (c.sandbox.pod.clone(), c.record.app.clone());
+                            Some(std::sync::Arc::new(move || {
+                                if let Ok(app) = spec::AcName::new(app.clone()) {
+                                    if let Err(e) = stage0::control::close_stdin(&pod, &app) {
+                                        tracing::debug!(error = %e, "attach: close-stdin");
+                                    }
+                                }
+                            }))
+                        }
+                        false => None,
+                    };
                     let t = attach::AttachTarget {
                         log_path: c.record.log_path.clone().into(),
                         stdin_fifo: attach::stdin_fifo(&c.sandbox.pod.dir, &c.record.app),
+                        stdin_once,
                     };
                     let id = c.id();
                     let running = move || {

@@ -118,9 +118,11 @@ impl Supervisor {
             Request::Inspect => return Response::Ok(self.apps.iter().map(info).collect()),
             Request::Add(name) => return self.add_app(name, now),
             Request::Remove(name) => return self.remove_app(name),
-            Request::Stop(name) | Request::StopWithin(name, _) | Request::Start(name) | Request::ReopenLog(name) => {
-                name
-            }
+            Request::Stop(name)
+            | Request::StopWithin(name, _)
+            | Request::Start(name)
+            | Request::ReopenLog(name)
+            | Request::CloseStdin(name) => name,
         };
         let Some(i) = self.apps.iter().position(|a| a.plan.name == *name) else {
             return refuse(ErrorKind::NoSuchApp, format!("no app {name} in this pod"));
@@ -129,6 +131,12 @@ impl Supervisor {
             Request::Stop(_) => self.stop_app(i, now, None),
             Request::StopWithin(_, grace) => self.stop_app(i, now, Some(*grace)),
             Request::ReopenLog(_) => self.reopen_log(i),
+            Request::CloseStdin(_) => {
+                // The app reads end-of-file once the writers it has now are
+                // gone; closing twice, or with no FIFO, changes nothing.
+                self.apps[i].stdin_keeper = None;
+                Ok(())
+            }
             _ => self.start_app(i, now),
         };
         match result {

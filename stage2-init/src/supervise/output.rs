@@ -36,6 +36,9 @@ const DRAIN_READS: usize = (1 << 20) / CRI_LINE_MAX;
 pub struct Stdio {
     /// `None`: /dev/null.
     pub stdin: Option<OwnedFd>,
+    /// pod-init's own write end of the stdin FIFO: while it is open the
+    /// app never reads end-of-file, whoever comes and goes.
+    stdin_keeper: Option<OwnedFd>,
     /// The log file (raw), or the write ends of the pipes (CRI).
     out: OwnedFd,
     err: Option<OwnedFd>,
@@ -54,8 +57,10 @@ impl Stdio {
 
     /// The app is launched: our copies of its ends go; what is left to
     /// read is the CRI writer's.
-    pub fn launched(self) -> Option<CriLog> {
-        self.cri
+    /// What pod-init keeps once the app is launched: the CRI writer and
+    /// the stdin FIFO's keeper.
+    pub fn launched(self) -> (Option<CriLog>, Option<OwnedFd>) {
+        (self.cri, self.stdin_keeper)
     }
 }
 
@@ -91,9 +96,12 @@ pub fn log_path(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> PathBuf
 pub fn open(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> Result<Stdio, String> {
     let path = log_path(root, logs_dir, app, unit);
     let file = open_log(&path)?;
-    let stdin = if unit.stdin_fifo { Some(open_fifo(root, app)?) } else { None };
+    let (stdin, stdin_keeper) = match unit.stdin_fifo {
+        true => open_fifo(root, app).map(|(r, w)| (Some(r), Some(w)))?,
+        false => (None, None),
+    };
     if unit.log_format == LogFormat::Raw {
-        return Ok(Stdio { stdin, out: OwnedFd::from(file), err: None, cri: None });
+        return Ok(Stdio { stdin, stdin_keeper, out: OwnedFd::from(file), err: None, cri: None });
     }
     let pipe = || {
         let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
@@ -106,12 +114,15 @@ pub fn open(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> Result<Stdi
     let (err_r, err_w) = pipe()?;
     let pipes = vec![(out_r, Splitter::new(Stream::Stdout)), (err_r, Splitter::new(Stream::Stderr))];
     let cri = CriLog { path, file: Some(file), pipes, write_failed: false };
-    Ok(Stdio { stdin, out: out_w, err: Some(err_w), cri: Some(cri) })
+    Ok(Stdio { stdin, stdin_keeper, out: out_w, err: Some(err_w), cri: Some(cri) })
 }
 
 /// Makes `/stdin/<app>` (a FIFO, mode 0600, in a directory only root may
-/// enter) unless it is there, and opens it for reading and writing.
-fn open_fifo(root: &Path, app: &str) -> Result<OwnedFd, String> {
+/// enter) unless it is there, and opens it: the app's read end (blocking,
+/// as a stdin is) and pod-init's keeper write end. The app's end is
+/// read-only so that it reads end-of-file once every writer, the keeper
+/// included (`close-stdin`), has closed.
+fn open_fifo(root: &Path, app: &str) -> Result<(OwnedFd, OwnedFd), String> {
     let dir = root.join("stdin");
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(format!("stdin {}: {e}", dir.display())),
@@ -126,13 +137,21 @@ fn open_fifo(root: &Path, app: &str) -> Result<OwnedFd, String> {
     if !is_fifo {
         return Err(format!("stdin {}: not a FIFO", path.display()));
     }
-    let f = OpenOptions::new()
+    let err = |e: std::io::Error| format!("stdin {}: {e}", path.display());
+    // Non-blocking, or opening the read end would wait for a writer.
+    let read = OpenOptions::new()
         .read(true)
-        .write(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
         .open(&path)
+        .map_err(err)?;
+    let keeper = OpenOptions::new()
+        .write(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .open(&path)
+        .map_err(err)?;
+    nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))
         .map_err(|e| format!("stdin {}: {e}", path.display()))?;
-    Ok(OwnedFd::from(f))
+    Ok((OwnedFd::from(read), OwnedFd::from(keeper)))
 }
 
 impl CriLog {
