@@ -379,12 +379,9 @@ pub fn start_container(dirs: &Dirs, id: &str) -> Result<(), CriError> {
 /// An OCI image's `Entrypoint` from its stored config (none for an ACI,
 /// whose exec is one command line).
 fn image_entrypoint(store: &Store, meta: &stage0::store::ImageMeta) -> Vec<String> {
-    if meta.oci.is_none() {
-        return Vec::new();
-    }
-    let path = store.image_dir(&meta.id).join(stage0::oci::store::CONFIG_FILE);
-    let config: Option<serde_json::Value> = read_json(&path);
-    config.and_then(|c| serde_json::from_value(c["config"]["Entrypoint"].clone()).ok()).unwrap_or_default()
+    crate::images::oci_config(store, meta)
+        .and_then(|mut c| serde_json::from_value(c["Entrypoint"].take()).ok())
+        .unwrap_or_default()
 }
 
 /// The app a container's record adds to its sandbox.

@@ -80,19 +80,20 @@ pub fn to_image(store: &Store, m: &ImageMeta) -> proto::Image {
     }
 }
 
+/// The `config` section (User, Entrypoint, ...) of a stored OCI image's
+/// config; `None` for an ACI or a config that cannot be read.
+pub(crate) fn oci_config(store: &Store, m: &ImageMeta) -> Option<serde_json::Value> {
+    m.oci.as_ref()?;
+    let path = store.image_dir(&m.id).join(stage0::oci::store::CONFIG_FILE);
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    Some(config["config"].take())
+}
+
 /// The user an OCI image's config runs as (`User`: `uid`, `name`, either
 /// with `:group`): CRI's `uid` for a number, `username` for a name. An ACI
 /// (or a config that cannot be read) reports neither.
 fn image_user(store: &Store, m: &ImageMeta) -> (Option<i64>, String) {
-    if m.oci.is_none() {
-        return (None, String::new());
-    }
-    let path = store.image_dir(&m.id).join(stage0::oci::store::CONFIG_FILE);
-    let user = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|c| c["config"]["User"].as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let user = oci_config(store, m).and_then(|c| c["User"].as_str().map(str::to_owned)).unwrap_or_default();
     parse_user(&user)
 }
 
