@@ -33,9 +33,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve CRI v1 (RuntimeService: Version, Status, sandboxes and
-    /// containers, ExecSync, and Exec, Attach and PortForward through a
-    /// streaming server speaking SPDY/3.1 and WebSocket; the whole
-    /// ImageService) over gRPC until SIGTERM.
+    /// containers, ReopenContainerLog, stats and metrics,
+    /// UpdateContainerResources, UpdateRuntimeConfig, ExecSync, and Exec,
+    /// Attach and PortForward through a streaming server speaking SPDY/3.1
+    /// and WebSocket; the whole ImageService) over gRPC until SIGTERM.
     Serve(ServeArgs),
 }
 
