@@ -3,7 +3,6 @@
 
 use super::*;
 
-
 /// A process as `/proc/PID/stat` shows it; `start` (field 22) tells a pid
 /// reused later from this one.
 #[derive(Debug, Clone, PartialEq, Eq)]
