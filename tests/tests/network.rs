@@ -166,3 +166,62 @@ fn two_pods_of_one_file_serve_on_their_own_ports_at_once() {
     assert!(refused(p1), "127.0.0.1:{p1} still open after its pod stopped");
     assert_eq!(http_get(p2), Ok((200, "visits: 3\n".to_owned())));
 }
+
+/// `pod ARGS` in a private mount namespace where /usr/sbin (and so /sbin)
+/// shows every program but iptables' own: a host without the iptables
+/// package, as far as `pod` and its CNI plugins can tell. The host's own
+/// /usr/sbin is untouched.
+fn without_iptables(live: &Live, args: &[&str]) -> std::process::Output {
+    let shadow = live.work.join("no-iptables");
+    let real = live.work.join("real-sbin");
+    std::fs::create_dir_all(&shadow).unwrap();
+    std::fs::create_dir_all(&real).unwrap();
+    for entry in std::fs::read_dir("/usr/sbin").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let iptables =
+            ["iptables", "ip6tables", "xtables", "arptables", "ebtables"].iter().any(|t| name.starts_with(t));
+        if !iptables {
+            let _ = std::os::unix::fs::symlink(real.join(&name), shadow.join(&name));
+        }
+    }
+    let cmd = live.cmd(args);
+    let script = r#"mount --bind /usr/sbin "$1" && mount --bind "$2" /usr/sbin && shift 2 && exec "$@""#;
+    let mut wrapped = std::process::Command::new("unshare");
+    wrapped.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"]).arg(&real).arg(&shadow);
+    wrapped.arg(cmd.get_program()).args(cmd.get_args()).current_dir(&live.work).stdin(std::process::Stdio::null());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    output_within(wrapped, Duration::from_secs(120), &args.join(" "))
+}
+
+// A host without iptables: the pod's port mapping (CNI portmap) cannot be
+// set up, and `pod run` says what to install; the failed start leaves
+// nothing `pod gc` cannot collect (before, the rollback's DEL failed too and
+// the pod could never be collected).
+#[test]
+fn without_iptables_a_pod_with_ports_fails_clearly_and_gc_collects_it() {
+    skip_unless_pods!();
+    if !std::path::Path::new("/usr/sbin/iptables").exists() {
+        eprintln!("SKIP: no /usr/sbin/iptables to hide");
+        return;
+    }
+    let live = Live::with_net(&[Example::Redis, Example::Web]);
+    let net = live.net.clone().unwrap();
+    let file = live.web_db_file("noipt", free_port());
+    let args = ["run", "-d", "--net", &net.name, p(&file)];
+    let out = without_iptables(&live, &args);
+    assert!(!out.status.success(), "{}", describe(&args, &out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("portmap") && err.contains("install Debian's iptables package"), "{err}");
+    eprintln!("pod run without iptables said: {}", err.trim());
+
+    let out = without_iptables(&live, &["gc"]);
+    assert!(out.status.success(), "{}", describe(&["gc"], &out));
+    let left = live.pods();
+    assert!(left.is_empty(), "pods left after gc: {left:?}");
+    assert!(links_on(&net.bridge).is_empty(), "veths left: {:?}", links_on(&net.bridge));
+}

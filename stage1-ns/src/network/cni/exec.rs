@@ -19,7 +19,7 @@ use super::CniError;
 use crate::network::sys;
 
 /// `PATH` for plugins: portmap and the bridge's ipMasq run `iptables`.
-const PLUGIN_PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const PLUGIN_PATH_ENV: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// More than any real result or error document; beyond it output is dropped.
 const MAX_OUTPUT: u64 = 4 << 20;
 /// How long readers may lag behind an exited (or killed) plugin, e.g. when
@@ -53,6 +53,24 @@ pub(crate) struct Invocation<'a> {
     pub plugin_dirs: &'a [PathBuf],
     pub timeout: Duration,
     pub read_only_sysctls: bool,
+    /// `PATH` in the plugin's environment.
+    pub path_env: &'a str,
+}
+
+/// The programs plugins run that a host may lack: portmap and the bridge's
+/// `ipMasq` need iptables (or ip6tables), from Debian's `iptables` package.
+const HELPERS: &[&str] = &["iptables", "ip6tables"];
+
+/// The helper plugins need that is on none of `path_env`'s directories
+/// (`Some("iptables")` when neither iptables nor ip6tables is).
+pub(crate) fn missing_helper(path_env: &str) -> Option<&'static str> {
+    use std::os::unix::fs::PermissionsExt;
+    let found = HELPERS.iter().any(|helper| {
+        std::env::split_paths(path_env)
+            .map(|dir| dir.join(helper))
+            .any(|path| path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+    });
+    (!found).then_some(HELPERS[0])
 }
 
 /// The first executable file named `plugin` in `dirs`.
@@ -76,7 +94,7 @@ pub(crate) fn run(inv: &Invocation<'_>, plugin: &str, stdin: &[u8]) -> Result<Ve
         .env("CNI_NETNS", inv.netns.map(Path::as_os_str).unwrap_or_default())
         .env("CNI_IFNAME", inv.ifname)
         .env("CNI_PATH", cni_path)
-        .env("PATH", PLUGIN_PATH_ENV)
+        .env("PATH", inv.path_env)
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

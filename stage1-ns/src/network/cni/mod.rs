@@ -58,6 +58,8 @@ pub enum CniError {
     BadResult { plugin: String, verb: Verb, reason: String },
     #[error("CNI cache {}: {reason}", path.display())]
     Cache { path: PathBuf, reason: String },
+    #[error("{error} ({helper} is not installed, and CNI plugins need it: install Debian's {helper} package)")]
+    HelperMissing { helper: &'static str, error: Box<CniError> },
     #[error("{error} (and the rollback failed too: {rollback})")]
     RollbackFailed { error: Box<CniError>, rollback: Box<CniError> },
 }
@@ -77,6 +79,7 @@ pub struct Cni {
     cache_dir: PathBuf,
     timeout: Duration,
     read_only_sysctls: bool,
+    path_env: String,
 }
 
 impl Cni {
@@ -88,6 +91,7 @@ impl Cni {
             cache_dir: cache_dir.into(),
             timeout: DEFAULT_PLUGIN_TIMEOUT,
             read_only_sysctls: false,
+            path_env: exec::PLUGIN_PATH_ENV.to_owned(),
         }
     }
 
@@ -108,6 +112,13 @@ impl Cni {
     /// sysctls, and for tests, which must not change any.
     pub fn with_read_only_sysctls(mut self, read_only: bool) -> Self {
         self.read_only_sysctls = read_only;
+        self
+    }
+
+    /// `PATH` for plugins and the helpers they run (tests leave helpers out).
+    #[cfg(test)]
+    pub(crate) fn with_path_env(mut self, path_env: &str) -> Self {
+        self.path_env = path_env.to_owned();
         self
     }
 
@@ -175,6 +186,7 @@ impl Cni {
                 reason,
             })
         });
+        let attached = attached.map_err(|error| self.with_missing_helper(error));
         match attached {
             Ok(attachment) => {
                 entry.result = prev;
@@ -235,8 +247,35 @@ impl Cni {
         let inv = self.invocation(Verb::Del, container_id, netns, ifname);
         list.plugins.iter().rev().try_for_each(|plugin| {
             let stdin = list.plugin_stdin(plugin, prev, ports);
-            exec::run(&inv, &plugin.plugin_type, &to_bytes(&stdin)).map(drop)
+            match exec::run(&inv, &plugin.plugin_type, &to_bytes(&stdin)) {
+                Ok(_) => Ok(()),
+                // Without iptables no rule of the pod's can exist (unless
+                // iptables was removed since, and then nothing here can
+                // delete them): a pod must not become uncollectable.
+                Err(error) => match self.with_missing_helper(error) {
+                    CniError::HelperMissing { helper, error } => {
+                        tracing::warn!(
+                            container_id,
+                            plugin = %plugin.plugin_type,
+                            "{error}; carrying on without it: {helper} is not installed (install Debian's {helper} \
+                             package, then remove any CNI-* chains left by hand)"
+                        );
+                        Ok(())
+                    }
+                    error => Err(error),
+                },
+            }
         })
+    }
+
+    /// `error`, said to come from a missing helper when a plugin failed and
+    /// the helper is not on the plugins' `PATH`.
+    fn with_missing_helper(&self, error: CniError) -> CniError {
+        let from_plugin = matches!(error, CniError::Plugin { .. } | CniError::PluginFailed { .. });
+        match exec::missing_helper(&self.path_env) {
+            Some(helper) if from_plugin => CniError::HelperMissing { helper, error: Box::new(error) },
+            _ => error,
+        }
     }
 
     fn invocation<'a>(
@@ -254,6 +293,7 @@ impl Cni {
             plugin_dirs: &self.plugin_dirs,
             timeout: self.timeout,
             read_only_sysctls: self.read_only_sysctls,
+            path_env: &self.path_env,
         }
     }
 }

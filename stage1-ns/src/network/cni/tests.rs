@@ -64,9 +64,34 @@ exit 0
         fs::write(self.dir.path().join(file), text).expect("write");
     }
 
+    /// The plugins run with a stand-in iptables on their `PATH`, so that
+    /// their failures are theirs whether the host has iptables or not.
     fn cni(&self) -> Cni {
+        let helpers = self.dir.path().join("helpers");
+        fs::create_dir_all(&helpers).expect("mkdir");
+        let iptables = helpers.join("iptables");
+        fs::write(&iptables, "#!/bin/sh\nexit 0\n").expect("write");
+        fs::set_permissions(&iptables, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let path = format!("{}:{}", helpers.display(), exec::PLUGIN_PATH_ENV);
+        self.cni_with_path(&path)
+    }
+
+    fn cni_with_path(&self, path_env: &str) -> Cni {
         Cni::new(self.dir.path().join("conf"), self.dir.path().join("cache"))
             .with_plugin_dirs(vec![self.dir.path().join("nowhere"), self.dir.path().join("bin")])
+            .with_path_env(path_env)
+    }
+
+    /// The plugins run with a `PATH` holding the tools the fake plugins
+    /// use, and no iptables: as on a host without the iptables package.
+    fn cni_without_iptables(&self) -> Cni {
+        let tools = self.dir.path().join("tools");
+        fs::create_dir_all(&tools).expect("mkdir");
+        for tool in ["basename", "ls", "wc", "xargs", "printf", "env", "sort", "cat", "sleep"] {
+            let found = ["/usr/bin", "/bin"].iter().map(|d| PathBuf::from(d).join(tool)).find(|p| p.exists());
+            let _ = std::os::unix::fs::symlink(found.expect(tool), tools.join(tool));
+        }
+        self.cni_with_path(&tools.to_string_lossy())
     }
 
     fn netns(&self) -> PathBuf {
@@ -251,4 +276,34 @@ fn plugin_lookup_wants_an_executable_file() {
     fake.put("conf/bridge", "not executable");
     assert_eq!(exec::find_plugin(&dirs, "bridge").expect("found"), fake.dir.path().join("bin/bridge"));
     assert!(exec::find_plugin(&dirs, "macvlan").is_err());
+}
+
+/// portmap's answer when it finds no iptables.
+const NO_IPTABLES: &str = r#"{"cniVersion":"1.0.0","code":999,"msg":"neither iptables nor ip6tables usable"}"#;
+
+#[test]
+fn without_iptables_del_carries_on_and_add_says_what_to_install() {
+    // A pod attached while iptables was there; then it is gone: DEL warns
+    // and carries on, so stop and gc can always collect the pod.
+    let fake = Fake::new();
+    fake.cni().add(&fake.netns(), "pod1", "eth0", "fakenet", &ports()).expect("add");
+    fake.put("portmap.DEL.fail", NO_IPTABLES);
+    let err = fake.cni().del(&fake.netns(), "pod1", "eth0", "fakenet").expect_err("iptables is there: a real failure");
+    assert!(matches!(err, CniError::Plugin { ref plugin, .. } if plugin == "portmap"), "{err:?}");
+    assert!(fake.cache_file().exists(), "a failed DEL keeps the cache");
+    fake.cni_without_iptables().del(&fake.netns(), "pod1", "eth0", "fakenet").expect("del without iptables");
+    assert!(!fake.cache_file().exists(), "the cache is gone");
+    let order: Vec<String> = fake.calls().into_iter().map(|c| c.0).collect();
+    assert_eq!(&order[order.len() - 2..], ["portmap-DEL", "bridge-DEL"], "the chain goes on past portmap");
+
+    // An ADD without iptables fails saying what to install; its rollback
+    // cannot fail for the same reason, so no cache is left for gc to trip on.
+    let fake = Fake::new();
+    fake.put("portmap.ADD.fail", NO_IPTABLES);
+    fake.put("portmap.DEL.fail", NO_IPTABLES);
+    let err = fake.cni_without_iptables().add(&fake.netns(), "pod1", "eth0", "fakenet", &ports()).expect_err("add");
+    assert!(matches!(err, CniError::HelperMissing { helper: "iptables", .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("portmap") && msg.contains("install Debian's iptables package"), "{msg}");
+    assert!(!fake.cache_file().exists(), "a rolled-back ADD leaves no cache");
 }
