@@ -11,6 +11,7 @@ pub mod pod;
 pub mod seccomp;
 pub mod security;
 pub mod stage1;
+pub mod stats;
 pub mod stdio;
 pub mod unit;
 pub mod vm;

@@ -69,6 +69,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Per app CPU %, memory and its limit, network and block I/O, pids of
+    /// running pods (all, or those named), refreshed every --interval.
+    Stats {
+        pods: Vec<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Print once (figures over one second) and exit.
+        #[arg(long)]
+        no_stream: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+    },
     /// Print a pod's app logs.
     Logs {
         /// Keep printing new lines while the pod runs.
@@ -567,6 +580,7 @@ fn describe(err: &anyhow::Error) -> String {
 
 mod image_cmd;
 mod pods_cmd;
+mod stats_cmd;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -622,6 +636,10 @@ fn run(cli: Cli) -> Result<(), Failed> {
         Command::Run(args) => return pods_cmd::run(&dirs, args, cli.debug),
         Command::List { format } => pods_cmd::list(&dirs, format)?,
         Command::Status { pod, format } => pods_cmd::status(&dirs, &pod, format)?,
+        Command::Stats { pods, format, no_stream, interval } => stats_cmd::stats(
+            &dirs,
+            stats_cmd::StatsArgs { pods, format, no_stream, interval: std::time::Duration::from_secs(interval) },
+        )?,
         Command::Logs { follow, pod, app } => pods_cmd::logs(&dirs, &pod, app.as_deref(), follow)?,
         Command::Stop { pod, timeout } => pods_cmd::stop(&dirs, &pod, timeout)?,
         Command::Rm { pods } => pods_cmd::rm(&dirs, &pods)?,

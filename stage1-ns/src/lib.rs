@@ -11,6 +11,7 @@ pub mod network;
 mod oom;
 pub mod podcfg;
 pub mod rootfs;
+pub mod sample;
 pub mod seccomp;
 pub mod seccomp_oci;
 mod sys;

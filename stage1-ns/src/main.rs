@@ -3,15 +3,16 @@
 //! status) or `pod-stage1-ns gc POD_DIR` (clean up after a pod whose stage1
 //! died), or, for a running pod, `pod-stage1-ns add-app POD_DIR APP`
 //! (set up an app stage0 added to its `pod.json`) and `pod-stage1-ns
-//! rm-app POD_DIR APP` (remove one: see addapp.rs). See spec::stage1 for
-//! the contract.
+//! rm-app POD_DIR APP` (remove one: see addapp.rs), and `pod-stage1-ns
+//! stats POD_DIR` (one usage sample as JSON: see sample.rs). See
+//! spec::stage1 for the contract.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: pod-stage1-ns [--stream-logs] POD_DIR | pod-stage1-ns gc POD_DIR | pod-stage1-ns add-app|rm-app POD_DIR APP"
+        "usage: pod-stage1-ns [--stream-logs] POD_DIR | pod-stage1-ns gc|stats POD_DIR | pod-stage1-ns add-app|rm-app POD_DIR APP"
     );
     ExitCode::from(2)
 }
@@ -25,6 +26,16 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pod-stage1-ns: gc: {e}");
+                ExitCode::from(1)
+            }
+        },
+        ["stats", dir] => match stage1_ns::sample::sample(&PathBuf::from(dir)) {
+            Ok(sample) => {
+                println!("{}", serde_json::to_string(&sample).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pod-stage1-ns: stats: {e}");
                 ExitCode::from(1)
             }
         },

@@ -2,15 +2,16 @@
 //! `pod-stage1-vm [--stream-logs] POD_DIR` (run the pod in a qemu VM, exit
 //! with its status), `pod-stage1-vm gc POD_DIR` (clean up after a pod
 //! whose stage1 died) or, for a running pod, `pod-stage1-vm add-app|rm-app
-//! POD_DIR APP` (see addapp.rs). See spec::stage1 and spec::vm for the
-//! contracts.
+//! POD_DIR APP` (see addapp.rs) and `pod-stage1-vm stats POD_DIR` (one
+//! usage sample as JSON: see sample.rs). See spec::stage1 and spec::vm for
+//! the contracts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: pod-stage1-vm [--stream-logs] POD_DIR | pod-stage1-vm gc POD_DIR | pod-stage1-vm add-app|rm-app POD_DIR APP"
+        "usage: pod-stage1-vm [--stream-logs] POD_DIR | pod-stage1-vm gc|stats POD_DIR | pod-stage1-vm add-app|rm-app POD_DIR APP"
     );
     ExitCode::from(2)
 }
@@ -26,6 +27,16 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pod-stage1-vm: gc: {e}");
+                ExitCode::from(1)
+            }
+        },
+        ["stats", dir] => match stage1_vm::sample::sample(&PathBuf::from(dir)) {
+            Ok(sample) => {
+                println!("{}", serde_json::to_string(&sample).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pod-stage1-vm: stats: {e}");
                 ExitCode::from(1)
             }
         },

@@ -266,3 +266,49 @@ fn logs_follow_prints_lines_as_they_come_until_the_pod_exits() {
     assert_eq!(stdout(&out), "first\nsecond\n");
     assert_eq!(live.listed(&uuid).unwrap()["state"], "exited");
 }
+
+// `pod stats`: a busy app shows its CPU, an idle one none; the memory limit
+// is the app's; storage writes and pids are counted; a pod that is not
+// running is refused by name.
+#[test]
+fn stats_show_each_apps_cpu_memory_and_io() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let busy = "dd if=/dev/zero of=/written bs=1M count=8 conv=fsync 2>/dev/null; while :; do :; done";
+    let file = live.pod_file(
+        "stats",
+        &busybox_pod(
+            "stats",
+            &[("busy", busy, "    resources: { memory: 64Mi }\n"), ("idle", "exec sleep 1000", "")],
+            "",
+        ),
+    );
+    let uuid = live.start(&file);
+    // Past the dd: the busy app is spinning.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = live.run_within(&["stats", "--no-stream", "--format", "json", &uuid], RUN_LIMIT);
+    assert!(out.status.success(), "{}", describe(&["stats"], &out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |app: &str| rows.as_array().unwrap().iter().find(|r| r["app"] == app).cloned().unwrap_or_default();
+    let (busy, idle) = (row("busy"), row("idle"));
+    assert_eq!(busy["pod"], uuid.as_str(), "{rows}");
+    // A spinning shell gets what a loaded 2-core host spares it; sleep none.
+    assert!(busy["cpuPercent"].as_f64().unwrap() > 5.0, "a spinning shell uses CPU: {rows}");
+    assert!(idle["cpuPercent"].as_f64().unwrap() < 1.0, "sleep uses none: {rows}");
+    assert_eq!(busy["memLimit"], 64 << 20, "{rows}");
+    assert!(idle["memLimit"].as_u64().unwrap() > 64 << 20, "no limit: the host's memory: {rows}");
+    assert!(busy["memUsage"].as_u64().unwrap() > 0 && busy["pids"].as_u64().unwrap() >= 1, "{rows}");
+    assert!(busy["blockOutput"].as_u64().unwrap() >= 8 << 20, "dd's 8 MiB written: {rows}");
+
+    let out = live.run_within(&["stats", "--no-stream", &uuid], RUN_LIMIT);
+    let table = stdout(&out);
+    assert!(table.starts_with("POD") && table.contains("MEM USAGE / LIMIT") && table.contains("/ 67.109MB"), "{table}");
+    assert!(table.lines().any(|l| l.contains(" busy ")), "{table}");
+
+    live.ok(&["stop", &uuid]);
+    let out = live.run(&["stats", "--no-stream", &uuid]);
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&["stats"], &out));
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["not running"]);
+    let out = live.run(&["stats", "--no-stream", "no-such-pod"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&["stats"], &out));
+}

@@ -96,6 +96,16 @@ fn web_db_in_a_vm_counts_visits_enters_stops_and_leaves_nothing() {
     let out = live.run_within(&exit7, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(7), "{}", describe(&["enter"], &out));
 
+    // pod stats: the VM is one row, its RAM the limit, qemu's threads.
+    let out = live.run_within(&["stats", "--no-stream", "--format", "json", &uuid], Duration::from_secs(60));
+    assert!(out.status.success(), "{}", describe(&["stats"], &out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vm = &rows[0];
+    assert_eq!((rows.as_array().map(Vec::len), &vm["app"]), (Some(1), &serde_json::json!("vm")), "{rows}");
+    let (usage, limit) = (vm["memUsage"].as_u64().unwrap(), vm["memLimit"].as_u64().unwrap());
+    assert!(usage > 32 << 20 && limit >= 128 << 20, "qemu's resident memory and the guest's RAM: {rows}");
+    assert!(vm["cpuPercent"].is_f64() && vm["pids"].as_u64().unwrap() > 1, "{rows}");
+
     // Stop: the guest stops its apps (SIGTERM) within the grace period.
     let started = Instant::now();
     let out = live.run_within(&["stop", &uuid], Duration::from_secs(120));

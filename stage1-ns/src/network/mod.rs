@@ -14,6 +14,7 @@
 //!   is written to the configuration directory on first use.
 
 pub mod cni;
+pub mod netdev;
 pub mod netns;
 pub mod ports;
 pub mod proxy;
