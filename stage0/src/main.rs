@@ -115,6 +115,9 @@ enum Command {
     },
     /// Remove exited pods and whatever a killed pod left behind.
     Gc,
+    /// Print configuration for other tools: `pod generate systemd FILE`.
+    #[command(subcommand)]
+    Generate(GenerateCmd),
     /// Kubernetes CRI: `pod cri serve [--listen unix:///run/pod/cri.sock]`
     /// (runs pod-cri, installed beside pod; `pod cri --help` for its options).
     #[command(disable_help_flag = true)]
@@ -309,6 +312,13 @@ impl ScopeArg {
             None => Ok(Scope::Root),
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum GenerateCmd {
+    /// A systemd service (Type=notify) running the pod file in the
+    /// foreground: `pod generate systemd web-db.yaml > /etc/systemd/system/web-db.service`.
+    Systemd { file: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Default)]
@@ -578,6 +588,7 @@ fn describe(err: &anyhow::Error) -> String {
     s
 }
 
+mod generate_cmd;
 mod image_cmd;
 mod pods_cmd;
 mod stats_cmd;
@@ -636,6 +647,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
         Command::Run(args) => return pods_cmd::run(&dirs, args, cli.debug),
         Command::List { format } => pods_cmd::list(&dirs, format)?,
         Command::Status { pod, format } => pods_cmd::status(&dirs, &pod, format)?,
+        Command::Generate(GenerateCmd::Systemd { file }) => generate_cmd::systemd(&dirs, &file)?,
         Command::Stats { pods, format, no_stream, interval } => stats_cmd::stats(
             &dirs,
             stats_cmd::StatsArgs { pods, format, no_stream, interval: std::time::Duration::from_secs(interval) },

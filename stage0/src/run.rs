@@ -124,10 +124,15 @@ fn stage1_command(stage1: &Path, pod_dir: &Path, lock: &OwnedFd, stream_logs: bo
     Ok(cmd)
 }
 
-/// Becomes stage1: returns only on failure to exec.
+/// Becomes stage1: returns only on failure to exec. stage1 is then the
+/// process systemd started, so systemd's `NOTIFY_SOCKET` goes on to it
+/// (`Type=notify` units: stage1-ns/src/notify.rs).
 pub fn exec_foreground(stage1: &Path, pod_dir: &Path, lock: OwnedFd) -> RunError {
     match stage1_command(stage1, pod_dir, &lock, true) {
         Ok(mut cmd) => {
+            if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+                cmd.env("NOTIFY_SOCKET", socket);
+            }
             let e = cmd.exec();
             RunError::Io { op: "exec", path: stage1.to_owned(), source: e }
         }

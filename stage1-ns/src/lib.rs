@@ -8,6 +8,7 @@ pub mod crashpoint;
 pub mod monitor;
 pub mod mounts;
 pub mod network;
+pub mod notify;
 mod oom;
 pub mod podcfg;
 pub mod rootfs;
@@ -21,9 +22,11 @@ pub mod userns;
 /// Cleans the process before anything else: every inherited fd is closed on
 /// exec, the pod's lock included — the monitor holds it, and neither CNI
 /// plugins nor the pod's PID 1 may (a pod whose monitor died must read as
-/// exited, so `pod gc` can clean it up). The environment is emptied.
+/// exited, so `pod gc` can clean it up). The environment is emptied
+/// (systemd's `NOTIFY_SOCKET` kept aside for the monitor: notify.rs).
 pub fn sanitize() {
     crashpoint::arm();
+    notify::capture();
     stage2_init::cloexec_inherited_fds();
     let keys: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
     for k in keys {

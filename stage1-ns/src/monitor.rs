@@ -526,6 +526,7 @@ fn supervise(
     let sfd =
         SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(sys_err("signalfd"))?;
     let mut tail = LogTail::new(pod_dir, pod.apps.iter().map(|a| a.name.to_string()).collect());
+    let mut notify = crate::notify::Notifier::from_env(pod_dir);
     loop {
         let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&sfd), nix::poll::PollFlags::POLLIN)];
         let _ = nix::poll::poll(&mut fds, 200u16);
@@ -533,10 +534,12 @@ fn supervise(
             let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
             if let Ok(sig) = Signal::try_from(signo) {
                 if sig != Signal::SIGCHLD {
+                    notify.stopping();
                     let _ = kill(init, Signal::SIGTERM);
                 }
             }
         }
+        notify.tick(pod.apps.iter().map(|a| a.name.as_str()));
         if stream_logs {
             tail.pump();
         }
@@ -545,11 +548,13 @@ fn supervise(
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == launcher => {
+                    notify.stopping();
                     note_ooms();
                     tail.finish(stream_logs);
                     return Ok(code);
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid == launcher => {
+                    notify.stopping();
                     note_ooms();
                     tail.finish(stream_logs);
                     return Ok(128 + sig as i32);

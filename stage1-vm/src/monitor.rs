@@ -410,12 +410,21 @@ fn supervise(
     let mut ctl: Option<UnixStream> = None;
     let mut stop_asked: Option<Instant> = None;
     let mut failure = None;
+    let mut notify = stage1_ns::notify::Notifier::from_env(pod_dir);
+    // The apps the pod started with: READY=1 waits for them (notify.rs).
+    let apps: Vec<String> = stage1_ns::monitor::read_pod(pod_dir)
+        .map(|(_, pod)| pod.apps.iter().map(|a| a.name.to_string()).collect())
+        .unwrap_or_default();
     loop {
         let from_guest = wait(&sfd, ctl.as_ref(), relay.as_ref());
         let mut stop = false;
         while let Ok(Some(info)) = sfd.read_signal() {
             stop |= info.ssi_signo != Signal::SIGCHLD as u32;
         }
+        if stop {
+            notify.stopping();
+        }
+        notify.tick(apps.iter().map(String::as_str));
         if from_guest {
             let mut buf = [0u8; 4096];
             match ctl.as_mut().map(|c| c.read(&mut buf)) {
@@ -452,7 +461,10 @@ fn supervise(
             tail.pump();
         }
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(_)) => {
+                notify.stopping();
+                break;
+            }
             Ok(None) => {}
             Err(e) => return Err(io_err("wait for", Path::new("qemu"))(e)),
         }
