@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::ffi::{CStr, CString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -144,8 +144,12 @@ pub fn become_app(
     cgroups: &[PathBuf],
     seccomp: &[SeccompProgram],
 ) -> Result<Vec<(String, String)>, ChildError> {
+    // The hierarchies as pod-init sees them, before the app leaves its view.
+    let dirs: Vec<PathBuf> = cgroups.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+    let hierarchies = crate::cgroupfs::hierarchies(&dirs);
     join_cgroups(cgroups)?;
     enter_rootfs(rootfs, &unit.shared_mounts)?;
+    crate::cgroupfs::mount_for_app(Path::new("/"), &hierarchies).map_err(step("mount the app's /sys/fs/cgroup"))?;
     // PID 1 of the app's own pid namespace (not `pod enter`, which joins
     // the pod's): a /proc of that namespace.
     if unit.own_pid && nix::unistd::getpid().as_raw() == 1 {

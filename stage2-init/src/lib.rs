@@ -8,6 +8,7 @@
 //! memory) tiny.
 
 pub mod appfs;
+pub mod cgroupfs;
 pub mod creds;
 pub mod crilog;
 pub mod exit;

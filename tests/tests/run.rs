@@ -365,3 +365,32 @@ fn a_notify_unit_for_a_pod_file_and_ready_then_stopping() {
     assert!(status.code().is_some(), "pod run ended: {status:?}");
     assert_eq!(live.status(&uuid)["state"], "exited");
 }
+
+// Each app sees its own cgroup at /sys/fs/cgroup, read-only, rooted at
+// itself: its memory limit where runtimes look for it (v2 memory.max, v1
+// memory/memory.limit_in_bytes), and `/` as its cgroup path.
+#[test]
+fn an_app_reads_its_own_limits_under_sys_fs_cgroup() {
+    skip_unless_pods!();
+    let live = Live::new(&[Example::Busybox]);
+    let script = "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; \
+                  echo cgroup:; cat /proc/self/cgroup; echo mounts:; grep ' /sys/fs/cgroup' /proc/self/mountinfo";
+    let file = live.pod_file("cgns", &busybox_pod("cgns", &[("app", script, "    resources: { memory: 64Mi }\n")], ""));
+    let out = run_fg(&live, &file);
+    assert!(out.status.success(), "{}", describe(&["run", p(&file)], &out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_start_matches("[app] ")).collect();
+    assert_eq!(lines.first().copied(), Some("67108864"), "the app's limit, where runtimes read it:\n{text}");
+    let cgroups: Vec<&str> =
+        lines.iter().skip_while(|l| **l != "cgroup:").skip(1).take_while(|l| **l != "mounts:").copied().collect();
+    assert!(
+        !cgroups.is_empty() && cgroups.iter().all(|l| l.ends_with(":/")),
+        "its own cgroup is its root: {cgroups:?}"
+    );
+    let mounts: Vec<&str> = lines.iter().skip_while(|l| **l != "mounts:").skip(1).copied().collect();
+    assert!(!mounts.is_empty(), "{text}");
+    for m in &mounts {
+        let opts = m.split_whitespace().nth(5).unwrap_or_default();
+        assert!(opts.split(',').any(|o| o == "ro"), "mounted read-only: {m}");
+    }
+}

@@ -1,0 +1,133 @@
+//! An app's own `/sys/fs/cgroup`, as docker and podman give a container
+//! with a private cgroup namespace: the app runs in a cgroup namespace
+//! rooted at its cgroup (launch.rs), and sees there, read-only, the
+//! hierarchies it joined, each rooted at its own cgroup — so a runtime that
+//! sizes itself from its limits (the JVM's heap, Go's GOMAXPROCS) finds
+//! them at `/sys/fs/cgroup/memory.max` (cgroup v2) or
+//! `/sys/fs/cgroup/memory/memory.limit_in_bytes` (v1).
+//!
+//! Which hierarchies: those of the directories stage1 bound for the app
+//! (`Cgroup=`), told apart as pod-init sees them (it may have no /proc):
+//! a cgroup2 directory alone is a v2 host: cgroup2 at `/sys/fs/cgroup`;
+//! otherwise a small tmpfs there holds one directory per v1 hierarchy,
+//! named by its controllers as on the host (`cpu,cpuacct`, `memory`: the
+//! prefixes of its control files), and `unified` for a hybrid host's
+//! cgroup2. A v1 hierarchy without controllers (`name=systemd`) is left
+//! out: its name cannot be read from the directory.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, MsFlags};
+
+/// One hierarchy the app joined: how to mount it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    /// `cgroup2`, or `cgroup` (v1).
+    pub fstype: String,
+    /// v1: the hierarchy's controllers and name (`cpu,cpuacct`,
+    /// `name=systemd`), the mount options that select it; v2: empty.
+    pub options: String,
+}
+
+impl Hierarchy {
+    /// The directory under `/sys/fs/cgroup` (v1 and hybrid).
+    fn dir_name(&self) -> String {
+        if self.fstype == "cgroup2" {
+            "unified".into()
+        } else {
+            self.options.trim_start_matches("name=").to_owned()
+        }
+    }
+}
+
+/// The hierarchies of the cgroup directories `dirs`.
+pub fn hierarchies(dirs: &[PathBuf]) -> Vec<Hierarchy> {
+    let mut out: Vec<Hierarchy> = Vec::new();
+    for dir in dirs {
+        let Ok(fs) = nix::sys::statfs::statfs(dir.as_path()) else { continue };
+        let h = if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+            Hierarchy { fstype: "cgroup2".into(), options: String::new() }
+        } else if fs.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            let names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let controllers = v1_controllers(names.iter().map(String::as_str));
+            if controllers.is_empty() {
+                continue;
+            }
+            Hierarchy { fstype: "cgroup".into(), options: controllers.join(",") }
+        } else {
+            continue;
+        };
+        if !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    out
+}
+
+/// The controllers of a v1 hierarchy, from its directory's file names
+/// (`memory.limit_in_bytes` → `memory`), sorted as hosts name them.
+fn v1_controllers<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .filter_map(|n| n.split_once('.').map(|(prefix, _)| prefix))
+        .filter(|p| *p != "cgroup" && !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Mounts `hierarchies` read-only at `root`/sys/fs/cgroup (`root`: the
+/// app's `/`, from inside its mount and cgroup namespaces). Nothing when
+/// there is none, or the app's /sys has no `fs/cgroup`.
+pub fn mount_for_app(root: &Path, hierarchies: &[Hierarchy]) -> nix::Result<()> {
+    let target = root.join("sys/fs/cgroup");
+    if hierarchies.is_empty() || !target.is_dir() {
+        return Ok(());
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME;
+    let ro = flags | MsFlags::MS_RDONLY;
+    if let [only] = hierarchies {
+        if only.fstype == "cgroup2" {
+            return mount(Some("cgroup2"), &target, Some("cgroup2"), ro, None::<&str>);
+        }
+    }
+    mount(Some("tmpfs"), &target, Some("tmpfs"), flags, Some("mode=755,size=64k"))?;
+    for h in hierarchies {
+        let dir = target.join(h.dir_name());
+        std::fs::create_dir_all(&dir).map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+        let data = (!h.options.is_empty()).then_some(h.options.as_str());
+        mount(Some(h.fstype.as_str()), &dir, Some(h.fstype.as_str()), ro, data)?;
+        // As on hosts: `cpu` and `cpuacct` name a co-mounted `cpu,cpuacct`.
+        if h.options.contains(',') && !h.options.contains('=') {
+            for single in h.options.split(',') {
+                let _ = std::os::unix::fs::symlink(h.dir_name(), target.join(single));
+            }
+        }
+    }
+    mount(None::<&str>, &target, None::<&str>, ro | MsFlags::MS_REMOUNT, Some("mode=755,size=64k"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controllers_from_file_names() {
+        let cpu = ["cgroup.procs", "cpu.shares", "cpuacct.usage", "cpu.cfs_quota_us", "tasks", "notify_on_release"];
+        assert_eq!(v1_controllers(cpu.into_iter()), ["cpu", "cpuacct"]);
+        let mem = ["memory.limit_in_bytes", "memory.usage_in_bytes", "cgroup.clone_children"];
+        assert_eq!(v1_controllers(mem.into_iter()), ["memory"]);
+        assert!(v1_controllers(["cgroup.procs", "tasks", "release_agent"].into_iter()).is_empty(), "name=systemd");
+        let h = Hierarchy { fstype: "cgroup".into(), options: "cpu,cpuacct".into() };
+        assert_eq!(h.dir_name(), "cpu,cpuacct");
+        assert_eq!(Hierarchy { fstype: "cgroup2".into(), options: String::new() }.dir_name(), "unified");
+    }
+
+    #[test]
+    fn directories_that_are_no_cgroups_are_left_out() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        assert!(hierarchies(&[dir.path().to_path_buf(), PathBuf::from("/nonexistent")]).is_empty());
+    }
+}
