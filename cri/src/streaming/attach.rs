@@ -5,7 +5,10 @@
 //! created with `stdin: true` a FIFO as stdin at `<pod dir>/stdin/<app>`.
 //! So attach follows the log from its end at attach time (no second copy
 //! of the output is kept anywhere), and writes the client's stdin into the
-//! FIFO.
+//! FIFO. A `tty` container runs on a terminal pod-init holds: its output
+//! is logged as stdout as it comes (a prompt too, as a `P` part), the
+//! FIFO's input is typed into it, and the client's resize events set its
+//! size (pod-init's `resize`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +17,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::remotecommand::{Chan, Io, Outcome};
+use super::remotecommand::{Chan, Io, Outcome, TermSize};
 
 /// How often the log is polled for more.
 const POLL: Duration = Duration::from_millis(100);
@@ -72,6 +75,11 @@ pub fn stdin_fifo(pod_dir: &std::path::Path, app: &str) -> PathBuf {
     pod_dir.join("stdin").join(app)
 }
 
+/// A blocking call into pod-init, run off the async workers.
+pub type Hook = std::sync::Arc<dyn Fn() + Send + Sync>;
+/// A blocking call setting the terminal's size: rows, columns.
+pub type ResizeHook = std::sync::Arc<dyn Fn(u16, u16) + Send + Sync>;
+
 /// What attach needs of the container.
 #[derive(Clone)]
 pub struct AttachTarget {
@@ -80,7 +88,10 @@ pub struct AttachTarget {
     /// For a `stdin_once` container: run (blocking) once the client's
     /// stdin ended, to have pod-init let go of the FIFO so the app reads
     /// end-of-file.
-    pub stdin_once: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
+    pub stdin_once: Option<Hook>,
+    /// For a `tty` container: sets the size of its terminal (pod-init's
+    /// `resize`), for each of the client's resize events.
+    pub resize: Option<ResizeHook>,
 }
 
 impl std::fmt::Debug for AttachTarget {
@@ -89,6 +100,7 @@ impl std::fmt::Debug for AttachTarget {
             .field("log_path", &self.log_path)
             .field("stdin_fifo", &self.stdin_fifo)
             .field("stdin_once", &self.stdin_once.is_some())
+            .field("resize", &self.resize.is_some())
             .finish()
     }
 }
@@ -165,7 +177,7 @@ async fn follow(
 
 /// Writes the client's stdin into the app's FIFO; once it ends, closes our
 /// end and runs `once` (a `stdin_once` container's end of input).
-async fn feed(fifo: PathBuf, rx: mpsc::Receiver<Bytes>, once: Option<std::sync::Arc<dyn Fn() + Send + Sync>>) {
+async fn feed(fifo: PathBuf, rx: mpsc::Receiver<Bytes>, once: Option<Hook>) {
     if copy_in(fifo, rx).await {
         if let Some(once) = once {
             let _ = tokio::task::spawn_blocking(move || once()).await;
@@ -204,14 +216,26 @@ async fn copy_in(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) -> bool {
     true
 }
 
+/// Passes the client's terminal sizes on, one at a time, in order.
+async fn resize(mut rx: mpsc::Receiver<TermSize>, hook: ResizeHook) {
+    while let Some(size) = rx.recv().await {
+        let hook = hook.clone();
+        let _ = tokio::task::spawn_blocking(move || hook(size.height, size.width)).await;
+    }
+}
+
 /// Attach: until the container stops.
 pub async fn attach(t: AttachTarget, io: Io, running: impl Fn() -> bool + Clone + Send + 'static) -> Outcome {
     let input = io.stdin.map(|rx| tokio::spawn(feed(t.stdin_fifo.clone(), rx, t.stdin_once.clone())));
+    let resizer = match (io.resize, t.resize) {
+        (Some(rx), Some(hook)) => Some(tokio::spawn(resize(rx, hook))),
+        _ => None,
+    };
     tokio::select! {
         () = follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, io.tty, running) => {}
         _ = io.gone => {}
     }
-    if let Some(h) = input {
+    for h in input.into_iter().chain(resizer) {
         h.abort();
     }
     Outcome::Exited(0)
