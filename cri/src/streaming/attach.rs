@@ -84,6 +84,10 @@ pub type ResizeHook = std::sync::Arc<dyn Fn(u16, u16) + Send + Sync>;
 #[derive(Clone)]
 pub struct AttachTarget {
     pub log_path: PathBuf,
+    /// The log is the app's raw one (a container created without a
+    /// `log_path`: pod-init appends both streams as they come to
+    /// `<pod dir>/logs/<app>.log`): it is passed on whole, as stdout.
+    pub raw_log: bool,
     pub stdin_fifo: PathBuf,
     /// For a `stdin_once` container: run (blocking) once the client's
     /// stdin ended, to have pod-init let go of the FIFO so the app reads
@@ -98,6 +102,7 @@ impl std::fmt::Debug for AttachTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AttachTarget")
             .field("log_path", &self.log_path)
+            .field("raw_log", &self.raw_log)
             .field("stdin_fifo", &self.stdin_fifo)
             .field("stdin_once", &self.stdin_once.is_some())
             .field("resize", &self.resize.is_some())
@@ -108,9 +113,9 @@ impl std::fmt::Debug for AttachTarget {
 /// Follows `log` from its current end, sending output until `running`
 /// says the container stopped (and what it wrote last is sent) or the
 /// client is gone. With `tty` both streams go out as stdout (a terminal
-/// has one).
+/// has one). A `raw` log is not CRI lines: it is stdout as it is.
 async fn follow(
-    log: PathBuf,
+    (log, raw): (PathBuf, bool),
     out: mpsc::Sender<(Chan, Bytes)>,
     stdout: bool,
     stderr: bool,
@@ -133,7 +138,12 @@ async fn follow(
         let mut got = 0;
         if let Some((f, _)) = file.as_mut() {
             got = f.read(&mut buf).await.unwrap_or(0);
-            for (chan, data) in splitter.push(&buf[..got]) {
+            let chunks = match raw {
+                true if got > 0 => vec![(Chan::Stdout, Bytes::copy_from_slice(&buf[..got]))],
+                true => Vec::new(),
+                false => splitter.push(&buf[..got]),
+            };
+            for (chan, data) in chunks {
                 let wanted = match chan {
                     Chan::Stdout => stdout,
                     Chan::Stderr => stderr,
@@ -232,7 +242,7 @@ pub async fn attach(t: AttachTarget, io: Io, running: impl Fn() -> bool + Clone 
         _ => None,
     };
     tokio::select! {
-        () = follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, io.tty, running) => {}
+        () = follow((t.log_path, t.raw_log), io.out, io.stdout, io.stderr || io.tty, io.tty, running) => {}
         _ = io.gone => {}
     }
     for h in input.into_iter().chain(resizer) {
@@ -275,7 +285,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s2 = stop.clone();
-        let task = tokio::spawn(follow(log.clone(), tx, true, false, false, move || {
+        let task = tokio::spawn(follow((log.clone(), false), tx, true, false, false, move || {
             !s2.load(std::sync::atomic::Ordering::SeqCst)
         }));
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -299,8 +299,15 @@ impl Server {
                         })),
                         _ => None,
                     };
+                    // Without a log path, pod-init logs raw into the pod's logs/.
+                    let raw_log = c.record.log_path.is_empty();
+                    let log_path = match raw_log {
+                        true => c.sandbox.pod.dir.join("logs").join(format!("{}.log", c.record.app)),
+                        false => c.record.log_path.clone().into(),
+                    };
                     let t = attach::AttachTarget {
-                        log_path: c.record.log_path.clone().into(),
+                        log_path,
+                        raw_log,
                         stdin_fifo: attach::stdin_fifo(&c.sandbox.pod.dir, &c.record.app),
                         stdin_once,
                         resize,
