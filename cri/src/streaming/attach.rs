@@ -302,6 +302,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_raw_log_is_stdout_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("app.log");
+        std::fs::write(&log, "before\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let task = tokio::spawn(follow((log.clone(), true), tx, true, true, false, move || {
+            !s2.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut f, b"hello\n/ # ").unwrap();
+        let (chan, data) = rx.recv().await.unwrap();
+        assert_eq!((chan, &data[..]), (Chan::Stdout, &b"hello\n/ # "[..]));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn stdin_goes_into_the_fifo() {
         let tmp = tempfile::tempdir().unwrap();
         let fifo = tmp.path().join("app");
