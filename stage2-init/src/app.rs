@@ -125,7 +125,7 @@ pub struct App {
     /// Orders failures in time, for the pod's exit code.
     pub failed_seq: u64,
     pub message: String,
-    /// The CRI log writer of its latest start (`LogFormat=cri`).
+    /// The log writer of its latest start (`LogFormat=cri`, or `TTY=yes`).
     pub writer: Option<crate::supervise::LogWriter>,
     /// pod-init's write end of the app's stdin FIFO (`Stdin=fifo`), until
     /// `close-stdin` or the app's end.

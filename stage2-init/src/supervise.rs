@@ -4,8 +4,9 @@
 //!
 //! Single-threaded and event driven: one poll(2) over a signalfd (SIGCHLD,
 //! SIGTERM, SIGINT, SIGHUP), the exec-report pipes of starting apps and the
-//! output pipes of apps that log in the CRI format (output.rs), with a
-//! timeout to the next timer (restart, readiness check, SIGKILL).
+//! output pipes of apps that log in the CRI format (output.rs), and the
+//! terminals of apps that have one (tty.rs), with a timeout to the next
+//! timer (restart, readiness check, SIGKILL); one wakeup is wait.rs.
 
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
