@@ -67,8 +67,8 @@ pub struct ContainerRecord {
     /// container's output there in the CRI log format (logs.rs).
     #[serde(default)]
     pub log_path: String,
-    /// `stdin`: the app reads a FIFO (logs.rs); `stdin_once` and `tty`
-    /// are kept for the streaming server (not honoured: see logs.rs).
+    /// `stdin`: the app reads a FIFO; `tty`: it runs on a terminal
+    /// (logs.rs); the streaming server's attach honours `stdin_once`.
     #[serde(default)]
     pub stdin: bool,
     #[serde(default)]
@@ -303,7 +303,7 @@ pub fn create_container(
         (true, false) => config.log_path.clone(),
         (false, false) => Path::new(&log_directory).join(&config.log_path).display().to_string(),
     };
-    crate::logs::app_keys(&sandbox, &log_path, config.stdin, &mut app_keys)?;
+    crate::logs::app_keys(&sandbox, &log_path, config.stdin, config.tty, &mut app_keys)?;
     crate::logs::check_stdin(&sandbox, config.stdin)?;
     let record = ContainerRecord {
         app: app.clone(),

@@ -7,9 +7,14 @@
 //! file on ReopenContainerLog. A container created with `stdin: true`
 //! becomes an app with `stdin: true`: a FIFO at `<pod dir>/stdin/<app>`
 //! (the streaming server's Attach writes into it and follows the log).
-//! `tty: true` is recorded, but the app gets no terminal: its output goes
-//! through the same pipes, and `stdin_once` is not honoured (the FIFO
-//! outlives each writer). VM sandboxes (`pod-vm`) do not serve stdin yet.
+//! A container created with `tty: true` becomes an app with `tty: true`:
+//! pod-init gives it a pseudo-terminal as its controlling terminal and
+//! logs what it reads from the master as stdout (each read at once, an
+//! unfinished line as a `P` part, so attach shows a prompt), and writes
+//! what comes into the FIFO into the master; Attach's resize events reach
+//! it through the control verb `resize`. `stdin_once`: once the first
+//! attach's stdin ends, pod-init lets go of the FIFO (`close-stdin`). VM
+//! sandboxes (`pod-vm`) do not serve stdin yet.
 
 use std::fs;
 use std::path::Path;
@@ -81,11 +86,12 @@ pub fn check_stdin(sandbox: &Sandbox, stdin: bool) -> Result<(), CriError> {
 }
 
 /// Adds the app keys (`NewApp::extra`) of a container's log (`log_path`:
-/// the host path) and stdin, checked, at CreateContainer.
+/// the host path), stdin and terminal, checked, at CreateContainer.
 pub fn app_keys(
     sandbox: &Sandbox,
     log_path: &str,
     stdin: bool,
+    tty: bool,
     extra: &mut serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), CriError> {
     if let Some(rel) = relative_log_path(sandbox, log_path)? {
@@ -103,6 +109,9 @@ pub fn app_keys(
     }
     if stdin {
         extra.insert("stdin".into(), serde_json::Value::Bool(true));
+    }
+    if tty {
+        extra.insert("tty".into(), serde_json::Value::Bool(true));
     }
     Ok(())
 }

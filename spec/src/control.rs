@@ -13,9 +13,10 @@
 //! pod-control 1 remove db
 //! pod-control 1 reopen-log db (close the app's log file, open its path anew)
 //! pod-control 1 close-stdin db (pod-init lets go of the app's stdin FIFO)
+//! pod-control 1 resize db 24 80 (the app's terminal is now 24 rows of 80 columns)
 //! ```
 //!
-//! `stop` with a timeout, `reopen-log` and `close-stdin` came later within version 1: a
+//! `stop` with a timeout, `reopen-log`, `close-stdin` and `resize` came later within version 1: a
 //! pod-init that predates them refuses them as a bad request, and every
 //! request it knew reads as it did.
 //!
@@ -75,6 +76,9 @@ pub enum Request {
     /// reads end-of-file once the writers it has now are gone (CRI's
     /// `stdin_once`: the first attach's stdin is the app's whole input).
     CloseStdin(AcName),
+    /// Set the size of the app's terminal (`TTY=yes`): rows, columns. The
+    /// app's foreground process group gets SIGWINCH.
+    Resize(AcName, u16, u16),
 }
 
 impl Request {
@@ -88,7 +92,8 @@ impl Request {
             | Request::Add(a)
             | Request::Remove(a)
             | Request::ReopenLog(a)
-            | Request::CloseStdin(a) => Some(a),
+            | Request::CloseStdin(a)
+            | Request::Resize(a, ..) => Some(a),
         }
     }
 }
@@ -189,11 +194,13 @@ impl Request {
             Request::Remove(_) => "remove",
             Request::ReopenLog(_) => "reopen-log",
             Request::CloseStdin(_) => "close-stdin",
+            Request::Resize(..) => "resize",
         };
         match (self.app(), self) {
             (Some(app), Request::StopWithin(_, t)) => {
                 format!("{MAGIC} {VERSION} {verb} {app} {}\n", crate::unit::render_duration(*t))
             }
+            (Some(app), Request::Resize(_, rows, cols)) => format!("{MAGIC} {VERSION} {verb} {app} {rows} {cols}\n"),
             (Some(app), _) => format!("{MAGIC} {VERSION} {verb} {app}\n"),
             (None, _) => format!("{MAGIC} {VERSION} {verb}\n"),
         }
@@ -207,7 +214,8 @@ impl Request {
         let verb = words.next().unwrap_or_default();
         let app = words.next();
         let timeout = words.next();
-        if words.next().is_some() || (timeout.is_some() && verb != "stop") {
+        let cols = if verb == "resize" { words.next() } else { None };
+        if words.next().is_some() || (timeout.is_some() && !matches!(verb, "stop" | "resize")) {
             return Err(malformed("request", "too many words"));
         }
         let given = app.is_some();
@@ -232,6 +240,14 @@ impl Request {
             "remove" => Ok(Request::Remove(app()?)),
             "reopen-log" => Ok(Request::ReopenLog(app()?)),
             "close-stdin" => Ok(Request::CloseStdin(app()?)),
+            "resize" => {
+                let size = |w: Option<&str>, what: &str| {
+                    let w = w.ok_or_else(|| malformed("request", "resize needs rows and columns"))?;
+                    w.parse::<u16>()
+                        .map_err(|_| malformed("request", format!("resize {what} {w:?} is not a number up to 65535")))
+                };
+                Ok(Request::Resize(app()?, size(timeout, "rows")?, size(cols, "columns")?))
+            }
             other => Err(malformed("request", format!("unknown verb {other:?}"))),
         }
     }
@@ -381,6 +397,8 @@ mod tests {
             Request::StopWithin(name("db"), Duration::from_millis(2500)),
             Request::ReopenLog(name("web")),
             Request::CloseStdin(name("web")),
+            Request::Resize(name("sh"), 24, 80),
+            Request::Resize(name("sh"), 0, u16::MAX),
         ] {
             assert_eq!(Request::parse(&r.render()), Ok(r));
         }
@@ -389,6 +407,7 @@ mod tests {
         assert_eq!(Request::ReopenLog(name("db")).render(), "pod-control 1 reopen-log db\n");
         assert_eq!(Request::CloseStdin(name("db")).render(), "pod-control 1 close-stdin db\n");
         assert_eq!(Request::parse("pod-control 1 close-stdin db\n"), Ok(Request::CloseStdin(name("db"))));
+        assert_eq!(Request::Resize(name("db"), 50, 132).render(), "pod-control 1 resize db 50 132\n");
         assert_eq!(
             Request::parse("pod-control 1 stop db 1.5s"),
             Ok(Request::StopWithin(name("db"), Duration::from_millis(1500)))
@@ -414,6 +433,12 @@ mod tests {
         assert!(bad("pod-control 1 inspect a").contains("inspect takes no app"));
         assert!(bad("pod-control 1 inspect Bad_Name").contains("inspect takes no app"));
         assert!(bad("pod-control 1 reboot").contains("unknown verb"));
+        assert!(bad("pod-control 1 resize a").contains("resize needs rows and columns"));
+        assert!(bad("pod-control 1 resize a 24").contains("resize needs rows and columns"));
+        assert!(bad("pod-control 1 resize a 24 x").contains("columns \"x\" is not a number"));
+        assert!(bad("pod-control 1 resize a 70000 80").contains("rows \"70000\""));
+        assert!(bad("pod-control 1 resize a 24 80 1").contains("too many words"));
+        assert!(bad("pod-control 1 close-stdin a 24").contains("too many words"));
         assert!(bad("").contains("does not start with"));
         let refusal = Response::refusal(&Request::parse("pod-control 9 inspect").expect_err("v9"));
         assert!(matches!(refusal, Response::Error { kind: ErrorKind::Version, .. }));

@@ -228,6 +228,10 @@ pub struct App {
     /// Its stdin is a FIFO (`crate::stdio::stdin_fifo`); else /dev/null.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stdin: bool,
+    /// It runs on a pseudo-terminal (`crate::stdio`); else its output
+    /// goes to its log through pipes or as is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 fn default_caps() -> CapSet {

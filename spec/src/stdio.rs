@@ -1,8 +1,10 @@
 //! An app's standard streams beyond the defaults: where its output is
 //! logged and in which format (`log:` in a pod file, `LogPath=` and
 //! `LogFormat=` in its unit), and whether it reads a FIFO as stdin
-//! (`stdin: true`, `Stdin=fifo`). The CRI maps a container's `log_path`
-//! and `stdin` onto them.
+//! (`stdin: true`, `Stdin=fifo`), and whether it runs on a terminal
+//! (`tty: true`, `TTY=yes`: pod-init holds the master, logs its output as
+//! stdout and types the FIFO's input into it). The CRI maps a container's
+//! `log_path`, `stdin` and `tty` onto them.
 //!
 //! By default pod-init appends an app's stdout and stderr, as they are,
 //! to `logs/<app>.log` in the pod root, and gives it /dev/null as stdin.
@@ -78,9 +80,10 @@ pub fn check_relative_path(p: &str) -> Result<(), String> {
 
 /// The FIFO an app with `stdin: true` reads, inside the pod root
 /// (`<pod dir>/stdin/<app>` on the host). pod-init makes it (mode 0600)
-/// before the app starts and holds it open for reading and writing, so the
-/// app sees no end of input when a writer leaves: writers come and go
-/// (`crictl attach`), and `stdin_once` is not honoured.
+/// before the app starts and keeps a write end open, so the app sees no
+/// end of input when a writer leaves: writers come and go (`crictl
+/// attach`) until pod-init lets go (`close-stdin`, CRI's `stdin_once`).
+/// With a terminal, pod-init reads it and types it into the terminal.
 pub fn stdin_fifo(app: &str) -> String {
     format!("/stdin/{app}")
 }

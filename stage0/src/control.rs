@@ -235,6 +235,12 @@ pub fn close_stdin(pod: &PodRef, app: &AcName) -> Result<(), ControlError> {
     request(pod, &Request::CloseStdin(app.clone())).map(drop)
 }
 
+/// Sets the window size of a running app's terminal (`tty: true`): its
+/// foreground process group gets SIGWINCH.
+pub fn resize(pod: &PodRef, app: &AcName, rows: u16, cols: u16) -> Result<(), ControlError> {
+    request(pod, &Request::Resize(app.clone(), rows, cols)).map(drop)
+}
+
 /// Starts an ended app again and waits until it runs; an app that cannot
 /// be started (its exec failed, say) is an error with pod-init's message.
 pub fn start(pod: &PodRef, app: &AcName) -> Result<AppInfo, ControlError> {

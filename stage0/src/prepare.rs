@@ -274,6 +274,7 @@ pub(crate) fn resolve_app(
         security: app.security.clone(),
         log: app.log.clone(),
         stdin: app.stdin,
+        tty: app.tty,
     })
 }
 

@@ -60,6 +60,7 @@ pub fn unit_for(app: &App, cgroups: Vec<String>, seccomp_programs: usize) -> Uni
         u.log_format = log.format;
     }
     u.stdin_fifo = app.stdin;
+    u.tty = app.tty;
     u.seccomp_filters = (0..seccomp_programs).map(|i| format!("/units/{}", seccomp_file(app, i))).collect();
     u
 }

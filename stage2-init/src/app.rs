@@ -125,11 +125,13 @@ pub struct App {
     /// Orders failures in time, for the pod's exit code.
     pub failed_seq: u64,
     pub message: String,
-    /// The CRI log writer of its latest start (`LogFormat=cri`).
-    pub cri: Option<crate::supervise::CriLog>,
+    /// The log writer of its latest start (`LogFormat=cri`, or `TTY=yes`).
+    pub writer: Option<crate::supervise::LogWriter>,
     /// pod-init's write end of the app's stdin FIFO (`Stdin=fifo`), until
     /// `close-stdin` or the app's end.
     pub stdin_keeper: Option<std::os::fd::OwnedFd>,
+    /// The master of its terminal (`TTY=yes`) while it runs.
+    pub terminal: Option<crate::supervise::Terminal>,
 }
 
 impl App {
@@ -161,8 +163,9 @@ impl App {
             last_verdict: None,
             failed_seq: 0,
             message: String::new(),
-            cri: None,
+            writer: None,
             stdin_keeper: None,
+            terminal: None,
         }
     }
 

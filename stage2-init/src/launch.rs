@@ -49,6 +49,9 @@ pub struct Launch<'a> {
     pub stdin: BorrowedFd<'a>,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
+    /// stdin is a terminal's slave, to be the process's controlling
+    /// terminal.
+    pub terminal: bool,
 }
 
 /// A forked process; `report` is readable (EOF or a message) once it exec'd
@@ -118,6 +121,11 @@ fn child(l: &Launch<'_>, report: std::os::fd::RawFd) -> Result<Infallible, Child
     dup2(l.stdin.as_raw_fd(), 0).map_err(step("stdin"))?;
     dup2(l.stdout.as_raw_fd(), 1).map_err(step("stdout"))?;
     dup2(l.stderr.as_raw_fd(), 2).map_err(step("stderr"))?;
+    if l.terminal {
+        // A session leader (setsid above) without one: the terminal is
+        // its, and its process group the foreground one.
+        sys::set_controlling_terminal(std::os::fd::AsFd::as_fd(&std::io::stdin())).map_err(step("TIOCSCTTY"))?;
+    }
     if l.unit.own_pid {
         // From here on in the grandchild, PID 1 of a new pid namespace.
         crate::pidns::enter(report)?;

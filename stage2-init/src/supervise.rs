@@ -4,17 +4,19 @@
 //!
 //! Single-threaded and event driven: one poll(2) over a signalfd (SIGCHLD,
 //! SIGTERM, SIGINT, SIGHUP), the exec-report pipes of starting apps and the
-//! output pipes of apps that log in the CRI format (output.rs), with a
-//! timeout to the next timer (restart, readiness check, SIGKILL).
+//! output pipes of apps that log in the CRI format (output.rs), and the
+//! terminals of apps that have one (tty.rs), with a timeout to the next
+//! timer (restart, readiness check, SIGKILL); one wakeup is wait.rs.
 
+use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -30,8 +32,11 @@ use crate::{log, Error};
 
 mod control;
 mod output;
+mod tty;
+mod wait;
 
-pub use output::CriLog;
+pub use output::LogWriter;
+pub use tty::Terminal;
 
 /// How often readiness is checked.
 pub const READINESS_POLL: Duration = Duration::from_millis(50);
@@ -108,7 +113,7 @@ impl Supervisor {
             listener.close();
         }
         for app in &mut self.apps {
-            if let Some(cri) = app.cri.as_mut() {
+            if let Some(cri) = app.writer.as_mut() {
                 cri.close();
             }
         }
@@ -237,80 +242,6 @@ impl Supervisor {
         next
     }
 
-    /// Sleeps until a signal, an exec report, or `timeout`; handles them.
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        let timeout = timeout.map_or(MAX_SLEEP, |t| t.min(MAX_SLEEP));
-        // Round up so a timer is never polled for just before it is due.
-        let ms = u16::try_from(timeout.as_millis() + 1).unwrap_or(u16::MAX);
-        let mut reporting = Vec::new();
-        let mut fds = vec![PollFd::new(self.signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(listener) = &self.control {
-            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-        }
-        let first_report = fds.len();
-        for (i, app) in self.apps.iter().enumerate() {
-            if let Phase::Starting { report: Some(fd), .. } = &app.phase {
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                reporting.push(i);
-            }
-        }
-        let first_output = fds.len();
-        let mut outputs = Vec::new();
-        for (i, app) in self.apps.iter().enumerate() {
-            for (k, fd) in app.cri.iter().flat_map(output::CriLog::fds).enumerate() {
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                outputs.push((i, k));
-            }
-        }
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => return Err(Error::Sys(e)),
-        }
-        let ready: Vec<bool> = fds.iter().map(|f| f.any().unwrap_or(false)).collect();
-        drop(fds);
-        if ready.first() == Some(&true) {
-            self.read_signals();
-        }
-        for (k, &i) in reporting.iter().enumerate() {
-            if ready.get(k + first_report) == Some(&true) {
-                self.read_report(i, Instant::now());
-            }
-        }
-        // Backwards: a pipe that ends leaves its app's list, and the
-        // indices before it stay right.
-        for (n, &(i, k)) in outputs.iter().enumerate().rev() {
-            if ready.get(first_output + n) == Some(&true) {
-                if let Some(cri) = self.apps[i].cri.as_mut() {
-                    cri.read(k);
-                }
-            }
-        }
-        // Cheap, and robust against coalesced or missed SIGCHLDs.
-        self.reap();
-        // Last: a request sees (and answers with) every change above.
-        if first_report == 2 && ready.get(1) == Some(&true) {
-            self.serve_control();
-        }
-        Ok(())
-    }
-
-    fn read_signals(&mut self) {
-        while let Ok(Some(info)) = self.signals.read_signal() {
-            let signal = i32::try_from(info.ssi_signo).ok().and_then(|s| Signal::try_from(s).ok());
-            match signal {
-                Some(Signal::SIGTERM | Signal::SIGINT) => self.request_stop(),
-                Some(Signal::SIGHUP) => {
-                    for app in &self.apps {
-                        if let Some(proc) = app.phase.proc() {
-                            signal_group(proc.pid, Signal::SIGHUP);
-                        }
-                    }
-                }
-                _ => {} // SIGCHLD: reaping follows every wakeup
-            }
-        }
-    }
-
     fn request_stop(&mut self) {
         self.stop_requests += 1;
         if self.stop_requests == 1 {
@@ -411,10 +342,12 @@ impl Supervisor {
         }
         (app.started_at, app.finished_at, app.last_end) = (Some(SystemTime::now()), None, None);
         // What a previous run left in its pipes goes to the log first.
-        if let Some(mut old) = app.cri.take() {
+        if let Some(mut old) = app.writer.take() {
             old.close();
         }
-        let stdio = output::open(&self.root, &self.logs_dir, app.name(), &app.plan.unit);
+        app.terminal = None;
+        let rootfs = Path::new(OsStr::from_bytes(app.rootfs.as_bytes()));
+        let stdio = output::open(&self.root, &self.logs_dir, app.name(), &app.plan.unit, rootfs);
         let spawned = match (&app.argv, stdio) {
             (Err(e), _) => Err(e.clone()),
             (_, Err(e)) => Err(e),
@@ -429,9 +362,10 @@ impl Supervisor {
                     stdin: stdio.stdin.as_ref().map_or(self.null.as_fd(), AsFd::as_fd),
                     stdout: stdio.stdout(),
                     stderr: stdio.stderr(),
+                    terminal: stdio.terminal(),
                 };
                 let spawned = launch::spawn(&launch).map_err(|e| format!("fork: {e}"));
-                (app.cri, app.stdin_keeper) = stdio.launched();
+                (app.writer, app.stdin_keeper, app.terminal) = stdio.launched();
                 spawned
             }
         };
@@ -460,6 +394,7 @@ impl Supervisor {
             stdin: self.null.as_fd(),
             stdout: self.null.as_fd(),
             stderr: self.null.as_fd(),
+            terminal: false,
         };
         // The probe's exit status is its whole answer; its report is not read.
         if let (Ok(spawned), Phase::Running { probe, .. }) = (launch::spawn(&launch), &mut app.phase) {
@@ -526,9 +461,11 @@ impl Supervisor {
         // (Not `signal_group`: the pid itself is reaped and may be reused.)
         let _ = killpg(proc.pid, Signal::SIGKILL);
         // Its output is in the log before its end is published.
-        if let Some(cri) = app.cri.as_mut() {
+        if let Some(cri) = app.writer.as_mut() {
             cri.drain();
         }
+        // Input for it has nowhere to go.
+        app.terminal = None;
         let reason = proc.stop.as_ref().map(|s| s.reason);
         self.conclude(i, end, failure, reason, proc.since, now);
     }

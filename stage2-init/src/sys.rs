@@ -319,3 +319,38 @@ pub(crate) fn move_mount_to(tree: BorrowedFd<'_>, target: &std::ffi::CStr) -> ni
     })
     .map(drop)
 }
+
+/// The peer (slave) end of the pseudo-terminal whose master is `master`
+/// (TIOCGPTPEER, Linux 4.13): opened through the master, so it is the
+/// slave of the same devpts instance whatever mounts this process sees.
+/// Unlocks it first (TIOCSPTLCK, as unlockpt(3)). Neither end becomes
+/// anyone's controlling terminal here (O_NOCTTY).
+pub(crate) fn pty_peer(master: BorrowedFd<'_>) -> nix::Result<std::os::fd::OwnedFd> {
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int through the pointer, which points
+    // to a live local.
+    Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes its open flags by value and returns a new
+    // file descriptor, which nothing else owns.
+    let fd = Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) })?;
+    // SAFETY: `fd` was just opened by the kernel for this process.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Makes terminal `fd` the calling process's controlling terminal
+/// (TIOCSCTTY); the caller is a session leader without one.
+pub(crate) fn set_controlling_terminal(fd: BorrowedFd<'_>) -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int by value (0: do not steal it from
+    // another session).
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+/// Sets the window size of terminal `fd` (TIOCSWINSZ); the kernel sends
+/// SIGWINCH to its foreground process group when it changes.
+pub(crate) fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> {
+    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` through the pointer,
+    // which points to a live local of that type.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) }).map(drop)
+}

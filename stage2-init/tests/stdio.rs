@@ -1,6 +1,7 @@
 //! pod-init's app streams beyond the defaults, against fake pod roots:
 //! the CRI log format (`LogPath=`, `LogFormat=cri`), `reopen-log`, a stop
-//! timeout over the control channel, and a FIFO as stdin (`Stdin=fifo`).
+//! timeout over the control channel, a FIFO as stdin (`Stdin=fifo`), and a
+//! terminal (`TTY=yes`).
 //! Tier (b): each test needs root and says SKIP without it.
 #![allow(clippy::unwrap_used)]
 
@@ -162,4 +163,97 @@ fn stdin_fifo_outlives_its_writers() {
 
 fn mode(p: &Path) -> u32 {
     fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// A devpts of its own at `<rootfs>/dev/pts`, as stage1 gives every app;
+/// unmounted on drop.
+struct Devpts(PathBuf);
+
+impl Devpts {
+    fn mount(rootfs: &Path) -> Devpts {
+        let pts = rootfs.join("dev/pts");
+        fs::create_dir_all(&pts).unwrap();
+        let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NOEXEC;
+        let opts = Some("newinstance,ptmxmode=0666,mode=0620");
+        nix::mount::mount(Some("devpts"), &pts, Some("devpts"), flags, opts).unwrap();
+        Devpts(pts)
+    }
+}
+
+impl Drop for Devpts {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The text of a CRI log's stdout, its parts joined.
+fn cri_stdout(path: &Path) -> String {
+    let mut text = String::new();
+    for (stream, tag, line) in cri_lines(path) {
+        assert_eq!(stream, "stdout", "a terminal has one stream");
+        text.push_str(&line);
+        if tag == "F" {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+#[test]
+fn tty_app_runs_on_a_terminal_pod_init_holds() {
+    if !can_run() {
+        return;
+    }
+    let (pod, log) = pod_with_log_volume();
+    let rootfs = pod.app("term", &format!("[Service]\nExecStart=sh\n{CRI}Stdin=fifo\nTTY=yes\n"));
+    for applet in ["tty", "stty"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    // Keeps the pod up once the shell has ended.
+    pod.app("idle", "[Service]\nExecStart=sleep 1000\n");
+    let _pts = Devpts::mount(&rootfs);
+    let _running = pod.start();
+    pod.wait_state("term", "ready");
+    let fifo = pod.root.join("stdin/term");
+    let type_in = |line: &str| {
+        let mut w = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        w.write_all(line.as_bytes()).unwrap();
+    };
+    // An interactive shell: its prompt is logged before any newline.
+    assert!(wait_for(Duration::from_secs(5), || cri_stdout(&log).contains("# ")), "no prompt: {}", cri_stdout(&log));
+    type_in("echo hi; tty\n");
+    let pts = |text: &str| text.lines().any(|l| l.trim_end_matches('\r') == "/dev/pts/0");
+    assert!(wait_for(Duration::from_secs(5), || pts(&cri_stdout(&log))), "no terminal: {}", cri_stdout(&log));
+    let text = cri_stdout(&log);
+    // (`lines()` took the terminal's CRs off.)
+    assert!(text.contains("echo hi; tty\n"), "the terminal echoes what is typed: {text:?}");
+    assert!(text.contains("\nhi\n"), "{text:?}");
+    // Resized: the shell's terminal has the new size.
+    assert!(control(&pod, "resize term 33 101").ends_with(" ok"), "{}", pod.stderr());
+    type_in("stty size\n");
+    assert!(wait_for(Duration::from_secs(5), || cri_stdout(&log).contains("\n33 101\n")), "{}", cri_stdout(&log));
+    assert!(control(&pod, "resize nope 1 1").contains("no-such-app"));
+    assert!(control(&pod, "resize idle 1 1").contains("has no terminal"));
+    // End of input (close-stdin, no writer left): ^D, and the shell exits.
+    assert!(control(&pod, "close-stdin term").ends_with(" ok"));
+    let status = pod.wait_state("term", "exited");
+    assert_eq!(status["exitCode"], 0, "{status}");
+    assert!(control(&pod, "resize term 24 80").contains("not running"), "resize after the end");
+}
+
+#[test]
+fn tty_without_stdin_logs_raw_output() {
+    if !can_run() {
+        return;
+    }
+    let pod = Pod::new();
+    let rootfs = pod.app(
+        "raw",
+        "[Service]\nExecStart=sh -c 'test -t 0 && test -t 1 && test -t 2 && echo all-tty'\n[X-Pod]\nTTY=yes\n",
+    );
+    let _pts = Devpts::mount(&rootfs);
+    let _running = pod.start();
+    let status = pod.wait_state("raw", "exited");
+    assert_eq!(status["exitCode"], 0, "{status}\n{}", pod.stderr());
+    assert_eq!(pod.log("raw"), "all-tty\r\n", "raw: the terminal's bytes as written");
 }

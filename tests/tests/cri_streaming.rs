@@ -2,7 +2,8 @@
 //! ExecSync (`crictl exec -s`, with a timeout), Exec over SPDY and over
 //! WebSocket (with a tty through `script`, resized), exec in a stopped
 //! container, PortForward to a real HTTP server in the pod fetched with
-//! curl over loopback (both transports), and Attach. As root, with the
+//! curl over loopback (both transports), and Attach (to a container on a
+//! terminal too). As root, with the
 //! busybox example image; SKIPs visibly without crictl, curl or script.
 #![allow(clippy::unwrap_used)]
 
@@ -352,5 +353,85 @@ fn attach_follows_the_cri_log() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "parts\n", "{transport}\n{}", f.s.log());
         assert_mentions(&String::from_utf8_lossy(&out.stderr), &["to-stderr"]);
     }
+    f.done();
+}
+
+/// A `tty` container: its shell runs on a terminal pod-init holds.
+/// `crictl attach -it` (under `script`, which gives crictl a terminal
+/// sized 30x99) shows the prompt, takes what is typed, and the client's
+/// size reaches the container's terminal; `exit` ends the shell, the
+/// container and the attach.
+#[test]
+fn attach_with_a_tty_is_interactive() {
+    if which("script").is_none() {
+        eprintln!("SKIP: no script(1) to give crictl attach -it a terminal");
+        return;
+    }
+    let Some(f) = Fixture::new() else { return };
+    let path = f.live.work.join("term.json");
+    let c = json!({"metadata": {"name": "term"}, "image": {"image": Example::Busybox.reference()},
+        "command": ["/bin/sh"], "log_path": "term.log", "stdin": true, "tty": true});
+    std::fs::write(&path, c.to_string()).unwrap();
+    let c = f.s.ok(&["create", &f.sandbox, p(&path), p(&f.sandbox_json)]).trim().to_owned();
+    f.s.ok(&["start", &c]);
+    wait_state(&f.s, &c, "CONTAINER_RUNNING");
+    let cmd = format!("stty rows 30 cols 99; {} --config {} attach -it {c}", p(&f.s.crictl), config_of(&f.s));
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
+    let wait_text = |what: &str, limit: u64| {
+        let deadline = Instant::now() + Duration::from_secs(limit);
+        while Instant::now() < deadline && !text().contains(what) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        text().contains(what)
+    };
+    let mut input = child.stdin.take().unwrap();
+    let mut type_in = |line: &str| std::io::Write::write_all(&mut input, line.as_bytes()).unwrap();
+    // The attach is up once the shell answers; until then, Enter again.
+    let mut answered = false;
+    for _ in 0..20 {
+        type_in("\n");
+        if wait_text("# ", 1) {
+            answered = true;
+            break;
+        }
+    }
+    assert!(answered, "no prompt through attach -it: {:?}\n{}", text(), f.s.log());
+    type_in("echo h''i; tty; stty size\n");
+    assert!(wait_text("\nhi\n", 20), "no output: {:?}\n{}", text(), f.s.log());
+    assert!(wait_text("\n/dev/pts/0\n", 5), "not on a terminal: {:?}", text());
+    assert!(wait_text("\n30 99\n", 5), "the client's size did not reach the terminal: {:?}", text());
+    // The shell ends: so do the container and the attach.
+    type_in("exit 0\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = child.try_wait().unwrap().is_some();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ended, "attach -it did not end with its container: {:?}", text());
+    wait_state(&f.s, &c, "CONTAINER_EXITED");
+    // The log has it all, as stdout.
+    let log = std::fs::read_to_string(f.live.work.join("logs/term.log")).unwrap();
+    assert!(log.lines().all(|l| l.split(' ').nth(1) == Some("stdout")), "{log}");
+    assert!(log.contains("/dev/pts/0"), "{log}");
     f.done();
 }

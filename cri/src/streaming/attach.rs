@@ -5,7 +5,10 @@
 //! created with `stdin: true` a FIFO as stdin at `<pod dir>/stdin/<app>`.
 //! So attach follows the log from its end at attach time (no second copy
 //! of the output is kept anywhere), and writes the client's stdin into the
-//! FIFO.
+//! FIFO. A `tty` container runs on a terminal pod-init holds: its output
+//! is logged as stdout as it comes (a prompt too, as a `P` part), the
+//! FIFO's input is typed into it, and the client's resize events set its
+//! size (pod-init's `resize`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +17,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::remotecommand::{Chan, Io, Outcome};
+use super::remotecommand::{Chan, Io, Outcome, TermSize};
 
 /// How often the log is polled for more.
 const POLL: Duration = Duration::from_millis(100);
@@ -72,23 +75,37 @@ pub fn stdin_fifo(pod_dir: &std::path::Path, app: &str) -> PathBuf {
     pod_dir.join("stdin").join(app)
 }
 
+/// A blocking call into pod-init, run off the async workers.
+pub type Hook = std::sync::Arc<dyn Fn() + Send + Sync>;
+/// A blocking call setting the terminal's size: rows, columns.
+pub type ResizeHook = std::sync::Arc<dyn Fn(u16, u16) + Send + Sync>;
+
 /// What attach needs of the container.
 #[derive(Clone)]
 pub struct AttachTarget {
     pub log_path: PathBuf,
+    /// The log is the app's raw one (a container created without a
+    /// `log_path`: pod-init appends both streams as they come to
+    /// `<pod dir>/logs/<app>.log`): it is passed on whole, as stdout.
+    pub raw_log: bool,
     pub stdin_fifo: PathBuf,
     /// For a `stdin_once` container: run (blocking) once the client's
     /// stdin ended, to have pod-init let go of the FIFO so the app reads
     /// end-of-file.
-    pub stdin_once: Option<std::sync::Arc<dyn Fn() + Send + Sync>>,
+    pub stdin_once: Option<Hook>,
+    /// For a `tty` container: sets the size of its terminal (pod-init's
+    /// `resize`), for each of the client's resize events.
+    pub resize: Option<ResizeHook>,
 }
 
 impl std::fmt::Debug for AttachTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AttachTarget")
             .field("log_path", &self.log_path)
+            .field("raw_log", &self.raw_log)
             .field("stdin_fifo", &self.stdin_fifo)
             .field("stdin_once", &self.stdin_once.is_some())
+            .field("resize", &self.resize.is_some())
             .finish()
     }
 }
@@ -96,9 +113,9 @@ impl std::fmt::Debug for AttachTarget {
 /// Follows `log` from its current end, sending output until `running`
 /// says the container stopped (and what it wrote last is sent) or the
 /// client is gone. With `tty` both streams go out as stdout (a terminal
-/// has one).
+/// has one). A `raw` log is not CRI lines: it is stdout as it is.
 async fn follow(
-    log: PathBuf,
+    (log, raw): (PathBuf, bool),
     out: mpsc::Sender<(Chan, Bytes)>,
     stdout: bool,
     stderr: bool,
@@ -121,7 +138,12 @@ async fn follow(
         let mut got = 0;
         if let Some((f, _)) = file.as_mut() {
             got = f.read(&mut buf).await.unwrap_or(0);
-            for (chan, data) in splitter.push(&buf[..got]) {
+            let chunks = match raw {
+                true if got > 0 => vec![(Chan::Stdout, Bytes::copy_from_slice(&buf[..got]))],
+                true => Vec::new(),
+                false => splitter.push(&buf[..got]),
+            };
+            for (chan, data) in chunks {
                 let wanted = match chan {
                     Chan::Stdout => stdout,
                     Chan::Stderr => stderr,
@@ -165,7 +187,7 @@ async fn follow(
 
 /// Writes the client's stdin into the app's FIFO; once it ends, closes our
 /// end and runs `once` (a `stdin_once` container's end of input).
-async fn feed(fifo: PathBuf, rx: mpsc::Receiver<Bytes>, once: Option<std::sync::Arc<dyn Fn() + Send + Sync>>) {
+async fn feed(fifo: PathBuf, rx: mpsc::Receiver<Bytes>, once: Option<Hook>) {
     if copy_in(fifo, rx).await {
         if let Some(once) = once {
             let _ = tokio::task::spawn_blocking(move || once()).await;
@@ -204,14 +226,26 @@ async fn copy_in(fifo: PathBuf, mut rx: mpsc::Receiver<Bytes>) -> bool {
     true
 }
 
+/// Passes the client's terminal sizes on, one at a time, in order.
+async fn resize(mut rx: mpsc::Receiver<TermSize>, hook: ResizeHook) {
+    while let Some(size) = rx.recv().await {
+        let hook = hook.clone();
+        let _ = tokio::task::spawn_blocking(move || hook(size.height, size.width)).await;
+    }
+}
+
 /// Attach: until the container stops.
 pub async fn attach(t: AttachTarget, io: Io, running: impl Fn() -> bool + Clone + Send + 'static) -> Outcome {
     let input = io.stdin.map(|rx| tokio::spawn(feed(t.stdin_fifo.clone(), rx, t.stdin_once.clone())));
+    let resizer = match (io.resize, t.resize) {
+        (Some(rx), Some(hook)) => Some(tokio::spawn(resize(rx, hook))),
+        _ => None,
+    };
     tokio::select! {
-        () = follow(t.log_path, io.out, io.stdout, io.stderr || io.tty, io.tty, running) => {}
+        () = follow((t.log_path, t.raw_log), io.out, io.stdout, io.stderr || io.tty, io.tty, running) => {}
         _ = io.gone => {}
     }
-    if let Some(h) = input {
+    for h in input.into_iter().chain(resizer) {
         h.abort();
     }
     Outcome::Exited(0)
@@ -251,7 +285,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let s2 = stop.clone();
-        let task = tokio::spawn(follow(log.clone(), tx, true, false, false, move || {
+        let task = tokio::spawn(follow((log.clone(), false), tx, true, false, false, move || {
             !s2.load(std::sync::atomic::Ordering::SeqCst)
         }));
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -263,6 +297,26 @@ mod tests {
         .unwrap();
         let (chan, data) = rx.recv().await.unwrap();
         assert_eq!((chan, &data[..]), (Chan::Stdout, &b"new\n"[..]));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_raw_log_is_stdout_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("app.log");
+        std::fs::write(&log, "before\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let task = tokio::spawn(follow((log.clone(), true), tx, true, true, false, move || {
+            !s2.load(std::sync::atomic::Ordering::SeqCst)
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut f, b"hello\n/ # ").unwrap();
+        let (chan, data) = rx.recv().await.unwrap();
+        assert_eq!((chan, &data[..]), (Chan::Stdout, &b"hello\n/ # "[..]));
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         task.await.unwrap();
     }

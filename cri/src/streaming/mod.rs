@@ -279,23 +279,38 @@ impl Server {
                         Ok(Err(e)) => return Outcome::Failed(e.to_string()),
                         Err(e) => return Outcome::Failed(e.to_string()),
                     };
-                    let stdin_once: Option<std::sync::Arc<dyn Fn() + Send + Sync>> = match c.record.stdin_once {
-                        true => {
-                            let (pod, app) = (c.sandbox.pod.clone(), c.record.app.clone());
+                    let (pod, app) = (c.sandbox.pod.clone(), spec::AcName::new(c.record.app.clone()).ok());
+                    let stdin_once: Option<attach::Hook> = match (c.record.stdin_once, app.clone()) {
+                        (true, Some(app)) => {
+                            let pod = pod.clone();
                             Some(std::sync::Arc::new(move || {
-                                if let Ok(app) = spec::AcName::new(app.clone()) {
-                                    if let Err(e) = stage0::control::close_stdin(&pod, &app) {
-                                        tracing::debug!(error = %e, "attach: close-stdin");
-                                    }
+                                if let Err(e) = stage0::control::close_stdin(&pod, &app) {
+                                    tracing::debug!(error = %e, "attach: close-stdin");
                                 }
                             }))
                         }
-                        false => None,
+                        _ => None,
+                    };
+                    let resize: Option<attach::ResizeHook> = match (c.record.tty, app) {
+                        (true, Some(app)) => Some(std::sync::Arc::new(move |rows, cols| {
+                            if let Err(e) = stage0::control::resize(&pod, &app, rows, cols) {
+                                tracing::debug!(error = %e, "attach: resize");
+                            }
+                        })),
+                        _ => None,
+                    };
+                    // Without a log path, pod-init logs raw into the pod's logs/.
+                    let raw_log = c.record.log_path.is_empty();
+                    let log_path = match raw_log {
+                        true => c.sandbox.pod.dir.join("logs").join(format!("{}.log", c.record.app)),
+                        false => c.record.log_path.clone().into(),
                     };
                     let t = attach::AttachTarget {
-                        log_path: c.record.log_path.clone().into(),
+                        log_path,
+                        raw_log,
                         stdin_fifo: attach::stdin_fifo(&c.sandbox.pod.dir, &c.record.app),
                         stdin_once,
+                        resize,
                     };
                     let id = c.id();
                     let running = move || {

@@ -391,6 +391,7 @@ impl Cx<'_> {
             security,
             log,
             stdin: a.stdin,
+            tty: a.tty,
         })
     }
 

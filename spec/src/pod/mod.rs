@@ -36,6 +36,7 @@
 //!     pidNamespace: pod                        # own: the app is PID 1 of a pid namespace of its own
 //!     log: { volume: logs, path: web/0.log, format: cri }  # default: logs/<app>.log, raw
 //!     stdin: true                              # a FIFO, /stdin/<app> in the pod root
+//!     tty: true                                # a pseudo-terminal as its controlling terminal
 //! volumes:
 //!   - { name: data, kind: empty }              # or kind: host, source: /abs, readOnly: true
 //! annotations: { example.com/owner: me }
@@ -229,6 +230,9 @@ pub struct AppSpec {
     pub log: Option<crate::stdio::AppLog>,
     /// Its stdin is a FIFO others write into (see [`crate::stdio`]).
     pub stdin: bool,
+    /// It runs on a pseudo-terminal pod-init holds the master of (see
+    /// [`crate::stdio`]).
+    pub tty: bool,
 }
 
 /// An app's image: the reference as written, and what it names.

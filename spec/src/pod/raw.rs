@@ -123,6 +123,8 @@ pub(super) struct App {
     pub log: Option<Log>,
     #[serde(default)]
     pub stdin: bool,
+    #[serde(default)]
+    pub tty: bool,
 }
 
 #[derive(Debug, Deserialize)]

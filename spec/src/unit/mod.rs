@@ -104,7 +104,10 @@
 //!   (default raw): `cri` writes stdout and stderr, through a pipe each,
 //!   as CRI log lines (`crate::stdio::LogFormat`). `Stdin=fifo`: the app's
 //!   stdin is the FIFO `/stdin/<app>` (`crate::stdio::stdin_fifo`) instead
-//!   of /dev/null.
+//!   of /dev/null. `TTY=yes`: the app's stdin, stdout and stderr are a
+//!   new pseudo-terminal of its own /dev/pts, its controlling terminal;
+//!   pod-init holds the master, logs what it reads there as stdout and
+//!   writes the stdin FIFO's input into it (`crate::stdio`).
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -184,6 +187,8 @@ pub struct Unit {
     pub log_format: LogFormat,
     /// `[X-Pod] Stdin=fifo`.
     pub stdin_fifo: bool,
+    /// `[X-Pod] TTY=yes`.
+    pub tty: bool,
 }
 
 /// When a finished app is started again.
@@ -293,6 +298,7 @@ impl Unit {
             log_path: None,
             log_format: LogFormat::Raw,
             stdin_fifo: false,
+            tty: false,
         }
     }
 
@@ -373,6 +379,7 @@ impl Unit {
                     "LogPath",
                     "LogFormat",
                     "Stdin",
+                    "TTY",
                 ][..],
             };
             let Some(&key_static) = known.iter().find(|k| **k == key) else {
@@ -498,6 +505,13 @@ impl Unit {
                         "null" => false,
                         "fifo" => true,
                         _ => return Err(invalid("expected null or fifo")),
+                    }
+                }
+                "TTY" => {
+                    unit.tty = match value {
+                        "yes" => true,
+                        "no" => false,
+                        _ => return Err(invalid("expected yes or no")),
                     }
                 }
                 "Restart" => {
@@ -645,6 +659,9 @@ impl Unit {
         }
         if self.stdin_fifo {
             line(&mut out, "Stdin", "fifo");
+        }
+        if self.tty {
+            line(&mut out, "TTY", "yes");
         }
         if let Some(readiness) = &self.readiness {
             match &readiness.check {

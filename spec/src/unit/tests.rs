@@ -275,18 +275,20 @@ fn no_new_privileges_and_groups_policy() {
 
 #[test]
 fn log_and_stdin_keys() {
-    let text = "[Service]\nExecStart=/bin/x\n[X-Pod]\nLogPath=/volumes/logs/c/0.log\nLogFormat=cri\nStdin=fifo\n";
+    let text =
+        "[Service]\nExecStart=/bin/x\n[X-Pod]\nLogPath=/volumes/logs/c/0.log\nLogFormat=cri\nStdin=fifo\nTTY=yes\n";
     let unit = Unit::parse(text, "x.unit").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(unit.log_path.as_deref(), Some("/volumes/logs/c/0.log"));
     assert_eq!(unit.log_format, crate::stdio::LogFormat::Cri);
     assert!(unit.stdin_fifo);
+    assert!(unit.tty);
     assert_eq!(Unit::parse(&unit.render(), "x.unit").unwrap_or_else(|e| panic!("{e}")), unit);
-    for bad in ["LogPath=rel/x", "LogPath=/a/../b", "LogFormat=json", "Stdin=pipe", "LogPath=/a\nLogPath=/b"] {
+    for bad in ["LogPath=rel/x", "LogPath=/a/../b", "LogFormat=json", "Stdin=pipe", "TTY=1", "LogPath=/a\nLogPath=/b"] {
         let text = format!("[Service]\nExecStart=/bin/x\n[X-Pod]\n{bad}\n");
         assert!(Unit::parse(&text, "x.unit").is_err(), "{bad}");
     }
     // The defaults are not written: units of apps without them stay as they were.
     let plain = Unit::parse("[Service]\nExecStart=/bin/x\n", "x.unit").unwrap_or_else(|e| panic!("{e}"));
     let rendered = plain.render();
-    assert!(!rendered.contains("Log") && !rendered.contains("Stdin"), "{rendered}");
+    assert!(!rendered.contains("Log") && !rendered.contains("Stdin") && !rendered.contains("TTY"), "{rendered}");
 }

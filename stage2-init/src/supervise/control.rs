@@ -4,8 +4,9 @@
 //! request per connection, answered at once. `inspect`, `stop APP
 //! [SECONDS]`, `start APP`, `add APP` (its unit and rootfs made by stage1
 //! first: read as at boot, appended to the plan and started), `remove APP`
-//! (an ended app leaves the plan) and `reopen-log APP` (a running
-//! CRI-format app's log file is opened anew) are served.
+//! (an ended app leaves the plan), `reopen-log APP` (a running
+//! CRI-format app's log file is opened anew), `close-stdin APP` and
+//! `resize APP ROWS COLS` (a running app's terminal) are served.
 //!
 //! No threads: a connection is read and answered in the loop, each read
 //! and write bounded by [`IO_TIMEOUT`]. Only root can connect (mode 0600),
@@ -122,7 +123,8 @@ impl Supervisor {
             | Request::StopWithin(name, _)
             | Request::Start(name)
             | Request::ReopenLog(name)
-            | Request::CloseStdin(name) => name,
+            | Request::CloseStdin(name)
+            | Request::Resize(name, ..) => name,
         };
         let Some(i) = self.apps.iter().position(|a| a.plan.name == *name) else {
             return refuse(ErrorKind::NoSuchApp, format!("no app {name} in this pod"));
@@ -137,6 +139,7 @@ impl Supervisor {
                 self.apps[i].stdin_keeper = None;
                 Ok(())
             }
+            Request::Resize(_, rows, cols) => self.resize(i, *rows, *cols),
             _ => self.start_app(i, now),
         };
         match result {
@@ -178,13 +181,23 @@ impl Supervisor {
         if app.phase.proc().is_none() {
             return Err(format!("app {name} is {}, not running: its log cannot be reopened", app.phase.state()));
         }
-        match app.cri.as_mut() {
+        match app.writer.as_mut() {
             Some(cri) => {
                 // What was written before the rename belongs in the old file.
                 cri.drain();
                 cri.reopen().map_err(|e| format!("app {name}: {e}"))
             }
             None => Err(format!("app {name} writes its log itself (raw format): there is nothing to reopen")),
+        }
+    }
+
+    /// `resize APP ROWS COLS`: the size of a running app's terminal.
+    fn resize(&mut self, i: usize, rows: u16, cols: u16) -> Result<(), String> {
+        let app = &self.apps[i];
+        match &app.terminal {
+            Some(terminal) => terminal.resize(rows, cols).map_err(|e| format!("app {}: {e}", app.name())),
+            None if !app.plan.unit.tty => Err(format!("app {} has no terminal (tty is not set)", app.name())),
+            None => Err(format!("app {} is {}, not running: its terminal is gone", app.name(), app.phase.state())),
         }
     }
 

@@ -6,9 +6,13 @@
 //! the file can then be reopened (`reopen-log`) once it was renamed away.
 //! With `Stdin=fifo`, stdin is the FIFO `/stdin/<app>`, opened for reading
 //! and writing, so the app sees no end of input when a writer leaves.
+//! With `TTY=yes` all three are the slave of a terminal (tty.rs), whose
+//! master is read the same way (as stdout, in either format), each read
+//! logged at once, an unfinished line as a part (`P`), so a prompt is seen
+//! as it is written; the stdin FIFO is then pod-init's to read.
 
 use std::fs::{File, OpenOptions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write as _};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ use nix::sys::stat::Mode;
 use spec::stdio::LogFormat;
 use spec::unit::Unit;
 
+use super::tty::{self, Terminal};
 use crate::crilog::{Splitter, Stream, CRI_LINE_MAX};
 use crate::log;
 
@@ -42,8 +47,9 @@ pub struct Stdio {
     /// The log file (raw), or the write ends of the pipes (CRI).
     out: OwnedFd,
     err: Option<OwnedFd>,
-    /// The CRI writer, once the app is launched.
-    cri: Option<CriLog>,
+    /// The log writer, once the app is launched.
+    writer: Option<LogWriter>,
+    terminal: Option<Terminal>,
 }
 
 impl Stdio {
@@ -55,23 +61,31 @@ impl Stdio {
         self.err.as_ref().unwrap_or(&self.out).as_fd()
     }
 
-    /// The app is launched: our copies of its ends go; what is left to
-    /// read is the CRI writer's.
-    /// What pod-init keeps once the app is launched: the CRI writer and
-    /// the stdin FIFO's keeper.
-    pub fn launched(self) -> (Option<CriLog>, Option<OwnedFd>) {
-        (self.cri, self.stdin_keeper)
+    /// The streams are a terminal's slave: the app's controlling terminal.
+    pub fn terminal(&self) -> bool {
+        self.terminal.is_some()
+    }
+
+    /// The app is launched: our copies of its ends go. What pod-init
+    /// keeps: the log writer, the stdin FIFO's keeper, the terminal.
+    pub fn launched(self) -> (Option<LogWriter>, Option<OwnedFd>, Option<Terminal>) {
+        (self.writer, self.stdin_keeper, self.terminal)
     }
 }
 
-/// The log file of an app whose unit has `LogFormat=cri`, and the read
-/// ends of its stdout and stderr pipes.
+/// The log file of an app whose output pod-init reads (`LogFormat=cri`,
+/// or a terminal), and the read ends of its stdout and stderr pipes (or
+/// of its terminal's master).
 #[derive(Debug)]
-pub struct CriLog {
+pub struct LogWriter {
     path: PathBuf,
     /// `None` once a reopen failed even after closing the old file.
     file: Option<File>,
     pipes: Vec<(OwnedFd, Splitter)>,
+    /// `LogFormat=raw` (a terminal's output): written as read.
+    raw: bool,
+    /// Each read is written at once, an unfinished line as a part.
+    eager: bool,
     write_failed: bool,
 }
 
@@ -92,16 +106,30 @@ pub fn log_path(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> PathBuf
     }
 }
 
-/// Opens what app `app` gets as stdin, stdout and stderr for one start.
-pub fn open(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> Result<Stdio, String> {
+/// Opens what app `app` (its rootfs at `rootfs`) gets as stdin, stdout
+/// and stderr for one start.
+pub fn open(root: &Path, logs_dir: &Path, app: &str, unit: &Unit, rootfs: &Path) -> Result<Stdio, String> {
     let path = log_path(root, logs_dir, app, unit);
     let file = open_log(&path)?;
     let (stdin, stdin_keeper) = match unit.stdin_fifo {
         true => open_fifo(root, app).map(|(r, w)| (Some(r), Some(w)))?,
         false => (None, None),
     };
-    if unit.log_format == LogFormat::Raw {
-        return Ok(Stdio { stdin, stdin_keeper, out: OwnedFd::from(file), err: None, cri: None });
+    let raw = unit.log_format == LogFormat::Raw;
+    if unit.tty {
+        let (mut terminal, slave) = tty::open(rootfs)?;
+        if let Some(fifo) = stdin {
+            terminal.set_input(fifo)?;
+        }
+        let master = terminal.reader()?;
+        let pipes = vec![(master, Splitter::new(Stream::Stdout))];
+        let writer = LogWriter { path, file: Some(file), pipes, raw, eager: true, write_failed: false };
+        let stdin = Some(slave.try_clone().map_err(|e| format!("tty: dup: {e}"))?);
+        let (writer, terminal) = (Some(writer), Some(terminal));
+        return Ok(Stdio { stdin, stdin_keeper, out: slave, err: None, writer, terminal });
+    }
+    if raw {
+        return Ok(Stdio { stdin, stdin_keeper, out: OwnedFd::from(file), err: None, writer: None, terminal: None });
     }
     let pipe = || {
         let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
@@ -113,8 +141,8 @@ pub fn open(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> Result<Stdi
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let pipes = vec![(out_r, Splitter::new(Stream::Stdout)), (err_r, Splitter::new(Stream::Stderr))];
-    let cri = CriLog { path, file: Some(file), pipes, write_failed: false };
-    Ok(Stdio { stdin, stdin_keeper, out: out_w, err: Some(err_w), cri: Some(cri) })
+    let writer = LogWriter { path, file: Some(file), pipes, raw, eager: false, write_failed: false };
+    Ok(Stdio { stdin, stdin_keeper, out: out_w, err: Some(err_w), writer: Some(writer), terminal: None })
 }
 
 /// Makes `/stdin/<app>` (a FIFO, mode 0600, in a directory only root may
@@ -154,13 +182,13 @@ fn open_fifo(root: &Path, app: &str) -> Result<(OwnedFd, OwnedFd), String> {
     Ok((OwnedFd::from(read), OwnedFd::from(keeper)))
 }
 
-impl CriLog {
+impl LogWriter {
     /// The pipes still open, for poll(2).
     pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         self.pipes.iter().map(|(fd, _)| fd.as_fd())
     }
 
-    /// Reads pipe `k` (in [`CriLog::fds`] order), a few buffers at most,
+    /// Reads pipe `k` (in [`LogWriter::fds`] order), a few buffers at most,
     /// and writes the lines; at its end, the last part and it is closed.
     pub fn read(&mut self, k: usize) {
         self.pump(k, READS_PER_WAKEUP);
@@ -198,10 +226,15 @@ impl CriLog {
                 Err(_) => 0,
             };
             let now = SystemTime::now();
-            let written = if n == 0 {
-                splitter.finish(now, &mut Sink(self.file.as_mut()))
-            } else {
-                splitter.feed(&buf[..n], now, &mut Sink(self.file.as_mut()))
+            let sink = &mut Sink(self.file.as_mut());
+            let written = match (n, self.raw) {
+                (0, true) => Ok(()),
+                (_, true) => sink.write_all(&buf[..n]),
+                (0, false) => splitter.finish(now, sink),
+                (_, false) if self.eager => {
+                    splitter.feed(&buf[..n], now, sink).and_then(|()| splitter.finish(now, sink))
+                }
+                (_, false) => splitter.feed(&buf[..n], now, sink),
             };
             if let Err(e) = written {
                 note(&mut self.write_failed, &self.path, &e);
