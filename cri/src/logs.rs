@@ -111,7 +111,7 @@ pub fn app_keys(
         extra.insert("stdin".into(), serde_json::Value::Bool(true));
     }
     if tty {
-        extra.insert("tty".into(), serde_json::Value::Bool(true));
+        extra.insert("terminal".into(), serde_json::Value::Bool(true));
     }
     Ok(())
 }

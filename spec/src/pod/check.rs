@@ -391,7 +391,7 @@ impl Cx<'_> {
             security,
             log,
             stdin: a.stdin,
-            tty: a.tty,
+            tty: a.terminal,
         })
     }
 

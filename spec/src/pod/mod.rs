@@ -36,7 +36,7 @@
 //!     pidNamespace: pod                        # own: the app is PID 1 of a pid namespace of its own
 //!     log: { volume: logs, path: web/0.log, format: cri }  # default: logs/<app>.log, raw
 //!     stdin: true                              # a FIFO, /stdin/<app> in the pod root
-//!     tty: true                                # a pseudo-terminal as its controlling terminal
+//!     terminal: true                           # a pseudo-terminal as its controlling terminal
 //! volumes:
 //!   - { name: data, kind: empty }              # or kind: host, source: /abs, readOnly: true
 //! annotations: { example.com/owner: me }

@@ -123,8 +123,9 @@ pub(super) struct App {
     pub log: Option<Log>,
     #[serde(default)]
     pub stdin: bool,
+    /// `terminal: true`: a pseudo-terminal (as `podman run -t`).
     #[serde(default)]
-    pub tty: bool,
+    pub terminal: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -554,13 +554,13 @@ fn log_and_stdin() {
     let a = ok(base).apps.remove(0);
     assert_eq!((a.log, a.stdin, a.tty), (None, false, false));
     let text = format!(
-        "{base}    log: {{ volume: logs, path: c/0.log, format: cri }}\n    stdin: true\n    tty: true\n{vols}"
+        "{base}    log: {{ volume: logs, path: c/0.log, format: cri }}\n    stdin: true\n    terminal: true\n{vols}"
     );
     let a = ok(&text).apps.remove(0);
     let want = AppLog { volume: AcName::new("logs").expect("name"), path: "c/0.log".into(), format: LogFormat::Cri };
     assert_eq!((a.log, a.stdin, a.tty), (Some(want), true, true));
-    let e = err(&format!("{base}    tty: maybe\n"));
-    assert!(e.field.contains("tty") || e.message.contains("tty"), "{e}");
+    let e = err(&format!("{base}    terminal: maybe\n"));
+    assert!(e.field.contains("terminal") || e.message.contains("terminal"), "{e}");
     let raw = ok(&format!("{base}    log: {{ volume: logs, path: a.log }}\n{vols}")).apps.remove(0);
     assert_eq!(raw.log.map(|l| l.format), Some(LogFormat::Raw));
     for (log, field, message) in [
