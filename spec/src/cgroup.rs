@@ -58,9 +58,9 @@ mod tests {
             ("/kubepods.slice/kubepods-burstable.slice", "systemd slice"),
             ("/test.slice", "systemd slice"),
         ] {
-            let e = check_parent(bad).unwrap_err();
+            let e = check_parent(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");
         }
-        assert!(check_parent(&format!("/{}", "a".repeat(2000))).unwrap_err().contains("longer"));
+        assert!(check_parent(&format!("/{}", "a".repeat(2000))).expect_err("too long").contains("longer"));
     }
 }
