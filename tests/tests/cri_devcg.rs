@@ -1,8 +1,8 @@
 //! A sandbox's `linux.cgroup_parent` and a container's `devices` under the
 //! real crictl: the pod's cgroups made under kubelet's parent in every
 //! hierarchy (the app's process in `<parent>/<uuid>/<app>`), stats and
-//! updates reading and writing them there, `rmp` removing them and never
-//! the parent; a systemd slice refused; a container given /dev/null and
+//! updates reading and writing them there, `rmp` and `pod gc` (after
+//! its stage1 was killed) removing them and never the parent; a systemd slice refused; a container given /dev/null and
 //! /dev/zero under names of its own reading and writing them; bad devices
 //! refused naming the field. As root, with the busybox example image.
 #![allow(clippy::unwrap_used)]
@@ -157,6 +157,39 @@ fn a_sandbox_under_kubelets_cgroup_parent() {
     }
     let left = leftovers_of(&live, &sandbox);
     assert!(left.is_empty(), "left behind: {left:#?}");
+
+    // A sandbox whose stage1 is killed: `pod gc` finds its cgroups under
+    // the parent (recorded in stage1.json) and removes them, not the parent.
+    let other = s.ok(&["runp", &sandbox_json]).trim().to_owned();
+    let pod_dirs: Vec<PathBuf> = parent.dirs().iter().map(|d| d.join(&other)).filter(|d| d.is_dir()).collect();
+    assert!(!pod_dirs.is_empty(), "no cgroup of {other} under {}", parent.rel);
+    let monitors: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("pod-stage1-ns") && cmdline.contains(&other)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!monitors.is_empty(), "no stage1 of {other}");
+    for pid in &monitors {
+        let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = live.run_within(&["gc"], std::time::Duration::from_secs(60));
+        assert!(out.status.success(), "{}", describe(&["gc"], &out));
+        if pod_dirs.iter().all(|d| !d.exists()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "pod gc left {pod_dirs:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for dir in parent.dirs() {
+        assert!(dir.is_dir(), "gc removed the parent {}", dir.display());
+    }
 }
 
 #[test]
