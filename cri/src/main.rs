@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Serve CRI v1 (RuntimeService: Version, Status, sandboxes and
     /// containers, ReopenContainerLog, stats and metrics,
-    /// UpdateContainerResources, UpdateRuntimeConfig, ExecSync, and Exec,
+    /// UpdateContainerResources, UpdateRuntimeConfig, RuntimeConfig, ExecSync, and Exec,
     /// Attach and PortForward through a streaming server speaking SPDY/3.1
     /// and WebSocket; the whole ImageService) over gRPC until SIGTERM.
     Serve(ServeArgs),

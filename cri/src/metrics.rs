@@ -246,7 +246,7 @@ fn extra(dirs: &Dirs, live: &Live, c: &Container, now: i64) -> Result<Extra, Cri
     let meta = fs::metadata(data).map_err(crate::sandbox::io("inspect", data))?;
     let vfs = nix::sys::statvfs::statvfs(data.as_path())
         .map_err(|e| CriError::Failed(format!("statvfs {}: {e}", data.display())))?;
-    let procs = cgroups::app_procs(live.hierarchy()?, &c.sandbox.pod.uuid, &c.record.app).unwrap_or_default();
+    let procs = cgroups::app_procs(live.hierarchy()?, &c.sandbox.cgroup_loc()?, &c.record.app).unwrap_or_default();
     let (fds, sockets) = descriptors_of(&procs);
     let layer = writable_layer(dirs, c, now)?;
     let secs = |ns: i64| u64::try_from(ns).unwrap_or(0) / NS;

@@ -10,12 +10,15 @@
 //!   kubelet's runtimes treat it. `linux.sysctls` → `sysctls`: namespaced
 //!   ones only (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*),
 //!   set in the pod's own namespaces at its start; others are refused with
-//!   their name. `linux.cgroup_parent` is kept in the sandbox record only:
-//!   pod's cgroups are `pod/<uuid>` in each hierarchy, which `pod gc` and the
-//!   stats find without a record (kubelet's QoS slices are not honoured).
+//!   their name. `linux.cgroup_parent` → `cgroupParent`: the pod's cgroups
+//!   are `<parent>/<uuid>` in each hierarchy instead of `pod/<uuid>`,
+//!   recorded in `stage1.json` for gc, stats and updates; cgroupfs paths
+//!   only (a systemd slice is refused: no systemd driver yet).
 //! - container: `mounts` → host mounts (mounts.rs); `linux.resources` →
 //!   `resources` (memory, CPU quota as a CPU count, CPU shares, OOM score
-//!   adjustment); `devices` are refused (no device cgroup to grant them).
+//!   adjustment); `devices` → `devices` (the host node bound at the
+//!   container path; no device cgroup is made, so `permissions` are
+//!   recorded, not enforced: see stage1-ns/src/devices.rs).
 //!   The cpuset, hugepage, swap and `unified` fields are not applied: the
 //!   memory limit is also the memory+swap limit.
 
@@ -70,6 +73,20 @@ pub fn sandbox_keys(config: &proto::PodSandboxConfig, network: &Network) -> Resu
     Ok(keys)
 }
 
+/// The pod file's `cgroupParent` for a sandbox's `linux.cgroup_parent`
+/// (kubelet's `/kubepods/burstable/pod<uid>`), checked: a cgroupfs path,
+/// since RuntimeConfig names the cgroupfs driver. For the VM handler it is
+/// kept in the record only: a VM pod makes no cgroups on the host (the VM
+/// is its boundary), and refusing it would refuse every kubelet sandbox.
+pub fn cgroup_parent(config: &proto::PodSandboxConfig, handler: &str) -> Result<Option<String>, CriError> {
+    let parent = config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).unwrap_or_default();
+    if parent.is_empty() || !crate::sandbox::NS_HANDLERS.contains(&handler) {
+        return Ok(None);
+    }
+    spec::cgroup::check_parent(parent).map_err(|m| CriError::InvalidArgument(format!("linux.cgroup_parent: {m}")))?;
+    Ok(Some(parent.to_owned()))
+}
+
 /// The pod file's `network` for the network a sandbox joins.
 pub fn network_key(network: &Network) -> String {
     match network {
@@ -116,20 +133,17 @@ fn ports(mappings: &[proto::PortMapping]) -> Result<Vec<Value>, CriError> {
     Ok(out)
 }
 
-/// The pod-file keys of a container's mounts and resources; its devices
-/// are refused.
+/// The pod-file keys of a container's devices, mounts and resources.
 pub fn container_keys(config: &proto::ContainerConfig) -> Result<Keys, CriError> {
     let name = config.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
-    if let Some(d) = config.devices.first() {
-        return Err(CriError::Unimplemented(format!(
-            "container {name:?}: devices ({} on {}) are not served: pod gives apps no device nodes beyond its minimal /dev",
-            d.host_path, d.container_path
-        )));
-    }
     if !config.cdi_devices.is_empty() {
         return Err(CriError::Unimplemented(format!("container {name:?}: CDI devices are not served")));
     }
     let mut keys = Keys::new();
+    let devices = devices(name, &config.devices)?;
+    if !devices.is_empty() {
+        keys.insert("devices".into(), Value::Array(devices));
+    }
     let mounts = crate::mounts::app_mounts(name, &config.mounts)?;
     if !mounts.is_empty() {
         keys.insert("mounts".into(), Value::Array(mounts));
@@ -141,6 +155,30 @@ pub fn container_keys(config: &proto::ContainerConfig) -> Result<Keys, CriError>
         }
     }
     Ok(keys)
+}
+
+/// A container's devices as the pod file's `devices`: the host path must
+/// be a character or block device and the container path absolute; the
+/// permissions are a combination of r, w, m (empty: rwm).
+fn devices(name: &str, devices: &[proto::Device]) -> Result<Vec<Value>, CriError> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::with_capacity(devices.len());
+    for (i, d) in devices.iter().enumerate() {
+        let bad = |what: String| CriError::InvalidArgument(format!("container {name:?}: devices[{i}].{what}"));
+        if !d.container_path.starts_with('/') {
+            return Err(bad(format!("container_path {:?} is not absolute", d.container_path)));
+        }
+        if !d.host_path.starts_with('/') {
+            return Err(bad(format!("host_path {:?} is not absolute", d.host_path)));
+        }
+        let kind = std::fs::metadata(&d.host_path).map_err(|e| bad(format!("host_path {}: {e}", d.host_path)))?;
+        if !(kind.file_type().is_char_device() || kind.file_type().is_block_device()) {
+            return Err(bad(format!("host_path {} is not a character or block device", d.host_path)));
+        }
+        let permissions = if d.permissions.is_empty() { "rwm" } else { d.permissions.as_str() };
+        out.push(json!({"host": d.host_path, "path": d.container_path, "permissions": permissions}));
+    }
+    Ok(out)
 }
 
 /// `LinuxContainerResources` as the pod file's `resources`: the quota over
@@ -272,6 +310,21 @@ mod tests {
     }
 
     #[test]
+    fn cgroup_parents_are_checked_and_kept_for_vm_sandboxes() {
+        let config = |parent: &str| proto::PodSandboxConfig {
+            linux: Some(proto::LinuxPodSandboxConfig { cgroup_parent: parent.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(cgroup_parent(&config("/kubepods/pod1"), "pod").unwrap().as_deref(), Some("/kubepods/pod1"));
+        assert_eq!(cgroup_parent(&config(""), "pod").unwrap(), None);
+        assert_eq!(cgroup_parent(&config("/kubepods/pod1"), "pod-vm").unwrap(), None);
+        for bad in ["/kubepods.slice", "kubepods", "/a/../b"] {
+            let e = cgroup_parent(&config(bad), "").unwrap_err();
+            assert!(matches!(&e, CriError::InvalidArgument(m) if m.starts_with("linux.cgroup_parent: ")), "{e}");
+        }
+    }
+
+    #[test]
     fn resources_become_pod_resources() {
         let r = proto::LinuxContainerResources {
             cpu_period: 100_000,
@@ -290,18 +343,27 @@ mod tests {
     }
 
     #[test]
-    fn devices_are_refused_by_name() {
-        let config = proto::ContainerConfig {
+    fn devices_become_pod_devices_and_bad_ones_are_refused_by_field() {
+        let config = |host: &str, path: &str| proto::ContainerConfig {
             metadata: Some(proto::ContainerMetadata { name: "c".into(), attempt: 0 }),
             devices: vec![proto::Device {
-                host_path: "/dev/fuse".into(),
-                container_path: "/dev/fuse".into(),
-                permissions: "rwm".into(),
+                host_path: host.into(),
+                container_path: path.into(),
+                permissions: "".into(),
             }],
             ..Default::default()
         };
-        let e = container_keys(&config).unwrap_err();
-        assert!(matches!(&e, CriError::Unimplemented(m) if m.contains("/dev/fuse")), "{e}");
+        let keys = Value::Object(container_keys(&config("/dev/null", "/dev/mynull")).unwrap());
+        assert_eq!(keys["devices"], json!([{"host": "/dev/null", "path": "/dev/mynull", "permissions": "rwm"}]));
+        let e = container_keys(&config("/dev/null", "dev/mynull")).unwrap_err();
+        assert!(matches!(&e, CriError::InvalidArgument(m) if m.contains("devices[0].container_path")), "{e}");
+        let e = container_keys(&config("/etc/hostname", "/dev/x")).unwrap_err();
+        assert!(
+            matches!(&e, CriError::InvalidArgument(m) if m.contains("devices[0].host_path /etc/hostname is not a character or block device")),
+            "{e}"
+        );
+        let e = container_keys(&config("/no/such/node", "/dev/x")).unwrap_err();
+        assert!(matches!(&e, CriError::InvalidArgument(m) if m.contains("devices[0].host_path /no/such/node")), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The CRI RuntimeService: Version, Status, and the sandbox and container
 //! lifecycle for the namespace handler (sandbox.rs); stats and metrics
 //! (stats.rs, metrics.rs), resource updates (update.rs) and the runtime
-//! config (the pod CIDR, kept in live.rs); ExecSync, and Exec, Attach and
+//! config (the pod CIDR, kept in live.rs; RuntimeConfig names the cgroupfs
+//! driver); ExecSync, and Exec, Attach and
 //! PortForward as URLs on the streaming server (streaming/). Calls not
 //! served yet answer Unimplemented (tonic's default stubs).
 
@@ -303,6 +304,17 @@ impl RuntimeService for Runtime {
             self.live.set_pod_cidr((!cidr.is_empty()).then_some(cidr));
         }
         Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<proto::RuntimeConfigRequest>,
+    ) -> Result<Response<proto::RuntimeConfigResponse>, Status> {
+        // kubelet (1.31+) picks its own cgroup driver from this answer: pod
+        // manages cgroups through the filesystem, in v1 and v2 alike.
+        Ok(Response::new(proto::RuntimeConfigResponse {
+            linux: Some(proto::LinuxRuntimeConfiguration { cgroup_driver: proto::CgroupDriver::Cgroupfs as i32 }),
+        }))
     }
 
     async fn container_stats(

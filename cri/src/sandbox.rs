@@ -61,7 +61,8 @@ pub struct SandboxRecord {
     pub runtime_handler: String,
     #[serde(default)]
     pub log_directory: String,
-    /// `linux.cgroup_parent` as given: kept, not honoured (see podcfg.rs).
+    /// `linux.cgroup_parent` as given (honoured for the namespace
+    /// handlers: podcfg.rs; `stage1.json` records what the pod uses).
     #[serde(default)]
     pub cgroup_parent: String,
     /// Nanoseconds since the epoch.
@@ -145,6 +146,16 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// Where the sandbox's cgroups are: under the parent its `stage1.json`
+    /// records (`linux.cgroup_parent`), else under `pod/`.
+    pub fn cgroup_loc(&self) -> Result<stage1_ns::cgroups::PodLoc, CriError> {
+        let parent = fs::read(self.pod.dir.join(spec::stage1::INVOCATION_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<spec::stage1::Invocation>(&b).ok())
+            .and_then(|i| i.cgroup_parent);
+        stage1_ns::cgroups::PodLoc::new(parent.as_deref(), &self.pod.uuid).map_err(|e| CriError::Failed(e.to_string()))
+    }
+
     pub fn ready(&self) -> bool {
         self.pod.state == PodState::Running
     }
@@ -302,7 +313,10 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         true => Network::Host,
         false => cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name }),
     };
-    let settings = crate::podcfg::sandbox_keys(&config, &network)?;
+    let mut settings = crate::podcfg::sandbox_keys(&config, &network)?;
+    if let Some(parent) = crate::podcfg::cgroup_parent(&config, handler)? {
+        settings.insert("cgroupParent".into(), serde_json::json!(parent));
+    }
     let record = SandboxRecord {
         name: meta.name.clone(),
         uid: meta.uid.clone(),

@@ -46,9 +46,9 @@ pub(crate) fn read_app(live: &Live, c: &Container) -> Result<Reading, CriError> 
         return Ok(None);
     }
     let h = live.hierarchy()?;
-    let (uuid, app) = (&c.sandbox.pod.uuid, &c.record.app);
-    let Some(stats) = absent_ok(cgroups::app_stats(h, uuid, app))? else { return Ok(None) };
-    let limits = absent_ok(cgroups::app_limits(h, uuid, app))?.unwrap_or_default();
+    let (loc, app) = (c.sandbox.cgroup_loc()?, &c.record.app);
+    let Some(stats) = absent_ok(cgroups::app_stats(h, &loc, app))? else { return Ok(None) };
+    let limits = absent_ok(cgroups::app_limits(h, &loc, app))?.unwrap_or_default();
     Ok(Some((stats, limits)))
 }
 
@@ -204,7 +204,7 @@ fn read_pod(live: &Live, s: &Sandbox) -> Result<Reading, CriError> {
     if s.pod.state != PodState::Running {
         return Ok(None);
     }
-    let stats = absent_ok(cgroups::pod_stats(live.hierarchy()?, &s.pod.uuid))?;
+    let stats = absent_ok(cgroups::pod_stats(live.hierarchy()?, &s.cgroup_loc()?))?;
     Ok(stats.map(|st| (st, CgroupLimits::default())))
 }
 

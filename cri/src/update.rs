@@ -213,7 +213,7 @@ pub fn update_container(
     let linux = linux.ok_or_else(|| CriError::InvalidArgument("no linux resources given".into()))?;
     let update = to_update(&linux)?;
     let h = live.hierarchy()?;
-    let (uuid, app) = (&c.sandbox.pod.uuid, &c.record.app);
+    let (loc, app) = (c.sandbox.cgroup_loc()?, &c.record.app);
     let name = AcName::new(app.clone()).map_err(|e| CriError::InvalidArgument(e.to_string()))?;
     let previous = recorded(&c);
     let mut rec = previous.clone().unwrap_or(Recorded { created_at: c.record.created_at, ..Recorded::default() });
@@ -222,9 +222,9 @@ pub fn update_container(
     // The cgroup, then the record, then pod.json (under the apps lock):
     // whatever fails, what was done before it is undone.
     let done = addapp::update_resources(&c.sandbox.pod, &name, |res| -> Result<(), CriError> {
-        applied = Some(cgroups::update_app(h, uuid, app, &update).map_err(|e| update_error(id, e))?);
+        applied = Some(cgroups::update_app(h, &loc, app, &update).map_err(|e| update_error(id, e))?);
         // pod.json says what the cgroup now enforces, in its own terms.
-        let now = cgroups::app_limits(h, uuid, app).map_err(|e| CriError::Failed(e.to_string()))?;
+        let now = cgroups::app_limits(h, &loc, app).map_err(|e| CriError::Failed(e.to_string()))?;
         res.memory_bytes = now.memory_bytes;
         res.cpu_millis = now.cpu_quota_us.zip(now.cpu_period_us).map(|(q, p)| q.saturating_mul(1000) / p.max(1));
         res.pids = now.pids;

@@ -2,6 +2,7 @@
 //! manifest. Parsing and validation only; no I/O.
 #![forbid(unsafe_code)]
 
+pub mod cgroup;
 pub mod control;
 pub mod id;
 pub mod manifest;

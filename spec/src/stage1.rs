@@ -232,6 +232,27 @@ pub struct App {
     /// goes to its log through pipes or as is.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tty: bool,
+    /// Host device nodes bound into the app (see [`crate::pod::Device`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+}
+
+/// A host device node given to an app (`devices` in the pod file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Device {
+    /// The character or block device on the host (absolute).
+    pub host: String,
+    /// Where the app sees it (absolute, inside the app).
+    pub path: String,
+    /// `r`, `w`, `m` as the CRI and the device cgroup write them.
+    pub permissions: String,
+}
+
+impl From<crate::pod::Device> for Device {
+    fn from(d: crate::pod::Device) -> Self {
+        Self { host: d.host, path: d.path, permissions: d.permissions }
+    }
 }
 
 fn default_caps() -> CapSet {
@@ -313,6 +334,13 @@ pub struct Invocation {
     /// cannot honour it (the VM stage1) fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userns: Option<IdMap>,
+    /// The cgroup holding the pod's own, `<parent>/<uuid>` in every
+    /// hierarchy (`cgroupParent`, checked by `crate::cgroup::check_parent`);
+    /// absent: `/pod`. Recorded here so that the monitor, `pod gc`, the
+    /// stats and updates find the pod's cgroups; a stage1 that cannot honour
+    /// it (the VM stage1, whose VM is the pod's boundary) fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<String>,
 }
 
 /// A user namespace's mapping: ids `0..size` inside are `uid..uid+size`

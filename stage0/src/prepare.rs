@@ -275,7 +275,23 @@ pub(crate) fn resolve_app(
         log: app.log.clone(),
         stdin: app.stdin,
         tty: app.tty,
+        devices: devices_of(app).map_err(err)?,
     })
+}
+
+/// The app's devices, each host path checked to be a character or block
+/// device now (stage1 checks again when it binds it).
+fn devices_of(app: &AppSpec) -> Result<Vec<stage1::Device>, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::with_capacity(app.devices.len());
+    for (i, d) in app.devices.iter().enumerate() {
+        let kind = std::fs::metadata(&d.host).map_err(|e| format!("devices[{i}].host: {}: {e}", d.host))?.file_type();
+        if !(kind.is_char_device() || kind.is_block_device()) {
+            return Err(format!("devices[{i}].host: {} is not a character or block device", d.host));
+        }
+        out.push(stage1::Device::from(d.clone()));
+    }
+    Ok(out)
 }
 
 /// The app's mounts: the pod file's, then, for an OCI image, an empty
@@ -549,6 +565,7 @@ fn write_pod(
         debug: host.debug,
         vm: host.vm.clone().ok(),
         userns: allocation.as_ref().map(|a| a.map),
+        cgroup_parent: pod_file.cgroup_parent.clone(),
     };
     write_json(&dir.join(stage1::INVOCATION_FILE), &invocation)?;
     drop(allocation);

@@ -27,7 +27,7 @@ use nix::mount::{umount2, MntFlags};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::ForkResult;
-use spec::stage1::{App, ResolvedPod, VolumeSource};
+use spec::stage1::{App, Invocation, ResolvedPod, VolumeSource};
 use spec::AcName;
 
 use crate::cgroups::{self, Limits};
@@ -75,7 +75,7 @@ pub fn add(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
         .find(|a| &a.name == name)
         .ok_or_else(|| Stage1Error::Invalid(format!("pod.json has no app {name}")))?;
     let pid = pod_pid(pod_dir)?;
-    match add_app(pod_dir, &pod, app, pid) {
+    match add_app(pod_dir, &inv, &pod, app, pid) {
         Ok(()) => Ok(()),
         Err(e) => {
             if let Err(undo) = remove(pod_dir, name) {
@@ -86,10 +86,10 @@ pub fn add(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
     }
 }
 
-fn add_app(pod_dir: &Path, pod: &ResolvedPod, app: &App, pid: i32) -> Result<(), Stage1Error> {
+fn add_app(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, app: &App, pid: i32) -> Result<(), Stage1Error> {
     let name = app.name.as_str();
     let h = monitor::hierarchy()?;
-    let cg = cgroups::create_pod(&h, &pod.uuid, &[(name, Limits::from(app.resources))])?;
+    let cg = cgroups::create_pod(&h, monitor::pod_loc(inv, pod)?, &[(name, Limits::from(app.resources))])?;
     let cgroup_dirs = cg.app_dirs(name)?;
     units::write_app(pod_dir, app, cgroup_dirs.len(), &mut None).map_err(|(p, e)| io_err("write", &p)(e))?;
 
@@ -101,6 +101,7 @@ fn add_app(pod_dir: &Path, pod: &ResolvedPod, app: &App, pid: i32) -> Result<(),
         rootfs: detached_rootfs(&base, app)?,
         host_volumes: detached_host_volumes(pod, app)?,
         dev: Path::new("/apps").join(name).join(HOST_DEV),
+        devices: crate::devices::open_all(app).map_err(|e| Stage1Error::Launch(e.to_string()))?,
     };
     let dev = sys::clone_tree(Path::new("/dev"), false, 0).map_err(sys_err("open_tree /dev"))?;
     let cgroup_trees = cgroup_dirs
@@ -253,7 +254,7 @@ pub fn remove(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
         })?;
     }
     let h = monitor::hierarchy()?;
-    if let Some(cg) = cgroups::open_pod(&h, &pod.uuid)? {
+    if let Some(cg) = cgroups::open_pod(&h, monitor::pod_loc(&inv, &pod)?)? {
         cg.remove_app(app)?;
     }
     remove_files(pod_dir, name)

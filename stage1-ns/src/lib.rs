@@ -5,6 +5,7 @@
 pub mod addapp;
 pub mod cgroups;
 pub mod crashpoint;
+pub mod devices;
 pub mod monitor;
 pub mod mounts;
 pub mod network;

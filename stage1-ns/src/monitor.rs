@@ -87,6 +87,12 @@ fn network_host(pod_dir: &Path, inv: &Invocation) -> NetworkHost {
     }
 }
 
+/// Where the pod's cgroups are: under the parent `stage1.json` records, or
+/// under `pod/`.
+pub(crate) fn pod_loc(inv: &Invocation, pod: &ResolvedPod) -> Result<cgroups::PodLoc, Stage1Error> {
+    Ok(cgroups::PodLoc::new(inv.cgroup_parent.as_deref(), &pod.uuid)?)
+}
+
 pub(crate) fn hierarchy() -> Result<cgroups::Hierarchy, Stage1Error> {
     Ok(cgroups::detect_host(Path::new("/proc/self/mountinfo"), Path::new("/sys/fs/cgroup"))?)
 }
@@ -253,7 +259,7 @@ fn prepare_host(
 ) -> Result<Go, Stage1Error> {
     let h = hierarchy()?;
     let apps: Vec<(&str, Limits)> = pod.apps.iter().map(|a| (a.name.as_str(), Limits::from(a.resources))).collect();
-    let cg = cgroups::create_pod(&h, &pod.uuid, &apps)?;
+    let cg = cgroups::create_pod(&h, pod_loc(inv, pod)?, &apps)?;
     let mut app_cgroups = BTreeMap::new();
     for a in &pod.apps {
         app_cgroups.insert(a.name.to_string(), cg.app_dirs(a.name.as_str())?);
@@ -614,7 +620,7 @@ impl LogTail {
 pub fn gc(pod_dir: &Path) -> Result<(), Stage1Error> {
     let (inv, pod) = load(pod_dir)?;
     let h = hierarchy()?;
-    if let Some(cg) = cgroups::open_pod(&h, &pod.uuid)? {
+    if let Some(cg) = cgroups::open_pod(&h, pod_loc(&inv, &pod)?)? {
         cg.kill_all()?;
         cg.destroy()?;
     }

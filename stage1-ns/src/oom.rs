@@ -14,7 +14,6 @@ use crate::cgroups::{self, PodCgroup};
 pub struct Watched {
     manifest: PathBuf,
     seen: Option<SystemTime>,
-    uuid: String,
     cgroup: Option<PodCgroup>,
     apps: Vec<String>,
 }
@@ -24,7 +23,7 @@ impl Watched {
         let manifest = pod_dir.join(spec::stage1::POD_MANIFEST_FILE);
         let seen = std::fs::metadata(&manifest).and_then(|m| m.modified()).ok();
         let apps = pod.apps.iter().map(|a| a.name.to_string()).collect();
-        Self { manifest, seen, uuid: pod.uuid.clone(), cgroup, apps }
+        Self { manifest, seen, cgroup, apps }
     }
 
     /// The cgroups and apps to look at now; `None` without cgroups.
@@ -43,7 +42,8 @@ impl Watched {
         // cgroups are looked at again until they have every app.
         let missing = self.cgroup.as_ref().is_some_and(|cg| self.apps.iter().any(|a| !cg.apps().contains(a)));
         if missing {
-            if let Ok(Some(cg)) = crate::monitor::hierarchy().and_then(|h| Ok(cgroups::open_pod(&h, &self.uuid)?)) {
+            let loc = self.cgroup.as_ref().map(|cg| cg.loc().clone())?;
+            if let Ok(Some(cg)) = crate::monitor::hierarchy().and_then(|h| Ok(cgroups::open_pod(&h, &loc)?)) {
                 self.cgroup = Some(cg);
             }
         }

@@ -262,6 +262,8 @@ pub struct Carried {
     pub host_volumes: std::collections::BTreeMap<String, OwnedFd>,
     /// Where the host's /dev is attached meanwhile (inside the pod root).
     pub dev: PathBuf,
+    /// The app's devices, opened on the host (`devices::open_all`).
+    pub devices: Vec<OwnedFd>,
 }
 
 /// Mounts one app's root filesystem under `<pod>/apps/<app>/rootfs`, its
@@ -296,6 +298,10 @@ pub fn setup_app(
     if kernel_fs == KernelFs::Mount {
         stage2_init::appfs::mount_kernel_fs_as(&rootfs, dev, app.security.privileged)
             .map_err(|e| RootfsError::KernelFs(e.to_string()))?;
+    }
+    match carried {
+        Some(c) => crate::devices::bind_all(&rootfs, app, &c.devices)?,
+        None => crate::devices::bind_all(&rootfs, app, &crate::devices::open_all(app)?)?,
     }
     let tmp = rootfs.join("tmp");
     mkdir_p(&tmp)?;

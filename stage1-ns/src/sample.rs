@@ -10,18 +10,20 @@ use std::path::Path;
 
 use spec::stats::{AppSample, Io, PodSample};
 
-use crate::cgroups::{self, CgroupError, Hierarchy};
+use crate::cgroups::{self, CgroupError, Hierarchy, PodLoc};
 use crate::monitor::{self, Stage1Error};
 use crate::network::netdev;
 
 /// A sample of the pod in `pod_dir`. Apps without a cgroup (not started
 /// yet, or removed) are left out.
 pub fn sample(pod_dir: &Path) -> Result<PodSample, Stage1Error> {
-    let (_, pod) = monitor::load(pod_dir)?;
+    let (inv, pod) = monitor::load(pod_dir)?;
     let h = monitor::hierarchy()?;
+    // Where its cgroups are: `pod/<uuid>`, or under its recorded parent.
+    let loc = monitor::pod_loc(&inv, &pod)?;
     let mut apps = Vec::new();
     for app in &pod.apps {
-        if let Some(s) = app_sample(&h, &pod.uuid, app.name.as_str())? {
+        if let Some(s) = app_sample(&h, &loc, app.name.as_str())? {
             apps.push(s);
         }
     }
@@ -34,14 +36,14 @@ pub fn sample(pod_dir: &Path) -> Result<PodSample, Stage1Error> {
     Ok(PodSample { apps, net })
 }
 
-fn app_sample(h: &Hierarchy, uuid: &str, app: &str) -> Result<Option<AppSample>, Stage1Error> {
-    let stats = match cgroups::app_stats(h, uuid, app) {
+fn app_sample(h: &Hierarchy, loc: &PodLoc, app: &str) -> Result<Option<AppSample>, Stage1Error> {
+    let stats = match cgroups::app_stats(h, loc, app) {
         Ok(s) => s,
         Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let limits = cgroups::app_limits(h, uuid, app).unwrap_or_default();
-    let block = cgroups::app_procs(h, uuid, app)
+    let limits = cgroups::app_limits(h, loc, app).unwrap_or_default();
+    let block = cgroups::app_procs(h, loc, app)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/io")).ok())

@@ -285,6 +285,12 @@ pub fn refuse_stdin(app: &spec::stage1::App) -> Result<(), VmError> {
 /// Why this stage1 cannot run `app` as asked, if it cannot: the guest
 /// mounts each app's /proc, /sys and /dev with the defaults.
 pub(crate) fn unsupported(app: &spec::stage1::App) -> Option<VmError> {
+    if let Some(d) = app.devices.first() {
+        return Some(VmError::Invalid(format!(
+            "app {}: devices ({} on {}) are not supported by the VM stage1: the guest has its own devices",
+            app.name, d.host, d.path
+        )));
+    }
     let s = &app.security;
     (s.privileged || s.masked_paths.is_some() || s.readonly_paths.is_some()).then(|| {
         VmError::Invalid(format!(
@@ -312,6 +318,11 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     }
     if !pod.ports.is_empty() {
         return Err(VmError::Invalid("pod-level ports are not yet published by the VM stage1".into()));
+    }
+    if let Some(parent) = &inv.cgroup_parent {
+        return Err(VmError::Invalid(format!(
+            "cgroupParent {parent} is not supported by the VM stage1: a VM pod makes no cgroups on the host"
+        )));
     }
     if pod.host_pid || pod.host_ipc {
         return Err(VmError::Invalid("pid: host and ipc: host are not supported by the VM stage1".into()));

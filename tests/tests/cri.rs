@@ -2,7 +2,9 @@
 //! scripts/build-cri-tools.sh): Version and Status, the ImageService
 //! against a real registry (Debian's docker-registry over TLS from the test
 //! CA) with cosign-signed images, and the sandbox and container lifecycle
-//! (as root) with the busybox example image. SKIPs visibly when crictl,
+//! (as root) with the busybox example image, and the whole flow (pull,
+//! runp, create, start, exec, logs, port-forward, stop, rm, rmp) with a
+//! signed image from a local registry. SKIPs visibly when crictl,
 //! cosign, the registry, umoci or skopeo is missing, or without root.
 #![allow(clippy::unwrap_used)]
 
@@ -37,6 +39,9 @@ fn version_and_status() {
         .iter()
         .any(|c| c["type"] == "NetworkReady" && c["status"] == true);
     assert!(ready, "{info}");
+
+    // The cgroup driver kubelet is to use (RuntimeConfig).
+    assert_mentions(&s.ok(&["runtime-config"]), &["CGROUPFS"]);
 
     // Calls not served yet say so (checkpointing is nobody's yet).
     let err = s.fails(&["checkpoint", "--export", p(&pod.work.join("c.tar")), "no-such-container"]);
@@ -310,41 +315,110 @@ fn the_server_reaps_the_stage1_of_each_stopped_sandbox() {
     assert!(zombies.is_empty(), "zombie children of pod cri serve: {zombies:?}");
 }
 
+/// The whole flow the issue asks of crictl, as one user walks it: a
+/// cosign-signed image pulled from a local registry, `runp`, `create`,
+/// `start`, `exec` (output and exit code), `logs`, `port-forward` (busybox
+/// httpd in the container, fetched with curl through the forwarded local
+/// port), `stop`, `rm`, `rmp`, and nothing left behind.
 #[test]
-fn a_container_from_a_signed_oci_image_pulled_with_crictl() {
+fn the_whole_crictl_flow_with_a_signed_image_from_a_local_registry() {
     if let Some(why) = skip_reason(false) {
         eprintln!("SKIP: {why}");
         return;
     }
     or_skip!(cosign_bin());
+    if which("curl").is_none() {
+        eprintln!("SKIP: no curl");
+        return;
+    }
     let live = Live::new(&[]);
     let reg = or_skip!(Registry::start(&live.work.join("registry"), RegistryOpts::https()));
     let img = or_skip!(or_skip!(OciImage::new(&live.work.join("layout"), "v1")).busybox())
         .entrypoint(&["/bin/sh", "-c"])
-        .cmd(&["echo from oci; exec sleep 1000"]);
+        .cmd(&["echo from oci; mkdir -p /tmp/www && echo served-by-bb > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]);
     let digest = reg.push(&img, "team/bb:v1");
     let key = cosign_generate_key_pair(&live.work.join("cosign"), "pw").unwrap();
     cosign_sign(&key, &reg.image_ref(&format!("team/bb@{digest}")), &reg);
     live.ok(&["trust", "add", "--prefix", &reg.image_ref("team"), p(&key.public)]);
     let s = or_skip!(CriServer::start(&live, &["--ca-cert", p(reg.ca_cert()), "--authfile", p(reg.auth_json())]));
     let image = reg.image_ref("team/bb:v1");
-    s.ok(&["pull", &image]);
+    assert_mentions(&s.ok(&["pull", &image]), &[&digest]);
 
+    let logs = live.work.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
     let sandbox_json = live.work.join("sandbox.json");
-    let sandbox = json!({"metadata": {"name": "oci", "namespace": "default", "uid": "u2"}, "linux": {}});
+    let sandbox = json!({"metadata": {"name": "oci", "namespace": "default", "uid": "u2"}, "log_directory": p(&logs), "linux": {}});
     std::fs::write(&sandbox_json, sandbox.to_string()).unwrap();
     // The image's entrypoint and cmd, as pulled.
     let container_json = live.work.join("container.json");
-    let container = json!({"metadata": {"name": "bb"}, "image": {"image": image}});
+    let container = json!({"metadata": {"name": "bb"}, "image": {"image": image}, "log_path": "bb.log"});
     std::fs::write(&container_json, container.to_string()).unwrap();
     let sandbox = s.ok(&["runp", p(&sandbox_json)]).trim().to_owned();
     let container = s.ok(&["create", &sandbox, p(&container_json), p(&sandbox_json)]).trim().to_owned();
     assert_eq!(s.json(&["inspect", "-o", "json", &container])["status"]["imageRef"], digest.as_str());
     s.ok(&["start", &container]);
     wait_state(&s, &container, "CONTAINER_RUNNING");
-    assert_mentions(&live.ok(&["logs", &sandbox, "bb"]), &["from oci"]);
+
+    // exec: the command's output, and its exit code as crictl's own.
+    let out = s.ok(&["exec", &container, "/bin/sh", "-c", "echo in-$(cat /tmp/www/index.html)"]);
+    assert_eq!(out.trim(), "in-served-by-bb", "{out}");
+    // crictl fails on a non-zero exit and names the code, streamed
+    // (Exec) and synchronous (ExecSync) alike.
+    assert_mentions(&s.fails(&["exec", &container, "/bin/sh", "-c", "exit 7"]), &["exit code 7"]);
+    assert_mentions(&s.fails(&["exec", "-s", &container, "/bin/sh", "-c", "exit 7"]), &["exited with 7"]);
+    assert_eq!(s.ok(&["exec", "-s", &container, "/bin/sh", "-c", "echo sync"]).trim(), "sync");
+
+    // logs: what the container printed, read by crictl from the CRI log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.ok(&["logs", &container]).contains("from oci") {
+        assert!(Instant::now() < deadline, "no output in crictl logs:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // port-forward: curl through a local port reaches httpd in the pod.
+    let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = s.socket.with_file_name("crictl.yaml");
+    let mut fwd = std::process::Command::new(&s.crictl)
+        .arg("--config")
+        .arg(&config)
+        .args(["port-forward", &sandbox, &format!("{local}:8080")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(fwd.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_mentions(&line, &["Forwarding from"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{local}/"))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        if Instant::now() >= deadline {
+            let _ = fwd.kill();
+            let _ = fwd.wait();
+            panic!("curl through port-forward failed: {}\n{}", describe(&["curl"], &out), s.log());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    drop(stdout);
+    assert_eq!(body, "served-by-bb\n");
+
+    s.ok(&["stop", "--timeout", "5", &container]);
+    wait_state(&s, &container, "CONTAINER_EXITED");
+    s.ok(&["rm", &container]);
+    assert!(s.json(&["ps", "-a", "-o", "json"])["containers"].as_array().unwrap().is_empty());
     s.ok(&["stopp", &sandbox]);
     s.ok(&["rmp", &sandbox]);
+    assert!(s.json(&["pods", "-o", "json"])["items"].as_array().unwrap().is_empty());
     let left = leftovers_of(&live, &sandbox);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }

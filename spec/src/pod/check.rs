@@ -21,6 +21,7 @@ use crate::security::DEFAULT_CAPS;
 
 use PodFileErrorKind::{Cycle, Invalid, Limit, Schema, Syntax, TooLarge};
 
+mod devices;
 mod secctx;
 
 pub use secctx::userns_conflict;
@@ -252,7 +253,7 @@ impl Cx<'_> {
             apps.push(app);
         }
 
-        let podcfg::PodSettings { hostname, dns, sysctls, ports } = settings;
+        let podcfg::PodSettings { hostname, dns, sysctls, ports, cgroup_parent } = settings;
         let pod = PodFile {
             name,
             isolation,
@@ -268,6 +269,7 @@ impl Cx<'_> {
             dns,
             sysctls,
             ports,
+            cgroup_parent,
         };
         self.own_pid_with_userns(&pod)?;
         self.references(&pod)?;
@@ -369,6 +371,7 @@ impl Cx<'_> {
             seccomp = crate::security::SeccompSpec::Unconfined;
         }
         let log = a.log.as_ref().map(|l| self.log(&path.key("log"), l)).transpose()?;
+        let devices = self.devices(&path.key("devices"), &a.devices)?;
         Ok(AppSpec {
             name,
             image,
@@ -392,6 +395,7 @@ impl Cx<'_> {
             log,
             stdin: a.stdin,
             tty: a.terminal,
+            devices,
         })
     }
 

@@ -37,6 +37,7 @@
 //!     log: { volume: logs, path: web/0.log, format: cri }  # default: logs/<app>.log, raw
 //!     stdin: true                              # a FIFO, /stdin/<app> in the pod root
 //!     terminal: true                           # a pseudo-terminal as its controlling terminal
+//!     devices: [{ host: /dev/fuse, path: /dev/fuse }]  # permissions: rwm (default)
 //! volumes:
 //!   - { name: data, kind: empty }              # or kind: host, source: /abs, readOnly: true
 //! annotations: { example.com/owner: me }
@@ -50,6 +51,7 @@
 //! dns: { servers: [10.96.0.10], searches: [svc.cluster.local], options: [ndots:5] }
 //! sysctls: { net.ipv4.ip_unprivileged_port_start: "0", kernel.shm_rmid_forced: "1" }
 //! ports: [{ containerPort: 80, host: 8080 }]   # by number, no image port needed; hostIP, protocol
+//! cgroupParent: /kubepods/burstable/pod1234    # the pod's cgroup is <parent>/<uuid>; default /pod
 //! apps:
 //!   - name: web
 //!     mounts: [{ host: /srv/www, path: /www, readOnly: true, propagation: rslave }]
@@ -138,6 +140,9 @@ pub struct PodFile {
     /// Host ports published to the pod's own ports by number (`ports`),
     /// whichever app listens there.
     pub ports: Vec<PodPort>,
+    /// The cgroup that holds the pod's own (`cgroupParent`, cgroupfs form,
+    /// checked by [`crate::cgroup::check_parent`]); `None`: `/pod`.
+    pub cgroup_parent: Option<String>,
 }
 
 /// How the pod is isolated from the host: which stage1 runs it.
@@ -233,6 +238,24 @@ pub struct AppSpec {
     /// It runs on a pseudo-terminal pod-init holds the master of (see
     /// [`crate::stdio`]).
     pub tty: bool,
+    /// Host device nodes bound into the app's /dev or elsewhere (`devices`).
+    pub devices: Vec<Device>,
+}
+
+/// A host device node an app is given (`devices: [{ host, path,
+/// permissions }]`, the CRI's `devices`): the host's node is bound at
+/// `path` in the app (namespace stage1; the VM stage1 refuses it).
+/// `permissions` (any of `r`, `w`, `m`; default `rwm`) is recorded as the
+/// CRI gives it: pod makes no device cgroup, so the node's own file mode
+/// and the app's user decide what it may do with it (see the README).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Absolute host path of a character or block device (stage0 checks
+    /// what it is when it prepares the app).
+    pub host: String,
+    /// Absolute path in the app, without `..`, not `/`.
+    pub path: String,
+    pub permissions: String,
 }
 
 /// An app's image: the reference as written, and what it names.

@@ -1,5 +1,5 @@
 //! The pod file's settings of the pod as a whole — `hostname`, `dns`,
-//! `sysctls`, `ports` by number — and the extras of a mount (`host`,
+//! `sysctls`, `ports` by number, `cgroupParent` — and the extras of a mount (`host`,
 //! `propagation`, `recursiveReadOnly`) and of resources (`cpuShares`,
 //! `oomScoreAdj`). They exist for sandboxes that start without apps (the
 //! CRI's RunPodSandbox gives hostname, DNS, sysctls and port mappings before
@@ -128,6 +128,7 @@ pub(super) struct PodSettings {
     pub dns: Option<Dns>,
     pub sysctls: BTreeMap<String, String>,
     pub ports: Vec<PodPort>,
+    pub cgroup_parent: Option<String>,
 }
 
 impl Cx<'_> {
@@ -172,7 +173,11 @@ impl Cx<'_> {
         self.count(&root.key("ports"), raw.ports.len(), MAX_ENTRIES)?;
         let ports =
             raw.ports.iter().enumerate().map(|(i, p)| self.pod_port(&root.at("ports", i), p)).collect::<Result<_>>()?;
-        Ok(PodSettings { hostname, dns, sysctls, ports })
+        let cgroup_parent = raw.cgroup_parent.clone();
+        if let Some(parent) = &cgroup_parent {
+            crate::cgroup::check_parent(parent).map_err(|m| self.invalid(&root.key("cgroupParent"), m))?;
+        }
+        Ok(PodSettings { hostname, dns, sysctls, ports, cgroup_parent })
     }
 
     fn hostname(&self, field: &FieldPath, h: &str) -> Result<String> {
@@ -393,6 +398,9 @@ mod tests {
         assert_eq!(p.sysctls.keys().collect::<Vec<_>>(), ["kernel.shm_rmid_forced", "net.ipv4.ip_forward"]);
         assert_eq!(p.ports[0].container_port, 80);
         assert_eq!(p.ports[0].host_ip.to_string(), "127.0.0.1");
+        let p =
+            parse("name: s\napps: []\ncgroupParent: /kubepods/burstable/pod-u1\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.cgroup_parent.as_deref(), Some("/kubepods/burstable/pod-u1"));
     }
 
     #[test]
@@ -402,6 +410,9 @@ mod tests {
             ("sysctls: { \"a..b\": \"1\" }", "sysctls.a..b", "not a sysctl name"),
             ("network: host\nsysctls: { net.ipv4.ip_forward: \"1\" }", "sysctls.net.ipv4.ip_forward", "network host"),
             ("hostname: -x", "hostname", "not a hostname"),
+            ("cgroupParent: /kubepods.slice", "cgroupParent", "systemd slice"),
+            ("cgroupParent: kubepods/x", "cgroupParent", "not an absolute"),
+            ("cgroupParent: /kubepods/../x", "cgroupParent", "\"..\""),
             ("dns: { servers: [nope] }", "dns.servers[0]", "not an IP address"),
             ("network: none\nports: [{ containerPort: 80, host: 8080 }]", "ports[0]", "network none"),
             (

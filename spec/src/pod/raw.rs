@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a pod: a mapping with name, apps and optionally isolation, network, accel, userns, pid, ipc, volumes, annotations, hostname, dns, sysctls, ports"
+    expecting = "a pod: a mapping with name, apps and optionally isolation, network, accel, userns, pid, ipc, volumes, annotations, hostname, dns, sysctls, ports, cgroupParent"
 )]
 pub(super) struct Pod {
     pub name: String,
@@ -40,6 +40,8 @@ pub(super) struct Pod {
     pub sysctls: BTreeMap<String, String>,
     #[serde(default)]
     pub ports: Vec<PodPort>,
+    #[serde(default)]
+    pub cgroup_parent: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +128,17 @@ pub(super) struct App {
     /// `terminal: true`: a pseudo-terminal (as `podman run -t`).
     #[serde(default)]
     pub terminal: bool,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a device: { host: /dev/NODE, path: /ABS }, optional permissions (rwm)")]
+pub(super) struct Device {
+    pub host: String,
+    pub path: String,
+    #[serde(default)]
+    pub permissions: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -575,3 +575,25 @@ fn log_and_stdin() {
         assert!(e.message.contains(message), "{log}: {e}");
     }
 }
+
+#[test]
+fn devices() {
+    let base = "name: p\napps:\n  - name: a\n    image: x\n";
+    let a = ok(&format!("{base}    devices: [{{ host: /dev/null, path: /dev/mynull }}, {{ host: /dev/zero, path: /z, permissions: r }}]\n")).apps.remove(0);
+    let want = [("/dev/null", "/dev/mynull", "rwm"), ("/dev/zero", "/z", "r")];
+    let got: Vec<_> = a.devices.iter().map(|d| (d.host.as_str(), d.path.as_str(), d.permissions.as_str())).collect();
+    assert_eq!(got, want);
+    for (dev, field, message) in [
+        ("{ host: dev/null, path: /x }", "apps[0].devices[0].host", "not absolute"),
+        ("{ host: /dev/null, path: x }", "apps[0].devices[0].path", "not absolute"),
+        ("{ host: /dev/null, path: / }", "apps[0].devices[0].path", "root"),
+        ("{ host: /dev/null, path: /x, permissions: rx }", "apps[0].devices[0].permissions", "r, w and m"),
+        ("{ host: /dev/null, path: /x, permissions: rr }", "apps[0].devices[0].permissions", "r, w and m"),
+    ] {
+        let e = err(&format!("{base}    devices: [{dev}]\n"));
+        assert_eq!(e.field, field, "{dev}: {e}");
+        assert!(e.message.contains(message), "{dev}: {e}");
+    }
+    let e = err(&format!("{base}    devices: [{{ host: /dev/null, path: /x }}, {{ host: /dev/zero, path: /x }}]\n"));
+    assert_eq!(e.field, "apps[0].devices[1].path", "{e}");
+}

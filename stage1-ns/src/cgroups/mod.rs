@@ -1,8 +1,12 @@
 //! Pod cgroups for the namespace stage1: one cgroup per pod, a leaf per app
 //! with its limits, a leaf for the pod's PID 1, and the kill/destroy/gc side.
 //!
-//! Every pod lives at `<hierarchy>/pod/<uuid>`, with one child per app
-//! (`pod/<uuid>/<app>`) and `pod/<uuid>/init.scope` for pod-init. The init
+//! Every pod lives at `<hierarchy>/<parent>/<uuid>` ([`PodLoc`]), the parent
+//! `pod` unless the pod was given one (`cgroupParent`, the CRI's
+//! `linux.cgroup_parent`: kubelet's `/kubepods/burstable/pod<uid>`), with
+//! one child per app (`<parent>/<uuid>/<app>`) and
+//! `<parent>/<uuid>/init.scope` for pod-init. A parent that is missing is
+//! made (as runc does) and never removed: it is kubelet's, or shared. The init
 //! leaf is not called `init` because `init` is a valid app name; `init.scope`
 //! (systemd's name for PID 1's cgroup) contains a dot, so no app can take it.
 //! Processes only ever live in leaves: cgroup v2 forbids them in a node whose
@@ -50,7 +54,7 @@ use std::path::PathBuf;
 use nix::unistd::Pid;
 
 pub use detect::{detect, detect_host, FsKind, Hierarchy, Mode};
-pub use pod::{add_pid, create_pod, list_pods, open_pod, PodCgroup, INIT_CGROUP, POD_BASE};
+pub use pod::{add_pid, create_pod, list_pods, open_pod, PodCgroup, PodLoc, INIT_CGROUP, POD_BASE};
 pub use psi::{Pressure, Psi, PsiData};
 pub use stats::{
     app_limits, app_procs, app_stats, pod_stats, shares_to_weight, weight_to_shares, CgroupLimits, CpuStats,
@@ -140,6 +144,8 @@ pub enum CgroupError {
     MissingKey { path: PathBuf, key: &'static str },
     #[error("invalid pod uuid {0:?}: expected letters, digits and '-'")]
     InvalidUuid(String),
+    #[error("invalid cgroup parent: {0}")]
+    InvalidParent(String),
     #[error("invalid app name {name:?}: {source}")]
     InvalidApp { name: String, source: spec::NameError },
     #[error("app {0:?} is listed twice")]

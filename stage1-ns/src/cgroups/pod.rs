@@ -22,12 +22,69 @@ pub const INIT_CGROUP: &str = "init.scope";
 /// How long SIGKILL may take to empty a pod.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The cgroups of one pod: `pod/<uuid>` in each hierarchy, with a leaf per
-/// app and [`INIT_CGROUP`].
+/// Where one pod's cgroups are below each hierarchy root:
+/// `<parent>/<uuid>`, the parent [`POD_BASE`] unless the pod was given one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLoc {
+    parent: PathBuf,
+    uuid: String,
+}
+
+impl PodLoc {
+    /// The pod `uuid` under `parent` (cgroupfs form, `/kubepods/...`,
+    /// checked), or under [`POD_BASE`] for `None`.
+    pub fn new(parent: Option<&str>, uuid: &str) -> Result<Self> {
+        validate_uuid(uuid)?;
+        let parent = match parent {
+            None => PathBuf::from(POD_BASE),
+            Some(p) => {
+                spec::cgroup::check_parent(p).map_err(CgroupError::InvalidParent)?;
+                spec::cgroup::relative(p)
+            }
+        };
+        Ok(Self { parent, uuid: uuid.to_owned() })
+    }
+
+    pub fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    /// The parent, relative to a hierarchy root (`pod`, `kubepods/...`).
+    pub fn parent(&self) -> &Path {
+        &self.parent
+    }
+
+    /// `<parent>/<uuid>`, relative to a hierarchy root.
+    pub fn rel(&self) -> PathBuf {
+        self.parent.join(&self.uuid)
+    }
+}
+
+/// A pod under [`POD_BASE`] (checked where it is used).
+impl From<&str> for PodLoc {
+    fn from(uuid: &str) -> Self {
+        Self { parent: PathBuf::from(POD_BASE), uuid: uuid.to_owned() }
+    }
+}
+
+impl From<&String> for PodLoc {
+    fn from(uuid: &String) -> Self {
+        Self::from(uuid.as_str())
+    }
+}
+
+impl From<&PodLoc> for PodLoc {
+    fn from(loc: &PodLoc) -> Self {
+        loc.clone()
+    }
+}
+
+/// The cgroups of one pod: [`PodLoc::rel`] in each hierarchy, with a leaf
+/// per app and [`INIT_CGROUP`].
 #[derive(Debug, Clone)]
 pub struct PodCgroup {
     hierarchy: Hierarchy,
-    uuid: String,
+    loc: PodLoc,
     apps: Vec<String>,
 }
 
@@ -35,10 +92,12 @@ pub struct PodCgroup {
 ///
 /// Idempotent: directories that exist are reused and limits rewritten.
 /// Fails before touching the host if a limit needs a controller the host
-/// lacks; on a later failure, removes every directory it made (the shared
-/// [`POD_BASE`] excepted: another pod may be appearing in it).
-pub fn create_pod(h: &Hierarchy, uuid: &str, apps: &[(&str, Limits)]) -> Result<PodCgroup> {
-    validate_uuid(uuid)?;
+/// lacks; on a later failure, removes every directory it made (the parent
+/// excepted: another pod may be appearing in it, and it may be kubelet's).
+pub fn create_pod(h: &Hierarchy, pod: impl Into<PodLoc>, apps: &[(&str, Limits)]) -> Result<PodCgroup> {
+    let loc: PodLoc = pod.into();
+    validate_uuid(&loc.uuid)?;
+    let uuid = loc.uuid.as_str();
     let mut names: Vec<String> = Vec::with_capacity(apps.len());
     let mut required: Vec<&'static str> = Vec::new();
     for (app, limits) in apps {
@@ -57,7 +116,7 @@ pub fn create_pod(h: &Hierarchy, uuid: &str, apps: &[(&str, Limits)]) -> Result<
             Vec::new()
         }
     };
-    let pod = PodCgroup { hierarchy: h.clone(), uuid: uuid.to_owned(), apps: names };
+    let pod = PodCgroup { hierarchy: h.clone(), loc: loc.clone(), apps: names };
     let mut created = Vec::new();
     match pod.build(apps, &enable, &mut created) {
         Ok(()) => {
@@ -77,21 +136,24 @@ pub fn create_pod(h: &Hierarchy, uuid: &str, apps: &[(&str, Limits)]) -> Result<
 
 /// The pod `uuid`'s cgroups if any hierarchy still has them (after a stage1
 /// was killed, say). Its apps are the leaves found.
-pub fn open_pod(h: &Hierarchy, uuid: &str) -> Result<Option<PodCgroup>> {
-    validate_uuid(uuid)?;
+pub fn open_pod(h: &Hierarchy, pod: impl Into<PodLoc>) -> Result<Option<PodCgroup>> {
+    let loc: PodLoc = pod.into();
+    validate_uuid(&loc.uuid)?;
     let mut found = false;
     let mut apps = BTreeSet::new();
     for root in h.roots() {
-        let dir = root.join(POD_BASE).join(uuid);
+        let dir = root.join(loc.rel());
         if dir.is_dir() {
             found = true;
             apps.extend(fsx::subdirs(&dir)?.into_iter().filter(|n| validate_app(n).is_ok()));
         }
     }
-    Ok(found.then(|| PodCgroup { hierarchy: h.clone(), uuid: uuid.to_owned(), apps: apps.into_iter().collect() }))
+    Ok(found.then(|| PodCgroup { hierarchy: h.clone(), loc, apps: apps.into_iter().collect() }))
 }
 
-/// The uuids of every pod with a cgroup in any hierarchy, sorted.
+/// The uuids of every pod with a cgroup under [`POD_BASE`] in any
+/// hierarchy, sorted (pods given a parent of their own are found through
+/// the parent recorded in their `stage1.json`).
 pub fn list_pods(h: &Hierarchy) -> Result<Vec<String>> {
     let mut uuids = BTreeSet::new();
     for root in h.roots() {
@@ -109,7 +171,12 @@ pub fn add_pid(dirs: &[PathBuf], pid: Pid) -> Result<()> {
 
 impl PodCgroup {
     pub fn uuid(&self) -> &str {
-        &self.uuid
+        &self.loc.uuid
+    }
+
+    /// Where the pod's cgroups are.
+    pub fn loc(&self) -> &PodLoc {
+        &self.loc
     }
 
     /// App names, in the order given to [`create_pod`] (sorted after
@@ -118,9 +185,9 @@ impl PodCgroup {
         &self.apps
     }
 
-    /// `pod/<uuid>`, relative to a hierarchy root.
+    /// `<parent>/<uuid>`, relative to a hierarchy root.
     fn rel(&self) -> PathBuf {
-        Path::new(POD_BASE).join(&self.uuid)
+        self.loc.rel()
     }
 
     fn leaf_dirs(&self, leaf: &str) -> Vec<PathBuf> {
@@ -132,7 +199,7 @@ impl PodCgroup {
         if self.apps.iter().any(|a| a == app) {
             Ok(())
         } else {
-            Err(CgroupError::UnknownApp { uuid: self.uuid.clone(), app: app.to_owned() })
+            Err(CgroupError::UnknownApp { uuid: self.loc.uuid.clone(), app: app.to_owned() })
         }
     }
 
@@ -224,7 +291,7 @@ impl PodCgroup {
             }
             if start.elapsed() >= KILL_TIMEOUT {
                 return Err(CgroupError::KillTimeout {
-                    uuid: self.uuid.clone(),
+                    uuid: self.loc.uuid.clone(),
                     left: pids.len(),
                     ms: start.elapsed().as_millis(),
                 });
@@ -260,7 +327,7 @@ impl PodCgroup {
             }
             if start.elapsed() >= KILL_TIMEOUT {
                 return Err(CgroupError::KillTimeout {
-                    uuid: self.uuid.clone(),
+                    uuid: self.loc.uuid.clone(),
                     left: pids.len(),
                     ms: start.elapsed().as_millis(),
                 });
@@ -271,7 +338,7 @@ impl PodCgroup {
         for dir in &dirs {
             fsx::rmdir(dir)?;
         }
-        tracing::debug!(uuid = %self.uuid, app, "app cgroups removed");
+        tracing::debug!(uuid = %self.loc.uuid, app, "app cgroups removed");
         Ok(())
     }
 
@@ -285,7 +352,7 @@ impl PodCgroup {
                 fsx::rmdir(&dir)?;
             }
         }
-        tracing::debug!(uuid = %self.uuid, "pod cgroups removed");
+        tracing::debug!(uuid = %self.loc.uuid, "pod cgroups removed");
         Ok(())
     }
 
@@ -293,9 +360,15 @@ impl PodCgroup {
     /// controllers down the path (v2) and writes the limits.
     fn build(&self, apps: &[(&str, Limits)], enable: &[&str], created: &mut Vec<PathBuf>) -> Result<()> {
         let rel = self.rel();
+        let parent = self.loc.parent();
         for root in self.hierarchy.roots() {
-            // The shared base is made but never recorded, so never undone.
-            fsx::mkdir(&root.join(POD_BASE))?;
+            // The parent (and its ancestors) are made but never recorded,
+            // so never undone: shared, or kubelet's.
+            let mut dir = root.to_path_buf();
+            for part in parent.components() {
+                dir.push(part);
+                fsx::mkdir(&dir)?;
+            }
             let pod = root.join(&rel);
             let leaves = self.apps.iter().map(String::as_str).chain([INIT_CGROUP]).map(|leaf| pod.join(leaf));
             for dir in [pod.clone()].into_iter().chain(leaves) {
@@ -306,7 +379,13 @@ impl PodCgroup {
         }
         match &self.hierarchy.layout {
             Layout::V2 { root } => {
-                v2::enable(&[root.clone(), root.join(POD_BASE), root.join(&rel)], enable)?;
+                let mut chain = vec![root.clone()];
+                for part in parent.components() {
+                    let next = chain[chain.len() - 1].join(part);
+                    chain.push(next);
+                }
+                chain.push(root.join(&rel));
+                v2::enable(&chain, enable)?;
                 for (app, limits) in apps {
                     v2::apply(&root.join(&rel).join(app), app, limits)?;
                 }

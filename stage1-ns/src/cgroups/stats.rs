@@ -16,7 +16,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::detect::Layout;
-use super::pod::POD_BASE;
+use super::pod::PodLoc;
 use nix::unistd::Pid;
 
 use super::psi::{self, Pressure};
@@ -162,10 +162,10 @@ impl Dirs {
     }
 }
 
-/// `pod/<uuid>` or `pod/<uuid>/<app>`, checked.
-pub(super) fn rel(uuid: &str, app: Option<&str>) -> Result<PathBuf> {
-    validate_uuid(uuid)?;
-    let pod = Path::new(POD_BASE).join(uuid);
+/// `<parent>/<uuid>` or `<parent>/<uuid>/<app>`, checked.
+pub(super) fn rel(pod: &PodLoc, app: Option<&str>) -> Result<PathBuf> {
+    validate_uuid(pod.uuid())?;
+    let pod = pod.rel();
     match app {
         Some(app) => {
             validate_app(app)?;
@@ -175,24 +175,24 @@ pub(super) fn rel(uuid: &str, app: Option<&str>) -> Result<PathBuf> {
     }
 }
 
-/// What app `app` of pod `uuid` has used.
-pub fn app_stats(h: &Hierarchy, uuid: &str, app: &str) -> Result<Stats> {
-    read_stats(h, &rel(uuid, Some(app))?)
+/// What app `app` of pod `pod` has used.
+pub fn app_stats(h: &Hierarchy, pod: impl Into<PodLoc>, app: &str) -> Result<Stats> {
+    read_stats(h, &rel(&pod.into(), Some(app))?)
 }
 
 /// What the whole pod has used: its apps and its PID 1.
-pub fn pod_stats(h: &Hierarchy, uuid: &str) -> Result<Stats> {
-    read_stats(h, &rel(uuid, None)?)
+pub fn pod_stats(h: &Hierarchy, pod: impl Into<PodLoc>) -> Result<Stats> {
+    read_stats(h, &rel(&pod.into(), None)?)
 }
 
-/// The limits app `app` of pod `uuid` runs under now.
-pub fn app_limits(h: &Hierarchy, uuid: &str, app: &str) -> Result<CgroupLimits> {
-    read_limits(&Dirs::of(h, &rel(uuid, Some(app))?))
+/// The limits app `app` of pod `pod` runs under now.
+pub fn app_limits(h: &Hierarchy, pod: impl Into<PodLoc>, app: &str) -> Result<CgroupLimits> {
+    read_limits(&Dirs::of(h, &rel(&pod.into(), Some(app))?))
 }
 
-/// The processes of app `app` of pod `uuid` (its `cgroup.procs`).
-pub fn app_procs(h: &Hierarchy, uuid: &str, app: &str) -> Result<Vec<Pid>> {
-    let dirs = Dirs::of(h, &rel(uuid, Some(app))?);
+/// The processes of app `app` of pod `pod` (its `cgroup.procs`).
+pub fn app_procs(h: &Hierarchy, pod: impl Into<PodLoc>, app: &str) -> Result<Vec<Pid>> {
+    let dirs = Dirs::of(h, &rel(&pod.into(), Some(app))?);
     dirs.check_exists()?;
     // Every managed v1 hierarchy holds the same processes.
     match ["memory", "pids", "cpuacct", "cpu"].iter().find_map(|c| dirs.dir(c)) {

@@ -320,6 +320,37 @@ fn open_list_and_destroy_on_a_fake_legacy_tree() {
 }
 
 #[test]
+fn a_pod_under_a_parent_of_its_own() {
+    let fake = Fake::new();
+    for root in ["memory", "cpu,cpuacct", "pids", "freezer"] {
+        fs::create_dir_all(fake.path(root)).expect("mount point");
+    }
+    // kubelet made its QoS cgroup in memory only; pod makes the rest.
+    fs::create_dir_all(fake.path("memory/kubepods/burstable/pod-k1")).expect("kubelet's");
+    let h = fake.detect(LEGACY);
+    let loc = PodLoc::new(Some("/kubepods/burstable/pod-k1"), "u11").expect("parent");
+    let pod = create_pod(&h, &loc, &[("web", Limits::default())]).expect("create");
+    let want: Vec<PathBuf> = ["memory", "cpu,cpuacct", "pids", "freezer"]
+        .map(|r| fake.path(&format!("{r}/kubepods/burstable/pod-k1/u11/web")))
+        .into();
+    assert_eq!(pod.app_dirs("web").expect("web"), want);
+    assert!(!fake.path("memory/pod").exists(), "nothing under pod/");
+    // Found again only through its parent; list_pods is pod/'s.
+    assert!(open_pod(&h, "u11").expect("open").is_none());
+    let again = open_pod(&h, &loc).expect("open").expect("exists");
+    assert_eq!(again.apps(), ["web"]);
+    again.destroy().expect("destroy");
+    for root in ["memory", "cpu,cpuacct", "pids", "freezer"] {
+        assert!(!fake.path(&format!("{root}/kubepods/burstable/pod-k1/u11")).exists(), "{root}");
+        assert!(fake.path(&format!("{root}/kubepods/burstable/pod-k1")).is_dir(), "{root}: the parent stays");
+    }
+    for bad in ["/kubepods.slice", "kubepods", "/", "/a/../b"] {
+        let e = PodLoc::new(Some(bad), "u12").expect_err(bad);
+        assert!(matches!(e, CgroupError::InvalidParent(_)), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn names_and_limits_are_checked_first() {
     let fake = Fake::new();
     let h = fake.detect(LEGACY);

@@ -20,6 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::pod::PodLoc;
 use super::stats::{rel, shares_to_weight, Dirs};
 use super::{fsx, v1, v2, CgroupError, Hierarchy, Result};
 
@@ -135,10 +136,12 @@ impl Applied {
     }
 }
 
-/// Applies `update` to app `app` of pod `uuid`, all or nothing.
-pub fn update_app(h: &Hierarchy, uuid: &str, app: &str, update: &Update) -> Result<Applied> {
+/// Applies `update` to app `app` of pod `pod`, all or nothing.
+pub fn update_app(h: &Hierarchy, pod: impl Into<PodLoc>, app: &str, update: &Update) -> Result<Applied> {
     update.validate(app)?;
-    let dirs = Dirs::of(h, &rel(uuid, Some(app))?);
+    let pod: PodLoc = pod.into();
+    let uuid = pod.uuid();
+    let dirs = Dirs::of(h, &rel(&pod, Some(app))?);
     // Fails (NotFound) if the app has no cgroup.
     super::stats::read_limits(&dirs)?;
     let mut journal = Journal { done: Vec::new() };
