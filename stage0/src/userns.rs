@@ -250,5 +250,11 @@ mod tests {
         record(second);
         fs::remove_dir_all(first_dir).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(allocate(&pods, &none).unwrap_or_else(|e| panic!("{e}")).map, first, "freed with the pod");
+        // An explicit mapping is taken as given; `auto` then avoids it.
+        let named = IdMap { uid: first.uid, gid: first.gid, size: 100 };
+        assert_eq!(reserve(&pods, named).unwrap_or_else(|e| panic!("{e}")).map, named);
+        record(named);
+        let next = allocate(&pods, &none).unwrap_or_else(|e| panic!("{e}")).map;
+        assert!(!next.overlaps(&named), "{next:?}");
     }
 }
