@@ -106,6 +106,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = HashMap::from([
         ("dataDir".to_owned(), dirs.data.display().to_string()),
         ("configDir".to_owned(), dirs.config.display().to_string()),
+        // As containerd names its own: critest probes idmapped mounts on
+        // the filesystem of its parent, here the data directory, where the
+        // image trees and the pods' upper layers are.
+        ("stateDir".to_owned(), dirs.data.join("pods").display().to_string()),
         ("cniConfDir".to_owned(), cni_conf_dir.display().to_string()),
         ("insecurePrefixes".to_owned(), insecure.join(",")),
     ]);

@@ -220,15 +220,28 @@ pub fn recursive_read_only_supported(osrelease: &str) -> bool {
     (major, minor) >= (5, 12)
 }
 
+/// Whether the kernel can give a pod a user namespace as stage1-ns makes
+/// one: idmapped mounts (5.12) under an overlay (idmapped lower layers,
+/// 5.19).
+pub fn user_namespaces_supported(osrelease: &str) -> bool {
+    let mut parts = osrelease.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (5, 19)
+}
+
 /// The handlers' features for Status: the namespace handlers mount
-/// recursively read-only where the kernel can (the VM handler's guest sees
-/// volumes through 9p: not claimed there).
+/// recursively read-only and give sandboxes user namespaces (mode POD)
+/// where the kernel can (the VM handler's guest has a kernel of its own
+/// and sees volumes through 9p: neither claimed there).
 pub fn with_features(mut handlers: Vec<proto::RuntimeHandler>) -> Vec<proto::RuntimeHandler> {
     let osrelease = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let rro = recursive_read_only_supported(&osrelease);
+    let userns = user_namespaces_supported(&osrelease);
     for h in &mut handlers {
         if crate::sandbox::NS_HANDLERS.contains(&h.name.as_str()) {
-            h.features.get_or_insert_with(Default::default).recursive_read_only_mounts = rro;
+            let features = h.features.get_or_insert_with(Default::default);
+            features.recursive_read_only_mounts = rro;
+            features.user_namespaces = userns;
         }
     }
     handlers
@@ -372,5 +385,7 @@ mod tests {
         assert!(recursive_read_only_supported("5.12.0"));
         assert!(!recursive_read_only_supported("5.11.22-generic"));
         assert!(!recursive_read_only_supported(""));
+        assert!(user_namespaces_supported("6.18.44-fc-v1147\n") && user_namespaces_supported("5.19.0"));
+        assert!(!user_namespaces_supported("5.18.9") && !user_namespaces_supported(""));
     }
 }

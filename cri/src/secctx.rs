@@ -19,8 +19,13 @@
 //!   the host has SELinux enabled (elsewhere containerd ignores them too).
 //! - Namespaces: host network, pid and ipc (`NODE`) are honoured, and a
 //!   pid namespace per container (`CONTAINER`, Kubernetes' default: the
-//!   app's `pidNamespace: own`); another container's (`TARGET`) is not yet;
-//!   user namespaces: `NODE` (the host's) only.
+//!   app's `pidNamespace: own`); another container's (`TARGET`) is not yet.
+//! - User namespaces: `NODE` is the host's; `POD` with kubelet's mapping
+//!   (one range each for uids and gids, from id 0, the same length)
+//!   becomes the pod file's `userns: { uid, gid }`, so the pod's user
+//!   namespace has exactly that mapping, and every container is in it (a
+//!   container's own `userns_options` are the sandbox's); a user namespace
+//!   per container (`CONTAINER`) or another's (`TARGET`) is refused.
 
 use std::path::Path;
 
@@ -192,12 +197,14 @@ fn selinux(options: Option<&proto::SeLinuxOption>, enforce: &Path) -> Result<(),
     Ok(())
 }
 
-/// A sandbox's namespaces: the host's network, pid and ipc ones (`NODE`).
+/// A sandbox's namespaces: the host's network, pid and ipc ones (`NODE`),
+/// and the mapping of a user namespace of its own (`POD`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SandboxNamespaces {
     pub host_network: bool,
     pub host_pid: bool,
     pub host_ipc: bool,
+    pub userns: Option<spec::stage1::IdMap>,
 }
 
 impl SandboxNamespaces {
@@ -217,18 +224,34 @@ impl SandboxNamespaces {
                 return Err(invalid(format!("namespace_options.{field}: a sandbox's is POD or NODE")));
             }
         }
-        if let Some(u) = &ns.userns_options {
-            userns(u)?;
-        }
-        Ok(Self {
+        let userns = ns.userns_options.as_ref().map(userns).transpose()?.flatten();
+        let this = Self {
             host_network: ns.network == NamespaceMode::Node as i32,
             host_pid: ns.pid == NamespaceMode::Node as i32,
             host_ipc: ns.ipc == NamespaceMode::Node as i32,
-        })
+            userns,
+        };
+        if this.userns.is_some() {
+            for (field, host) in [("network", this.host_network), ("pid", this.host_pid), ("ipc", this.host_ipc)] {
+                if host {
+                    return Err(invalid(format!(
+                        "userns_options: mode POD cannot go with namespace_options.{field} NODE (the host's \
+                         namespace is not the pod's user namespace's)"
+                    )));
+                }
+            }
+        }
+        Ok(this)
     }
 
-    /// Sets the pod file's `pid` and `ipc`.
+    /// Sets the pod file's `pid`, `ipc` and `userns`.
     pub fn apply(&self, pod_file: &mut Value) {
+        if let Some(m) = self.userns {
+            pod_file["userns"] = json!({
+                "uid": {"container": 0, "host": m.uid, "size": m.size},
+                "gid": {"container": 0, "host": m.gid, "size": m.size},
+            });
+        }
         if self.host_pid {
             pod_file["pid"] = json!("host");
         }
@@ -238,36 +261,65 @@ impl SandboxNamespaces {
     }
 }
 
-/// User namespace options: `NODE` is the host's (pod's default); `POD`
-/// is checked as containerd checks it, then refused: apps cannot yet be
-/// added to a pod with a user namespace (`userns: auto`).
-fn userns(u: &proto::UserNamespace) -> Result<(), CriError> {
+/// User namespace options: `NODE` is the host's (no mapping); `POD` is
+/// checked as containerd checks it (exactly one mapping each, from
+/// container id 0) and, as the pod file takes it, both of one length with
+/// host root outside them: its mapping.
+fn userns(u: &proto::UserNamespace) -> Result<Option<spec::stage1::IdMap>, CriError> {
     match NamespaceMode::try_from(u.mode) {
         Ok(NamespaceMode::Node) => {
             if !u.uids.is_empty() || !u.gids.is_empty() {
                 return Err(invalid("userns_options: mode NODE takes no uid or gid mappings"));
             }
-            Ok(())
+            Ok(None)
         }
         Ok(NamespaceMode::Pod) => {
-            for (what, maps) in [("uids", &u.uids), ("gids", &u.gids)] {
-                if maps.len() != 1 {
+            let mut ranges = [(0u32, 0u32); 2];
+            for (slot, (what, maps)) in ranges.iter_mut().zip([("uids", &u.uids), ("gids", &u.gids)]) {
+                let [m] = maps.as_slice() else {
                     return Err(invalid(format!(
                         "userns_options.{what}: exactly one mapping is supported, {} given",
                         maps.len()
                     )));
+                };
+                if m.container_id != 0 {
+                    return Err(invalid(format!(
+                        "userns_options.{what}: container ID 0 is not mapped (the one mapping must start at \
+                         container_id 0, not {})",
+                        m.container_id
+                    )));
                 }
-                if maps[0].container_id != 0 {
-                    return Err(invalid(format!("userns_options.{what}: container ID 0 is not mapped")));
+                if m.length == 0 {
+                    return Err(invalid(format!("userns_options.{what}: length 0 maps nothing")));
                 }
+                if m.host_id == 0 {
+                    return Err(invalid(format!(
+                        "userns_options.{what}: host_id 0 would make the pod's root the host's (use mode NODE)"
+                    )));
+                }
+                if u64::from(m.host_id) + u64::from(m.length) > u64::from(u32::MAX) {
+                    return Err(invalid(format!(
+                        "userns_options.{what}: host_id {} + length {} passes the last valid id 4294967294",
+                        m.host_id, m.length
+                    )));
+                }
+                *slot = (m.host_id, m.length);
             }
-            Err(CriError::Unimplemented(
-                "userns_options: user namespaces for sandboxes are not yet supported (apps cannot yet be added to a \
-                 userns: auto pod)"
-                    .into(),
-            ))
+            let [(uid, size), (gid, gid_size)] = ranges;
+            if gid_size != size {
+                return Err(invalid(format!(
+                    "userns_options.gids: length {gid_size} differs from the uids' {size}: pod maps both alike"
+                )));
+            }
+            Ok(Some(spec::stage1::IdMap { uid, gid, size }))
         }
-        _ => Err(invalid("userns_options: mode must be POD or NODE")),
+        Ok(NamespaceMode::Container) => Err(invalid(
+            "userns_options: mode CONTAINER (a user namespace per container) is not supported: use POD or NODE",
+        )),
+        Ok(NamespaceMode::Target) => Err(invalid(
+            "userns_options: mode TARGET (another container's user namespace) is not supported: use POD or NODE",
+        )),
+        Err(_) => Err(invalid(format!("userns_options: unknown mode {}", u.mode))),
     }
 }
 

@@ -112,11 +112,45 @@ fn sandbox_namespaces() {
     assert!(sandbox_ns(userns(NamespaceMode::Pod, two)).expect_err("two").to_string().contains("exactly one mapping"));
     let not_zero = vec![mapping(1, 1000, 100_000)];
     assert!(sandbox_ns(userns(NamespaceMode::Pod, not_zero)).expect_err("1").to_string().contains("container ID 0"));
-    for mode in [NamespaceMode::Container, NamespaceMode::Target] {
-        assert_eq!(sandbox_ns(userns(mode, vec![])).expect_err("mode").code(), tonic::Code::InvalidArgument);
+    for (mode, name) in [(NamespaceMode::Container, "CONTAINER"), (NamespaceMode::Target, "TARGET")] {
+        let e = sandbox_ns(userns(mode, vec![])).expect_err("mode");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.to_string().contains(name) && e.to_string().contains("userns_options"), "{e}");
     }
+    for (maps, says) in [
+        (vec![mapping(0, 0, 100)], "host_id 0"),
+        (vec![mapping(0, 1000, 0)], "length 0"),
+        (vec![mapping(0, 4_294_967_000, 1000)], "last valid id"),
+    ] {
+        let e = sandbox_ns(userns(NamespaceMode::Pod, maps)).expect_err(says);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.to_string().contains(says) && e.to_string().contains("userns_options.uids"), "{e}");
+    }
+    let mut lopsided = userns(NamespaceMode::Pod, vec![mapping(0, 1000, 100_000)]);
+    if let Some(u) = lopsided.userns_options.as_mut() {
+        u.gids[0].length = 65536;
+    }
+    assert!(sandbox_ns(lopsided).expect_err("lengths").to_string().contains("userns_options.gids"));
+    let with_host_net = proto::NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        ..userns(NamespaceMode::Pod, vec![mapping(0, 1000, 100_000)])
+    };
+    assert!(sandbox_ns(with_host_net).expect_err("host net").to_string().contains("namespace_options.network NODE"));
+
+    // POD: the mapping, as the pod file's `userns`.
     let one = vec![mapping(0, 1000, 100_000)];
-    assert_eq!(sandbox_ns(userns(NamespaceMode::Pod, one)).expect_err("pod").code(), tonic::Code::Unimplemented);
+    let ns = sandbox_ns(userns(NamespaceMode::Pod, one)).expect("pod");
+    assert_eq!(ns.userns, Some(spec::stage1::IdMap { uid: 1000, gid: 1000, size: 100_000 }));
+    let mut file = json!({"name": "x"});
+    ns.apply(&mut file);
+    let range = json!({"container": 0, "host": 1000, "size": 100_000});
+    assert_eq!(file["userns"], json!({"uid": range, "gid": range}));
+    let parsed = spec::pod::PodFile::parse(
+        json!({"name": "x", "apps": [], "userns": file["userns"]}).to_string().as_bytes(),
+        "f",
+    )
+    .expect("the pod file takes it");
+    assert_eq!(parsed.userns, spec::pod::UserNs::Map(ns.userns.expect("map")));
 }
 
 #[test]

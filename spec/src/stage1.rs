@@ -346,7 +346,7 @@ pub struct Invocation {
 /// A user namespace's mapping: ids `0..size` inside are `uid..uid+size`
 /// (`gid..gid+size`) on the host. stage0 allocates it, distinct from every
 /// other pod's, and it is freed with the pod directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IdMap {
     pub uid: u32,

@@ -42,10 +42,8 @@ pub enum AddAppError {
     },
     #[error("pod {uuid} is {state}, not running")]
     NotRunning { uuid: String, state: PodState },
-    #[error(
-        "pod {0} has a user namespace (userns: auto): apps cannot yet be added to or removed from it while it runs"
-    )]
-    Userns(String),
+    #[error("pod {uuid}: app {app}: {why}")]
+    Userns { uuid: String, app: String, why: &'static str },
     #[error("pod {uuid} already has an app {app}")]
     Duplicate { uuid: String, app: String },
     #[error("pod {uuid} has no app {app}")]
@@ -67,7 +65,7 @@ pub enum AddAppError {
 impl ExitCodeOf for AddAppError {
     fn exit(&self) -> Exit {
         match self {
-            Self::NotRunning { .. } | Self::Userns(_) | Self::Duplicate { .. } | Self::Busy(_) => Exit::Conflict,
+            Self::NotRunning { .. } | Self::Userns { .. } | Self::Duplicate { .. } | Self::Busy(_) => Exit::Conflict,
             Self::NoApp { .. } | Self::NoVolume { .. } => Exit::NotFound,
             Self::HostVolume { .. } => Exit::InvalidInput,
             Self::Prepare(e) => e.exit(),
@@ -169,9 +167,6 @@ fn begin(pod: &PodRef) -> Result<Changing, AddAppError> {
     let manifest = pod.dir.join(POD_MANIFEST_FILE);
     let resolved = read_resolved(&pod.dir)
         .ok_or_else(|| io("read", &manifest)(io::Error::new(io::ErrorKind::InvalidData, "missing or malformed")))?;
-    if crate::userns::recorded(&pod.dir).is_some() {
-        return Err(AddAppError::Userns(pod.uuid.clone()));
-    }
     Ok(Changing { resolved, _lock: lock })
 }
 
@@ -256,6 +251,11 @@ pub fn add_with_host_volumes(
         fetcher.store().manifest(&fetched.meta.id).map_err(|e| image_err(e.into()))?.app
     };
     let app = prepare::resolve_app(&file, spec, &fetched.meta, image_app.as_ref(), fetched.lower)?;
+    if app.security.own_pid_namespace && crate::userns::recorded(&pod.dir).is_some() {
+        // As a pod file's check says it (spec's `own_pid_with_userns`).
+        let why = "pidNamespace: own cannot go with the pod's user namespace (not yet)";
+        return Err(AddAppError::Userns { uuid, app: new.name.to_string(), why });
+    }
 
     // Volumes: the pod's, and an OCI image's anonymous ones, made here.
     let mut updated = resolved.clone();

@@ -384,7 +384,7 @@ pub fn prepare(
     // the store and the pods as they were.
     let host_sources = host.volumes.check(&pod_file, &file)?;
     let vm = overrides.isolation.map_or(pod_file.isolation == pod::Isolation::Vm, |i| i == stage1::Isolation::Vm);
-    if overrides.userns.unwrap_or(pod_file.userns) == pod::UserNs::Auto {
+    if overrides.userns.unwrap_or(pod_file.userns).own() {
         let host_net = match &overrides.network {
             Some(n) => *n == stage1::Network::Host,
             None => pod_file.network == pod::Network::Host,
@@ -394,14 +394,14 @@ pub fn prepare(
         }
     }
     let own_pid = pod_file.apps.iter().any(|a| a.security.own_pid_namespace);
-    if own_pid && overrides.userns == Some(pod::UserNs::Auto) {
+    if own_pid && overrides.userns.is_some_and(|u| u.own()) {
         return Err(PrepareError::UsernsConflict {
             file,
             why: "pidNamespace: own cannot go with userns: auto (not yet)",
         });
     }
     if pod_file.host_pid || pod_file.host_ipc {
-        let auto = overrides.userns.unwrap_or(pod_file.userns) == pod::UserNs::Auto;
+        let auto = overrides.userns.unwrap_or(pod_file.userns).own();
         if vm || auto {
             let why =
                 if vm { "a VM pod has its own kernel" } else { "userns: auto does not own the host's namespaces" };
@@ -555,6 +555,9 @@ fn write_pod(
             userns::allocate(pods, &host.subids)
                 .map_err(|source| PrepareError::Userns { file: file.to_owned(), source })?,
         ),
+        pod::UserNs::Map(map) => {
+            Some(userns::reserve(pods, map).map_err(|source| PrepareError::Userns { file: file.to_owned(), source })?)
+        }
     };
     let invocation = Invocation {
         version: stage1::INVOCATION_VERSION,

@@ -16,6 +16,10 @@
 //! it, so removing the pod (`pod rm`, `pod gc`) frees it and nothing can
 //! leak. Choosing and recording happen under an flock on
 //! `<pods>/userns.lock`, so concurrent `pod run`s get disjoint ranges.
+//!
+//! A pod file may give its mapping instead (`userns: { uid: { container: 0,
+//! host: ID, size: N }, gid: ... }`, what the CRI's mode POD becomes):
+//! [`reserve`] records it as given, and `auto` ranges then avoid it.
 
 use std::fs::{self, File};
 use std::io;
@@ -148,6 +152,25 @@ pub struct Allocation {
 
 /// Picks the first candidate no existing pod's mapping overlaps.
 pub fn allocate(pods: &Pods, subids: &SubIds) -> Result<Allocation, UsernsError> {
+    let (lock, taken) = lock_taken(pods)?;
+    let all = candidates(subids)?;
+    let count = all.len();
+    let map = all.into_iter().find(|c| !taken.iter().any(|t| t.overlaps(c))).ok_or(UsernsError::Exhausted(count))?;
+    Ok(Allocation { map, _lock: lock })
+}
+
+/// An explicit mapping (a pod file's `userns: { uid, gid }`, the CRI's
+/// mode POD), recorded as given under the same lock, so that a concurrent
+/// [`allocate`] sees it. Whether it overlaps another pod's is not checked:
+/// kubelet hands a pod's range to each of its sandboxes in turn, the
+/// previous one perhaps not yet removed.
+pub fn reserve(pods: &Pods, map: IdMap) -> Result<Allocation, UsernsError> {
+    let (lock, _) = lock_taken(pods)?;
+    Ok(Allocation { map, _lock: lock })
+}
+
+/// The allocation lock, held, and every mapping a pod directory records.
+fn lock_taken(pods: &Pods) -> Result<(File, Vec<IdMap>), UsernsError> {
     let lock_path = pods.root().join("userns.lock");
     let io = |op: &'static str, path: &Path| {
         let path = path.to_owned();
@@ -163,10 +186,7 @@ pub fn allocate(pods: &Pods, subids: &SubIds) -> Result<Allocation, UsernsError>
         .iter()
         .filter_map(|p| recorded(&p.dir))
         .collect();
-    let all = candidates(subids)?;
-    let count = all.len();
-    let map = all.into_iter().find(|c| !taken.iter().any(|t| t.overlaps(c))).ok_or(UsernsError::Exhausted(count))?;
-    Ok(Allocation { map, _lock: lock })
+    Ok((lock, taken))
 }
 
 #[cfg(test)]
@@ -230,5 +250,11 @@ mod tests {
         record(second);
         fs::remove_dir_all(first_dir).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(allocate(&pods, &none).unwrap_or_else(|e| panic!("{e}")).map, first, "freed with the pod");
+        // An explicit mapping is taken as given; `auto` then avoids it.
+        let named = IdMap { uid: first.uid, gid: first.gid, size: 100 };
+        assert_eq!(reserve(&pods, named).unwrap_or_else(|e| panic!("{e}")).map, named);
+        record(named);
+        let next = allocate(&pods, &none).unwrap_or_else(|e| panic!("{e}")).map;
+        assert!(!next.overlaps(&named), "{next:?}");
     }
 }

@@ -13,26 +13,37 @@
 //! them are made here on the host, detached (fsmount, open_tree), and
 //! carried in by a child that joins the pod's pid namespace (its /proc),
 //! network namespace (its /sys) and mount namespace and attaches them
-//! where `rootfs::setup_app` puts them at the pod's start. Not for
-//! `userns: auto` pods yet (their mounts are idmapped, their files the
-//! pod's root's).
+//! where `rootfs::setup_app` puts them at the pod's start.
+//!
+//! In a pod with a user namespace (`userns: auto` or an explicit mapping)
+//! the added app gets what the declared apps got (see userns.rs): its
+//! image layers idmapped (over themselves, in a mount namespace of this
+//! process's own, before the overlay is made on them), host volumes
+//! idmapped, its upper layer, cgroups and what is created in its rootfs
+//! the pod's root's; pod-init, in the user namespace, starts it there. The
+//! pod's mount namespace is the user namespace's, where the kernel makes
+//! no new /proc or /sys unless a whole one is in sight: the child makes
+//! them detached before it joins that namespace. Unlike the declared
+//! apps' mounts, which the join locked together, the pod's root could
+//! unmount these (the masks over /proc included); what lies beneath is the
+//! app's own rootfs, and /proc's files stay guarded by their host owners.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{umount2, MntFlags};
-use nix::sched::{setns, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::ForkResult;
-use spec::stage1::{App, Invocation, ResolvedPod, VolumeSource};
+use spec::stage1::{App, IdMap, Invocation, ResolvedPod, VolumeSource};
 use spec::AcName;
 
 use crate::cgroups::{self, Limits};
 use crate::monitor::{self, Stage1Error};
-use crate::rootfs::{self, Carried, KernelFs};
+use crate::rootfs::{self, KernelFs, PodIds, RootfsError};
 use crate::{sys, units};
 
 /// Where the host's /dev is attached while an added app's /dev is made,
@@ -60,22 +71,66 @@ pub fn open_ns(pid: i32, ns: &str) -> Result<File, Stage1Error> {
     File::open(&p).map_err(io_err("open", &p))
 }
 
+/// What an app added to a running pod brings into the pod's mount
+/// namespace, made on the host before joining it: there the host's paths
+/// (image trees, host volumes, /dev) are out of sight, the pod having
+/// pivoted into its directory.
+#[derive(Debug)]
+pub struct Carried {
+    /// The app's rootfs: its overlay, detached.
+    pub rootfs: OwnedFd,
+    /// Host volumes by name, each a detached clone of the checked source.
+    pub host_volumes: BTreeMap<String, OwnedFd>,
+    /// Where the host's /dev is attached meanwhile (inside the pod root).
+    pub dev: PathBuf,
+    /// The app's devices, opened on the host (`devices::open_all`).
+    pub devices: Vec<OwnedFd>,
+    /// With a user namespace: the app's /proc and /sys, detached.
+    pub kernel_fs: Option<KernelFsMounts>,
+}
+
+/// A new /proc (of the pod's pid namespace) and /sys (of its network
+/// namespace), detached.
+#[derive(Debug)]
+pub struct KernelFsMounts {
+    proc: OwnedFd,
+    sys: OwnedFd,
+}
+
+impl KernelFsMounts {
+    /// Made by a process in the pod's pid and network namespaces, while its
+    /// mount namespace is still one the host's user namespace owns.
+    /// `privileged`: /sys writable, as at the pod's start.
+    fn make(privileged: bool) -> Result<Self, String> {
+        let hardened = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+        let sys_attrs = if privileged { hardened } else { hardened | sys::MOUNT_ATTR_RDONLY };
+        let proc = sys::kernel_fs_detached(c"proc", hardened).map_err(|e| format!("a new /proc: {e}"))?;
+        let sys = sys::kernel_fs_detached(c"sysfs", sys_attrs).map_err(|e| format!("a new /sys: {e}"))?;
+        Ok(Self { proc, sys })
+    }
+}
+
+/// Attaches [`KernelFsMounts`] at the rootfs's /proc and /sys.
+pub(crate) fn attach_kernel_fs(rootfs: &Path, made: &KernelFsMounts) -> Result<(), RootfsError> {
+    for (dir, tree) in [("proc", &made.proc), ("sys", &made.sys)] {
+        let target = rootfs.join(dir);
+        rootfs::mkdir_p(&target)?;
+        sys::move_mount_to(tree, &target).map_err(|errno| RootfsError::Mount { what: dir.into(), target, errno })?;
+    }
+    Ok(())
+}
+
 /// `add-app`: sets up app `name` of the running pod at `pod_dir`, as
 /// written in its `pod.json`. On failure, undoes what it made.
 pub fn add(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
     let (inv, pod) = monitor::load(pod_dir)?;
-    if inv.userns.is_some() {
-        return Err(Stage1Error::Invalid(
-            "apps cannot yet be added to a running userns: auto pod (not yet for userns: auto)".into(),
-        ));
-    }
     let app = pod
         .apps
         .iter()
         .find(|a| &a.name == name)
         .ok_or_else(|| Stage1Error::Invalid(format!("pod.json has no app {name}")))?;
     let pid = pod_pid(pod_dir)?;
-    match add_app(pod_dir, &inv, &pod, app, pid) {
+    match add_app(pod_dir, &inv, &pod, app, pid, inv.userns) {
         Ok(()) => Ok(()),
         Err(e) => {
             if let Err(undo) = remove(pod_dir, name) {
@@ -86,22 +141,44 @@ pub fn add(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
     }
 }
 
-fn add_app(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, app: &App, pid: i32) -> Result<(), Stage1Error> {
+fn add_app(
+    pod_dir: &Path,
+    inv: &Invocation,
+    pod: &ResolvedPod,
+    app: &App,
+    pid: i32,
+    userns: Option<IdMap>,
+) -> Result<(), Stage1Error> {
     let name = app.name.as_str();
     let h = monitor::hierarchy()?;
     let cg = cgroups::create_pod(&h, monitor::pod_loc(inv, pod)?, &[(name, Limits::from(app.resources))])?;
+    if let Some(map) = userns {
+        // pod-init, the pod's root, moves the app into them.
+        cg.delegate_apps(map.uid, map.gid)?;
+    }
     let cgroup_dirs = cg.app_dirs(name)?;
+    // The pod's PID 1 is in the pod's user namespace.
+    let user_ns = userns.map(|_| open_ns(pid, "user")).transpose()?;
+    let ids = userns.zip(user_ns.as_ref()).map(|(map, ns)| PodIds { userns: ns.as_fd(), uid: map.uid, gid: map.gid });
+    if ids.is_some() {
+        // A mount namespace of our own, cut from the host's propagation,
+        // where the layers are idmapped over themselves before the overlay
+        // is made on them (the overlay keeps them when this one goes).
+        unshare(CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mount namespace"))?;
+        rootfs::make_private().map_err(|e| Stage1Error::Launch(e.to_string()))?;
+    }
     units::write_app(pod_dir, app, cgroup_dirs.len(), &mut None).map_err(|(p, e)| io_err("write", &p)(e))?;
 
     // Everything from the host's side of the mount namespaces, detached.
     let base = pod_dir.join("apps").join(name);
     let host_dev = base.join(HOST_DEV);
     fs::create_dir_all(&host_dev).map_err(io_err("create directory", &host_dev))?;
-    let carried = Carried {
-        rootfs: detached_rootfs(&base, app)?,
-        host_volumes: detached_host_volumes(pod, app)?,
+    let mut carried = Carried {
+        rootfs: detached_rootfs(&base, app, ids)?,
+        host_volumes: detached_host_volumes(pod, app, ids)?,
         dev: Path::new("/apps").join(name).join(HOST_DEV),
         devices: crate::devices::open_all(app).map_err(|e| Stage1Error::Launch(e.to_string()))?,
+        kernel_fs: None,
     };
     let dev = sys::clone_tree(Path::new("/dev"), false, 0).map_err(sys_err("open_tree /dev"))?;
     let cgroup_trees = cgroup_dirs
@@ -115,10 +192,13 @@ fn add_app(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, app: &App, pid: 
     setns(&pid_ns, CloneFlags::CLONE_NEWPID).map_err(sys_err("setns pid"))?;
     in_pod(|| {
         setns(&net_ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
+        if ids.is_some() {
+            carried.kernel_fs = Some(KernelFsMounts::make(app.security.privileged)?);
+        }
         setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("setns mnt: {e}"))?;
         let root = Path::new("/");
         sys::move_mount_to(&dev, &carried.dev).map_err(|e| format!("attach /dev: {e}"))?;
-        let made = rootfs::setup_app(root, pod, app, KernelFs::Mount, None, &mut BTreeSet::new(), Some(&carried));
+        let made = rootfs::setup_app(root, pod, app, KernelFs::Mount, ids, &mut BTreeSet::new(), Some(&carried));
         let _ = umount2(&carried.dev, MntFlags::MNT_DETACH);
         made.map_err(|e| e.to_string())?;
         for (i, tree) in cgroup_trees.iter().enumerate() {
@@ -132,9 +212,18 @@ fn add_app(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod, app: &App, pid: 
 }
 
 /// The app's rootfs, detached: its overlay (volatile where the kernel has
-/// it, as at the pod's start), or, without overlayfs, a private copy of a
-/// one-layer tree.
-fn detached_rootfs(base: &Path, app: &App) -> Result<OwnedFd, Stage1Error> {
+/// it, as at the pod's start), or, without overlayfs and a user namespace,
+/// a private copy of a one-layer tree.
+fn detached_rootfs(base: &Path, app: &App, ids: Option<PodIds<'_>>) -> Result<OwnedFd, Stage1Error> {
+    if let Some(ids) = ids {
+        let top = app.layers.last().ok_or_else(|| Stage1Error::Invalid(format!("app {} has no layers", app.name)))?;
+        let attrs = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NODEV;
+        for layer in app.layers.iter().collect::<BTreeSet<_>>() {
+            crate::userns::idmapped_bind(layer, layer, ids.userns, false, attrs)
+                .map_err(|e| Stage1Error::Launch(e.to_string()))?;
+        }
+        rootfs::own_upper(&base.join("upper"), top, ids).map_err(|e| Stage1Error::Launch(e.to_string()))?;
+    }
     let (lower, upper, work) = rootfs::overlay_options(base, app);
     let dirs = [("upperdir", Some(upper.as_str())), ("workdir", Some(work.as_str()))];
     // fsconfig(2) takes string values of at most 256 bytes: three layer
@@ -151,22 +240,28 @@ fn detached_rootfs(base: &Path, app: &App) -> Result<OwnedFd, Stage1Error> {
     let overlay = mount(&one_by_one).or_else(|_| mount(&joined));
     match overlay {
         Ok(fd) => Ok(fd),
-        Err(errno) if app.layers.len() == 1 => {
+        Err(errno) if app.layers.len() == 1 && ids.is_none() => {
             eprintln!("pod-stage1-ns: overlay rootfs of app {}: {errno}; copying the tree instead", app.name);
             let upper = base.join("upper");
             rootfs::copy_tree(&app.layers[0], &upper).map_err(|e| Stage1Error::Launch(e.to_string()))?;
             sys::clone_tree(&upper, false, sys::MOUNT_ATTR_NODEV).map_err(sys_err("open_tree of the copied rootfs"))
         }
         Err(errno) => Err(Stage1Error::Launch(format!(
-            "overlay rootfs of app {}: {errno}: an image of several layers needs overlayfs",
-            app.name
+            "overlay rootfs of app {}: {errno}: {} needs overlayfs",
+            app.name,
+            if ids.is_some() { "a pod with a user namespace" } else { "an image of several layers" }
         ))),
     }
 }
 
 /// Each host volume the app mounts, opened as at the pod's start (through
-/// an fd pinned to the checked path) and cloned, detached, with nodev.
-fn detached_host_volumes(pod: &ResolvedPod, app: &App) -> Result<BTreeMap<String, OwnedFd>, Stage1Error> {
+/// an fd pinned to the checked path) and cloned, detached, with nodev (and
+/// the pod's id mapping, with a user namespace).
+fn detached_host_volumes(
+    pod: &ResolvedPod,
+    app: &App,
+    ids: Option<PodIds<'_>>,
+) -> Result<BTreeMap<String, OwnedFd>, Stage1Error> {
     let mut trees = BTreeMap::new();
     for m in &app.mounts {
         let Some(vol) = pod.volumes.iter().find(|v| v.name == m.volume) else { continue };
@@ -177,7 +272,11 @@ fn detached_host_volumes(pod: &ResolvedPod, app: &App) -> Result<BTreeMap<String
         let pinned = rootfs::open_host_source(path, Path::new("/proc/self/fd"))
             .map_err(|e| Stage1Error::Launch(e.to_string()))?;
         let via = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
-        let tree = sys::clone_tree(&via, true, sys::MOUNT_ATTR_NODEV).map_err(sys_err("open_tree of a host volume"))?;
+        let tree = match ids {
+            Some(ids) => sys::idmapped_clone(&via, ids.userns, true, sys::MOUNT_ATTR_NODEV),
+            None => sys::clone_tree(&via, true, sys::MOUNT_ATTR_NODEV),
+        }
+        .map_err(sys_err("open_tree of a host volume"))?;
         trees.insert(vol.name.to_string(), tree);
     }
     Ok(trees)
@@ -226,11 +325,6 @@ pub fn in_pod(f: impl FnOnce() -> Result<(), String>) -> Result<(), Stage1Error>
 /// FIFO and app directory. Idempotent; the pod's `pod.json` is stage0's.
 pub fn remove(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
     let (inv, pod) = monitor::load(pod_dir)?;
-    if inv.userns.is_some() {
-        return Err(Stage1Error::Invalid(
-            "apps cannot yet be removed from a running userns: auto pod (not yet for userns: auto)".into(),
-        ));
-    }
     let app = name.as_str();
     // A pod that has ended took its mount namespace along.
     if let Ok(mnt_ns) = pod_pid(pod_dir).and_then(|pid| open_ns(pid, "mnt")) {

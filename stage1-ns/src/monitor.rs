@@ -470,12 +470,13 @@ fn pod_init(
         rootfs::make_private().map_err(|e| e.to_string())?;
         let ids = userns.map(|ns| rootfs::PodIds { userns: ns.user_fd(), uid: ns.map.uid, gid: ns.map.gid });
         rootfs::setup_apps(pod_dir, pod, rootfs::KernelFs::Mount, ids).map_err(|e| e.to_string())?;
-        if ids.is_none() {
-            rootfs::bind_host_volumes(pod_dir, pod).map_err(|e| e.to_string())?;
-        }
+        rootfs::bind_host_volumes(pod_dir, pod, ids).map_err(|e| e.to_string())?;
         rootfs::bind_cgroups(pod_dir, &go.app_cgroups).map_err(|e| e.to_string())?;
         let stage2 = rootfs::bind_stage2(pod_dir, &inv.stage2).map_err(|e| e.to_string())?;
         rootfs::pivot_into(pod_dir).map_err(|e| e.to_string())?;
+        // The pod's root may not create a file in the pod root: its
+        // control socket is bound here, as host root, and passed open.
+        let control_fd = userns.map(|_| crate::userns::bind_control()).transpose().map_err(|e| e.to_string())?;
         if let Some(ns) = userns {
             crate::userns::join(ns.user_fd()).map_err(|e| e.to_string())?;
         }
@@ -489,6 +490,10 @@ fn pod_init(
         let mut args = vec![prog.clone(), c"--root".into(), c"/".into()];
         if pod.sandbox {
             args.push(c"--sandbox".into());
+        }
+        if let Some(fd) = control_fd {
+            args.push(c"--control-fd".into());
+            args.push(CString::new(fd.to_string()).map_err(|e| e.to_string())?);
         }
         let env: [CString; 0] = [];
         nix::unistd::execve(&prog, &args, &env).map_err(|e| format!("exec pod-init: {e}"))?;

@@ -20,6 +20,8 @@ use std::path::{Component, Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use spec::stage1::{ResolvedPod, VolumeSource};
 
+pub use crate::addapp::Carried;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("{op} {path}: {source}")]
@@ -88,7 +90,7 @@ pub fn inside(root: &Path, rel: &str) -> Result<PathBuf, RootfsError> {
     Ok(out)
 }
 
-fn mkdir_p(p: &Path) -> Result<(), RootfsError> {
+pub(crate) fn mkdir_p(p: &Path) -> Result<(), RootfsError> {
     fs::create_dir_all(p).map_err(io_err("create directory", p))
 }
 
@@ -227,7 +229,7 @@ fn mount_overlay(rootfs: &Path, opts: &str) -> Result<(), RootfsError> {
 
 /// The upper layer's root is the rootfs's `/`: the pod's root's, with the
 /// tree root's mode.
-fn own_upper(upper: &Path, tree: &Path, ids: PodIds<'_>) -> Result<(), RootfsError> {
+pub(crate) fn own_upper(upper: &Path, tree: &Path, ids: PodIds<'_>) -> Result<(), RootfsError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(tree).map_err(io_err("inspect", tree))?.permissions().mode() & 0o7777;
     std::os::unix::fs::chown(upper, Some(ids.uid), Some(ids.gid)).map_err(io_err("chown", upper))?;
@@ -248,22 +250,6 @@ pub fn setup_apps(
         setup_app(pod_dir, pod, app, kernel_fs, ids, &mut idmapped, None)?;
     }
     Ok(())
-}
-
-/// What an app added to a running pod brings into the pod's mount
-/// namespace, made on the host before joining it: there the host's paths
-/// (image trees, host volumes, /dev) are out of sight, the pod having
-/// pivoted into its directory. See addapp.rs.
-#[derive(Debug)]
-pub struct Carried {
-    /// The app's rootfs: its overlay, detached.
-    pub rootfs: OwnedFd,
-    /// Host volumes by name, each a detached clone of the checked source.
-    pub host_volumes: std::collections::BTreeMap<String, OwnedFd>,
-    /// Where the host's /dev is attached meanwhile (inside the pod root).
-    pub dev: PathBuf,
-    /// The app's devices, opened on the host (`devices::open_all`).
-    pub devices: Vec<OwnedFd>,
 }
 
 /// Mounts one app's root filesystem under `<pod>/apps/<app>/rootfs`, its
@@ -296,8 +282,15 @@ pub fn setup_app(
     let root = ids.map_or((0, 0), |i| (i.uid, i.gid));
     let dev = carried.map_or(Path::new("/dev"), |c| c.dev.as_path());
     if kernel_fs == KernelFs::Mount {
-        stage2_init::appfs::mount_kernel_fs_as(&rootfs, dev, app.security.privileged)
-            .map_err(|e| RootfsError::KernelFs(e.to_string()))?;
+        let privileged = app.security.privileged;
+        let mounted = match carried.and_then(|c| c.kernel_fs.as_ref()) {
+            Some(made) => {
+                crate::addapp::attach_kernel_fs(&rootfs, made)?;
+                stage2_init::appfs::mount_dev_as(&rootfs, dev, privileged)
+            }
+            None => stage2_init::appfs::mount_kernel_fs_as(&rootfs, dev, privileged),
+        };
+        mounted.map_err(|e| RootfsError::KernelFs(e.to_string()))?;
     }
     match carried {
         Some(c) => crate::devices::bind_all(&rootfs, app, &c.devices)?,
@@ -490,8 +483,9 @@ fn read_only_root(rootfs: &Path) -> Result<(), RootfsError> {
 /// Binds host volumes at `<pod>/volumes/<name>`, where empty volumes
 /// are, so pod-init can write an app's log into them (`log.volume`): the
 /// ones an app logs into, and every one of a sandbox, whose apps come
-/// later. Not with a user namespace (pod-init could not write there).
-pub fn bind_host_volumes(pod_dir: &Path, pod: &ResolvedPod) -> Result<(), RootfsError> {
+/// later. With a user namespace, idmapped as the apps' binds of them, so
+/// pod-init (the pod's root) writes there as host root.
+pub fn bind_host_volumes(pod_dir: &Path, pod: &ResolvedPod, ids: Option<PodIds<'_>>) -> Result<(), RootfsError> {
     for vol in &pod.volumes {
         let VolumeSource::Host { path, read_only } = &vol.source else { continue };
         if !pod.sandbox && !pod.apps.iter().any(|a| a.log.as_ref().is_some_and(|l| l.volume == vol.name)) {
@@ -501,7 +495,13 @@ pub fn bind_host_volumes(pod_dir: &Path, pod: &ResolvedPod) -> Result<(), Rootfs
         let target = pod_dir.join("volumes").join(vol.name.as_str());
         mkdir_p(&target)?;
         let src = PathBuf::from(format!("/proc/self/fd/{}", pinned.as_raw_fd()));
-        bind(&src, &target, *read_only, &format!("volume {} for pod-init", vol.name))?;
+        match ids {
+            Some(ids) => {
+                let ro = if *read_only { crate::sys::MOUNT_ATTR_RDONLY } else { 0 };
+                crate::userns::idmapped_bind(&src, &target, ids.userns, true, ro | crate::sys::MOUNT_ATTR_NODEV)?;
+            }
+            None => bind(&src, &target, *read_only, &format!("volume {} for pod-init", vol.name))?,
+        }
     }
     Ok(())
 }

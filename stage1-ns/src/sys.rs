@@ -27,8 +27,12 @@ const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 /// `MOUNT_ATTR_RDONLY`.
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+/// `MOUNT_ATTR_NOSUID`.
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 /// `MOUNT_ATTR_NODEV`.
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+/// `MOUNT_ATTR_NOEXEC`.
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 /// `struct mount_attr` (MOUNT_ATTR_SIZE_VER0: 32 bytes).
@@ -148,7 +152,18 @@ fn c_str(s: &str) -> nix::Result<CString> {
 /// caller attaches it with [`move_mount_to`], in another mount namespace
 /// if it joins one first.
 pub fn overlay_detached(options: &[(&str, Option<&str>)]) -> nix::Result<OwnedFd> {
-    let fstype = c"overlay";
+    fs_detached(c"overlay", options, MOUNT_ATTR_NODEV)
+}
+
+/// A new, detached mount of the kernel filesystem `fstype` (`proc`,
+/// `sysfs`) with `attrs` (`MOUNT_ATTR_*`): made where the mount namespace
+/// is the host's, it may be attached in one a user namespace owns, where
+/// the kernel refuses a new proc or sysfs unless a whole one is in sight.
+pub fn kernel_fs_detached(fstype: &std::ffi::CStr, attrs: u64) -> nix::Result<OwnedFd> {
+    fs_detached(fstype, &[], attrs)
+}
+
+fn fs_detached(fstype: &std::ffi::CStr, options: &[(&str, Option<&str>)], attrs: u64) -> nix::Result<OwnedFd> {
     // SAFETY: `fstype` is a NUL-terminated string alive for the call; the
     // kernel returns a new fd or -1.
     let fd = Errno::result(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
@@ -178,8 +193,7 @@ pub fn overlay_detached(options: &[(&str, Option<&str>)]) -> nix::Result<OwnedFd
         )
     })?;
     // SAFETY: `ctx` is a created fs context fd; no pointers are passed.
-    let fd =
-        Errno::result(unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV) })?;
+    let fd = Errno::result(unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })?;
     let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
     // SAFETY: fsmount returned this fd just now; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -216,6 +216,24 @@ impl Drop for AsPodRoot {
     }
 }
 
+/// In the pod's PID 1, after pivot_root and before [`join`]: binds the
+/// pod's control socket (`/control.sock`, 0600, host root's) and returns
+/// its fd, open across exec, for pod-init (`--control-fd`).
+pub fn bind_control() -> Result<i32, UsernsError> {
+    use std::os::fd::IntoRawFd;
+    let path = format!("/{}", spec::control::SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(&path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(|source| UsernsError::Io { op: "bind", path: path.clone(), source })?;
+    let fd = listener.into_raw_fd();
+    // Kept open across exec on purpose: pod-init's from here.
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+        .map_err(sys_err("clear FD_CLOEXEC on the control socket"))?;
+    Ok(fd)
+}
+
 /// In the pod's PID 1, after pivot_root: join the user namespace as its
 /// root, then unshare the mount, uts and ipc namespaces it will own.
 pub fn join(userns: BorrowedFd<'_>) -> Result<(), UsernsError> {

@@ -220,7 +220,7 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
     rootfs::write_etc(pod_dir, pod.hostname(), &ips, &resolv).map_err(fs_err)?;
     rootfs::setup_apps(pod_dir, pod, KernelFs::Skip, None).map_err(fs_err)?;
     // Host volumes apps log into, where the guest's pod-init writes (the share).
-    rootfs::bind_host_volumes(pod_dir, pod).map_err(fs_err)?;
+    rootfs::bind_host_volumes(pod_dir, pod, None).map_err(fs_err)?;
     // The VM is the pod's resource boundary: no per-app cgroups in the units.
     stage1_ns::units::write_units(pod_dir, pod, &BTreeMap::new()).map_err(|(p, e)| io_err("write", &p)(e))?;
     let dir = VmDir::new(pod_dir);

@@ -84,6 +84,13 @@ pub fn mount_kernel_fs_as(rootfs: &Path, dev: &Path, privileged: bool) -> Result
     mkdir_p(&sys)?;
     let sys_flags = if privileged { hardened } else { hardened | MsFlags::MS_RDONLY };
     do_mount(Path::new("sysfs"), &sys, Some("sysfs"), sys_flags, None)?;
+    mount_dev_as(rootfs, dev, privileged)
+}
+
+/// The /dev (and /tmp) of [`mount_kernel_fs_as`], for a caller that
+/// attached /proc and /sys itself (an app added to a running pod with a
+/// user namespace: see stage1-ns's addapp.rs).
+pub fn mount_dev_as(rootfs: &Path, dev: &Path, privileged: bool) -> Result<(), BootError> {
     setup_dev(&rootfs.join("dev"), dev)?;
     if privileged {
         host_devices(&rootfs.join("dev"), dev)?;

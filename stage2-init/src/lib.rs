@@ -81,13 +81,16 @@ pub struct Options {
     pub sandbox: bool,
     /// Where to serve the control channel (`spec::control`), if anywhere.
     pub control: Option<PathBuf>,
+    /// The control socket, already bound at `control` by stage1 and passed
+    /// open (`--control-fd`: a pod with a user namespace).
+    pub control_fd: Option<i32>,
 }
 
 impl Options {
     /// The pod at `root`, its control socket at `root/control.sock`.
     pub fn new(root: PathBuf) -> Options {
         let control = Some(root.join(spec::control::SOCKET));
-        Options { root, sandbox: false, control }
+        Options { root, sandbox: false, control, control_fd: None }
     }
 }
 

@@ -15,13 +15,15 @@ use std::path::PathBuf;
 
 use stage2_init::{Options, EXIT_INIT_FAILED};
 
-const USAGE: &str = "usage: pod-init [--root DIR] [--sandbox]
+const USAGE: &str = "usage: pod-init [--root DIR] [--sandbox] [--control-fd FD]
 
 The pod's PID 1: starts the apps of DIR/units/<app>.unit (default DIR: /)
 in dependency order, supervises them, and exits with the pod's status.
 Writes DIR/status/<app>.json, DIR/status/pod.json and DIR/logs/<app>.log;
 serves DIR/control.sock (inspect, stop and start apps). --sandbox: run with
-no app, and outlive the apps until SIGTERM.
+no app, and outlive the apps until SIGTERM. --control-fd: DIR/control.sock
+is already bound, listening on FD (stage1 binds it for a pod with a user
+namespace).
 Exit: 0 if every app succeeded, else the first failed app's code
 (128+signal for a signal); 125 if pod-init itself failed.";
 
@@ -36,17 +38,22 @@ enum Command {
 fn parse(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Command, String> {
     let mut root = PathBuf::from("/");
     let mut sandbox = false;
+    let mut control_fd = None;
     while let Some(arg) = args.next() {
         match arg.to_str() {
             Some("--root") => root = args.next().ok_or("--root needs a directory")?.into(),
             Some(a) if a.starts_with("--root=") => root = a.trim_start_matches("--root=").into(),
             Some("--sandbox") => sandbox = true,
+            Some("--control-fd") => {
+                let fd = args.next().and_then(|f| f.to_str().and_then(|f| f.parse::<i32>().ok()));
+                control_fd = Some(fd.filter(|fd| *fd > 2).ok_or("--control-fd needs an open fd above 2")?);
+            }
             Some("-h" | "--help") => return Ok(Command::Help),
             Some("--version") => return Ok(Command::Version),
             _ => return Err(format!("unexpected argument {arg:?}\n{USAGE}")),
         }
     }
-    Ok(Command::Run(Options { sandbox, ..Options::new(root) }))
+    Ok(Command::Run(Options { sandbox, control_fd, ..Options::new(root) }))
 }
 
 // glibc's start code calls this; `no_main` leaves no other `main`.
@@ -105,7 +112,9 @@ mod tests {
         assert!(
             matches!(args(&["--sandbox"]), Ok(Command::Run(o)) if o.sandbox && o.control == Some("/control.sock".into()))
         );
-        assert!(matches!(args(&[]), Ok(Command::Run(o)) if !o.sandbox));
+        assert!(matches!(args(&[]), Ok(Command::Run(o)) if !o.sandbox && o.control_fd.is_none()));
+        assert!(matches!(args(&["--control-fd", "7"]), Ok(Command::Run(o)) if o.control_fd == Some(7)));
+        assert!(args(&["--control-fd", "1"]).is_err() && args(&["--control-fd"]).is_err());
         assert!(args(&["extra"]).is_err_and(|e| e.contains("usage: pod-init")));
         assert!(c_int::from(EXIT_INIT_FAILED) == 125);
     }

@@ -91,7 +91,10 @@ impl Supervisor {
             started_at,
             status_write_failed: false,
             sandbox: options.sandbox,
-            control: options.control.as_deref().and_then(control::Listener::bind),
+            control: match (options.control_fd, options.control.as_deref()) {
+                (Some(fd), Some(path)) => control::Listener::inherited(fd, path),
+                (_, path) => path.and_then(control::Listener::bind),
+            },
         })
     }
 

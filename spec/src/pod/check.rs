@@ -13,8 +13,8 @@ use super::scan::{self, FieldPath, Positions};
 use super::{privs, values};
 use super::{
     raw, Accel, AppSpec, ImageSpec, Isolation, Network, PodFile, PodFileError, PodFileErrorKind, PortMapping, Probe,
-    Readiness, Resources, RestartPolicy, UserNs, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT, DEFAULT_STOP_TIMEOUT,
-    MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
+    Readiness, Resources, RestartPolicy, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT, DEFAULT_STOP_TIMEOUT, MAX_APPS,
+    MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
 };
 use crate::name::{AcIdentifier, AcName};
 use crate::security::DEFAULT_CAPS;
@@ -207,12 +207,8 @@ impl Cx<'_> {
             None => Network::Default,
             Some(s) => values::network(s).map_err(|m| self.invalid(&root.key("network"), m))?,
         };
-        let userns = match raw.userns.as_deref() {
-            None | Some("host") => UserNs::Host,
-            Some("auto") => UserNs::Auto,
-            Some(o) => return Err(self.invalid(&root.key("userns"), format!("{o:?} is not host or auto"))),
-        };
-        if userns == UserNs::Auto {
+        let userns = self.userns(raw.userns.as_ref())?;
+        if userns.own() {
             if let Some(why) = userns_conflict(isolation == Isolation::Vm, network == Network::Host) {
                 return Err(self.invalid(&root.key("userns"), why));
             }

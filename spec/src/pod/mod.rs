@@ -7,6 +7,7 @@
 //! network: default              # none | host | default | <CNI network name>
 //! accel: auto                   # auto | kvm | tcg (vm isolation)
 //! userns: auto                  # host (default) | auto: the pod's root is an unprivileged host range
+//! # userns: { uid: { container: 0, host: 100000, size: 65536 }, gid: { container: 0, host: 100000, size: 65536 } }
 //! pid: pod                      # pod (default) | host: the host's pid namespace
 //! ipc: pod                      # pod (default) | host: the host's IPC namespace
 //! apps:
@@ -191,6 +192,19 @@ pub enum UserNs {
     /// podman's `--userns=auto`). Namespace isolation only, not with
     /// `network: host`.
     Auto,
+    /// A user namespace of its own with exactly this mapping (the CRI's
+    /// `userns_options` mode POD, where kubelet picks the range): the pod's
+    /// ids `0..size` are the host's `uid..uid+size` (`gid..`). Keeping it
+    /// apart from other pods' ranges is the caller's; `auto` ranges avoid
+    /// it. As `Auto` otherwise.
+    Map(crate::stage1::IdMap),
+}
+
+impl UserNs {
+    /// Whether the pod has a user namespace of its own (`auto` or a mapping).
+    pub fn own(&self) -> bool {
+        *self != Self::Host
+    }
 }
 
 /// One app of the pod: an image plus the pod file's overrides.

@@ -22,7 +22,7 @@ pub(super) struct Pod {
     #[serde(default)]
     pub accel: Option<String>,
     #[serde(default)]
-    pub userns: Option<String>,
+    pub userns: Option<Userns>,
     #[serde(default)]
     pub pid: Option<String>,
     #[serde(default)]
@@ -42,6 +42,51 @@ pub(super) struct Pod {
     pub ports: Vec<PodPort>,
     #[serde(default)]
     pub cgroup_parent: Option<String>,
+}
+
+/// `userns`: a word (`host`, `auto`) or an explicit mapping.
+#[derive(Debug)]
+pub(super) enum Userns {
+    Word(String),
+    Map(UsernsMap),
+}
+
+// By hand rather than `untagged`: serde's untagged enums buffer the
+// value, which turns `host: 1000` into a number a `String` refuses.
+impl<'de> Deserialize<'de> for Userns {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Userns;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "userns: host, auto, or { uid: { container: 0, host: ID, size: N }, gid: { container: 0, host: ID, size: N } }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Userns, E> {
+                Ok(Userns::Word(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Userns, A::Error> {
+                UsernsMap::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Userns::Map)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping { uid: { container: 0, host: ID, size: N }, gid: { ... } }")]
+pub(super) struct UsernsMap {
+    pub uid: IdRange,
+    pub gid: IdRange,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an id range { container: 0, host: ID, size: N }")]
+pub(super) struct IdRange {
+    pub container: String,
+    pub host: String,
+    pub size: String,
 }
 
 #[derive(Debug, Deserialize)]

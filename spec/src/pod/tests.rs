@@ -484,12 +484,48 @@ fn userns_field() {
     assert_eq!(ok(&format!("userns: auto\n{base}")).userns, UserNs::Auto);
     let e = err(&format!("userns: keep-id\n{base}"));
     assert_eq!((e.kind, e.line, e.field.as_str()), (PodFileErrorKind::Invalid, Some(1), "userns"), "{e}");
-    assert!(e.message.contains("not host or auto"), "{e}");
+    assert!(e.message.contains("not host, auto or a mapping"), "{e}");
     for other in ["isolation: vm", "network: host"] {
         let text = format!("{other}\nuserns: auto\n{}", base.replace("network: none\n", ""));
         let e = err(&text);
         assert_eq!((e.line, e.field.as_str()), (Some(2), "userns"), "{e}");
     }
+}
+
+#[test]
+fn userns_mapping() {
+    let base = "name: p\nnetwork: none\napps:\n  - { name: a, image: ./a.aci }\n";
+    let map = |uid: &str, gid: &str| {
+        format!("userns:\n  uid: {{ container: 0, {uid} }}\n  gid: {{ container: 0, {gid} }}\n{base}")
+    };
+    let m = ok(&map("host: 1000, size: 100000", "host: 2000, size: 100000")).userns;
+    assert_eq!(m, UserNs::Map(crate::stage1::IdMap { uid: 1000, gid: 2000, size: 100_000 }));
+    assert!(m.own() && UserNs::Auto.own() && !UserNs::Host.own());
+    use PodFileErrorKind::Invalid;
+    for (uid, gid, line, field, says) in [
+        ("host: 0, size: 10", "host: 1, size: 10", 2, "userns.uid.host", "host id 0"),
+        ("host: 1000, size: 0", "host: 1, size: 10", 2, "userns.uid.size", "empty range"),
+        ("host: 1000, size: 10", "host: 1000, size: 11", 3, "userns.gid.size", "must be the uid range's"),
+        ("host: 4294967290, size: 10", "host: 1, size: 10", 2, "userns.uid.size", "last valid host id"),
+        ("host: x, size: 10", "host: 1, size: 10", 2, "userns.uid.host", "not an id"),
+    ] {
+        let e = err(&map(uid, gid));
+        assert_eq!((e.kind, e.line, e.field.as_str()), (Invalid, Some(line), field), "{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
+    let e = err(&map("host: 1000, size: 10", "host: 1, size: 10").replacen("container: 0", "container: 1", 1));
+    assert_eq!((e.line, e.field.as_str()), (Some(2), "userns.uid.container"), "{e}");
+    assert!(e.message.contains("container: 0"), "{e}");
+    // A key it does not know, or half a mapping: refused by the schema.
+    let e = err(&format!("userns: {{ uid: {{ container: 0, host: 1, size: 1 }} }}\n{base}"));
+    assert_eq!(e.kind, PodFileErrorKind::Schema, "{e}");
+    let e = err(&map("host: 1, size: 1, extra: 1", "host: 1, size: 1"));
+    assert_eq!(e.kind, PodFileErrorKind::Schema, "{e}");
+    let e = err(&format!("userns: [auto]\n{base}"));
+    assert!(e.message.contains("userns: host, auto, or"), "{e}");
+    // What goes with auto goes with a mapping.
+    let e = err(&map("host: 1000, size: 10", "host: 1000, size: 10").replace("network: none", "network: host"));
+    assert_eq!(e.field, "userns", "{e}");
 }
 
 #[test]

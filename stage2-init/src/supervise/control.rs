@@ -52,6 +52,27 @@ impl Listener {
         }
     }
 
+    /// The listening socket stage1 bound at `path` and passed as `fd`
+    /// (`--control-fd`): in a pod with a user namespace, whose root may
+    /// not create a file in the pod root, host root binds it (so the pod's
+    /// root cannot swap the path for a link elsewhere on the host).
+    pub fn inherited(fd: i32, path: &Path) -> Option<Listener> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: stage1 passed this fd, a listening unix socket, to this
+        // process alone (`--control-fd`), and nothing else here owns it.
+        let listener = unsafe { UnixListener::from_raw_fd(fd) };
+        let ready = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+            .map_err(std::io::Error::from)
+            .and_then(|_| listener.set_nonblocking(true));
+        match ready {
+            Ok(()) => Some(Listener(listener, path.to_owned())),
+            Err(e) => {
+                log!("control channel {} (fd {fd}): {e}", path.display());
+                None
+            }
+        }
+    }
+
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.0.as_fd()
     }

@@ -84,13 +84,15 @@ pub fn boot() -> i32 {
     // (`spec::vm::relay`).
     let control = Some(PathBuf::from(GUEST_CONTROL_SOCKET));
     let code = match prepare(root, &mut share_mounted) {
-        Ok(conf) => match crate::run(&Options { root: root.to_owned(), sandbox: conf.sandbox, control }) {
-            Ok(code) => i32::from(code),
-            Err(e) => {
-                log!("{e}");
-                i32::from(EXIT_INIT_FAILED)
+        Ok(conf) => {
+            match crate::run(&Options { root: root.to_owned(), sandbox: conf.sandbox, control, control_fd: None }) {
+                Ok(code) => i32::from(code),
+                Err(e) => {
+                    log!("{e}");
+                    i32::from(EXIT_INIT_FAILED)
+                }
             }
-        },
+        }
         Err(e) => {
             log!("guest boot failed: {e}");
             if share_mounted {

@@ -85,7 +85,7 @@ impl Cx<'_> {
                 let m = format!("{key}: host is for namespace pods; a VM pod has its own kernel");
                 return Err(self.invalid(&root.key(key), m));
             }
-            if *slot && userns == UserNs::Auto {
+            if *slot && userns.own() {
                 let m = format!("{key}: host cannot go with userns: auto (the host's namespace is not the pod's)");
                 return Err(self.invalid(&root.key(key), m));
             }
@@ -95,11 +95,59 @@ impl Cx<'_> {
 }
 
 impl Cx<'_> {
+    /// `userns`: `host` (default), `auto`, or an explicit mapping of the
+    /// pod's ids from 0 (`{ uid: { container: 0, host: ID, size: N }, gid:
+    /// ... }`): one range each, the same size, host root outside it.
+    pub(super) fn userns(&self, raw: Option<&raw::Userns>) -> Result<UserNs> {
+        let field = FieldPath::default().key("userns");
+        let map = match raw {
+            None => return Ok(UserNs::Host),
+            Some(raw::Userns::Word(w)) if w == "host" => return Ok(UserNs::Host),
+            Some(raw::Userns::Word(w)) if w == "auto" => return Ok(UserNs::Auto),
+            Some(raw::Userns::Word(o)) => {
+                return Err(self.invalid(&field, format!("{o:?} is not host, auto or a mapping {{ uid, gid }}")))
+            }
+            Some(raw::Userns::Map(m)) => m,
+        };
+        let mut ranges = [(0u32, 0u32); 2];
+        for (slot, (key, r)) in ranges.iter_mut().zip([("uid", &map.uid), ("gid", &map.gid)]) {
+            let at = field.key(key);
+            let number = |k: &str, v: &str| {
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| self.invalid(&at.key(k), format!("{v:?} is not an id (0-4294967294)")))
+            };
+            if number("container", &r.container)? != 0 {
+                let m = "only a range from the pod's id 0 is supported: container: 0";
+                return Err(self.invalid(&at.key("container"), m));
+            }
+            let (host, size) = (number("host", &r.host)?, number("size", &r.size)?);
+            if size == 0 {
+                return Err(self.invalid(&at.key("size"), "an empty range maps nothing"));
+            }
+            if host == 0 {
+                let m = "the range holds host id 0: the pod's root would be the host's (userns: host says so)";
+                return Err(self.invalid(&at.key("host"), m));
+            }
+            if u64::from(host) + u64::from(size) > u64::from(u32::MAX) {
+                let m = format!("{host} + {size} passes the last valid host id 4294967294");
+                return Err(self.invalid(&at.key("size"), m));
+            }
+            *slot = (host, size);
+        }
+        let [(uid, size), (gid, gid_size)] = ranges;
+        if gid_size != size {
+            let m = format!("the gid range's size ({gid_size}) must be the uid range's ({size})");
+            return Err(self.invalid(&field.key("gid").key("size"), m));
+        }
+        Ok(UserNs::Map(crate::stage1::IdMap { uid, gid, size }))
+    }
+
     /// `pidNamespace: own` mounts a /proc of the app's namespace, which a
     /// user namespace's root may only do where a whole /proc is in sight;
     /// an app's is masked, so not with `userns: auto`.
     pub(super) fn own_pid_with_userns(&self, pod: &crate::pod::PodFile) -> Result<()> {
-        if pod.userns != UserNs::Auto {
+        if !pod.userns.own() {
             return Ok(());
         }
         match pod.apps.iter().position(|a| a.security.own_pid_namespace) {
