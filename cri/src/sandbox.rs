@@ -302,7 +302,8 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         true => Network::Host,
         false => cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name }),
     };
-    let settings = crate::podcfg::sandbox_keys(&config, &network)?;
+    let vm = crate::vm::isolation(handler) == spec::stage1::Isolation::Vm;
+    let settings = crate::podcfg::sandbox_keys(&config, &network, vm)?;
     let record = SandboxRecord {
         name: meta.name.clone(),
         uid: meta.uid.clone(),

@@ -11,6 +11,7 @@ pub mod kernel;
 pub mod kmod;
 pub mod monitor;
 pub mod qemu;
+pub mod streams;
 
 use std::path::PathBuf;
 use std::time::Duration;

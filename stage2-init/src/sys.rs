@@ -319,3 +319,37 @@ pub(crate) fn move_mount_to(tree: BorrowedFd<'_>, target: &std::ffi::CStr) -> ni
     })
     .map(drop)
 }
+/// A new terminal from the devpts instance whose `ptmx` is at `ptmx`
+/// (an app's own, so the command's `tty` names one of the app's): the
+/// master and its slave, both close-on-exec, the slave not made anyone's
+/// controlling terminal.
+pub(crate) fn open_pty(ptmx: &std::path::Path) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let master: OwnedFd =
+        OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC).open(ptmx)?.into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from a valid pointer; the fd is an
+    // open ptmx.
+    Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd
+    // (checked) that nothing else owns.
+    let slave = Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, flags) })?;
+    // SAFETY: `slave` is a fresh fd owned by no one else.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(slave) }))
+}
+
+/// Sets a terminal's size.
+pub(crate) fn set_winsize(tty: BorrowedFd<'_>, cols: u16, rows: u16) -> nix::Result<()> {
+    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    Errno::result(unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(drop)
+}
+
+/// Makes the terminal on fd 0 this (session leader) process's controlling
+/// terminal.
+pub(crate) fn take_controlling_tty() -> nix::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int by value; fd 0 is open.
+    Errno::result(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }).map(drop)
+}

@@ -12,6 +12,7 @@ mod agent;
 mod boot;
 mod enter;
 mod net;
+mod streams;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -132,6 +133,7 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<GuestConfig, BootErr
     let conf = GuestConfig::parse(&text).map_err(|e| BootError::new("parse", &conf_path, e))?;
     net::configure(&conf, Path::new("/sys/class/net"))?;
     step("network configured");
+    write_sysctls(&conf.sysctls, Path::new("/proc/sys"))?;
     appfs::setup_all(root, Path::new("/dev"))?;
     step("app filesystems mounted");
     if let Some(dir) = Path::new(GUEST_CONTROL_SOCKET).parent() {
@@ -140,6 +142,23 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<GuestConfig, BootErr
     agent::start_all(root);
     step("agents started");
     Ok(conf)
+}
+
+/// Writes the pod's sysctls (`GuestConfig::sysctls`) under `proc_sys`:
+/// the guest's kernel is the pod's own, so each is the pod's alone. One the
+/// kernel lacks or refuses fails the boot, naming it, as it fails a
+/// namespace pod's start.
+pub(crate) fn write_sysctls(sysctls: &[(String, String)], proc_sys: &Path) -> Result<(), BootError> {
+    for (key, value) in sysctls {
+        let path = proc_sys.join(key.replace('.', "/"));
+        // No create: a sysctl is a file the kernel made, or not one at all.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()));
+        written.map_err(|e| BootError::new("write sysctl", &path, format!("{key}={value:?}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// An app added to the running pod (`add` on the control channel): the
