@@ -325,6 +325,11 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         .map_err(io("create a file in", &tmp))?;
     let mut pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox", MAX_POD_NAME), "apps": []});
     pod_file["network"] = serde_json::json!(crate::podcfg::network_key(&network));
+    if vm {
+        // Said in the file too: its checks know a VM publishes ports
+        // without a network (qemu forwards them).
+        pod_file["isolation"] = serde_json::json!("vm");
+    }
     for (k, v) in settings {
         pod_file[k.as_str()] = v;
     }

@@ -116,12 +116,14 @@ fn exec_in_the_guest(s: &CriServer, c: &str, host_kernel: &str) {
     let out = s.crictl(&["exec", "-s", c, "/bin/sh", "-c", "echo out; echo err >&2; uname -r"]);
     assert!(out.status.success(), "{}\n{}", describe(&["crictl exec -s"], &out), s.log());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("out\n\nerr\n\n"), "{text}");
+    // (crictl prints the stdout, then the stderr.)
+    assert!(text.starts_with("out\n") && text.contains("\nerr\n"), "{text}");
     assert!(!text.contains(host_kernel), "exec ran on the host's kernel: {text}");
     assert_mentions(&s.fails(&["exec", "-s", c, "/bin/sh", "-c", "echo bad >&2; exit 3"]), &["exited with 3", "bad"]);
     assert_mentions(&s.fails(&["exec", "-s", c, "/no/such/command"]), &["/no/such/command"]);
     // The sandbox's sysctl, in the guest's kernel.
-    assert_eq!(s.ok(&["exec", "-s", c, "cat", "/proc/sys/kernel/shm_rmid_forced"]), "1\n");
+    let sysctl = s.ok(&["exec", "-s", c, "/bin/sh", "-c", "read v </proc/sys/kernel/shm_rmid_forced; echo $v"]);
+    assert_eq!(sysctl.trim(), "1");
 
     let out = s.crictl(&["exec", c, "/bin/sh", "-c", "echo streamed; echo oops >&2; exit 4"]);
     assert!(!out.status.success(), "{}", describe(&["crictl exec"], &out));
@@ -158,7 +160,7 @@ fn exec_in_the_guest(s: &CriServer, c: &str, host_kernel: &str) {
     assert!(started.elapsed() < Duration::from_secs(30), "the timeout did not cut it short");
     assert_mentions_any(&err, &["timed out", "DeadlineExceeded"]);
     // Killed in the guest, and the stream port still serves.
-    let gone = wait_for(Duration::from_secs(10), || !s.ok(&["exec", "-s", c, "ps"]).contains("4321"));
+    let gone = wait_for(Duration::from_secs(10), || !s.ok(&["exec", "-s", c, "/bin/sh", "-c", "ps"]).contains("4321"));
     assert!(gone, "the timed out command still runs in the guest");
 }
 
@@ -180,6 +182,11 @@ fn serve_from_the_guest(s: &CriServer, live: &Live, sandbox: &str, sandbox_json:
     s.ok(&["start", &web]);
     wait_state(s, &web, "CONTAINER_RUNNING");
 
+    // The host port first: it also waits for httpd to listen (a
+    // port-forward whose first connection is refused ends, as kubectl's).
+    let body = curl_until_served(&format!("http://127.0.0.1:{host_port}/"));
+    assert_eq!(body.as_deref(), Ok("served-from-the-vm\n"), "host port\n{}", s.log());
+
     let local = free_port();
     let mut child = Command::new(&s.crictl)
         .args(["--config", &config_of(s), "port-forward", sandbox])
@@ -193,8 +200,8 @@ fn serve_from_the_guest(s: &CriServer, live: &Live, sandbox: &str, sandbox_json:
     stdout.read_line(&mut line).unwrap();
     let _fwd = Forward(child);
     assert_mentions(&line, &["Forwarding from"]);
-    for (what, port) in [("port-forward", local), ("port-forward again", local), ("host port", host_port)] {
-        let body = curl_until_served(&format!("http://127.0.0.1:{port}/"));
+    for what in ["port-forward", "port-forward again"] {
+        let body = curl_until_served(&format!("http://127.0.0.1:{local}/"));
         assert_eq!(body.as_deref(), Ok("served-from-the-vm\n"), "{what}\n{}", s.log());
     }
     s.ok(&["stop", "--timeout", "2", &web]);
