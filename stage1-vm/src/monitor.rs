@@ -592,6 +592,11 @@ mod tests {
         assert!(!user_net(&cni).expect("cni").expect("a NIC").restrict);
         let host = pod(serde_json::json!("host"), &[(None, None, "")]);
         assert!(user_net(&host).is_err_and(|e| e.to_string().contains("network: host")));
+        // Pod-level ports (the CRI's port mappings) are forwarded as well.
+        let mut sandbox = pod(serde_json::json!("none"), &[]);
+        sandbox.ports = fwd.apps[0].ports.clone();
+        let net = user_net(&sandbox).expect("forwards").expect("a NIC");
+        assert_eq!((net.forwards.len(), net.forwards[0].host_port, net.forwards[0].guest_port), (1, 8080, 80));
         let v6 = pod(serde_json::json!("none"), &[(None, None, "::1")]);
         assert!(user_net(&v6).is_err_and(|e| e.to_string().contains("IPv4")));
     }

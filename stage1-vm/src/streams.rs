@@ -257,3 +257,71 @@ fn write_some(w: &mut impl Write, pending: &mut Vec<u8>) -> io::Result<()> {
     pending.drain(..done);
     result
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use spec::vm::mux::Open;
+
+    /// Reads frames from `s` until `n` came.
+    fn frames(s: &mut UnixStream, n: usize) -> Vec<Frame> {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.len() < n {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0, "closed after {got:?}");
+            d.push(&buf[..k]);
+            while let Some(f) = d.next_frame().unwrap() {
+                got.push(f);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn streams_are_numbered_routed_back_and_killed_when_their_client_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen = dir.path().join("stream.sock");
+        let (port, mut guest) = UnixStream::pair().unwrap();
+        let old = umask(Mode::from_bits_truncate(0o177));
+        let listener = UnixListener::bind(&listen).unwrap();
+        umask(old);
+        listener.set_nonblocking(true).unwrap();
+        let mut router = Router::new(listener, port).unwrap();
+        std::thread::spawn(move || router.run());
+
+        let open = Open::Exec { app: "web".into(), argv: vec!["true".into()], tty: false };
+        let mut a = UnixStream::connect(&listen).unwrap();
+        a.write_all(&open.frame(0).encode()).unwrap();
+        let first = frames(&mut guest, 1);
+        assert_eq!((first[0].kind, first[0].id), (Kind::Open, 1));
+        let mut b = UnixStream::connect(&listen).unwrap();
+        b.write_all(&Open::Connect { port: 80 }.frame(0).encode()).unwrap();
+        b.write_all(&Frame::new(Kind::Data, 0, b"GET".to_vec()).encode()).unwrap();
+        let got = frames(&mut guest, 2);
+        assert_eq!((got[0].kind, got[0].id, got[1].kind, got[1].id), (Kind::Open, 2, Kind::Data, 2));
+
+        // The guest's frames reach their own client, as id 0; the last one
+        // closes the client's connection.
+        guest.write_all(&Frame::new(Kind::Data, 1, b"hi".to_vec()).encode()).unwrap();
+        guest.write_all(&Frame::exit(1, 3).encode()).unwrap();
+        let got = frames(&mut a, 2);
+        assert_eq!(got, [Frame::new(Kind::Data, 0, b"hi".to_vec()), Frame::exit(0, 3)]);
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(a.read(&mut [0u8; 16]).unwrap(), 0, "closed after its end");
+
+        // A client that goes away has its stream killed in the guest; a
+        // client that speaks for the guest is cut off the same way.
+        drop(b);
+        let got = frames(&mut guest, 1);
+        assert_eq!((got[0].kind, got[0].id), (Kind::Kill, 2));
+        let mut c = UnixStream::connect(&listen).unwrap();
+        c.write_all(&Open::Connect { port: 81 }.frame(0).encode()).unwrap();
+        c.write_all(&Frame::exit(0, 0).encode()).unwrap();
+        let got = frames(&mut guest, 2);
+        assert_eq!((got[0].kind, got[1].kind, got[1].id), (Kind::Open, Kind::Kill, 3));
+    }
+}

@@ -213,3 +213,20 @@ fn shutdown(root: &Path, share_mounted: bool) {
     let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     log!("reboot: {e}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctls_are_written_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("kernel")).expect("mkdir");
+        std::fs::write(dir.path().join("kernel/shm_rmid_forced"), "0").expect("write");
+        write_sysctls(&[("kernel.shm_rmid_forced".into(), "1".into())], dir.path()).expect("written");
+        assert_eq!(std::fs::read_to_string(dir.path().join("kernel/shm_rmid_forced")).expect("read"), "1");
+        let e = write_sysctls(&[("net.nope.x".into(), "1".into())], dir.path()).expect_err("no such sysctl");
+        assert!(e.to_string().contains("net.nope.x=\"1\""), "{e}");
+        assert!(!dir.path().join("net").exists(), "nothing is created");
+    }
+}
