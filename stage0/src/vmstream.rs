@@ -175,7 +175,9 @@ fn pump_output(
 /// its size passed on). Returns the command's status.
 pub fn exec(socket: &Path, app: &str, argv: &[String]) -> Result<i32, StreamError> {
     let tty = nix::unistd::isatty(0).unwrap_or(false);
-    let open = Open::Exec { app: app.to_owned(), argv: argv.to_vec(), tty };
+    // The size goes with the request: the command may ask for it at once.
+    let size = if tty { term_size() } else { None };
+    let open = Open::Exec { app: app.to_owned(), argv: argv.to_vec(), tty, size };
     // Blocked before any thread starts, so only the size thread takes it.
     let mut winch = nix::sys::signal::SigSet::empty();
     winch.add(nix::sys::signal::Signal::SIGWINCH);
@@ -185,9 +187,6 @@ pub fn exec(socket: &Path, app: &str, argv: &[String]) -> Result<i32, StreamErro
     let (stream, writer) = connect(socket, &open)?;
     let _raw = tty.then(RawMode::enter).flatten();
     if tty {
-        if let Some((cols, rows)) = term_size() {
-            let _ = writer.send(&Frame::resize(0, cols, rows));
-        }
         let sizes = writer.clone();
         std::thread::spawn(move || {
             while winch.wait().is_ok() {

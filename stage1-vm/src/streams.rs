@@ -293,7 +293,7 @@ mod tests {
         let mut router = Router::new(listener, port).unwrap();
         std::thread::spawn(move || router.run());
 
-        let open = Open::Exec { app: "web".into(), argv: vec!["true".into()], tty: false };
+        let open = Open::Exec { app: "web".into(), argv: vec!["true".into()], tty: false, size: None };
         let mut a = UnixStream::connect(&listen).unwrap();
         a.write_all(&open.frame(0).encode()).unwrap();
         let first = frames(&mut guest, 1);

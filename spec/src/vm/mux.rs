@@ -204,8 +204,9 @@ impl Decoder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Open {
     /// Run `argv` in app `app` as the app's own processes run; with
-    /// `tty`, on a terminal of the app's own (stdout and stderr merged).
-    Exec { app: String, argv: Vec<String>, tty: bool },
+    /// `tty`, on a terminal of the app's own (stdout and stderr merged),
+    /// sized `size` (cols, rows) before the command starts.
+    Exec { app: String, argv: Vec<String>, tty: bool, size: Option<(u16, u16)> },
     /// A TCP connection to the guest's 127.0.0.1:`port`. Once it is made,
     /// the guest's first frame is a [`Kind::Window`] of 0 (else a Fail).
     Connect { port: u16 },
@@ -242,11 +243,14 @@ fn unescape(word: &str) -> Option<String> {
 
 impl Open {
     /// Tab-separated words, each escaped (`\\`, `\t`, `\n`):
-    /// `exec <tty 0|1> <app> <argv>...` or `connect <port>`.
+    /// `exec <tty 0|1|1:COLSxROWS> <app> <argv>...` or `connect <port>`.
     pub fn encode(&self) -> String {
         match self {
-            Open::Exec { app, argv, tty } => {
+            Open::Exec { app, argv, tty, size } => {
                 let mut out = format!("exec\t{}", u8::from(*tty));
+                if let (true, Some((cols, rows))) = (*tty, size) {
+                    out.push_str(&format!(":{cols}x{rows}"));
+                }
                 for word in std::iter::once(app).chain(argv) {
                     out.push('\t');
                     escape(word, &mut out);
@@ -261,14 +265,17 @@ impl Open {
         let mut words = text.split('\t');
         match words.next()? {
             "exec" => {
-                let tty = match words.next()? {
-                    "0" => false,
-                    "1" => true,
-                    _ => return None,
+                let (tty, size) = match words.next()? {
+                    "0" => (false, None),
+                    "1" => (true, None),
+                    sized => {
+                        let (cols, rows) = sized.strip_prefix("1:")?.split_once('x')?;
+                        (true, Some((cols.parse().ok()?, rows.parse().ok()?)))
+                    }
                 };
                 let app = unescape(words.next()?)?;
                 let argv = words.map(unescape).collect::<Option<Vec<_>>>()?;
-                (!app.is_empty() && !argv.is_empty()).then_some(Open::Exec { app, argv, tty })
+                (!app.is_empty() && !argv.is_empty()).then_some(Open::Exec { app, argv, tty, size })
             }
             "connect" => {
                 let port = words.next()?.parse().ok().filter(|p| *p > 0)?;
@@ -290,8 +297,7 @@ mod tests {
     #[test]
     fn frames_round_trip_however_cut() {
         let frames = [
-            Open::Exec { app: "web".into(), argv: vec!["sh".into(), "-c".into(), "a\tb\\\nc".into()], tty: true }
-                .frame(1),
+            Open::Exec { app: "web".into(), argv: vec!["sh".into()], tty: true, size: Some((80, 24)) }.frame(1),
             Frame::new(Kind::Data, 1, b"hello".to_vec()),
             Frame::new(Kind::Stderr, 7, Vec::new()),
             Frame::window(1, WINDOW),
@@ -333,13 +339,25 @@ mod tests {
                 app: "web".into(),
                 argv: vec!["/bin/sh".into(), "-c".into(), "x\\t\ty\nz".into()],
                 tty: false,
+                size: None,
             },
+            Open::Exec { app: "web".into(), argv: vec!["sh".into()], tty: true, size: None },
+            Open::Exec { app: "web".into(), argv: vec!["sh".into()], tty: true, size: Some((123, 45)) },
             Open::Connect { port: 8080 },
         ] {
             assert_eq!(Open::decode(&open.encode()), Some(open));
         }
-        for bad in ["", "exec\t1\tweb", "exec\t2\tweb\tsh", "exec\t0\t\tsh", "connect\t0", "connect\t70000", "connect"]
-        {
+        for bad in [
+            "",
+            "exec\t1\tweb",
+            "exec\t2\tweb\tsh",
+            "exec\t1:80\tweb\tsh",
+            "exec\t0:80x24\tweb\tsh",
+            "exec\t0\t\tsh",
+            "connect\t0",
+            "connect\t70000",
+            "connect",
+        ] {
             assert_eq!(Open::decode(bad), None, "{bad:?}");
         }
         assert_eq!(Open::decode("exec\t0\tweb\tbad\\q"), None);

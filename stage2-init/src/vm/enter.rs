@@ -60,9 +60,15 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
 }
 
-/// Forks `argv` into `app` of the pod at `root`; `Err` is the message for
-/// the host.
-pub(crate) fn start(root: &Path, app: &str, argv: &[String], tty: bool) -> Result<Command, String> {
+/// Forks `argv` into `app` of the pod at `root`, on a terminal when `tty`
+/// is given (sized (cols, rows) if known); `Err` is the message for the
+/// host.
+pub(crate) fn start(
+    root: &Path,
+    app: &str,
+    argv: &[String],
+    tty: Option<Option<(u16, u16)>>,
+) -> Result<Command, String> {
     app_pid(&root.join("status"), app)?;
     let name = AcName::new(app).map_err(|_| format!("{app:?} is not an app name"))?;
     let (unit, seccomp) = plan::load_app(root, &name).map_err(|e| e.to_string())?;
@@ -70,9 +76,12 @@ pub(crate) fn start(root: &Path, app: &str, argv: &[String], tty: bool) -> Resul
     let rootfs_path = root.join("apps").join(app).join("rootfs");
     let argv = launch::c_strings(argv)?;
     // The child's ends (given as 0, 1, 2) and ours.
-    let (child_fds, ours): ([OwnedFd; 3], Stdio) = if tty {
+    let (child_fds, ours): ([OwnedFd; 3], Stdio) = if let Some(size) = tty {
         let ptmx = rootfs_path.join("dev").join("pts").join("ptmx");
         let (master, slave) = sys::open_pty(&ptmx).map_err(|e| format!("a terminal from {}: {e}", ptmx.display()))?;
+        if let Some((cols, rows)) = size {
+            let _ = sys::set_winsize(std::os::fd::AsFd::as_fd(&master), cols, rows);
+        }
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
         ([dup(&slave)?, dup(&slave)?, slave], Stdio::Tty(master))
     } else {
@@ -87,7 +96,7 @@ pub(crate) fn start(root: &Path, app: &str, argv: &[String], tty: bool) -> Resul
         Fork::Child => {
             drop((report, ours));
             let as_app = AsApp { app, unit: &unit, rootfs: &rootfs, cgroups: &cgroups, seccomp: &seccomp };
-            let Err(e) = child(&as_app, &child_fds, tty, &argv);
+            let Err(e) = child(&as_app, &child_fds, tty.is_some(), &argv);
             // A message this short fits the empty pipe whole.
             let _ = nix::unistd::write(&report_w, e.message.as_bytes());
             sys::exit_now(e.code)

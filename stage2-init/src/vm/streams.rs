@@ -240,8 +240,8 @@ impl Agent<'_> {
         };
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
         match open {
-            Open::Exec { app, argv, tty } => {
-                let command = enter::start(self.root, app, argv, *tty)?;
+            Open::Exec { app, argv, tty, size } => {
+                let command = enter::start(self.root, app, argv, tty.then_some(*size))?;
                 stream.pid = Some(command.pid);
                 match command.stdio {
                     Stdio::Pipes { stdin, stdout, stderr } => {
