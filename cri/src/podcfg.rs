@@ -7,9 +7,11 @@
 //!   `ports`, by container port number (a CRI port has no name; no image
 //!   needs to declare it). A mapping without a host port publishes nothing:
 //!   the pod's address is reachable from the node as it is, which is how
-//!   kubelet's runtimes treat it. `linux.sysctls` → `sysctls`: namespaced
+//!   kubelet's runtimes treat it. A VM sandbox's ports are forwarded by
+//!   its qemu (user-mode networking), with or without a CNI network. `linux.sysctls` → `sysctls`: namespaced
 //!   ones only (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*),
-//!   set in the pod's own namespaces at its start; others are refused with
+//!   set in the pod's own namespaces at its start (a VM sandbox's: in its
+//!   guest kernel, by the guest's pod-init); others are refused with
 //!   their name. `linux.cgroup_parent` → `cgroupParent`: the pod's cgroups
 //!   are `<parent>/<uuid>` in each hierarchy instead of `pod/<uuid>`,
 //!   recorded in `stage1.json` for gc, stats and updates; cgroupfs paths
@@ -33,8 +35,9 @@ type Keys = Map<String, Value>;
 /// The pod-file keys of a sandbox's hostname, DNS, port mappings and
 /// sysctls. `network` is the one the sandbox joins: ports need a CNI
 /// network, and with the host's they are dropped (the apps listen on the
-/// host's ports themselves, as kubelet expects there).
-pub fn sandbox_keys(config: &proto::PodSandboxConfig, network: &Network) -> Result<Keys, CriError> {
+/// host's ports themselves, as kubelet expects there). A VM sandbox (`vm`)
+/// needs none: qemu forwards the host's ports into the guest itself.
+pub fn sandbox_keys(config: &proto::PodSandboxConfig, network: &Network, vm: bool) -> Result<Keys, CriError> {
     let mut keys = Keys::new();
     if !config.hostname.is_empty() {
         keys.insert("hostname".into(), json!(config.hostname));
@@ -49,7 +52,7 @@ pub fn sandbox_keys(config: &proto::PodSandboxConfig, network: &Network) -> Resu
     }
     let ports = if *network == Network::Host { Vec::new() } else { ports(&config.port_mappings)? };
     if !ports.is_empty() {
-        if *network == Network::None {
+        if *network == Network::None && !vm {
             return Err(CriError::FailedPrecondition(
                 "the sandbox publishes host ports, but there is no CNI network configuration to reach it through"
                     .into(),
@@ -299,7 +302,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let keys = Value::Object(sandbox_keys(&config, &cni()).unwrap());
+        let keys = Value::Object(sandbox_keys(&config, &cni(), false).unwrap());
         assert_eq!(keys["hostname"], "web-0");
         assert_eq!(keys["dns"]["options"][0], "ndots:8");
         assert_eq!(
@@ -307,19 +310,21 @@ mod tests {
             json!([{"containerPort": "80", "host": "12000", "protocol": "tcp", "hostIP": "127.0.0.1"}])
         );
         assert_eq!(keys["sysctls"]["kernel.shm_rmid_forced"], "1");
-        assert!(sandbox_keys(&config, &Network::Host).unwrap().get("ports").is_none());
-        assert!(matches!(sandbox_keys(&config, &Network::None), Err(CriError::FailedPrecondition(_))));
+        assert!(sandbox_keys(&config, &Network::Host, false).unwrap().get("ports").is_none());
+        assert!(matches!(sandbox_keys(&config, &Network::None, false), Err(CriError::FailedPrecondition(_))));
+        let vm = Value::Object(sandbox_keys(&config, &Network::None, true).unwrap());
+        assert_eq!(vm["ports"][0]["host"], "12000", "a VM's qemu forwards ports without CNI: {vm}");
         config.linux = Some(proto::LinuxPodSandboxConfig {
             sysctls: [("kernel.panic".to_owned(), "1".to_owned())].into(),
             ..Default::default()
         });
-        let e = sandbox_keys(&config, &cni()).unwrap_err();
+        let e = sandbox_keys(&config, &cni(), false).unwrap_err();
         assert!(
             matches!(&e, CriError::InvalidArgument(m) if m.contains("sysctl kernel.panic is not namespaced")),
             "{e}"
         );
         config.port_mappings[1].protocol = proto::Protocol::Sctp as i32;
-        assert!(sandbox_keys(&config, &cni()).unwrap_err().to_string().contains("SCTP"));
+        assert!(sandbox_keys(&config, &cni(), false).unwrap_err().to_string().contains("SCTP"));
     }
 
     #[test]

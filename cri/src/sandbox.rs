@@ -313,7 +313,8 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         true => Network::Host,
         false => cni_network(&host.cni_conf_dir).map_or(Network::None, |name| Network::Cni { name }),
     };
-    let mut settings = crate::podcfg::sandbox_keys(&config, &network)?;
+    let vm = crate::vm::isolation(handler) == spec::stage1::Isolation::Vm;
+    let mut settings = crate::podcfg::sandbox_keys(&config, &network, vm)?;
     if let Some(parent) = crate::podcfg::cgroup_parent(&config, handler)? {
         settings.insert("cgroupParent".into(), serde_json::json!(parent));
     }
@@ -338,6 +339,11 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         .map_err(io("create a file in", &tmp))?;
     let mut pod_file = serde_json::json!({"name": sanitize(&meta.name, "sandbox", MAX_POD_NAME), "apps": []});
     pod_file["network"] = serde_json::json!(crate::podcfg::network_key(&network));
+    if vm {
+        // Said in the file too: its checks know a VM publishes ports
+        // without a network (qemu forwards them).
+        pod_file["isolation"] = serde_json::json!("vm");
+    }
     for (k, v) in settings {
         pod_file[k.as_str()] = v;
     }

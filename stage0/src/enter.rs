@@ -157,28 +157,46 @@ fn own_userns(path: &Path) -> Result<Option<File>, EnterError> {
     File::open(path).map(Some).map_err(io("open"))
 }
 
-/// Runs `argv` in app `app` of a running VM pod through the guest's enter
-/// port (`spec::vm`): its output is copied to stdout; returns its status.
-/// No stdin and no terminal: the channel carries output only.
+/// Runs `argv` in app `app` of a running VM pod through the VM's streams
+/// (`crate::vmstream`): stdin, stdout and stderr are the command's, on a
+/// terminal of the guest's when stdin is one; returns its status.
 pub fn enter_vm(pod_dir: &Path, app: &str, argv: &[String]) -> Result<i32, EnterError> {
-    use spec::vm::{EnterRequest, Frame};
-    use std::io::{BufReader, Write};
-    let socket = pod_dir.join("vm").join("enter.sock");
-    let io = |op, e| EnterError::Io { op, path: socket.clone(), source: e };
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket).map_err(|e| io("connect to", e))?;
+    let socket = pod_dir.join("vm").join("stream.sock");
     let argv = if argv.is_empty() { vec!["/bin/sh".to_owned()] } else { argv.to_vec() };
-    let request = EnterRequest { app: app.to_owned(), argv };
-    stream.write_all(request.encode().as_bytes()).map_err(|e| io("write to", e))?;
-    let mut reader = BufReader::new(stream);
-    let mut out = std::io::stdout();
-    loop {
-        match Frame::read(&mut reader).map_err(|e| io("read from", e))? {
-            Some(Frame::Output(bytes)) => {
-                let _ = out.write_all(&bytes).and_then(|()| out.flush());
-            }
-            Some(Frame::Exit(code)) => return Ok(code),
-            Some(Frame::Error(why)) => return Err(EnterError::Guest(why)),
-            None => return Err(EnterError::Guest("the guest closed the enter channel".into())),
+    crate::vmstream::exec(&socket, app, &argv).map_err(EnterError::from)
+}
+
+/// Joins this process's stdin and stdout to TCP `port` on the loopback of
+/// the pod whose PID 1 has host pid `pid` (its network namespace), until
+/// both ways end. Must be called single-threaded (setns).
+pub fn connect_port(pid: i32, port: u16) -> Result<(), EnterError> {
+    use std::net::{Ipv4Addr, Shutdown, TcpStream};
+    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let ns = File::open(&path).map_err(|_| EnterError::NotRunning)?;
+    setns(ns, CloneFlags::CLONE_NEWNET).map_err(|errno| EnterError::Setns { ns: "net", errno })?;
+    let io = |op| move |source| EnterError::Io { op, path: PathBuf::from(format!("127.0.0.1:{port}")), source };
+    let socket = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).map_err(io("connect to"))?;
+    let mut to_pod = socket.try_clone().map_err(io("clone"))?;
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut to_pod);
+        let _ = to_pod.shutdown(Shutdown::Write);
+    });
+    let mut from_pod = socket;
+    std::io::copy(&mut from_pod, &mut std::io::stdout()).map_err(io("read from"))?;
+    Ok(())
+}
+
+/// Joins stdin and stdout to TCP `port` on a running VM pod's loopback,
+/// inside the guest.
+pub fn connect_port_vm(pod_dir: &Path, port: u16) -> Result<(), EnterError> {
+    crate::vmstream::connect_port(&pod_dir.join("vm").join("stream.sock"), port).map_err(EnterError::from)
+}
+
+impl From<crate::vmstream::StreamError> for EnterError {
+    fn from(e: crate::vmstream::StreamError) -> Self {
+        match e {
+            crate::vmstream::StreamError::Io { op, path, source } => EnterError::Io { op, path, source },
+            crate::vmstream::StreamError::Guest(why) => EnterError::Guest(why),
         }
     }
 }

@@ -27,4 +27,5 @@ pub mod sources;
 pub mod store;
 pub mod trust;
 pub mod userns;
+pub mod vmstream;
 pub mod volumes;

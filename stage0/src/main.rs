@@ -102,6 +102,11 @@ enum Command {
         pod: String,
         #[arg(long)]
         app: Option<String>,
+        /// Instead of a command: join stdin and stdout to this TCP port on
+        /// the pod's loopback (in a VM pod, the guest's), as the CRI's
+        /// port-forward does.
+        #[arg(long, conflicts_with = "command")]
+        port: Option<u16>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
@@ -655,7 +660,12 @@ fn run(cli: Cli) -> Result<(), Failed> {
         Command::Logs { follow, pod, app } => pods_cmd::logs(&dirs, &pod, app.as_deref(), follow)?,
         Command::Stop { pod, timeout } => pods_cmd::stop(&dirs, &pod, timeout)?,
         Command::Rm { pods } => pods_cmd::rm(&dirs, &pods)?,
-        Command::Enter { pod, app, command } => return pods_cmd::enter(&dirs, &pod, app.as_deref(), &command),
+        Command::Enter { pod, app, port: Some(port), .. } => {
+            return pods_cmd::connect_port(&dirs, &pod, app.as_deref(), port)
+        }
+        Command::Enter { pod, app, command, port: None } => {
+            return pods_cmd::enter(&dirs, &pod, app.as_deref(), &command)
+        }
         Command::App(cmd) => pods_cmd::app(&dirs, cmd)?,
         Command::Gc => pods_cmd::gc(&dirs)?,
     }

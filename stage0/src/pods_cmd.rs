@@ -316,6 +316,29 @@ pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[Stri
     }
 }
 
+/// `pod enter --port`: stdin and stdout joined to a TCP port on the
+/// pod's loopback. `app` only checks that the pod has it.
+pub(crate) fn connect_port(dirs: &Dirs, query: &str, app: Option<&str>, port: u16) -> Result<(), Failed> {
+    let pods = Pods::new(dirs);
+    let pod = lifecycle::find(&pods, query)?;
+    if pod.state != PodState::Running {
+        return Err(fail(Exit::Conflict, format!("pod {} is {}, not running", pod.uuid, pod.state)));
+    }
+    let resolved =
+        read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
+    if let Some(app) = app.filter(|a| !resolved.apps.iter().any(|x| x.name.as_str() == *a)) {
+        return Err(stage0::enter::EnterError::NoApp(app.to_owned()).into());
+    }
+    if resolved.isolation == spec::stage1::Isolation::Vm {
+        stage0::enter::connect_port_vm(&pod.dir, port)?;
+    } else {
+        let pid = stage0::enter::init_pid(&pod.dir)
+            .ok_or_else(|| fail(Exit::Conflict, format!("pod {} has no PID 1 yet", pod.uuid)))?;
+        stage0::enter::connect_port(pid, port)?;
+    }
+    Ok(())
+}
+
 /// `pod app`: list, stop and start the apps of a running pod.
 pub(crate) fn app(dirs: &Dirs, cmd: AppCmd) -> Result<(), Failed> {
     let pods = Pods::new(dirs);

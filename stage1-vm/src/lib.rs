@@ -12,6 +12,7 @@ pub mod kmod;
 pub mod monitor;
 pub mod qemu;
 pub mod sample;
+pub mod streams;
 
 use std::path::PathBuf;
 use std::time::Duration;

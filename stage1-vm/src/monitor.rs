@@ -72,9 +72,14 @@ impl VmDir {
     pub fn ctl_socket(&self) -> PathBuf {
         self.0.join("ctl.sock")
     }
-    /// `pod enter` connects here.
+    /// qemu's end of the guest's enter port (the stream router holds it).
     pub fn enter_socket(&self) -> PathBuf {
         self.0.join("enter.sock")
+    }
+    /// `pod enter` and the CRI's exec and port-forward connect here: one
+    /// stream per connection (`spec::vm::mux`).
+    pub fn stream_socket(&self) -> PathBuf {
+        self.0.join("stream.sock")
     }
     /// The accelerator in use, for `pod list`.
     pub fn accel(&self) -> PathBuf {
@@ -91,10 +96,12 @@ fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> VmError {
 }
 
 /// The guest's network: none at all, or user-mode networking (restricted
-/// to the host forwards for `network: none`).
+/// to the host forwards for `network: none`). The apps' ports and the
+/// pod-level ones (the CRI's port mappings) are forwarded by qemu from the
+/// host's address and port to the guest's.
 pub fn user_net(pod: &ResolvedPod) -> Result<Option<UserNet>, VmError> {
     let mut forwards = Vec::new();
-    for p in pod.apps.iter().flat_map(|a| a.ports.iter()) {
+    for p in pod.apps.iter().flat_map(|a| a.ports.iter()).chain(&pod.ports) {
         // The namespace stage1's parse: same protocols, same address rules.
         let m = PortMapping::from_spec(p).map_err(|e| VmError::Invalid(e.to_string()))?;
         let host_ip = match m.host_ip {
@@ -146,7 +153,7 @@ fn vm_for(
     debug: bool,
 ) -> Result<Vm, VmError> {
     let dir = VmDir::new(pod_dir);
-    for socket in [dir.ctl_socket(), dir.enter_socket()] {
+    for socket in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket()] {
         if socket.as_os_str().len() > qemu::MAX_SOCKET_PATH {
             return Err(VmError::Invalid(format!("{}: too long for a unix socket path", socket.display())));
         }
@@ -228,7 +235,7 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
     for d in [pod_dir.join("status"), pod_dir.join("logs"), pod_dir.join("apps"), dir.path().to_owned()] {
         fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
     }
-    for stale in [dir.ctl_socket(), dir.enter_socket()] {
+    for stale in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket()] {
         let _ = fs::remove_file(stale);
     }
     let guest = GuestConfig {
@@ -236,6 +243,8 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
         address: net.map(|_| (qemu::GUEST_IP, qemu::GUEST_PREFIX)),
         gateway: net.map(|_| qemu::GUEST_GATEWAY),
         sandbox: pod.sandbox,
+        // The guest's kernel is the pod's own: its pod-init writes them all.
+        sysctls: pod.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     };
     let conf = pod_dir.join(GUEST_CONF);
     fs::write(&conf, guest.render()).map_err(io_err("write", &conf))
@@ -311,14 +320,6 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         // the boundary; the monitor and qemu run as host root).
         return Err(VmError::Invalid("userns: auto is not supported by the VM stage1".into()));
     }
-    // Not dropped with a warning either: the guest kernel would need them
-    // written, and its network forwards only the apps' own ports.
-    if let Some(key) = pod.sysctls.keys().next() {
-        return Err(VmError::Invalid(format!("sysctls ({key}) are not yet set by the VM stage1")));
-    }
-    if !pod.ports.is_empty() {
-        return Err(VmError::Invalid("pod-level ports are not yet published by the VM stage1".into()));
-    }
     if let Some(parent) = &inv.cgroup_parent {
         return Err(VmError::Invalid(format!(
             "cgroupParent {parent} is not supported by the VM stage1: a VM pod makes no cgroups on the host"
@@ -364,6 +365,10 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     let relay = Relay::bind(&control_path)
         .map_err(|e| eprintln!("pod-stage1-vm: control channel {}: {e}", control_path.display()))
         .ok();
+    // Also before qemu, after the last unshare (a thread's process cannot).
+    if let Err(e) = crate::streams::spawn(&dir.stream_socket(), dir.enter_socket()) {
+        eprintln!("pod-stage1-vm: stream socket {}: {e}", dir.stream_socket().display());
+    }
     let mut child = spawn_qemu(&host.qemu, &vm, &dir)?;
     stage1_ns::crashpoint::crashpoint("stage1-vm.qemu");
     let _ = fs::write(dir.qemu_pid(), format!("{}\n", child.id()));
@@ -389,7 +394,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     if let Ok(code) = &code {
         let _ = fs::write(pod_dir.join("stage1-exit"), format!("{code}\n"));
     }
-    for f in [dir.ctl_socket(), dir.enter_socket(), dir.qemu_pid()] {
+    for f in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.qemu_pid()] {
         let _ = fs::remove_file(f);
     }
     code
@@ -545,7 +550,9 @@ pub fn gc(pod_dir: &Path) -> Result<(), VmError> {
             }
         }
     }
-    for f in [dir.ctl_socket(), dir.enter_socket(), dir.qemu_pid(), pod_dir.join(spec::control::SOCKET)] {
+    for f in
+        [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.qemu_pid(), pod_dir.join(spec::control::SOCKET)]
+    {
         match fs::remove_file(&f) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove", &f)(e)),
             _ => {}
@@ -608,6 +615,11 @@ mod tests {
         assert!(!user_net(&cni).expect("cni").expect("a NIC").restrict);
         let host = pod(serde_json::json!("host"), &[(None, None, "")]);
         assert!(user_net(&host).is_err_and(|e| e.to_string().contains("network: host")));
+        // Pod-level ports (the CRI's port mappings) are forwarded as well.
+        let mut sandbox = pod(serde_json::json!("none"), &[]);
+        sandbox.ports = fwd.apps[0].ports.clone();
+        let net = user_net(&sandbox).expect("forwards").expect("a NIC");
+        assert_eq!((net.forwards.len(), net.forwards[0].host_port, net.forwards[0].guest_port), (1, 8080, 80));
         let v6 = pod(serde_json::json!("none"), &[(None, None, "::1")]);
         assert!(user_net(&v6).is_err_and(|e| e.to_string().contains("IPv4")));
     }

@@ -354,3 +354,15 @@ pub(crate) fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::
     // which points to a live local of that type.
     Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) }).map(drop)
 }
+
+/// A new terminal from the devpts instance whose `ptmx` is at `ptmx`
+/// (an app's own, so the command's `tty` names one of the app's): the
+/// master and its slave ([`pty_peer`]), both close-on-exec.
+pub(crate) fn open_pty(ptmx: &std::path::Path) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let master: OwnedFd =
+        OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC).open(ptmx)?.into();
+    let slave = pty_peer(master.as_fd())?;
+    Ok((master, slave))
+}

@@ -1,11 +1,18 @@
 //! `pod cri serve` with the `pod-vm` RuntimeHandler, driven by the real
 //! crictl: the sandbox is a VM pod (stage1-vm, TCG on this host), its
 //! containers apps added to the running VM, with the same calls as the
-//! namespace handler (cri.rs). Needs root, crictl, qemu and the guest
-//! kernel; reports a skip without them.
+//! namespace handler (cri.rs, cri_streaming.rs, cri_podcfg.rs): exec
+//! (sync, streamed, stdin, tty, timeout), port-forward and a host port to
+//! a server in the guest, a sysctl set in the guest's kernel. One VM boot
+//! for all of it (each costs seconds under TCG). Needs root, crictl, qemu
+//! and the guest kernel; reports a skip without them.
 #![allow(clippy::unwrap_used)]
 
 mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
@@ -20,7 +27,13 @@ fn a_vm_sandbox_runs_containers_with_crictl() {
     let s = or_skip!(CriServer::start(&live, &[]));
     let sandbox_json = live.work.join("sandbox.json");
     let meta = json!({"name": "vm-sandbox", "namespace": "default", "uid": "uid-vm", "attempt": 0});
-    std::fs::write(&sandbox_json, json!({"metadata": meta, "labels": {"app": "vm"}, "linux": {}}).to_string()).unwrap();
+    // A host port on loopback, forwarded by qemu into the guest; a sysctl
+    // the guest's pod-init sets in the guest's own kernel.
+    let host_port = free_port();
+    let sandbox = json!({"metadata": meta, "labels": {"app": "vm"},
+        "port_mappings": [{"container_port": 8080, "host_port": host_port, "host_ip": "127.0.0.1"}],
+        "linux": {"sysctls": {"kernel.shm_rmid_forced": "1"}}});
+    std::fs::write(&sandbox_json, sandbox.to_string()).unwrap();
     let container_json = live.work.join("container.json");
     std::fs::write(
         &container_json,
@@ -66,6 +79,15 @@ fn a_vm_sandbox_runs_containers_with_crictl() {
     assert!(said, "no output in the log: {log}");
     assert!(!log.contains(host_kernel.trim()), "ran on the host's kernel: {log}");
 
+    exec_in_the_guest(&s, &container, host_kernel.trim());
+    serve_from_the_guest(&s, &live, &sandbox, &sandbox_json, host_port);
+    // A container with stdin is refused, saying why.
+    let with_stdin = live.work.join("stdin.json");
+    let c = json!({"metadata": {"name": "in"}, "image": {"image": Example::Busybox.reference()},
+        "command": ["cat"], "stdin": true});
+    std::fs::write(&with_stdin, c.to_string()).unwrap();
+    assert_mentions(&s.fails(&["create", &sandbox, p(&with_stdin), p(&sandbox_json)]), &["stdin", "pod-vm"]);
+
     s.ok(&["stop", "--timeout", "5", &container]);
     let st = wait_state(&s, &container, "CONTAINER_EXITED");
     assert_ne!(st["status"]["finishedAt"], "0", "{st}");
@@ -85,4 +107,138 @@ fn a_vm_sandbox_runs_containers_with_crictl() {
     assert!(s.json(&["pods", "-o", "json"])["items"].as_array().unwrap().is_empty());
     let left = leftovers_of(&live, &sandbox);
     assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// ExecSync and Exec in the guest, through the VM's stream port: output,
+/// stderr, exit codes, stdin, a terminal with its size, and a timeout that
+/// kills the command in the guest.
+fn exec_in_the_guest(s: &CriServer, c: &str, host_kernel: &str) {
+    let out = s.crictl(&["exec", "-s", c, "/bin/sh", "-c", "echo out; echo err >&2; uname -r"]);
+    assert!(out.status.success(), "{}\n{}", describe(&["crictl exec -s"], &out), s.log());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // (crictl prints the stdout, then the stderr.)
+    assert!(text.starts_with("out\n") && text.contains("\nerr\n"), "{text}");
+    assert!(!text.contains(host_kernel), "exec ran on the host's kernel: {text}");
+    assert_mentions(&s.fails(&["exec", "-s", c, "/bin/sh", "-c", "echo bad >&2; exit 3"]), &["exited with 3", "bad"]);
+    assert_mentions(&s.fails(&["exec", "-s", c, "/no/such/command"]), &["/no/such/command"]);
+    // The sandbox's sysctl, in the guest's kernel.
+    let sysctl = s.ok(&["exec", "-s", c, "/bin/sh", "-c", "read v </proc/sys/kernel/shm_rmid_forced; echo $v"]);
+    assert_eq!(sysctl.trim(), "1");
+
+    let out = s.crictl(&["exec", c, "/bin/sh", "-c", "echo streamed; echo oops >&2; exit 4"]);
+    assert!(!out.status.success(), "{}", describe(&["crictl exec"], &out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "streamed\n");
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["oops", "exit code 4"]);
+
+    let config = config_of(s);
+    let mut child = Command::new(&s.crictl)
+        .args(["--config", &config, "exec", "-i", c, "/bin/sh", "-c", "tr a-z A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"shout\n").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SHOUT\n", "{}", s.log());
+
+    if which("script").is_some() {
+        let cmd = format!(
+            "stty rows 45 cols 123; {} --config {config} exec -it {c} /bin/sh -c 'test -t 0 && echo IS-A-TTY; stty size'",
+            p(&s.crictl)
+        );
+        let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("IS-A-TTY"), "{text}\n{}", s.log());
+        assert!(text.contains("45 123"), "the size did not reach the guest's terminal: {text}");
+    } else {
+        eprintln!("SKIP (tty part): no script(1)");
+    }
+
+    let started = Instant::now();
+    let err = s.fails(&["exec", "-s", "--timeout", "2", c, "/bin/sh", "-c", "sleep 4321"]);
+    assert!(started.elapsed() < Duration::from_secs(30), "the timeout did not cut it short");
+    assert_mentions_any(&err, &["timed out", "DeadlineExceeded"]);
+    // Killed in the guest, and the stream port still serves.
+    let gone = wait_for(Duration::from_secs(10), || !s.ok(&["exec", "-s", c, "/bin/sh", "-c", "ps"]).contains("4321"));
+    assert!(gone, "the timed out command still runs in the guest");
+}
+
+/// busybox httpd in a second container, reached from the host with
+/// `crictl port-forward` (the guest's loopback, through the stream port)
+/// and through the sandbox's host port (qemu's forward).
+fn serve_from_the_guest(s: &CriServer, live: &Live, sandbox: &str, sandbox_json: &std::path::Path, host_port: u16) {
+    if which("curl").is_none() {
+        eprintln!("SKIP (port-forward part): no curl");
+        return;
+    }
+    let path = live.work.join("web.json");
+    let script =
+        "mkdir -p /tmp/www && echo served-from-the-vm > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www";
+    let c = json!({"metadata": {"name": "web"}, "image": {"image": Example::Busybox.reference()},
+        "command": ["/bin/sh", "-c", script]});
+    std::fs::write(&path, c.to_string()).unwrap();
+    let web = s.ok(&["create", sandbox, p(&path), p(sandbox_json)]).trim().to_owned();
+    s.ok(&["start", &web]);
+    wait_state(s, &web, "CONTAINER_RUNNING");
+
+    // The host port first: it also waits for httpd to listen (a
+    // port-forward whose first connection is refused ends, as kubectl's).
+    let body = curl_until_served(&format!("http://127.0.0.1:{host_port}/"));
+    assert_eq!(body.as_deref(), Ok("served-from-the-vm\n"), "host port\n{}", s.log());
+
+    let local = free_port();
+    let mut child = Command::new(&s.crictl)
+        .args(["--config", &config_of(s), "port-forward", sandbox])
+        .arg(format!("{local}:8080"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let _fwd = Forward(child);
+    assert_mentions(&line, &["Forwarding from"]);
+    for what in ["port-forward", "port-forward again"] {
+        let body = curl_until_served(&format!("http://127.0.0.1:{local}/"));
+        assert_eq!(body.as_deref(), Ok("served-from-the-vm\n"), "{what}\n{}", s.log());
+    }
+    s.ok(&["stop", "--timeout", "2", &web]);
+    s.ok(&["rm", &web]);
+}
+
+/// curl's body once the server answers (it may take a moment to listen).
+fn curl_until_served(url: &str) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("curl").args(["-sf", "--max-time", "10", url]).output().unwrap();
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        if Instant::now() > deadline {
+            return Err(describe(&["curl", url], &out));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `crictl port-forward` in the background until dropped.
+struct Forward(std::process::Child);
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn config_of(s: &CriServer) -> String {
+    // CriServer::crictl writes it; one call makes sure it exists.
+    s.ok(&["version"]);
+    p(&s.socket.with_file_name("crictl.yaml")).to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -323,17 +323,22 @@ impl Server {
             }
             Pending::PortForward(req) => {
                 let id = req.pod_sandbox_id.clone();
-                let pid = tokio::task::spawn_blocking(move || {
-                    sandbox::find_sandbox(&dirs, &id).ok().flatten().and_then(|s| stage0::enter::init_pid(&s.pod.dir))
+                let at = tokio::task::spawn_blocking(move || {
+                    let s = sandbox::find_sandbox(&dirs, &id).ok().flatten()?;
+                    if s.record.runtime_handler == crate::vm::VM_HANDLER {
+                        // The apps' loopback is the guest's.
+                        return Some(portforward::PodPorts::Vm(s.pod.dir.join("vm").join("stream.sock")));
+                    }
+                    let pid = stage0::enter::init_pid(&s.pod.dir)?;
+                    Some(portforward::PodPorts::Netns(std::path::PathBuf::from(format!("/proc/{pid}/ns/net"))))
                 })
                 .await
                 .ok()
                 .flatten();
-                let Some(pid) = pid else {
+                let Some(netns) = at else {
                     tracing::debug!(sandbox = %req.pod_sandbox_id, "port-forward: the sandbox is not running");
                     return;
                 };
-                let netns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
                 match transport {
                     Transport::Spdy(io) => portforward::serve(io, netns).await,
                     Transport::WebSocket(ws) => portforward::serve(ws::tunnel(*ws), netns).await,

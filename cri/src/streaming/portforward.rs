@@ -2,11 +2,16 @@
 //! in a WebSocket): each forwarded connection is a pair of client streams
 //! (`error` and `data`, matched by `requestid`, each naming the `port`);
 //! the data stream is piped to 127.0.0.1:PORT in the sandbox's network
-//! namespace, a connect error is written on the error stream.
+//! namespace (in a VM sandbox: the guest's), a connect error is written on
+//! the error stream.
 //!
-//! The socket is made in the pod's network namespace by a short-lived
-//! thread that joins only that namespace (setns of CLONE_NEWNET is
-//! per-thread), connects and ends; the socket keeps its namespace.
+//! In a namespace sandbox the socket is made in the pod's network
+//! namespace by a short-lived thread that joins only that namespace (setns
+//! of CLONE_NEWNET is per-thread), connects and ends; the socket keeps its
+//! namespace. A VM sandbox's loopback is inside the guest, which the host
+//! reaches only through the VM's stream port (`stage0::vmstream`): the
+//! guest makes the connection, and its bytes come through a socket pair
+//! that a thread here joins to the stream.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -39,6 +44,19 @@ pub fn connect_in_netns(netns: PathBuf, port: u16) -> std::io::Result<TcpStream>
         .unwrap_or_else(|_| Err(std::io::Error::other("the netns thread panicked")))
 }
 
+/// Where a sandbox's loopback is.
+#[derive(Debug, Clone)]
+pub enum PodPorts {
+    /// A network namespace (`/proc/<pid>/ns/net`).
+    Netns(PathBuf),
+    /// A VM's guest, through the VM's stream socket (`vm/stream.sock`).
+    Vm(PathBuf),
+}
+
+/// Something a forwarded connection's bytes go through.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+
 /// A half-formed pair.
 #[derive(Debug, Default)]
 struct Pair {
@@ -48,7 +66,7 @@ struct Pair {
 }
 
 /// Serves port-forward streams on one connection until the client closes it.
-pub async fn serve<IO>(conn: IO, netns: PathBuf)
+pub async fn serve<IO>(conn: IO, netns: PodPorts)
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -100,15 +118,48 @@ where
 }
 
 /// A connection to `port` on the pod's loopback, made off the async
-/// workers (the thread that joins the pod's network namespace blocks).
-pub async fn connect(netns: PathBuf, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    tokio::task::spawn_blocking(move || connect_in_netns(netns, port))
+/// workers (the thread that joins the pod's network namespace blocks, and
+/// so does the wait for a VM's guest to connect).
+pub async fn connect(at: PodPorts, port: u16) -> std::io::Result<Box<dyn Duplex>> {
+    match at {
+        PodPorts::Netns(netns) => tokio::task::spawn_blocking(move || connect_in_netns(netns, port))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                Ok(Box::new(tokio::net::TcpStream::from_std(s)?) as Box<dyn Duplex>)
+            }),
+        PodPorts::Vm(socket) => connect_vm(socket, port).await.map(|s| Box::new(s) as Box<dyn Duplex>),
+    }
+}
+
+/// A connection to `port` in a VM's guest: one end of a socket pair whose
+/// other end a thread joins to the guest's connection.
+async fn connect_vm(socket: PathBuf, port: u16) -> std::io::Result<tokio::net::UnixStream> {
+    use std::net::Shutdown;
+    let conn = tokio::task::spawn_blocking(move || stage0::vmstream::Connection::open(&socket, port))
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-        .and_then(|s| {
-            s.set_nonblocking(true)?;
-            tokio::net::TcpStream::from_std(s)
-        })
+        .unwrap_or_else(|e| Err(stage0::vmstream::StreamError::Guest(e.to_string())))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let input = theirs.try_clone()?;
+    std::thread::Builder::new().name("pod-cri-vmport".into()).spawn(move || {
+        let mut output = theirs;
+        let shut = output.try_clone();
+        // The guest's side shut its writing: so does the pair, so the
+        // client reads the end.
+        let mut on_eof = || {
+            if let Ok(s) = &shut {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+        };
+        if let Err(e) = conn.run(input, &mut output, &mut on_eof) {
+            tracing::debug!(port, error = %e, "port-forward into the VM ended");
+        }
+        let _ = output.shutdown(Shutdown::Both);
+    })?;
+    ours.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(ours)
 }
 
 /// Where a forwarded connection's bytes from the pod go: one transport's
@@ -123,8 +174,8 @@ pub trait ToClient: Send {
 /// Pipes one forwarded connection both ways, whatever the transport: what
 /// `rx` brings goes to the pod (its write side shut when `rx` ends), what
 /// the pod sends goes to `out`.
-pub async fn pump(stream: tokio::net::TcpStream, mut rx: mpsc::Receiver<Bytes>, out: &mut impl ToClient) {
-    let (mut rd, mut wr) = stream.into_split();
+pub async fn pump(stream: Box<dyn Duplex>, mut rx: mpsc::Receiver<Bytes>, out: &mut impl ToClient) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let to_pod = async {
         while let Some(chunk) = rx.recv().await {
             if wr.write_all(&chunk).await.is_err() {
@@ -151,7 +202,7 @@ pub async fn pump(stream: tokio::net::TcpStream, mut rx: mpsc::Receiver<Bytes>, 
 }
 
 /// One forwarded connection.
-async fn forward(writer: Writer, netns: PathBuf, port: u16, error: u32, data: u32, rx: mpsc::Receiver<Bytes>) {
+async fn forward(writer: Writer, netns: PodPorts, port: u16, error: u32, data: u32, rx: mpsc::Receiver<Bytes>) {
     let stream = match connect(netns, port).await {
         Ok(s) => s,
         Err(e) => {

@@ -7,8 +7,6 @@
 //! SPDY tunnel in ws.rs; this one is what kubelet's streaming server also
 //! serves.)
 
-use std::path::PathBuf;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::portforward::{connect, pump, ToClient};
+use super::portforward::{connect, pump, PodPorts, ToClient};
 
 /// The subprotocol.
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
@@ -46,7 +44,7 @@ fn message(channel: u8, data: &[u8]) -> Message {
 }
 
 /// Serves the ports until the client closes the WebSocket.
-pub async fn serve<IO>(ws: WebSocketStream<IO>, netns: PathBuf, ports: Vec<u16>)
+pub async fn serve<IO>(ws: WebSocketStream<IO>, netns: PodPorts, ports: Vec<u16>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -89,7 +87,14 @@ where
     let _ = send.await;
 }
 
-async fn forward(tx: mpsc::Sender<Message>, netns: PathBuf, port: u16, data: u8, error: u8, rx: mpsc::Receiver<Bytes>) {
+async fn forward(
+    tx: mpsc::Sender<Message>,
+    netns: PodPorts,
+    port: u16,
+    data: u8,
+    error: u8,
+    rx: mpsc::Receiver<Bytes>,
+) {
     let stream = match connect(netns, port).await {
         Ok(s) => s,
         Err(e) => {
@@ -121,6 +126,7 @@ impl ToClient for WsData {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     #[test]
@@ -150,7 +156,7 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 16);
         let server_ws = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
         let mut client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
-        let served = tokio::spawn(serve(server_ws, PathBuf::from("/proc/self/ns/net"), vec![port]));
+        let served = tokio::spawn(serve(server_ws, PodPorts::Netns(PathBuf::from("/proc/self/ns/net")), vec![port]));
         let announce = |m: Option<Result<Message, _>>| match m {
             Some(Ok(Message::Binary(b))) => b.to_vec(),
             other => panic!("{other:?}"),

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use super::scan::FieldPath;
 use super::{normalise, raw, Cx, Result};
 use crate::name::AcName;
-use crate::pod::{Mount, Network, PodFile, Protocol, Volume, VolumeKind, MAX_ENTRIES};
+use crate::pod::{Isolation, Mount, Network, PodFile, Protocol, Volume, VolumeKind, MAX_ENTRIES};
 
 /// Longest hostname the kernel takes (`HOST_NAME_MAX`).
 const MAX_HOSTNAME: usize = 64;
@@ -349,6 +349,8 @@ impl Cx<'_> {
         for (i, p) in pod.ports.iter().enumerate() {
             let field = root.at("ports", i);
             match pod.network {
+                // A VM's qemu forwards them into the guest with no network.
+                Network::None if pod.isolation == Isolation::Vm => {}
                 Network::None => {
                     return Err(
                         self.invalid(&field, "network none: nothing outside the pod could reach a published port")

@@ -2,7 +2,8 @@
 //! port, so PID 1 stays single-threaded with its one poll loop. The ctl
 //! agent turns `stop` into SIGTERM for PID 1 and relays the host's control
 //! requests to PID 1's guest-local control socket (`spec::vm::relay`); the
-//! enter agent runs commands in apps (`enter.rs`).
+//! stream agent runs commands in apps and connects to the guest's
+//! loopback (`streams.rs`).
 //!
 //! While nothing is connected on the host side, a port reads EOF and polls
 //! as hung up; the agents then sleep [`IDLE`] and look again, never spin.
@@ -114,6 +115,11 @@ impl Port {
         std::thread::sleep(IDLE);
     }
 
+    /// The port itself, for an agent with a loop of its own.
+    pub(crate) fn into_file(self) -> File {
+        self.file
+    }
+
     /// Sends bytes to the host.
     pub(crate) fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.file.write_all(bytes)
@@ -169,7 +175,7 @@ fn spawn(port_name: &'static str, serve: impl FnOnce(Port)) {
 pub(crate) fn start_all(root: &Path) {
     spawn(CTL_PORT, serve_ctl);
     let root = root.to_owned();
-    spawn(ENTER_PORT, move |port| super::enter::serve(port, &root));
+    spawn(ENTER_PORT, move |port| super::streams::serve(port.into_file(), &root));
 }
 
 /// `stop` → SIGTERM to PID 1, which has it blocked and reads it from its

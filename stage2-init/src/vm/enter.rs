@@ -1,59 +1,28 @@
-//! The enter agent: runs an [`EnterRequest`]'s command inside a running
-//! app, as the app's own processes run ([`crate::become_app`]: its root,
-//! user, capabilities, no_new_privs and seccomp filter, its environment),
-//! and relays the output and exit status to the host as [`Frame`]s. One
-//! request at a time.
+//! Commands in a running app of the VM ([`Open::Exec`](spec::vm::mux::Open)):
+//! forked by the stream agent (`streams.rs`) and run as the app's own
+//! processes run ([`crate::become_app`]: its root, user, capabilities,
+//! no_new_privs and seccomp filter, its environment), with a stdin pipe
+//! and stdout and stderr pipes, or a terminal from the app's own devpts.
 
 use std::convert::Infallible;
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io::{ErrorKind, Read};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::fcntl::OFlag;
 use nix::unistd::{dup2, setsid, Pid};
 use spec::name::AcName;
 use spec::unit::Unit;
-use spec::vm::{EnterRequest, Frame, MAX_FRAME};
 
-use super::agent::Port;
-use crate::exit::{Termination, EXIT_LAUNCH_FAILED};
+use crate::exit::EXIT_LAUNCH_FAILED;
 use crate::launch::{self, ChildError};
 use crate::plan;
 use crate::privs::SeccompProgram;
 use crate::sys::{self, Fork};
-
-/// How often a command whose output is quiet is checked for having ended
-/// (a background process it left may hold the pipe open).
-const CHECK_EXIT: Duration = Duration::from_millis(200);
-
-/// Answers requests from `port` for the pod at `root`, forever.
-pub(crate) fn serve(mut port: Port, root: &Path) {
-    loop {
-        let line = port.read_line();
-        if line.trim().is_empty() {
-            continue;
-        }
-        let last = match EnterRequest::decode(&line) {
-            None => Frame::Error("not an enter request".into()),
-            Some(request) => match start(root, &request) {
-                Err(message) => Frame::Error(message),
-                Ok(command) => match relay(&mut port, command) {
-                    Some(code) => Frame::Exit(code),
-                    None => continue, // the host went away
-                },
-            },
-        };
-        let _ = port.send(&last.encode());
-    }
-}
 
 /// The `"pid"` of an app's status JSON (as `status.rs` writes it: `"pid"`
 /// is the first key that can hold a number, `null` when not running).
@@ -71,45 +40,77 @@ pub(crate) fn app_pid(status_dir: &Path, app: &str) -> Result<i32, String> {
     status_pid(&json).ok_or_else(|| format!("app {app} is not running"))
 }
 
-/// A started command: its pid and the read end of its output.
+/// A started command: its pid (the leader of its own session and process
+/// group) and the host's ends of its stdio.
 #[derive(Debug)]
-struct Command {
-    pid: Pid,
-    output: File,
+pub(crate) struct Command {
+    pub pid: Pid,
+    pub stdio: Stdio,
 }
 
-/// Forks the command into the app; `Err` is the message for the host.
-fn start(root: &Path, request: &EnterRequest) -> Result<Command, String> {
-    let app = &request.app;
+#[derive(Debug)]
+pub(crate) enum Stdio {
+    /// stdin's write end, stdout's and stderr's read ends.
+    Pipes { stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd },
+    /// The terminal's master: stdin, and stdout and stderr merged.
+    Tty(OwnedFd),
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
+}
+
+/// Forks `argv` into `app` of the pod at `root`, on a terminal when `tty`
+/// is given (sized (cols, rows) if known); `Err` is the message for the
+/// host.
+pub(crate) fn start(
+    root: &Path,
+    app: &str,
+    argv: &[String],
+    tty: Option<Option<(u16, u16)>>,
+) -> Result<Command, String> {
     app_pid(&root.join("status"), app)?;
     let name = AcName::new(app).map_err(|_| format!("{app:?} is not an app name"))?;
     let (unit, seccomp) = plan::load_app(root, &name).map_err(|e| e.to_string())?;
     let cgroups = plan::cgroup_procs(root, &unit);
-    let rootfs = root.join("apps").join(app).join("rootfs");
-    let rootfs = CString::new(rootfs.into_os_string().into_vec()).map_err(|_| "NUL in the pod root".to_owned())?;
-    let argv = launch::c_strings(&request.argv)?;
-    let null = File::options().read(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-    let (output, output_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (report, report_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let rootfs_path = root.join("apps").join(app).join("rootfs");
+    let argv = launch::c_strings(argv)?;
+    // The child's ends (given as 0, 1, 2) and ours.
+    let (child_fds, ours): ([OwnedFd; 3], Stdio) = if let Some(size) = tty {
+        let ptmx = rootfs_path.join("dev").join("pts").join("ptmx");
+        let (master, slave) = sys::open_pty(&ptmx).map_err(|e| format!("a terminal from {}: {e}", ptmx.display()))?;
+        if let Some((cols, rows)) = size {
+            let _ = sys::set_window_size(std::os::fd::AsFd::as_fd(&master), rows, cols);
+        }
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
+        ([dup(&slave)?, dup(&slave)?, slave], Stdio::Tty(master))
+    } else {
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        ([stdin_r, stdout_w, stderr_w], Stdio::Pipes { stdin: stdin_w, stdout: stdout_r, stderr: stderr_r })
+    };
+    let rootfs = CString::new(rootfs_path.into_os_string().into_vec()).map_err(|_| "NUL in the pod root".to_owned())?;
+    let (report, report_w) = pipe()?;
     match sys::fork().map_err(|e| format!("fork: {e}"))? {
         Fork::Child => {
-            drop((output, report));
+            drop((report, ours));
             let as_app = AsApp { app, unit: &unit, rootfs: &rootfs, cgroups: &cgroups, seccomp: &seccomp };
-            let Err(e) = child(&as_app, &null, &output_w, &argv);
+            let Err(e) = child(&as_app, &child_fds, tty.is_some(), &argv);
             // A message this short fits the empty pipe whole.
             let _ = nix::unistd::write(&report_w, e.message.as_bytes());
             sys::exit_now(e.code)
         }
         Fork::Parent(pid) => {
-            drop((output_w, report_w));
+            drop((report_w, child_fds));
             let mut message = String::new();
             // EOF once the child exec'd (the pipe is close-on-exec).
             let _ = File::from(report).read_to_string(&mut message);
             if !message.is_empty() {
-                let _ = waitpid(pid, None);
+                let _ = nix::sys::wait::waitpid(pid, None);
                 return Err(message);
             }
-            Ok(Command { pid, output: File::from(output) })
+            Ok(Command { pid, stdio: ours })
         }
     }
 }
@@ -123,58 +124,25 @@ struct AsApp<'a> {
     seccomp: &'a [SeccompProgram],
 }
 
-/// In the forked child: own session, stdio, the app's root and privileges,
-/// exec. The terminal-less command gets TERM=dumb.
-fn child(a: &AsApp<'_>, null: &File, output: &OwnedFd, argv: &[CString]) -> Result<Infallible, ChildError> {
+/// In the forked child: default signal actions (the agent ignores
+/// SIGPIPE), its own session (so a client that goes away kills it whole),
+/// stdio, the terminal as controlling terminal, the app's root and
+/// privileges, exec. TERM is xterm on a terminal, dumb without.
+fn child(a: &AsApp<'_>, stdio: &[OwnedFd; 3], tty: bool, argv: &[CString]) -> Result<Infallible, ChildError> {
     let step =
         |what: &'static str| move |e: Errno| ChildError { code: EXIT_LAUNCH_FAILED, message: format!("{what}: {e}") };
-    // Its own process group, so a host that goes away can kill it whole.
+    sys::reset_signal_dispositions();
     setsid().map_err(step("setsid"))?;
-    dup2(null.as_raw_fd(), 0).map_err(step("stdin"))?;
-    dup2(output.as_raw_fd(), 1).map_err(step("stdout"))?;
-    dup2(output.as_raw_fd(), 2).map_err(step("stderr"))?;
-    let mut env = crate::become_app(a.app, a.unit, a.rootfs, a.cgroups, a.seccomp)?;
-    env.push(("TERM".to_owned(), "dumb".to_owned()));
-    launch::exec(argv, &env)
-}
-
-/// Sends the command's output as it comes; returns its exit status, or
-/// `None` if the host went away (the command is killed then).
-fn relay(port: &mut Port, mut command: Command) -> Option<i32> {
-    let _ = fcntl(command.output.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
-    let mut buf = vec![0u8; MAX_FRAME];
-    let mut ended = None;
-    loop {
-        let mut fds = [PollFd::new(command.output.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(u16::try_from(CHECK_EXIT.as_millis()).unwrap_or(200)));
-        // Drain what is there: up to EOF or until the pipe is empty.
-        let eof = loop {
-            match command.output.read(&mut buf) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    if port.send(&Frame::Output(buf[..n].to_vec()).encode()).is_err() {
-                        let _ = killpg(command.pid, Signal::SIGKILL);
-                        let _ = waitpid(command.pid, None);
-                        return None;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => break e.kind() != ErrorKind::WouldBlock,
-            }
-        };
-        if ended.is_some() || eof {
-            break;
-        }
-        // Ended with the pipe still held open by something it left behind:
-        // one more drain above, then done.
-        let status = waitpid(command.pid, Some(WaitPidFlag::WNOHANG));
-        ended = status.ok().and_then(Termination::from_wait).map(|(_, end)| end);
+    for (fd, target) in stdio.iter().zip(0..) {
+        dup2(fd.as_raw_fd(), target).map_err(step("stdio"))?;
     }
-    let end = match ended {
-        Some(end) => Some(end),
-        None => waitpid(command.pid, None).ok().and_then(Termination::from_wait).map(|(_, end)| end),
-    };
-    Some(end.map_or(EXIT_LAUNCH_FAILED, Termination::exit_code))
+    if tty {
+        sys::set_controlling_terminal(std::os::fd::AsFd::as_fd(&std::io::stdin()))
+            .map_err(step("controlling terminal"))?;
+    }
+    let mut env = crate::become_app(a.app, a.unit, a.rootfs, a.cgroups, a.seccomp)?;
+    env.push(("TERM".to_owned(), if tty { "xterm" } else { "dumb" }.to_owned()));
+    launch::exec(argv, &env)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod agent;
 mod boot;
 mod enter;
 mod net;
+mod streams;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -134,6 +135,7 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<GuestConfig, BootErr
     let conf = GuestConfig::parse(&text).map_err(|e| BootError::new("parse", &conf_path, e))?;
     net::configure(&conf, Path::new("/sys/class/net"))?;
     step("network configured");
+    write_sysctls(&conf.sysctls, Path::new("/proc/sys"))?;
     appfs::setup_all(root, Path::new("/dev"))?;
     step("app filesystems mounted");
     if let Some(dir) = Path::new(GUEST_CONTROL_SOCKET).parent() {
@@ -142,6 +144,23 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<GuestConfig, BootErr
     agent::start_all(root);
     step("agents started");
     Ok(conf)
+}
+
+/// Writes the pod's sysctls (`GuestConfig::sysctls`) under `proc_sys`:
+/// the guest's kernel is the pod's own, so each is the pod's alone. One the
+/// kernel lacks or refuses fails the boot, naming it, as it fails a
+/// namespace pod's start.
+pub(crate) fn write_sysctls(sysctls: &[(String, String)], proc_sys: &Path) -> Result<(), BootError> {
+    for (key, value) in sysctls {
+        let path = proc_sys.join(key.replace('.', "/"));
+        // No create: a sysctl is a file the kernel made, or not one at all.
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()));
+        written.map_err(|e| BootError::new("write sysctl", &path, format!("{key}={value:?}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// An app added to the running pod (`add` on the control channel): the
@@ -195,4 +214,21 @@ fn shutdown(root: &Path, share_mounted: bool) {
     }
     let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     log!("reboot: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctls_are_written_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("kernel")).expect("mkdir");
+        std::fs::write(dir.path().join("kernel/shm_rmid_forced"), "0").expect("write");
+        write_sysctls(&[("kernel.shm_rmid_forced".into(), "1".into())], dir.path()).expect("written");
+        assert_eq!(std::fs::read_to_string(dir.path().join("kernel/shm_rmid_forced")).expect("read"), "1");
+        let e = write_sysctls(&[("net.nope.x".into(), "1".into())], dir.path()).expect_err("no such sysctl");
+        assert!(e.to_string().contains("net.nope.x=\"1\""), "{e}");
+        assert!(!dir.path().join("net").exists(), "nothing is created");
+    }
 }
