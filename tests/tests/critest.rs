@@ -8,8 +8,7 @@
 //! skip with its reason.
 //!
 //! Runs wherever critest is installed (else a visible SKIP);
-//! `POD_TEST_CRITEST=0` opts out; the pod-vm run needs `POD_TEST_CRITEST=1`
-//! (see its test). `POD_TEST_CRITEST_FOCUS=REGEX` runs only
+//! `POD_TEST_CRITEST=0` opts out. `POD_TEST_CRITEST_FOCUS=REGEX` runs only
 //! the specs it matches (ginkgo's focus). A run fails when a spec that is
 //! not optional (`[Feature:...]`) fails.
 #![allow(clippy::unwrap_used)]
@@ -210,16 +209,6 @@ fn critest_with_the_namespace_handler() {
 
 #[test]
 fn critest_lifecycle_with_the_vm_handler() {
-    // Not by default yet: its "execSync with timeout" fails (the guest's
-    // one-at-a-time enter agent still runs the timed out command, so the
-    // next ExecSync waits); 17 of its 18 specs pass, in ~3 minutes.
-    if std::env::var("POD_TEST_CRITEST").as_deref() != Ok("1") {
-        eprintln!(
-            "SKIP: critest with pod-vm runs only with POD_TEST_CRITEST=1 (a timed out ExecSync's command keeps \
-             running in the VM)"
-        );
-        return;
-    }
     if let Some(why) = skip_reason_vm() {
         eprintln!("SKIP: {why}");
         return;

@@ -114,6 +114,15 @@ impl Port {
         std::thread::sleep(IDLE);
     }
 
+    /// Whether the host that sent the request being served is gone: its
+    /// side closed (hang-up), or a next host already sent a request (a
+    /// host sends nothing after its request), without waiting.
+    pub(crate) fn host_gone(&self) -> bool {
+        let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+        let gone = PollFlags::POLLHUP | PollFlags::POLLIN;
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|_| fds[0].revents().is_some_and(|r| r.intersects(gone)))
+    }
+
     /// Sends bytes to the host.
     pub(crate) fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.file.write_all(bytes)

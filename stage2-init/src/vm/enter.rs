@@ -165,6 +165,13 @@ fn relay(port: &mut Port, mut command: Command) -> Option<i32> {
         if ended.is_some() || eof {
             break;
         }
+        // The host went away (a timed out ExecSync killed `pod enter`): so
+        // does the command, else it would hold this one-at-a-time agent.
+        if port.host_gone() {
+            let _ = killpg(command.pid, Signal::SIGKILL);
+            let _ = waitpid(command.pid, None);
+            return None;
+        }
         // Ended with the pipe still held open by something it left behind:
         // one more drain above, then done.
         let status = waitpid(command.pid, Some(WaitPidFlag::WNOHANG));
