@@ -55,6 +55,24 @@ if [ ! -f "$guest/vmlinuz" ] || [ ! -d "$guest/modules/kernel" ]; then
   rm -rf "$tmp"
 fi
 
+# critest's busybox stand-ins (tests/tests/critest/images.rs): Debian's
+# dynamically linked busybox, unpacked (it conflicts with busybox-static,
+# which the other tests use) into /usr/local/lib/pod-test/busybox. Its sh
+# looks commands up in PATH as the busybox images' does; busybox-static's
+# runs its applets itself, whatever PATH holds. Never fails: without it the
+# stand-ins use busybox-static and critest's MaskedPaths spec is skipped.
+dynbb=/usr/local/lib/pod-test/busybox
+if [ ! -x "$dynbb/busybox" ]; then
+  tmp=$(mktemp -d /var/tmp/pod-busybox.XXXXXX)
+  if (cd "$tmp" && apt-get download -qq busybox 2>/dev/null && dpkg-deb -x ./*.deb x) && [ -x "$tmp/x/bin/busybox" ]; then
+    mkdir -p "$dynbb"
+    install -m 0755 "$tmp/x/bin/busybox" "$dynbb/busybox"
+    echo "installed Debian's dynamic busybox in $dynbb (critest's stand-ins)"
+  else
+    echo "could not unpack Debian's busybox package: critest's MaskedPaths spec will be skipped" >&2
+  fi
+  rm -rf "$tmp"
+fi
 # Debian's docker-registry package starts a registry on *:5000 where systemd
 # runs; the tests start their own on 127.0.0.1 and want no other.
 if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then

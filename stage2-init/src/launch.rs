@@ -158,11 +158,41 @@ pub fn become_app(
     join_cgroups(cgroups)?;
     enter_rootfs(rootfs, &unit.shared_mounts)?;
     crate::cgroupfs::mount_for_app(Path::new("/"), &hierarchies).map_err(step("mount the app's /sys/fs/cgroup"))?;
-    // PID 1 of the app's own pid namespace (not `pod enter`, which joins
-    // the pod's): a /proc of that namespace.
+    // PID 1 of the app's own pid namespace (not a command `pod enter`
+    // starts there, which joins the app's mounts): a /proc of that namespace.
     if unit.own_pid && nix::unistd::getpid().as_raw() == 1 {
         crate::pidns::remount_proc()?;
     }
+    take_identity(app, unit, seccomp)
+}
+
+/// Makes the calling process one of a running app's, as [`become_app`]
+/// does, but in the mount namespace of the app's main process, `mounts`
+/// (`/proc/PID/ns/mnt`), rather than one of its own: the root, the /proc
+/// of the app's own pid namespace, the masked paths and whatever the app
+/// mounted since are exactly the app's. `pod enter` joins the other
+/// namespaces of that process itself (a pid namespace applies to the
+/// children), before this.
+///
+/// The cgroups are joined first, as `cgroups` names them in the caller's
+/// mount namespace. Single-threaded callers only, as [`become_app`].
+pub fn join_app(
+    app: &str,
+    unit: &Unit,
+    mounts: OwnedFd,
+    cgroups: &[PathBuf],
+    seccomp: &[SeccompProgram],
+) -> Result<Vec<(String, String)>, ChildError> {
+    join_cgroups(cgroups)?;
+    // The root and working directory become the namespace's root.
+    nix::sched::setns(mounts, CloneFlags::CLONE_NEWNS).map_err(step("join the app's mount namespace"))?;
+    take_identity(app, unit, seccomp)
+}
+
+/// The part of [`become_app`] after the app's root: oom score, user,
+/// groups, bounding and capability sets, working directory, no_new_privs
+/// and seccomp; returns the app's environment.
+fn take_identity(app: &str, unit: &Unit, seccomp: &[SeccompProgram]) -> Result<Vec<(String, String)>, ChildError> {
     // While still root: lowering it takes CAP_SYS_RESOURCE.
     if let Some(adj) = unit.oom_score_adjust {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())

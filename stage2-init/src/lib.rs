@@ -30,7 +30,7 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 pub use exit::EXIT_INIT_FAILED;
-pub use launch::{become_app, ChildError, DEFAULT_PATH};
+pub use launch::{become_app, join_app, ChildError, DEFAULT_PATH};
 pub use supervise::READINESS_POLL;
 pub use sys::cloexec_inherited_fds;
 

@@ -249,6 +249,54 @@ fn host_network_pid_and_ipc_namespaces() {
     sb.finish();
 }
 
+/// The `/proc/PID/stat` lines of the processes named `comm` in `stats`
+/// (`cat /proc/[0-9]*/stat` output).
+fn stats_of<'a>(stats: &'a str, comm: &str) -> Vec<&'a str> {
+    stats.lines().filter(|l| l.contains(&format!(" ({comm}) "))).collect()
+}
+
+/// ExecSync in a container with a pid namespace of its own sees what the
+/// app sees (its pid and mount namespaces: its /proc, where the app is
+/// PID 1), and one that times out is killed and reaped, leaving not even a
+/// zombie in the container (whose PID 1, `sleep`, reaps nothing). With
+/// the host's IPC namespace, the command is in it too.
+#[test]
+fn exec_joins_the_containers_own_namespaces() {
+    let Some(sb) = sandbox("exec-ns", json!({})) else { return };
+    let own = json!({"namespace_options": {"pid": 1}});
+    let f = sb.container_file("own-pid", "exec sleep 1000", own);
+    let id = sb.s.ok(&["create", &sb.id, p(&f), p(&sb.json)]).trim().to_owned();
+    sb.s.ok(&["start", &id]);
+    wait_state(&sb.s, &id, "CONTAINER_RUNNING");
+    let script = "cat /proc/1/cmdline | tr '\\0' ' '; echo; echo $$; \
+        for ns in pid mnt; do [ $(readlink /proc/self/ns/$ns) = $(readlink /proc/1/ns/$ns) ] && echo same-$ns; done; true";
+    let out = sb.s.ok(&["exec", "-s", &id, "/bin/sh", "-c", script]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].trim(), "sleep 1000", "PID 1 is the app: {out}");
+    assert!(lines[1].parse::<u32>().unwrap() < 20, "a pid of the app's namespace: {out}");
+    assert_mentions(&out, &["same-pid", "same-mnt"]);
+
+    let started = std::time::Instant::now();
+    let err = sb.s.fails(&["exec", "-s", "--timeout", "1", &id, "sleep", "4321"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the timeout did not cut it short: {err}");
+    let stats = sb.s.ok(&["exec", "-s", &id, "/bin/sh", "-c", "cat /proc/[0-9]*/stat"]);
+    let sleeps = stats_of(&stats, "sleep");
+    assert_eq!(sleeps.len(), 1, "only the app sleeps, the timed out command is gone (no zombie): {sleeps:#?}");
+    assert!(sleeps[0].starts_with("1 "), "{sleeps:#?}");
+    sb.finish();
+
+    let host_ipc = json!({"security_context": {"namespace_options": {"ipc": 2}}});
+    let Some(sb) = sandbox("exec-host-ipc", host_ipc) else { return };
+    let f = sb.container_file("host-ipc", "exec sleep 1000", json!({}));
+    let id = sb.s.ok(&["create", &sb.id, p(&f), p(&sb.json)]).trim().to_owned();
+    sb.s.ok(&["start", &id]);
+    wait_state(&sb.s, &id, "CONTAINER_RUNNING");
+    let ipc = sb.s.ok(&["exec", "-s", &id, "/bin/sh", "-c", "readlink /proc/self/ns/ipc"]);
+    let host = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    assert_eq!(ipc.trim(), host.display().to_string(), "the host's IPC namespace");
+    sb.finish();
+}
+
 #[test]
 fn supplemental_groups_policy_merge_and_strict_and_the_status_user() {
     if let Some(why) = skip_reason(false) {

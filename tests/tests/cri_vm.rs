@@ -78,6 +78,14 @@ fn a_vm_sandbox_runs_containers_with_crictl() {
     let log = live.ok(&["logs", &sandbox, "box"]);
     assert!(said, "no output in the log: {log}");
     assert!(!log.contains(host_kernel.trim()), "ran on the host's kernel: {log}");
+    // A timed out ExecSync's command is killed in the guest, whose enter
+    // agent (one command at a time) then serves the next one at once.
+    let err = s.fails(&["exec", "-s", "--timeout", "1", &container, "/bin/sh", "-c", "sleep 4321"]);
+    assert_mentions_any(&err, &["timed out", "DeadlineExceeded"]);
+    let started = std::time::Instant::now();
+    let ps = s.ok(&["exec", "-s", "--timeout", "30", &container, "/bin/sh", "-c", "ps"]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the next exec waited");
+    assert!(!ps.contains("4321"), "the timed out command still runs in the guest:\n{ps}");
 
     exec_in_the_guest(&s, &container, host_kernel.trim());
     serve_from_the_guest(&s, &live, &sandbox, &sandbox_json, host_port);

@@ -3,9 +3,12 @@
 //! and takes the app's privileges with pod-init's own code. The CRI server
 //! is a multi-threaded tokio process and must never setns itself.
 //!
-//! The command is a child of `pod enter` (in the pod's PID namespace, but
-//! visible here): on a timeout, or when a client goes away, the whole tree
-//! under `pod enter` is killed, not `pod enter` alone.
+//! The command is a child of `pod enter` (in the container's pid
+//! namespace, but visible here): on a timeout, or when a client goes away,
+//! the whole tree under `pod enter` is killed, not `pod enter` alone: each
+//! process stopped first (a stopped process forks no more), then killed;
+//! `pod enter` reaps its command, else the command would stay a zombie in
+//! the container (reparented to its PID 1, which may reap nothing).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
@@ -81,13 +84,34 @@ fn descendants(proc_dir: &std::path::Path, root: u32) -> Vec<u32> {
     out
 }
 
-/// Kills `child` and everything under it.
-fn kill_tree(child: &mut Child) {
+/// How long `pod enter` has to reap its killed command before it is
+/// killed too.
+const REAP: Duration = Duration::from_secs(2);
+
+/// Kills everything under `child` (stopped first, until no new process
+/// shows up, so none escapes by forking meanwhile), then waits a little for
+/// `child` to reap its command and exit, then kills it.
+async fn kill_tree(child: &mut Child) {
+    use nix::sys::signal::{kill, Signal};
+    let signal = |pids: &[u32], s: Signal| {
+        for p in pids.iter().filter_map(|p| i32::try_from(*p).ok()) {
+            let _ = kill(nix::unistd::Pid::from_raw(p), s);
+        }
+    };
     if let Some(pid) = child.id() {
-        for p in descendants(std::path::Path::new("/proc"), pid) {
-            if let Ok(p) = i32::try_from(p) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+        let mut stopped: Vec<u32> = Vec::new();
+        for _ in 0..100 {
+            let found = descendants(std::path::Path::new("/proc"), pid);
+            let new: Vec<u32> = found.into_iter().filter(|p| !stopped.contains(p)).collect();
+            if new.is_empty() {
+                break;
             }
+            signal(&new, Signal::SIGSTOP);
+            stopped.extend(new);
+        }
+        signal(&stopped, Signal::SIGKILL);
+        if tokio::time::timeout(REAP, child.wait()).await.is_ok() {
+            return;
         }
     }
     let _ = child.start_kill();
@@ -148,7 +172,7 @@ pub async fn exec_sync(t: &Target, argv: &[String], timeout: Option<Duration>) -
             Ok(SyncOutput { stdout, stderr, exit_code: status.map(code_of).map_err(ExecError::Spawn)? })
         }
         Err(_) => {
-            kill_tree(&mut child);
+            kill_tree(&mut child).await;
             let _ = child.wait().await;
             Err(ExecError::Timeout { argv: argv.to_vec(), secs: limit.as_secs() })
         }
@@ -198,7 +222,7 @@ async fn finish(
         _ = gone => {
             // The client went away: nobody reads this command any more.
             tracing::debug!("exec: the client is gone; killing the command");
-            kill_tree(&mut child);
+            kill_tree(&mut child).await;
             child.wait().await
         }
     };

@@ -1,7 +1,7 @@
 //! Local stand-ins for the images critest (cri-tools v1.37.0) pulls from
 //! public registries, which this machine cannot reach: busybox-based OCI
-//! images (Debian's busybox-static) with the users, groups, files and
-//! commands each test expects, pushed to a local registry under
+//! images with the users, groups, files and commands each test expects,
+//! pushed to a local registry under
 //! `mirror/<original name>`, cosign-signed for their original names
 //! (`--sign-container-identity`), and served to `pod cri serve` through
 //! pod's registry mirrors (`pod source mirror add`): the images keep the
@@ -12,6 +12,14 @@
 //! security_context_linux.go, multi_container_linux.go and
 //! pkg/framework/util.go of cri-tools v1.37.0, and the Dockerfiles of its
 //! images/ directory.
+//!
+//! The busybox is Debian's dynamically linked one with the host's glibc
+//! (scripts/install-deps.sh unpacks it), its applets hard links in /bin as
+//! in the busybox images: its sh runs commands found in PATH, so masking
+//! /bin/ls (MaskedPaths) denies `ls` and nothing else. Debian's
+//! busybox-static, the fallback, runs its applets itself whatever PATH
+//! holds. Neither has pgrep or ipcs, which the busybox images have: small
+//! scripts stand in for them.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -36,16 +44,61 @@ struct StandIn {
     cmd: &'static [&'static str],
     user: Option<&'static str>,
     /// Files added in a layer of its own (path, content); those under
-    /// `usr/sbin/` executable.
+    /// `usr/sbin/` and `usr/local/bin/` executable.
     files: &'static [(&'static str, &'static [u8])],
 }
 
 /// nginx's stand-in: a process named `nginx` (`pidof nginx`, the hostPID
-/// tests) that writes /var/run/nginx.pid and serves `$1` on port `$2` with
-/// busybox httpd.
+/// tests) that writes /var/run/nginx.pid and serves `$2` on port `$3` with
+/// busybox httpd. Its first argument is `master process`: nginx retitles
+/// its main process `nginx: master process ...`, which a script cannot, and
+/// critest's ContainerPID spec looks for those words in /proc/1/cmdline.
 const NGINX_SCRIPT: &[u8] = b"#!/bin/sh\nmkdir -p /var/run\necho $$ > /var/run/nginx.pid\n\
-httpd -f -p \"$2\" -h \"$1\" &\ntrap 'kill $!; exit 0' TERM INT\nwait\n";
+httpd -f -p \"$3\" -h \"$2\" &\ntrap 'kill $!; exit 0' TERM INT\nwait\n";
 const INDEX: &[u8] = b"<h1>Welcome to nginx!</h1>\n";
+
+/// httpd's stand-in: busybox httpd in the foreground, after the line
+/// Apache's httpd logs first (critest's "should support container log"
+/// waits for `httpd` in the container's log).
+const HTTPD_SCRIPT: &[u8] = b"#!/bin/sh\n\
+echo \"AH00558: httpd: Could not reliably determine the server's fully qualified domain name\" >&2\n\
+exec httpd -f -p 80 -h /usr/local/apache2/htdocs\n";
+
+/// `pgrep PATTERN` (procps' without options): the pids of the processes
+/// whose name matches the extended regex, one a line, itself left out;
+/// status 1 when none matches.
+const PGREP: &[u8] = br#"#!/bin/sh
+[ $# -eq 1 ] || { echo "usage: pgrep PATTERN" >&2; exit 2; }
+for d in /proc/[0-9]*; do
+  read -r comm 2>/dev/null <"$d/comm" && echo "${d#/proc/} $comm"
+done | awk -v me="$$" -v pat="$1" '
+  $1 != me { name = $0; sub(/^[0-9]+ /, "", name); if (name ~ pat) { print $1; n++ } }
+  END { exit n ? 0 : 1 }'
+"#;
+
+/// `ipcs [-m|-q|-s]` (util-linux's default output): the System V IPC
+/// objects of the caller's IPC namespace, from /proc/sysvipc.
+const IPCS: &[u8] = br#"#!/bin/sh
+table() {
+  printf '\n------ %s --------\n%s\n' "$2" "$3"
+  awk -v kind="$1" 'NR > 1 {
+    key = $1 < 0 ? $1 + 4294967296 : $1
+    if (kind == "shm") printf "0x%08x %-10s %-10s %-10s %-10s %-10s\n", key, $2, $8, $3, $4, $7
+    else if (kind == "sem") printf "0x%08x %-10s %-10s %-10s %-10s\n", key, $2, $5, $3, $4
+    else printf "0x%08x %-10s %-10s %-10s %-12s %-12s\n", key, $2, $8, $3, $4, $5
+  }' "/proc/sysvipc/$1"
+}
+shm() { table shm "Shared Memory Segments" "key        shmid      owner      perms      bytes      nattch"; }
+sem() { table sem "Semaphore Arrays" "key        semid      owner      perms      nsems"; }
+msg() { table msg "Message Queues" "key        msqid      owner      perms      used-bytes   messages"; }
+case "$1" in
+  -m) shm ;;
+  -s) sem ;;
+  -q) msg ;;
+  "") msg; shm; sem ;;
+  *) echo "usage: ipcs [-m|-q|-s]" >&2; exit 1 ;;
+esac
+"#;
 
 fn stand_ins() -> Vec<StandIn> {
     let staging = |n: &str| format!("{STAGING}{n}");
@@ -56,20 +109,23 @@ fn stand_ins() -> Vec<StandIn> {
         // start them without a command and expect port 80 to answer 200.
         StandIn {
             names: vec![NGINX.into()],
-            cmd: &["/usr/sbin/nginx", "/usr/share/nginx/html", "80"],
+            cmd: &["/usr/sbin/nginx", "master process", "/usr/share/nginx/html", "80"],
             user: None,
             files: &[("usr/share/nginx/html/index.html", INDEX), ("usr/sbin/nginx", NGINX_SCRIPT)],
         },
         StandIn {
             names: vec!["registry.k8s.io/e2e-test-images/httpd:2.4.39-4".into()],
-            cmd: &["httpd", "-f", "-p", "80", "-h", "/usr/local/apache2/htdocs"],
+            cmd: &["/usr/local/bin/httpd-foreground"],
             user: None,
-            files: &[("usr/local/apache2/htdocs/index.html", b"<html><body><h1>It works!</h1></body></html>\n")],
+            files: &[
+                ("usr/local/apache2/htdocs/index.html", b"<html><body><h1>It works!</h1></body></html>\n"),
+                ("usr/local/bin/httpd-foreground", HTTPD_SCRIPT),
+            ],
         },
         // images/hostnet-nginx: nginx on port 12003 (in the host's network).
         StandIn {
             names: vec![format!("{STAGING}hostnet-nginx-amd64:latest")],
-            cmd: &["/usr/sbin/nginx", "/usr/share/nginx/html", "12003"],
+            cmd: &["/usr/sbin/nginx", "master process", "/usr/share/nginx/html", "12003"],
             user: None,
             files: &[("usr/share/nginx/html/index.html", INDEX), ("usr/sbin/nginx", NGINX_SCRIPT)],
         },
@@ -154,6 +210,54 @@ pub struct Published {
     pub names: usize,
     /// Whether the nonewprivs stand-in was built (it needs rustc).
     pub nonewprivs: bool,
+    /// Whether the stand-ins' sh finds commands in PATH (Debian's dynamic
+    /// busybox), rather than running busybox's applets itself.
+    pub path_lookup: bool,
+}
+
+/// Debian's dynamic busybox, as scripts/install-deps.sh unpacks it.
+const DYNAMIC_BUSYBOX: &str = "/usr/local/lib/pod-test/busybox/busybox";
+
+/// The libraries `bin` loads (with the loader), as ldd lists them; none
+/// for a static program (ldd fails).
+fn shared_libraries(bin: &Path) -> Vec<std::path::PathBuf> {
+    let out = Command::new("ldd").arg(bin).output().unwrap();
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split_once("=> ").map_or(l, |(_, r)| r);
+            path.split_whitespace().next().filter(|p| p.starts_with('/')).map(Into::into)
+        })
+        .collect()
+}
+
+/// Puts busybox `bb` in `root`: /bin/busybox, a hard link per applet in
+/// /bin (as busybox's images have), the libraries it loads at their host
+/// paths, and the pgrep and ipcs scripts.
+fn install_busybox(root: &Path, bb: &Path) {
+    let applets = String::from_utf8(Command::new(bb).arg("--list").output().unwrap().stdout).unwrap();
+    let bin = root.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::copy(bb, bin.join("busybox")).unwrap();
+    for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
+        fs::hard_link(bin.join("busybox"), bin.join(applet)).unwrap();
+    }
+    for lib in shared_libraries(bb) {
+        let to = root.join(lib.strip_prefix("/").unwrap());
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(&lib, &to).unwrap();
+    }
+    for (name, script) in [("pgrep", PGREP), ("ipcs", IPCS)] {
+        let f = bin.join(name);
+        if !f.exists() {
+            fs::write(&f, script).unwrap();
+            fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
 }
 
 /// Pushes `img` as the mirror copy of `name` (`NAME:TAG`) and signs it with
@@ -209,15 +313,16 @@ fn nnp_helper(work: &Path) -> Option<std::path::PathBuf> {
 pub fn publish(work: &Path, reg: &Registry, key: &CosignKey) -> Result<Published, Skip> {
     let layout = work.join("stand-ins");
     // One base layer, as busybox's own image has.
-    need_tools(&["/bin/busybox"])?;
-    let applets = String::from_utf8(Command::new("/bin/busybox").arg("--list").output().unwrap().stdout).unwrap();
+    let path_lookup = which(DYNAMIC_BUSYBOX).is_some() && which("ldd").is_some();
+    let bb = if path_lookup {
+        Path::new(DYNAMIC_BUSYBOX)
+    } else {
+        need_tools(&["/bin/busybox"])?;
+        eprintln!("{DYNAMIC_BUSYBOX} (scripts/install-deps.sh) or ldd is missing: the stand-ins use busybox-static");
+        Path::new("/bin/busybox")
+    };
     let base = OciImage::new(&layout, "busybox")?.layer_with(|root| {
-        let bin = root.join("bin");
-        fs::create_dir_all(&bin).unwrap();
-        fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        for applet in applets.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox") {
-            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
-        }
+        install_busybox(root, bb);
         fs::create_dir_all(root.join("etc")).unwrap();
         fs::write(root.join("etc/passwd"), PASSWD).unwrap();
         fs::write(root.join("etc/group"), GROUP).unwrap();
@@ -235,7 +340,7 @@ pub fn publish(work: &Path, reg: &Registry, key: &CosignKey) -> Result<Published
                     let f = root.join(path);
                     fs::create_dir_all(f.parent().unwrap()).unwrap();
                     fs::write(&f, content).unwrap();
-                    if path.starts_with("usr/sbin/") {
+                    if path.starts_with("usr/sbin/") || path.starts_with("usr/local/bin/") {
                         fs::set_permissions(&f, fs::Permissions::from_mode(0o755)).unwrap();
                     }
                 }
@@ -262,7 +367,7 @@ pub fn publish(work: &Path, reg: &Registry, key: &CosignKey) -> Result<Published
             .cmd(&["/usr/local/bin/nnp"]);
         push_signed(reg, key, &img, NONEWPRIVS);
     });
-    Ok(Published { names: published + usize::from(nnp.is_some()), nonewprivs: nnp.is_some() })
+    Ok(Published { names: published + usize::from(nnp.is_some()), nonewprivs: nnp.is_some(), path_lookup })
 }
 
 /// Makes `pod` (the environment of `pod_env`) pull critest's names through
