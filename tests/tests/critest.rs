@@ -62,6 +62,30 @@ fn critest_bin() -> Result<PathBuf, Skip> {
         .ok_or_else(|| Skip("critest not found (scripts/build-cri-tools.sh builds it)".into()))
 }
 
+/// The host's System V shared memory segments: `(shmid, bytes, attached)`.
+fn shm_segments() -> Vec<(String, u64, u64)> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").unwrap_or_default();
+    // key shmid perms size cpid lpid nattch ...
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((f.get(1)?.to_string(), f.get(3)?.parse().ok()?, f.get(6)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// critest's HostIpc specs make a 1 MiB segment on the host (`ipcmk -M
+/// 1048576`) and leave it: the run's new, unattached segments of that size
+/// go.
+fn remove_critests_segments(before: &[(String, u64, u64)]) {
+    for (id, bytes, attached) in shm_segments() {
+        if bytes == 1_048_576 && attached == 0 && !before.iter().any(|(b, ..)| *b == id) {
+            let _ = Command::new("ipcrm").args(["-m", &id]).status();
+        }
+    }
+}
+
 /// A regex matching any of `texts` literally.
 fn any_of(texts: &[&str]) -> String {
     texts
@@ -153,7 +177,9 @@ fn run_critest(title: &str, args: &[String]) -> Option<Vec<report::Spec>> {
         .stdout(std::fs::File::create(&output).unwrap())
         .stderr(Stdio::from(std::fs::File::create(live.work.join("critest.err")).unwrap()));
     let started = Instant::now();
+    let segments_before = shm_segments();
     let status = cmd.status().unwrap();
+    remove_critests_segments(&segments_before);
     eprintln!(
         "critest ({title}) exited with {status} after {:.0?}; its output: {}",
         started.elapsed(),
