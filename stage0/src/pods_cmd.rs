@@ -286,7 +286,8 @@ pub(crate) fn gc(dirs: &Dirs) -> Result<(), Failed> {
     Ok(())
 }
 
-pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[String]) -> Result<(), Failed> {
+/// The running pod `query` names, and its `pod.json`.
+fn running_pod(dirs: &Dirs, query: &str) -> Result<(stage0::pods::PodRef, spec::stage1::ResolvedPod), Failed> {
     let pods = Pods::new(dirs);
     let pod = lifecycle::find(&pods, query)?;
     if pod.state != PodState::Running {
@@ -294,6 +295,11 @@ pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[Stri
     }
     let resolved =
         read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
+    Ok((pod, resolved))
+}
+
+pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[String]) -> Result<(), Failed> {
+    let (pod, resolved) = running_pod(dirs, query)?;
     let app = match app {
         Some(a) => a.to_owned(),
         None => resolved.apps.first().map(|a| a.name.to_string()).unwrap_or_default(),
@@ -319,13 +325,7 @@ pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[Stri
 /// `pod enter --port`: stdin and stdout joined to a TCP port on the
 /// pod's loopback. `app` only checks that the pod has it.
 pub(crate) fn connect_port(dirs: &Dirs, query: &str, app: Option<&str>, port: u16) -> Result<(), Failed> {
-    let pods = Pods::new(dirs);
-    let pod = lifecycle::find(&pods, query)?;
-    if pod.state != PodState::Running {
-        return Err(fail(Exit::Conflict, format!("pod {} is {}, not running", pod.uuid, pod.state)));
-    }
-    let resolved =
-        read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
+    let (pod, resolved) = running_pod(dirs, query)?;
     if let Some(app) = app.filter(|a| !resolved.apps.iter().any(|x| x.name.as_str() == *a)) {
         return Err(stage0::enter::EnterError::NoApp(app.to_owned()).into());
     }
