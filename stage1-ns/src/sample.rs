@@ -27,7 +27,7 @@ pub fn sample(pod_dir: &Path) -> Result<PodSample, Stage1Error> {
             apps.push(s);
         }
     }
-    let net = fs::read_to_string(pod_dir.join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok()).map(|pid| {
+    let net = crate::addapp::pod_pid(pod_dir).ok().map(|pid| {
         netdev::of_process(pid)
             .iter()
             .filter(|d| d.name != "lo")
