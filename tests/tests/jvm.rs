@@ -116,8 +116,11 @@ fn a_jvm_sizes_its_heap_and_cpus_from_its_limits() {
         host_heap > host_mem / 8 && host_heap >= 4 * heap,
         "MaxHeapSize without a limit is {host_heap}, host memory {host_mem}:\n{free}"
     );
+    // More than the one CPU of the limit wherever this process has more
+    // (a CI runner's own quota may make it fewer than the host's).
     let host_cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
-    assert_eq!(effective_cpus(&free), host_cpus, "without a limit, the host's CPUs:\n{free}");
+    let free_cpus = effective_cpus(&free);
+    assert!(free_cpus >= host_cpus.min(2), "without a limit, the host's CPUs ({host_cpus} here):\n{free}");
     assert!(free.contains("Memory Limit: Unlimited"), "{free}");
     eprintln!(
         "MaxHeapSize: {heap} with 256Mi, {host_heap} without a limit (host {host_mem}); {:.1?} in all",
