@@ -14,6 +14,16 @@
 //! prefixes of its control files), and `unified` for a hybrid host's
 //! cgroup2. A v1 hierarchy without controllers (`name=systemd`) is left
 //! out: its name cannot be read from the directory.
+//!
+//! On v1 the `cpuset` hierarchy is mounted too, though pods get no cpuset
+//! cgroup of their own (stage1 makes none: see its `MANAGED_V1`): hotspot
+//! (the JVM's `CgroupSubsystemFactory`) takes cpuset, cpu, cpuacct and
+//! memory as required and, with any of them missing from
+//! `/proc/self/mountinfo`, ignores every limit and sizes its heap from the
+//! host ("Required cgroup v1 cpuset subsystem not found"). docker and
+//! podman mount it as every other hierarchy. The app sees there, read-only
+//! and rooted at its cgroup namespace, the cpuset cgroup it was started in
+//! (pod-init's), and the cgroups below that one.
 
 use std::path::{Path, PathBuf};
 
@@ -106,7 +116,24 @@ pub fn mount_for_app(root: &Path, hierarchies: &[Hierarchy]) -> nix::Result<()> 
             }
         }
     }
+    if needs_cpuset(hierarchies) {
+        // Best effort: where cpuset is co-mounted with a controller pod does
+        // not use, or not on v1 at all, the mount fails (EBUSY, ENOENT) and
+        // the app goes without, as before.
+        let dir = target.join("cpuset");
+        if std::fs::create_dir(&dir).is_ok() && mount(Some("cgroup"), &dir, Some("cgroup"), ro, Some("cpuset")).is_err()
+        {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
     mount(None::<&str>, &target, None::<&str>, ro | MsFlags::MS_REMOUNT, Some("mode=755,size=64k"))
+}
+
+/// Whether `hierarchies` are v1 ones none of which holds cpuset (see the
+/// module's doc: the JVM requires it).
+fn needs_cpuset(hierarchies: &[Hierarchy]) -> bool {
+    hierarchies.iter().any(|h| h.fstype == "cgroup")
+        && !hierarchies.iter().any(|h| h.fstype == "cgroup" && h.options.split(',').any(|c| c == "cpuset"))
 }
 
 #[cfg(test)]
@@ -123,6 +150,21 @@ mod tests {
         let h = Hierarchy { fstype: "cgroup".into(), options: "cpu,cpuacct".into() };
         assert_eq!(h.dir_name(), "cpu,cpuacct");
         assert_eq!(Hierarchy { fstype: "cgroup2".into(), options: String::new() }.dir_name(), "unified");
+    }
+
+    #[test]
+    fn v1_views_get_cpuset_as_docker_gives_it() {
+        let v1 = |o: &str| Hierarchy { fstype: "cgroup".into(), options: o.into() };
+        let v2 = Hierarchy { fstype: "cgroup2".into(), options: String::new() };
+        // What stage1 binds on a v1 or hybrid host: no cpuset among them.
+        let pods = [v1("memory"), v1("cpu"), v1("cpuacct"), v1("pids"), v1("freezer"), v2.clone()];
+        assert!(needs_cpuset(&pods));
+        assert!(needs_cpuset(&[v1("cpu,cpuacct"), v1("memory")]));
+        // Already there, co-mounted or on its own; and never on v2.
+        assert!(!needs_cpuset(&[v1("cpu,cpuset"), v1("memory")]));
+        assert!(!needs_cpuset(&[v1("memory"), v1("cpuset")]));
+        assert!(!needs_cpuset(&[v2]));
+        assert!(!needs_cpuset(&[]));
     }
 
     #[test]

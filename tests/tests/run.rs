@@ -393,4 +393,13 @@ fn an_app_reads_its_own_limits_under_sys_fs_cgroup() {
         let opts = m.split_whitespace().nth(5).unwrap_or_default();
         assert!(opts.split(',').any(|o| o == "ro"), "mounted read-only: {m}");
     }
+    // v1: every hierarchy the JVM requires (jvm.rs), cpuset included though
+    // pods get no cpuset cgroup of their own.
+    let v1: Vec<&str> = mounts.iter().filter(|m| m.contains(" - cgroup ")).copied().collect();
+    if !v1.is_empty() {
+        for c in ["cpuset", "cpu", "cpuacct", "memory"] {
+            let has = |m: &&str| m.rsplit(' ').next().unwrap_or_default().split(',').any(|o| o == c);
+            assert!(v1.iter().any(has), "no v1 {c} hierarchy under /sys/fs/cgroup: {v1:?}");
+        }
+    }
 }

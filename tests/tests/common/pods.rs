@@ -102,6 +102,7 @@ pub enum Example {
     Busybox,
     Redis,
     Web,
+    Openjdk,
 }
 
 impl Example {
@@ -110,6 +111,7 @@ impl Example {
             Self::Busybox => "busybox.yaml",
             Self::Redis => "redis.yaml",
             Self::Web => "web.yaml",
+            Self::Openjdk => "openjdk.yaml",
         }
     }
 
@@ -119,6 +121,7 @@ impl Example {
             Self::Busybox => "example.com/busybox:1.35",
             Self::Redis => "example.com/redis:7.0",
             Self::Web => "example.com/web:1.0",
+            Self::Openjdk => "example.com/openjdk:17",
         }
     }
 }
