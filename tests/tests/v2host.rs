@@ -81,7 +81,7 @@ t userns timeout 300 "$POD" run --net none userns.yaml
 t bomb_start timeout 300 "$POD" run -d --net none bomb.yaml
 sleep 8
 t bomb_cgroup sh -c 'for d in $(find /sys/fs/cgroup/pod -name pids.max); do d=${d%/pids.max}; \
-  echo "$(cat $d/pids.max) $(cat $d/pids.current) $d"; done'
+  echo "$(cat $d/pids.max) $(cat $d/pids.current) $(grep max $d/pids.events | cut -d" " -f2) $d"; done'
 t bomb_alive echo the guest still forks
 t bomb_stop timeout 120 "$POD" stop --timeout 5 bomb
 t bomb_status "$POD" status bomb --format json
@@ -224,16 +224,20 @@ fn a_pure_cgroup_v2_host_with_systemd_runs_pods_with_their_limits() {
     // The fork bomb: bounded by pids.max, and stopped.
     ok("bomb_start");
     let cg = ok("bomb_cgroup");
-    let bounded: Vec<(u64, u64)> = cg
+    // pids.max, pids.current, and the forks refused at this limit.
+    let bounded: Vec<(u64, u64, u64)> = cg
         .out
         .lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
-            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?, w.next()?.parse().ok()?))
         })
         .collect();
-    assert!(bounded.iter().any(|&(max, cur)| max == 32 && cur > 1 && cur <= 32), "the bomb's cgroup:\n{cg}");
-    eprintln!("the fork bomb's cgroups (pids.max pids.current dir):\n{}", cg.out.trim_end());
+    assert!(
+        bounded.iter().any(|&(max, cur, refused)| max == 32 && cur >= 1 && cur <= 32 && refused > 0),
+        "the bomb's cgroup (pids.max pids.current refused-forks dir):\n{cg}"
+    );
+    eprintln!("the fork bomb's cgroups (pids.max pids.current refused-forks dir):\n{}", cg.out.trim_end());
     ok("bomb_alive");
     ok("bomb_stop");
     let st: serde_json::Value = serde_json::from_str(&ok("bomb_status").out).unwrap();
