@@ -24,4 +24,7 @@ fn the_guest_boots_systemd_on_pure_cgroup_v2_and_runs_the_script() {
     assert_eq!(run.rc, 3, "{}\n{}", run.log, guest.console());
     assert_eq!(run.log, "systemd\ncgroup2fs\n0\nmachined-ok\n", "{}", guest.console());
     assert_eq!(guest.read("written"), "out\n");
+    // The script failed (3): the harness kept the guest's journal.
+    let journal = guest.journal(400);
+    assert!(journal.contains("org.freedesktop.machine1"), "machined was activated over the bus:\n{journal}");
 }
