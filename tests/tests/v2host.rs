@@ -234,7 +234,7 @@ fn a_pure_cgroup_v2_host_with_systemd_runs_pods_with_their_limits() {
         })
         .collect();
     assert!(
-        bounded.iter().any(|&(max, cur, refused)| max == 32 && cur >= 1 && cur <= 32 && refused > 0),
+        bounded.iter().any(|&(max, cur, refused)| max == 32 && (1..=32).contains(&cur) && refused > 0),
         "the bomb's cgroup (pids.max pids.current refused-forks dir):\n{cg}"
     );
     eprintln!("the fork bomb's cgroups (pids.max pids.current refused-forks dir):\n{}", cg.out.trim_end());
