@@ -16,7 +16,6 @@ mod common;
 #[path = "common/sdguest.rs"]
 mod sdguest;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use common::*;
@@ -33,27 +32,12 @@ fn pod_yaml(name: &str, top: &str, script: &str, extra: &str) -> String {
     )
 }
 
-/// One step of the guest script: `NAME.out`, `NAME.err`, `NAME.rc` in the
-/// work dir.
-#[derive(Debug)]
-struct Step {
-    name: String,
-    rc: i32,
-    out: String,
-    err: String,
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "step {}: exit {}\n--- stdout\n{}\n--- stderr\n{}", self.name, self.rc, self.out, self.err)
-    }
-}
-
 /// The app's lines of a foreground `pod run`'s stdout.
 fn app_lines(step: &Step) -> Vec<String> {
     step.out.lines().filter_map(|l| l.strip_prefix("[app] ")).map(str::to_owned).collect()
 }
 
+/// After [`STEPS`]: each `t NAME CMD...` is one step.
 const SCRIPT: &str = r#"
 set -u
 # The store on the guest's scratch ext4 disk: userns: auto needs idmapped
@@ -61,8 +45,6 @@ set -u
 export POD_DIR=/scratch/pod POD_CONFIG=/run/pod-e2e-config
 mkdir -p "$POD_DIR" "$POD_CONFIG"
 POD=$(cat pod-bin)
-STEPS=""
-t() { n=$1; shift; STEPS="$STEPS $n"; "$@" > "$n.out" 2> "$n.err"; echo $? > "$n.rc"; }
 
 t comm cat /proc/1/comm
 t fstype stat -f -c %T /sys/fs/cgroup
@@ -96,7 +78,6 @@ t list_before "$POD" list --format json
 t gc "$POD" gc
 t list "$POD" list --format json
 t leftover find /sys/fs/cgroup -mindepth 1 -type d
-echo "$STEPS" > steps
 "#;
 
 // One boot for everything: under TCG the guest's boot is the costly part.
@@ -108,7 +89,7 @@ fn a_pure_cgroup_v2_host_with_systemd_runs_pods_with_their_limits() {
     }
     let image = example_image(Example::Busybox);
     let key = &e2e_key().public;
-    let spec = GuestSpec::new(SCRIPT)
+    let spec = GuestSpec::new(&format!("{STEPS}{SCRIPT}"))
         .file("pod-bin", p(&pod_bin()))
         .file("key-path", p(key))
         .file("image-path", p(&image))
@@ -154,20 +135,7 @@ fn a_pure_cgroup_v2_host_with_systemd_runs_pods_with_their_limits() {
         started.elapsed()
     );
     assert_eq!(run.rc, 0, "the guest script failed:\n{}\n{}", run.log, guest.console());
-    let steps: BTreeMap<String, Step> = guest
-        .read("steps")
-        .split_whitespace()
-        .map(|n| {
-            let rc = guest.read(&format!("{n}.rc")).trim().parse().unwrap_or(-1);
-            let step = Step {
-                name: n.to_owned(),
-                rc,
-                out: guest.read(&format!("{n}.out")),
-                err: guest.read(&format!("{n}.err")),
-            };
-            (n.to_owned(), step)
-        })
-        .collect();
+    let steps = guest.steps();
     let step = |n: &str| steps.get(n).unwrap_or_else(|| panic!("no step {n} ran:\n{}\n{}", run.log, guest.console()));
     let ok = |n: &str| {
         let s = step(n);
@@ -260,6 +228,10 @@ fn a_pure_cgroup_v2_host_with_systemd_runs_pods_with_their_limits() {
     ok("gc");
     assert_eq!(ok("list").out.trim(), "[]", "{}", step("list"));
     let left = ok("leftover");
+    eprintln!(
+        "after gc, under /sys/fs/cgroup: {:?}",
+        left.out.lines().filter(|l| l.contains("/pod")).collect::<Vec<_>>()
+    );
     for dir in left.out.lines() {
         let flat = dir.replace('-', "");
         assert!(!uuids.iter().any(|u| flat.contains(&u.replace('-', ""))), "a pod's cgroup is left after gc: {dir}");

@@ -19,6 +19,10 @@
 //! activated), writes its output and exit status to the work dir, and
 //! powers the guest off whatever the script did.
 //!
+//! Scripts made of steps start with [`STEPS`] and read them back with
+//! [`Guest::steps`]; a failed script leaves the guest's journal
+//! ([`Guest::journal`]).
+//!
 //! qemu is killed when the [`Guest`] is dropped (a failed test unwinds
 //! through it) and when the time limit passes.
 #![allow(clippy::unwrap_used, dead_code)]
@@ -126,6 +130,29 @@ pub fn skip_reason_sdguest() -> Option<String> {
         return Some("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)".into());
     }
     None
+}
+
+/// A shell prelude for scripts made of steps: `t NAME CMD...` runs CMD
+/// with its stdout, stderr and exit status in the work dir's `NAME.out`,
+/// `NAME.err`, `NAME.rc`, and lists NAME in `steps`; [`Guest::steps`] reads
+/// them back. A failing step does not stop the script.
+pub const STEPS: &str =
+    "t() { n=$1; shift; echo \"$n\" >> steps; \"$@\" > \"$n.out\" 2> \"$n.err\"; echo $? > \"$n.rc\"; }\n";
+
+/// One step's results (see [`STEPS`]).
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub name: String,
+    /// Its exit status (-1 when it never finished).
+    pub rc: i32,
+    pub out: String,
+    pub err: String,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "step {}: exit {}\n--- stdout\n{}\n--- stderr\n{}", self.name, self.rc, self.out, self.err)
+    }
 }
 
 /// What to boot.
@@ -307,6 +334,18 @@ impl Guest {
     /// A file the script wrote into the work dir ("" when absent).
     pub fn read(&self, name: &str) -> String {
         self.file(name)
+    }
+
+    /// The steps the script ran (see [`STEPS`]), by name.
+    pub fn steps(&self) -> std::collections::BTreeMap<String, Step> {
+        self.file("steps")
+            .split_whitespace()
+            .map(|n| {
+                let rc = self.file(&format!("{n}.rc")).trim().parse().unwrap_or(-1);
+                let (out, err) = (self.file(&format!("{n}.out")), self.file(&format!("{n}.err")));
+                (n.to_owned(), Step { name: n.to_owned(), rc, out, err })
+            })
+            .collect()
     }
 
     /// The last `lines` lines of the guest's journal of this boot, saved
