@@ -126,6 +126,9 @@ pub fn skip_reason_sdguest() -> Option<String> {
     if !Path::new(MODULES).join("kernel").is_dir() {
         return Some(format!("no {MODULES}/kernel: the guest kernel's modules are missing"));
     }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        return Some("setpriv is missing (util-linux)".into());
+    }
     if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
         return Some("qemu-system-x86_64 is missing (apt-get install qemu-system-x86)".into());
     }
@@ -260,7 +263,10 @@ impl Guest {
         ]
         .join(" ");
         let console = tmp.path().join("console.log");
-        let mut cmd = Command::new("qemu-system-x86_64");
+        // setpriv (util-linux) makes the kernel kill qemu when the test
+        // dies without unwinding (SIGKILL, a harness timeout).
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"]);
         cmd.args(["-name", "pod-e2e-sdguest", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
             .args(["-machine", &format!("pc,accel={}", accel.as_str()), "-cpu", cpu])
             .args(["-m", &format!("{}M", spec.memory_mib), "-smp", "2"])
