@@ -205,7 +205,8 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
     }
     let name = AcName::new(app).map_err(|_| AttachError::NoApp { uuid: uuid.clone(), app: app.to_owned() })?;
     let (state, _) = app_state(pod, resolved, app);
-    if ended(&state) {
+    // `pod run -it` shows an app that ended at once too.
+    if ended(&state) && !opts.from_start {
         return Err(AttachError::AppNotRunning { uuid, app: app.to_owned(), state });
     }
     let log = lifecycle::app_log_file(&pod.dir, resolved, app);
@@ -229,9 +230,13 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
         let f = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).bits())
-            .open(&path)
-            .map_err(|e| AttachError::Io { op: "open the stdin of", path, source: e })?;
-        Some(OwnedFd::from(f))
+            .open(&path);
+        match f {
+            Ok(f) => Some(OwnedFd::from(f)),
+            // Ended already (no reader): its output is still shown.
+            Err(_) if opts.from_start => None,
+            Err(e) => return Err(AttachError::Io { op: "open the stdin of", path, source: e }),
+        }
     } else {
         None
     };

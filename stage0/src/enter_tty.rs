@@ -16,6 +16,7 @@
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 use stage2_init::term::{fork, Fork};
@@ -26,6 +27,8 @@ use crate::exit::ExitCodeOf;
 /// The first byte of the child's message: the master follows, or an error.
 const MASTER: u8 = b'T';
 const ERROR: u8 = b'E';
+/// In the child: the master was sent.
+static SENT: AtomicBool = AtomicBool::new(false);
 
 /// Runs `argv` in app `app` of the pod whose PID 1 has host pid `pid`, on
 /// a terminal of the app's; returns the command's status. Single-threaded
@@ -43,9 +46,13 @@ pub fn enter_tty(pid: i32, app: &str, argv: &[String]) -> Result<i32, EnterError
                     let code = e.exit().code();
                     let mut msg = vec![ERROR, code];
                     msg.extend_from_slice(e.to_string().as_bytes());
-                    // After the terminal was sent, stderr is the pod's.
-                    if sendmsg::<()>(theirs.as_raw_fd(), &[IoSlice::new(&msg)], &[], MsgFlags::empty(), None).is_err() {
-                        eprintln!("pod: {e}");
+                    // Once the terminal was sent, the parent reads it
+                    // and no longer the socket: stderr is the terminal.
+                    if SENT.load(Ordering::Relaxed)
+                        || sendmsg::<()>(theirs.as_raw_fd(), &[IoSlice::new(&msg)], &[], MsgFlags::empty(), None)
+                            .is_err()
+                    {
+                        eprintln!("pod: {e}\r");
                     }
                     i32::from(code)
                 }
@@ -117,6 +124,7 @@ pub(crate) fn open_in(sock: &OwnedFd, rootfs: &Path) -> Result<(), EnterError> {
         None,
     )
     .map_err(io("send the master of"))?;
+    SENT.store(true, Ordering::Relaxed);
     drop(master);
     for target in 0..3 {
         nix::unistd::dup2(slave.as_raw_fd(), target).map_err(io("make stdio the slave of"))?;

@@ -83,7 +83,10 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         Ok(())
     } else if args.interactive || args.tty {
         // The pod runs in the background; this process is attached to
-        // its interactive app until it ends or the user detaches.
+        // its interactive app until it ends or the user detaches. Its
+        // signals are read in one place (stage1's reaper thread must not
+        // take them).
+        stage0::terminal::block_signals().map_err(|e| fail(Exit::Failure, format!("blocking signals: {e}")))?;
         run::start_detached(&stage1, &dir, &uuid, pod.into_fd())?;
         let resolved = prepared.resolved;
         let app = match args.app {

@@ -139,13 +139,22 @@ pub enum Signalled {
     Quit(i32),
 }
 
+/// Blocks the signals [`Signals`] reads, in this thread and so in the
+/// threads it starts after: call it before any thread starts, or one of
+/// them would take them (SIGWINCH lost, SIGTERM fatal with the terminal
+/// left raw). Children have them unblocked again (std resets the mask).
+pub fn block_signals() -> io::Result<SigSet> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGWINCH, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT] {
+        set.add(s);
+    }
+    set.thread_block().map_err(io::Error::from)?;
+    Ok(set)
+}
+
 impl Signals {
     pub fn new() -> io::Result<Signals> {
-        let mut set = SigSet::empty();
-        for s in [Signal::SIGWINCH, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGINT] {
-            set.add(s);
-        }
-        set.thread_block().map_err(io::Error::from)?;
+        let set = block_signals()?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(io::Error::from)?;
         Ok(Signals { fd })
     }
@@ -225,6 +234,7 @@ pub fn proxy(master: OwnedFd, child: Pid) -> io::Result<i32> {
         }
         let ready: Vec<bool> = fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
         drop(fds);
+        let stdin_at = if master_open { 2 } else { 1 };
         if ready[0] {
             for s in signals.read() {
                 match s {
@@ -237,7 +247,6 @@ pub fn proxy(master: OwnedFd, child: Pid) -> io::Result<i32> {
         if master_open && ready[1] {
             master_open = copy_out(master.as_fd(), &mut out, &mut buf);
         }
-        let stdin_at = if master_open { 2 } else { 1 };
         if stdin_open && ready.get(stdin_at).copied().unwrap_or(false) {
             match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
                 Ok(0) | Err(Errno::EIO) => {
