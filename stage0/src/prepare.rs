@@ -126,7 +126,7 @@ pub struct Interactive {
 
 impl Interactive {
     /// The app it names in `pod`, or why there is none.
-    pub fn pick<'a>(&self, pod: &'a PodFile, file: &str) -> Result<usize, PrepareError> {
+    pub fn pick(&self, pod: &PodFile, file: &str) -> Result<usize, PrepareError> {
         match &self.app {
             Some(a) => pod.apps.iter().position(|x| &x.name == a).ok_or_else(|| PrepareError::Interactive {
                 file: file.to_owned(),
