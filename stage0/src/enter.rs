@@ -23,6 +23,7 @@ use std::process::Command;
 use nix::sched::{setns, CloneFlags};
 use spec::AcName;
 
+pub use crate::enter_tty::enter_tty;
 use crate::exit::{Exit, ExitCodeOf};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,10 @@ pub enum EnterError {
     Starting(String),
     #[error("in the VM: {0}")]
     Guest(String),
+    /// The side of `pod enter -t` that joined the pod failed (exit code
+    /// as its error's).
+    #[error("{message}")]
+    Joined { message: String, code: u8 },
 }
 
 impl ExitCodeOf for EnterError {
@@ -59,6 +64,8 @@ impl ExitCodeOf for EnterError {
         match self {
             Self::NoApp(_) => Exit::NotFound,
             Self::NotRunning | Self::Starting(_) => Exit::Conflict,
+            Self::Joined { code, .. } if *code == Exit::NotFound.code() => Exit::NotFound,
+            Self::Joined { code, .. } if *code == Exit::Conflict.code() => Exit::Conflict,
             _ => Exit::Failure,
         }
     }
@@ -80,6 +87,20 @@ const NAMESPACES: [(&str, CloneFlags); 5] = [
 /// spawns the command, so `pod enter` must call it last, and only from a
 /// single-threaded process (setns of a mount namespace requires it too).
 pub fn enter(pid: i32, app: &str, argv: &[String]) -> Result<i32, EnterError> {
+    enter_on(pid, app, argv, None)
+}
+
+/// [`enter`], on a new terminal of the app's devpts when `tty` is given
+/// (`pod enter -t`: crate::enter_tty): its master goes over `tty` to the
+/// host side, its slave becomes this process's stdin, stdout and stderr
+/// before it takes the app's privileges, and the command's controlling
+/// terminal.
+pub(crate) fn enter_on(
+    pid: i32,
+    app: &str,
+    argv: &[String],
+    tty: Option<&std::os::fd::OwnedFd>,
+) -> Result<i32, EnterError> {
     let name = AcName::new(app).map_err(|_| EnterError::NoApp(app.to_owned()))?;
     // Nothing the caller left open (a directory of the host's, say) may
     // reach the command: only stdin, stdout and stderr go in.
@@ -111,6 +132,9 @@ pub fn enter(pid: i32, app: &str, argv: &[String]) -> Result<i32, EnterError> {
     let rootfs = root.join("apps").join(app).join("rootfs");
     if !rootfs.is_dir() {
         return Err(EnterError::NoApp(app.to_owned()));
+    }
+    if let Some(sock) = tty {
+        crate::enter_tty::open_in(sock, &rootfs)?;
     }
     let (unit, seccomp) = stage2_init::plan::load_app(root, &name)
         .map_err(|e| EnterError::Unit { app: app.to_owned(), message: e.to_string() })?;
@@ -150,12 +174,12 @@ pub fn enter(pid: i32, app: &str, argv: &[String]) -> Result<i32, EnterError> {
         None => ("/bin/sh", &[][..]),
     };
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-    let status =
-        Command::new(prog).args(args).env_clear().envs(env).env("TERM", term).status().map_err(|e| EnterError::Io {
-            op: "run",
-            path: PathBuf::from(prog),
-            source: e,
-        })?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args).env_clear().envs(env).env("TERM", term);
+    if tty.is_some() {
+        stage2_init::term::on_controlling_terminal(&mut cmd);
+    }
+    let status = cmd.status().map_err(|e| EnterError::Io { op: "run", path: PathBuf::from(prog), source: e })?;
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
@@ -261,11 +285,11 @@ fn own_userns(path: &Path) -> Result<Option<File>, EnterError> {
 
 /// Runs `argv` in app `app` of a running VM pod through the VM's streams
 /// (`crate::vmstream`): stdin, stdout and stderr are the command's, on a
-/// terminal of the guest's when stdin is one; returns its status.
-pub fn enter_vm(pod_dir: &Path, app: &str, argv: &[String]) -> Result<i32, EnterError> {
+/// terminal of the guest's when `tty`; returns its status.
+pub fn enter_vm(pod_dir: &Path, app: &str, argv: &[String], tty: bool) -> Result<i32, EnterError> {
     let socket = pod_dir.join("vm").join("stream.sock");
     let argv = if argv.is_empty() { vec!["/bin/sh".to_owned()] } else { argv.to_vec() };
-    crate::vmstream::exec(&socket, app, &argv).map_err(EnterError::from)
+    crate::vmstream::exec(&socket, app, &argv, tty).map_err(EnterError::from)
 }
 
 /// Joins this process's stdin and stdout to TCP `port` on the loopback of

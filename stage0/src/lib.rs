@@ -4,11 +4,13 @@
 
 pub mod addapp;
 pub mod archive;
+pub mod attach;
 pub mod build;
 pub mod control;
 pub mod crashpoint;
 pub mod deps;
 pub mod enter;
+mod enter_tty;
 pub mod exit;
 pub mod fetch;
 pub mod keys;
@@ -25,6 +27,7 @@ pub mod secprofile;
 pub mod sha512;
 pub mod sources;
 pub mod store;
+pub mod terminal;
 pub mod trust;
 pub mod userns;
 pub mod vmstream;

@@ -102,6 +102,14 @@ enum Command {
         pod: String,
         #[arg(long)]
         app: Option<String>,
+        /// Run the command on a new terminal of the app's (the user's is
+        /// raw meanwhile and its size followed), as `podman exec -t`.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Keep stdin open to the command (podman's -i; pod enter always
+        /// passes stdin, so this is accepted for podman's habits).
+        #[arg(short = 'i', long)]
+        interactive: bool,
         /// Instead of a command: join stdin and stdout to this TCP port on
         /// the pod's loopback (in a VM pod, the guest's), as the CRI's
         /// port-forward does.
@@ -109,6 +117,25 @@ enum Command {
         port: Option<u16>,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Attach to a running app's terminal (`terminal: true`), or its output
+    /// and stdin FIFO (`stdin: true`): until it ends (exit code: its
+    /// status) or the detach keys (ctrl-p ctrl-q) leave it running.
+    Attach {
+        pod: String,
+        /// The app (default: the pod's first app).
+        #[arg(long)]
+        app: Option<String>,
+        /// Require the app's stdin (exit 7 if it has none); by default it
+        /// is written to when the app has one.
+        #[arg(short = 'i', long, conflicts_with = "no_stdin")]
+        interactive: bool,
+        /// Only show the app's output.
+        #[arg(long)]
+        no_stdin: bool,
+        /// Keys that detach (podman's syntax; "" for none).
+        #[arg(long, default_value = stage0::terminal::DEFAULT_DETACH_KEYS)]
+        detach_keys: String,
     },
     /// The apps of a running pod: list, add, start, stop and remove them while it runs.
     #[command(subcommand)]
@@ -176,6 +203,21 @@ pub(crate) struct RunArgs {
     /// pods).
     #[arg(long)]
     pub(crate) sandbox: bool,
+    /// Keep stdin open to the interactive app (a FIFO, `stdin: true`) and
+    /// pass this process's stdin into it, as `podman run -i`.
+    #[arg(short = 'i', long)]
+    pub(crate) interactive: bool,
+    /// Give the interactive app a terminal (`terminal: true`) and attach
+    /// this one to it (raw meanwhile, its size followed), as `podman run -t`.
+    #[arg(short = 't', long)]
+    pub(crate) tty: bool,
+    /// The interactive app of -i/-t (default: the pod's only app).
+    #[arg(long)]
+    pub(crate) app: Option<spec::AcName>,
+    /// Keys that detach from the app and leave the pod running (podman's
+    /// syntax; "" for none).
+    #[arg(long, default_value = stage0::terminal::DEFAULT_DETACH_KEYS)]
+    pub(crate) detach_keys: String,
     #[command(flatten)]
     pub(crate) fetch: FetchFlags,
     pub(crate) file: PathBuf,
@@ -663,10 +705,14 @@ fn run(cli: Cli) -> Result<(), Failed> {
         Command::Enter { pod, app, port: Some(port), .. } => {
             return pods_cmd::connect_port(&dirs, &pod, app.as_deref(), port)
         }
-        Command::Enter { pod, app, command, port: None } => {
-            return pods_cmd::enter(&dirs, &pod, app.as_deref(), &command)
+        Command::Enter { pod, app, command, port: None, tty, .. } => {
+            return pods_cmd::enter(&dirs, &pod, app.as_deref(), &command, tty)
         }
         Command::App(cmd) => pods_cmd::app(&dirs, cmd)?,
+        Command::Attach { pod, app, interactive, no_stdin, detach_keys } => {
+            let stdin = if no_stdin { None } else { Some(interactive) };
+            return pods_cmd::attach(&dirs, &pod, app.as_deref(), stdin, &detach_keys);
+        }
         Command::Gc => pods_cmd::gc(&dirs)?,
     }
     Ok(())

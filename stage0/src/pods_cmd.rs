@@ -59,7 +59,13 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
             UsernsArg::Auto => spec::pod::UserNs::Auto,
         }),
         sandbox: args.sandbox,
+        interactive: (args.interactive || args.tty).then(|| prepare::Interactive {
+            app: args.app.clone(),
+            stdin: args.interactive,
+            tty: args.tty,
+        }),
     };
+    let detach_keys = stage0::terminal::parse_detach_keys(&args.detach_keys).map_err(|e| fail(Exit::Usage, e))?;
     let prepared = {
         let mut fetcher = Fetcher::new(&store, &trust, &sources, args.fetch.options())?;
         prepare::prepare(&pods, &mut fetcher, &args.file, &overrides, &host)?
@@ -75,6 +81,30 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         run::start_detached(&stage1, &dir, &uuid, pod.into_fd())?;
         println!("{uuid}");
         Ok(())
+    } else if args.interactive || args.tty {
+        // The pod runs in the background; this process is attached to
+        // its interactive app until it ends or the user detaches. Its
+        // signals are read in one place (stage1's reaper thread must not
+        // take them).
+        stage0::terminal::block_signals().map_err(|e| fail(Exit::Failure, format!("blocking signals: {e}")))?;
+        run::start_detached(&stage1, &dir, &uuid, pod.into_fd())?;
+        let resolved = prepared.resolved;
+        let app = match args.app {
+            Some(a) => a.to_string(),
+            None => resolved.apps.first().map(|a| a.name.to_string()).unwrap_or_default(),
+        };
+        let pod = lifecycle::find(&pods, &uuid)?;
+        if let Ok(name) = spec::AcName::new(&app) {
+            control::wait_started(&pod, &name, Duration::from_secs(120))?;
+        }
+        let opts = stage0::attach::AttachOptions {
+            stdin: args.interactive.then_some(true),
+            detach_keys,
+            from_start: true,
+            close_at_eof: true,
+        };
+        let outcome = stage0::attach::attach(&pod, &resolved, &app, &opts)?;
+        attached_exit(outcome, Some((&pod, &resolved)))
     } else {
         eprintln!("pod {uuid} ({})", prepared.resolved.name);
         Err(run::exec_foreground(&stage1, &dir, pod.into_fd()).into())
@@ -298,7 +328,7 @@ fn running_pod(dirs: &Dirs, query: &str) -> Result<(stage0::pods::PodRef, spec::
     Ok((pod, resolved))
 }
 
-pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[String]) -> Result<(), Failed> {
+pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[String], tty: bool) -> Result<(), Failed> {
     let (pod, resolved) = running_pod(dirs, query)?;
     let app = match app {
         Some(a) => a.to_owned(),
@@ -308,17 +338,68 @@ pub(crate) fn enter(dirs: &Dirs, query: &str, app: Option<&str>, command: &[Stri
         if !resolved.apps.iter().any(|a| a.name.as_str() == app) {
             return Err(stage0::enter::EnterError::NoApp(app).into());
         }
-        stage0::enter::enter_vm(&pod.dir, &app, command)?
+        stage0::enter::enter_vm(&pod.dir, &app, command, tty)?
     } else {
         let pid = stage0::enter::init_pid(&pod.dir)
             .ok_or_else(|| fail(Exit::Conflict, format!("pod {} has no PID 1 yet", pod.uuid)))?;
-        stage0::enter::enter(pid, &app, command)?
+        if tty {
+            stage0::enter::enter_tty(pid, &app, command)?
+        } else {
+            stage0::enter::enter(pid, &app, command)?
+        }
     };
     if code == 0 {
         Ok(())
     } else {
         // The command's own status, as `pod run` passes the pod's.
         Err(Failed { exit: Exit::Ok, err: anyhow::anyhow!("command exited with status {code}"), code: Some(code) })
+    }
+}
+
+/// `pod attach`: to a running app's terminal or output and stdin.
+pub(crate) fn attach(
+    dirs: &Dirs,
+    query: &str,
+    app: Option<&str>,
+    stdin: Option<bool>,
+    detach_keys: &str,
+) -> Result<(), Failed> {
+    let detach_keys = stage0::terminal::parse_detach_keys(detach_keys).map_err(|e| fail(Exit::Usage, e))?;
+    let pods = Pods::new(dirs);
+    let pod = lifecycle::find(&pods, query)?;
+    let resolved =
+        read_resolved(&pod.dir).ok_or_else(|| fail(Exit::Failure, format!("pod {} has no pod.json", pod.uuid)))?;
+    let app = match app {
+        Some(a) => a.to_owned(),
+        None => resolved.apps.first().map(|a| a.name.to_string()).unwrap_or_default(),
+    };
+    let opts = stage0::attach::AttachOptions { stdin, detach_keys, from_start: false, close_at_eof: false };
+    let outcome = stage0::attach::attach(&pod, &resolved, &app, &opts)?;
+    attached_exit(outcome, None)
+}
+
+/// `pod run -it`'s and `pod attach`'s exit: the app's status when it
+/// ended (once its pod is released, when the pod ends with it), 0 when
+/// detached, 128+signal when `pod` was signalled.
+fn attached_exit(
+    outcome: stage0::attach::Attached,
+    pod: Option<(&stage0::pods::PodRef, &spec::stage1::ResolvedPod)>,
+) -> Result<(), Failed> {
+    use stage0::attach::Attached;
+    let code = match outcome {
+        Attached::Detached => 0,
+        Attached::Exited(code) => {
+            if let Some((pod, resolved)) = pod {
+                stage0::attach::wait_pod_end(pod, resolved, Duration::from_secs(30));
+            }
+            code
+        }
+        Attached::Signalled(code) => code,
+    };
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(Failed { exit: Exit::Ok, err: anyhow::anyhow!("app exited with status {code}"), code: Some(code) })
     }
 }
 

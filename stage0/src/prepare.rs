@@ -59,6 +59,8 @@ pub enum PrepareError {
     },
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error("{file}: {why}")]
+    Interactive { file: String, why: String, exit: Exit },
     #[error("{file}: pid: host and ipc: host are for namespace pods with the host's user namespace: {why}")]
     HostNamespaces { file: String, why: &'static str },
 }
@@ -74,6 +76,7 @@ impl ExitCodeOf for PrepareError {
             Self::UsernsConflict { .. } | Self::HostNamespaces { .. } => Exit::InvalidInput,
             Self::Userns { source, .. } => source.exit(),
             Self::Volume(e) => e.exit(),
+            Self::Interactive { exit, .. } => *exit,
         }
     }
 }
@@ -108,6 +111,36 @@ pub struct Overrides {
     /// `pod run --sandbox`: the pod outlives its apps until stopped (as a
     /// pod file with `apps: []` does).
     pub sandbox: bool,
+    /// `pod run -i`/`-t`: the app that gets a stdin FIFO and/or a terminal.
+    pub interactive: Option<Interactive>,
+}
+
+/// `pod run -i -t [--app A]`: app A (by default the pod's only app) gets
+/// a stdin FIFO (`stdin: true`) and a terminal (`terminal: true`).
+#[derive(Debug, Clone, Default)]
+pub struct Interactive {
+    pub app: Option<spec::AcName>,
+    pub stdin: bool,
+    pub tty: bool,
+}
+
+impl Interactive {
+    /// The app it names in `pod`, or why there is none.
+    pub fn pick(&self, pod: &PodFile, file: &str) -> Result<usize, PrepareError> {
+        match &self.app {
+            Some(a) => pod.apps.iter().position(|x| &x.name == a).ok_or_else(|| PrepareError::Interactive {
+                file: file.to_owned(),
+                why: format!("--app {a}: the pod has no such app"),
+                exit: Exit::NotFound,
+            }),
+            None if pod.apps.len() == 1 => Ok(0),
+            None => Err(PrepareError::Interactive {
+                file: file.to_owned(),
+                why: format!("-i/-t: the pod has {} apps; name the interactive one with --app", pod.apps.len()),
+                exit: Exit::Conflict,
+            }),
+        }
+    }
 }
 
 /// The start order of the apps: dependencies first, ties in file order.
@@ -378,7 +411,17 @@ pub fn prepare(
 ) -> Result<Prepared, PrepareError> {
     let file = path.display().to_string();
     let bytes = fs::read(path).map_err(io_err("read pod file", path))?;
-    let pod_file = PodFile::parse(&bytes, &file)?;
+    let mut pod_file = PodFile::parse(&bytes, &file)?;
+    if let Some(it) = &overrides.interactive {
+        let vm = overrides.isolation.map_or(pod_file.isolation == pod::Isolation::Vm, |i| i == stage1::Isolation::Vm);
+        if vm {
+            let why = "pod run -i/-t: not supported for VM pods yet (pod enter -t is)".to_owned();
+            return Err(PrepareError::Interactive { file, why, exit: Exit::InvalidInput });
+        }
+        let i = it.pick(&pod_file, &file)?;
+        pod_file.apps[i].stdin |= it.stdin;
+        pod_file.apps[i].tty |= it.tty;
+    }
     let order = app_order(&file, &pod_file)?;
     // Before anything is fetched or written: a refused host volume leaves
     // the store and the pods as they were.

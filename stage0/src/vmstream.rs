@@ -15,6 +15,8 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use spec::vm::mux::{Decoder, Frame, Kind, Open, MAX_PAYLOAD, WINDOW};
 
+use crate::terminal::{term_size, RawMode};
+
 /// What ended a stream other than its Exit.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -171,10 +173,10 @@ fn pump_output(
 }
 
 /// Runs `argv` in app `app` through the streams at `socket`, with this
-/// process's stdio; on a terminal when stdin is one (raw while it runs,
-/// its size passed on). Returns the command's status.
-pub fn exec(socket: &Path, app: &str, argv: &[String]) -> Result<i32, StreamError> {
-    let tty = nix::unistd::isatty(0).unwrap_or(false);
+/// process's stdio; on a terminal of the guest's when `tty` (`pod enter
+/// -t`: the user's raw while it runs when stdin is one, its size passed
+/// on). Returns the command's status.
+pub fn exec(socket: &Path, app: &str, argv: &[String], tty: bool) -> Result<i32, StreamError> {
     // The size goes with the request: the command may ask for it at once.
     let size = if tty { term_size() } else { None };
     let open = Open::Exec { app: app.to_owned(), argv: argv.to_vec(), tty, size };
@@ -265,32 +267,4 @@ impl Connection {
 /// through the streams at `socket`, until both ways have ended.
 pub fn connect_port(socket: &Path, port: u16) -> Result<(), StreamError> {
     Connection::open(socket, port)?.run(io::stdin(), &mut io::stdout(), &mut || {})
-}
-
-/// The terminal on stdin, raw while this lives (the guest's terminal does
-/// the echo and line editing), restored after.
-struct RawMode(rustix::termios::Termios);
-
-impl RawMode {
-    fn enter() -> Option<RawMode> {
-        use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
-        let stdin = io::stdin();
-        let saved = tcgetattr(&stdin).ok()?;
-        let mut raw = saved.clone();
-        raw.make_raw();
-        tcsetattr(&stdin, OptionalActions::Now, &raw).ok()?;
-        Some(RawMode(saved))
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = rustix::termios::tcsetattr(io::stdin(), rustix::termios::OptionalActions::Now, &self.0);
-    }
-}
-
-/// The size of the terminal on stdin: (cols, rows).
-fn term_size() -> Option<(u16, u16)> {
-    let ws = rustix::termios::tcgetwinsize(io::stdin()).ok()?;
-    (ws.ws_col > 0).then_some((ws.ws_col, ws.ws_row))
 }

@@ -33,6 +33,12 @@ pub use exit::EXIT_INIT_FAILED;
 pub use launch::{become_app, join_app, ChildError, DEFAULT_PATH};
 pub use supervise::READINESS_POLL;
 pub use sys::cloexec_inherited_fds;
+/// For `pod enter -t` (stage0 forbids unsafe code): fork(2) for a
+/// single-threaded caller, _exit(2), a terminal of an app's devpts, its
+/// size, and a command on it as its controlling terminal.
+pub mod term {
+    pub use crate::sys::{exit_now, fork, on_controlling_terminal, open_pty, recv_with_fd, set_window_size, Fork};
+}
 
 /// Writes one line to stderr, prefixed `pod-init:` (and, once
 /// [`log_uptime`] turned it on, the time since boot). A failed write is

@@ -14,14 +14,15 @@ use nix::unistd::{ForkResult, Pid};
 
 /// Which side of a fork this process is on.
 #[derive(Debug)]
-pub(crate) enum Fork {
+pub enum Fork {
     Parent(Pid),
     Child,
 }
 
-/// fork(2).
-pub(crate) fn fork() -> nix::Result<Fork> {
-    // SAFETY: pod-init is single-threaded (it never spawns a thread, and
+/// fork(2), for single-threaded callers only (pod-init; `pod enter -t`
+/// before it starts any thread).
+pub fn fork() -> nix::Result<Fork> {
+    // SAFETY: the callers are single-threaded: pod-init (it never spawns a thread, and
     // neither do std or nix on its behalf), so no lock can be held by another
     // thread at the time of the fork and the child may use the allocator and
     // std freely until it execs or calls `exit_now`.
@@ -33,7 +34,7 @@ pub(crate) fn fork() -> nix::Result<Fork> {
 
 /// _exit(2): leaves a forked child without running the parent's atexit
 /// handlers or flushing its copies of buffers.
-pub(crate) fn exit_now(code: i32) -> ! {
+pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions; it never returns.
     unsafe { libc::_exit(code) }
 }
@@ -348,7 +349,7 @@ pub(crate) fn set_controlling_terminal(fd: BorrowedFd<'_>) -> nix::Result<()> {
 
 /// Sets the window size of terminal `fd` (TIOCSWINSZ); the kernel sends
 /// SIGWINCH to its foreground process group when it changes.
-pub(crate) fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> {
+pub fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> {
     let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads one `struct winsize` through the pointer,
     // which points to a live local of that type.
@@ -358,11 +359,56 @@ pub(crate) fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::
 /// A new terminal from the devpts instance whose `ptmx` is at `ptmx`
 /// (an app's own, so the command's `tty` names one of the app's): the
 /// master and its slave ([`pty_peer`]), both close-on-exec.
-pub(crate) fn open_pty(ptmx: &std::path::Path) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+pub fn open_pty(ptmx: &std::path::Path) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use std::os::fd::{AsFd, OwnedFd};
     use std::os::unix::fs::OpenOptionsExt;
     let master: OwnedFd =
         OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC).open(ptmx)?.into();
     let slave = pty_peer(master.as_fd())?;
     Ok((master, slave))
+}
+
+/// Has `cmd`'s child start a session of its own and take its stdin, a
+/// terminal, as its controlling terminal (as a login shell's), so that
+/// ^C and ^Z on that terminal signal its process group and not the
+/// caller's.
+pub fn on_controlling_terminal(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only setsid(2) and
+    // ioctl(2), both async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Receives one message of at most `max` bytes on a Unix socket, with the
+/// one descriptor it may carry (SCM_RIGHTS), close-on-exec.
+pub fn recv_with_fd(sock: BorrowedFd<'_>, max: usize) -> nix::Result<(Vec<u8>, Option<std::os::fd::OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut buf = vec![0u8; max];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (n, fds) = {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(got) = c {
+                fds.extend(got);
+            }
+        }
+        (msg.bytes, fds)
+    };
+    buf.truncate(n);
+    // SAFETY: the kernel installed these descriptors in this process for
+    // this message; nothing else owns them.
+    let mut owned: Vec<std::os::fd::OwnedFd> =
+        fds.into_iter().map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }).collect();
+    let first = if owned.is_empty() { None } else { Some(owned.remove(0)) };
+    Ok((buf, first))
 }

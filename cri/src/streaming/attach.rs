@@ -23,22 +23,10 @@ use super::remotecommand::{Chan, Io, Outcome, TermSize};
 const POLL: Duration = Duration::from_millis(100);
 
 /// One CRI log line: which stream, whether the line is whole (F) or a
-/// part (P), and its text.
+/// part (P), and its text (stage0's parser, shared with `pod attach`).
 pub fn parse_line(line: &[u8]) -> Option<(Chan, bool, &[u8])> {
-    let mut parts = line.splitn(4, |b| *b == b' ');
-    let _time = parts.next()?;
-    let chan = match parts.next()? {
-        b"stdout" => Chan::Stdout,
-        b"stderr" => Chan::Stderr,
-        _ => return None,
-    };
-    let full = match parts.next()? {
-        b"F" => true,
-        b"P" => false,
-        // Tags may carry more than F/P, ':'-separated.
-        t => !t.split(|b| *b == b':').any(|x| x == b"P"),
-    };
-    Some((chan, full, parts.next().unwrap_or_default()))
+    let (stderr, full, text) = stage0::attach::parse_cri_line(line)?;
+    Some((if stderr { Chan::Stderr } else { Chan::Stdout }, full, text))
 }
 
 /// Turns log bytes into output, a line at a time; a partial line at the
@@ -69,11 +57,8 @@ impl LogSplitter {
     }
 }
 
-/// The app's stdin FIFO in its pod directory (pod-init makes it for an
-/// app created with `stdin: true`).
-pub fn stdin_fifo(pod_dir: &std::path::Path, app: &str) -> PathBuf {
-    pod_dir.join("stdin").join(app)
-}
+/// The app's stdin FIFO in its pod directory (shared with `pod attach`).
+pub use stage0::attach::stdin_fifo;
 
 /// A blocking call into pod-init, run off the async workers.
 pub type Hook = std::sync::Arc<dyn Fn() + Send + Sync>;

@@ -47,7 +47,14 @@ impl Target {
     fn command(&self, argv: &[String], tty: bool) -> Command {
         let mut cmd = Command::new(stage0::run::bin_dir().join("pod"));
         cmd.arg("--dir").arg(&self.dirs.data).arg("--config").arg(&self.dirs.config);
-        cmd.args(["enter", "--app", &self.app, &self.pod, "--"]).args(argv);
+        cmd.arg("enter");
+        // On a terminal: `pod enter -t` runs the command on a new one of
+        // the app's devpts and proxies it to ours, so no host terminal
+        // goes into the pod (and a VM's command gets one of the guest's).
+        if tty {
+            cmd.arg("-t");
+        }
+        cmd.args(["--app", &self.app, &self.pod, "--"]).args(argv);
         // Nothing of the server's environment goes in but a PATH; a tty
         // gets the TERM kubelet's runtimes give.
         cmd.env_clear().env("PATH", PATH);
