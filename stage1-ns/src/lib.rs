@@ -14,6 +14,7 @@ mod oom;
 pub mod podcfg;
 pub mod rootfs;
 pub mod sample;
+pub mod scope;
 pub mod seccomp;
 pub mod seccomp_oci;
 mod sys;
