@@ -53,6 +53,8 @@ mod kernel_tests;
 #[cfg(test)]
 mod stats_tests;
 #[cfg(test)]
+mod systemd_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io;

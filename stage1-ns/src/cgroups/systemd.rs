@@ -183,7 +183,13 @@ impl Bus {
     }
 
     pub(crate) fn proxy(&self, dest: &'static str, path: &'static str, iface: &'static str) -> zbus::Result<Proxy<'static>> {
-        Proxy::new(&self.conn, dest, path, iface)
+        // No property cache: these proxies only call methods.
+        zbus::blocking::proxy::Builder::new(&self.conn)
+            .destination(dest)?
+            .path(path)?
+            .interface(iface)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
     }
 
     fn manager(&self) -> zbus::Result<Proxy<'static>> {
