@@ -205,7 +205,7 @@ impl Bus {
         let err = |e| BusError::from_zbus(CALL, unit, e);
         let manager = self.manager().map_err(err)?;
         // Signals go to subscribers; subscribe (and match) before the call.
-        let _: () = manager.call("Subscribe", &()).map_err(err)?;
+        subscribe(&manager).map_err(err)?;
         let removed = manager.receive_signal("JobRemoved").map_err(err)?;
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
         let job: OwnedObjectPath =
@@ -230,8 +230,8 @@ impl Bus {
     /// forgets it. A unit already gone is fine; other errors are logged.
     pub fn stop_unit(&self, unit: &str) {
         let Ok(manager) = self.manager() else { return };
-        let stopped = manager
-            .receive_signal("JobRemoved")
+        let stopped = subscribe(&manager)
+            .and_then(|()| manager.receive_signal("JobRemoved"))
             .and_then(|removed| {
                 let job: OwnedObjectPath = manager.call("StopUnit", &(unit, "replace"))?;
                 Ok(wait_job(removed, job.as_str().to_owned()))
@@ -253,6 +253,16 @@ impl Bus {
     /// Whether systemd has a unit `unit` loaded (for tests and `pod gc`).
     pub fn has_unit(&self, unit: &str) -> bool {
         self.manager().and_then(|m| m.call::<_, _, OwnedObjectPath>("GetUnit", &(unit,))).is_ok()
+    }
+}
+
+/// Asks systemd for its signals (`JobRemoved`): it sends them to
+/// subscribers only. Once per connection; a second time is refused
+/// (`AlreadySubscribed`), which is fine.
+fn subscribe(manager: &Proxy<'_>) -> zbus::Result<()> {
+    match manager.call::<_, _, ()>("Subscribe", &()) {
+        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => Ok(()),
+        other => other,
     }
 }
 

@@ -123,6 +123,7 @@ impl Drop for PrivateBus {
 /// What the fake services were asked.
 #[derive(Debug, Default)]
 struct Calls {
+    subscribed: usize,
     started: Vec<(String, String, Vec<(String, OwnedValue)>)>,
     stopped: Vec<String>,
     reset: Vec<String>,
@@ -130,12 +131,28 @@ struct Calls {
 }
 
 /// systemd's Manager, enough for a scope: units named `*refused*` are
-/// refused, `*failing*` get a job that fails.
+/// refused, `*failing*` get a job that fails; a second `Subscribe` is
+/// refused, as systemd does.
 struct FakeSystemd(Arc<Mutex<Calls>>);
+
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.freedesktop.systemd1")]
+enum SystemdError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    AlreadySubscribed(String),
+}
 
 #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
 impl FakeSystemd {
-    fn subscribe(&self) {}
+    fn subscribe(&self) -> Result<(), SystemdError> {
+        let mut c = self.0.lock().unwrap();
+        c.subscribed += 1;
+        if c.subscribed > 1 {
+            return Err(SystemdError::AlreadySubscribed("Client is already subscribed.".into()));
+        }
+        Ok(())
+    }
 
     async fn start_transient_unit(
         &self,
@@ -249,6 +266,8 @@ fn a_scope_and_a_machine_over_a_private_bus() {
         assert_eq!(c.started.len(), 2, "the refused unit never started");
         assert_eq!(c.stopped, vec!["pod-failing.scope".to_owned()]);
         assert_eq!(c.reset, vec!["pod-failing.scope".to_owned()]);
+        // Every call subscribed; systemd's AlreadySubscribed was no error.
+        assert!(c.subscribed >= 4, "{}", c.subscribed);
     }
 
     // machined present: registered with the pod's name, uuid, class, leader.
