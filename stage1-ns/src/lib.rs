@@ -6,6 +6,7 @@ pub mod addapp;
 pub mod cgroups;
 pub mod crashpoint;
 pub mod devices;
+mod logtail;
 pub mod monitor;
 pub mod mounts;
 pub mod network;

@@ -120,7 +120,9 @@ impl PodScope {
     /// line; a refusal: an error naming the machine.
     pub fn register(&mut self, pod_dir: &Path, pod: &ResolvedPod, class: Class, leader: Pid) -> Result<(), Stage1Error> {
         let leader = u32::try_from(leader.as_raw()).unwrap_or(0);
-        let spec = MachineSpec::for_pod(pod.name.as_str(), &pod.uuid, class, leader, pod_dir);
+        // machined wants an absolute root directory.
+        let root = fs::canonicalize(pod_dir).unwrap_or_else(|_| pod_dir.to_owned());
+        let spec = MachineSpec::for_pod(pod.name.as_str(), &pod.uuid, class, leader, &root);
         if self.bus.register_machine(&spec)? {
             self.machine = Some(spec.name);
         }
