@@ -19,6 +19,7 @@ packages=(
   qemu-system-x86   # VM pods (stage1-vm); 9p and user-mode networking are built in
   docker-registry   # OCI tests: a real registry (distribution) on loopback
   skopeo umoci      # OCI tests: build, push and inspect images without Docker
+  systemd dbus systemd-container  # the systemd guest tests (tests/tests/common/sdguest.rs): PID 1, the bus, machined
 )
 
 missing=()
