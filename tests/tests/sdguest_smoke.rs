@@ -17,7 +17,10 @@ fn the_guest_boots_systemd_on_pure_cgroup_v2_and_runs_the_script() {
                   machinectl list --no-legend --no-pager && echo machined-ok; echo out > written; exit 3\n";
     let mut guest = Guest::boot(&GuestSpec::new(script));
     let run = guest.wait();
-    eprintln!("booted in {:.1} s (guest uptime); {:.1?} in all", run.boot_secs, run.wall);
+    eprintln!(
+        "booted in {:.1} s (guest uptime), script {:.1} s, {:.1?} in all",
+        run.boot_secs, run.script_secs, run.wall
+    );
     assert_eq!(run.rc, 3, "{}\n{}", run.log, guest.console());
     assert_eq!(run.log, "systemd\ncgroup2fs\n0\nmachined-ok\n", "{}", guest.console());
     assert_eq!(guest.read("written"), "out\n");

@@ -39,9 +39,16 @@ const KERNEL: &str = "/usr/lib/pod/guest/vmlinuz";
 const MODULES: &str = "/usr/lib/pod/guest/modules";
 const BUSYBOX: &str = "/bin/busybox";
 const SYSTEMD: &str = "/lib/systemd/systemd";
+const MKFS: &str = "/sbin/mkfs.ext4";
 
 /// The modules the initramfs loads (their dependencies come along).
-const INITRAMFS_MODULES: [&str; 4] = ["virtio_pci", "9pnet_virtio", "9p", "overlay"];
+/// ext4 (with the crc32c its superblock checksums need, a soft dependency
+/// not in `depends=`) and virtio_blk are for the scratch disk.
+const INITRAMFS_MODULES: [&str; 7] =
+    ["virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_blk", "crc32c_generic", "ext4"];
+
+/// Where the scratch disk is mounted in the guest.
+pub const GUEST_SCRATCH: &str = "/scratch";
 
 /// Units the guest never starts: consoles, network and time waits, disk
 /// checks, timers of maintenance jobs. The target pulls in only
@@ -89,6 +96,7 @@ pub fn skip_reason_sdguest() -> Option<String> {
     for (path, what) in [
         (KERNEL, "the pod guest kernel (scripts/install-deps.sh installs it)"),
         (BUSYBOX, "busybox-static"),
+        (MKFS, "e2fsprogs"),
         (SYSTEMD, "systemd"),
         ("/usr/bin/dbus-daemon", "dbus"),
         ("/usr/bin/machinectl", "systemd-container (scripts/install-deps.sh installs it)"),
@@ -118,11 +126,21 @@ pub struct GuestSpec {
     pub limit: Duration,
     /// Files put into the work dir before boot (name, content).
     pub files: Vec<(String, Vec<u8>)>,
+    /// A fresh ext4 disk of this size at [`GUEST_SCRATCH`] (0: none): for
+    /// what tmpfs cannot do on the guest's 6.1 kernel, such as idmapped
+    /// mounts (`userns: auto`). A sparse file in the test's temp dir.
+    pub scratch_mib: u64,
 }
 
 impl GuestSpec {
     pub fn new(script: &str) -> Self {
-        Self { script: script.to_owned(), memory_mib: 1536, limit: Duration::from_secs(600), files: Vec::new() }
+        Self {
+            script: script.to_owned(),
+            memory_mib: 1536,
+            limit: Duration::from_secs(600),
+            files: Vec::new(),
+            scratch_mib: 0,
+        }
     }
 
     /// Adds a file to the work dir.
@@ -152,6 +170,8 @@ pub struct GuestRun {
     pub log: String,
     /// The guest's uptime (seconds) when the script started: the boot time.
     pub boot_secs: f64,
+    /// How long the script ran (seconds, by the guest's clock).
+    pub script_secs: f64,
     /// qemu's start to its exit, as the host measured it.
     pub wall: Duration,
 }
@@ -167,8 +187,16 @@ impl Guest {
             fs::write(work.join(name), content).unwrap();
         }
         let initramfs = tmp.path().join("initramfs.cpio");
-        write_initramfs(&initramfs);
+        write_initramfs(&initramfs, spec.scratch_mib > 0);
 
+        let disk = tmp.path().join("scratch.img");
+        if spec.scratch_mib > 0 {
+            let f = fs::File::create(&disk).unwrap();
+            f.set_len(spec.scratch_mib << 20).unwrap();
+            drop(f);
+            let out = Command::new(MKFS).args(["-q", "-F", "-L", "scratch", p(&disk)]).output().unwrap();
+            assert!(out.status.success(), "{MKFS} {}: {}", disk.display(), String::from_utf8_lossy(&out.stderr));
+        }
         let accel = match stage1_vm::accel::choose(spec::stage1::Accel::Auto, &stage1_vm::accel::HostProbe::detect()) {
             Ok((a, _)) => a,
             Err(_) => stage1_vm::qemu::Accel::Tcg,
@@ -201,8 +229,11 @@ impl Guest {
             .args(["-fsdev", &format!("local,id=work,path={},security_model=passthrough,multidevs=remap", p(&work))])
             .args(["-device", "virtio-9p-pci,fsdev=work,mount_tag=work"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(tmp.path().join("qemu.err")).unwrap());
+            .stdout(Stdio::null());
+        if spec.scratch_mib > 0 {
+            cmd.args(["-drive", &format!("file={},format=raw,if=virtio,cache=unsafe", p(&disk))]);
+        }
+        cmd.stderr(fs::File::create(tmp.path().join("qemu.err")).unwrap());
         let child = cmd.spawn().unwrap();
         Self { work, tmp, child: Some(child), started: Instant::now(), limit: spec.limit }
     }
@@ -250,8 +281,12 @@ impl Guest {
                 self.console()
             );
         };
-        let boot_secs = self.file("started").split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
-        GuestRun { rc, log: self.file("script.log"), boot_secs, wall }
+        let uptime = |name: &str| -> f64 {
+            self.file(name).split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0.0)
+        };
+        let boot_secs = uptime("started");
+        let script_secs = uptime("ended") - boot_secs;
+        GuestRun { rc, log: self.file("script.log"), boot_secs, script_secs, wall }
     }
 
     /// A file the script wrote into the work dir ("" when absent).
@@ -287,7 +322,7 @@ fn units() -> Vec<(String, String)> {
          WorkingDirectory={GUEST_WORK}\n\
          Environment=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
          ExecStart=/bin/sh -c 'cat /proc/uptime > {GUEST_WORK}/started; /bin/sh {GUEST_WORK}/script.sh \
-         > {GUEST_WORK}/script.log 2>&1; echo $? > {GUEST_WORK}/rc; sync'\n\
+         > {GUEST_WORK}/script.log 2>&1; echo $? > {GUEST_WORK}/rc; cat /proc/uptime > {GUEST_WORK}/ended; sync'\n\
          TimeoutStartSec=infinity\n"
     );
     let target = "[Unit]\n\
@@ -301,10 +336,10 @@ fn units() -> Vec<(String, String)> {
 
 /// The initramfs's /init: modules, the shares, the overlay, the units, and
 /// switch_root to systemd.
-fn init_script(modules: &[String]) -> String {
-    let mut s = String::from(
-        "#!/bin/busybox sh\n\
-         B=/bin/busybox\n\
+fn init_script(modules: &[String], scratch: bool) -> String {
+    let mut s = format!("#!/bin/busybox sh\nSCRATCH={}\n", if scratch { "yes" } else { "" });
+    s.push_str(
+        "B=/bin/busybox\n\
          $B mkdir -p /proc /sys /dev /lower /rw /newroot\n\
          $B mount -t proc proc /proc\n\
          $B mount -t devtmpfs dev /dev 2>/dev/null\n\
@@ -320,20 +355,24 @@ fn init_script(modules: &[String]) -> String {
          $B mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail overlay\n\
          $B mkdir -p /newroot{GUEST_WORK}\n\
          $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 work /newroot{GUEST_WORK} || fail 9p work\n\
+         if [ -n \"$SCRATCH\" ]; then\n\
+           for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; $B sleep 0.5; done\n\
+           $B mkdir -p /newroot{GUEST_SCRATCH}\n\
+           $B mount -t ext4 /dev/vda /newroot{GUEST_SCRATCH} || fail scratch disk\n\
+         fi\n\
          for d in /tmp /var/tmp; do $B mount -t tmpfs -o mode=1777 tmp /newroot$d || fail tmpfs $d; done\n\
          E=/newroot/etc/systemd/system\n\
-         $B mkdir -p $E\n\
-         $B cp {GUEST_WORK}/../units/* $E/ 2>/dev/null\n"
+         $B mkdir -p $E\n"
     ));
     s
 }
 
 /// Writes the initramfs: busybox, the modules, /init.
-fn write_initramfs(path: &Path) {
+fn write_initramfs(path: &Path, scratch: bool) {
     let resolved = kmod::resolve(Path::new(MODULES), &INITRAMFS_MODULES)
         .unwrap_or_else(|e| panic!("resolving the guest's modules under {MODULES}: {e}"));
     let names: Vec<String> = resolved.iter().map(|(n, _)| n.clone()).collect();
-    let mut init = init_script(&names);
+    let mut init = init_script(&names, scratch);
     // The units and masks, written into the overlay's /etc.
     for (name, text) in units() {
         init.push_str(&format!("$B cat > $E/{name} <<'POD_E2E_EOF'\n{text}POD_E2E_EOF\n"));
