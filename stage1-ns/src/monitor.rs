@@ -22,9 +22,9 @@ use nix::unistd::{ForkResult, Pid};
 use spec::stage1::{Invocation, ResolvedPod, INVOCATION_FILE, POD_MANIFEST_FILE};
 
 use crate::cgroups::{self, Limits, PodCgroup};
+pub use crate::logtail::LogTail;
 use crate::network::{self, Cni, NetworkHost, PodNetwork, PortMapping};
 use crate::userns::{PodUserNs, UsernsError};
-pub use crate::logtail::LogTail;
 use crate::{rootfs, sys, units};
 
 #[derive(Debug, thiserror::Error)]

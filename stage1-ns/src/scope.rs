@@ -27,6 +27,10 @@ use crate::cgroups::systemd::{self, Bus, ScopeSpec, MANAGER_ENV, SCOPE_FILE};
 use crate::cgroups::{Hierarchy, Mode, PodLoc, INIT_CGROUP};
 use crate::monitor::Stage1Error;
 
+/// D-Bus errors that mean nobody answers for the name: not an error here.
+const UNREACHABLE: [&str; 2] =
+    ["org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"];
+
 /// A pod's scope (and machine), stopped and unregistered by [`PodScope::finish`].
 #[derive(Debug)]
 pub struct PodScope {
@@ -35,11 +39,20 @@ pub struct PodScope {
     machine: Option<String>,
 }
 
+/// `POD_CGROUP_MANAGER` as stage1 started with it: [`crate::sanitize`]
+/// empties the environment first ([`capture`]).
+static MANAGER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Keeps `POD_CGROUP_MANAGER` aside before the environment is emptied.
+pub fn capture() {
+    let _ = MANAGER.set(std::env::var(MANAGER_ENV).ok());
+}
+
 /// Whether this pod gets a scope: systemd as PID 1 (`run_systemd`, i.e.
 /// `/run/systemd/system`), a cgroup v2 host, no cgroup parent of its own
 /// and `POD_CGROUP_MANAGER` not `cgroupfs`.
 pub fn wanted(inv: &Invocation, mode: Option<Mode>, run_systemd: &Path) -> Result<bool, Stage1Error> {
-    let env = std::env::var(MANAGER_ENV).ok();
+    let env = MANAGER.get().cloned().flatten();
     if !systemd::wanted(env.as_deref()).map_err(Stage1Error::Invalid)? {
         return Ok(false);
     }
@@ -75,7 +88,15 @@ pub fn start(
     let Some(bus) = Bus::system() else { return Ok(None) };
     let pids_u32 = pids.iter().filter_map(|p| u32::try_from(p.as_raw()).ok()).collect();
     let spec = ScopeSpec::for_pod(&pod.uuid, pod.name.as_str(), pids_u32);
-    bus.start_scope(&spec)?;
+    match bus.start_scope(&spec) {
+        Ok(()) => {}
+        // A system bus without systemd on it (a container, say).
+        Err(e) if e.error_name().is_some_and(|n| UNREACHABLE.contains(&n)) => {
+            tracing::debug!(error = %e, "systemd is not on the system bus: cgroupfs");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    }
     let mut scope = PodScope { bus, unit: spec.unit.clone(), machine: None };
     if let Err(e) = record_and_enter(pod_dir, pod, h, pids, &spec.unit) {
         scope.finish();
@@ -118,7 +139,13 @@ impl PodScope {
     /// Registers the pod with machined, `leader` being the process that
     /// `machinectl poweroff` signals (SIGRTMIN+4). No machined: a debug
     /// line; a refusal: an error naming the machine.
-    pub fn register(&mut self, pod_dir: &Path, pod: &ResolvedPod, class: Class, leader: Pid) -> Result<(), Stage1Error> {
+    pub fn register(
+        &mut self,
+        pod_dir: &Path,
+        pod: &ResolvedPod,
+        class: Class,
+        leader: Pid,
+    ) -> Result<(), Stage1Error> {
         let leader = u32::try_from(leader.as_raw()).unwrap_or(0);
         // machined wants an absolute root directory.
         let root = fs::canonicalize(pod_dir).unwrap_or_else(|_| pod_dir.to_owned());

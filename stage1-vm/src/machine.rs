@@ -30,4 +30,3 @@ pub(crate) fn start(
     }
     Ok(scope)
 }
-

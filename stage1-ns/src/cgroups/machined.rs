@@ -142,8 +142,6 @@ impl Bus {
 
     /// Whether machined knows machine `name`.
     pub fn has_machine(&self, name: &str) -> bool {
-        self.machined()
-            .and_then(|m| m.call::<_, _, zbus::zvariant::OwnedObjectPath>("GetMachine", &(name,)))
-            .is_ok()
+        self.machined().and_then(|m| m.call::<_, _, zbus::zvariant::OwnedObjectPath>("GetMachine", &(name,))).is_ok()
     }
 }

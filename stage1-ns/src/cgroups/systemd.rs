@@ -135,12 +135,7 @@ pub struct ScopeSpec {
 impl ScopeSpec {
     /// The scope of pod `uuid` called `name`, for processes `pids`.
     pub fn for_pod(uuid: &str, name: &str, pids: Vec<u32>) -> Self {
-        Self {
-            unit: unit_name(uuid),
-            description: format!("pod {name} {uuid}"),
-            slice: MACHINE_SLICE.to_owned(),
-            pids,
-        }
+        Self { unit: unit_name(uuid), description: format!("pod {name} {uuid}"), slice: MACHINE_SLICE.to_owned(), pids }
     }
 
     /// `StartTransientUnit`'s properties, `a(sv)`: podman's set.
@@ -182,7 +177,12 @@ impl Bus {
         Ok(Self { conn })
     }
 
-    pub(crate) fn proxy(&self, dest: &'static str, path: &'static str, iface: &'static str) -> zbus::Result<Proxy<'static>> {
+    pub(crate) fn proxy(
+        &self,
+        dest: &'static str,
+        path: &'static str,
+        iface: &'static str,
+    ) -> zbus::Result<Proxy<'static>> {
         // No property cache: these proxies only call methods.
         zbus::blocking::proxy::Builder::new(&self.conn)
             .destination(dest)?
@@ -208,8 +208,7 @@ impl Bus {
         subscribe(&manager).map_err(err)?;
         let removed = manager.receive_signal("JobRemoved").map_err(err)?;
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
-        let job: OwnedObjectPath =
-            manager.call(CALL, &(unit, "fail", spec.properties(), aux)).map_err(err)?;
+        let job: OwnedObjectPath = manager.call(CALL, &(unit, "fail", spec.properties(), aux)).map_err(err)?;
         let result = wait_job(removed, job.as_str().to_owned());
         match result {
             Some(r) if r == "done" => {
@@ -261,7 +260,9 @@ impl Bus {
 /// (`AlreadySubscribed`), which is fine.
 fn subscribe(manager: &Proxy<'_>) -> zbus::Result<()> {
     match manager.call::<_, _, ()>("Subscribe", &()) {
-        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => Ok(()),
+        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" => {
+            Ok(())
+        }
         other => other,
     }
 }

@@ -81,8 +81,7 @@ struct PrivateBus {
 
 impl PrivateBus {
     fn start() -> Option<Self> {
-        let Some(bin) = ["/usr/bin/dbus-daemon", "/bin/dbus-daemon"].into_iter().find(|p| Path::new(p).exists())
-        else {
+        let Some(bin) = ["/usr/bin/dbus-daemon", "/bin/dbus-daemon"].into_iter().find(|p| Path::new(p).exists()) else {
             eprintln!("SKIP: no dbus-daemon installed");
             return None;
         };
@@ -221,7 +220,12 @@ impl FakeMachined {
     }
 }
 
-fn serve(address: &str, name: &str, path: &str, iface: impl zbus::object_server::Interface) -> zbus::blocking::Connection {
+fn serve(
+    address: &str,
+    name: &str,
+    path: &str,
+    iface: impl zbus::object_server::Interface,
+) -> zbus::blocking::Connection {
     zbus::blocking::connection::Builder::address(address)
         .and_then(|b| b.name(name.to_owned()))
         .and_then(|b| b.serve_at(path.to_owned(), iface))
