@@ -55,7 +55,7 @@ pub enum BusError {
         call: &'static str,
         unit: String,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 }
 
@@ -69,7 +69,7 @@ impl BusError {
                 name: name.to_string(),
                 message: message.unwrap_or_default(),
             },
-            source => Self::Bus { call, unit: unit.to_owned(), source },
+            source => Self::Bus { call, unit: unit.to_owned(), source: Box::new(source) },
         }
     }
 

@@ -2,6 +2,8 @@
 //! calls against a private dbus-daemon with small fake services (the real
 //! systemd is the e2e tests' business: tests/tests/systemd.rs).
 
+#![allow(clippy::unwrap_used, clippy::type_complexity)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
