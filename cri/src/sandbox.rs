@@ -147,13 +147,14 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Where the sandbox's cgroups are: under the parent its `stage1.json`
-    /// records (`linux.cgroup_parent`), else under `pod/`.
+    /// records (`linux.cgroup_parent`), else in its systemd scope or under `pod/`.
     pub fn cgroup_loc(&self) -> Result<stage1_ns::cgroups::PodLoc, CriError> {
         let parent = fs::read(self.pod.dir.join(spec::stage1::INVOCATION_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice::<spec::stage1::Invocation>(&b).ok())
             .and_then(|i| i.cgroup_parent);
-        stage1_ns::cgroups::PodLoc::new(parent.as_deref(), &self.pod.uuid).map_err(|e| CriError::Failed(e.to_string()))
+        stage1_ns::cgroups::PodLoc::for_pod(&self.pod.dir, parent.as_deref(), &self.pod.uuid)
+            .map_err(|e| CriError::Failed(e.to_string()))
     }
 
     pub fn ready(&self) -> bool {

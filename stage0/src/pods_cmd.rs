@@ -29,6 +29,15 @@ fn network_override(s: &str) -> spec::stage1::Network {
 }
 
 pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed> {
+    // Passed on to stage1 (run.rs), checked here so a typo creates nothing.
+    if let Some(v) = std::env::var_os(run::CGROUP_MANAGER_ENV) {
+        if !matches!(v.to_str(), Some("" | "systemd" | "cgroupfs")) {
+            return Err(fail(
+                Exit::Usage,
+                format!("{}={v:?}: expected \"systemd\" or \"cgroupfs\"", run::CGROUP_MANAGER_ENV),
+            ));
+        }
+    }
     let store = Store::open(dirs)?;
     let trust = TrustStore::new(dirs.trust());
     let sources = Sources::new(dirs.sources());

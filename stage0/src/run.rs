@@ -99,6 +99,11 @@ pub fn vm_host() -> Result<spec::stage1::VmHost, String> {
     Ok(spec::stage1::VmHost { qemu, kernel, modules, cache_dir })
 }
 
+/// Picks the cgroup manager of the pods `pod run` starts: `systemd` (the
+/// default: a scope per pod where systemd is PID 1) or `cgroupfs`, as
+/// podman's `--cgroup-manager`. Passed on to stage1.
+pub const CGROUP_MANAGER_ENV: &str = "POD_CGROUP_MANAGER";
+
 /// The stage2 binary (`pod-init`).
 pub fn stage2() -> PathBuf {
     bin_dir().join("pod-init")
@@ -116,6 +121,11 @@ fn stage1_command(stage1: &Path, pod_dir: &Path, lock: &OwnedFd, stream_logs: bo
         cmd.arg("--stream-logs");
     }
     cmd.arg(pod_dir).env_clear().env(LOCK_FD_ENV, lock.as_raw_fd().to_string());
+    // The cgroup manager a user picked (stage1-ns/src/cgroups/systemd.rs):
+    // `cgroupfs` keeps a pod out of systemd where systemd is PID 1.
+    if let Some(manager) = std::env::var_os(CGROUP_MANAGER_ENV) {
+        cmd.env(CGROUP_MANAGER_ENV, manager);
+    }
     // Debug builds pass a stage1 kill point on (see crashpoint.rs).
     #[cfg(debug_assertions)]
     if let Some(step) = std::env::var_os(crate::crashpoint::ENV).filter(|s| s.to_string_lossy().starts_with("stage1")) {

@@ -151,7 +151,7 @@ fn add_app(
 ) -> Result<(), Stage1Error> {
     let name = app.name.as_str();
     let h = monitor::hierarchy()?;
-    let cg = cgroups::create_pod(&h, monitor::pod_loc(inv, pod)?, &[(name, Limits::from(app.resources))])?;
+    let cg = cgroups::create_pod(&h, monitor::pod_loc(pod_dir, inv, pod)?, &[(name, Limits::from(app.resources))])?;
     if let Some(map) = userns {
         // pod-init, the pod's root, moves the app into them.
         cg.delegate_apps(map.uid, map.gid)?;
@@ -348,7 +348,7 @@ pub fn remove(pod_dir: &Path, name: &AcName) -> Result<(), Stage1Error> {
         })?;
     }
     let h = monitor::hierarchy()?;
-    if let Some(cg) = cgroups::open_pod(&h, monitor::pod_loc(&inv, &pod)?)? {
+    if let Some(cg) = cgroups::open_pod(&h, monitor::pod_loc(pod_dir, &inv, &pod)?)? {
         cg.remove_app(app)?;
     }
     remove_files(pod_dir, name)

@@ -6,6 +6,7 @@ pub mod addapp;
 pub mod cgroups;
 pub mod crashpoint;
 pub mod devices;
+mod logtail;
 pub mod monitor;
 pub mod mounts;
 pub mod network;
@@ -14,6 +15,7 @@ mod oom;
 pub mod podcfg;
 pub mod rootfs;
 pub mod sample;
+pub mod scope;
 pub mod seccomp;
 pub mod seccomp_oci;
 mod sys;
@@ -24,10 +26,12 @@ pub mod userns;
 /// exec, the pod's lock included — the monitor holds it, and neither CNI
 /// plugins nor the pod's PID 1 may (a pod whose monitor died must read as
 /// exited, so `pod gc` can clean it up). The environment is emptied
-/// (systemd's `NOTIFY_SOCKET` kept aside for the monitor: notify.rs).
+/// (systemd's `NOTIFY_SOCKET` kept aside for the monitor: notify.rs; and
+/// `POD_CGROUP_MANAGER`: scope.rs).
 pub fn sanitize() {
     crashpoint::arm();
     notify::capture();
+    scope::capture();
     stage2_init::cloexec_inherited_fds();
     let keys: Vec<_> = std::env::vars_os().map(|(k, _)| k).collect();
     for k in keys {

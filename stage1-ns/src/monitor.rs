@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +22,7 @@ use nix::unistd::{ForkResult, Pid};
 use spec::stage1::{Invocation, ResolvedPod, INVOCATION_FILE, POD_MANIFEST_FILE};
 
 use crate::cgroups::{self, Limits, PodCgroup};
+pub use crate::logtail::LogTail;
 use crate::network::{self, Cni, NetworkHost, PodNetwork, PortMapping};
 use crate::userns::{PodUserNs, UsernsError};
 use crate::{rootfs, sys, units};
@@ -47,6 +48,8 @@ pub enum Stage1Error {
     Launch(String),
     #[error(transparent)]
     Userns(#[from] UsernsError),
+    #[error(transparent)]
+    Systemd(#[from] cgroups::systemd::BusError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Stage1Error + 'a {
@@ -87,10 +90,10 @@ fn network_host(pod_dir: &Path, inv: &Invocation) -> NetworkHost {
     }
 }
 
-/// Where the pod's cgroups are: under the parent `stage1.json` records, or
-/// under `pod/`.
-pub(crate) fn pod_loc(inv: &Invocation, pod: &ResolvedPod) -> Result<cgroups::PodLoc, Stage1Error> {
-    Ok(cgroups::PodLoc::new(inv.cgroup_parent.as_deref(), &pod.uuid)?)
+/// Where the pod's cgroups are: in its systemd scope, under the parent
+/// `stage1.json` records, or under `pod/`.
+pub(crate) fn pod_loc(pod_dir: &Path, inv: &Invocation, pod: &ResolvedPod) -> Result<cgroups::PodLoc, Stage1Error> {
+    Ok(cgroups::PodLoc::for_pod(pod_dir, inv.cgroup_parent.as_deref(), &pod.uuid)?)
 }
 
 pub(crate) fn hierarchy() -> Result<cgroups::Hierarchy, Stage1Error> {
@@ -100,6 +103,7 @@ pub(crate) fn hierarchy() -> Result<cgroups::Hierarchy, Stage1Error> {
 /// What the monitor made, undone in reverse on every way out.
 struct Made {
     cgroup: Option<PodCgroup>,
+    scope: Option<crate::scope::PodScope>,
     network: Option<PodNetwork>,
 }
 
@@ -111,6 +115,9 @@ impl Made {
             if let Err(e) = cg.destroy() {
                 eprintln!("pod-stage1-ns: removing cgroups: {e}");
             }
+        }
+        if let Some(mut scope) = self.scope.take() {
+            scope.finish();
         }
         if let Some(net) = self.network.take() {
             if let Err(e) = net.teardown() {
@@ -199,8 +206,8 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     };
     drop((cg_r, go_r, res_w));
 
-    let mut made = Made { cgroup: None, network: None };
-    let go = prepare_host(pod_dir, &inv, &pod, userns.as_ref(), &mut made, cg_w);
+    let mut made = Made { cgroup: None, scope: None, network: None };
+    let go = prepare_host(pod_dir, &inv, &pod, userns.as_ref(), &mut made, (cg_w, launcher));
     let go = match go {
         Ok(go) => go,
         Err(e) => {
@@ -223,6 +230,10 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     };
     let pid_file = pod_dir.join("pid");
     fs::write(&pid_file, format!("{init}\n")).map_err(io_err("write", &pid_file))?;
+    if let Some(scope) = made.scope.as_mut() {
+        // `machinectl poweroff` signals pod-init: SIGRTMIN+4 is a stop.
+        scope.register(pod_dir, &pod, cgroups::machined::Class::Container, init)?;
+    }
     crate::crashpoint::crashpoint("stage1-ns.running");
     let status = supervise(pod_dir, init, launcher, &mask, stream_logs, &pod, made.cgroup.as_ref())?;
     let exit_file = pod_dir.join("stage1-exit");
@@ -247,19 +258,21 @@ fn parse_reply(reply: &str) -> Result<Pid, String> {
     Err(if error.is_empty() { "the launcher exited without a word".to_owned() } else { error.to_owned() })
 }
 
-/// Makes the cgroups first and hands the init ones to the launcher right
-/// away (`cg_w`), so that moving PID 1 in overlaps all the rest.
+/// Makes the cgroups first (in the pod's systemd scope, holding the
+/// launcher, where systemd manages them) and hands the init ones to the
+/// launcher right away (`cg_w`), so that moving PID 1 in overlaps the rest.
 fn prepare_host(
     pod_dir: &Path,
     inv: &Invocation,
     pod: &ResolvedPod,
     userns: Option<&PodUserNs>,
     made: &mut Made,
-    cg_w: OwnedFd,
+    (cg_w, launcher): (OwnedFd, Pid),
 ) -> Result<Go, Stage1Error> {
     let h = hierarchy()?;
+    made.scope = crate::scope::start(pod_dir, inv, pod, Some(&h), &[launcher])?;
     let apps: Vec<(&str, Limits)> = pod.apps.iter().map(|a| (a.name.as_str(), Limits::from(a.resources))).collect();
-    let cg = cgroups::create_pod(&h, pod_loc(inv, pod)?, &apps)?;
+    let cg = cgroups::create_pod(&h, pod_loc(pod_dir, inv, pod)?, &apps)?;
     let mut app_cgroups = BTreeMap::new();
     for a in &pod.apps {
         app_cgroups.insert(a.name.to_string(), cg.app_dirs(a.name.as_str())?);
@@ -577,58 +590,17 @@ fn supervise(
     }
 }
 
-/// Follows the apps' log files and prints new lines prefixed by the app.
-#[derive(Debug)]
-pub struct LogTail {
-    dir: PathBuf,
-    apps: Vec<(String, u64, Vec<u8>)>,
-}
-
-impl LogTail {
-    pub fn new(pod_dir: &Path, apps: Vec<String>) -> Self {
-        Self { dir: pod_dir.join("logs"), apps: apps.into_iter().map(|a| (a, 0, Vec::new())).collect() }
-    }
-
-    pub fn pump(&mut self) {
-        let mut out = io::stdout().lock();
-        for (app, offset, partial) in &mut self.apps {
-            let Ok(mut f) = File::open(self.dir.join(format!("{app}.log"))) else { continue };
-            if f.seek(SeekFrom::Start(*offset)).is_err() {
-                continue;
-            }
-            let mut buf = Vec::new();
-            if f.read_to_end(&mut buf).is_err() {
-                continue;
-            }
-            *offset += buf.len() as u64;
-            partial.extend_from_slice(&buf);
-            while let Some(nl) = partial.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = partial.drain(..=nl).collect();
-                let _ = write!(out, "[{app}] ");
-                let _ = out.write_all(&line);
-            }
-        }
-        let _ = out.flush();
-    }
-
-    /// pod-init has exited, so its apps' output is all in the files.
-    pub fn finish(&mut self, stream: bool) {
-        if stream {
-            self.pump();
-        }
-    }
-}
-
 /// `pod-stage1-ns gc <pod dir>`: undoes what a monitor that died (kill -9)
 /// left: kills the pod's processes, removes its cgroups, detaches its
 /// network and removes its namespace file. Idempotent.
 pub fn gc(pod_dir: &Path) -> Result<(), Stage1Error> {
     let (inv, pod) = load(pod_dir)?;
     let h = hierarchy()?;
-    if let Some(cg) = cgroups::open_pod(&h, pod_loc(&inv, &pod)?)? {
+    if let Some(cg) = cgroups::open_pod(&h, pod_loc(pod_dir, &inv, &pod)?)? {
         cg.kill_all()?;
         cg.destroy()?;
     }
+    crate::scope::gc(pod_dir, &pod);
     network::teardown_leftovers(&pod.network, &pod.uuid, &network_host(pod_dir, &inv))?;
     Ok(())
 }

@@ -20,7 +20,7 @@ pub fn sample(pod_dir: &Path) -> Result<PodSample, Stage1Error> {
     let (inv, pod) = monitor::load(pod_dir)?;
     let h = monitor::hierarchy()?;
     // Where its cgroups are: `pod/<uuid>`, or under its recorded parent.
-    let loc = monitor::pod_loc(&inv, &pod)?;
+    let loc = monitor::pod_loc(pod_dir, &inv, &pod)?;
     let mut apps = Vec::new();
     for app in &pod.apps {
         if let Some(s) = app_sample(&h, &loc, app.name.as_str())? {

@@ -9,6 +9,7 @@ pub mod control;
 pub mod initramfs;
 pub mod kernel;
 pub mod kmod;
+mod machine;
 pub mod monitor;
 pub mod qemu;
 pub mod sample;

@@ -349,6 +349,9 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD, Signal::SIGHUP] {
         mask.add(s);
     }
+    // The monitor is the pod's machine leader: `machinectl poweroff`'s
+    // SIGRTMIN+4 is a stop request, like SIGTERM.
+    let mask = stage1_ns::scope::with_poweroff(&mask);
     mask.thread_block().map_err(sys_err("block signals"))?;
     prepare_pod_dir(pod_dir, &pod, net.as_ref())?;
     stage1_ns::crashpoint::crashpoint("stage1-vm.mounted");
@@ -377,6 +380,14 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     // a stop request to the guest).
     let pid_file = pod_dir.join("pid");
     fs::write(&pid_file, format!("{}\n", std::process::id())).map_err(io_err("write", &pid_file))?;
+    let mut scope = match crate::machine::start(pod_dir, &inv, &pod, &child) {
+        Ok(scope) => scope,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
 
     let grace = Duration::from_millis(pod.apps.iter().map(|a| a.stop_timeout_ms).max().unwrap_or(10_000))
         + Duration::from_secs(10);
@@ -396,6 +407,9 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     }
     for f in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.qemu_pid()] {
         let _ = fs::remove_file(f);
+    }
+    if let Some(scope) = scope.as_mut() {
+        scope.finish();
     }
     code
 }
@@ -435,6 +449,7 @@ fn supervise(
         let from_guest = wait(&sfd, ctl.as_ref(), relay.as_ref());
         let mut stop = false;
         while let Ok(Some(info)) = sfd.read_signal() {
+            // SIGTERM, SIGINT, SIGHUP or systemd's SIGRTMIN+4 (poweroff).
             stop |= info.ssi_signo != Signal::SIGCHLD as u32;
         }
         if stop {
@@ -537,6 +552,7 @@ fn pod_status(pod_dir: &Path, dir: &VmDir) -> Result<i32, VmError> {
 pub fn gc(pod_dir: &Path) -> Result<(), VmError> {
     let dir = VmDir::new(pod_dir);
     let (_, pod) = stage1_ns::monitor::read_pod(pod_dir).map_err(|e| VmError::Invalid(e.to_string()))?;
+    stage1_ns::scope::gc(pod_dir, &pod);
     if let Some(pid) = fs::read_to_string(dir.qemu_pid()).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let name = format!("pod-{}", pod.uuid);

@@ -154,13 +154,16 @@ pub(crate) fn log_debug(what: &str) {
     }
 }
 
-/// Blocks the signals pod-init handles and returns a signalfd for them.
+/// Blocks the signals pod-init handles (SIGRTMIN+4 too, systemd's power
+/// off) and returns a signalfd for them.
 /// Blocked before any fork, so no SIGCHLD is missed.
 fn signals() -> Result<SignalFd, Error> {
     let mut mask = SigSet::empty();
     for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         mask.add(signal);
     }
+    // `machinectl poweroff` (SIGRTMIN+4 to the pod's leader, pod-init).
+    let mask = sys::with_poweroff(&mask);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(Error::Sys)?;
     SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(Error::Sys)
 }

@@ -12,6 +12,22 @@ use nix::libc;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::unistd::{ForkResult, Pid};
 
+/// systemd's "power off" signal, SIGRTMIN+4: what `machinectl poweroff`
+/// sends a machine's leader. pod-init takes it as SIGTERM.
+pub(crate) fn sig_poweroff() -> i32 {
+    libc::SIGRTMIN() + 4
+}
+
+/// `mask` with [`sig_poweroff`] added (nix's `Signal` has no real-time ones).
+pub(crate) fn with_poweroff(mask: &SigSet) -> SigSet {
+    let mut raw: libc::sigset_t = *mask.as_ref();
+    // SAFETY: `raw` is a copy of an initialised sigset_t and the signal
+    // number is a valid real-time one; sigaddset only sets its bit.
+    unsafe { libc::sigaddset(&mut raw, sig_poweroff()) };
+    // SAFETY: `raw` is initialised (copied from a SigSet, then sigaddset).
+    unsafe { SigSet::from_sigset_t_unchecked(raw) }
+}
+
 /// Which side of a fork this process is on.
 #[derive(Debug)]
 pub enum Fork {

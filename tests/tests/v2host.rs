@@ -62,7 +62,7 @@ t userns timeout 300 "$POD" run --net none userns.yaml
 
 t bomb_start timeout 300 "$POD" run -d --net none bomb.yaml
 sleep 8
-t bomb_cgroup sh -c 'for d in $(find /sys/fs/cgroup/pod -name pids.max); do d=${d%/pids.max}; \
+t bomb_cgroup sh -c 'for d in $(find /sys/fs/cgroup/pod /sys/fs/cgroup/machine.slice -name pids.max); do d=${d%/pids.max}; \
   echo "$(cat $d/pids.max) $(cat $d/pids.current) $(grep max $d/pids.events | cut -d" " -f2) $d"; done'
 t bomb_alive echo the guest still forks
 t bomb_stop timeout 120 "$POD" stop --timeout 5 bomb
@@ -236,5 +236,6 @@ fn a_pure_cgroup_v2_host_with_systemd_runs_pods_with_their_limits() {
         let flat = dir.replace('-', "");
         assert!(!uuids.iter().any(|u| flat.contains(&u.replace('-', ""))), "a pod's cgroup is left after gc: {dir}");
         assert!(!dir.starts_with("/sys/fs/cgroup/pod/"), "a pod's cgroup is left after gc: {dir}");
+        assert!(!dir.starts_with("/sys/fs/cgroup/machine.slice/pod-"), "a pod's scope is left after gc: {dir}");
     }
 }

@@ -31,12 +31,19 @@
 //! (which links this library): `stats.rs` reads a pod's or an app's
 //! accounting and limits, `psi.rs` its pressure, `update.rs` changes a
 //! running app's limits all or nothing.
+//!
+//! Where systemd is PID 1 on a cgroup v2 host, the pod's cgroup is a
+//! transient scope systemd makes (`systemd.rs`, [`PodLoc::scope`]), and the
+//! pod is registered with systemd-machined (`machined.rs`); the leaves
+//! inside it are made as above.
 
 mod detect;
 mod fsx;
+pub mod machined;
 mod pod;
 mod psi;
 mod stats;
+pub mod systemd;
 mod update;
 mod v1;
 mod v2;
@@ -45,6 +52,8 @@ mod v2;
 mod kernel_tests;
 #[cfg(test)]
 mod stats_tests;
+#[cfg(test)]
+mod systemd_tests;
 #[cfg(test)]
 mod tests;
 

@@ -11,6 +11,7 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use super::detect::Layout;
+use super::systemd::{unit_name, MACHINE_SLICE, SCOPE_FILE};
 use super::{fsx, v1, v2, validate_app, validate_uuid, CgroupError, Hierarchy, Limits, Result};
 
 /// The directory under each hierarchy root that holds every pod.
@@ -28,6 +29,8 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PodLoc {
     parent: PathBuf,
     uuid: String,
+    /// The pod's directory under the parent: its uuid, or its systemd scope.
+    dir: String,
 }
 
 impl PodLoc {
@@ -42,7 +45,29 @@ impl PodLoc {
                 spec::cgroup::relative(p)
             }
         };
-        Ok(Self { parent, uuid: uuid.to_owned() })
+        Ok(Self { parent, uuid: uuid.to_owned(), dir: uuid.to_owned() })
+    }
+
+    /// The pod `uuid` in its systemd scope, `machine.slice/pod-<uuid>.scope`.
+    pub fn scope(uuid: &str) -> Result<Self> {
+        validate_uuid(uuid)?;
+        Ok(Self { parent: PathBuf::from(MACHINE_SLICE), uuid: uuid.to_owned(), dir: unit_name(uuid) })
+    }
+
+    /// Where the pod in `pod_dir` has its cgroups: in its systemd scope if
+    /// it was given one (the pod directory's [`SCOPE_FILE`]), else as
+    /// [`PodLoc::new`].
+    pub fn for_pod(pod_dir: &Path, parent: Option<&str>, uuid: &str) -> Result<Self> {
+        if parent.is_none() && pod_dir.join(SCOPE_FILE).exists() {
+            Self::scope(uuid)
+        } else {
+            Self::new(parent, uuid)
+        }
+    }
+
+    /// Whether the pod lives in a systemd scope.
+    pub fn is_scope(&self) -> bool {
+        self.dir != self.uuid
     }
 
     pub fn uuid(&self) -> &str {
@@ -54,16 +79,17 @@ impl PodLoc {
         &self.parent
     }
 
-    /// `<parent>/<uuid>`, relative to a hierarchy root.
+    /// `<parent>/<uuid>` (or `machine.slice/pod-<uuid>.scope`), relative
+    /// to a hierarchy root.
     pub fn rel(&self) -> PathBuf {
-        self.parent.join(&self.uuid)
+        self.parent.join(&self.dir)
     }
 }
 
 /// A pod under [`POD_BASE`] (checked where it is used).
 impl From<&str> for PodLoc {
     fn from(uuid: &str) -> Self {
-        Self { parent: PathBuf::from(POD_BASE), uuid: uuid.to_owned() }
+        Self { parent: PathBuf::from(POD_BASE), uuid: uuid.to_owned(), dir: uuid.to_owned() }
     }
 }
 
@@ -347,8 +373,10 @@ impl PodCgroup {
     pub fn destroy(&self) -> Result<()> {
         self.kill_all()?;
         let rel = self.rel();
+        let top = |dir: &Path| self.loc.is_scope() && dir.ends_with(&rel);
         for root in self.hierarchy.roots() {
-            for dir in fsx::tree(&root.join(&rel))? {
+            // A scope's own cgroup is systemd's to remove, when it stops.
+            for dir in fsx::tree(&root.join(&rel))?.into_iter().filter(|d| !top(d)) {
                 fsx::rmdir(&dir)?;
             }
         }

@@ -90,7 +90,13 @@ impl Supervisor {
 
     fn read_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
-            let signal = i32::try_from(info.ssi_signo).ok().and_then(|s| Signal::try_from(s).ok());
+            let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
+            if signo == crate::sys::sig_poweroff() {
+                // systemd's power off (`machinectl poweroff`): a stop.
+                self.request_stop();
+                continue;
+            }
+            let signal = Signal::try_from(signo).ok();
             match signal {
                 Some(Signal::SIGTERM | Signal::SIGINT) => self.request_stop(),
                 Some(Signal::SIGHUP) => {
