@@ -84,6 +84,7 @@ fn network_host(pod_dir: &Path, inv: &Invocation) -> NetworkHost {
     NetworkHost {
         netns_dir: inv.netns_dir.clone(),
         cni: Cni::new(&inv.cni_conf_dir, pod_dir.join("net")).with_plugin_dirs(inv.cni_plugin_dirs.clone()),
+        default_net: network::native::DefaultNet::default(),
     }
 }
 
