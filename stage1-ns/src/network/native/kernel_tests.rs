@@ -62,13 +62,38 @@ fn in_own_netns() {
         "no default route via 10.89.0.1:\n{route}"
     );
 
+    // Outbound traffic is masqueraded: an "outside" namespace linked to the
+    // test's sees the host's address, not the pod's.
+    let outside = create_netns(&netns_dir, "outside").expect("netns");
+    let out_fd = outside.open().expect("open");
+    let mut rtnl = Rtnl::open().expect("rtnl");
+    rtnl.add_veth("podt-out", None, "eth0", [2, 0, 0, 0, 0, 9], std::os::fd::AsFd::as_fd(&out_fd)).expect("veth out");
+    let out_idx = rtnl.link_index("podt-out").expect("look up").expect("podt-out");
+    rtnl.add_address(out_idx, "198.51.100.1/24".parse().expect("net"), "podt-out").expect("address");
+    outside
+        .run_in(|| -> Result<(), RtnlError> {
+            let mut r = Rtnl::open()?;
+            let eth0 = r.link_index("eth0")?.expect("eth0 outside");
+            r.add_address(eth0, "198.51.100.2/24".parse().expect("net"), "eth0")?;
+            r.set_up(eth0, "eth0")
+        })
+        .expect("run_in")
+        .expect("outside address");
+    let far =
+        outside.run_in(|| TcpListener::bind((Ipv4Addr::new(198, 51, 100, 2), 9000))).expect("run_in").expect("bind");
+    let dialled = ns1
+        .run_in(|| TcpStream::connect_timeout(&(Ipv4Addr::new(198, 51, 100, 2), 9000).into(), Duration::from_secs(3)));
+    let (_conn, seen) = far.accept().expect("accept");
+    drop(dialled);
+    assert_eq!(seen.ip(), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), "the pod's traffic leaves masqueraded");
+    rtnl.del_link("podt-out").expect("remove podt-out");
+
     // A second pod: the next address. Its stage1 "dies": gc undoes it from
     // its state file alone.
     let ns2 = create_netns(&netns_dir, "pod-two").expect("netns");
     let cache2 = dir.path().join("two");
     let (_two, att2) = Native::setup(&net, &cache2, "pod-two", &ns2, &[]).expect("setup two");
     assert_eq!(att2.ips[0].addr, IpAddr::V4(Ipv4Addr::new(10, 89, 0, 3)));
-    let mut rtnl = Rtnl::open().expect("rtnl");
     assert!(rtnl.link_index(&veth_name("pod-two")).expect("look up").is_some());
     teardown_in(&net, &cache2, "pod-two").expect("gc two");
     assert!(rtnl.link_index(&veth_name("pod-two")).expect("look up").is_none(), "veth left");
@@ -96,7 +121,7 @@ fn in_own_netns() {
         store.held_by("pod-three").is_empty() && !nft::exists("pod-three").expect("look up") && !was_native(&cache3)
     );
     rtnl.del_link(&taken).expect("remove the blocker");
-    for ns in [ns1, ns2, ns3] {
+    for ns in [ns1, ns2, ns3, outside] {
         remove_netns(ns.path()).expect("remove netns");
     }
 }

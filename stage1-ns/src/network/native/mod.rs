@@ -227,7 +227,7 @@ impl Native {
         let bridge = rtnl.ensure_bridge(&self.net.bridge, gateway)?;
         let mac = random_mac();
         let ns_file = netns.open()?;
-        rtnl.add_veth(&veth, bridge, POD_IFNAME, mac, ns_file.as_fd())?;
+        rtnl.add_veth(&veth, Some(bridge), POD_IFNAME, mac, ns_file.as_fd())?;
         (state.ip, state.veth) = (Some(ip), Some(veth.clone()));
         write_state(&self.cache_dir, &state)?;
         let host_end = rtnl.link_index(&veth)?.ok_or_else(|| RtnlError {

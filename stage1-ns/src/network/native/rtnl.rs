@@ -148,12 +148,12 @@ impl Rtnl {
         }
     }
 
-    /// A veth pair: `host` (up, a port of bridge `master`) here, `peer`
-    /// with MAC `mac` in the namespace `netns`.
+    /// A veth pair: `host` (up, a port of bridge `master` if given) here,
+    /// `peer` with MAC `mac` in the namespace `netns`.
     pub fn add_veth(
         &mut self,
         host: &str,
-        master: u32,
+        master: Option<u32>,
         peer: &str,
         mac: [u8; 6],
         netns: BorrowedFd<'_>,
@@ -163,14 +163,13 @@ impl Rtnl {
             LinkAttribute::Address(mac.to_vec()),
             LinkAttribute::NetNsFd(netns.as_raw_fd()),
         ]);
-        let mut m = link_msg(vec![
-            LinkAttribute::IfName(host.to_owned()),
-            LinkAttribute::Controller(master),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Veth),
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
-            ]),
-        ]);
+        let mut attributes = vec![LinkAttribute::IfName(host.to_owned())];
+        attributes.extend(master.map(LinkAttribute::Controller));
+        attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        let mut m = link_msg(attributes);
         m.header.flags = LinkFlags::Up;
         m.header.change_mask = LinkFlags::Up;
         self.must(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL, || format!("create veth {host}"))
