@@ -180,6 +180,18 @@ fn allocations_of(uuid: &str) -> Vec<String> {
         .collect()
 }
 
+/// What the pod holds on the host, each as a line, once the kernel had a
+/// moment to delete its veth with its namespace (asynchronously, after
+/// `pod stop`): what is still there after 5 s.
+fn footprint_settled(ns: &TestNs, uuid: &str) -> Vec<String> {
+    let mut left = footprint(ns, uuid);
+    wait_for(Duration::from_secs(5), || {
+        left = footprint(ns, uuid);
+        left.is_empty()
+    });
+    left
+}
+
 /// What the pod holds on the host while it runs, each as a line.
 fn footprint(ns: &TestNs, uuid: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -233,12 +245,12 @@ fn default_network_pods_are_reachable_publish_ports_and_stop_leaving_nothing() {
 
     // Stopping one leaves the other serving, and nothing of the first.
     ns.pod_ok(&live, &["stop", &u1]);
-    assert_eq!(footprint(&ns, &u1), Vec::<String>::new(), "left after stop");
+    assert_eq!(footprint_settled(&ns, &u1), Vec::<String>::new(), "left after stop");
     assert!(ns.get("127.0.0.1", p1).is_err() && ns.get("10.89.0.1", p1).is_err(), "port {p1} still answers");
     assert_eq!(ns.get("10.89.0.1", p2), Ok("hello from two\n".to_owned()));
 
     ns.pod_ok(&live, &["stop", &u2]);
-    assert_eq!(footprint(&ns, &u2), Vec::<String>::new(), "left after stop");
+    assert_eq!(footprint_settled(&ns, &u2), Vec::<String>::new(), "left after stop");
     assert!(ns.veths().is_empty(), "veths left: {:?}", ns.veths());
     let pod_tables: Vec<String> = ns.tables().into_iter().filter(|t| t.contains("pod-")).collect();
     assert!(pod_tables.is_empty(), "tables left: {pod_tables:?}");
@@ -285,6 +297,7 @@ fn gc_of_a_pod_whose_stage1_was_killed_leaves_nothing() {
 
     ns.pod_ok(&live, &["gc"]);
     assert!(live.listed(&uuid).is_none(), "pod gc left the pod: {:?}", live.pods());
+    // gc deletes the veth itself: nothing is left when it returns.
     assert_eq!(footprint(&ns, &uuid), Vec::<String>::new(), "left after gc");
     assert!(ns.get("10.89.0.1", port).is_err(), "port {port} still answers");
 }

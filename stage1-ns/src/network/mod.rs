@@ -236,6 +236,8 @@ impl PodNetwork {
         let Self::Namespaced { netns, container_id, attached, proxies } = self else { return Ok(()) };
         proxies.into_iter().for_each(PortProxy::stop);
         let detached = match attached.as_deref() {
+            // The namespace is removed below: its veth goes with it.
+            Some((Attached::Native(n), _)) => n.teardown_with_netns().map_err(NetworkError::from),
             Some((attached, attachment)) => detach(attached, &netns, &container_id, &attachment.network),
             None => Ok(()),
         };

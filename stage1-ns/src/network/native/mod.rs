@@ -266,17 +266,30 @@ impl Native {
     pub fn teardown(&self) -> Result<(), NativeError> {
         teardown_in(&self.net, &self.cache_dir, &self.pod_id)
     }
+
+    /// [`Native::teardown`] when the pod's namespace is released right
+    /// after (the monitor's teardown): the veth is left to the kernel, which
+    /// deletes both ends with the namespace, off the pod's exit path (an
+    /// RTM_DELLINK waits for RCU grace periods: 15 ms and more on a busy
+    /// host). gc ([`teardown_in`]) deletes it explicitly.
+    pub fn teardown_with_netns(&self) -> Result<(), NativeError> {
+        teardown_steps(&self.net, &self.cache_dir, &self.pod_id, false)
+    }
 }
 
 /// [`Native::teardown`] for a pod whose stage1 is gone (gc), from its
 /// state file; nothing when there is none.
 pub fn teardown_in(net: &DefaultNet, cache_dir: &Path, pod_id: &str) -> Result<(), NativeError> {
+    teardown_steps(net, cache_dir, pod_id, true)
+}
+
+fn teardown_steps(net: &DefaultNet, cache_dir: &Path, pod_id: &str, del_veth: bool) -> Result<(), NativeError> {
     let state = read_state(cache_dir)?;
     let Some(state) = state else { return Ok(()) };
     let rules = nft::delete(pod_id).map_err(NativeError::from);
     let link = match &state.veth {
-        Some(veth) => Rtnl::open().and_then(|mut r| r.del_link(veth)).map_err(NativeError::from),
-        None => Ok(()),
+        Some(veth) if del_veth => Rtnl::open().and_then(|mut r| r.del_link(veth)).map_err(NativeError::from),
+        _ => Ok(()),
     };
     let addr = net.store().release(pod_id, POD_IFNAME, state.ip).map_err(NativeError::from);
     rules?;
