@@ -4,7 +4,7 @@
 //! with host-local's store in a temp dir. Needs root; reports a skip.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use nix::sched::{unshare, CloneFlags};

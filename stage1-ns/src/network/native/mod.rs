@@ -20,7 +20,7 @@ pub mod rtnl;
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -62,7 +62,9 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Nat
 #[derive(Debug, Clone)]
 pub struct DefaultNet {
     pub bridge: String,
-    pub subnet: IpNet,
+    /// The subnet's address and prefix length (10.89.0.0/16).
+    pub subnet: Ipv4Addr,
+    pub prefix: u8,
     pub gateway: Ipv4Addr,
     /// host-local's data directory (`/var/lib/cni/networks`).
     pub data_dir: PathBuf,
@@ -72,7 +74,8 @@ impl Default for DefaultNet {
     fn default() -> Self {
         Self {
             bridge: DEFAULT_BRIDGE.to_owned(),
-            subnet: IpNet { addr: Ipv4Addr::new(10, 89, 0, 0).into(), prefix: 16 },
+            subnet: Ipv4Addr::new(10, 89, 0, 0),
+            prefix: 16,
             gateway: Ipv4Addr::new(10, 89, 0, 1),
             data_dir: PathBuf::from(ipam::DEFAULT_DATA_DIR),
         }
@@ -81,8 +84,11 @@ impl Default for DefaultNet {
 
 impl DefaultNet {
     fn range(&self) -> Range {
-        let IpAddr::V4(net) = self.subnet.addr else { unreachable!("the default subnet is IPv4") };
-        Range::of_subnet(net, self.subnet.prefix, self.gateway)
+        Range::of_subnet(self.subnet, self.prefix, self.gateway)
+    }
+
+    fn subnet(&self) -> IpNet {
+        IpNet { addr: self.subnet.into(), prefix: self.prefix }
     }
 
     fn store(&self) -> Store {
@@ -222,7 +228,7 @@ impl Native {
         enable_forwarding()?;
         let ip = self.net.store().allocate(&self.net.range(), &self.pod_id, POD_IFNAME)?;
 
-        let gateway = IpNet { addr: self.net.gateway.into(), prefix: self.net.subnet.prefix };
+        let gateway = IpNet { addr: self.net.gateway.into(), prefix: self.net.prefix };
         let mut rtnl = Rtnl::open()?;
         let bridge = rtnl.ensure_bridge(&self.net.bridge, gateway)?;
         let mac = random_mac();
@@ -236,7 +242,7 @@ impl Native {
         })?;
         rtnl.set_hairpin(host_end, &veth)?;
 
-        let pod_ip = IpNet { addr: ip.into(), prefix: self.net.subnet.prefix };
+        let pod_ip = IpNet { addr: ip.into(), prefix: self.net.prefix };
         let gw = self.net.gateway;
         netns.run_in(|| -> Result<(), RtnlError> {
             let mut inside = Rtnl::open()?;
@@ -249,7 +255,7 @@ impl Native {
             inside.add_default_route(gw, eth0)
         })??;
 
-        nft::add(&PodRules { pod_id: &self.pod_id, pod_ip: ip, subnet: self.net.subnet, ports })?;
+        nft::add(&PodRules { pod_id: &self.pod_id, pod_ip: ip, subnet: self.net.subnet(), ports })?;
         tracing::info!(pod = %self.pod_id, %ip, "attached to the default network (native)");
         Ok(Attachment {
             network: DEFAULT_NETWORK.to_owned(),
