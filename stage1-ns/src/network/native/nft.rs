@@ -16,6 +16,14 @@
 //! the pod and nothing else, idempotent for gc (no table: nothing to do),
 //! and needs no rule handles kept anywhere. Loopback destinations are left
 //! to the userspace proxies, as with portmap's `conditionsV4`.
+//!
+//! Its cost: adding the table takes well under a millisecond, but deleting
+//! it unregisters its nat hooks, which waits for RCU grace periods (11 ms
+//! on average on a loaded 2-core host, and the next nf_tables transaction
+//! waits longer still). A shared table whose base chains stay registered,
+//! with a regular chain per pod reached by jump rules tagged with the pod's
+//! id (found again by a rule dump for teardown and gc), would take that off
+//! the pod's exit path.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
