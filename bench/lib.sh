@@ -8,8 +8,11 @@
 bench_store() {
   local name=$1
   bench_bridge=$2 bench_octet=$3
-  cargo build --release -q --workspace
-  bin=$PWD/target/release
+  # BENCH_PACKAGES: what to build (default: the workspace); the binaries are
+  # taken from CARGO_TARGET_DIR when it is set.
+  # shellcheck disable=SC2086
+  cargo build --release -q ${BENCH_PACKAGES:---workspace}
+  bin=${CARGO_TARGET_DIR:-$PWD/target}/release
   work=$(mktemp -d "/var/tmp/pod-bench-$name.XXXXXX")
   export POD_DIR=$work/store POD_CONFIG=$work/config
   trap bench_cleanup EXIT

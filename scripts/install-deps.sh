@@ -14,6 +14,7 @@ packages=(
   apt-utils         # apt-get download for `pod image build` from packages
   containernetworking-plugins  # CNI: bridge, host-local, portmap
   iptables iproute2 # portmap's rules; tests remove their bridges with ip(8)
+  nftables          # tests list the default network's per-pod tables (pod itself uses netlink)
   curl              # the demo and tests talk to pods
   busybox-static    # stage2-init's tests build app rootfs from /bin/busybox
   qemu-system-x86   # VM pods (stage1-vm); 9p and user-mode networking are built in

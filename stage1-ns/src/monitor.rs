@@ -87,6 +87,7 @@ fn network_host(pod_dir: &Path, inv: &Invocation) -> NetworkHost {
     NetworkHost {
         netns_dir: inv.netns_dir.clone(),
         cni: Cni::new(&inv.cni_conf_dir, pod_dir.join("net")).with_plugin_dirs(inv.cni_plugin_dirs.clone()),
+        default_net: network::native::DefaultNet::default(),
     }
 }
 
@@ -109,6 +110,15 @@ struct Made {
 
 impl Made {
     fn teardown(&mut self) {
+        // The network comes down on a thread of its own while the cgroups
+        // are removed: both mostly wait for RCU grace periods (nf_tables
+        // hooks, cgroup rmdir), so overlapping them shortens the pod's exit.
+        let network = self.network.take().map(|net| {
+            std::thread::Builder::new()
+                .name("pod-net-down".into())
+                .spawn(move || net.teardown())
+                .map_err(|e| e.to_string())
+        });
         if let Some(cg) = self.cgroup.take() {
             // Usually empty by now (PID 1 took its apps along); destroy
             // kills what outlived it first, after one look at the pids.
@@ -119,10 +129,16 @@ impl Made {
         if let Some(mut scope) = self.scope.take() {
             scope.finish();
         }
-        if let Some(net) = self.network.take() {
-            if let Err(e) = net.teardown() {
-                eprintln!("pod-stage1-ns: removing the network: {e}");
-            }
+        let removed = match network {
+            None => Ok(()),
+            Some(Err(e)) => Err(format!("starting the teardown thread: {e}")),
+            Some(Ok(thread)) => match thread.join() {
+                Ok(done) => done.map_err(|e| e.to_string()),
+                Err(_) => Err("the teardown thread panicked".into()),
+            },
+        };
+        if let Err(e) = removed {
+            eprintln!("pod-stage1-ns: removing the network: {e}");
         }
     }
 }

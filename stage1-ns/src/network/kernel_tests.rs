@@ -427,7 +427,8 @@ fn exercise(guard: &Guard) {
 /// CNI network with a published port, the proxy started by `setup` itself,
 /// and `teardown`.
 fn exercise_pod_network(guard: &Guard) {
-    let host = NetworkHost { netns_dir: guard.netns_dir.clone(), cni: guard.cni.clone() };
+    let host =
+        NetworkHost { netns_dir: guard.netns_dir.clone(), cni: guard.cni.clone(), default_net: Default::default() };
     let cni_net = Network::Cni { name: guard.network.clone() };
     let host_port = free_loopback_port();
     let mapping = PortMapping { host_port, container_port: CONTAINER_PORT, protocol: Protocol::Tcp, host_ip: None };

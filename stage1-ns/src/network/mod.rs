@@ -1,6 +1,8 @@
-//! The pod's network: a pinned network namespace ([`netns`]), attached to a
-//! CNI network ([`cni`]), with published ports served by portmap and, on
-//! loopback, by userspace proxies ([`ports`], [`proxy`]).
+//! The pod's network: a pinned network namespace ([`netns`]), attached to
+//! the default network natively ([`native`]: rtnetlink and nf_tables) or to
+//! a CNI network ([`cni`]), with published ports served by nf_tables or
+//! portmap DNAT rules and, on loopback, by userspace proxies ([`ports`],
+//! [`proxy`]).
 //!
 //! The stage1 monitor stays on the host: it calls [`setup`] before forking
 //! the pod's PID 1 (which enters [`PodNetwork::netns`]), keeps the
@@ -10,10 +12,13 @@
 //!
 //! - `network: host`: nothing to do, no namespace.
 //! - `network: none`: a namespace with only `lo`, up.
-//! - a CNI network: a namespace plus `eth0` from the named list; `default`
-//!   is written to the configuration directory on first use.
+//! - `default`: a namespace plus `eth0` on bridge `pod0`, set up natively
+//!   unless the configuration directory has a conflist of the user's named
+//!   `default` (then it is CNI like any other name).
+//! - a CNI network: a namespace plus `eth0` from the named list.
 
 pub mod cni;
+pub mod native;
 pub mod netdev;
 pub mod netns;
 pub mod ports;
@@ -50,14 +55,25 @@ pub enum NetworkError {
     PortsWithoutCni(&'static str),
     #[error("CNI network {0:?} gave the pod no address to forward ports to")]
     NoAddress(String),
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
 }
 
-/// The host side of a pod's network: where namespaces are pinned and the
-/// pod's CNI runtime (with the cache inside the pod directory).
+/// The host side of a pod's network: where namespaces are pinned, the
+/// pod's CNI runtime (with the cache inside the pod directory, which also
+/// holds the native network's state) and the default network's shape.
 #[derive(Debug, Clone)]
 pub struct NetworkHost {
     pub netns_dir: PathBuf,
     pub cni: Cni,
+    pub default_net: native::DefaultNet,
+}
+
+/// How a namespaced pod is attached, and so how it is detached.
+#[derive(Debug)]
+pub enum Attached {
+    Cni(Cni),
+    Native(native::Native),
 }
 
 /// A pod's network while it runs.
@@ -66,7 +82,12 @@ pub enum PodNetwork {
     /// `network: host`: the host's namespace; nothing to undo.
     Host,
     /// `network: none` (no attachment) or a CNI network.
-    Namespaced { netns: NetNs, container_id: String, cni: Option<Box<(Cni, Attachment)>>, proxies: Vec<PortProxy> },
+    Namespaced {
+        netns: NetNs,
+        container_id: String,
+        attached: Option<Box<(Attached, Attachment)>>,
+        proxies: Vec<PortProxy>,
+    },
 }
 
 /// Brings `lo` up in the calling thread's network namespace: for a pod that
@@ -103,43 +124,66 @@ pub fn setup_in(
         Network::Cni { name } => Some(name),
     };
     let plan = plan_forwarding(ports)?;
-    if name.is_some_and(|n| n == cni::DEFAULT_NETWORK) {
-        cni::ensure_default(host.cni.conf_dir())?;
-    }
+    let native = match name {
+        Some(n) if n == cni::DEFAULT_NETWORK => native::is_native(host.cni.conf_dir())?,
+        _ => false,
+    };
     let netns = match existing {
         Some(fd) => pin_netns(&host.netns_dir, pod_id, fd)?,
         None => create_netns(&host.netns_dir, pod_id)?,
     };
     let Some(name) = name else {
-        return Ok(PodNetwork::Namespaced { netns, container_id: pod_id.to_owned(), cni: None, proxies: Vec::new() });
+        return Ok(PodNetwork::Namespaced {
+            netns,
+            container_id: pod_id.to_owned(),
+            attached: None,
+            proxies: Vec::new(),
+        });
     };
     let undo_netns = |netns: &NetNs| {
         if let Err(undo) = remove_netns(netns.path()) {
             tracing::warn!(error = %undo, "removing the namespace after failed network setup");
         }
     };
-    // add() undoes its own partial work when it fails.
-    let attachment = match host.cni.add(netns.path(), pod_id, POD_IFNAME, name, &plan.cni) {
-        Ok(attachment) => attachment,
+    // Both undo their own partial work when they fail.
+    let added = if native {
+        native::Native::setup(&host.default_net, host.cni.cache_dir(), pod_id, &netns, &plan.cni)
+            .map(|(n, a)| (Attached::Native(n), a))
+            .map_err(NetworkError::from)
+    } else {
+        host.cni
+            .add(netns.path(), pod_id, POD_IFNAME, name, &plan.cni)
+            .map(|a| (Attached::Cni(host.cni.clone()), a))
+            .map_err(NetworkError::from)
+    };
+    let (attached, attachment) = match added {
+        Ok(added) => added,
         Err(e) => {
             undo_netns(&netns);
-            return Err(e.into());
+            return Err(e);
         }
     };
     match start_proxies(&plan, &netns, attachment.primary_ip()) {
         Ok(proxies) => Ok(PodNetwork::Namespaced {
             netns,
             container_id: pod_id.to_owned(),
-            cni: Some(Box::new((host.cni.clone(), attachment))),
+            attached: Some(Box::new((attached, attachment))),
             proxies,
         }),
         Err(e) => {
-            if let Err(undo) = host.cni.del(netns.path(), pod_id, POD_IFNAME, name) {
-                tracing::warn!(error = %undo, "CNI DEL after failed network setup");
+            if let Err(undo) = detach(&attached, &netns, pod_id, name) {
+                tracing::warn!(error = %undo, "detaching after failed network setup");
             }
             undo_netns(&netns);
             Err(e)
         }
+    }
+}
+
+fn detach(attached: &Attached, netns: &NetNs, pod_id: &str, network: &str) -> Result<(), NetworkError> {
+    match attached {
+        Attached::Cni(cni) => Ok(cni.del(netns.path(), pod_id, POD_IFNAME, network)?),
+        Attached::Native(n) => Ok(n.teardown()?),
     }
 }
 
@@ -172,7 +216,7 @@ impl PodNetwork {
     /// What the CNI network gave the pod, if it has one.
     pub fn attachment(&self) -> Option<&Attachment> {
         match self {
-            Self::Namespaced { cni: Some(cni), .. } => Some(&cni.1),
+            Self::Namespaced { attached: Some(a), .. } => Some(&a.1),
             _ => None,
         }
     }
@@ -185,14 +229,16 @@ impl PodNetwork {
         }
     }
 
-    /// Stops the proxies, detaches from the CNI network, removes the
+    /// Stops the proxies, detaches from the network, removes the
     /// namespace. Every step runs even if one before failed; the first error
     /// is returned.
     pub fn teardown(self) -> Result<(), NetworkError> {
-        let Self::Namespaced { netns, container_id, cni, proxies } = self else { return Ok(()) };
+        let Self::Namespaced { netns, container_id, attached, proxies } = self else { return Ok(()) };
         proxies.into_iter().for_each(PortProxy::stop);
-        let detached = match cni.as_deref() {
-            Some((cni, attachment)) => cni.del(netns.path(), &container_id, POD_IFNAME, &attachment.network),
+        let detached = match attached.as_deref() {
+            // The namespace is removed below: its veth goes with it.
+            Some((Attached::Native(n), _)) => n.teardown_with_netns().map_err(NetworkError::from),
+            Some((attached, attachment)) => detach(attached, &netns, &container_id, &attachment.network),
             None => Ok(()),
         };
         let removed = remove_netns(netns.path());
@@ -203,13 +249,18 @@ impl PodNetwork {
 }
 
 /// Undoes what [`setup`] left for pod `pod_id` when its stage1 is gone
-/// (gc): CNI DEL from the pod's cache, then the namespace file. Idempotent.
+/// (gc): the native default network's rules, veth and address when the
+/// pod's state says it had them, else CNI DEL from the pod's cache; then the
+/// namespace file. Idempotent.
 pub fn teardown_leftovers(network: &Network, pod_id: &str, host: &NetworkHost) -> Result<(), NetworkError> {
     let path: PathBuf = host.netns_dir.join(pod_id);
     let detached = match network {
         Network::Host => return Ok(()),
         Network::None => Ok(()),
-        Network::Cni { name } => host.cni.del(&path, pod_id, POD_IFNAME, name),
+        Network::Cni { name } if native::was_native(host.cni.cache_dir()) && name == cni::DEFAULT_NETWORK => {
+            native::teardown_in(&host.default_net, host.cni.cache_dir(), pod_id).map_err(NetworkError::from)
+        }
+        Network::Cni { name } => host.cni.del(&path, pod_id, POD_IFNAME, name).map_err(NetworkError::from),
     };
     let removed = remove_netns(Path::new(&path));
     detached?;

@@ -202,7 +202,10 @@ pub fn load_network(conf_dir: &Path, name: &str) -> Result<NetworkConfigList, Cn
     Err(CniError::NetworkNotFound { name: name.to_owned(), dir: conf_dir.to_owned(), seen })
 }
 
-/// Makes sure a list named `default` exists in `conf_dir`, writing
+/// The file earlier versions of pod wrote on first use of `default`, which
+/// now is set up natively (see `network::native`); still recognised there as
+/// pod's own, not the user's. Makes sure a list named `default` exists in
+/// `conf_dir`, writing
 /// [`default_conflist`] to [`DEFAULT_CONFLIST_FILE`] (temp file + rename,
 /// so concurrent stage1s never see half a file) when none does. Returns the
 /// file that defines it.
