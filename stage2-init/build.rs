@@ -28,6 +28,11 @@ fn main() {
         return;
     }
     // Code PID 1 never runs goes after the code it runs (see cold.ld): RSS.
+    // Segments aligned so that a 64 kB stretch of virtual addresses is a
+    // 64 kB stretch of the file: the page cache holds the binary in folios
+    // of 64 kB (or more), aligned in the file, and a fault maps the whole
+    // folio(s) it hits; misaligned, every fault mapped two.
+    println!("cargo:rustc-link-arg-bins=-Wl,-z,max-page-size=65536");
     let cold = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("cold.ld");
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", cold.display());
 }
