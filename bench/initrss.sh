@@ -62,7 +62,7 @@ rss() { awk '/^(VmRSS|RssAnon|RssFile):/{printf "%s ", $2}' "/proc/$1/status"; }
 measure() { # NAME COMMAND...
   local name=$1 u p r
   shift
-  unshare --pid --fork --mount-proc "$@" >/dev/null 2>"$work/$name.err" &
+  unshare --pid --fork --kill-child --mount-proc "$@" >/dev/null 2>"$work/$name.err" &
   u=$!
   pids+=("$u")
   p=$(pid1_of "$u")

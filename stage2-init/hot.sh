@@ -20,7 +20,7 @@ trap 'cat "$work/err" >&2; rm -rf "$work"' EXIT
 # Pod-init under callgrind in a pid namespace: start, idle 2 s, `inspect`, SIGTERM.
 profile() { # DIR
   local u
-  unshare --pid --fork --mount-proc valgrind --tool=callgrind --demangle=no --trace-children=no \
+  unshare --pid --fork --kill-child --mount-proc valgrind --tool=callgrind --demangle=no --trace-children=no \
     --callgrind-out-file="$1/cg.%p" "$bin" --root "$1" >/dev/null 2>>"$work/err" &
   u=$!
   for _ in $(seq 200); do [ -S "$1/control.sock" ] && break; kill -0 "$u" 2>/dev/null || break; sleep 0.1; done
