@@ -11,6 +11,7 @@ packages=(
   python3           # the tests' https server
   appc-spec         # actool: appc's own tool, for the interoperability test
   hyperfine         # benchmarks
+  tini              # bench/initrss.sh: tini-static, the peer of pod-init's RSS
   apt-utils         # apt-get download for `pod image build` from packages
   containernetworking-plugins  # CNI: bridge, host-local, portmap
   iptables iproute2 # portmap's rules; tests remove their bridges with ip(8)

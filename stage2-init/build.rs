@@ -13,8 +13,9 @@
 //! targets see any of this (`rustc-link-arg-bins`): the library and the
 //! tests link as usual.
 //!
-//! The binary's link line also gets `cold.ld`, a linker script that puts
-//! the code pod-init never runs after the code it runs (see that file).
+//! The binary's link line also gets `hot.ld` and `cold.ld`, linker scripts
+//! that pack the code pod-init runs while idle and put the rest after it,
+//! and 64 kB-aligned segments (see README.md, "Memory").
 
 use std::path::PathBuf;
 
@@ -24,10 +25,19 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=static_glibc.rs");
     println!("cargo:rerun-if-changed=cold.ld");
+    println!("cargo:rerun-if-changed=hot.ld");
     if !link_bins_static_glibc("pod-init") {
         return;
     }
     // Code PID 1 never runs goes after the code it runs (see cold.ld): RSS.
-    let cold = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default()).join("cold.ld");
-    println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", cold.display());
+    // The code it runs while idle goes first, packed (see hot.ld, hot.sh).
+    let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
+    // Segments aligned so that a 64 kB stretch of virtual addresses is a
+    // 64 kB stretch of the file: the page cache holds the binary in folios
+    // of 64 kB (or more), aligned in the file, and a fault maps the whole
+    // folio(s) it hits; misaligned, every fault mapped two.
+    println!("cargo:rustc-link-arg-bins=-Wl,-z,max-page-size=65536");
+    for script in ["hot.ld", "cold.ld"] {
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", dir.join(script).display());
+    }
 }

@@ -16,8 +16,9 @@ fn binary_is_static() {
     assert!(common::is_static_elf(Path::new(POD_INIT)), "{POD_INIT} has a program interpreter");
 }
 
-/// cold.ld took effect: the code pod-init never runs (panic symbolizer,
-/// printf, gettext, dlopen...) sits in its own section, off the hot pages.
+/// hot.ld and cold.ld took effect: the code pod-init runs while idle sits in
+/// a section of its own, the code it never runs (panic symbolizer, printf,
+/// gettext, dlopen...) in another, off the hot pages.
 #[test]
 fn never_run_code_is_linked_apart() {
     let sections = common::elf_sections(Path::new(POD_INIT));
@@ -25,6 +26,10 @@ fn never_run_code_is_linked_apart() {
     let cold = size(".text.cold").unwrap_or_else(|| panic!("{POD_INIT} has no .text.cold: {sections:?}"));
     // gimli alone is over 100 kB; glibc's printf, iconv and dlopen as much again.
     assert!(cold > 200 * 1024, ".text.cold is only {cold} bytes: did cold.ld's patterns stop matching?");
+    // hot.ld took effect: what pod-init runs while idle is packed before it
+    // (glibc's start-up, malloc and syscall wrappers alone are over 32 kB).
+    let hot = size(".text.hot").unwrap_or_else(|| panic!("{POD_INIT} has no .text.hot: {sections:?}"));
+    assert!(hot > 32 * 1024, ".text.hot is only {hot} bytes: did hot.ld's patterns stop matching?");
 }
 
 #[test]
