@@ -10,7 +10,7 @@ packages=(
   libssl-dev pkg-config  # stage0 links libcrypto for SHA-512 (stage0/src/sha512.rs)
   python3           # the tests' https server
   appc-spec         # actool: appc's own tool, for the interoperability test
-  hyperfine         # benchmarks
+  hyperfine crun    # benchmarks (crun: the peer of bench/run.sh)
   tini              # bench/initrss.sh: tini-static, the peer of pod-init's RSS
   apt-utils         # apt-get download for `pod image build` from packages
   containernetworking-plugins  # CNI: bridge, host-local, portmap
