@@ -248,7 +248,9 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     fs::write(&pid_file, format!("{init}\n")).map_err(io_err("write", &pid_file))?;
     if let Some(scope) = made.scope.as_mut() {
         // `machinectl poweroff` signals pod-init: SIGRTMIN+4 is a stop.
-        scope.register(pod_dir, &pod, cgroups::machined::Class::Container, init)?;
+        // The pod's host-side interfaces (its veth), for `machinectl status`.
+        let ifindices = made.network.as_ref().and_then(|n| n.attachment()).map(|a| a.host_ifindices());
+        scope.register(pod_dir, &pod, cgroups::machined::Class::Container, init, ifindices.unwrap_or_default())?;
     }
     crate::crashpoint::crashpoint("stage1-ns.running");
     let status = supervise(pod_dir, init, launcher, &mask, stream_logs, &pod, made.cgroup.as_ref())?;

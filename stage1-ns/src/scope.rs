@@ -145,11 +145,13 @@ impl PodScope {
         pod: &ResolvedPod,
         class: Class,
         leader: Pid,
+        ifindices: Vec<i32>,
     ) -> Result<(), Stage1Error> {
         let leader = u32::try_from(leader.as_raw()).unwrap_or(0);
         // machined wants an absolute root directory.
         let root = fs::canonicalize(pod_dir).unwrap_or_else(|_| pod_dir.to_owned());
-        let spec = MachineSpec::for_pod(pod.name.as_str(), &pod.uuid, class, leader, &root);
+        let spec =
+            MachineSpec { ifindices, ..MachineSpec::for_pod(pod.name.as_str(), &pod.uuid, class, leader, &root) };
         if self.bus.register_machine(&spec)? {
             self.machine = Some(spec.name);
         }

@@ -23,7 +23,7 @@ pub(crate) fn start(
     let err = |e: stage1_ns::monitor::Stage1Error| VmError::Invalid(e.to_string());
     let mut scope = stage1_ns::scope::start(pod_dir, inv, pod, None, &[me, qemu]).map_err(err)?;
     if let Some(s) = scope.as_mut() {
-        if let Err(e) = s.register(pod_dir, pod, stage1_ns::cgroups::machined::Class::Vm, me) {
+        if let Err(e) = s.register(pod_dir, pod, stage1_ns::cgroups::machined::Class::Vm, me, Vec::new()) {
             s.finish();
             return Err(err(e));
         }

@@ -81,6 +81,11 @@ pub struct Attachment {
     pub mac: Option<String>,
     pub ips: Vec<IpNet>,
     pub gateway: Option<IpAddr>,
+    /// The host-side interfaces made for the pod (a veth's host end; a
+    /// shared bridge is filtered out where they are used, see
+    /// [`Attachment::host_ifindices`]), for machined.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_interfaces: Vec<String>,
 }
 
 impl Attachment {
@@ -88,6 +93,17 @@ impl Attachment {
     /// loopback port proxies.
     pub fn primary_ip(&self) -> Option<IpAddr> {
         self.ips.iter().map(|n| n.addr).find(IpAddr::is_ipv4).or_else(|| self.ips.first().map(|n| n.addr))
+    }
+
+    /// The host's indexes of [`Attachment::host_interfaces`], leaving out
+    /// bridges (shared by every pod of the network) and names gone since.
+    pub fn host_ifindices(&self) -> Vec<i32> {
+        self.host_interfaces
+            .iter()
+            .map(|name| std::path::Path::new("/sys/class/net").join(name))
+            .filter(|dir| !dir.join("bridge").exists())
+            .filter_map(|dir| std::fs::read_to_string(dir.join("ifindex")).ok()?.trim().parse().ok())
+            .collect()
     }
 }
 
@@ -129,6 +145,7 @@ pub(crate) fn attachment(network: &str, ifname: &str, result: &Value) -> Result<
         mac: index.and_then(|i| raw.interfaces[i].mac.clone()),
         ips: ips.iter().map(|ip| ip.address).collect(),
         gateway: ips.iter().find_map(|ip| ip.gateway),
+        host_interfaces: raw.interfaces.iter().filter(|i| i.sandbox.is_none()).map(|i| i.name.clone()).collect(),
     })
 }
 
@@ -164,6 +181,15 @@ mod tests {
     }"#;
 
     #[test]
+    fn host_ifindices_are_the_host_interfaces_that_still_exist() {
+        let value: Value = serde_json::from_str(SPEC_RESULT).expect("json");
+        let mut a = attachment("dbnet", "eth0", &value).expect("attachment");
+        // `lo` always exists (index 1); the spec's names do not here.
+        a.host_interfaces.push("lo".into());
+        assert_eq!(a.host_ifindices(), [1]);
+    }
+
+    #[test]
     fn reads_the_spec_result_into_an_attachment() {
         let value: Value = serde_json::from_str(SPEC_RESULT).expect("json");
         let a = attachment("dbnet", "eth0", &value).expect("attachment");
@@ -175,6 +201,7 @@ mod tests {
                 mac: Some("99:88:77:66:55:44".into()),
                 ips: vec!["10.1.0.5/16".parse().expect("ipnet")],
                 gateway: Some("10.1.0.1".parse().expect("ip")),
+                host_interfaces: vec!["cni0".into(), "veth3243".into()],
             }
         );
         assert_eq!(a.primary_ip(), Some("10.1.0.5".parse().expect("ip")));

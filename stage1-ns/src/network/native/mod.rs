@@ -263,6 +263,7 @@ impl Native {
             mac: Some(mac_string(mac)),
             ips: vec![pod_ip],
             gateway: Some(gw.into()),
+            host_interfaces: vec![veth],
         })
     }
 
