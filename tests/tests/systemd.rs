@@ -11,10 +11,11 @@
 //! no unit, no machine and no cgroup is left. `POD_CGROUP_MANAGER=cgroupfs`
 //! keeps a pod out of systemd altogether.
 //!
-//! A VM pod's registration (class vm) is not run here: a VM inside this TCG
-//! guest would be TCG inside TCG, minutes per boot. Its scope and machine
-//! go through the same code (stage1-ns's scope.rs) as the namespace pod's;
-//! the unit tests cover the class on a private bus.
+//! A VM pod is a machine of class vm led by its monitor, with qemu in its
+//! scope, and `machinectl terminate` ends it. Its guest never boots here (a
+//! VM inside this TCG guest would be TCG inside TCG, minutes per boot): the
+//! scope and the registration are made as qemu starts, which is what this
+//! checks.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -99,6 +100,19 @@ t list4 machinectl list --no-pager --no-legend
 t stop4 timeout 120 "$POD" stop --timeout 5 plain
 t bad4 env POD_CGROUP_MANAGER=nonsense timeout 300 "$POD" run --net none plain.yaml
 
+# 5. A VM pod: a machine of class vm led by the monitor, qemu in its scope.
+t run5 timeout 300 "$POD" run -d --accel tcg vmpod.yaml
+U5=$(cat run5.out); M5=$(mname vmpod "$U5"); echo "$U5 $M5" > ids5
+t reg5 sh -c "i=0; until machinectl show '$M5' >/dev/null 2>&1; do i=\$((i+1)); [ \$i -gt 150 ] && exit 1; sleep 0.2; done"
+t mshow5 machinectl show "$M5" -p Class -p Unit -p Service
+t leader5 sh -c "cat /proc/\$(machinectl show -p Leader --value $M5)/comm"
+t procs5 sh -c "for f in \$(find /sys/fs/cgroup/machine.slice/pod-$U5.scope -name cgroup.procs); do \
+  for p in \$(cat \$f); do cat /proc/\$p/comm; done; done"
+t terminate5 machinectl terminate "$M5"
+t down5 sh -c "i=0; while \"$POD\" status vmpod --format json | grep -q '\"state\": *\"running\"'; do \
+  i=\$((i+1)); [ \$i -gt 120 ] && exit 1; sleep 0.5; done"
+t unit_after5 systemctl is-active "pod-$U5.scope"
+
 t gc "$POD" gc
 t units_left systemctl list-units --all --no-pager --no-legend 'pod-*.scope'
 t machines_left machinectl list --no-pager --no-legend
@@ -143,7 +157,11 @@ fn pods_are_scopes_and_machines_under_a_real_systemd() {
             pod_yaml("trapper", "trap 'echo got SIGTERM; exit 3' TERM; echo trap set; while :; do sleep 0.2; done"),
         )
         .file("stopped.yaml", pod_yaml("stopped", "exec sleep 1000"))
-        .file("plain.yaml", pod_yaml("plain", "exec sleep 1000"));
+        .file("plain.yaml", pod_yaml("plain", "exec sleep 1000"))
+        .file(
+            "vmpod.yaml",
+            pod_yaml("vmpod", "exec sleep 1000").replace("network: none\n", "network: none\nisolation: vm\n"),
+        );
     let mut guest = Guest::boot(&spec);
     let run = guest.wait();
     assert_eq!(run.rc, 0, "the guest script failed:\n{}\n{}", run.log, guest.console());
@@ -243,6 +261,21 @@ fn pods_are_scopes_and_machines_under_a_real_systemd() {
     let bad = step("bad4");
     assert_eq!(bad.rc, 2, "{bad}");
     assert_mentions(&bad.err, &["POD_CGROUP_MANAGER", "nonsense"]);
+
+    // 5. The VM pod: class vm, led by its monitor, qemu in the scope;
+    // terminate ends it.
+    let ids5 = guest.read("ids5");
+    let (uuid5, machine5) = ids5.trim().split_once(' ').unwrap();
+    ok("reg5");
+    let m = props(&ok("mshow5").out);
+    assert_eq!(m["Class"], "vm", "{}", step("mshow5"));
+    assert_eq!(m["Unit"], format!("pod-{uuid5}.scope"), "{}", step("mshow5"));
+    assert_eq!(ok("leader5").out.trim(), "pod-stage1-vm", "the VM machine's leader");
+    let procs = ok("procs5").out.clone();
+    assert!(procs.lines().any(|l| l.starts_with("qemu")), "qemu is in the scope:\n{procs}");
+    ok("terminate5");
+    ok("down5");
+    assert_ne!(step("unit_after5").out.trim(), "active", "{machine5}'s scope is still active");
 
     // Nothing left: no pod unit, no machine, no pod cgroup.
     ok("gc");
