@@ -95,7 +95,9 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         };
         let pod = lifecycle::find(&pods, &uuid)?;
         if let Ok(name) = spec::AcName::new(&app) {
-            control::wait_started(&pod, &name, Duration::from_secs(120))?;
+            // A VM boots first (minutes under TCG).
+            let vm = resolved.isolation == spec::stage1::Isolation::Vm;
+            control::wait_started(&pod, &name, Duration::from_secs(if vm { 600 } else { 120 }))?;
         }
         let opts = stage0::attach::AttachOptions {
             stdin: args.interactive.then_some(true),
