@@ -45,8 +45,8 @@ pub enum AttachError {
     AppNotRunning { uuid: String, app: String, state: String },
     #[error("pod {uuid}: app {app} has no stdin to write to (its pod file says neither `stdin: true` nor `terminal: true`; `pod run -i` gives it one)")]
     NoStdin { uuid: String, app: String },
-    #[error("pod {uuid}: attaching to an app of a VM pod is not supported yet (`pod enter -t` is)")]
-    Vm { uuid: String },
+    #[error("pod {uuid}: the stdin of app {app} in the VM: {why}")]
+    Vm { uuid: String, app: String, why: String },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -138,7 +138,24 @@ fn ended(state: &str) -> bool {
     matches!(state, "exited" | "failed" | "stopped")
 }
 
-/// The app's output, read from its log file as it grows.
+/// Where the user's input goes: the app's stdin FIFO, or, in a VM, a
+/// stream to the guest's.
+enum Input {
+    Fifo(OwnedFd),
+    Vm(crate::vmstream::AppStdin),
+}
+
+impl Input {
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Input::Fifo(fd) => terminal::write_all_nb(fd.as_fd(), data),
+            Input::Vm(s) => s.write(data),
+        }
+    }
+}
+
+/// The app's output, read from its log file as it grows (a VM's too: its
+/// pod-init writes it on the pod directory's share).
 struct Follow {
     path: PathBuf,
     file: Option<File>,
@@ -196,9 +213,6 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
     if pod.state != PodState::Running {
         return Err(AttachError::PodNotRunning { uuid, state: pod.state });
     }
-    if resolved.isolation == Isolation::Vm {
-        return Err(AttachError::Vm { uuid });
-    }
     let has_stdin = spec.stdin;
     if opts.stdin == Some(true) && !has_stdin {
         return Err(AttachError::NoStdin { uuid, app: app.to_owned() });
@@ -223,7 +237,15 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
         }
     }
     let input = opts.stdin.is_some() && has_stdin;
-    let fifo = if input {
+    let vm = resolved.isolation == Isolation::Vm;
+    let fifo = if input && vm {
+        // The FIFO is the guest's (on its tmpfs): written through a stream.
+        match crate::vmstream::AppStdin::open(&pod.dir.join("vm").join("stream.sock"), app) {
+            Ok(s) => Some(Input::Vm(s)),
+            Err(_) if opts.from_start => None,
+            Err(e) => return Err(AttachError::Vm { uuid, app: app.to_owned(), why: e.to_string() }),
+        }
+    } else if input {
         let path = stdin_fifo(&pod.dir, app);
         // Without blocking: pod-init holds the read end while the app
         // runs (ENXIO otherwise).
@@ -232,7 +254,7 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
             .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).bits())
             .open(&path);
         match f {
-            Ok(f) => Some(OwnedFd::from(f)),
+            Ok(f) => Some(Input::Fifo(OwnedFd::from(f))),
             // Ended already (no reader): its output is still shown.
             Err(_) if opts.from_start => None,
             Err(e) => return Err(AttachError::Io { op: "open the stdin of", path, source: e }),
@@ -254,6 +276,7 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
     let raw = if spec.tty && input { RawMode::enter() } else { None };
     let mut keys = DetachKeys::new(if user_tty { opts.detach_keys.clone() } else { Vec::new() });
     let stdin = io::stdin();
+    let mut fifo = fifo;
     let mut stdin_open = input;
     let mut buf = vec![0u8; 16 * 1024];
     let mut polls = 0u32;
@@ -283,14 +306,17 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
             match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
                 Ok(0) | Err(Errno::EIO) => {
                     stdin_open = false;
+                    if let Some(Input::Vm(s)) = fifo.take() {
+                        s.finish();
+                    }
                     if opts.close_at_eof {
                         let _ = control::close_stdin(pod, &name);
                     }
                 }
                 Ok(n) => {
                     let (data, detach) = keys.feed(&buf[..n]);
-                    if let Some(fifo) = &fifo {
-                        if terminal::write_all_nb(fifo.as_fd(), &data).is_err() {
+                    if let Some(fifo) = fifo.as_mut() {
+                        if fifo.write(&data).is_err() {
                             stdin_open = false;
                         }
                     }

@@ -104,7 +104,17 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         };
         let pod = lifecycle::find(&pods, &uuid)?;
         if let Ok(name) = spec::AcName::new(&app) {
-            control::wait_started(&pod, &name, Duration::from_secs(120))?;
+            // A VM boots first (minutes under TCG).
+            let vm = resolved.isolation == spec::stage1::Isolation::Vm;
+            let limit = Duration::from_secs(if vm { 600 } else { 120 });
+            // The stage1 runs in the background: its pod-init may not
+            // serve its control socket yet (a loaded host).
+            let sock = pod.dir.join(spec::control::SOCKET);
+            let start = std::time::Instant::now();
+            while !sock.exists() && stage0::pods::is_locked(&pod.dir) && start.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            control::wait_started(&pod, &name, limit)?;
         }
         let opts = stage0::attach::AttachOptions {
             stdin: args.interactive.then_some(true),

@@ -413,11 +413,6 @@ pub fn prepare(
     let bytes = fs::read(path).map_err(io_err("read pod file", path))?;
     let mut pod_file = PodFile::parse(&bytes, &file)?;
     if let Some(it) = &overrides.interactive {
-        let vm = overrides.isolation.map_or(pod_file.isolation == pod::Isolation::Vm, |i| i == stage1::Isolation::Vm);
-        if vm {
-            let why = "pod run -i/-t: not supported for VM pods yet (pod enter -t is)".to_owned();
-            return Err(PrepareError::Interactive { file, why, exit: Exit::InvalidInput });
-        }
         let i = it.pick(&pod_file, &file)?;
         pod_file.apps[i].stdin |= it.stdin;
         pod_file.apps[i].tty |= it.tty;

@@ -225,25 +225,7 @@ impl Connection {
     /// `socket`; returns once the guest has (its first frame: a window of
     /// 0), or with why it could not.
     pub fn open(socket: &Path, port: u16) -> Result<Connection, StreamError> {
-        let (mut stream, writer) = connect(socket, &Open::Connect { port })?;
-        let mut decoder = Decoder::default();
-        let mut buf = [0u8; 4096];
-        loop {
-            match decoder.next_frame().map_err(|e| StreamError::Guest(e.to_string()))? {
-                Some(f) if f.kind == Kind::Fail => {
-                    return Err(StreamError::Guest(String::from_utf8_lossy(&f.payload).into_owned()))
-                }
-                Some(f) if f.kind == Kind::Window && f.count() == 0 => break,
-                Some(f) => return Err(StreamError::Guest(format!("the VM's stream began with {f:?}"))),
-                None => {}
-            }
-            match stream.read(&mut buf) {
-                Ok(0) => return Err(StreamError::Guest("the VM's stream closed without an answer".into())),
-                Ok(n) => decoder.push(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(StreamError::Guest(format!("the VM's stream broke: {e}"))),
-            }
-        }
+        let (stream, decoder, writer) = opened(socket, &Open::Connect { port })?;
         Ok(Connection { stream, decoder, writer })
     }
 
@@ -260,6 +242,110 @@ impl Connection {
         spawn_input(input, self.writer.clone(), credit.clone());
         let out = Outputs { stdout: output, stderr: &mut io::sink(), on_eof, kill_unread: true };
         pump_output(self.stream, self.decoder, &self.writer, &credit, out).map(drop)
+    }
+}
+
+/// Opens stream `open` at `socket` and waits for the guest's first frame,
+/// a window of 0 (it is open), or why it could not.
+fn opened(socket: &Path, open: &Open) -> Result<(UnixStream, Decoder, Sender), StreamError> {
+    let (mut stream, writer) = connect(socket, open)?;
+    let mut decoder = Decoder::default();
+    let mut buf = [0u8; 4096];
+    loop {
+        match decoder.next_frame().map_err(|e| StreamError::Guest(e.to_string()))? {
+            Some(f) if f.kind == Kind::Fail => {
+                return Err(StreamError::Guest(String::from_utf8_lossy(&f.payload).into_owned()))
+            }
+            Some(f) if f.kind == Kind::Window && f.count() == 0 => break,
+            Some(f) => return Err(StreamError::Guest(format!("the VM's stream began with {f:?}"))),
+            None => {}
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(StreamError::Guest("the VM's stream closed without an answer".into())),
+            Ok(n) => decoder.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(StreamError::Guest(format!("the VM's stream broke: {e}"))),
+        }
+    }
+    Ok((stream, decoder, writer))
+}
+
+/// The stdin FIFO of an app in the VM, written through a stream
+/// ([`Open::Stdin`]): `pod attach` and `pod run -i` in a VM pod. Writes
+/// block while the guest's window is used up (the app reads slowly).
+#[derive(Debug)]
+pub struct AppStdin {
+    stream: UnixStream,
+    decoder: Decoder,
+    credit: u32,
+}
+
+impl AppStdin {
+    /// Opens running app `app`'s stdin through the streams at `socket`.
+    pub fn open(socket: &Path, app: &str) -> Result<AppStdin, StreamError> {
+        let (stream, decoder, _) = opened(socket, &Open::Stdin { app: app.to_owned() })?;
+        Ok(AppStdin { stream, decoder, credit: WINDOW })
+    }
+
+    /// Reads the guest's frames (its windows) that came; with `block`,
+    /// waits for at least one read.
+    fn read_frames(&mut self, block: bool) -> io::Result<()> {
+        let mut buf = [0u8; 4096];
+        self.stream.set_nonblocking(!block)?;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the VM's stream closed")),
+                Ok(n) => self.decoder.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            break;
+        }
+        while let Some(f) = self.decoder.next_frame().map_err(io::Error::other)? {
+            match f.kind {
+                Kind::Window => self.credit = self.credit.saturating_add(f.count()),
+                // The app's stdin is gone (the app ended, the VM too).
+                Kind::Exit | Kind::Fail => {
+                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the app's stdin closed"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `data` into the app's stdin, within the guest's window.
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        self.read_frames(false)?;
+        while !data.is_empty() {
+            if self.credit == 0 {
+                self.read_frames(true)?;
+                continue;
+            }
+            let n = data.len().min(self.credit as usize).min(MAX_PAYLOAD);
+            self.stream.set_nonblocking(false)?;
+            self.stream.write_all(&Frame::new(Kind::Data, 0, data[..n].to_vec()).encode())?;
+            self.credit -= u32::try_from(n).unwrap_or(self.credit);
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Ends the stream once the guest has written all that was sent (its
+    /// Exit comes after), so that a `close-stdin` after it loses nothing.
+    pub fn finish(mut self) {
+        let sent = self
+            .stream
+            .set_nonblocking(false)
+            .and_then(|()| self.stream.write_all(&Frame::new(Kind::Eof, 0, Vec::new()).encode()));
+        if sent.is_err() {
+            return;
+        }
+        let limit = std::time::Duration::from_secs(10);
+        let until = std::time::Instant::now() + limit;
+        let _ = self.stream.set_read_timeout(Some(limit));
+        while std::time::Instant::now() < until && self.read_frames(true).is_ok() {}
     }
 }
 

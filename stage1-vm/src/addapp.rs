@@ -47,7 +47,6 @@ pub fn add(pod_dir: &Path, name: &AcName) -> Result<(), VmError> {
     if let Some(e) = crate::monitor::unsupported(app) {
         return Err(e);
     }
-    crate::monitor::refuse_stdin(app)?;
     let made = (|| {
         let mnt_ns = ns::pod_pid(pod_dir).and_then(|pid| ns::open_ns(pid, "mnt")).map_err(stage1_err)?;
         // No cgroups: the unit joins none, as at boot.

@@ -277,19 +277,6 @@ fn spawn_qemu(qemu: &Path, vm: &Vm, dir: &VmDir) -> Result<Child, VmError> {
     cmd.spawn().map_err(io_err("start", qemu))
 }
 
-/// `stdin: true` needs a FIFO in the pod directory, which a VM's pod-init
-/// sees over 9p: it cannot make one there (ENXIO), and one made on the
-/// host would be the guest's own. Refused, not dropped.
-pub fn refuse_stdin(app: &spec::stage1::App) -> Result<(), VmError> {
-    if app.stdin {
-        return Err(VmError::Invalid(format!(
-            "app {}: stdin: true is not supported by the VM stage1 (its FIFO would be on the 9p share)",
-            app.name
-        )));
-    }
-    Ok(())
-}
-
 /// Runs the pod; returns its exit status.
 /// Why this stage1 cannot run `app` as asked, if it cannot: the guest
 /// mounts each app's /proc, /sys and /dev with the defaults.
@@ -330,9 +317,6 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     }
     if let Some(e) = pod.apps.iter().find_map(unsupported) {
         return Err(e);
-    }
-    for app in &pod.apps {
-        refuse_stdin(app)?;
     }
     let host: &VmHost = inv.vm.as_ref().ok_or_else(|| {
         VmError::Invalid("stage1.json has no vm section: stage0 found no guest kernel (see README, VM pods)".into())

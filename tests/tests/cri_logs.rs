@@ -259,15 +259,6 @@ fn a_vm_pod_app_logs_into_a_volume_in_the_cri_format() {
     let lines = cri_lines(&host.join("cri.log"));
     assert!(lines.contains(&("stdout".into(), "F".into(), "out".into())), "{lines:?}");
     assert!(lines.contains(&("stderr".into(), "F".into(), "err".into())), "{lines:?}");
-
-    // A FIFO as stdin cannot be given in a VM: refused, not dropped.
-    let file = live.pod_file(
-        "vmstdin",
-        &yaml.replace("name: vmlog", "name: vmstdin").replace("    log:", "    stdin: true\n    log:"),
-    );
-    let out = live.run_within(&["run", p(&file)], Duration::from_secs(240));
-    assert!(!out.status.success(), "{}", describe(&["run"], &out));
-    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["stdin", "not supported by the VM stage1"]);
 }
 
 /// A VM sandbox (`pod-vm`) runs the same pod-init: the container's log is

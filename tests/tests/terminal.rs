@@ -251,25 +251,50 @@ fn run_it_enter_t_and_attach_on_a_terminal() {
     live.ok(&["stop", &two]);
 }
 
-/// A VM pod (one boot under TCG): `pod enter -t` runs on a terminal of the
-/// guest's, sized and resized as the user's, ^C and `exit 3` as in a
-/// namespace pod; `pod run -it` is refused (not yet) before anything runs.
+/// A VM pod (one boot under TCG): `pod run -it` gives the app a terminal
+/// of the guest's (its stdin FIFO on the guest's tmpfs, written through a
+/// stream), sized and resized as the user's, ^C reaching the app; the
+/// detach keys leave it running; `pod enter -t` runs on a terminal of the
+/// guest's as in a namespace pod; `pod attach` types into the app again
+/// and exits with its status.
 #[test]
-fn enter_t_in_a_vm_pod() {
+fn run_it_enter_t_and_attach_in_a_vm_pod() {
     if let Some(why) = skip_reason_vm() {
         eprintln!("SKIP: {why}");
         return;
     }
     let live = Live::new(&[Example::Busybox]);
-    let yaml = format!(
-        "name: vmtty\nisolation: vm\nnetwork: none\napps:\n  - name: sh\n    image: {BUSYBOX}\n    exec: [/bin/sh, -c, 'exec sleep 100000']\n"
+    let file = live.pod_file(
+        "vmtty",
+        &format!("name: vmtty\nisolation: vm\nnetwork: none\napps:\n  - name: sh\n    image: {BUSYBOX}\n    exec: [/bin/sh]\n"),
     );
-    let file = live.pod_file("vmtty", &yaml);
-    let out = live.fails(&["run", "-it", p(&file)], EXIT_INVALID);
-    assert_mentions(&out, &["VM"]);
-    let uuid = live.start(&file);
     let boot = Duration::from_secs(300);
-    live.wait_all_up(&uuid, boot);
+    let mut t = Term::spawn(&live, &["run", "-it", p(&file)], 24, 80);
+    t.expect("# ", boot);
+    t.type_(b"tty; stty size\r");
+    t.expect("/dev/pts/", LIMIT * 4);
+    t.expect("24 80", LIMIT * 4);
+    t.resize(31, 101);
+    let start = Instant::now();
+    loop {
+        t.type_(b"stty size\r");
+        std::thread::sleep(Duration::from_secs(1));
+        if t.text()[t.mark..].contains("31 101") {
+            break;
+        }
+        assert!(start.elapsed() < LIMIT * 4, "the new size did not reach the app:\n{}", t.text());
+    }
+    t.mark = t.text().len();
+    ctrl_c_interrupts(&mut t, "vmrun");
+    t.type_(&[0x10, 0x11]);
+    assert_eq!(t.wait(LIMIT * 4), 0, "{}", t.text());
+    t.assert_cooked();
+    let pods = live.pods();
+    let uuid =
+        pods.iter().find(|p| p["name"] == "vmtty").expect("the pod is listed")["uuid"].as_str().unwrap().to_owned();
+    let state = live.app_status(&uuid, "sh")["state"].clone();
+    assert!(matches!(state.as_str(), Some("running" | "ready")), "detaching stopped the app: {state}");
+
     let mut e = Term::spawn(&live, &["enter", "-t", &uuid], 24, 80);
     e.expect("# ", boot);
     e.type_(b"tty; stty size\r");
@@ -283,5 +308,14 @@ fn enter_t_in_a_vm_pod() {
     e.type_(b"exit 3\r");
     assert_eq!(e.wait(LIMIT * 4), 3, "{}", e.text());
     e.assert_cooked();
-    live.ok(&["stop", &uuid]);
+
+    // pod attach: the app's terminal again; its `exit 4` ends the pod.
+    let mut a = Term::spawn(&live, &["attach", &uuid], 24, 80);
+    std::thread::sleep(Duration::from_secs(2));
+    a.type_(b"echo vm$((6*7))attached\r");
+    a.expect("vm42attached", LIMIT * 4);
+    a.type_(b"exit 4\r");
+    assert_eq!(a.wait(LIMIT * 4), 4, "{}", a.text());
+    a.assert_cooked();
+    wait_for(LIMIT * 4, || live.status(&uuid)["state"] == "exited");
 }

@@ -210,6 +210,13 @@ pub enum Open {
     /// A TCP connection to the guest's 127.0.0.1:`port`. Once it is made,
     /// the guest's first frame is a [`Kind::Window`] of 0 (else a Fail).
     Connect { port: u16 },
+    /// Write the stream's data into running app `app`'s stdin FIFO
+    /// (`stdin: true`; pod-init types it into the app's terminal when it
+    /// has one): `pod attach` and `pod run -i`. Once the FIFO is open, the
+    /// guest's first frame is a [`Kind::Window`] of 0 (else a Fail); the
+    /// host's Eof ends the stream (Exit 0). No output: the app's goes to
+    /// its log, which the host reads on the pod directory's share.
+    Stdin { app: String },
 }
 
 fn escape(word: &str, out: &mut String) {
@@ -243,7 +250,8 @@ fn unescape(word: &str) -> Option<String> {
 
 impl Open {
     /// Tab-separated words, each escaped (`\\`, `\t`, `\n`):
-    /// `exec <tty 0|1|1:COLSxROWS> <app> <argv>...` or `connect <port>`.
+    /// `exec <tty 0|1|1:COLSxROWS> <app> <argv>...`, `connect <port>` or
+    /// `stdin <app>`.
     pub fn encode(&self) -> String {
         match self {
             Open::Exec { app, argv, tty, size } => {
@@ -258,6 +266,11 @@ impl Open {
                 out
             }
             Open::Connect { port } => format!("connect\t{port}"),
+            Open::Stdin { app } => {
+                let mut out = "stdin\t".to_owned();
+                escape(app, &mut out);
+                out
+            }
         }
     }
 
@@ -280,6 +293,10 @@ impl Open {
             "connect" => {
                 let port = words.next()?.parse().ok().filter(|p| *p > 0)?;
                 words.next().is_none().then_some(Open::Connect { port })
+            }
+            "stdin" => {
+                let app = unescape(words.next()?)?;
+                (!app.is_empty() && words.next().is_none()).then_some(Open::Stdin { app })
             }
             _ => None,
         }
@@ -344,6 +361,7 @@ mod tests {
             Open::Exec { app: "web".into(), argv: vec!["sh".into()], tty: true, size: None },
             Open::Exec { app: "web".into(), argv: vec!["sh".into()], tty: true, size: Some((123, 45)) },
             Open::Connect { port: 8080 },
+            Open::Stdin { app: "sh".into() },
         ] {
             assert_eq!(Open::decode(&open.encode()), Some(open));
         }
@@ -357,6 +375,9 @@ mod tests {
             "connect\t0",
             "connect\t70000",
             "connect",
+            "stdin",
+            "stdin\t",
+            "stdin\tsh\textra",
         ] {
             assert_eq!(Open::decode(bad), None, "{bad:?}");
         }

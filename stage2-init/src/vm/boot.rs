@@ -112,6 +112,23 @@ pub(crate) fn mount_share(root: &Path) -> Result<(), BootError> {
     }
 }
 
+/// Mounts a tmpfs (root's only) on the pod directory's `stdin/`, where
+/// pod-init makes the apps' stdin FIFOs (`stdin: true`): a FIFO on the 9p
+/// share would not open (ENXIO). The stream agent writes into them for
+/// the host (`Open::Stdin`); the host's `stdin/` stays empty.
+pub(crate) fn mount_stdin_dir(root: &Path) -> Result<(), BootError> {
+    let dir = root.join("stdin");
+    match std::fs::create_dir(&dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(BootError::new("create directory", &dir, e))
+        }
+        _ => {}
+    }
+    let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    mount(Some("tmpfs"), &dir, Some("tmpfs"), flags, Some("mode=0700,size=64k"))
+        .map_err(|e| BootError::new("mount tmpfs", &dir, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,6 +130,7 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<GuestConfig, BootErr
     boot::mount_share(root)?;
     *share_mounted = true;
     step("share mounted");
+    boot::mount_stdin_dir(root)?;
     let conf_path = root.join(GUEST_CONF);
     let text = std::fs::read_to_string(&conf_path).map_err(|e| BootError::new("read", &conf_path, e))?;
     let conf = GuestConfig::parse(&text).map_err(|e| BootError::new("parse", &conf_path, e))?;

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -263,6 +264,9 @@ impl Agent<'_> {
                 stream.outs = vec![out(Kind::Data, dup(&fd)?)];
                 stream.input = Some(input(fd, true));
             }
+            Open::Stdin { app } => {
+                stream.input = Some(input(open_stdin(self.root, app)?, false));
+            }
         }
         Ok(stream)
     }
@@ -349,6 +353,24 @@ impl Agent<'_> {
         self.dead.retain(|&pid| {
             matches!(waitpid(pid, Some(WaitPidFlag::WNOHANG)), Ok(nix::sys::wait::WaitStatus::StillAlive))
         });
+    }
+}
+
+/// The write end of running app `app`'s stdin FIFO (`stdin/<app>`, which
+/// pod-init makes on the guest's tmpfs there: `boot::mount_stdin_dir`).
+/// Non-blocking: pod-init holds the read end while the app runs (ENXIO
+/// otherwise).
+fn open_stdin(root: &Path, app: &str) -> Result<OwnedFd, String> {
+    enter::app_pid(&root.join("status"), app)?;
+    let path = root.join("stdin").join(app);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(&path);
+    match file {
+        Ok(f) => Ok(OwnedFd::from(f)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(format!("app {app} has no stdin (stdin: true)")),
+        Err(e) => Err(format!("app {app}: its stdin {}: {e}", path.display())),
     }
 }
 
