@@ -174,7 +174,14 @@ mod tests {
         assert_eq!(&line[..n], b"hello\n");
         // The writer leaves: ^D, which a canonical read sees as end-of-file.
         drop(w);
+        // A child another test forks holds a copy of the write end until
+        // it execs (close-on-exec): the end of input may come a bit later.
+        let deadline = Instant::now() + Duration::from_secs(5);
         term.pump();
+        while term.input.is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            term.pump();
+        }
         assert!(term.input.is_none() && term.pending.is_empty(), "{:?} {:?}", term.input, term.pending);
         assert_eq!(slave.read(&mut line).unwrap(), 0, "no end-of-file after the FIFO's end");
         assert!(term.poll_fd().is_none(), "nothing left to poll");
