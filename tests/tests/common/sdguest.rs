@@ -276,6 +276,13 @@ impl Guest {
             .args(["-device", "virtio-9p-pci,fsdev=root,mount_tag=hostroot"])
             .args(["-fsdev", &format!("local,id=work,path={},security_model=passthrough,multidevs=remap", p(&work))])
             .args(["-device", "virtio-9p-pci,fsdev=work,mount_tag=work"])
+            // The build's binaries, keys and images at their own path, also
+            // where the guest's fresh /tmp would hide them (a clone in /tmp).
+            .args([
+                "-fsdev",
+                &format!("local,id=target,path={},security_model=passthrough,readonly=on", p(&target_dir())),
+            ])
+            .args(["-device", "virtio-9p-pci,fsdev=target,mount_tag=target"])
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         if spec.scratch_mib > 0 {
@@ -406,6 +413,16 @@ fn units() -> Vec<(String, String)> {
 
 /// The initramfs's /init: modules, the shares, the overlay, the units, and
 /// switch_root to systemd.
+/// The cargo target directory (as tests/tests/common's `target_dir`).
+fn target_dir() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(t) if Path::new(&t).is_absolute() => PathBuf::from(t),
+        Some(t) => workspace.join(t),
+        None => workspace.join("target"),
+    }
+}
+
 fn init_script(modules: &[String], scratch: bool) -> String {
     let mut s = format!("#!/bin/busybox sh\nSCRATCH={}\n", if scratch { "yes" } else { "" });
     s.push_str(
@@ -418,6 +435,7 @@ fn init_script(modules: &[String], scratch: bool) -> String {
     for m in modules {
         s.push_str(&format!("$B insmod /modules/{m}.ko || fail insmod {m}\n"));
     }
+    let target = target_dir().display().to_string();
     s.push_str(&format!(
         "$B mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /lower || fail 9p root\n\
          $B mount -t tmpfs -o mode=0755 rw /rw || fail tmpfs\n\
@@ -431,6 +449,8 @@ fn init_script(modules: &[String], scratch: bool) -> String {
            $B mount -t ext4 /dev/vda /newroot{GUEST_SCRATCH} || fail scratch disk\n\
          fi\n\
          for d in /tmp /var/tmp; do $B mount -t tmpfs -o mode=1777 tmp /newroot$d || fail tmpfs $d; done\n\
+         $B mkdir -p /newroot{target}\n\
+         $B mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose target /newroot{target} || fail 9p target\n\
          E=/newroot/etc/systemd/system\n\
          $B mkdir -p $E\n"
     ));
