@@ -140,7 +140,7 @@ impl ScopeSpec {
 
     /// `StartTransientUnit`'s properties, `a(sv)`: podman's set.
     /// `CollectMode=inactive-or-failed` so that a scope whose processes
-    /// were killed leaves no failed unit behind.
+    /// were killed leaves no failed unit behind; `OOMPolicy=continue`.
     pub fn properties(&self) -> Vec<(&'static str, Value<'_>)> {
         vec![
             ("Description", Value::from(self.description.as_str())),
@@ -149,6 +149,9 @@ impl ScopeSpec {
             ("PIDs", Value::from(self.pids.clone())),
             ("CollectMode", Value::from("inactive-or-failed")),
             ("DefaultDependencies", Value::from(false)),
+            // An app's OOM kill is the pod's to report (pod status), not a
+            // reason for systemd to stop the whole scope (its default).
+            ("OOMPolicy", Value::from("continue")),
         ]
     }
 }
