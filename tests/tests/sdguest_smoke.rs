@@ -2,6 +2,7 @@
 //! systemd is PID 1, the guest is cgroup v2 only, machined answers.
 #![allow(clippy::unwrap_used)]
 
+mod common;
 #[path = "common/sdguest.rs"]
 mod sdguest;
 

@@ -280,7 +280,10 @@ impl Guest {
             // where the guest's fresh /tmp would hide them (a clone in /tmp).
             .args([
                 "-fsdev",
-                &format!("local,id=target,path={},security_model=passthrough,readonly=on", p(&target_dir())),
+                &format!(
+                    "local,id=target,path={},security_model=passthrough,readonly=on",
+                    p(&super::common::target_dir())
+                ),
             ])
             .args(["-device", "virtio-9p-pci,fsdev=target,mount_tag=target"])
             .stdin(Stdio::null())
@@ -413,16 +416,6 @@ fn units() -> Vec<(String, String)> {
 
 /// The initramfs's /init: modules, the shares, the overlay, the units, and
 /// switch_root to systemd.
-/// The cargo target directory (as tests/tests/common's `target_dir`).
-fn target_dir() -> PathBuf {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) if Path::new(&t).is_absolute() => PathBuf::from(t),
-        Some(t) => workspace.join(t),
-        None => workspace.join("target"),
-    }
-}
-
 fn init_script(modules: &[String], scratch: bool) -> String {
     let mut s = format!("#!/bin/busybox sh\nSCRATCH={}\n", if scratch { "yes" } else { "" });
     s.push_str(
@@ -435,7 +428,7 @@ fn init_script(modules: &[String], scratch: bool) -> String {
     for m in modules {
         s.push_str(&format!("$B insmod /modules/{m}.ko || fail insmod {m}\n"));
     }
-    let target = target_dir().display().to_string();
+    let target = super::common::target_dir().display().to_string();
     s.push_str(&format!(
         "$B mount -t 9p -o ro,trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /lower || fail 9p root\n\
          $B mount -t tmpfs -o mode=0755 rw /rw || fail tmpfs\n\
