@@ -92,3 +92,17 @@ for k, (rss, anon, file) in med.items():
 p, t = med["pod-init"][0], med["tini-static"][0]
 print(f"pod-init / tini-static VmRSS: {p/t:.2f} ({sys.argv[2]} vs {sys.argv[3]})")
 PY
+
+# hot.ld lists the functions pod-init runs while idle; code changed since it
+# was generated runs from .text.cold and costs a 64 kB window each (a stale
+# list once cost 188 kB). Regenerate into a temp file and compare.
+if command -v valgrind >/dev/null; then
+  HOT_LD="$work/hot.ld" bash stage2-init/hot.sh "$POD_INIT" >/dev/null 2>&1 || true
+  if [ -s "$work/hot.ld" ] && ! diff -q "$work/hot.ld" stage2-init/hot.ld >/dev/null; then
+    echo "hot.ld is stale ($(diff "$work/hot.ld" stage2-init/hot.ld | grep -c '^[<>]') lines differ): run stage2-init/hot.sh and rebuild"
+  else
+    echo "hot.ld is current"
+  fi
+else
+  echo "SKIP: hot.ld staleness check (valgrind missing)"
+fi

@@ -4,6 +4,7 @@
 # binary under valgrind's callgrind (see cold.ld and README.md, "Memory").
 #
 #   stage2-init/hot.sh [path/to/pod-init]   # needs root, valgrind, busybox-static
+#   HOT_LD=/tmp/hot.ld stage2-init/hot.sh    # write elsewhere (bench/initrss.sh's staleness check)
 #
 # Run it on a release build (`cargo build --release -p stage2-init`) after
 # changing what pod-init runs at start-up or while idle; commit hot.ld.
@@ -13,6 +14,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-${CARGO_TARGET_DIR:-$here/../target}/release/pod-init}
+out=${HOT_LD:-$here/hot.ld}
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 . "$here/../bench/initpod.sh"
 work=$(mktemp -d /var/tmp/pod-hot.XXXXXX)
@@ -41,7 +43,7 @@ init_pod_root "$work/pod"
 sed -i /^SeccompFilter=/d "$work/pod/units/s.unit"
 profile "$work/pod"
 # callgrind names PID 1's profile cg.1 (the app's fork, which execs, writes none).
-python3 - "$work/seccomp/cg.1" "$work/pod/cg.1" >"$here/hot.ld" <<'PY'
+python3 - "$work/seccomp/cg.1" "$work/pod/cg.1" >"$out" <<'PY'
 import re, subprocess, sys
 names = set()
 for line in open(sys.argv[1]).readlines() + open(sys.argv[2]).readlines():
@@ -94,4 +96,4 @@ for r in sorted(rust):
     print(f"    *(.text.{r} .text.unlikely.{r})")
 print("  }\n}\nINSERT AFTER .iplt;")
 PY
-echo "wrote $here/hot.ld: $(grep -c '^    \*' "$here/hot.ld") patterns"
+echo "wrote $out: $(grep -c '^    \*' "$out") patterns"

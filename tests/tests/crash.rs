@@ -40,8 +40,8 @@ fn serial() -> MutexGuard<'static, ()> {
     HOST.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-// A kill -9 of the monitor takes the pod down with it (the launcher and the
-// pod's PID 1 die through PR_SET_PDEATHSIG; the lock was the monitor's
+// A kill -9 of the monitor takes the pod down with it (the pod's PID 1
+// dies through PR_SET_PDEATHSIG; the lock was the monitor's
 // alone), so the pod reads as exited and `pod gc` restores the host.
 #[test]
 fn killing_stage1_then_gc_leaves_the_host_as_it_was() {
@@ -81,15 +81,16 @@ fn killing_stage1_then_gc_leaves_the_host_as_it_was() {
     let pod_dir = live.data.join("pods/run").join(&uuid);
     let init_pid: u32 = fs::read_to_string(pod_dir.join("pid")).unwrap().trim().parse().unwrap();
     let init = proc_of(init_pid).unwrap();
-    // The pod's PID 1 is forked by a launcher, a child of the monitor; both
-    // run pod-stage1-ns. The monitor is the outermost of them.
-    let mut monitor = proc_of(init.ppid).unwrap();
-    while let Some(parent) = proc_of(monitor.ppid).filter(|p| p.cmdline.contains("pod-stage1-ns")) {
-        monitor = parent;
-    }
+    // The pod's PID 1 is forked by the monitor itself: one host process
+    // per pod besides pod-init.
+    let monitor = proc_of(init.ppid).unwrap();
     assert!(
         monitor.cmdline.contains("pod-stage1-ns") && monitor.cmdline.contains(&uuid),
         "the parent of the pod's PID 1 is not its stage1: {monitor:?}"
+    );
+    assert!(
+        proc_of(monitor.ppid).is_none_or(|p| !p.cmdline.contains(&uuid)),
+        "the pod's stage1 runs in more than one host process: {monitor:?}"
     );
     let pod_procs = tree(init_pid);
     assert!(pod_procs.len() >= 3, "pod-init, redis and python expected: {pod_procs:#?}");

@@ -63,7 +63,9 @@ use std::path::PathBuf;
 use nix::unistd::Pid;
 
 pub use detect::{detect, detect_host, FsKind, Hierarchy, Mode};
-pub use pod::{add_pid, create_pod, list_pods, open_pod, PodCgroup, PodLoc, INIT_CGROUP, POD_BASE};
+pub use pod::{
+    add_pid, create_pod, join_self, list_pods, open_pod, self_joinable, PodCgroup, PodLoc, INIT_CGROUP, POD_BASE,
+};
 pub use psi::{Pressure, Psi, PsiData};
 pub use stats::{
     app_limits, app_procs, app_stats, pod_stats, shares_to_weight, weight_to_shares, CgroupLimits, CpuStats,
