@@ -18,6 +18,7 @@ pub mod sample;
 pub mod scope;
 pub mod seccomp;
 pub mod seccomp_oci;
+pub mod supervise;
 mod sys;
 pub mod units;
 pub mod userns;

@@ -16,6 +16,16 @@ impl LogTail {
         Self { dir: pod_dir.join("logs"), apps: apps.into_iter().map(|a| (a, 0, Vec::new())).collect() }
     }
 
+    /// Picks up at each app's offset (from [`LogTail::offsets`]).
+    pub fn resume(pod_dir: &Path, offsets: Vec<(String, u64)>) -> Self {
+        Self { dir: pod_dir.join("logs"), apps: offsets.into_iter().map(|(a, o)| (a, o, Vec::new())).collect() }
+    }
+
+    /// Each app's offset, unless one has a line read only in part.
+    pub fn offsets(&self) -> Option<Vec<(String, u64)>> {
+        self.apps.iter().map(|(a, o, partial)| partial.is_empty().then(|| (a.clone(), *o))).collect()
+    }
+
     pub fn pump(&mut self) {
         let mut out = io::stdout().lock();
         for (app, offset, partial) in &mut self.apps {

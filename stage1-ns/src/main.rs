@@ -5,7 +5,9 @@
 //! (set up an app stage0 added to its `pod.json`) and `pod-stage1-ns
 //! rm-app POD_DIR APP` (remove one: see addapp.rs), and `pod-stage1-ns
 //! stats POD_DIR` (one usage sample as JSON: see sample.rs). See
-//! spec::stage1 for the contract.
+//! spec::stage1 for the contract. A monitor whose pod has run a while
+//! re-execs itself with the same argv into the lean supervisor
+//! (supervise.rs), which finds its state in `POD_STAGE1_SUPERVISE`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +22,8 @@ fn usage() -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let lock_fd = std::env::var(spec::stage1::LOCK_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok());
+    // Set only by the monitor's own re-exec (supervise.rs).
+    let resumed = std::env::var(stage1_ns::supervise::STATE_ENV).ok();
     stage1_ns::sanitize();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["gc", dir] => match stage1_ns::monitor::gc(&PathBuf::from(dir)) {
@@ -56,7 +60,12 @@ fn main() -> ExitCode {
             }
         }
         [flag @ .., dir] if flag.iter().all(|f| *f == "--stream-logs") => {
-            match stage1_ns::monitor::run(&PathBuf::from(dir), !flag.is_empty(), lock_fd) {
+            let dir = PathBuf::from(dir);
+            let done = match &resumed {
+                Some(state) => stage1_ns::supervise::resume(&dir, state),
+                None => stage1_ns::monitor::run(&dir, !flag.is_empty(), lock_fd),
+            };
+            match done {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
                 Err(e) => {
                     eprintln!("pod-stage1-ns: {e}");

@@ -3,27 +3,29 @@
 //! loopback port proxies), the unit files, then the pod's PID 1 in new pid,
 //! mount, uts and ipc namespaces (and the pod's net namespace), which sets up
 //! the root filesystems, pivots into the pod directory and execs stage2-init.
-//! It forwards SIGTERM/SIGINT to that PID 1, streams app logs in the
-//! foreground, and on exit tears down everything it made and exits with the
-//! pod's status.
+//! It forks that PID 1 itself (a pod is one host process besides pod-init),
+//! then supervises it (supervise.rs): forwards SIGTERM/SIGINT to it, streams
+//! app logs in the foreground, and on exit tears down everything it made
+//! and exits with the pod's status. A pod that runs on gets the lean
+//! supervisor: the monitor re-execs itself (supervise.rs).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 use spec::stage1::{Invocation, ResolvedPod, INVOCATION_FILE, POD_MANIFEST_FILE};
 
 use crate::cgroups::{self, Limits, PodCgroup};
 pub use crate::logtail::LogTail;
 use crate::network::{self, Cni, NetworkHost, PodNetwork, PortMapping};
+use crate::supervise::Supervisor;
 use crate::userns::{PodUserNs, UsernsError};
 use crate::{rootfs, sys, units};
 
@@ -155,6 +157,8 @@ impl Drop for Made {
 struct Go {
     netns: Option<PathBuf>,
     app_cgroups: BTreeMap<String, Vec<PathBuf>>,
+    /// The pod's v1 init cgroups, which PID 1 joins itself ([`cgroups::join_self`]).
+    init_cgroups_v1: Vec<PathBuf>,
 }
 
 /// `network: none`: the pod's PID 1 unshares a network namespace of its own
@@ -164,16 +168,6 @@ fn private_net(pod: &ResolvedPod, userns: Option<&PodUserNs>) -> bool {
     pod.network == spec::stage1::Network::None && userns.is_none()
 }
 
-/// The pipes between the monitor, the launcher and the pod's PID 1.
-struct Pipes {
-    /// monitor → launcher: the pod's init cgroups, as soon as they exist.
-    cgroups: (OwnedFd, OwnedFd),
-    /// monitor → pod's PID 1: [`Go`].
-    go: (OwnedFd, OwnedFd),
-    /// launcher and PID 1 → monitor: `P<pid>` or `E<error>`, then EOF at exec.
-    result: (OwnedFd, OwnedFd),
-}
-
 fn pipe() -> Result<(OwnedFd, OwnedFd), Stage1Error> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys_err("pipe"))
 }
@@ -181,8 +175,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Stage1Error> {
 /// Runs the pod in the pod directory; returns its exit status.
 pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i32, Stage1Error> {
     let (inv, pod) = load(pod_dir)?;
-    // Children reparent to us when the launcher exits: we wait for the pod's
-    // PID 1 ourselves.
+    // `pid: host`: pod-init's orphans may end up with us; reaped in supervise.
     nix::sys::prctl::set_child_subreaper(true).map_err(sys_err("PR_SET_CHILD_SUBREAPER"))?;
     let mut mask = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD, Signal::SIGHUP] {
@@ -200,35 +193,28 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
         None => None,
     };
 
-    // Fork the launcher now, while single-threaded; it forks the pod's PID 1
-    // at once, and both wait for the host side.
-    let Pipes { cgroups: (cg_r, cg_w), go: (go_r, go_w), result: (res_r, res_w) } =
-        Pipes { cgroups: pipe()?, go: pipe()?, result: pipe()? };
-    let monitor_pid = nix::unistd::getpid();
-    let launcher = match sys::fork_process().map_err(sys_err("fork"))? {
-        ForkResult::Child => {
-            drop((cg_w, go_w, res_r));
-            // The pod's lock is the monitor's alone: a launcher outliving a
-            // killed monitor for an instant must not keep the pod "running".
-            if let Some(fd) = lock_fd {
-                let _ = nix::unistd::close(fd);
-            }
-            let code = launch(pod_dir, &inv, &pod, userns.as_ref(), (cg_r, go_r), res_w, monitor_pid);
-            // A forked child must never return into the monitor's code.
-            #[allow(clippy::exit)]
-            std::process::exit(code);
-        }
-        ForkResult::Parent { child } => child,
-    };
-    drop((cg_r, go_r, res_w));
+    // Fork the pod's PID 1 now, while single-threaded: it waits for the
+    // host side (`go`), then for its cgroups (`joined`); it reports a
+    // failure on `result`, which reads EOF once it execs pod-init.
+    let ((go_r, go_w), (res_r, res_w), (joined_r, joined_w)) = (pipe()?, pipe()?, pipe()?);
+    let host_ends = [go_w.as_raw_fd(), res_r.as_raw_fd(), joined_w.as_raw_fd()];
+    let init = fork_init(pod.host_pid, host_ends, lock_fd, || {
+        let err = pod_init(pod_dir, &inv, &pod, userns.as_ref(), go_r, joined_r);
+        let _ = nix::unistd::write(&res_w, format!("E{err}").as_bytes());
+    })?;
+    // Our copy of PID 1's end: the reply reads EOF once PID 1 execs.
+    drop(res_w);
 
     let mut made = Made { cgroup: None, scope: None, network: None };
-    let go = prepare_host(pod_dir, &inv, &pod, userns.as_ref(), &mut made, (cg_w, launcher));
-    let go = match go {
+    let mut mover = None;
+    let go = prepare_host(pod_dir, &inv, &pod, userns.as_ref(), &mut made, (joined_w, init, &mut mover));
+    let (go, lean) = match go {
         Ok(go) => go,
         Err(e) => {
+            // PID 1 reads EOF on `go` and gives up.
             drop(go_w);
-            let _ = waitpid(launcher, None);
+            let _ = mover.map(std::thread::JoinHandle::join);
+            let _ = waitpid(init, None);
             return Err(e);
         }
     };
@@ -236,14 +222,17 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     // A PID 1 that already failed has closed its end: its error is in the reply.
     let _ = File::from(go_w).write_all(&msg);
     let mut reply = String::new();
-    File::from(res_r).read_to_string(&mut reply).map_err(io_err("read", Path::new("launcher pipe")))?;
-    let init = match parse_reply(&reply) {
-        Ok(pid) => pid,
-        Err(why) => {
-            let _ = waitpid(launcher, None);
-            return Err(Stage1Error::Launch(why));
-        }
+    File::from(res_r).read_to_string(&mut reply).map_err(io_err("read", Path::new("the pod's PID 1's pipe")))?;
+    let moved = match mover.map(std::thread::JoinHandle::join) {
+        None => Err("the pod's cgroups were not made".to_owned()),
+        Some(Ok(moved)) => moved,
+        Some(Err(_)) => Err("the cgroup thread panicked".to_owned()),
     };
+    if let Err(why) = moved.and_then(|()| parse_reply(&reply)) {
+        let _ = kill(init, Signal::SIGKILL);
+        let _ = waitpid(init, None);
+        return Err(Stage1Error::Launch(why));
+    }
     let pid_file = pod_dir.join("pid");
     fs::write(&pid_file, format!("{init}\n")).map_err(io_err("write", &pid_file))?;
     if let Some(scope) = made.scope.as_mut() {
@@ -253,53 +242,120 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
         scope.register(pod_dir, &pod, cgroups::machined::Class::Container, init, ifindices.unwrap_or_default())?;
     }
     crate::crashpoint::crashpoint("stage1-ns.running");
-    let status = supervise(pod_dir, init, launcher, &mask, stream_logs, &pod, made.cgroup.as_ref())?;
+    let sup = Supervisor::new(pod_dir, init, stream_logs, &pod, made.cgroup.clone());
+    // Nothing of the set-up is needed while the pod runs (no port proxy
+    // threads): once the pod has run a while, the monitor re-execs itself
+    // into the lean supervisor (supervise.rs), which tears down as `gc` does.
+    let lean = lean.then_some(crate::supervise::Lean { lock_fd });
+    let status = sup.run(&mask, lean)?;
     let exit_file = pod_dir.join("stage1-exit");
     let _ = fs::write(exit_file, format!("{status}\n"));
     made.teardown();
     Ok(status)
 }
 
-/// What the launcher and the pod's PID 1 said: the launcher's `P<pid>`, or
-/// one `E<error>` from either, alone or after the pid (PID 1 failed once
-/// moved into its cgroups) or before it (PID 1 failed while being moved).
-fn parse_reply(reply: &str) -> Result<Pid, String> {
-    if let Some(pid) = reply.strip_prefix('P').and_then(|d| d.parse::<i32>().ok()) {
-        return Ok(Pid::from_raw(pid));
-    }
-    let error = reply.strip_prefix('P').map_or(reply, |r| r.trim_start_matches(|c: char| c.is_ascii_digit()));
-    let error = error.strip_prefix('E').unwrap_or(error);
-    let error = match error.rfind('P') {
-        Some(i) if i + 1 < error.len() && error[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &error[..i],
-        _ => error,
+/// Forks the pod's PID 1, in a new pid namespace unless `host_pid`. The
+/// monitor itself goes back to its own (pid_ns_for_children), where the
+/// kernel lets it start threads again. The child closes `host_ends` and the
+/// pod's lock (the monitor's alone), arranges to die with the monitor's
+/// main thread (PR_SET_PDEATHSIG: the monitor forks from it, and it lives
+/// to the end; a monitor gone before that is seen as EOF on `go`), runs
+/// `child` (which only returns on failure) and exits 1.
+fn fork_init(
+    host_pid: bool,
+    host_ends: [RawFd; 3],
+    lock_fd: Option<i32>,
+    child: impl FnOnce(),
+) -> Result<Pid, Stage1Error> {
+    let own_ns = if host_pid {
+        None
+    } else {
+        let ns = File::open("/proc/self/ns/pid").map_err(io_err("open", Path::new("/proc/self/ns/pid")))?;
+        unshare(CloneFlags::CLONE_NEWPID).map_err(sys_err("unshare pid"))?;
+        Some(ns)
     };
-    Err(if error.is_empty() { "the launcher exited without a word".to_owned() } else { error.to_owned() })
+    let forked = sys::fork_process();
+    if let Ok(ForkResult::Child) = forked {
+        for fd in host_ends.into_iter().chain(lock_fd) {
+            let _ = nix::unistd::close(fd);
+        }
+        if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_ok() {
+            child();
+        }
+        #[allow(clippy::exit)] // a forked child must not return into the monitor
+        std::process::exit(1);
+    }
+    let back = own_ns.map(|ns| nix::sched::setns(ns, CloneFlags::CLONE_NEWPID)).transpose();
+    let init = match forked.map_err(sys_err("fork"))? {
+        ForkResult::Parent { child } => child,
+        ForkResult::Child => unreachable!("the child never gets here"),
+    };
+    if let Err(errno) = back {
+        let _ = kill(init, Signal::SIGKILL);
+        let _ = waitpid(init, None);
+        return Err(Stage1Error::Sys { what: "setns back to the host's pid namespace", errno });
+    }
+    Ok(init)
 }
 
-/// Makes the cgroups first (in the pod's systemd scope, holding the
-/// launcher, where systemd manages them) and hands the init ones to the
-/// launcher right away (`cg_w`), so that moving PID 1 in overlaps the rest.
+/// What the pod's PID 1 said: nothing once it execs pod-init, else
+/// `E<error>`.
+fn parse_reply(reply: &str) -> Result<(), String> {
+    match reply.strip_prefix('E').unwrap_or(reply) {
+        _ if reply.is_empty() => Ok(()),
+        "" => Err("the pod's PID 1 failed without a word".to_owned()),
+        error => Err(error.to_owned()),
+    }
+}
+
+/// Moves the pod's PID 1 into its init cgroups, on a thread: moving a
+/// process between cgroup v1 hierarchies waits for an RCU grace period
+/// (cgroup_threadgroup_rwsem: ~5-15 ms measured here), which overlaps the
+/// network set-up and PID 1's mounts. Wakes PID 1 through `joined`, or
+/// kills it.
+fn move_init(
+    dirs: Vec<PathBuf>,
+    init: Pid,
+    joined: OwnedFd,
+) -> io::Result<std::thread::JoinHandle<Result<(), String>>> {
+    std::thread::Builder::new().name("pod-cg-move".into()).spawn(move || {
+        let moved = cgroups::add_pid(&dirs, init).map_err(|e| e.to_string()).and_then(|()| {
+            nix::unistd::write(&joined, b"j").map(drop).map_err(|e| format!("waking the pod's PID 1: {e}"))
+        });
+        if moved.is_err() {
+            let _ = kill(init, Signal::SIGKILL);
+        }
+        moved
+    })
+}
+
+/// Makes the cgroups first (in the pod's systemd scope, holding PID 1,
+/// where systemd manages them) and moves PID 1 into them on a thread
+/// (`mover`), so that it overlaps the rest. Also says whether the set-up
+/// left nothing running in the monitor (no port proxies).
 fn prepare_host(
     pod_dir: &Path,
     inv: &Invocation,
     pod: &ResolvedPod,
     userns: Option<&PodUserNs>,
     made: &mut Made,
-    (cg_w, launcher): (OwnedFd, Pid),
-) -> Result<Go, Stage1Error> {
+    (joined_w, init, mover): (OwnedFd, Pid, &mut Option<std::thread::JoinHandle<Result<(), String>>>),
+) -> Result<(Go, bool), Stage1Error> {
     let h = hierarchy()?;
-    made.scope = crate::scope::start(pod_dir, inv, pod, Some(&h), &[launcher])?;
+    made.scope = crate::scope::start(pod_dir, inv, pod, Some(&h), &[init])?;
     let apps: Vec<(&str, Limits)> = pod.apps.iter().map(|a| (a.name.as_str(), Limits::from(a.resources))).collect();
     let cg = cgroups::create_pod(&h, pod_loc(pod_dir, inv, pod)?, &apps)?;
     let mut app_cgroups = BTreeMap::new();
     for a in &pod.apps {
         app_cgroups.insert(a.name.to_string(), cg.app_dirs(a.name.as_str())?);
     }
-    let init_cgroups = serde_json::to_vec(&cg.init_dirs()).map_err(|e| Stage1Error::Launch(e.to_string()))?;
     let delegated = userns.map(|ns| cg.delegate_apps(ns.map.uid, ns.map.gid)).transpose();
+    // PID 1 joins its v1 cgroups itself, cheaply (see join_self); the
+    // thread moves it into the cgroup2 ones, if any, and wakes it.
+    let (init_cgroups_v1, init_dirs) = cgroups::self_joinable(cg.init_dirs());
     made.cgroup = Some(cg);
     delegated?;
-    File::from(cg_w).write_all(&init_cgroups).map_err(io_err("write", Path::new("launcher pipe")))?;
+    *mover = Some(move_init(init_dirs, init, joined_w).map_err(io_err("start a thread for", Path::new("cgroups")))?);
     crate::crashpoint::crashpoint("stage1-ns.cgroups");
 
     let ports = pod
@@ -346,7 +402,7 @@ fn prepare_host(
             std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(io_err("chown", &p))?;
         }
     }
-    Ok(Go { netns, app_cgroups })
+    Ok((Go { netns, app_cgroups, init_cgroups_v1 }, ports.is_empty()))
 }
 
 /// Reads a whole message from the monitor; empty means it gave up.
@@ -359,105 +415,10 @@ fn read_message<T: serde::de::DeserializeOwned>(from: OwnedFd, what: &str) -> Re
     serde_json::from_slice(&buf).map_err(|e| format!("the {what}: {e}"))
 }
 
-/// The launcher (a child of the monitor): unshares the pid namespace and
-/// forks the pod's PID 1 at once, moves it into the pod's cgroups as soon as
-/// the monitor has made them, reports its host pid, then waits for it and
-/// exits with its status. It dies with the monitor (PR_SET_PDEATHSIG), and
-/// the pod's PID 1 dies with it, so a killed monitor takes the whole pod
-/// down and `pod gc` can clean up.
-fn launch(
-    pod_dir: &Path,
-    inv: &Invocation,
-    pod: &ResolvedPod,
-    userns: Option<&PodUserNs>,
-    (cg_r, go_r): (OwnedFd, OwnedFd),
-    res_w: OwnedFd,
-    monitor: Pid,
-) -> i32 {
-    let report = |msg: String| {
-        let _ = nix::unistd::write(&res_w, msg.as_bytes());
-    };
-    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != monitor {
-        report("E the monitor is gone".into());
-        return 1;
-    }
-    let child = match launch_pod(pod_dir, inv, pod, userns, (cg_r, go_r), &res_w) {
-        Ok(child) => child,
-        Err(e) => {
-            report(format!("E{e}"));
-            return 1;
-        }
-    };
-    report(format!("P{child}"));
-    // The monitor reads to EOF: close our end now that the pid is sent.
-    drop(res_w);
-    loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return 125,
-        }
-    }
-}
-
-fn launch_pod(
-    pod_dir: &Path,
-    inv: &Invocation,
-    pod: &ResolvedPod,
-    userns: Option<&PodUserNs>,
-    (cg_r, go_r): (OwnedFd, OwnedFd),
-    res_w: &OwnedFd,
-) -> Result<Pid, String> {
-    // Only the pid namespace here (it applies to the next child); the
-    // others are the pod's PID 1's own. A launcher with a mount namespace
-    // of its own would pay for tearing that copy of the host's mount table
-    // down when it exits (an RCU grace period: ~100 ms measured).
-    // `pid: host`: none, the pod's PID 1 is a host process (pod-init then
-    // becomes a subreaper).
-    if !pod.host_pid {
-        unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid: {e}"))?;
-    }
-    // The pod's PID 1 waits on this before it execs stage2-init, until the
-    // launcher has moved it into the pod's cgroups.
-    let (joined_r, joined_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    // The launcher is single-threaded (forked before the monitor started
-    // any thread), so forking again is safe.
-    match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => {
-            drop((joined_w, cg_r));
-            let err = pod_init(pod_dir, inv, pod, userns, go_r, joined_r);
-            let _ = nix::unistd::write(res_w, format!("E{err}").as_bytes());
-            #[allow(clippy::exit)] // a forked child must not return into the launcher
-            std::process::exit(1);
-        }
-        ForkResult::Parent { child } => {
-            drop((joined_r, go_r));
-            // Moving a process between cgroup v1 hierarchies waits for an
-            // RCU grace period (cgroup_threadgroup_rwsem: ~5-15 ms measured
-            // here), so it happens while the monitor finishes the host side
-            // and the child sets up the pod's mounts.
-            let joined = read_message::<Vec<PathBuf>>(cg_r, "pod's cgroups")
-                .and_then(|dirs| cgroups::add_pid(&dirs, child).map_err(|e| e.to_string()));
-            match joined {
-                Ok(()) => {
-                    nix::unistd::write(&joined_w, b"j").map_err(|e| format!("waking the pod's PID 1: {e}"))?;
-                    Ok(child)
-                }
-                Err(e) => {
-                    let _ = kill(child, Signal::SIGKILL);
-                    let _ = waitpid(child, None);
-                    Err(e)
-                }
-            }
-        }
-    }
-}
-
 /// In the pod's PID 1, before exec: once the monitor says the host side is
 /// ready, its namespaces, hostname, mounts and pivot (then, with a user
 /// namespace, it joins that and unshares the namespaces it owns: see
-/// userns.rs); then, once the launcher has put it in the pod's cgroups,
+/// userns.rs); then, once the monitor has put it in the pod's cgroups,
 /// exec pod-init.
 fn pod_init(
     pod_dir: &Path,
@@ -468,12 +429,12 @@ fn pod_init(
     joined: OwnedFd,
 ) -> String {
     let step = || -> Result<std::convert::Infallible, String> {
-        // PID 1 of the pod dies with the launcher (and so with the monitor).
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
         // The host side first: a CNI netns is pinned by a bind mount the
         // monitor makes meanwhile, which a mount namespace copied before it
         // would not see.
         let go: Go = read_message(go, "go message")?;
+        // Still single-threaded (a fork of the monitor before its threads).
+        cgroups::join_self(&go.init_cgroups_v1).map_err(|e| format!("joining the pod's cgroups: {e}"))?;
         if let Some(ns) = &go.netns {
             let f = File::open(ns).map_err(|e| format!("open {}: {e}", ns.display()))?;
             nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns net: {e}"))?;
@@ -514,7 +475,7 @@ fn pod_init(
         nix::unistd::sethostname(pod.hostname()).map_err(|e| format!("sethostname: {e}"))?;
         let mut byte = [0u8; 1];
         if !matches!(File::from(joined).read(&mut byte), Ok(1)) {
-            return Err("the launcher did not place the pod in its cgroups".into());
+            return Err("the monitor did not place the pod in its cgroups".into());
         }
         SigSet::all().thread_unblock().map_err(|e| format!("unblock signals: {e}"))?;
         let prog = CString::new(stage2).map_err(|e| e.to_string())?;
@@ -533,78 +494,6 @@ fn pod_init(
     match step() {
         Ok(never) => match never {},
         Err(e) => e,
-    }
-}
-
-/// Waits for the pod's PID 1 (through the launcher, which exits with its
-/// status), forwarding signals to it and streaming logs.
-fn supervise(
-    pod_dir: &Path,
-    init: Pid,
-    launcher: Pid,
-    mask: &SigSet,
-    stream_logs: bool,
-    pod: &ResolvedPod,
-    cgroup: Option<&PodCgroup>,
-) -> Result<i32, Stage1Error> {
-    let mut ooms: BTreeMap<String, u64> = BTreeMap::new();
-    // Apps added while the pod runs (`pod app add`, CRI containers) have
-    // cgroups the one made at the start does not list: looked up again
-    // whenever pod.json changes.
-    let mut watched = crate::oom::Watched::new(pod_dir, cgroup.cloned(), pod);
-    // The kernel counts OOM kills per cgroup; pod-init only sees SIGKILL.
-    // Record them beside the app's status so `pod status` can say why.
-    let mut note_ooms = || {
-        let Some((cg, apps)) = watched.current() else { return };
-        for name in apps {
-            let n = cg.oom_kills(&name).unwrap_or(0);
-            if n > 0 && ooms.get(&name) != Some(&n) {
-                let p = pod_dir.join("status").join(format!("{name}.oom"));
-                let _ = fs::write(p, format!("{n}\n"));
-                ooms.insert(name, n);
-            }
-        }
-    };
-    let sfd =
-        SignalFd::with_flags(mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(sys_err("signalfd"))?;
-    let mut tail = LogTail::new(pod_dir, pod.apps.iter().map(|a| a.name.to_string()).collect());
-    let mut notify = crate::notify::Notifier::from_env(pod_dir);
-    loop {
-        let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&sfd), nix::poll::PollFlags::POLLIN)];
-        let _ = nix::poll::poll(&mut fds, 200u16);
-        while let Ok(Some(info)) = sfd.read_signal() {
-            let signo = i32::try_from(info.ssi_signo).unwrap_or(0);
-            if let Ok(sig) = Signal::try_from(signo) {
-                if sig != Signal::SIGCHLD {
-                    notify.stopping();
-                    let _ = kill(init, Signal::SIGTERM);
-                }
-            }
-        }
-        notify.tick(pod.apps.iter().map(|a| a.name.as_str()));
-        if stream_logs {
-            tail.pump();
-        }
-        note_ooms();
-        // Reap everything that reparented to us; note PID 1's end.
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == launcher => {
-                    notify.stopping();
-                    note_ooms();
-                    tail.finish(stream_logs);
-                    return Ok(code);
-                }
-                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == launcher => {
-                    notify.stopping();
-                    note_ooms();
-                    tail.finish(stream_logs);
-                    return Ok(128 + sig as i32);
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
-            }
-        }
     }
 }
 
@@ -628,12 +517,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn launcher_replies() {
-        assert_eq!(parse_reply("P42"), Ok(Pid::from_raw(42)));
-        assert_eq!(parse_reply("P42Emount proc: EPERM"), Err("mount proc: EPERM".to_owned()));
-        assert_eq!(parse_reply("Emonitor gave up before launchP42"), Err("monitor gave up before launch".to_owned()));
-        assert_eq!(parse_reply("E the monitor is gone"), Err(" the monitor is gone".to_owned()));
-        assert_eq!(parse_reply("P"), Err("the launcher exited without a word".to_owned()));
-        assert!(parse_reply("").is_err());
+    fn pid1_replies() {
+        assert_eq!(parse_reply(""), Ok(()));
+        assert_eq!(parse_reply("Emount proc: EPERM"), Err("mount proc: EPERM".to_owned()));
+        assert_eq!(parse_reply("E"), Err("the pod's PID 1 failed without a word".to_owned()));
     }
 }

@@ -24,6 +24,18 @@ pub(crate) fn capture() {
     let _ = TARGET.get_or_init(|| std::env::var(NOTIFY_SOCKET_ENV).ok().filter(|s| !s.is_empty()));
 }
 
+/// The target systemd named, as captured.
+pub(crate) fn target() -> Option<String> {
+    TARGET.get().cloned().flatten()
+}
+
+/// What a [`Notifier`] has sent, carried across the monitor's re-exec.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Sent {
+    ready: bool,
+    stopping: bool,
+}
+
 #[derive(Debug)]
 pub struct Notifier {
     target: Option<String>,
@@ -39,6 +51,20 @@ impl Notifier {
         capture();
         let target = TARGET.get().cloned().flatten();
         Self { target, status_dir: pod_dir.join("status"), ready_sent: false, stopping_sent: false }
+    }
+
+    /// Whether nothing is left to tell but `STOPPING=1` (no tick needed).
+    pub fn settled(&self) -> bool {
+        self.target.is_none() || self.ready_sent || self.stopping_sent
+    }
+
+    pub fn sent(&self) -> Sent {
+        Sent { ready: self.ready_sent, stopping: self.stopping_sent }
+    }
+
+    pub fn resume(&mut self, sent: Sent) {
+        self.ready_sent = sent.ready;
+        self.stopping_sent = sent.stopping;
     }
 
     /// Sends `READY=1` the first time every app of `apps` is settled.

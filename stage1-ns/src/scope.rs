@@ -3,9 +3,9 @@
 //!
 //! Where systemd is PID 1 on a pure cgroup v2 host, and `POD_CGROUP_MANAGER`
 //! does not say `cgroupfs`, the monitor asks systemd for
-//! `machine.slice/pod-<uuid>.scope` holding the launcher (namespace pods:
-//! it already has the pod's PID 1 as its child, which it moves into the
-//! scope's `init.scope` leaf with itself) or qemu and the monitor (VM
+//! `machine.slice/pod-<uuid>.scope` holding the pod's PID 1 (namespace
+//! pods: the monitor's child, moved into the scope's `init.scope` leaf,
+//! then into the pod's own init cgroups) or qemu and the monitor (VM
 //! pods), then registers the pod with machined. Elsewhere the cgroupfs
 //! path is unchanged and no machine is registered: machined registers the
 //! unit of the leader's cgroup, which outside a scope of the pod's own

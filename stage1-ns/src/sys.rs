@@ -12,10 +12,10 @@ use nix::unistd::{fork, ForkResult};
 
 /// Forks. The caller must only be single-threaded here, or use only
 /// async-signal-safe operations in the child until exec; the monitor forks
-/// its pod launcher before it starts any thread.
+/// the pod's PID 1 before it starts any thread.
 pub fn fork_process() -> nix::Result<ForkResult> {
     // SAFETY: called while the monitor is single-threaded (before network
-    // setup starts proxy threads, see monitor.rs), so the child's copy of the
+    // setup starts threads, see monitor.rs), so the child's copy of the
     // address space has no lock held by a thread that no longer exists.
     unsafe { fork() }
 }

@@ -27,7 +27,8 @@
 //!   namespace, becomes its root (host uid `<base>`), and unshares fresh
 //!   mount, uts and ipc namespaces, which the user namespace then owns (the
 //!   mounts made so far come along, locked together: the pod's root cannot
-//!   unmount one to look underneath). The pid namespace is the launcher's,
+//!   unmount one to look underneath). The pid namespace is the one the
+//!   monitor unshared to fork PID 1,
 //!   owned by the host's user namespace: /proc is mounted before the join,
 //!   and the pod's root has nothing to administer there.
 
