@@ -11,6 +11,7 @@ packages=(
   python3           # the tests' https server
   appc-spec         # actool: appc's own tool, for the interoperability test
   hyperfine crun    # benchmarks (crun: the peer of bench/run.sh)
+  wrk               # bench/ports.sh (HTTP load against published ports)
   tini              # bench/initrss.sh: tini-static, the peer of pod-init's RSS
   apt-utils         # apt-get download for `pod image build` from packages
   containernetworking-plugins  # CNI: bridge, host-local, portmap

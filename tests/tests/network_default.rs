@@ -1,5 +1,6 @@
-//! The default network, set up natively (rtnetlink and an nf_tables table
-//! per pod, no CNI plugin run): pods get distinct addresses on `pod0` in
+//! The default network, set up natively (rtnetlink and rules tagged with
+//! the pod's id in one nf_tables table `ip pod` the pods share, no CNI
+//! plugin run): pods get distinct addresses on `pod0` in
 //! 10.89.0.0/16 from the host-local store, answer at their address from the
 //! host, publish ports on loopback and on the host's addresses, and leave no
 //! veth, rule or allocation after `pod stop`, nor after `pod gc` of a pod
@@ -104,15 +105,23 @@ impl TestNs {
             .collect()
     }
 
-    /// The nf_tables tables (`ip pod-<uuid>`, ...).
+    /// The nf_tables tables (`table ip pod`, ...).
     fn tables(&self) -> Vec<String> {
         let out = self.sh("nft list tables");
         assert!(out.status.success(), "nft list tables: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
     }
 
-    fn table_of(&self, uuid: &str) -> bool {
-        self.tables().iter().any(|t| t.contains(&format!("pod-{uuid}")))
+    /// Whether the pods' shared table `ip pod` is there.
+    fn shared_table(&self) -> bool {
+        self.tables().iter().any(|t| t.trim() == "table ip pod")
+    }
+
+    /// The rules of the shared table tagged with the pod's id.
+    fn rules_of(&self, uuid: &str) -> Vec<String> {
+        let out = self.sh("nft list table ip pod 2>/dev/null");
+        let tag = format!("comment \"pod-{uuid}\"");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(&tag)).map(|l| l.trim().to_owned()).collect()
     }
 }
 
@@ -195,9 +204,7 @@ fn footprint_settled(ns: &TestNs, uuid: &str) -> Vec<String> {
 /// What the pod holds on the host while it runs, each as a line.
 fn footprint(ns: &TestNs, uuid: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if ns.table_of(uuid) {
-        out.push(format!("nft table pod-{uuid}"));
-    }
+    out.extend(ns.rules_of(uuid).into_iter().map(|r| format!("nft rule {r}")));
     let tag: String = uuid.chars().filter(char::is_ascii_alphanumeric).take(11).collect();
     out.extend(ns.veths().into_iter().filter(|v| v.contains(&tag)).map(|v| format!("veth {v}")));
     out.extend(allocations_of(uuid).into_iter().map(|a| format!("address {a}")));
@@ -228,12 +235,12 @@ fn default_network_pods_are_reachable_publish_ports_and_stop_leaving_nothing() {
     assert_eq!(ns.get("10.89.0.1", p1), Ok("hello from one\n".to_owned()));
     assert_eq!(ns.get("10.89.0.1", p2), Ok("hello from two\n".to_owned()));
 
-    // The footprint: its nf_tables table, its veth on pod0, its host-local
+    // The footprint: its nf_tables rules, its veth on pod0, its host-local
     // address file, its namespace pin. No CNI plugin ran: no iptables rule
     // names it, no CNI cache.
     for uuid in [&u1, &u2] {
         let f = footprint(&ns, uuid);
-        for kind in ["nft table", "veth", "address", "netns"] {
+        for kind in ["nft rule", "veth", "address", "netns"] {
             assert!(f.iter().any(|l| l.starts_with(kind)), "no {kind} of {uuid}: {f:?}");
         }
         let iptables = ns.sh("iptables-save 2>/dev/null");
@@ -252,8 +259,14 @@ fn default_network_pods_are_reachable_publish_ports_and_stop_leaving_nothing() {
     ns.pod_ok(&live, &["stop", &u2]);
     assert_eq!(footprint_settled(&ns, &u2), Vec::<String>::new(), "left after stop");
     assert!(ns.veths().is_empty(), "veths left: {:?}", ns.veths());
-    let pod_tables: Vec<String> = ns.tables().into_iter().filter(|t| t.contains("pod-")).collect();
-    assert!(pod_tables.is_empty(), "tables left: {pod_tables:?}");
+    // The shared table outlives its pods (deleting it on a pod's exit
+    // would unregister its hooks, which is slow), empty; `pod gc` removes it.
+    assert!(ns.shared_table(), "the shared table went with the last pod: {:?}", ns.tables());
+    let rules = ns.sh("nft -a list table ip pod");
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains("comment"), "rules left after stop");
+    ns.pod_ok(&live, &["gc"]);
+    let pod_tables: Vec<String> = ns.tables().into_iter().filter(|t| t.contains(" pod")).collect();
+    assert!(pod_tables.is_empty(), "tables left after gc: {pod_tables:?}");
 }
 
 /// The pod's stage1 monitor: the outermost pod-stage1-ns above its PID 1.
@@ -284,7 +297,7 @@ fn gc_of_a_pod_whose_stage1_was_killed_leaves_nothing() {
     let uuid = start(&ns, &live, &web_file(&live, "killed", port));
     let ip = ip_of(&live, &uuid);
     assert_eq!(ns.get_within(&ip, 8080, Duration::from_secs(30)), "hello from killed\n");
-    assert_eq!(footprint(&ns, &uuid).len(), 4, "{:?}", footprint(&ns, &uuid));
+    assert_eq!(footprint(&ns, &uuid).len(), 6, "3 rules, veth, address, netns: {:?}", footprint(&ns, &uuid));
 
     let monitor = monitor_of(&live, &uuid);
     assert!(Command::new("kill").args(["-KILL", &monitor.to_string()]).status().unwrap().success());
@@ -293,12 +306,13 @@ fn gc_of_a_pod_whose_stage1_was_killed_leaves_nothing() {
         "stage1 survived SIGKILL"
     );
     // The killed monitor could undo nothing: its rules, veth and address stay.
-    assert!(ns.table_of(&uuid), "the table went with the monitor?");
+    assert_eq!(ns.rules_of(&uuid).len(), 3, "the rules went with the monitor? {:?}", ns.rules_of(&uuid));
 
     ns.pod_ok(&live, &["gc"]);
     assert!(live.listed(&uuid).is_none(), "pod gc left the pod: {:?}", live.pods());
     // gc deletes the veth itself: nothing is left when it returns.
     assert_eq!(footprint(&ns, &uuid), Vec::<String>::new(), "left after gc");
+    assert!(!ns.shared_table(), "gc left the unused shared table: {:?}", ns.tables());
     assert!(ns.get("10.89.0.1", port).is_err(), "port {port} still answers");
 }
 

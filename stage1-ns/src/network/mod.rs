@@ -260,6 +260,10 @@ pub fn teardown_leftovers(network: &Network, pod_id: &str, host: &NetworkHost) -
         Network::Cni { name } if native::was_native(host.cni.cache_dir()) && name == cni::DEFAULT_NETWORK => {
             native::teardown_in(&host.default_net, host.cni.cache_dir(), pod_id).map_err(NetworkError::from)
         }
+        // Torn down by its monitor: the shared table may be left to remove.
+        Network::Cni { name } if name == cni::DEFAULT_NETWORK && native::is_native(host.cni.conf_dir())? => {
+            native::remove_table_if_unused(pod_id).map_err(NetworkError::from)
+        }
         Network::Cni { name } => host.cni.del(&path, pod_id, POD_IFNAME, name).map_err(NetworkError::from),
     };
     let removed = remove_netns(Path::new(&path));

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+mod splice;
+
 /// Connections served at once; further clients are closed on accept.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// How long to wait for the pod to accept the upstream connection.
@@ -258,6 +260,11 @@ fn forward(id: u64, client: TcpStream, target: SocketAddr, timeout: Duration, sh
     if !shared.register(id, &upstream) {
         return;
     }
+    // What comes in goes out at once: the client's own stack already
+    // decided when to send, and Nagle on the relay would only add a round
+    // trip to every small response that follows an unacknowledged one.
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
     let (Ok(client_read), Ok(upstream_write)) = (client.try_clone(), upstream.try_clone()) else { return };
     let reverse = thread::Builder::new().name("proxy-copy".into()).spawn(move || pipe(upstream, client));
     match reverse {
@@ -272,8 +279,17 @@ fn forward(id: u64, client: TcpStream, target: SocketAddr, timeout: Duration, sh
 /// Copies `from` to `to` until EOF, then half-closes `to`; on an error both
 /// sockets are shut so the other direction ends too.
 fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    match io::copy(&mut from, &mut to) {
-        Ok(_) => {
+    let copied = match splice::copy(&from, &to) {
+        Err(splice::Error::Setup(e)) => {
+            // No pipe (EMFILE) or no splice: copy through a buffer.
+            tracing::debug!(error = %e, "proxy falls back to read/write");
+            io::copy(&mut from, &mut to).map(drop)
+        }
+        Err(splice::Error::Copy(e)) => Err(e),
+        Ok(_) => Ok(()),
+    };
+    match copied {
+        Ok(()) => {
             let _ = to.shutdown(Shutdown::Write);
         }
         Err(_) => {
@@ -297,7 +313,7 @@ mod tests {
         let listener = TcpListener::bind((LO, 0)).expect("bind echo");
         let addr = listener.local_addr().expect("addr");
         let handle = thread::spawn(move || {
-            for conn in listener.incoming().take(64) {
+            for conn in listener.incoming().take(4096) {
                 let Ok(mut conn) = conn else { break };
                 thread::spawn(move || {
                     let mut buf = [0u8; 4096];
@@ -398,5 +414,100 @@ mod tests {
         assert!(matches!(c.read(&mut b), Ok(0) | Err(_)));
         wait_for("the failed connection to be released", || proxy.active_connections() == 0);
         assert!(PortProxy::start(LO, proxy.local_addr().port(), dead).is_err(), "port in use is an error");
+    }
+    /// A payload that is not periodic at any small size, so a dropped or
+    /// repeated chunk shows.
+    fn pattern(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[0]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn large_transfers_cross_intact_in_both_directions_at_once() {
+        let (target, _server) = echo_server();
+        let proxy = PortProxy::start(LO, 0, target).expect("start");
+        let c = connect(proxy.local_addr());
+        let payload = pattern(48 << 20);
+        let sent = payload.clone();
+        let mut w = c.try_clone().expect("clone");
+        // Writing and reading at once: the echo's buffers fill otherwise.
+        let writer = thread::spawn(move || {
+            w.write_all(&sent).expect("write");
+            w.shutdown(Shutdown::Write).expect("half-close");
+        });
+        let mut back = Vec::with_capacity(payload.len());
+        (&c).read_to_end(&mut back).expect("read to EOF");
+        writer.join().expect("writer");
+        assert_eq!(back.len(), payload.len());
+        assert!(back == payload, "the echoed bytes differ");
+    }
+
+    #[test]
+    fn the_pod_side_half_closes_and_the_client_still_sends() {
+        let listener = TcpListener::bind((LO, 0)).expect("bind");
+        let target = listener.local_addr().expect("addr");
+        let server = thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.write_all(b"greeting").expect("write");
+            s.shutdown(Shutdown::Write).expect("half-close");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("read");
+            got
+        });
+        let proxy = PortProxy::start(LO, 0, target).expect("start");
+        let mut c = connect(proxy.local_addr());
+        let mut first = Vec::new();
+        c.read_to_end(&mut first).expect("EOF from the pod side");
+        assert_eq!(first, b"greeting");
+        // The other direction is still open after the pod's EOF.
+        c.write_all(b"after EOF").expect("write after the peer's EOF");
+        c.shutdown(Shutdown::Write).expect("half-close");
+        assert_eq!(server.join().expect("server"), b"after EOF");
+        wait_for("the connection to finish", || proxy.active_connections() == 0);
+    }
+
+    #[test]
+    fn many_connections_are_served_at_once() {
+        let (target, _server) = echo_server();
+        let proxy = PortProxy::start(LO, 0, target).expect("start");
+        let mut clients: Vec<TcpStream> = (0..200).map(|_| connect(proxy.local_addr())).collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.write_all(format!("client {i:03}").as_bytes()).expect("write");
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let mut buf = [0u8; 10];
+            c.read_exact(&mut buf).expect("echo");
+            assert_eq!(&buf, format!("client {i:03}").as_bytes());
+        }
+        assert_eq!(proxy.active_connections(), 200);
+        drop(clients);
+        wait_for("every connection to finish", || proxy.active_connections() == 0);
+    }
+
+    #[test]
+    fn stop_returns_promptly_with_a_transfer_blocked_midway() {
+        // The pod side accepts and never reads: every buffer on the way
+        // fills and the relay blocks writing.
+        let listener = TcpListener::bind((LO, 0)).expect("bind");
+        let target = listener.local_addr().expect("addr");
+        let held = thread::spawn(move || listener.accept().map(|(s, _)| s));
+        let proxy = PortProxy::start(LO, 0, target).expect("start");
+        let c = connect(proxy.local_addr());
+        let mut w = c.try_clone().expect("clone");
+        let writer = thread::spawn(move || w.write_all(&pattern(64 << 20)));
+        let _upstream = held.join().expect("accept thread").expect("accept");
+        thread::sleep(Duration::from_millis(300));
+        assert!(!writer.is_finished(), "64 MiB cannot fit in the buffers of a reader that never reads");
+        let started = Instant::now();
+        proxy.stop();
+        assert!(started.elapsed() < Duration::from_secs(3), "stop took {:?}", started.elapsed());
+        assert!(writer.join().expect("writer").is_err(), "the client's write must fail once stopped");
     }
 }

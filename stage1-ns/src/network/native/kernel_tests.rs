@@ -46,7 +46,7 @@ fn in_own_netns() {
     assert_eq!(att.ips, ["10.89.0.2/16".parse::<IpNet>().expect("net")]);
     assert_eq!(att.gateway, Some(Ipv4Addr::new(10, 89, 0, 1).into()));
     assert_eq!(store.held_by("pod-one"), [Ipv4Addr::new(10, 89, 0, 2)]);
-    assert!(nft::exists("pod-one").expect("look up"), "no table pod-pod-one");
+    assert_eq!(nft::rules_of("pod-one").expect("look up"), 3, "masquerade, DNAT in prerouting and output");
     assert_eq!(fs::read_to_string(IP_FORWARD).expect("read").trim(), "1", "forwarding on (in the test's namespace)");
 
     // The pod answers at its address, and on the host address through DNAT.
@@ -95,15 +95,29 @@ fn in_own_netns() {
     let (_two, att2) = Native::setup(&net, &cache2, "pod-two", &ns2, &[]).expect("setup two");
     assert_eq!(att2.ips[0].addr, IpAddr::V4(Ipv4Addr::new(10, 89, 0, 3)));
     assert!(rtnl.link_index(&veth_name("pod-two")).expect("look up").is_some());
+    assert_eq!(nft::rules_of("pod-two").expect("look up"), 1, "masquerade only");
     teardown_in(&net, &cache2, "pod-two").expect("gc two");
     assert!(rtnl.link_index(&veth_name("pod-two")).expect("look up").is_none(), "veth left");
-    assert!(!nft::exists("pod-two").expect("look up") && store.held_by("pod-two").is_empty());
+    assert!(nft::rules_of("pod-two").expect("look up") == 0 && store.held_by("pod-two").is_empty());
+    assert!(nft::table_exists().expect("look up"), "gc deleted the table pod one still uses");
+    assert_eq!(nft::rules_of("pod-one").expect("look up"), 3, "gc of pod two touched pod one's rules");
     assert!(!was_native(&cache2));
     teardown_in(&net, &cache2, "pod-two").expect("gc again: nothing");
+    // A gc that saw no rule but races a pod's start: the non-recursive
+    // deletion fails as a whole and leaves the table and the rules.
+    nft::delete_if_empty().expect("table in use: nothing to do");
+    assert_eq!(nft::rules_of("pod-one").expect("look up"), 3, "a non-recursive deletion removed rules");
 
-    one.teardown().expect("teardown one");
-    assert!(rtnl.link_index(&veth_name("pod-one")).expect("look up").is_none(), "veth left");
-    assert!(!nft::exists("pod-one").expect("look up"), "table left");
+    // The monitor's teardown leaves the shared table (and its hooks), gc
+    // removes it once no pod uses it.
+    one.teardown_with_netns().expect("the monitor's teardown of one");
+    assert_eq!(nft::rules_of("pod-one").expect("look up"), 0, "rules left");
+    assert!(nft::table_exists().expect("look up"), "the monitor deleted the shared table");
+    assert!(store.held_by("pod-one").is_empty(), "address left");
+    assert!(!was_native(&cache1), "state left");
+    remove_netns(ns1.path()).expect("remove netns");
+    remove_table_if_unused("pod-one").expect("gc one");
+    assert!(!nft::table_exists().expect("look up"), "the unused shared table is left after gc");
     assert!(store.held_by("pod-one").is_empty(), "address left");
     assert!(fetch((Ipv4Addr::new(10, 89, 0, 1), 18080).into()).is_err(), "port still forwarded");
     one.teardown().expect("teardown is idempotent");
@@ -117,11 +131,9 @@ fn in_own_netns() {
     let err = Native::setup(&net, &cache3, "pod-three", &ns3, &[]).expect_err("name taken");
     assert!(err.to_string().contains(&taken), "{err}");
     assert!(rtnl.link_index(&taken).expect("look up").is_some(), "the undo removed a link that was not the pod's");
-    assert!(
-        store.held_by("pod-three").is_empty() && !nft::exists("pod-three").expect("look up") && !was_native(&cache3)
-    );
+    assert!(store.held_by("pod-three").is_empty() && !nft::table_exists().expect("look up") && !was_native(&cache3));
     rtnl.del_link(&taken).expect("remove the blocker");
-    for ns in [ns1, ns2, ns3, outside] {
+    for ns in [ns2, ns3, outside] {
         remove_netns(ns.path()).expect("remove netns");
     }
 }

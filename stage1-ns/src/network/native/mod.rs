@@ -1,15 +1,16 @@
 //! The default network, set up natively (as netavark replaced the CNI
 //! plugins in podman): the same bridge `pod0`, subnet, gateway and host-local
 //! addresses as the `default` conflist pod used to write, but made with
-//! rtnetlink ([`rtnl`]) and an nf_tables table per pod ([`nft`]) from the
+//! rtnetlink ([`rtnl`]) and rules in an nf_tables table the pods share
+//! ([`nft`]) from the
 //! stage1 monitor itself, instead of exec'ing bridge, host-local, portmap and
 //! the iptables they run. Named networks, and a `default` conflist of the
 //! user's, still go through CNI ([`crate::network::cni`]).
 //!
 //! What the pod got is recorded in `<cache dir>/native-default.json` before
 //! the first change, so a stage1 killed midway still leaves gc enough to
-//! undo it: the veth and the nf_tables table are named after the pod, the
-//! address is found by its owner in the host-local store.
+//! undo it: the veth is named after the pod, its nf_tables rules carry its
+//! id, the address is found by its owner in the host-local store.
 
 pub mod ipam;
 #[cfg(test)]
@@ -267,7 +268,8 @@ impl Native {
         })
     }
 
-    /// Removes the pod's rules, veth and address, then its state file.
+    /// Removes the pod's rules (and the shared table if no pod uses it),
+    /// veth and address, then its state file.
     /// Every step runs even if one before failed; the first error is
     /// returned. Idempotent.
     pub fn teardown(&self) -> Result<(), NativeError> {
@@ -285,15 +287,28 @@ impl Native {
 }
 
 /// [`Native::teardown`] for a pod whose stage1 is gone (gc), from its
-/// state file; nothing when there is none.
+/// state file; nothing when there is none. Also deletes the shared
+/// nf_tables table when no pod has rules left in it.
 pub fn teardown_in(net: &DefaultNet, cache_dir: &Path, pod_id: &str) -> Result<(), NativeError> {
-    teardown_steps(net, cache_dir, pod_id, true)
+    let steps = teardown_steps(net, cache_dir, pod_id, true);
+    let table = remove_table_if_unused(pod_id);
+    steps?;
+    table
 }
 
-fn teardown_steps(net: &DefaultNet, cache_dir: &Path, pod_id: &str, del_veth: bool) -> Result<(), NativeError> {
+/// gc of a pod the monitor tore down: the shared nf_tables table, once no
+/// pod has rules left in it (the monitor leaves it: deleting it would
+/// unregister its hooks, which waits for RCU grace periods, on the pod's
+/// exit path), and the pod's own table if an older pod made one.
+pub fn remove_table_if_unused(pod_id: &str) -> Result<(), NativeError> {
+    nft::remove_if_unused(Some(pod_id)).map_err(NativeError::from)
+}
+
+fn teardown_steps(net: &DefaultNet, cache_dir: &Path, pod_id: &str, gc: bool) -> Result<(), NativeError> {
     let state = read_state(cache_dir)?;
     let Some(state) = state else { return Ok(()) };
     let rules = nft::delete(pod_id).map_err(NativeError::from);
+    let del_veth = gc;
     let link = match &state.veth {
         Some(veth) if del_veth => Rtnl::open().and_then(|mut r| r.del_link(veth)).map_err(NativeError::from),
         _ => Ok(()),
