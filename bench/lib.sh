@@ -4,6 +4,7 @@
 #
 #   bench_store NAME BRIDGE SUBNET_OCTET   # sets bin, work, POD_DIR, POD_CONFIG
 #   bench_true_pods                        # $work/true-none.yaml, $work/true-bench.yaml
+#   bench_sleep_pod NAME NET SECS          # a one-app busybox sleep pod file, on stdout
 
 bench_store() {
   local name=$1
@@ -48,4 +49,16 @@ apps:
     exec: [/bin/busybox, "true"]
 YAML
   done
+}
+
+# A one-app pod sleeping SECONDS, printed: bench_sleep_pod NAME NETWORK SECONDS > FILE
+bench_sleep_pod() {
+  cat <<YAML
+name: $1
+network: $2
+apps:
+  - name: s
+    image: example.com/busybox:1.35
+    exec: [/bin/busybox, sleep, "$3"]
+YAML
 }

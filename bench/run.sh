@@ -12,8 +12,9 @@
 # same cgroup v1 host. It also runs in a private network namespace standing
 # in for the host, so that the default network (which turns on IP forwarding
 # and masquerades, as podman's does) changes nothing on the real host.
-# Networks compared: none; `default` (set up natively: rtnetlink and an
-# nf_tables table per pod); `cni-default`, the same bridge/host-local/portmap
+# Networks compared: none; `default` (set up natively: rtnetlink and the
+# pod's rules in the nf_tables table `ip pod` the pods share, which the
+# pod's exit leaves, with its hooks, and `pod gc` deletes once unused); `cni-default`, the same bridge/host-local/portmap
 # chain pod used to write as its default conflist, through the CNI plugins;
 # and `bench`, a CNI bridge without isGateway/ipMasq.
 set -euo pipefail
@@ -108,14 +109,7 @@ PY
 echo "load average (1, 5, 15 min): before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Resident memory of the pod's PID 1 and of the stage1 monitor while a pod runs.
-cat > "$work/sleep.yaml" <<'YAML'
-name: bench-rss
-network: none
-apps:
-  - name: s
-    image: example.com/busybox:1.35
-    exec: [/bin/busybox, sleep, "30"]
-YAML
+bench_sleep_pod bench-rss none 30 > "$work/sleep.yaml"
 uuid=$("$bin/pod" run -d "$work/sleep.yaml")
 sleep 1
 init=$(cat "$POD_DIR/pods/run/$uuid/pid")

@@ -205,6 +205,15 @@ impl Pods {
         Ok(())
     }
 
+    /// The pod of a whole uuid, in whichever state directory it is.
+    fn by_uuid(&self, uuid: &str) -> Option<PodRef> {
+        ALL.into_iter().find_map(|s| {
+            let dir = self.state_dir(s).join(uuid);
+            fs::symlink_metadata(&dir).ok().filter(|m| m.is_dir())?;
+            Some(PodRef { uuid: uuid.to_owned(), state: state_of(s, &dir), dir })
+        })
+    }
+
     /// Every pod, in uuid order.
     pub fn list(&self) -> Result<Vec<PodRef>, PodError> {
         let mut out = Vec::new();
@@ -222,18 +231,7 @@ impl Pods {
                     continue;
                 }
                 let dir = entry.path();
-                let state = match s {
-                    EMBRYO => PodState::Embryo,
-                    PREPARED => PodState::Prepared,
-                    GARBAGE => PodState::Garbage,
-                    _ => {
-                        if is_locked(&dir) {
-                            PodState::Running
-                        } else {
-                            PodState::Exited
-                        }
-                    }
-                };
+                let state = state_of(s, &dir);
                 out.push(PodRef { uuid, dir, state });
             }
         }
@@ -244,6 +242,14 @@ impl Pods {
     /// Finds a pod by uuid, unique uuid prefix, or name (`name_of` reads a
     /// pod's name from its directory).
     pub fn find(&self, query: &str, name_of: impl Fn(&Path) -> Option<String>) -> Result<PodRef, PodError> {
+        // A whole uuid is looked up in the four state directories rather
+        // than by listing every pod (and testing each one's lock): with
+        // many pods, `pod stop UUID` of each would be quadratic.
+        if is_uuid(query) {
+            if let Some(hit) = self.by_uuid(query) {
+                return Ok(hit);
+            }
+        }
         let all = self.list()?;
         let mut hits: Vec<PodRef> = all.iter().filter(|p| p.uuid == query).cloned().collect();
         if hits.is_empty() {
@@ -276,6 +282,18 @@ impl Pods {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(PodError::NotFound(pod.uuid.clone())),
             Err(e) => Err(io_err("inspect", &pod.dir)(e)),
         }
+    }
+}
+
+/// The state of a pod in state directory `s`: one in `run/` is running
+/// while its stage1 holds its lock.
+fn state_of(s: &str, dir: &Path) -> PodState {
+    match s {
+        EMBRYO => PodState::Embryo,
+        PREPARED => PodState::Prepared,
+        GARBAGE => PodState::Garbage,
+        _ if is_locked(dir) => PodState::Running,
+        _ => PodState::Exited,
     }
 }
 
