@@ -25,6 +25,9 @@ pub const INVOCATION_FILE: &str = "stage1.json";
 pub const POD_MANIFEST_FILE: &str = "pod.json";
 /// Environment variable naming the inherited pod lock fd.
 pub const LOCK_FD_ENV: &str = "POD_LOCK_FD";
+/// The pod's exit status, which stage1 writes into the pod directory once
+/// the pod has ended, before it tears the pod down.
+pub const EXIT_FILE: &str = "stage1-exit";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

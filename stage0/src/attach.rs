@@ -357,7 +357,7 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
 
 /// The pod's status, as its stage1 recorded it.
 fn stage1_exit(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("stage1-exit")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(dir.join(spec::stage1::EXIT_FILE)).ok()?.trim().parse().ok()
 }
 
 /// Waits until a pod whose apps have all ended is released by its stage1

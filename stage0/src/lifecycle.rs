@@ -207,7 +207,8 @@ pub fn remove(pods: &Pods, pod: &PodRef) -> Result<(), LifecycleError> {
     if matches!(pod.state, PodState::Running) {
         return Err(LifecycleError::State { uuid: pod.uuid.clone(), state: pod.state, what: "stop it first" });
     }
-    let mut locked = pods.lock(pod)?;
+    // An exited pod's stage1 may still be tearing it down (pods.rs).
+    let mut locked = if pod.state == PodState::Exited { pods.lock_exited(pod)? } else { pods.lock(pod)? };
     if pod.state == PodState::Exited {
         stage1_gc(pod)?;
     }

@@ -6,7 +6,8 @@
 //! ```text
 //! <data>/pods/embryo/<uuid>     being prepared (flocked by the preparing pod)
 //! <data>/pods/prepared/<uuid>   ready to run
-//! <data>/pods/run/<uuid>        running while its stage1 holds the lock; exited when not
+//! <data>/pods/run/<uuid>        running while its stage1 holds the lock; exited when not,
+//!                               or once stage1 wrote `stage1-exit` (it may still tear down)
 //! <data>/pods/garbage/<uuid>    being removed (flocked by the remover)
 //! ```
 //!
@@ -271,6 +272,21 @@ impl Pods {
         }
     }
 
+    /// Locks an exited pod, waiting while its stage1 still tears it down
+    /// (see [`state_of`]); fails if the lock is still held after
+    /// [`TEARDOWN_WAIT`].
+    pub fn lock_exited(&self, pod: &PodRef) -> Result<LockedPod, PodError> {
+        let deadline = std::time::Instant::now() + TEARDOWN_WAIT;
+        loop {
+            match self.lock(pod) {
+                Err(PodError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// Locks an existing pod (fails if someone holds it).
     pub fn lock(&self, pod: &PodRef) -> Result<LockedPod, PodError> {
         let lock = lock_dir(&pod.dir, &pod.uuid)?;
@@ -286,16 +302,24 @@ impl Pods {
 }
 
 /// The state of a pod in state directory `s`: one in `run/` is running
-/// while its stage1 holds its lock.
+/// while its stage1 holds its lock and has not reported its exit. A stage1
+/// that reported it (`stage1-exit`) may still hold the lock while it tears
+/// the pod down, after a foreground `pod run` has returned: that pod has
+/// exited, and [`Pods::lock_exited`] waits for it.
 fn state_of(s: &str, dir: &Path) -> PodState {
     match s {
         EMBRYO => PodState::Embryo,
         PREPARED => PodState::Prepared,
         GARBAGE => PodState::Garbage,
+        _ if dir.join(spec::stage1::EXIT_FILE).exists() => PodState::Exited,
         _ if is_locked(dir) => PodState::Running,
         _ => PodState::Exited,
     }
 }
+
+/// How long `rm` and `gc` wait for an exited pod's stage1 to finish its
+/// teardown (usually milliseconds) before leaving the pod for a later gc.
+const TEARDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn lock_dir(dir: &Path, uuid: &str) -> Result<File, PodError> {
     let f = match File::open(dir) {

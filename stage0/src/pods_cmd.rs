@@ -204,7 +204,7 @@ pub(crate) fn status(dirs: &Dirs, query: &str, format: Format) -> Result<(), Fai
         lifecycle::mark_lost(&mut apps);
     }
     let exit: Option<i64> =
-        std::fs::read_to_string(pod.dir.join("stage1-exit")).ok().and_then(|s| s.trim().parse().ok());
+        std::fs::read_to_string(pod.dir.join(spec::stage1::EXIT_FILE)).ok().and_then(|s| s.trim().parse().ok());
     let userns = stage0::userns::recorded(&pod.dir);
     match format {
         Format::Json => {

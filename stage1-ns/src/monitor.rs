@@ -248,10 +248,58 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     // into the lean supervisor (supervise.rs), which tears down as `gc` does.
     let lean = lean.then_some(crate::supervise::Lean { lock_fd });
     let status = sup.run(&mask, lean)?;
-    let exit_file = pod_dir.join("stage1-exit");
+    let exit_file = pod_dir.join(spec::stage1::EXIT_FILE);
     let _ = fs::write(exit_file, format!("{status}\n"));
+    // The scope's D-Bus connection has threads of its own: a forked
+    // teardown would not have them.
+    if stream_logs && made.scope.is_none() {
+        if let Some(net) = made.network.as_mut() {
+            net.stop_proxies();
+        }
+        hand_off_teardown(pod_dir, status);
+    }
     made.teardown();
     Ok(status)
+}
+
+/// Reports the pod's exit before tearing it down, where someone waits for
+/// the monitor itself: a foreground `pod run` (the monitor is that process)
+/// and not a systemd unit's main process (systemd would kill what outlives
+/// it). The monitor forks; the parent exits with the pod's status at once
+/// and the child, holding the pod's lock (inherited), tears the pod down:
+/// cgroup removal, veth and nf_tables clean-up wait on RCU grace periods
+/// the user's shell need not pay for (bench/run.sh). Until the child is
+/// done the pod reads as exited (its `stage1-exit` is written) and locked,
+/// so stage0's `rm` and `gc` wait for it. The child's errors go to the
+/// pod's `stage1.log`. Returns in the child, or where the fork failed.
+pub(crate) fn hand_off_teardown(pod_dir: &Path, status: i32) {
+    if crate::notify::target().is_some() {
+        return;
+    }
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: the child only runs the teardown, which takes no lock another
+    // thread of the monitor may hold (the proxies' threads are stopped;
+    // glibc's fork makes malloc safe in the child).
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            // No destructor of ours runs: the teardown is the child's.
+            std::process::exit(i32::from(u8::try_from(status).unwrap_or(255)))
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            // Off the terminal's session (no SIGHUP or ^C for the
+            // teardown), and off the caller's pipes, whose reader waits for
+            // their end.
+            let _ = nix::unistd::setsid();
+            let log = fs::OpenOptions::new().create(true).append(true).open(pod_dir.join("stage1.log"));
+            if let (Ok(null), Ok(log)) = (File::options().read(true).write(true).open("/dev/null"), log) {
+                let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+                let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+                let _ = nix::unistd::dup2(log.as_raw_fd(), 2);
+            }
+        }
+        Err(e) => eprintln!("pod-stage1-ns: fork for the teardown: {e} (tearing down first)"),
+    }
 }
 
 /// Forks the pod's PID 1, in a new pid namespace unless `host_pid`. The

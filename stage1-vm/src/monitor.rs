@@ -387,7 +387,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         Err(e) => Err(e),
     };
     if let Ok(code) = &code {
-        let _ = fs::write(pod_dir.join("stage1-exit"), format!("{code}\n"));
+        let _ = fs::write(pod_dir.join(spec::stage1::EXIT_FILE), format!("{code}\n"));
     }
     for f in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.qemu_pid()] {
         let _ = fs::remove_file(f);

@@ -495,9 +495,14 @@ fn killing_the_pods_pid1_ends_the_pod_and_gc_leaves_the_host_as_it_was() {
     assert_eq!(live.app_status(&uuid, "s")["state"], "lost", "the app is not reported running: {st}");
     let survivors: Vec<&Proc> = pod_procs.iter().filter(|p| alive(p)).collect();
     assert!(survivors.is_empty(), "the pod's processes outlived its PID 1: {survivors:#?}");
-    // The monitor tore the pod down itself; gc removes the directory.
-    let before_gc = footprint.left(std::slice::from_ref(&uuid));
-    assert!(before_gc.is_empty(), "the exited pod still holds: {before_gc:#?}");
+    // The monitor tears the pod down itself, just after it reported the
+    // exit (stage0 reads the pod as exited from then on, as podman does
+    // while its cleanup runs); gc removes the directory.
+    assert!(
+        wait_for(Duration::from_secs(10), || footprint.left(std::slice::from_ref(&uuid)).is_empty()),
+        "the exited pod still holds: {:#?}",
+        footprint.left(std::slice::from_ref(&uuid))
+    );
     gc_ok(&live, "gc after killing pod-init");
     assert!(live.listed(&uuid).is_none(), "gc removed the pod");
     let left = footprint.left(std::slice::from_ref(&uuid));

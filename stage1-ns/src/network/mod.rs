@@ -229,6 +229,15 @@ impl PodNetwork {
         }
     }
 
+    /// Stops the loopback port proxies (joining their threads) and leaves
+    /// the rest to [`Self::teardown`]: done before the monitor forks its
+    /// teardown off ([`crate::monitor`]), where those threads would not exist.
+    pub fn stop_proxies(&mut self) {
+        if let Self::Namespaced { proxies, .. } = self {
+            proxies.drain(..).for_each(PortProxy::stop);
+        }
+    }
+
     /// Stops the proxies, detaches from the network, removes the
     /// namespace. Every step runs even if one before failed; the first error
     /// is returned.
