@@ -283,8 +283,10 @@ pub(crate) fn hand_off_teardown(pod_dir: &Path, status: i32) {
     // glibc's fork makes malloc safe in the child).
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { .. }) => {
-            // No destructor of ours runs: the teardown is the child's.
-            std::process::exit(i32::from(u8::try_from(status).unwrap_or(255)))
+            // No destructor or exit handler of ours runs (stdio is
+            // flushed above): the teardown is the child's.
+            // SAFETY: _exit(2) only ends the process.
+            unsafe { nix::libc::_exit(i32::from(u8::try_from(status).unwrap_or(255))) }
         }
         Ok(nix::unistd::ForkResult::Child) => {
             // Off the terminal's session (no SIGHUP or ^C for the
