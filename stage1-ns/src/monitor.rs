@@ -248,18 +248,26 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
     // into the lean supervisor (supervise.rs), which tears down as `gc` does.
     let lean = lean.then_some(crate::supervise::Lean { lock_fd });
     let status = sup.run(&mask, lean)?;
-    let exit_file = pod_dir.join(spec::stage1::EXIT_FILE);
-    let _ = fs::write(exit_file, format!("{status}\n"));
     // The scope's D-Bus connection has threads of its own: a forked
     // teardown would not have them.
-    if stream_logs && made.scope.is_none() {
+    let hand_off = stream_logs && made.scope.is_none();
+    if hand_off {
         if let Some(net) = made.network.as_mut() {
             net.stop_proxies();
         }
-        hand_off_teardown(pod_dir, status);
     }
+    report_exit(pod_dir, status, hand_off);
     made.teardown();
     Ok(status)
+}
+
+/// Writes the pod's exit status (`stage1-exit`) and, with `hand_off`,
+/// reports it before the teardown ([`hand_off_teardown`]).
+pub(crate) fn report_exit(pod_dir: &Path, status: i32, hand_off: bool) {
+    let _ = fs::write(pod_dir.join(spec::stage1::EXIT_FILE), format!("{status}\n"));
+    if hand_off {
+        hand_off_teardown(pod_dir, status);
+    }
 }
 
 /// Reports the pod's exit before tearing it down, where someone waits for
@@ -272,7 +280,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
 /// done the pod reads as exited (its `stage1-exit` is written) and locked,
 /// so stage0's `rm` and `gc` wait for it. The child's errors go to the
 /// pod's `stage1.log`. Returns in the child, or where the fork failed.
-pub(crate) fn hand_off_teardown(pod_dir: &Path, status: i32) {
+fn hand_off_teardown(pod_dir: &Path, status: i32) {
     if crate::notify::target().is_some() {
         return;
     }

@@ -245,10 +245,7 @@ pub fn resume(pod_dir: &Path, state: &str) -> Result<i32, Stage1Error> {
     release_setup_text();
     let stream_logs = state.stream_logs;
     let status = sup.run(&mask, None)?;
-    let _ = fs::write(pod_dir.join(spec::stage1::EXIT_FILE), format!("{status}\n"));
-    if stream_logs {
-        crate::monitor::hand_off_teardown(pod_dir, status);
-    }
+    crate::monitor::report_exit(pod_dir, status, stream_logs);
     if let Err(e) = crate::monitor::gc(pod_dir) {
         eprintln!("pod-stage1-ns: tearing the pod down: {e}");
     }
