@@ -9,16 +9,16 @@
 # static files, 612 bytes (the size of nginx's welcome page) and 1 MiB, with
 # one worker process and the same configuration in both places:
 #   - in a pod on the `default` network with host port 18080, reached
-#     - at 127.0.0.1:18080: through the stage1 monitor's loopback forwarder
-#       (stage1-ns/src/network/proxy.rs), the path this benchmark is for;
-#     - at 10.216.0.1:18080, an address of the host: the pod's nf_tables DNAT;
+#     - at 127.0.0.1:18080: the pod's nf_tables DNAT from loopback
+#       (route_localnet on the bridge), the path this benchmark is for;
+#     - at 10.216.0.1:18080, an address of the host: the same DNAT;
 #     - at the pod's own address, port 80: the bridge, no translation;
 #   - on the host at 127.0.0.1:18081 (the peer): the very same binary and
 #     libraries, run from the image's tree with the tree's dynamic loader.
 # wrk (-t2 -c32, keep-alive) loads each in turn, interleaved rounds, the
 # order rotated per round so that none always follows another; the medians
 # of requests/s and bytes/s per path are reported with the ratio pod/host
-# (target: loopback forwarder >= 0.8x). Every request crosses loopback or
+# (target: loopback >= 0.8x). Every request crosses loopback or
 # the pod's veth only: the whole run happens in a private network namespace
 # standing in for the host (like bench/run.sh's), so the default network's
 # bridge, IP forwarding and rules touch nothing on the real host; the pod,
@@ -112,10 +112,10 @@ for i in $(seq 50); do
   curl -sf -o /dev/null http://127.0.0.1:18080/small.html && curl -sf -o /dev/null http://127.0.0.1:18081/small.html && break
   sleep 0.1
 done
-declare -A url=([forwarder]=127.0.0.1:18080 [dnat]=10.216.0.1:18080 [direct]=$ip:80 [host]=127.0.0.1:18081)
-paths=(host forwarder dnat direct)
+declare -A url=([loopback]=127.0.0.1:18080 [dnat]=10.216.0.1:18080 [direct]=$ip:80 [host]=127.0.0.1:18081)
+paths=(host loopback dnat direct)
 for f in small.html big.bin; do
-  cmp -s <(curl -sf "http://127.0.0.1:18080/$f") "$work/www/$f" || { echo "the forwarder served a wrong $f" >&2; exit 1; }
+  cmp -s <(curl -sf "http://127.0.0.1:18080/$f") "$work/www/$f" || { echo "127.0.0.1:18080 served a wrong $f" >&2; exit 1; }
   for p in "${paths[@]}"; do  # warm-up, not counted
     wrk -t2 -c32 -d1s "http://${url[$p]}/$f" >/dev/null
   done
@@ -143,7 +143,7 @@ for line in open(sys.argv[1]):
 print(f"wrk -t2 -c32 -d{sys.argv[3]}, {sys.argv[2]} interleaved rounds; medians, ratio to host, then each round (and its ratio to that round's host):")
 for f in ("small.html", "big.bin"):
     host_r = statistics.median(r for r, _ in rows[(f, "host")])
-    for p in ("host", "forwarder", "dnat", "direct"):
+    for p in ("host", "loopback", "dnat", "direct"):
         r = statistics.median(x for x, _ in rows[(f, p)])
         b = statistics.median(x for _, x in rows[(f, p)])
         per_round = [x / h for (x, _), (h, _) in zip(rows[(f, p)], rows[(f, "host")])]

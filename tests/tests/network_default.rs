@@ -2,7 +2,8 @@
 //! the pod's id in one nf_tables table `ip pod` the pods share, no CNI
 //! plugin run): pods get distinct addresses on `pod0` in
 //! 10.89.0.0/16 from the host-local store, answer at their address from the
-//! host, publish ports on loopback and on the host's addresses, and leave no
+//! host, publish ports on loopback and on the host's addresses (DNAT both,
+//! with a guard that keeps pods off the host's loopback), and leave no
 //! veth, rule or allocation after `pod stop`, nor after `pod gc` of a pod
 //! whose stage1 was SIGKILLed. A `default` conflist of the user's, like any
 //! named network, still goes through CNI.
@@ -229,8 +230,8 @@ fn default_network_pods_are_reachable_publish_ports_and_stop_leaving_nothing() {
     assert_eq!(ns.get_within(&ip1, 8080, Duration::from_secs(30)), "hello from one\n");
     assert_eq!(ns.get_within(&ip2, 8080, Duration::from_secs(30)), "hello from two\n");
 
-    // Published: on loopback (the monitor's proxy) and on a host address
-    // (the bridge's 10.89.0.1, through the pod's DNAT rule).
+    // Published: on loopback and on a host address (the bridge's
+    // 10.89.0.1), both through the pod's DNAT rules.
     assert_eq!(ns.get("127.0.0.1", p1), Ok("hello from one\n".to_owned()));
     assert_eq!(ns.get("10.89.0.1", p1), Ok("hello from one\n".to_owned()));
     assert_eq!(ns.get("10.89.0.1", p2), Ok("hello from two\n".to_owned()));
@@ -263,7 +264,9 @@ fn default_network_pods_are_reachable_publish_ports_and_stop_leaving_nothing() {
     // would unregister its hooks, which is slow), empty; `pod gc` removes it.
     assert!(ns.shared_table(), "the shared table went with the last pod: {:?}", ns.tables());
     let rules = ns.sh("nft -a list table ip pod");
-    assert!(!String::from_utf8_lossy(&rules.stdout).contains("comment"), "rules left after stop");
+    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    let left: Vec<&str> = rules.lines().filter(|l| l.contains("comment") && !l.contains("\"pod-guard\"")).collect();
+    assert!(left.is_empty(), "rules left after stop: {left:?}");
     ns.pod_ok(&live, &["gc"]);
     let pod_tables: Vec<String> = ns.tables().into_iter().filter(|t| t.contains(" pod")).collect();
     assert!(pod_tables.is_empty(), "tables left after gc: {pod_tables:?}");
@@ -297,7 +300,7 @@ fn gc_of_a_pod_whose_stage1_was_killed_leaves_nothing() {
     let uuid = start(&ns, &live, &web_file(&live, "killed", port));
     let ip = ip_of(&live, &uuid);
     assert_eq!(ns.get_within(&ip, 8080, Duration::from_secs(30)), "hello from killed\n");
-    assert_eq!(footprint(&ns, &uuid).len(), 6, "3 rules, veth, address, netns: {:?}", footprint(&ns, &uuid));
+    assert_eq!(footprint(&ns, &uuid).len(), 7, "4 rules, veth, address, netns: {:?}", footprint(&ns, &uuid));
 
     let monitor = monitor_of(&live, &uuid);
     assert!(Command::new("kill").args(["-KILL", &monitor.to_string()]).status().unwrap().success());
@@ -306,7 +309,7 @@ fn gc_of_a_pod_whose_stage1_was_killed_leaves_nothing() {
         "stage1 survived SIGKILL"
     );
     // The killed monitor could undo nothing: its rules, veth and address stay.
-    assert_eq!(ns.rules_of(&uuid).len(), 3, "the rules went with the monitor? {:?}", ns.rules_of(&uuid));
+    assert_eq!(ns.rules_of(&uuid).len(), 4, "the rules went with the monitor? {:?}", ns.rules_of(&uuid));
 
     ns.pod_ok(&live, &["gc"]);
     assert!(live.listed(&uuid).is_none(), "pod gc left the pod: {:?}", live.pods());
@@ -359,4 +362,89 @@ fn a_default_conflist_of_the_users_still_goes_through_cni() {
     assert!(out.status.success(), "{}", describe(&["stop", &uuid], &out));
     assert_eq!(iptables_mentioning(&uuid), Vec::<String>::new(), "iptables rules left after stop");
     assert!(links_on(&net.bridge).is_empty(), "veths left: {:?}", links_on(&net.bridge));
+}
+
+/// Sends UDP datagrams from inside the pod's namespace to the host's
+/// 127.0.0.1:`port`, routed through the pod's gateway (as a hostile pod
+/// could route them, CVE-2020-8558), and returns what a listener there got.
+fn loopback_probe(ns: &TestNs, uuid: &str, port: u16, dir: &Path) -> String {
+    let listener = dir.join("listen.py");
+    fs::write(
+        &listener,
+        format!(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('127.0.0.1', {port}))\n\
+             s.settimeout(3)\ntry:\n    print(s.recv(64).decode())\nexcept OSError:\n    print('nothing')\n"
+        ),
+    )
+    .unwrap();
+    let sender = dir.join("send.py");
+    fs::write(
+        &sender,
+        format!(
+            "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor _ in range(10):\n    \
+             s.sendto(b'from the pod', ('127.0.0.1', {port}))\n    time.sleep(0.2)\n"
+        ),
+    )
+    .unwrap();
+    let out = ns.sh(&format!(
+        "python3 {l} > {dir}/got & sleep 0.3; nsenter --net={pod} python3 {s}; wait; cat {dir}/got",
+        l = listener.display(),
+        s = sender.display(),
+        dir = dir.display(),
+        pod = netns_file(uuid).display()
+    ));
+    assert!(out.status.success(), "probe: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+// Published ports answer on the host's 127.0.0.1 through DNAT, not a
+// userspace proxy: `route_localnet` on pod0 (and only there) lets the
+// kernel route 127.0.0.0/8 over the bridge. The shared table's guard keeps
+// the pods themselves from using that to reach the host's loopback-only
+// services; without the guard the same probe gets through.
+#[test]
+fn loopback_ports_are_dnat_and_pods_cannot_reach_the_hosts_loopback() {
+    skip_unless_ready!();
+    let ns = TestNs::new();
+    let live = Live::new(&[Example::Busybox]);
+    let port = free_port();
+    let uuid = start(&ns, &live, &web_file(&live, "lo", port));
+    assert_eq!(ns.get_within("127.0.0.1", port, Duration::from_secs(30)), "hello from lo\n");
+    let listening = ns.sh(&format!("ss -Hltn 'sport = :{port}'"));
+    assert_eq!(String::from_utf8_lossy(&listening.stdout).trim(), "", "something listens on port {port}");
+    let sysctl = |path: &str| String::from_utf8_lossy(&ns.sh(&format!("cat {path}")).stdout).trim().to_owned();
+    assert_eq!(sysctl("/proc/sys/net/ipv4/conf/pod0/route_localnet"), "1");
+    assert_eq!(sysctl("/proc/sys/net/ipv4/conf/all/route_localnet"), "0", "route_localnet beyond pod0");
+
+    // Inside the pod, as a pod with CAP_NET_ADMIN could: 127.0.0.1 routed
+    // through the gateway instead of the pod's own loopback.
+    let ip = ip_of(&live, &uuid);
+    let route = ns.sh(&format!(
+        "nsenter --net={} sh -c 'ip route del table local local 127.0.0.0/8 dev lo && \
+         ip route del table local local 127.0.0.1 dev lo && ip route add 127.0.0.1/32 via 10.89.0.1 dev eth0 src {ip}'",
+        netns_file(&uuid).display()
+    ));
+    assert!(route.status.success(), "routes in the pod: {}", String::from_utf8_lossy(&route.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let probe = free_port();
+    assert_eq!(loopback_probe(&ns, &uuid, probe, dir.path()), "nothing", "the pod reached the host's loopback");
+
+    // The probe is sound: with the guard deleted, the datagrams arrive.
+    let chain = ns.sh("nft -a list chain ip pod input");
+    let chain = String::from_utf8_lossy(&chain.stdout).into_owned();
+    let handle = chain
+        .lines()
+        .find(|l| l.contains("\"pod-guard\"") && l.contains("drop"))
+        .and_then(|l| l.rsplit("handle ").next())
+        .unwrap_or_else(|| panic!("no guard in {chain}"))
+        .trim()
+        .to_owned();
+    let del = ns.sh(&format!("nft delete rule ip pod input handle {handle}"));
+    assert!(del.status.success(), "{}", String::from_utf8_lossy(&del.stderr));
+    assert_eq!(loopback_probe(&ns, &uuid, probe, dir.path()), "from the pod", "the probe cannot tell");
+
+    ns.pod_ok(&live, &["stop", &uuid]);
+    assert_eq!(footprint_settled(&ns, &uuid), Vec::<String>::new(), "left after stop");
+    ns.pod_ok(&live, &["gc"]);
+    assert!(!ns.shared_table(), "gc left the shared table: {:?}", ns.tables());
 }

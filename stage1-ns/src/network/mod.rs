@@ -1,8 +1,8 @@
 //! The pod's network: a pinned network namespace ([`netns`]), attached to
 //! the default network natively ([`native`]: rtnetlink and nf_tables) or to
-//! a CNI network ([`cni`]), with published ports served by nf_tables or
-//! portmap DNAT rules and, on loopback, by userspace proxies ([`ports`],
-//! [`proxy`]).
+//! a CNI network ([`cni`]), with published ports served by nf_tables DNAT
+//! rules (loopback included), or by portmap's and, on loopback, by
+//! userspace proxies ([`ports`], [`proxy`]).
 //!
 //! The stage1 monitor stays on the host: it calls [`setup`] before forking
 //! the pod's PID 1 (which enters [`PodNetwork::netns`]), keeps the
@@ -35,7 +35,7 @@ use spec::stage1::Network;
 
 pub use cni::{Attachment, Cni, CniError, IpNet};
 pub use netns::{create_netns, is_pinned, list_netns, pin_netns, remove_netns, NetNs, NetnsError, DEFAULT_NETNS_DIR};
-pub use ports::{plan_forwarding, ForwardingPlan, PortError, PortMapping, Protocol};
+pub use ports::{plan_forwarding, ForwardingPlan, Loopback, PortError, PortMapping, Protocol};
 pub use proxy::{PortProxy, ProxyError};
 
 /// The pod's interface name inside its namespace.
@@ -123,11 +123,11 @@ pub fn setup_in(
         Network::None => None,
         Network::Cni { name } => Some(name),
     };
-    let plan = plan_forwarding(ports)?;
     let native = match name {
         Some(n) if n == cni::DEFAULT_NETWORK => native::is_native(host.cni.conf_dir())?,
         _ => false,
     };
+    let plan = plan_forwarding(ports, if native { Loopback::Rules } else { Loopback::Proxy })?;
     let netns = match existing {
         Some(fd) => pin_netns(&host.netns_dir, pod_id, fd)?,
         None => create_netns(&host.netns_dir, pod_id)?,
@@ -147,12 +147,12 @@ pub fn setup_in(
     };
     // Both undo their own partial work when they fail.
     let added = if native {
-        native::Native::setup(&host.default_net, host.cni.cache_dir(), pod_id, &netns, &plan.cni)
+        native::Native::setup(&host.default_net, host.cni.cache_dir(), pod_id, &netns, &plan.rules)
             .map(|(n, a)| (Attached::Native(n), a))
             .map_err(NetworkError::from)
     } else {
         host.cni
-            .add(netns.path(), pod_id, POD_IFNAME, name, &plan.cni)
+            .add(netns.path(), pod_id, POD_IFNAME, name, &plan.rules)
             .map(|a| (Attached::Cni(host.cni.clone()), a))
             .map_err(NetworkError::from)
     };

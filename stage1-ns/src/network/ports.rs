@@ -1,7 +1,10 @@
-//! Published ports and how each reaches the pod: portmap's DNAT rules for
-//! host addresses other than loopback, a userspace [`PortProxy`] for
-//! loopback (DNAT to 127.0.0.1 would need `route_localnet`, a sysctl we
-//! leave alone). UDP has no loopback path: portmap only.
+//! Published ports and how each reaches the pod. On the native default
+//! network every mapping, loopback included, is a DNAT rule of the pods'
+//! nf_tables table (with `route_localnet` on the pods' own bridge, as
+//! netavark does: see [`super::native`]). On a CNI network portmap's DNAT
+//! rules serve host addresses other than loopback, and a userspace
+//! [`PortProxy`] serves loopback (we do not turn on `route_localnet` on a
+//! bridge of the user's); UDP has no loopback path there.
 //!
 //! [`PortProxy`]: super::proxy::PortProxy
 
@@ -76,19 +79,34 @@ pub struct LoopbackForward {
     pub container_port: u16,
 }
 
-/// Which mappings go to CNI (portmap) and which need a loopback proxy.
+/// Which mappings go to the network's DNAT rules and which need a loopback
+/// proxy.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardingPlan {
-    pub cni: Vec<PortMapping>,
+    pub rules: Vec<PortMapping>,
     pub loopback: Vec<LoopbackForward>,
 }
 
-/// Splits `mappings`: every-address mappings go to portmap *and* get a
-/// 127.0.0.1 proxy (TCP); loopback mappings get only the proxy; other host
-/// addresses only portmap. A UDP mapping on loopback is refused rather than
+/// How the network reaches a pod from the host's loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loopback {
+    /// DNAT rules serve loopback too (the native default network).
+    Rules,
+    /// Userspace proxies serve loopback (CNI networks: portmap leaves it).
+    Proxy,
+}
+
+/// Splits `mappings`. With [`Loopback::Rules`] every mapping is a rule.
+/// With [`Loopback::Proxy`], every-address mappings go to portmap *and* get
+/// a 127.0.0.1 proxy (TCP); loopback mappings get only the proxy; other host
+/// addresses only portmap; a UDP mapping on loopback is refused rather than
 /// silently unreachable.
-pub fn plan_forwarding(mappings: &[PortMapping]) -> Result<ForwardingPlan, PortError> {
+pub fn plan_forwarding(mappings: &[PortMapping], loopback: Loopback) -> Result<ForwardingPlan, PortError> {
     let mut plan = ForwardingPlan::default();
+    if loopback == Loopback::Rules {
+        plan.rules = mappings.to_vec();
+        return Ok(plan);
+    }
     for m in mappings {
         match m.host_ip {
             Some(ip) if ip.is_loopback() => {
@@ -98,9 +116,9 @@ pub fn plan_forwarding(mappings: &[PortMapping]) -> Result<ForwardingPlan, PortE
                 plan.loopback
                     .push(LoopbackForward { listen: (ip, m.host_port).into(), container_port: m.container_port });
             }
-            Some(_) => plan.cni.push(*m),
+            Some(_) => plan.rules.push(*m),
             None => {
-                plan.cni.push(*m);
+                plan.rules.push(*m);
                 if m.protocol == Protocol::Tcp {
                     let listen = (Ipv4Addr::LOCALHOST, m.host_port).into();
                     plan.loopback.push(LoopbackForward { listen, container_port: m.container_port });
@@ -130,21 +148,27 @@ mod tests {
     }
 
     #[test]
-    fn loopback_goes_to_the_proxy_other_addresses_to_portmap() {
-        let plan = plan_forwarding(&[
+    fn loopback_goes_to_the_proxy_on_cni_and_to_the_rules_natively() {
+        let all = [
             m(None, Protocol::Tcp, 8080),
             m(None, Protocol::Udp, 5353),
             m(Some("127.0.0.1"), Protocol::Tcp, 9000),
             m(Some("192.0.2.2"), Protocol::Tcp, 9001),
-        ])
-        .expect("plan");
+        ];
+        let plan = plan_forwarding(&all, Loopback::Proxy).expect("plan");
         assert_eq!(
-            plan.cni,
+            plan.rules,
             [m(None, Protocol::Tcp, 8080), m(None, Protocol::Udp, 5353), m(Some("192.0.2.2"), Protocol::Tcp, 9001)]
         );
         let listens: Vec<String> = plan.loopback.iter().map(|l| l.listen.to_string()).collect();
         assert_eq!(listens, ["127.0.0.1:8080", "127.0.0.1:9000"]);
-        let err = plan_forwarding(&[m(Some("127.0.0.1"), Protocol::Udp, 53)]).expect_err("udp on loopback");
+        let udp = [m(Some("127.0.0.1"), Protocol::Udp, 53)];
+        let err = plan_forwarding(&udp, Loopback::Proxy).expect_err("udp on loopback");
         assert!(err.to_string().contains("UDP cannot be published on loopback"), "{err}");
+
+        // The native network's rules serve loopback too, UDP included.
+        let native = plan_forwarding(&all, Loopback::Rules).expect("plan");
+        assert_eq!(native, ForwardingPlan { rules: all.to_vec(), loopback: Vec::new() });
+        assert_eq!(plan_forwarding(&udp, Loopback::Rules).expect("udp by rule").rules, udp);
     }
 }

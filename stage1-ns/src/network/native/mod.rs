@@ -199,10 +199,24 @@ fn enable_forwarding() -> Result<(), NativeError> {
     fs::write(path, "1").map_err(io_err("write", path))
 }
 
+/// Turns on `route_localnet` on the pods' bridge, unless it is on already,
+/// so that published ports answer on the host's 127.0.0.1 through DNAT (as
+/// netavark does): the kernel routes 127.0.0.0/8 over an interface only with
+/// it. Only on the bridge this network makes, never `all`; the shared
+/// table's guard ([`nft`]) keeps the pods themselves off the host's
+/// loopback.
+fn enable_route_localnet(bridge: &str) -> Result<(), NativeError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"));
+    if fs::read_to_string(&path).is_ok_and(|s| s.trim() == "1") {
+        return Ok(());
+    }
+    fs::write(&path, "1").map_err(io_err("write", &path))
+}
+
 impl Native {
     /// Attaches the namespace `netns` of pod `pod_id` to the default
-    /// network, publishing `ports` (host addresses; loopback is the
-    /// proxies'). On failure what was done is undone.
+    /// network, publishing `ports` (on host addresses and loopback alike).
+    /// On failure what was done is undone.
     pub fn setup(
         net: &DefaultNet,
         cache_dir: &Path,
@@ -232,6 +246,7 @@ impl Native {
         let gateway = IpNet { addr: self.net.gateway.into(), prefix: self.net.prefix };
         let mut rtnl = Rtnl::open()?;
         let bridge = rtnl.ensure_bridge(&self.net.bridge, gateway)?;
+        enable_route_localnet(&self.net.bridge)?;
         let mac = random_mac();
         let ns_file = netns.open()?;
         rtnl.add_veth(&veth, Some(bridge), POD_IFNAME, mac, ns_file.as_fd())?;
@@ -256,7 +271,8 @@ impl Native {
             inside.add_default_route(gw, eth0)
         })??;
 
-        nft::add(&PodRules { pod_id: &self.pod_id, pod_ip: ip, subnet: self.net.subnet(), ports })?;
+        let (pod_id, subnet, bridge) = (&self.pod_id, self.net.subnet(), &self.net.bridge);
+        nft::add(&PodRules { pod_id, pod_ip: ip, subnet, bridge, ports })?;
         tracing::info!(pod = %self.pod_id, %ip, "attached to the default network (native)");
         Ok(Attachment {
             network: DEFAULT_NETWORK.to_owned(),

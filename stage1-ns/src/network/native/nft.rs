@@ -6,27 +6,42 @@
 //! ```text
 //! table ip pod {
 //!   chain postrouting { type nat hook postrouting priority srcnat;
-//!     ip saddr POD ip daddr != SUBNET ip daddr != 224.0.0.0/4 masquerade comment "pod-<uuid>" }
+//!     ip saddr POD ip daddr != SUBNET ip daddr != 224.0.0.0/4 masquerade comment "pod-<uuid>"
+//!     ip saddr 127.0.0.0/8 ip daddr POD masquerade comment "pod-<uuid>" }
 //!   chain prerouting { type nat hook prerouting priority dstnat;
 //!     fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 dnat to POD:80 comment "pod-<uuid>" }
-//!   chain output { type nat hook output priority -100; (the same DNAT rules) }
+//!   chain output { type nat hook output priority -100;
+//!     fib daddr type local tcp dport 8080 dnat to POD:80 comment "pod-<uuid>" }
+//!   chain input { type filter hook input priority filter;
+//!     iifname "pod0" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop comment "pod-guard" }
 //! }
 //! ```
 //!
-//! A pod's start is one transaction: the table and its three base chains
-//! (no-ops once they exist) and the pod's rules, each tagged with the pod's
-//! id in its comment (user data). Its stop finds its rules by that tag in a
-//! dump of the table and deletes them by handle: no hook is registered or
-//! unregistered, which is what made the former table per pod slow to
-//! delete (hook unregistration waits for RCU grace periods: 11 ms and more
-//! on a loaded 2-core host, on the pod's exit path). Loopback destinations
-//! are left to the userspace proxies, as with portmap's `conditionsV4`.
+//! Published ports answer on the host's loopback too: the output chain's
+//! DNAT sends 127.0.0.1's connections over the bridge, with their source
+//! masqueraded to the bridge's address so that the pod's replies come back
+//! to the host. The kernel routes 127.0.0.0/8 over a bridge only with
+//! `route_localnet` on it, which the network turns on for its own bridge
+//! ([`super::Native`]), as netavark does. That sysctl would also let a pod
+//! reach the host's loopback-only services through its gateway
+//! (CVE-2020-8558, kube-proxy's): the input chain's guard drops every
+//! packet from the bridge to 127.0.0.0/8 but the replies of those
+//! translated connections, as kube-proxy's rule does.
+//!
+//! A pod's start is one transaction: the table and its four base chains
+//! (no-ops once they exist), the guard (the input chain flushed and the
+//! guard put back: one rule however many pods start) and the pod's rules,
+//! each tagged with the pod's id in its comment (user data). Its stop finds
+//! its rules by that tag in a dump of the table and deletes them by handle:
+//! no hook is registered or unregistered, which is what made the former
+//! table per pod slow to delete (hook unregistration waits for RCU grace
+//! periods: 11 ms and more on a loaded 2-core host, on the pod's exit path).
 //!
 //! The table stays while pods come and go; gc ([`remove_if_unused`], from
-//! `pod gc` and `pod rm`) deletes it once no pod has a rule in it: its
-//! chains are deleted non-recursively (`NLM_F_NONREC`), so a pod that
-//! added a rule meanwhile makes the whole transaction fail with `EBUSY`
-//! and the table stays.
+//! `pod gc` and `pod rm`) deletes it once no pod has a rule in it: the
+//! guard's chain is flushed and the chains are deleted non-recursively
+//! (`NLM_F_NONREC`), so a pod that added a rule meanwhile makes the whole
+//! transaction fail with `EBUSY` and the table (with its guard) stays.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -37,7 +52,7 @@ use netlink_packet_core::{
 use netlink_packet_netfilter::nftables::{
     Bitwise, ChainAttribute, ChainMessage, Cmp, DataAttribute, ExpressionAttribute, Expressions, Hook, Immediate,
     InetHookNumber, ListAttribute, Meta, MetaKey, NfTablesMessage, Operator, Payload, Register, RuleAttribute,
-    RuleMessage, TableAttribute, TableMessage,
+    RuleMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
@@ -48,19 +63,28 @@ use crate::network::ports::{PortMapping, Protocol};
 use crate::network::IpNet;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-/// Priorities of nft's `dstnat` and `srcnat`.
+/// Priorities of nft's `dstnat`, `srcnat` and `filter`.
 const PRIO_DSTNAT: i32 = -100;
 const PRIO_SRCNAT: i32 = 100;
+const PRIO_FILTER: i32 = 0;
 const PAYLOAD_NETWORK: u32 = 1;
 const PAYLOAD_TRANSPORT: u32 = 2;
 const RTN_LOCAL: u32 = 2;
 /// The table all pods share.
 pub const TABLE: &str = "pod";
-const BASE_CHAINS: [(&str, InetHookNumber, i32); 3] = [
-    ("postrouting", InetHookNumber::PostRouting, PRIO_SRCNAT),
-    ("prerouting", InetHookNumber::PreRouting, PRIO_DSTNAT),
-    ("output", InetHookNumber::LocalOut, PRIO_DSTNAT),
+/// The shared base chains: name, type, hook, priority.
+const BASE_CHAINS: [(&str, &str, InetHookNumber, i32); 4] = [
+    ("postrouting", "nat", InetHookNumber::PostRouting, PRIO_SRCNAT),
+    ("prerouting", "nat", InetHookNumber::PreRouting, PRIO_DSTNAT),
+    ("output", "nat", InetHookNumber::LocalOut, PRIO_DSTNAT),
+    (GUARD_CHAIN, "filter", InetHookNumber::LocalIn, PRIO_FILTER),
 ];
+/// The chain of the loopback guard, and the guard's comment.
+const GUARD_CHAIN: &str = "input";
+const GUARD_TAG: &str = "pod-guard";
+/// `IPS_DST_NAT`: the connection's destination was translated.
+const IPS_DST_NAT: u32 = 1 << 5;
+const NF_DROP: u32 = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -76,7 +100,9 @@ pub struct PodRules<'a> {
     pub pod_id: &'a str,
     pub pod_ip: Ipv4Addr,
     pub subnet: IpNet,
-    /// Mappings for host addresses (not loopback-only ones).
+    /// The bridge the pods are on (the guard's input interface).
+    pub bridge: &'a str,
+    /// Every published port, loopback ones included.
     pub ports: &'a [PortMapping],
 }
 
@@ -98,15 +124,15 @@ fn batch(begin: bool) -> (Msg, bool) {
     (m, false)
 }
 
-/// A nat base chain (re-sending one that exists changes nothing).
-fn chain(table: &str, name: &str, number: InetHookNumber, priority: i32) -> (Msg, bool) {
+/// A base chain (re-sending one that exists changes nothing).
+fn chain(table: &str, name: &str, kind: &str, number: InetHookNumber, priority: i32) -> (Msg, bool) {
     // The kernel reads the priority as a signed 32-bit number.
     #[allow(clippy::cast_sign_loss)]
     let priority = priority as u32;
     let attributes = vec![
         ChainAttribute::Table(table.to_owned()),
         ChainAttribute::Name(name.to_owned()),
-        ChainAttribute::Type("nat".into()),
+        ChainAttribute::Type(kind.into()),
         ChainAttribute::Hook(vec![Hook::Number(number.into()), Hook::Priority(priority)]),
         ChainAttribute::Policy(1),
     ];
@@ -187,9 +213,10 @@ fn daddr_is_local() -> Vec<Expressions> {
     ]
 }
 
-/// One mapping: destination (a host address, or any but loopback),
+/// One mapping: destination (its host address; else any, or any but
+/// loopback in the prerouting chain, where 127.0.0.0/8 is not for us),
 /// protocol and port, then DNAT to the pod's address and port.
-fn dnat(m: &PortMapping, pod_ip: Ipv4Addr) -> Vec<Expressions> {
+fn dnat(m: &PortMapping, pod_ip: Ipv4Addr, chain: &str) -> Vec<Expressions> {
     const NFTA_NAT_TYPE: u16 = 1;
     const NFTA_NAT_FAMILY: u16 = 2;
     const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
@@ -198,7 +225,8 @@ fn dnat(m: &PortMapping, pod_ip: Ipv4Addr) -> Vec<Expressions> {
     const NFPROTO_IPV4: u32 = 2;
     let mut out = match m.host_ip {
         Some(ip) => ip_in(16, IpNet { addr: ip, prefix: 32 }, Operator::Equal),
-        None => ip_in(16, IpNet { addr: Ipv4Addr::new(127, 0, 0, 0).into(), prefix: 8 }, Operator::NotEqual),
+        None if chain == "prerouting" => ip_in(16, loopback_net(), Operator::NotEqual),
+        None => Vec::new(),
     };
     let proto: u8 = match m.protocol {
         Protocol::Tcp => 6,
@@ -226,6 +254,47 @@ fn dnat(m: &PortMapping, pod_ip: Ipv4Addr) -> Vec<Expressions> {
         ],
     ));
     out
+}
+
+fn loopback_net() -> IpNet {
+    IpNet { addr: Ipv4Addr::new(127, 0, 0, 0).into(), prefix: 8 }
+}
+
+/// The guard: `iifname BRIDGE ip daddr 127.0.0.0/8 ct status & dnat == 0
+/// drop`. The replies of a connection from the host's loopback to a pod
+/// (whose destination was translated) pass; nothing else from the bridge
+/// reaches 127.0.0.0/8.
+fn guard(bridge: &str) -> Vec<Expressions> {
+    const NFTA_CT_DREG: u16 = 1;
+    const NFTA_CT_KEY: u16 = 2;
+    const NFT_CT_STATUS: u32 = 2;
+    let mut name = [0u8; 16];
+    let len = bridge.len().min(15);
+    name[..len].copy_from_slice(&bridge.as_bytes()[..len]);
+    let mut out = vec![Expressions::Meta(vec![Meta::Key(MetaKey::Iifname), Meta::DestinationRegister(Register::Reg1)])];
+    out.push(cmp(Operator::Equal, name.to_vec()));
+    out.extend(ip_in(16, loopback_net(), Operator::Equal));
+    out.push(other("ct", vec![(NFTA_CT_DREG, be32(Register::Reg1.into())), (NFTA_CT_KEY, be32(NFT_CT_STATUS))]));
+    // The status is a host-order u32 in the register.
+    out.push(Expressions::Bitwise(vec![
+        Bitwise::SourceRegister(Register::Reg1),
+        Bitwise::DestinationRegister(Register::Reg1),
+        Bitwise::Length(4),
+        Bitwise::Mask(DataAttribute::Value(IPS_DST_NAT.to_ne_bytes().to_vec())),
+        Bitwise::Xor(DataAttribute::Value(vec![0; 4])),
+    ]));
+    out.push(cmp(Operator::Equal, vec![0; 4]));
+    out.push(Expressions::Immediate(vec![
+        Immediate::DestinationRegister(Register::Verdict),
+        Immediate::Data(DataAttribute::Verdict(vec![VerdictAttribute::Code(Verdict::Other(NF_DROP))])),
+    ]));
+    out
+}
+
+/// Every rule of `chain` (a flush, in a transaction).
+fn flush(chain: &str) -> (Msg, bool) {
+    let attributes = vec![RuleAttribute::Table(TABLE.into()), RuleAttribute::Chain(chain.into())];
+    msg(NfTablesMessage::DeleteRule(RuleMessage { attributes }), 0)
 }
 
 /// The pod's tag: the comment of each of its rules.
@@ -257,18 +326,33 @@ fn table_msg(create: bool) -> (Msg, bool) {
 fn add_batch(r: &PodRules<'_>) -> Vec<(Msg, bool)> {
     let tag = comment(&tag(r.pod_id));
     let mut msgs = vec![batch(true), table_msg(true)];
-    for (name, hook, prio) in BASE_CHAINS {
-        msgs.push(chain(TABLE, name, hook, prio));
+    for (name, kind, hook, prio) in BASE_CHAINS {
+        msgs.push(chain(TABLE, name, kind, hook, prio));
     }
-    let mut masq = ip_in(12, IpNet { addr: r.pod_ip.into(), prefix: 32 }, Operator::Equal);
+    msgs.push(flush(GUARD_CHAIN));
+    msgs.push(rule(TABLE, GUARD_CHAIN, guard(r.bridge), &comment(GUARD_TAG)));
+    let pod = IpNet { addr: r.pod_ip.into(), prefix: 32 };
+    let mut masq = ip_in(12, pod, Operator::Equal);
     masq.extend(ip_in(16, r.subnet, Operator::NotEqual));
     masq.extend(ip_in(16, IpNet { addr: Ipv4Addr::new(224, 0, 0, 0).into(), prefix: 4 }, Operator::NotEqual));
     masq.push(other("masq", Vec::new()));
     msgs.push(rule(TABLE, "postrouting", masq, &tag));
-    for m in r.ports.iter().filter(|m| m.host_ip.is_none_or(|ip| ip.is_ipv4() && !ip.is_loopback())) {
-        for name in ["prerouting", "output"] {
+    let ports: Vec<&PortMapping> = r.ports.iter().filter(|m| m.host_ip.is_none_or(|ip| ip.is_ipv4())).collect();
+    if !ports.is_empty() {
+        // Connections from the host's loopback leave with the bridge's
+        // address, so that the pod's replies come back.
+        let mut local = ip_in(12, loopback_net(), Operator::Equal);
+        local.extend(ip_in(16, pod, Operator::Equal));
+        local.push(other("masq", Vec::new()));
+        msgs.push(rule(TABLE, "postrouting", local, &tag));
+    }
+    for m in ports {
+        // Loopback is only ever the host's own traffic: the output chain.
+        let chains: &[&str] =
+            if m.host_ip.is_some_and(|ip| ip.is_loopback()) { &["output"] } else { &["prerouting", "output"] };
+        for &name in chains {
             let mut e = daddr_is_local();
-            e.extend(dnat(m, r.pod_ip));
+            e.extend(dnat(m, r.pod_ip, name));
             msgs.push(rule(TABLE, name, e, &tag));
         }
     }
@@ -385,17 +469,21 @@ pub fn remove_if_unused(pod_id: Option<&str>) -> Result<(), NftError> {
             Err(e) => return Err(refused("deletion of the pod's own table", e)),
         }
     }
-    if dump()?.is_empty() {
+    let guard = comment(GUARD_TAG);
+    if dump()?.iter().all(|(_, _, d)| *d == guard) {
         delete_if_empty()?;
     }
     Ok(())
 }
 
-/// Deletes the shared table and its chains, unless a chain holds a rule
-/// (`EBUSY`: the transaction does nothing) or there is no table.
+/// Deletes the shared table and its chains, unless a chain holds a pod's
+/// rule (`EBUSY`: the transaction does nothing) or there is no table. The
+/// guard's chain is made (a table of an older pod may lack it) and flushed
+/// first, in the same transaction.
 pub(super) fn delete_if_empty() -> Result<(), NftError> {
-    let mut msgs = vec![batch(true)];
-    for (name, _, _) in BASE_CHAINS {
+    let (_, kind, hook, prio) = BASE_CHAINS[3];
+    let mut msgs = vec![batch(true), chain(TABLE, GUARD_CHAIN, kind, hook, prio), flush(GUARD_CHAIN)];
+    for (name, _, _, _) in BASE_CHAINS {
         let attributes = vec![ChainAttribute::Table(TABLE.to_owned()), ChainAttribute::Name(name.to_owned())];
         msgs.push(msg(NfTablesMessage::DeleteChain(ChainMessage { attributes }), NLM_F_NONREC));
     }
@@ -424,7 +512,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shared_table_with_the_pods_tagged_masquerade_and_only_host_address_ports() {
+    fn shared_table_with_the_guard_and_the_pods_tagged_masquerade_and_ports() {
         let ports = [
             PortMapping { host_port: 8080, container_port: 80, protocol: Protocol::Tcp, host_ip: None },
             PortMapping {
@@ -441,7 +529,7 @@ mod tests {
             },
         ];
         let subnet: IpNet = "10.89.0.0/16".parse().expect("net");
-        let r = PodRules { pod_id: "p1", pod_ip: Ipv4Addr::new(10, 89, 0, 2), subnet, ports: &ports };
+        let r = PodRules { pod_id: "p1", pod_ip: Ipv4Addr::new(10, 89, 0, 2), subnet, bridge: "pod0", ports: &ports };
         let msgs = add_batch(&r);
         let kinds: Vec<String> = msgs
             .iter()
@@ -461,6 +549,9 @@ mod tests {
                                 })
                                 .unwrap_or_default()
                         )
+                    }
+                    netlink_packet_netfilter::NetfilterMessageInner::NfTables(NfTablesMessage::DeleteRule(_)) => {
+                        "flush".into()
                     }
                     netlink_packet_netfilter::NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(c)) => {
                         format!(
@@ -487,17 +578,22 @@ mod tests {
                 "chain \"postrouting\"",
                 "chain \"prerouting\"",
                 "chain \"output\"",
+                "chain \"input\"",
+                "flush",
+                "rule \"input\"",
+                "rule \"postrouting\"",
                 "rule \"postrouting\"",
                 "rule \"prerouting\"",
+                "rule \"output\"",
                 "rule \"output\"",
                 "rule \"prerouting\"",
                 "rule \"output\"",
                 "control"
             ],
-            "the loopback-only mapping is the proxy's, not a rule"
+            "the guard; masquerade of the pod and of loopback; the loopback-only mapping in output alone"
         );
         let none = PodRules { ports: &[], ..r };
-        assert_eq!(add_batch(&none).len(), 7, "no ports: the masquerade alone");
+        assert_eq!(add_batch(&none).len(), 10, "no ports: the guard and the masquerade alone");
         assert_eq!(tag("abc"), "pod-abc");
         assert_eq!(comment("ab"), [0, 3, b'a', b'b', 0], "nft's comment TLV");
     }
