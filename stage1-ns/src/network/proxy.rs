@@ -1,6 +1,8 @@
-//! A userspace TCP forwarder for published ports on loopback (what podman's
-//! rootlessport and docker-proxy do): portmap's DNAT cannot reach a pod from
-//! 127.0.0.1 without `route_localnet`. One listener thread, two copy threads
+//! A userspace TCP forwarder for published ports on loopback on CNI networks
+//! (what podman's rootlessport and docker-proxy do): portmap's DNAT cannot
+//! reach a pod from 127.0.0.1 without `route_localnet`, which pod turns on
+//! only for its own bridge (the native default network serves loopback with
+//! DNAT: [`super::native::nft`]). One listener thread, two copy threads
 //! per connection, a connection cap, and a stop that closes every socket and
 //! joins every thread. TCP only: UDP mappings are served by portmap alone.
 
