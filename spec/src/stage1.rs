@@ -29,6 +29,22 @@ pub const LOCK_FD_ENV: &str = "POD_LOCK_FD";
 /// the pod has ended, before it tears the pod down.
 pub const EXIT_FILE: &str = "stage1-exit";
 
+/// Records the pod's exit status in `pod_dir` ([`EXIT_FILE`]); best effort:
+/// a pod whose status could not be written reads as exited without a code.
+pub fn write_exit(pod_dir: &std::path::Path, status: i32) {
+    let _ = std::fs::write(pod_dir.join(EXIT_FILE), format!("{status}\n"));
+}
+
+/// The pod's exit status as its stage1 recorded it ([`write_exit`]).
+pub fn read_exit(pod_dir: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(pod_dir.join(EXIT_FILE)).ok()?.trim().parse().ok()
+}
+
+/// A status as a process exit code: 0-255 as they are, any other 255.
+pub fn exit_code(status: i32) -> u8 {
+    u8::try_from(status).unwrap_or(u8::MAX)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Isolation {

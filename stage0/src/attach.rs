@@ -343,7 +343,7 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
                         std::thread::sleep(POLL);
                     }
                 }
-                let code = code.or_else(|| stage1_exit(&pod.dir)).unwrap_or(1);
+                let code = code.or_else(|| spec::stage1::read_exit(&pod.dir)).unwrap_or(1);
                 break Attached::Exited(code);
             }
         }
@@ -353,11 +353,6 @@ pub fn attach(pod: &PodRef, resolved: &ResolvedPod, app: &str, opts: &AttachOpti
         eprintln!();
     }
     Ok(outcome)
-}
-
-/// The pod's status, as its stage1 recorded it.
-fn stage1_exit(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join(spec::stage1::EXIT_FILE)).ok()?.trim().parse().ok()
 }
 
 /// Waits until a pod whose apps have all ended is released by its stage1

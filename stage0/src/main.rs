@@ -653,7 +653,7 @@ fn main() -> ExitCode {
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failed { code: Some(code), .. }) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(Failed { code: Some(code), .. }) => ExitCode::from(spec::stage1::exit_code(code)),
         Err(f) => {
             eprintln!("pod: {}", describe(&f.err));
             ExitCode::from(f.exit.code())

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 None => stage1_ns::monitor::run(&dir, !flag.is_empty(), lock_fd),
             };
             match done {
-                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+                Ok(code) => ExitCode::from(spec::stage1::exit_code(code)),
                 Err(e) => {
                     eprintln!("pod-stage1-ns: {e}");
                     // 125: the pod could not be started (as podman and

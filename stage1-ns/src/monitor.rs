@@ -264,7 +264,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
 /// Writes the pod's exit status (`stage1-exit`) and, with `hand_off`,
 /// reports it before the teardown ([`hand_off_teardown`]).
 pub(crate) fn report_exit(pod_dir: &Path, status: i32, hand_off: bool) {
-    let _ = fs::write(pod_dir.join(spec::stage1::EXIT_FILE), format!("{status}\n"));
+    spec::stage1::write_exit(pod_dir, status);
     if hand_off {
         hand_off_teardown(pod_dir, status);
     }
@@ -294,7 +294,7 @@ fn hand_off_teardown(pod_dir: &Path, status: i32) {
             // No destructor or exit handler of ours runs (stdio is
             // flushed above): the teardown is the child's.
             // SAFETY: _exit(2) only ends the process.
-            unsafe { nix::libc::_exit(i32::from(u8::try_from(status).unwrap_or(255))) }
+            unsafe { nix::libc::_exit(i32::from(spec::stage1::exit_code(status))) }
         }
         Ok(nix::unistd::ForkResult::Child) => {
             // Off the terminal's session (no SIGHUP or ^C for the
