@@ -360,7 +360,7 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
         netns_dir: "/run/pod/netns".into(),
         debug: host.debug,
-        vm: crate::vm::host_vm(handler)?,
+        vm: crate::vm::host_vm(handler, &dirs.config)?,
         subids: stage0::userns::SubIds::default(),
         // Its one host volume is kubelet's log directory: kubelet's choice,
         // as the containers' mounts are (mounts.rs).

@@ -34,11 +34,14 @@ pub fn isolation(handler: &str) -> Isolation {
 /// What the sandbox's VM boots, for `HostConfig::vm`: the host's guest
 /// kernel and qemu for `pod-vm` (FailedPrecondition naming what is
 /// missing, before any pod is made), nothing for the namespace handler.
-pub fn host_vm(handler: &str) -> Result<Result<VmHost, String>, CriError> {
+pub fn host_vm(
+    handler: &str,
+    config_dir: &std::path::Path,
+) -> Result<Result<VmHost, stage0::guest::VmUnavailable>, CriError> {
     if isolation(handler) != Isolation::Vm {
-        return Ok(Err("a namespace sandbox boots no VM".into()));
+        return Ok(Err(stage0::guest::VmUnavailable::Missing("a namespace sandbox boots no VM".into())));
     }
-    stage0::run::vm_host()
+    stage0::guest::vm_host(config_dir)
         .map(Ok)
         .map_err(|why| CriError::FailedPrecondition(format!("runtime handler {VM_HANDLER}: {why}")))
 }
@@ -81,7 +84,10 @@ mod tests {
         assert_eq!(isolation(VM_HANDLER), Isolation::Vm);
         assert_eq!(isolation(""), Isolation::Namespace);
         assert_eq!(isolation("pod"), Isolation::Namespace);
-        assert!(host_vm("pod").unwrap().is_err(), "no VM for a namespace sandbox");
+        assert!(
+            host_vm("pod", std::path::Path::new("/nonexistent")).unwrap().is_err(),
+            "no VM for a namespace sandbox"
+        );
         let names: Vec<String> = runtime_handlers().into_iter().map(|h| h.name).collect();
         assert_eq!(names, ["", "pod", "pod-vm"]);
     }

@@ -416,8 +416,10 @@ pub struct VmHost {
     pub qemu: PathBuf,
     /// The guest kernel: a bzImage (decompressed once and cached) or an ELF vmlinux.
     pub kernel: PathBuf,
-    /// The guest kernel's module tree (`lib/modules/<version>`).
-    pub modules: PathBuf,
+    /// The guest kernel's module tree (`lib/modules/<version>`); none for a
+    /// kernel with the guest's drivers built in (pod's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules: Option<PathBuf>,
     /// Where the decompressed kernel and the initramfs are cached.
     pub cache_dir: PathBuf,
 }

@@ -13,6 +13,7 @@ pub mod enter;
 mod enter_tty;
 pub mod exit;
 pub mod fetch;
+pub mod guest;
 pub mod keys;
 pub mod lifecycle;
 mod listfile;

@@ -48,7 +48,7 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         cni_plugin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
         netns_dir: "/run/pod/netns".into(),
         debug,
-        vm: run::vm_host(),
+        vm: stage0::guest::vm_host(&dirs.config),
         subids: stage0::userns::SubIds::default(),
         volumes: HostVolumePolicy::load(dirs)?,
     };
@@ -203,8 +203,7 @@ pub(crate) fn status(dirs: &Dirs, query: &str, format: Format) -> Result<(), Fai
     if pod.state == PodState::Exited {
         lifecycle::mark_lost(&mut apps);
     }
-    let exit: Option<i64> =
-        std::fs::read_to_string(pod.dir.join(spec::stage1::EXIT_FILE)).ok().and_then(|s| s.trim().parse().ok());
+    let exit = spec::stage1::read_exit(&pod.dir);
     let userns = stage0::userns::recorded(&pod.dir);
     match format {
         Format::Json => {

@@ -48,7 +48,7 @@ pub enum PrepareError {
     #[error(transparent)]
     Pod(#[from] PodError),
     #[error("{file}: VM pods cannot run on this host: {why}")]
-    NoVm { file: String, why: String },
+    NoVm { file: String, why: crate::guest::VmUnavailable },
     #[error("{file}: {why}")]
     UsernsConflict { file: String, why: &'static str },
     #[error("{file}: userns: auto: {source}")]
@@ -72,6 +72,7 @@ impl ExitCodeOf for PrepareError {
             Self::PodFile(_) | Self::App { .. } | Self::Cycle { .. } => Exit::InvalidInput,
             Self::Image { source, .. } => source.exit(),
             Self::Pod(e) => e.exit(),
+            Self::NoVm { why: crate::guest::VmUnavailable::Config(_), .. } => Exit::InvalidInput,
             Self::NoVm { .. } => Exit::NotFound,
             Self::UsernsConflict { .. } | Self::HostNamespaces { .. } => Exit::InvalidInput,
             Self::Userns { source, .. } => source.exit(),
@@ -94,7 +95,7 @@ pub struct HostConfig {
     pub netns_dir: PathBuf,
     pub debug: bool,
     /// What VM pods boot, or why this host cannot run them.
-    pub vm: Result<stage1::VmHost, String>,
+    pub vm: Result<stage1::VmHost, crate::guest::VmUnavailable>,
     /// Where `userns: auto` ranges come from.
     pub subids: SubIds,
     /// Which host directories `kind: host` volumes may mount.

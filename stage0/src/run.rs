@@ -60,45 +60,6 @@ pub fn stage1_for(isolation: Isolation) -> Result<PathBuf, RunError> {
     }
 }
 
-/// Where `scripts/install-deps.sh` installs the guest kernel of VM pods.
-pub const GUEST_DIR: &str = "/usr/lib/pod/guest";
-
-/// What VM pods boot on this host: the guest kernel and its modules
-/// (`POD_GUEST_KERNEL`, `POD_GUEST_MODULES`; default under [`GUEST_DIR`]),
-/// qemu (`POD_QEMU`, default `qemu-system-x86_64` on PATH) and the cache of
-/// decompressed kernels and initramfs images (`POD_CACHE_DIR`, default
-/// /var/cache/pod). Or why VM pods cannot run here.
-pub fn vm_host() -> Result<spec::stage1::VmHost, String> {
-    let env_path =
-        |var: &str, default: &str| std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
-    let kernel = env_path("POD_GUEST_KERNEL", &format!("{GUEST_DIR}/vmlinuz"));
-    let modules = env_path("POD_GUEST_MODULES", &format!("{GUEST_DIR}/modules"));
-    let cache_dir = env_path("POD_CACHE_DIR", "/var/cache/pod").join("vm");
-    if !kernel.is_file() {
-        return Err(format!(
-            "no guest kernel at {} (scripts/install-deps.sh installs one; POD_GUEST_KERNEL names another)",
-            kernel.display()
-        ));
-    }
-    if !modules.join("kernel").is_dir() {
-        return Err(format!("no guest kernel modules at {} (POD_GUEST_MODULES names another tree)", modules.display()));
-    }
-    let qemu = env_path("POD_QEMU", "qemu-system-x86_64");
-    let qemu = if qemu.is_absolute() {
-        Some(qemu)
-    } else {
-        std::env::var_os("PATH")
-            .unwrap_or_default()
-            .to_str()
-            .unwrap_or_default()
-            .split(':')
-            .map(|d| Path::new(d).join(&qemu))
-            .find(|p| p.is_file())
-    };
-    let qemu = qemu.filter(|q| q.is_file()).ok_or("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")?;
-    Ok(spec::stage1::VmHost { qemu, kernel, modules, cache_dir })
-}
-
 /// Picks the cgroup manager of the pods `pod run` starts: `systemd` (the
 /// default: a scope per pod where systemd is PID 1) or `cgroupfs`, as
 /// podman's `--cgroup-manager`. Passed on to stage1.

@@ -109,7 +109,10 @@ fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Initra
 }
 
 /// The cached initramfs for `init` and `modules` (from `kmod::resolve`),
-/// built into `cache` if it is not there yet.
+/// built into `cache` if it is not there yet. Images of pod-init alone (for
+/// a kernel with its drivers built in) and images with modules are two
+/// families ([`family`]), each keeping its current image, so that pods of
+/// both kernels can start side by side.
 pub fn build_cached(init: &Path, modules: &[(String, PathBuf)], cache: &Path) -> Result<PathBuf, InitramfsError> {
     let init_bytes = fs::read(init).map_err(err("read", init))?;
     let mut hash = Sha256::new();
@@ -126,7 +129,8 @@ pub fn build_cached(init: &Path, modules: &[(String, PathBuf)], cache: &Path) ->
         hash.update(&bytes);
         mods.push((name.clone(), bytes));
     }
-    let cached = cache.join(format!("initramfs-{}.cpio", hex::encode(&hash.finalize()[..12])));
+    let (mine, other) = family("initramfs-", modules.is_empty());
+    let cached = cache.join(format!("{mine}{}.cpio", hex::encode(&hash.finalize()[..12])));
     if cached.is_file() {
         return Ok(cached);
     }
@@ -136,15 +140,25 @@ pub fn build_cached(init: &Path, modules: &[(String, PathBuf)], cache: &Path) ->
     tmp.persist(&cached).map_err(|e| err("rename into", &cached)(e.error))?;
     // Images for an older pod-init or module set are not booted again;
     // a running qemu read its copy at start, so removing them is safe.
-    prune(cache, "initramfs-", &cached);
+    prune(cache, "initramfs-", &other, &cached);
     Ok(cached)
 }
 
-/// Removes the files of `cache` named `<prefix>...` other than `keep`: the
-/// cache holds one current entry of each kind. Best effort.
-pub(crate) fn prune(cache: &Path, prefix: &str, keep: &Path) {
+/// The name prefix of cache entries of kind `kind` (`initramfs-`, `boot-`)
+/// for a kernel with its drivers built in (`builtin`) or with modules, and
+/// the other family's, which pruning leaves alone.
+pub(crate) fn family(kind: &str, builtin: bool) -> (String, String) {
+    let (mine, other) = if builtin { ("b-", "m-") } else { ("m-", "b-") };
+    (format!("{kind}{mine}"), format!("{kind}{other}"))
+}
+
+/// Removes the files of `cache` named `<prefix>...` other than `keep` and
+/// those of the other family (`<spare>...`): the cache holds one current
+/// entry of each kind and family. Best effort.
+pub(crate) fn prune(cache: &Path, prefix: &str, spare: &str, keep: &Path) {
     for old in fs::read_dir(cache).into_iter().flatten().flatten() {
-        if old.file_name().to_string_lossy().starts_with(prefix) && old.path() != keep {
+        let name = old.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && !name.starts_with(spare) && old.path() != keep {
             let _ = fs::remove_file(old.path());
         }
     }

@@ -181,16 +181,23 @@ fn vm_for(
 /// scratch hashes the bzImage, walks the module tree and hashes pod-init and
 /// the modules (about a quarter of a second); a small index file, keyed by
 /// the inputs' paths, sizes, inodes and modification times, skips that for
-/// every pod after the first.
+/// every pod after the first. A kernel without a module tree (pod's own,
+/// its drivers built in) gets an initramfs of pod-init alone.
 fn boot_files(stage2: &Path, host: &VmHost) -> Result<(PathBuf, PathBuf), VmError> {
     use std::os::unix::fs::MetadataExt;
     let mut key = format!("boot-v1 {}\n", kmod::GUEST_MODULES.join(","));
-    for p in [stage2, &host.kernel, &host.modules.join("modules.order"), &host.modules.join("kernel")] {
+    let mut inputs = vec![stage2.to_owned(), host.kernel.clone()];
+    match &host.modules {
+        Some(m) => inputs.extend([m.join("modules.order"), m.join("kernel")]),
+        None => key.push_str("no modules\n"),
+    }
+    for p in &inputs {
         let m = fs::metadata(p).map_err(io_err("inspect", p))?;
         key.push_str(&format!("{} {} {} {} {}\n", p.display(), m.len(), m.ino(), m.mtime(), m.mtime_nsec()));
     }
     let digest = sha2::Sha256::digest(key.as_bytes());
-    let index = host.cache_dir.join(format!("boot-{}", hex::encode(&digest[..12])));
+    let (mine, other) = initramfs::family("boot-", host.modules.is_none());
+    let index = host.cache_dir.join(format!("{mine}{}", hex::encode(&digest[..12])));
     if let Ok(text) = fs::read_to_string(&index) {
         if let Some((k, i)) = text.lines().next().zip(text.lines().nth(1)) {
             let (k, i) = (PathBuf::from(k), PathBuf::from(i));
@@ -200,14 +207,17 @@ fn boot_files(stage2: &Path, host: &VmHost) -> Result<(PathBuf, PathBuf), VmErro
         }
     }
     let vmlinux = kernel::vmlinux(&host.kernel, &host.cache_dir)?;
-    let modules = kmod::resolve(&host.modules, &kmod::GUEST_MODULES)?;
+    let modules = match &host.modules {
+        Some(m) => kmod::resolve(m, &kmod::GUEST_MODULES)?,
+        None => Vec::new(),
+    };
     let initrd = initramfs::build_cached(stage2, &modules, &host.cache_dir)?;
     let tmp = tempfile::NamedTempFile::new_in(&host.cache_dir).map_err(io_err("create a file in", &host.cache_dir))?;
     fs::write(tmp.path(), format!("{}\n{}\n", vmlinux.display(), initrd.display()))
         .map_err(io_err("write", tmp.path()))?;
     tmp.persist(&index).map_err(|e| io_err("rename into", &index)(e.error))?;
     // Indexes for other inputs (an older pod-init) point at pruned images.
-    initramfs::prune(&host.cache_dir, "boot-", &index);
+    initramfs::prune(&host.cache_dir, "boot-", &other, &index);
     Ok((vmlinux, initrd))
 }
 
@@ -387,7 +397,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         Err(e) => Err(e),
     };
     if let Ok(code) = &code {
-        let _ = fs::write(pod_dir.join(spec::stage1::EXIT_FILE), format!("{code}\n"));
+        spec::stage1::write_exit(pod_dir, *code);
     }
     for f in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.qemu_pid()] {
         let _ = fs::remove_file(f);

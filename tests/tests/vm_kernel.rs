@@ -1,0 +1,108 @@
+//! The VM pods' guest kernel. pod's own (`scripts/build-guest-kernel.sh`:
+//! tinyconfig plus `stage1-vm/kernel/pod-guest.config`, every driver built
+//! in) is what a VM pod boots when it is built: its guest has no module
+//! support at all, so nothing is loaded at boot. `vm.kernel: debian` in
+//! `stage1.yaml` boots Debian's kernel instead, which loads the virtio and
+//! 9p modules; a `vm.kernel` that is not a kernel choice is refused before
+//! any VM starts, naming the file (exit 5). Needs what tests/tests/vm.rs
+//! needs; the tests of pod's own kernel report a skip where it is not built.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+const POD_KERNEL: &str = "/usr/lib/pod/guest/pod-kernel/vmlinux";
+const DEBIAN_VERSION: &str = "/usr/lib/pod/guest/version";
+
+macro_rules! skip_unless_vms {
+    () => {
+        if let Some(why) = skip_reason_vm() {
+            eprintln!("SKIP: {why}");
+            return;
+        }
+    };
+}
+
+/// Runs a VM pod whose app prints the guest's kernel release and its
+/// loaded modules (or that the kernel has no module support); returns them.
+fn guest_kernel(live: &Live) -> (String, String) {
+    let script = "uname -r; if [ -e /proc/modules ]; then echo modules: $(cut -d' ' -f1 /proc/modules | sort); \
+                  else echo no module support; fi";
+    let file = live.pod_file(
+        "kernel",
+        &format!(
+            "name: kernel\nisolation: vm\nnetwork: none\napps:\n\
+             - name: k\n  image: example.com/busybox:1.35\n  exec: [/bin/sh, -c, \"{script}\"]\n"
+        ),
+    );
+    let out = live.run_within(&["run", p(&file)], RUN_LIMIT);
+    assert!(out.status.success(), "{}", describe(&["run"], &out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("[k] ")).collect();
+    assert_eq!(lines.len(), 2, "{}", describe(&["run"], &out));
+    (lines[0].trim().to_owned(), lines[1].trim().to_owned())
+}
+
+fn debian_release() -> String {
+    fs::read_to_string(DEBIAN_VERSION).unwrap().trim().to_owned()
+}
+
+#[test]
+fn a_vm_pod_boots_pods_own_kernel_and_loads_no_module() {
+    skip_unless_vms!();
+    if !Path::new(POD_KERNEL).is_file() {
+        eprintln!("SKIP: pod's own guest kernel is not built ({POD_KERNEL}: scripts/build-guest-kernel.sh)");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let (release, modules) = guest_kernel(&live);
+    assert_ne!(release, debian_release(), "the guest booted Debian's kernel");
+    assert_eq!(modules, "no module support", "release {release}");
+}
+
+#[test]
+fn vm_kernel_debian_boots_debians_kernel_with_its_modules() {
+    skip_unless_vms!();
+    let live = Live::new(&[Example::Busybox]);
+    fs::write(live.config.join("stage1.yaml"), "vm:\n  kernel: debian\n").unwrap();
+    let (release, modules) = guest_kernel(&live);
+    assert_eq!(release, debian_release());
+    let loaded: Vec<&str> =
+        modules.strip_prefix("modules:").unwrap_or_else(|| panic!("{modules}")).split_whitespace().collect();
+    for m in ["9p", "9pnet_virtio", "virtio_console"] {
+        assert!(loaded.contains(&m), "{m} not loaded: {loaded:?}");
+    }
+}
+
+#[test]
+fn a_bad_vm_kernel_is_refused_naming_the_file_and_starts_no_vm() {
+    skip_unless_vms!();
+    let live = Live::new(&[Example::Busybox]);
+    let conf = live.config.join("stage1.yaml");
+    let file = live.pod_file(
+        "badkernel",
+        "name: badkernel\nisolation: vm\nnetwork: none\napps:\n\
+         - name: t\n  image: example.com/busybox:1.35\n  exec: [/bin/busybox, \"true\"]\n",
+    );
+    for (text, words) in [
+        ("vm:\n  kernel: fedora\n", vec!["stage1.yaml", "vm.kernel", "fedora"]),
+        ("vm:\n  kernal: pod\n", vec!["stage1.yaml", "kernal"]),
+    ] {
+        fs::write(&conf, text).unwrap();
+        let out = live.run_within(&["run", p(&file)], Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(5), "{}", describe(&["run"], &out));
+        assert_mentions(&String::from_utf8_lossy(&out.stderr), &words);
+        assert!(live.pods().is_empty(), "a pod was made: {:?}", live.pods());
+    }
+    // A kernel path that does not exist: not found (4).
+    fs::write(&conf, "vm:\n  kernel: /nonexistent/vmlinux\n").unwrap();
+    let out = live.run_within(&["run", p(&file)], Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&["run"], &out));
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["/nonexistent/vmlinux"]);
+}
