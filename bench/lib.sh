@@ -13,6 +13,10 @@ bench_store() {
   # taken from CARGO_TARGET_DIR when it is set.
   # shellcheck disable=SC2086
   cargo build --release -q ${BENCH_PACKAGES:---workspace}
+  # The build's dirty pages are written back now, untimed, rather than
+  # during the first timed commands (whose ext4 metadata work would wait
+  # on them).
+  sync
   bin=${CARGO_TARGET_DIR:-$PWD/target}/release
   work=$(mktemp -d "/var/tmp/pod-bench-$name.XXXXXX")
   export POD_DIR=$work/store POD_CONFIG=$work/config
