@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Benchmark: start-to-exit of a one-app VM pod running `true` (busybox image
-# already in the store, kernel and initramfs already cached), `pod run`
-# versus bare qemu booting the same vmlinux with a minimal initramfs whose
-# /init powers the machine off at once, measured in the same run,
-# interleaved. Same machine model, CPU model, memory, kernel command line
-# and accelerator for both.
+# already in the store, kernel and initramfs already cached) with pod's own
+# guest kernel (scripts/build-guest-kernel.sh) and with Debian's, and bare
+# qemu booting each of those kernels with a minimal initramfs whose /init
+# powers the machine off at once; the four interleaved in one run. Same
+# machine model, CPU model, memory, kernel command line and accelerator for
+# all.
 #
-#   bench/vm.sh             # needs root, hyperfine, qemu, the guest kernel
+#   bench/vm.sh             # needs root, qemu, python3, both guest kernels
 #
 # The accelerator is KVM where the CPU has vmx/svm, else TCG (printed).
-# Target: pod <= 1.1x bare qemu.
+# Targets: pod (own kernel) <= 1.1x bare qemu (same kernel), and <= 0.5x
+# bare qemu with Debian's kernel (what a user would otherwise boot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-7}
@@ -21,6 +23,8 @@ bin=$PWD/target/release
 
 work=$(mktemp -d /var/tmp/pod-bench-vm.XXXXXX)
 export POD_DIR=$work/store POD_CONFIG=$work/config POD_CACHE_DIR=$work/cache
+pod_kernel=/usr/lib/pod/guest/pod-kernel/vmlinux
+[ -f "$pod_kernel" ] || { echo "no $pod_kernel: run scripts/build-guest-kernel.sh" >&2; exit 1; }
 cleanup() {
   "$bin/pod" gc >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -41,9 +45,17 @@ apps:
     exec: [/bin/busybox, "true"]
     resources: { memory: 128Mi, cpu: 1000m }
 YAML
-# Warm up: the first run decompresses the kernel and builds the initramfs.
-"$bin/pod" run "$work/true.yaml" >/dev/null 2>&1
-vmlinux=$(ls "$POD_CACHE_DIR"/vm/vmlinux-*)
+# The two kernels, by configuration directory (stage1.yaml's vm.kernel).
+mkdir -p "$work/config-debian"
+cp -a "$POD_CONFIG" "$work/config-pod" 2>/dev/null || mkdir -p "$work/config-pod"
+cp -a "$work/config-pod/." "$work/config-debian/"
+echo 'vm: { kernel: pod }' > "$work/config-pod/stage1.yaml"
+echo 'vm: { kernel: debian }' > "$work/config-debian/stage1.yaml"
+# Warm up: the first runs decompress Debian's kernel and build the initramfs
+# images (one per kernel).
+POD_CONFIG=$work/config-pod "$bin/pod" run "$work/true.yaml" >/dev/null 2>&1
+POD_CONFIG=$work/config-debian "$bin/pod" run "$work/true.yaml" >/dev/null 2>&1
+debian_vmlinux=$(ls "$POD_CACHE_DIR"/vm/vmlinux-*)
 
 # The peer's initramfs: busybox, and an /init that reboots (-no-reboot: qemu exits).
 python3 - "$work/min.cpio" <<'PY'
@@ -66,31 +78,46 @@ PY
 
 # 128 MiB for the app plus stage1-vm's 128 MiB overhead: the pod's VM size;
 # the kernel command line is the one stage1-vm uses (stage1-vm/src/qemu.rs).
-peer=(qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine "pc,accel=$accel" -cpu "$cpu"
-  -m 256M -smp 1 -kernel "$vmlinux" -initrd "$work/min.cpio"
-  -append "console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init modprobe.blacklist=virtio_net,net_failover,failover quiet loglevel=3" -serial "file:$work/peer-console.log")
-echo "accelerator: $accel; kernel: $(cat /usr/lib/pod/guest/version 2>/dev/null || echo "$vmlinux"); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
-# Interleaved (peer, pod, peer, pod, ...) rather than hyperfine's one block
-# per command: on a shared machine the load drifts over a run, and
-# alternating gives both the same share of it.
-python3 - "$runs" "$accel" "$bin/pod" "$work/true.yaml" "${peer[@]}" <<'PY'
-import statistics, subprocess, sys, time
-runs, accel, pod, podfile, peer = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
-def timed(cmd):
+peer() { # KERNEL
+  echo qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine "pc,accel=$accel" -cpu "$cpu" \
+    -m 256M -smp 1 -kernel "$1" -initrd "$work/min.cpio" \
+    -append "'console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init modprobe.blacklist=virtio_net,net_failover,failover quiet loglevel=3'" \
+    -serial "file:$work/peer-console.log"
+}
+echo "accelerator: $accel; kernels: pod's own $(cat "$(dirname "$pod_kernel")/version" 2>/dev/null) ($(du -k "$pod_kernel" | cut -f1) kB), Debian's $(cat /usr/lib/pod/guest/version 2>/dev/null); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+# Interleaved, the order rotated per round, rather than hyperfine's one
+# block per command: on a shared machine the load drifts over a run, and
+# rotating gives every command the same share of it.
+python3 - "$runs" "$accel" <<PY
+import shlex, statistics, subprocess, sys, time, os
+runs, accel = int(sys.argv[1]), sys.argv[2]
+pod = ["$bin/pod", "run", "$work/true.yaml"]
+cmds = {
+    "qemu, pod's kernel": (shlex.split("""$(peer "$pod_kernel")"""), {}),
+    "pod run, pod's kernel": (pod, {"POD_CONFIG": "$work/config-pod"}),
+    "pod run, Debian's kernel": (pod, {"POD_CONFIG": "$work/config-debian"}),
+    "qemu, Debian's kernel": (shlex.split("""$(peer "$debian_vmlinux")"""), {}),
+}
+def timed(cmd, env):
+    e = dict(os.environ, **env)
     t = time.monotonic()
-    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=e)
     if r.returncode != 0:
         sys.exit(f"{cmd[0]} exited with {r.returncode}")
     return time.monotonic() - t
-times = {"peer": [], "pod": []}
-for _ in range(runs):
-    times["peer"].append(timed(peer))
-    times["pod"].append(timed([pod, "run", podfile]))
-p, q = statistics.median(times["peer"]), statistics.median(times["pod"])
-fmt = lambda xs: " ".join(f"{x:.2f}" for x in xs)
-print(f"bare qemu    runs: {fmt(times['peer'])}")
-print(f"pod run (vm) runs: {fmt(times['pod'])}")
-print(f"bare qemu: {p:.2f} s   pod run (vm): {q:.2f} s   (medians of {runs}, {accel})")
-print(f"pod run (vm) = {q/p:.2f}x bare qemu (target <= 1.10x)")
+names = list(cmds)
+times = {n: [] for n in names}
+for r in range(runs):
+    for k in range(len(names)):
+        n = names[(k + r) % len(names)]
+        times[n].append(timed(*cmds[n]))
+med = {n: statistics.median(times[n]) for n in names}
+for n in names:
+    print(f"{n:25} {med[n]:6.2f} s median of {runs} ({accel}); runs: {' '.join(f'{x:.2f}' for x in times[n])}")
+own, peer_own = med["pod run, pod's kernel"], med["qemu, pod's kernel"]
+pod_deb, peer_deb = med["pod run, Debian's kernel"], med["qemu, Debian's kernel"]
+print(f"pod run (own kernel) = {own/peer_own:.2f}x bare qemu with the same kernel (target <= 1.10x)")
+print(f"pod run (own kernel) = {own/pod_deb:.2f}x pod run with Debian's kernel")
+print(f"pod run (own kernel) = {own/peer_deb:.2f}x bare qemu with Debian's kernel (target <= 0.50x)")
 PY
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
