@@ -15,8 +15,15 @@ bench_store() {
   cargo build --release -q ${BENCH_PACKAGES:---workspace}
   # The build's dirty pages are written back now, untimed, rather than
   # during the first timed commands (whose ext4 metadata work would wait
-  # on them).
+  # on them); and the first timed command waits for the machine to settle
+  # after a build (1-minute load average under 0.5, at most 120 s): in two
+  # sets of five runs the first, right after its build (load 1.9-2.0),
+  # was the only one over crun.
   sync
+  local waited=0
+  while [ "$waited" -lt 120 ] && ! awk '{ exit !($1 < 0.5) }' /proc/loadavg; do
+    sleep 1; waited=$((waited + 1))
+  done
   bin=${CARGO_TARGET_DIR:-$PWD/target}/release
   work=$(mktemp -d "/var/tmp/pod-bench-$name.XXXXXX")
   export POD_DIR=$work/store POD_CONFIG=$work/config
