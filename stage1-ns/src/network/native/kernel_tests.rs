@@ -46,7 +46,11 @@ fn in_own_netns() {
     assert_eq!(att.ips, ["10.89.0.2/16".parse::<IpNet>().expect("net")]);
     assert_eq!(att.gateway, Some(Ipv4Addr::new(10, 89, 0, 1).into()));
     assert_eq!(store.held_by("pod-one"), [Ipv4Addr::new(10, 89, 0, 2)]);
-    assert_eq!(nft::rules_of("pod-one").expect("look up"), 3, "masquerade, DNAT in prerouting and output");
+    assert_eq!(
+        nft::rules_of("pod-one").expect("look up"),
+        4,
+        "masquerade of the pod and of loopback, DNAT in prerouting and output"
+    );
     assert_eq!(fs::read_to_string(IP_FORWARD).expect("read").trim(), "1", "forwarding on (in the test's namespace)");
 
     // The pod answers at its address, and on the host address through DNAT.
@@ -54,7 +58,7 @@ fn in_own_netns() {
     serve(listener, "one");
     assert_eq!(fetch((Ipv4Addr::new(10, 89, 0, 2), 80).into()), Ok("one".into()));
     assert_eq!(fetch((Ipv4Addr::new(10, 89, 0, 1), 18080).into()), Ok("one".into()), "DNAT from a host address");
-    assert!(fetch((Ipv4Addr::LOCALHOST, 18080).into()).is_err(), "loopback is the proxies', not a rule's");
+    assert_eq!(fetch((Ipv4Addr::LOCALHOST, 18080).into()), Ok("one".into()), "DNAT from loopback");
     // The pod's way out is the gateway.
     let route = ns1.run_in(|| fs::read_to_string("/proc/thread-self/net/route")).expect("run_in").expect("route");
     assert!(
@@ -100,13 +104,13 @@ fn in_own_netns() {
     assert!(rtnl.link_index(&veth_name("pod-two")).expect("look up").is_none(), "veth left");
     assert!(nft::rules_of("pod-two").expect("look up") == 0 && store.held_by("pod-two").is_empty());
     assert!(nft::table_exists().expect("look up"), "gc deleted the table pod one still uses");
-    assert_eq!(nft::rules_of("pod-one").expect("look up"), 3, "gc of pod two touched pod one's rules");
+    assert_eq!(nft::rules_of("pod-one").expect("look up"), 4, "gc of pod two touched pod one's rules");
     assert!(!was_native(&cache2));
     teardown_in(&net, &cache2, "pod-two").expect("gc again: nothing");
     // A gc that saw no rule but races a pod's start: the non-recursive
     // deletion fails as a whole and leaves the table and the rules.
     nft::delete_if_empty().expect("table in use: nothing to do");
-    assert_eq!(nft::rules_of("pod-one").expect("look up"), 3, "a non-recursive deletion removed rules");
+    assert_eq!(nft::rules_of("pod-one").expect("look up"), 4, "a non-recursive deletion removed rules");
 
     // The monitor's teardown leaves the shared table (and its hooks), gc
     // removes it once no pod uses it.
