@@ -162,6 +162,17 @@ fn cmp(op: Operator, data: Vec<u8>) -> Expressions {
     Expressions::Cmp(vec![Cmp::SourceRegister(Register::Reg1), Cmp::Op(op), Cmp::Data(DataAttribute::Value(data))])
 }
 
+/// Register 1 &= `mask` (a 4-byte value in the register's byte order).
+fn and_mask(mask: [u8; 4]) -> Expressions {
+    Expressions::Bitwise(vec![
+        Bitwise::SourceRegister(Register::Reg1),
+        Bitwise::DestinationRegister(Register::Reg1),
+        Bitwise::Length(4),
+        Bitwise::Mask(DataAttribute::Value(mask.to_vec())),
+        Bitwise::Xor(DataAttribute::Value(vec![0; 4])),
+    ])
+}
+
 /// `ip saddr`/`ip daddr` (offset 12/16) in or out of `net`.
 fn ip_in(offset: u32, net: IpNet, op: Operator) -> Vec<Expressions> {
     let IpAddr::V4(addr) = net.addr else { return Vec::new() };
@@ -169,13 +180,7 @@ fn ip_in(offset: u32, net: IpNet, op: Operator) -> Vec<Expressions> {
     let mask = if host_bits >= 32 { 0 } else { u32::MAX << host_bits };
     let mut out = vec![load(PAYLOAD_NETWORK, offset, 4)];
     if mask != u32::MAX {
-        out.push(Expressions::Bitwise(vec![
-            Bitwise::SourceRegister(Register::Reg1),
-            Bitwise::DestinationRegister(Register::Reg1),
-            Bitwise::Length(4),
-            Bitwise::Mask(DataAttribute::Value(mask.to_be_bytes().to_vec())),
-            Bitwise::Xor(DataAttribute::Value(vec![0; 4])),
-        ]));
+        out.push(and_mask(mask.to_be_bytes()));
     }
     out.push(cmp(op, (u32::from(addr) & mask).to_be_bytes().to_vec()));
     out
@@ -276,13 +281,7 @@ fn guard(bridge: &str) -> Vec<Expressions> {
     out.extend(ip_in(16, loopback_net(), Operator::Equal));
     out.push(other("ct", vec![(NFTA_CT_DREG, be32(Register::Reg1.into())), (NFTA_CT_KEY, be32(NFT_CT_STATUS))]));
     // The status is a host-order u32 in the register.
-    out.push(Expressions::Bitwise(vec![
-        Bitwise::SourceRegister(Register::Reg1),
-        Bitwise::DestinationRegister(Register::Reg1),
-        Bitwise::Length(4),
-        Bitwise::Mask(DataAttribute::Value(IPS_DST_NAT.to_ne_bytes().to_vec())),
-        Bitwise::Xor(DataAttribute::Value(vec![0; 4])),
-    ]));
+    out.push(and_mask(IPS_DST_NAT.to_ne_bytes()));
     out.push(cmp(Operator::Equal, vec![0; 4]));
     out.push(Expressions::Immediate(vec![
         Immediate::DestinationRegister(Register::Verdict),
