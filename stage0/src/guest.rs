@@ -13,15 +13,15 @@
 //! `POD_GUEST_KERNEL` names a kernel over it, and `POD_GUEST_MODULES` its
 //! module tree when it needs one (a kernel named so gets none otherwise).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 /// Where `scripts/install-deps.sh` installs the guest kernels of VM pods.
 pub const GUEST_DIR: &str = "/usr/lib/pod/guest";
-/// pod's own guest kernel, the current build (`scripts/build-guest-kernel.sh`).
-pub const POD_KERNEL: &str = "/usr/lib/pod/guest/pod-kernel/vmlinux";
+/// pod's own guest kernel in [`GUEST_DIR`], the current build
+/// (`scripts/build-guest-kernel.sh`).
+pub const POD_KERNEL: &str = "pod-kernel/vmlinux";
 /// The host's stage1 settings, in the configuration directory.
 pub const STAGE1_CONFIG: &str = "stage1.yaml";
 
@@ -42,24 +42,13 @@ pub enum KernelChoice {
     /// pod's own when it is built, else Debian's.
     #[default]
     Auto,
-    /// pod's own ([`POD_KERNEL`]): every driver built in, no modules.
+    /// pod's own ([`POD_KERNEL`] in [`GUEST_DIR`]): every driver built in, no modules.
     Pod,
     /// Debian's, with the virtio and 9p modules the guest loads at boot.
     Debian,
     /// A kernel of the user's, used as it is (with `POD_GUEST_MODULES` when
     /// it needs modules).
     Path(PathBuf),
-}
-
-impl fmt::Display for KernelChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Auto => f.write_str("auto"),
-            Self::Pod => f.write_str("pod"),
-            Self::Debian => f.write_str("debian"),
-            Self::Path(p) => write!(f, "{}", p.display()),
-        }
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,7 +101,7 @@ pub fn resolve_kernel(
     env_modules: Option<PathBuf>,
     guest_dir: &Path,
 ) -> Result<(PathBuf, Option<PathBuf>), String> {
-    let pod_kernel = guest_dir.join("pod-kernel/vmlinux");
+    let pod_kernel = guest_dir.join(POD_KERNEL);
     let debian = || -> Result<(PathBuf, Option<PathBuf>), String> {
         let kernel = guest_dir.join("vmlinuz");
         let modules = env_modules.clone().unwrap_or_else(|| guest_dir.join("modules"));
