@@ -3,9 +3,9 @@
 # already in the store, kernel and initramfs already cached) with pod's own
 # guest kernel (scripts/build-guest-kernel.sh) and with Debian's, and bare
 # qemu booting each of those kernels with a minimal initramfs whose /init
-# powers the machine off at once; the four interleaved in one run. Same
-# machine model, CPU model, memory, kernel command line and accelerator for
-# all.
+# powers the machine off at once; the four interleaved in one run. Each
+# bare qemu has the machine model, CPU model, memory, kernel command line
+# and accelerator `pod run` has with that kernel.
 #
 #   bench/vm.sh             # needs root, qemu, python3, both guest kernels
 #
@@ -77,11 +77,15 @@ entry("TRAILER!!!", 0)
 PY
 
 # 128 MiB for the app plus stage1-vm's 128 MiB overhead: the pod's VM size;
-# the kernel command line is the one stage1-vm uses (stage1-vm/src/qemu.rs).
-peer() { # KERNEL
-  echo qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine "pc,accel=$accel" -cpu "$cpu" \
+# the machine model and kernel command line are the ones stage1-vm uses for
+# that kernel (stage1-vm/src/qemu.rs): microvm for pod's own, pc for
+# Debian's; a one-vCPU TCG guest ticks on the PIT (noapictimer).
+tick=""
+[ "$accel" = tcg ] && tick=" noapictimer"
+peer() { # KERNEL MACHINE
+  echo qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine "$2,accel=$accel" -cpu "$cpu" \
     -m 256M -smp 1 -kernel "$1" -initrd "$work/min.cpio" \
-    -append "'console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init modprobe.blacklist=virtio_net,net_failover,failover quiet loglevel=3'" \
+    -append "'console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init$tick modprobe.blacklist=virtio_net,net_failover,failover quiet loglevel=3'" \
     -serial "file:$work/peer-console.log"
 }
 echo "accelerator: $accel; kernels: pod's own $(cat "$(dirname "$pod_kernel")/version" 2>/dev/null) ($(du -k "$pod_kernel" | cut -f1) kB), Debian's $(cat /usr/lib/pod/guest/version 2>/dev/null); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -93,10 +97,10 @@ import shlex, statistics, subprocess, sys, time, os
 runs, accel = int(sys.argv[1]), sys.argv[2]
 pod = ["$bin/pod", "run", "$work/true.yaml"]
 cmds = {
-    "qemu, pod's kernel": (shlex.split("""$(peer "$pod_kernel")"""), {}),
+    "qemu, pod's kernel": (shlex.split("""$(peer "$pod_kernel" microvm,acpi=off,x-option-roms=off)"""), {}),
     "pod run, pod's kernel": (pod, {"POD_CONFIG": "$work/config-pod"}),
     "pod run, Debian's kernel": (pod, {"POD_CONFIG": "$work/config-debian"}),
-    "qemu, Debian's kernel": (shlex.split("""$(peer "$debian_vmlinux")"""), {}),
+    "qemu, Debian's kernel": (shlex.split("""$(peer "$debian_vmlinux" pc)"""), {}),
 }
 def timed(cmd, env):
     e = dict(os.environ, **env)

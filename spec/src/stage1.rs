@@ -422,6 +422,21 @@ pub struct VmHost {
     pub modules: Option<PathBuf>,
     /// Where the decompressed kernel and the initramfs are cached.
     pub cache_dir: PathBuf,
+    /// qemu's machine model (`pc` when absent).
+    #[serde(default)]
+    pub machine: VmMachine,
+}
+
+/// The machine model a VM pod boots on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmMachine {
+    /// The i440FX PC: PCI, SeaBIOS; virtio-pci devices. Any x86 kernel.
+    #[default]
+    Pc,
+    /// qemu's microvm: no PCI bus and no BIOS tables (qboot firmware);
+    /// virtio-mmio devices, which the kernel must have built in.
+    Microvm,
 }
 
 impl Invocation {

@@ -2,12 +2,15 @@
 //! full by `scripts/build-guest-kernel.sh`, or Debian's with its modules),
 //! qemu, and the cache of decompressed kernels and initramfs images.
 //!
-//! The kernel is chosen by `vm.kernel` in `<config>/stage1.yaml`:
+//! The kernel is chosen by `vm.kernel` in `<config>/stage1.yaml`, and the
+//! machine model by `vm.machine`:
 //!
 //! ```yaml
 //! vm:
 //!   kernel: auto     # pod's own when it is built, else Debian's (default)
 //!                    # pod | debian | /path/to/vmlinux-or-bzImage
+//!   machine: auto    # microvm with pod's own kernel, else pc (default)
+//!                    # pc | microvm (a kernel with virtio-mmio built in)
 //! ```
 //!
 //! `POD_GUEST_KERNEL` names a kernel over it, and `POD_GUEST_MODULES` its
@@ -16,6 +19,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use spec::stage1::VmMachine;
 
 /// Where `scripts/install-deps.sh` installs the guest kernels of VM pods.
 pub const GUEST_DIR: &str = "/usr/lib/pod/guest";
@@ -62,15 +66,33 @@ struct Stage1File {
 #[serde(deny_unknown_fields)]
 struct VmSection {
     kernel: Option<String>,
+    machine: Option<String>,
 }
 
-/// `vm.kernel` from `<config_dir>/stage1.yaml`; [`KernelChoice::Auto`] when
-/// there is no such file or key. A bad file is an error naming it.
-pub fn kernel_choice(config_dir: &Path) -> Result<KernelChoice, String> {
+/// Which machine model VM pods boot on (`vm.machine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MachineChoice {
+    /// microvm with pod's own kernel (virtio-mmio built in), else pc.
+    #[default]
+    Auto,
+    Pc,
+    Microvm,
+}
+
+/// The VM settings of `<config_dir>/stage1.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VmChoice {
+    pub kernel: KernelChoice,
+    pub machine: MachineChoice,
+}
+
+/// `vm.kernel` and `vm.machine` from `<config_dir>/stage1.yaml`; `auto`
+/// both when there is no such file or key. A bad file is an error naming it.
+pub fn vm_choice(config_dir: &Path) -> Result<VmChoice, String> {
     let path = config_dir.join(STAGE1_CONFIG);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(KernelChoice::Auto),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VmChoice::default()),
         Err(e) => return Err(format!("read {}: {e}", path.display())),
     };
     let file: Stage1File = if text.trim().is_empty() {
@@ -78,7 +100,7 @@ pub fn kernel_choice(config_dir: &Path) -> Result<KernelChoice, String> {
     } else {
         serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
     };
-    Ok(match file.vm.kernel.as_deref() {
+    let kernel = match file.vm.kernel.as_deref() {
         None | Some("auto") => KernelChoice::Auto,
         Some("pod") => KernelChoice::Pod,
         Some("debian") => KernelChoice::Debian,
@@ -89,7 +111,29 @@ pub fn kernel_choice(config_dir: &Path) -> Result<KernelChoice, String> {
                 path.display()
             ))
         }
-    })
+    };
+    let machine = match file.vm.machine.as_deref() {
+        None | Some("auto") => MachineChoice::Auto,
+        Some("pc") => MachineChoice::Pc,
+        Some("microvm") => MachineChoice::Microvm,
+        Some(other) => return Err(format!("{}: vm.machine: {other:?} is not auto, pc or microvm", path.display())),
+    };
+    Ok(VmChoice { kernel, machine })
+}
+
+/// The machine model for a choice and the kernel it boots: microvm has no
+/// PCI bus, so its kernel needs virtio-mmio built in, which pod's own has
+/// and a kernel that loads its drivers as modules (Debian's) does not.
+pub fn resolve_machine(choice: MachineChoice, own_kernel: bool, modules: bool) -> Result<VmMachine, String> {
+    match choice {
+        MachineChoice::Auto if own_kernel => Ok(VmMachine::Microvm),
+        MachineChoice::Auto | MachineChoice::Pc => Ok(VmMachine::Pc),
+        MachineChoice::Microvm if modules => Err(format!(
+            "vm.machine is microvm, but the guest kernel loads its drivers as modules; microvm needs virtio-mmio \
+             built in (pod's own kernel, vm.kernel: pod) or vm.machine: pc ({STAGE1_CONFIG})"
+        )),
+        MachineChoice::Microvm => Ok(VmMachine::Microvm),
+    }
 }
 
 /// The kernel and module tree a choice boots; or why it cannot.
@@ -154,9 +198,9 @@ pub fn resolve_kernel(
 pub fn vm_host(config_dir: &Path) -> Result<spec::stage1::VmHost, VmUnavailable> {
     let env_path =
         |var: &str, default: &str| std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
-    let choice = kernel_choice(config_dir).map_err(VmUnavailable::Config)?;
+    let choice = vm_choice(config_dir).map_err(VmUnavailable::Config)?;
     let (kernel, modules) = resolve_kernel(
-        &choice,
+        &choice.kernel,
         std::env::var_os("POD_GUEST_KERNEL").map(PathBuf::from),
         std::env::var_os("POD_GUEST_MODULES").map(PathBuf::from),
         Path::new(GUEST_DIR),
@@ -178,7 +222,9 @@ pub fn vm_host(config_dir: &Path) -> Result<spec::stage1::VmHost, VmUnavailable>
     let qemu = qemu.filter(|q| q.is_file()).ok_or_else(|| {
         VmUnavailable::Missing("qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into())
     })?;
-    Ok(spec::stage1::VmHost { qemu, kernel, modules, cache_dir })
+    let own_kernel = kernel == Path::new(GUEST_DIR).join(POD_KERNEL);
+    let machine = resolve_machine(choice.machine, own_kernel, modules.is_some()).map_err(VmUnavailable::Config)?;
+    Ok(spec::stage1::VmHost { qemu, kernel, modules, cache_dir, machine })
 }
 
 #[cfg(test)]
@@ -234,9 +280,20 @@ mod tests {
     }
 
     #[test]
+    fn microvm_goes_with_pods_own_kernel_and_never_with_modules() {
+        assert_eq!(resolve_machine(MachineChoice::Auto, true, false), Ok(VmMachine::Microvm));
+        assert_eq!(resolve_machine(MachineChoice::Auto, false, true), Ok(VmMachine::Pc));
+        assert_eq!(resolve_machine(MachineChoice::Auto, false, false), Ok(VmMachine::Pc), "a kernel of the user's");
+        assert_eq!(resolve_machine(MachineChoice::Pc, true, false), Ok(VmMachine::Pc));
+        assert_eq!(resolve_machine(MachineChoice::Microvm, false, false), Ok(VmMachine::Microvm));
+        let e = resolve_machine(MachineChoice::Microvm, false, true).expect_err("modules");
+        assert!(e.contains("vm.machine") && e.contains("stage1.yaml"), "{e}");
+    }
+
+    #[test]
     fn stage1_yaml_names_the_kernel_and_bad_values_name_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(kernel_choice(dir.path()).expect("no file"), KernelChoice::Auto);
+        assert_eq!(vm_choice(dir.path()).expect("no file"), VmChoice::default());
         let f = dir.path().join(STAGE1_CONFIG);
         for (text, want) in [
             ("vm:\n  kernel: debian\n", KernelChoice::Debian),
@@ -245,11 +302,22 @@ mod tests {
             ("vm:\n  kernel: /boot/vmlinuz\n", KernelChoice::Path("/boot/vmlinuz".into())),
         ] {
             std::fs::write(&f, text).expect("write");
-            assert_eq!(kernel_choice(dir.path()).expect(text), want);
+            assert_eq!(vm_choice(dir.path()).expect(text).kernel, want);
         }
-        for (text, needle) in [("vm:\n  kernel: fedora\n", "vm.kernel"), ("vm:\n  kernal: pod\n", "kernal")] {
+        std::fs::write(&f, "vm: { kernel: pod, machine: pc }\n").expect("write");
+        assert_eq!(
+            vm_choice(dir.path()).expect("pc"),
+            VmChoice { kernel: KernelChoice::Pod, machine: MachineChoice::Pc }
+        );
+        std::fs::write(&f, "vm: { machine: microvm }\n").expect("write");
+        assert_eq!(vm_choice(dir.path()).expect("microvm").machine, MachineChoice::Microvm);
+        for (text, needle) in [
+            ("vm:\n  kernel: fedora\n", "vm.kernel"),
+            ("vm:\n  kernal: pod\n", "kernal"),
+            ("vm:\n  machine: q35\n", "vm.machine"),
+        ] {
             std::fs::write(&f, text).expect("write");
-            let e = kernel_choice(dir.path()).expect_err(text);
+            let e = vm_choice(dir.path()).expect_err(text);
             assert!(e.contains("stage1.yaml") && e.contains(needle), "{e}");
         }
     }

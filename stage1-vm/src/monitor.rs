@@ -32,7 +32,9 @@ use stage1_ns::rootfs::{self, KernelFs};
 
 use crate::accel::{self, HostProbe};
 use crate::control::Relay;
-use crate::qemu::{self, Accel, Console, DirectBoot, HostFwd, Machine, Protocol, SerialPort, Share9p, UserNet, Vm};
+use crate::qemu::{
+    self, Accel, Console, DirectBoot, HostFwd, Machine, Model, Protocol, SerialPort, Share9p, UserNet, Vm,
+};
 use crate::{initramfs, kernel, kmod, VmError};
 
 /// Guest memory beyond the apps' own: the kernel, pod-init, page cache.
@@ -129,7 +131,7 @@ pub fn user_net(pod: &ResolvedPod) -> Result<Option<UserNet>, VmError> {
 
 /// Memory and vCPUs from the apps' resources (as rkt's KVM flavour: the sum
 /// of the apps' memory limits plus an overhead; CPUs rounded up).
-pub fn machine(pod: &ResolvedPod, accel: Accel, host_cpus: u32) -> Machine {
+pub fn machine(pod: &ResolvedPod, model: Model, accel: Accel, host_cpus: u32) -> Machine {
     let memory_mib = OVERHEAD_MIB
         + if pod.sandbox { SANDBOX_APPS_MIB } else { 0 }
         + pod
@@ -139,14 +141,14 @@ pub fn machine(pod: &ResolvedPod, accel: Accel, host_cpus: u32) -> Machine {
             .sum::<u64>();
     let millis: u64 = pod.apps.iter().map(|a| a.resources.cpu_millis.unwrap_or(1000)).sum();
     let cpus = u32::try_from(millis.div_ceil(1000)).unwrap_or(u32::MAX).clamp(1, host_cpus.max(1));
-    Machine { accel, memory_mib, cpus }
+    Machine { model, accel, memory_mib, cpus }
 }
 
 /// Everything qemu is started with, for one pod.
 fn vm_for(
     pod_dir: &Path,
     pod: &ResolvedPod,
-    accel: Accel,
+    (model, accel): (Model, Accel),
     kernel: PathBuf,
     initrd: PathBuf,
     net: Option<UserNet>,
@@ -159,14 +161,12 @@ fn vm_for(
         }
     }
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1));
+    let machine = machine(pod, model, accel, host_cpus);
+    let cmdline = qemu::cmdline(&machine, debug, if net.is_none() { &kmod::NET_MODULES } else { &[] });
     Ok(Vm {
         name: format!("pod-{}", pod.uuid),
-        machine: machine(pod, accel, host_cpus),
-        boot: DirectBoot {
-            kernel,
-            initrd,
-            cmdline: qemu::cmdline(debug, if net.is_none() { &kmod::NET_MODULES } else { &[] }),
-        },
+        machine,
+        boot: DirectBoot { kernel, initrd, cmdline },
         console: Console { log: dir.console() },
         shares: vec![Share9p { id: "pod".into(), path: pod_dir.to_owned(), tag: SHARE_TAG.into() }],
         net,
@@ -337,7 +337,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     }
     let net = user_net(&pod)?;
     let (vmlinux, initrd) = boot_files(&inv.stage2, host)?;
-    let vm = vm_for(pod_dir, &pod, accel, vmlinux, initrd, net.clone(), inv.debug)?;
+    let vm = vm_for(pod_dir, &pod, (host.machine, accel), vmlinux, initrd, net.clone(), inv.debug)?;
 
     let mut mask = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD, Signal::SIGHUP] {
@@ -602,13 +602,20 @@ mod tests {
     #[test]
     fn memory_and_cpus_follow_the_apps() {
         let p = pod(serde_json::json!("none"), &[(Some(256 << 20), Some(500), ""), (None, None, "")]);
-        assert_eq!(machine(&p, Accel::Tcg, 8), Machine { accel: Accel::Tcg, memory_mib: 128 + 256 + 128, cpus: 2 });
-        assert_eq!(machine(&p, Accel::Kvm, 1).cpus, 1, "never more vCPUs than host CPUs");
+        let pc = Model::Pc;
+        assert_eq!(
+            machine(&p, pc, Accel::Tcg, 8),
+            Machine { model: pc, accel: Accel::Tcg, memory_mib: 128 + 256 + 128, cpus: 2 }
+        );
+        assert_eq!(machine(&p, pc, Accel::Kvm, 1).cpus, 1, "never more vCPUs than host CPUs");
         let small = pod(serde_json::json!("none"), &[(Some(1), Some(100), "")]);
-        assert_eq!(machine(&small, Accel::Tcg, 8), Machine { accel: Accel::Tcg, memory_mib: 129, cpus: 1 });
+        assert_eq!(
+            machine(&small, pc, Accel::Tcg, 8),
+            Machine { model: pc, accel: Accel::Tcg, memory_mib: 129, cpus: 1 }
+        );
         let mut sandbox = pod(serde_json::json!("none"), &[]);
         sandbox.sandbox = true;
-        let m = machine(&sandbox, Accel::Tcg, 8);
+        let m = machine(&sandbox, Model::Microvm, Accel::Tcg, 8);
         assert_eq!((m.memory_mib, m.cpus), (128 + 512, 1), "room for the apps a sandbox will take");
     }
 

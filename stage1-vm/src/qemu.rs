@@ -7,6 +7,8 @@ use std::ffi::OsString;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+pub use spec::stage1::VmMachine as Model;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QemuError {
     #[error("{0}: qemu options need UTF-8 paths")]
@@ -38,14 +40,24 @@ fn utf8(p: &Path) -> Result<&str, QemuError> {
     p.to_str().ok_or_else(|| QemuError::NotUtf8(p.to_owned()))
 }
 
-/// The PC machine (i440FX: the quickest to boot of qemu's PC models; the
-/// `microvm` model hangs calibrating its clock under TCG) with its
-/// accelerator and CPU model.
+/// The machine: the i440FX PC (the quickest to boot of qemu's PC models)
+/// or qemu's `microvm` (no PCI bus, no ACPI or BIOS tables for the guest to
+/// parse, qboot for firmware), with its accelerator and CPU model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Machine {
+    pub model: Model,
     pub accel: Accel,
     pub memory_mib: u64,
     pub cpus: u32,
+}
+
+/// A virtio device's qemu name on `model`'s bus: `virtio-9p-pci` on the PC,
+/// `virtio-9p-device` (virtio-mmio) on microvm.
+fn virtio(model: Model, kind: &str) -> String {
+    match model {
+        Model::Pc => format!("virtio-{kind}-pci"),
+        Model::Microvm => format!("virtio-{kind}-device"),
+    }
 }
 
 impl Machine {
@@ -54,9 +66,15 @@ impl Machine {
             Accel::Kvm => "host",
             Accel::Tcg => "max",
         };
+        let machine = match self.model {
+            Model::Pc => format!("pc,accel={}", self.accel.as_str()),
+            // No ACPI tables (the kernel has no ACPI) and no option ROMs:
+            // qboot loads the kernel itself.
+            Model::Microvm => format!("microvm,accel={},acpi=off,x-option-roms=off", self.accel.as_str()),
+        };
         vec![
             "-machine".into(),
-            format!("pc,accel={}", self.accel.as_str()),
+            machine,
             "-cpu".into(),
             cpu.into(),
             "-m".into(),
@@ -118,7 +136,7 @@ pub struct Share9p {
 }
 
 impl Share9p {
-    fn args(&self) -> Result<Vec<String>, QemuError> {
+    fn args(&self, model: Model) -> Result<Vec<String>, QemuError> {
         Ok(vec![
             "-fsdev".into(),
             format!(
@@ -127,7 +145,7 @@ impl Share9p {
                 esc(utf8(&self.path)?)
             ),
             "-device".into(),
-            format!("virtio-9p-pci,fsdev={},mount_tag={}", esc(&self.id), esc(&self.tag)),
+            format!("{},fsdev={},mount_tag={}", virtio(model, "9p"), esc(&self.id), esc(&self.tag)),
         ])
     }
 }
@@ -175,13 +193,13 @@ pub const GUEST_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 pub const GUEST_PREFIX: u8 = 24;
 
 impl UserNet {
-    fn args(&self) -> Vec<String> {
+    fn args(&self, model: Model) -> Vec<String> {
         let mut netdev = format!("user,id=net0,restrict={}", if self.restrict { "on" } else { "off" });
         for f in &self.forwards {
             netdev.push(',');
             netdev.push_str(&f.render());
         }
-        vec!["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=net0".into()]
+        vec!["-netdev".into(), netdev, "-device".into(), format!("{},netdev=net0", virtio(model, "net"))]
     }
 }
 
@@ -195,11 +213,15 @@ pub struct SerialPort {
 /// The longest unix socket path (sun_path is 108 bytes with its NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
-fn serial_args(ports: &[SerialPort]) -> Result<Vec<String>, QemuError> {
+fn serial_args(ports: &[SerialPort], model: Model) -> Result<Vec<String>, QemuError> {
     if ports.is_empty() {
         return Ok(Vec::new());
     }
-    let mut args = vec!["-device".into(), "virtio-serial-pci,id=vser0".into()];
+    // As many port slots as ports (plus number 0, which qemu keeps for a
+    // console): its default of 31 has the guest allocate a pair of
+    // virtqueues for each at boot.
+    let mut args =
+        vec!["-device".into(), format!("{},id=vser0,max_ports={}", virtio(model, "serial"), ports.len() + 1)];
     for (i, p) in ports.iter().enumerate() {
         args.push("-chardev".into());
         args.push(format!("socket,id=port{i},path={},server=on,wait=off", esc(utf8(&p.socket)?)));
@@ -237,13 +259,14 @@ impl Vm {
         a.extend(self.machine.args());
         a.extend(self.boot.args()?);
         a.extend(self.console.args()?);
+        let model = self.machine.model;
         for s in &self.shares {
-            a.extend(s.args()?);
+            a.extend(s.args(model)?);
         }
         if let Some(net) = &self.net {
-            a.extend(net.args());
+            a.extend(net.args(model));
         }
-        a.extend(serial_args(&self.ports)?);
+        a.extend(serial_args(&self.ports, model)?);
         Ok(a.into_iter().map(OsString::from).collect())
     }
 }
@@ -255,8 +278,17 @@ impl Vm {
 /// device (1.1 s of a 4.5 s boot; 0.2 s with `pci=noacpi`). `skip_modules`
 /// become `modprobe.blacklist=`, which pod-init honours; `debug` makes the
 /// kernel and pod-init (`pod.debug`) verbose.
-pub fn cmdline(debug: bool, skip_modules: &[&str]) -> String {
+///
+/// A one-vCPU TCG guest ticks on the PIT instead of its local APIC timer
+/// (`noapictimer`): calibrating and checking that timer against the PIT
+/// takes the kernel a quarter of a second of emulated waiting, and one CPU
+/// needs no per-CPU timer. Under KVM the guest has the TSC-deadline timer,
+/// which needs no calibration.
+pub fn cmdline(machine: &Machine, debug: bool, skip_modules: &[&str]) -> String {
     let mut c = String::from("console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init");
+    if machine.accel == Accel::Tcg && machine.cpus == 1 {
+        c.push_str(" noapictimer");
+    }
     if !skip_modules.is_empty() {
         c.push_str(&format!(" modprobe.blacklist={}", skip_modules.join(",")));
     }
@@ -268,14 +300,16 @@ pub fn cmdline(debug: bool, skip_modules: &[&str]) -> String {
 mod tests {
     use super::*;
 
+    const TWO_CPUS: Machine = Machine { model: Model::Pc, accel: Accel::Tcg, memory_mib: 640, cpus: 2 };
+
     fn vm() -> Vm {
         Vm {
             name: "pod-1234".into(),
-            machine: Machine { accel: Accel::Tcg, memory_mib: 640, cpus: 2 },
+            machine: TWO_CPUS,
             boot: DirectBoot {
                 kernel: "/cache/vmlinux-ab".into(),
                 initrd: "/cache/initramfs-cd.cpio".into(),
-                cmdline: cmdline(false, &[]),
+                cmdline: cmdline(&TWO_CPUS, false, &[]),
             },
             console: Console { log: "/pods/p/vm/console.log".into() },
             shares: vec![Share9p { id: "pod".into(), path: "/pods/p".into(), tag: "pod".into() }],
@@ -339,7 +373,7 @@ mod tests {
             "-device",
             "virtio-net-pci,netdev=net0",
             "-device",
-            "virtio-serial-pci,id=vser0",
+            "virtio-serial-pci,id=vser0,max_ports=3",
             "-chardev",
             "socket,id=port0,path=/pods/p/vm/ctl.sock,server=on,wait=off",
             "-device",
@@ -364,12 +398,36 @@ mod tests {
     }
 
     #[test]
+    fn microvm_has_virtio_mmio_devices_and_no_acpi() {
+        let mut v = vm();
+        v.machine.model = Model::Microvm;
+        let w = words(&v);
+        assert!(w.windows(2).any(|x| x == ["-machine", "microvm,accel=tcg,acpi=off,x-option-roms=off"]), "{w:?}");
+        for device in [
+            "virtio-9p-device,fsdev=pod,mount_tag=pod",
+            "virtio-net-device,netdev=net0",
+            "virtio-serial-device,id=vser0,max_ports=3",
+        ] {
+            assert!(w.contains(&device.to_owned()), "{device} in {w:?}");
+        }
+        assert!(!w.iter().any(|x| x.contains("-pci")), "{w:?}");
+    }
+
+    #[test]
     fn the_kernel_command_line_names_the_modules_to_skip() {
         assert_eq!(
-            cmdline(false, &["virtio_net", "failover"]),
+            cmdline(&TWO_CPUS, false, &["virtio_net", "failover"]),
             "console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init modprobe.blacklist=virtio_net,failover quiet loglevel=3"
         );
-        assert!(cmdline(true, &[]).ends_with("loglevel=7 pod.debug"));
+        assert!(cmdline(&TWO_CPUS, true, &[]).ends_with("loglevel=7 pod.debug"));
+    }
+
+    #[test]
+    fn only_a_one_cpu_tcg_guest_ticks_on_the_pit() {
+        let one = Machine { cpus: 1, ..TWO_CPUS };
+        assert!(cmdline(&one, false, &[]).contains(" noapictimer "));
+        assert!(!cmdline(&TWO_CPUS, false, &[]).contains("noapictimer"));
+        assert!(!cmdline(&Machine { accel: Accel::Kvm, ..one }, false, &[]).contains("noapictimer"));
     }
 
     #[test]

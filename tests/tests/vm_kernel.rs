@@ -4,8 +4,11 @@
 //! support at all, so nothing is loaded at boot. `vm.kernel: debian` in
 //! `stage1.yaml` boots Debian's kernel instead, which loads the virtio and
 //! 9p modules; a `vm.kernel` that is not a kernel choice is refused before
-//! any VM starts, naming the file (exit 5). Needs what tests/tests/vm.rs
-//! needs; the tests of pod's own kernel report a skip where it is not built.
+//! any VM starts, naming the file (exit 5). pod's own kernel boots on qemu's
+//! microvm machine (virtio-mmio, no PCI bus), Debian's on the PC
+//! (virtio-pci); `vm.machine` overrides that, and microvm with Debian's
+//! kernel is refused (exit 5). Needs what tests/tests/vm.rs needs; the tests
+//! of pod's own kernel report a skip where it is not built.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -29,11 +32,21 @@ macro_rules! skip_unless_vms {
     };
 }
 
-/// Runs a VM pod whose app prints the guest's kernel release and its
-/// loaded modules (or that the kernel has no module support); returns them.
-fn guest_kernel(live: &Live) -> (String, String) {
+/// What a VM pod's app sees of its guest: the kernel release, the loaded
+/// modules (or that the kernel has no module support), and its virtio
+/// devices' bus.
+struct Guest {
+    release: String,
+    modules: String,
+    bus: String,
+}
+
+/// Runs a VM pod whose app prints what [`Guest`] holds.
+fn guest_kernel(live: &Live) -> Guest {
     let script = "uname -r; if [ -e /proc/modules ]; then echo modules: $(cut -d' ' -f1 /proc/modules | sort); \
-                  else echo no module support; fi";
+                  else echo no module support; fi; \
+                  echo pci $(ls /sys/bus/pci/devices 2>/dev/null | wc -l) \
+                  mmio $(ls -d /sys/bus/platform/devices/virtio-mmio* 2>/dev/null | wc -l)";
     let file = live.pod_file(
         "kernel",
         &format!(
@@ -45,8 +58,15 @@ fn guest_kernel(live: &Live) -> (String, String) {
     assert!(out.status.success(), "{}", describe(&["run"], &out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("[k] ")).collect();
-    assert_eq!(lines.len(), 2, "{}", describe(&["run"], &out));
-    (lines[0].trim().to_owned(), lines[1].trim().to_owned())
+    assert_eq!(lines.len(), 3, "{}", describe(&["run"], &out));
+    Guest { release: lines[0].trim().to_owned(), modules: lines[1].trim().to_owned(), bus: lines[2].trim().to_owned() }
+}
+
+/// `pci N mmio M` → (N, M).
+fn bus_counts(bus: &str) -> (u32, u32) {
+    let w: Vec<&str> = bus.split_whitespace().collect();
+    assert!(w.len() == 4 && w[0] == "pci" && w[2] == "mmio", "{bus}");
+    (w[1].parse().unwrap(), w[3].parse().unwrap())
 }
 
 fn debian_release() -> String {
@@ -61,9 +81,18 @@ fn a_vm_pod_boots_pods_own_kernel_and_loads_no_module() {
         return;
     }
     let live = Live::new(&[Example::Busybox]);
-    let (release, modules) = guest_kernel(&live);
-    assert_ne!(release, debian_release(), "the guest booted Debian's kernel");
-    assert_eq!(modules, "no module support", "release {release}");
+    let g = guest_kernel(&live);
+    assert_ne!(g.release, debian_release(), "the guest booted Debian's kernel");
+    assert_eq!(g.modules, "no module support", "release {}", g.release);
+    // microvm: the virtio devices are virtio-mmio ones, and there is no PCI bus.
+    let (pci, mmio) = bus_counts(&g.bus);
+    assert_eq!(pci, 0, "{}", g.bus);
+    assert!(mmio >= 2, "the 9p share and the serial ports: {}", g.bus);
+    // vm.machine: pc boots the same kernel on the PC, its devices on PCI.
+    fs::write(live.config.join("stage1.yaml"), "vm:\n  kernel: pod\n  machine: pc\n").unwrap();
+    let g = guest_kernel(&live);
+    let (pci, mmio) = bus_counts(&g.bus);
+    assert!(pci > 0 && mmio == 0, "{}", g.bus);
 }
 
 #[test]
@@ -71,8 +100,10 @@ fn vm_kernel_debian_boots_debians_kernel_with_its_modules() {
     skip_unless_vms!();
     let live = Live::new(&[Example::Busybox]);
     fs::write(live.config.join("stage1.yaml"), "vm:\n  kernel: debian\n").unwrap();
-    let (release, modules) = guest_kernel(&live);
-    assert_eq!(release, debian_release());
+    let g = guest_kernel(&live);
+    assert_eq!(g.release, debian_release());
+    assert!(bus_counts(&g.bus).0 > 0, "Debian's kernel boots on the PC: {}", g.bus);
+    let modules = &g.modules;
     let loaded: Vec<&str> =
         modules.strip_prefix("modules:").unwrap_or_else(|| panic!("{modules}")).split_whitespace().collect();
     for m in ["9p", "9pnet_virtio", "virtio_console"] {
@@ -81,7 +112,7 @@ fn vm_kernel_debian_boots_debians_kernel_with_its_modules() {
 }
 
 #[test]
-fn a_bad_vm_kernel_is_refused_naming_the_file_and_starts_no_vm() {
+fn a_bad_vm_kernel_or_machine_is_refused_naming_the_file_and_starts_no_vm() {
     skip_unless_vms!();
     let live = Live::new(&[Example::Busybox]);
     let conf = live.config.join("stage1.yaml");
@@ -93,6 +124,9 @@ fn a_bad_vm_kernel_is_refused_naming_the_file_and_starts_no_vm() {
     for (text, words) in [
         ("vm:\n  kernel: fedora\n", vec!["stage1.yaml", "vm.kernel", "fedora"]),
         ("vm:\n  kernal: pod\n", vec!["stage1.yaml", "kernal"]),
+        ("vm:\n  machine: q35\n", vec!["stage1.yaml", "vm.machine", "q35"]),
+        // microvm has no PCI bus: Debian's modular kernel cannot boot on it.
+        ("vm:\n  kernel: debian\n  machine: microvm\n", vec!["stage1.yaml", "vm.machine", "microvm", "modules"]),
     ] {
         fs::write(&conf, text).unwrap();
         let out = live.run_within(&["run", p(&file)], Duration::from_secs(60));
