@@ -18,6 +18,8 @@ pub struct HostProbe {
     pub kvm_device: Result<(), String>,
     /// `vmx` or `svm` in /proc/cpuinfo's flags.
     pub hardware_virt: bool,
+    /// The TSC ticks at a constant rate (`crate::tsc::constant`).
+    pub constant_tsc: bool,
 }
 
 impl HostProbe {
@@ -27,7 +29,7 @@ impl HostProbe {
             Err(e) => Err(format!("/dev/kvm: {e}")),
         };
         let cpuinfo = std::fs::read_to_string(Path::new("/proc/cpuinfo")).unwrap_or_default();
-        Self { kvm_device, hardware_virt: has_hardware_virt(&cpuinfo) }
+        Self { kvm_device, hardware_virt: has_hardware_virt(&cpuinfo), constant_tsc: crate::tsc::constant(&cpuinfo) }
     }
 
     /// Why KVM cannot be used here, if it cannot.
@@ -76,6 +78,7 @@ mod tests {
         HostProbe {
             kvm_device: if dev { Ok(()) } else { Err("/dev/kvm: No such file or directory".into()) },
             hardware_virt: has_hardware_virt(cpuinfo),
+            constant_tsc: false,
         }
     }
 

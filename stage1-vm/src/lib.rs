@@ -14,6 +14,7 @@ pub mod monitor;
 pub mod qemu;
 pub mod sample;
 pub mod streams;
+pub mod tsc;
 
 use std::path::PathBuf;
 use std::time::Duration;

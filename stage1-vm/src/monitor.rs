@@ -141,14 +141,14 @@ pub fn machine(pod: &ResolvedPod, model: Model, accel: Accel, host_cpus: u32) ->
             .sum::<u64>();
     let millis: u64 = pod.apps.iter().map(|a| a.resources.cpu_millis.unwrap_or(1000)).sum();
     let cpus = u32::try_from(millis.div_ceil(1000)).unwrap_or(u32::MAX).clamp(1, host_cpus.max(1));
-    Machine { model, accel, memory_mib, cpus }
+    Machine { model, accel, memory_mib, cpus, tsc_khz: None }
 }
 
 /// Everything qemu is started with, for one pod.
 fn vm_for(
     pod_dir: &Path,
     pod: &ResolvedPod,
-    (model, accel): (Model, Accel),
+    (model, accel, tsc_khz): (Model, Accel, Option<u64>),
     kernel: PathBuf,
     initrd: PathBuf,
     net: Option<UserNet>,
@@ -161,7 +161,7 @@ fn vm_for(
         }
     }
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1));
-    let machine = machine(pod, model, accel, host_cpus);
+    let machine = Machine { tsc_khz, ..machine(pod, model, accel, host_cpus) };
     let cmdline = qemu::cmdline(&machine, debug, if net.is_none() { &kmod::NET_MODULES } else { &[] });
     Ok(Vm {
         name: format!("pod-{}", pod.uuid),
@@ -331,13 +331,16 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     let host: &VmHost = inv.vm.as_ref().ok_or_else(|| {
         VmError::Invalid("stage1.json has no vm section: stage0 found no guest kernel (see README, VM pods)".into())
     })?;
-    let (accel, warning) = accel::choose(pod.accel, &HostProbe::detect())?;
+    let probe = HostProbe::detect();
+    let (accel, warning) = accel::choose(pod.accel, &probe)?;
     if let Some(w) = warning {
         eprintln!("pod-stage1-vm: warning: {w}");
     }
     let net = user_net(&pod)?;
     let (vmlinux, initrd) = boot_files(&inv.stage2, host)?;
-    let vm = vm_for(pod_dir, &pod, (host.machine, accel), vmlinux, initrd, net.clone(), inv.debug)?;
+    // Under TCG the guest's TSC is the host's: its rate, if constant.
+    let tsc_khz = if accel == Accel::Tcg && probe.constant_tsc { crate::tsc::host_khz(&host.cache_dir) } else { None };
+    let vm = vm_for(pod_dir, &pod, (host.machine, accel, tsc_khz), vmlinux, initrd, net.clone(), inv.debug)?;
 
     let mut mask = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD, Signal::SIGHUP] {
@@ -605,13 +608,13 @@ mod tests {
         let pc = Model::Pc;
         assert_eq!(
             machine(&p, pc, Accel::Tcg, 8),
-            Machine { model: pc, accel: Accel::Tcg, memory_mib: 128 + 256 + 128, cpus: 2 }
+            Machine { model: pc, accel: Accel::Tcg, memory_mib: 128 + 256 + 128, cpus: 2, tsc_khz: None }
         );
         assert_eq!(machine(&p, pc, Accel::Kvm, 1).cpus, 1, "never more vCPUs than host CPUs");
         let small = pod(serde_json::json!("none"), &[(Some(1), Some(100), "")]);
         assert_eq!(
             machine(&small, pc, Accel::Tcg, 8),
-            Machine { model: pc, accel: Accel::Tcg, memory_mib: 129, cpus: 1 }
+            Machine { model: pc, accel: Accel::Tcg, memory_mib: 129, cpus: 1, tsc_khz: None }
         );
         let mut sandbox = pod(serde_json::json!("none"), &[]);
         sandbox.sandbox = true;

@@ -49,6 +49,9 @@ pub struct Machine {
     pub accel: Accel,
     pub memory_mib: u64,
     pub cpus: u32,
+    /// The guest's TSC rate when it is known before boot (TCG on a host
+    /// with a constant TSC: `crate::tsc`).
+    pub tsc_khz: Option<u64>,
 }
 
 /// A virtio device's qemu name on `model`'s bus: `virtio-9p-pci` on the PC,
@@ -283,11 +286,15 @@ impl Vm {
 /// (`noapictimer`): calibrating and checking that timer against the PIT
 /// takes the kernel a quarter of a second of emulated waiting, and one CPU
 /// needs no per-CPU timer. Under KVM the guest has the TSC-deadline timer,
-/// which needs no calibration.
+/// which needs no calibration. A TSC rate known before boot is given to
+/// the guest as is, and the TSC trusted (see `crate::tsc`).
 pub fn cmdline(machine: &Machine, debug: bool, skip_modules: &[&str]) -> String {
     let mut c = String::from("console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init");
     if machine.accel == Accel::Tcg && machine.cpus == 1 {
         c.push_str(" noapictimer");
+    }
+    if let Some(khz) = machine.tsc_khz {
+        c.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
     }
     if !skip_modules.is_empty() {
         c.push_str(&format!(" modprobe.blacklist={}", skip_modules.join(",")));
@@ -300,7 +307,7 @@ pub fn cmdline(machine: &Machine, debug: bool, skip_modules: &[&str]) -> String 
 mod tests {
     use super::*;
 
-    const TWO_CPUS: Machine = Machine { model: Model::Pc, accel: Accel::Tcg, memory_mib: 640, cpus: 2 };
+    const TWO_CPUS: Machine = Machine { model: Model::Pc, accel: Accel::Tcg, memory_mib: 640, cpus: 2, tsc_khz: None };
 
     fn vm() -> Vm {
         Vm {
@@ -428,6 +435,13 @@ mod tests {
         assert!(cmdline(&one, false, &[]).contains(" noapictimer "));
         assert!(!cmdline(&TWO_CPUS, false, &[]).contains("noapictimer"));
         assert!(!cmdline(&Machine { accel: Accel::Kvm, ..one }, false, &[]).contains("noapictimer"));
+    }
+
+    #[test]
+    fn a_known_tsc_rate_is_handed_to_the_guest() {
+        assert!(!cmdline(&TWO_CPUS, false, &[]).contains("tsc"));
+        let known = Machine { tsc_khz: Some(2_445_430), ..TWO_CPUS };
+        assert!(cmdline(&known, false, &[]).contains(" tsc_early_khz=2445430 tsc=reliable "));
     }
 
     #[test]

@@ -140,3 +140,36 @@ fn a_bad_vm_kernel_or_machine_is_refused_naming_the_file_and_starts_no_vm() {
     assert_eq!(out.status.code(), Some(4), "{}", describe(&["run"], &out));
     assert_mentions(&String::from_utf8_lossy(&out.stderr), &["/nonexistent/vmlinux"]);
 }
+
+/// A TCG guest keeps time on the TSC, also after its clocksource watchdog
+/// has run (a second after boot), not on 10 ms jiffies: on a host whose TSC
+/// ticks at a constant rate stage1-vm hands the guest that rate
+/// (`tsc_early_khz=`, `tsc=reliable`), so it neither calibrates the TSC
+/// against the emulated PIT (which sometimes fails) nor drops it later.
+#[test]
+fn a_tcg_guest_keeps_time_on_the_tsc() {
+    skip_unless_vms!();
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap();
+    let constant = cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.contains(&"constant_tsc") && f.contains(&"nonstop_tsc")
+    });
+    if !constant {
+        eprintln!("SKIP: this host's TSC is not constant (constant_tsc, nonstop_tsc): guests calibrate their own");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let file = live.pod_file(
+        "clock",
+        "name: clock\nisolation: vm\naccel: tcg\nnetwork: none\napps:\n\
+         - name: k\n  image: example.com/busybox:1.35\n  exec: [/bin/sh, -c, \"sleep 2; \
+         cat /sys/devices/system/clocksource/clocksource0/current_clocksource\"]\n",
+    );
+    for _ in 0..2 {
+        let out = live.run_within(&["run", p(&file)], RUN_LIMIT);
+        assert!(out.status.success(), "{}", describe(&["run"], &out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let clock: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("[k] ")).collect();
+        assert_eq!(clock, ["tsc"], "{}", describe(&["run"], &out));
+    }
+}
