@@ -79,9 +79,13 @@ PY
 # 128 MiB for the app plus stage1-vm's 128 MiB overhead: the pod's VM size;
 # the machine model and kernel command line are the ones stage1-vm uses for
 # that kernel (stage1-vm/src/qemu.rs): microvm for pod's own, pc for
-# Debian's; a one-vCPU TCG guest ticks on the PIT (noapictimer).
+# Debian's; a one-vCPU TCG guest ticks on the PIT (noapictimer),
+# and under TCG, on a host with a constant TSC, the TSC rate stage1-vm
+# measured (cached by the warm-up runs).
 tick=""
 [ "$accel" = tcg ] && tick=" noapictimer"
+tsc_khz=$(awk '{print $2}' "$POD_CACHE_DIR/vm/tsc-khz" 2>/dev/null || true)
+[ "$accel" = tcg ] && [ -n "$tsc_khz" ] && tick="$tick tsc_early_khz=$tsc_khz tsc=reliable"
 peer() { # KERNEL MACHINE
   echo qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine "$2,accel=$accel" -cpu "$cpu" \
     -m 256M -smp 1 -kernel "$1" -initrd "$work/min.cpio" \
