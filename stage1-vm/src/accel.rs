@@ -47,7 +47,13 @@ impl HostProbe {
 }
 
 fn has_hardware_virt(cpuinfo: &str) -> bool {
-    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+    cpu_flags_match(cpuinfo, |flags| flags.iter().any(|f| *f == "vmx" || *f == "svm"))
+}
+
+/// Whether some `flags` line of /proc/cpuinfo (its words, `flags` and `:`
+/// included) passes `test`.
+pub(crate) fn cpu_flags_match(cpuinfo: &str, test: impl Fn(&[&str]) -> bool) -> bool {
+    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| test(&l.split_whitespace().collect::<Vec<_>>()))
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

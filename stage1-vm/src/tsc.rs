@@ -24,10 +24,7 @@ const PLAUSIBLE: std::ops::RangeInclusive<u64> = 100_000..=10_000_000;
 /// Whether `/proc/cpuinfo` says the TSC ticks at one rate in every P- and
 /// C-state.
 pub fn constant(cpuinfo: &str) -> bool {
-    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| {
-        let flags: Vec<&str> = l.split_whitespace().collect();
-        flags.contains(&"constant_tsc") && flags.contains(&"nonstop_tsc")
-    })
+    crate::accel::cpu_flags_match(cpuinfo, |flags| flags.contains(&"constant_tsc") && flags.contains(&"nonstop_tsc"))
 }
 
 /// The host's TSC rate in kHz, from the cache in `cache_dir` when it was

@@ -149,12 +149,8 @@ fn a_bad_vm_kernel_or_machine_is_refused_naming_the_file_and_starts_no_vm() {
 #[test]
 fn a_tcg_guest_keeps_time_on_the_tsc() {
     skip_unless_vms!();
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap();
-    let constant = cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.contains(&"constant_tsc") && f.contains(&"nonstop_tsc")
-    });
-    if !constant {
+    // The rule stage1-vm applies (stage1-vm/src/tsc.rs).
+    if !stage1_vm::tsc::constant(&fs::read_to_string("/proc/cpuinfo").unwrap()) {
         eprintln!("SKIP: this host's TSC is not constant (constant_tsc, nonstop_tsc): guests calibrate their own");
         return;
     }
