@@ -9,5 +9,5 @@ include!("../stage2-init/static_glibc.rs");
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../stage2-init/static_glibc.rs");
-    link_bins_static_glibc("pod-escape-probe");
+    link_bins_static_glibc("pod-escape-probe", Placement::Fixed, &[]);
 }

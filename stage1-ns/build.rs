@@ -13,7 +13,7 @@ include!("../stage2-init/static_glibc.rs");
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../stage2-init/static_glibc.rs");
-    if link_bins_static_glibc("pod-stage1-ns") {
+    if link_bins_static_glibc("pod-stage1-ns", Placement::Fixed, &[]) {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,max-page-size=65536");
     }
 }

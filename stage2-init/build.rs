@@ -26,7 +26,7 @@ fn main() {
     println!("cargo:rerun-if-changed=static_glibc.rs");
     println!("cargo:rerun-if-changed=cold.ld");
     println!("cargo:rerun-if-changed=hot.ld");
-    if !link_bins_static_glibc("pod-init") {
+    if !link_bins_static_glibc("pod-init", Placement::Fixed, &[]) {
         return;
     }
     // Code PID 1 never runs goes after the code it runs (see cold.ld): RSS.
