@@ -146,8 +146,11 @@ avail0=$(mem_avail)
 mkdir -p "$work/u"
 t0=$(now)
 # shellcheck disable=SC2016
-seq "$N" | xargs -P "$PAR" -I{} sh -c '"$1" run -d "$2" >"$3/u/$4" 2>"$3/u/$4.err" || echo "$4" >>"$3/failed"' \
-  _ "$pod" "$work/sleep.yaml" "$work" {} || true
+# A pod's name is unique among running pods: each gets its own (an earlier
+# build, POD_BIN, may not have --name, nor need it).
+if "$pod" run --help | grep -q -- '--name'; then named=1; else named=; fi
+seq "$N" | xargs -P "$PAR" -I{} sh -c '"$1" run -d ${5:+--name "density-$4"} "$2" >"$3/u/$4" 2>"$3/u/$4.err" || echo "$4" >>"$3/failed"' \
+  _ "$pod" "$work/sleep.yaml" "$work" {} "$named" || true
 t1=$(now)
 started=$(cat "$work"/u/[0-9]* 2>/dev/null | grep -c . || true)
 cat "$work"/u/[0-9]* 2>/dev/null | grep . >"$work/uuids" || true

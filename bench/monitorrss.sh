@@ -34,7 +34,7 @@ mem() {
 }
 for net in none default; do
   uuids=()
-  for _ in $(seq "$samples"); do uuids+=("$("$bin/pod" run -d "$work/sleep-$net.yaml")"); done
+  for i in $(seq "$samples"); do uuids+=("$("$bin/pod" run -d --name "rss-$net-$i" "$work/sleep-$net.yaml")"); done
   sleep "$wait_s"
   for uuid in "${uuids[@]}"; do
     dir=$POD_DIR/pods/run/$uuid

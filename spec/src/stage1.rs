@@ -254,6 +254,29 @@ pub struct App {
     /// Host device nodes bound into the app (see [`crate::pod::Device`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<Device>,
+    /// The image's appc event handlers; absent: none.
+    #[serde(default, skip_serializing_if = "EventHandlers::is_empty")]
+    pub handlers: EventHandlers,
+}
+
+/// An image's appc event handlers (`eventHandlers` in its manifest), run
+/// as the app runs: `pre-start` before each start of its program (it must
+/// exit 0 within `start_timeout_ms`), `post-stop` after each end (within
+/// the app's `stop_timeout_ms`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventHandlers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_start: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_stop: Option<Vec<String>>,
+    pub start_timeout_ms: u64,
+}
+
+impl EventHandlers {
+    pub fn is_empty(&self) -> bool {
+        self.pre_start.is_none() && self.post_stop.is_none()
+    }
 }
 
 /// A host device node given to an app (`devices` in the pod file).

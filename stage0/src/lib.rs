@@ -18,6 +18,7 @@ pub mod keys;
 pub mod lifecycle;
 mod listfile;
 pub mod mirrors;
+pub mod names;
 pub mod oci;
 pub mod paths;
 pub mod pods;

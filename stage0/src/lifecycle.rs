@@ -273,6 +273,10 @@ pub fn gc(pods: &Pods) -> Result<Vec<String>, LifecycleError> {
         removed.extend(r?);
     }
     removed.sort();
+    // The names (`pod run`) of pods that are gone now.
+    if let Err(e) = crate::names::prune(pods) {
+        tracing::warn!("pruning pod names: {e}");
+    }
     Ok(removed)
 }
 

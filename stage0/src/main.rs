@@ -214,6 +214,15 @@ pub(crate) struct RunArgs {
     /// The interactive app of -i/-t (default: the pod's only app).
     #[arg(long)]
     pub(crate) app: Option<spec::AcName>,
+    /// The pod's name instead of the pod file's. A pod's name is unique
+    /// among running pods (and pods being started): a second one is refused
+    /// (exit 7) unless --replace.
+    #[arg(long)]
+    pub(crate) name: Option<spec::AcName>,
+    /// Stop and remove a running pod of the same name first, as `podman run
+    /// --replace`.
+    #[arg(long)]
+    pub(crate) replace: bool,
     /// Keys that detach from the app and leave the pod running (podman's
     /// syntax; "" for none).
     #[arg(long, default_value = stage0::terminal::DEFAULT_DETACH_KEYS)]

@@ -9,6 +9,7 @@ use stage0::crashpoint::crashpoint;
 use stage0::exit::Exit;
 use stage0::fetch::Fetcher;
 use stage0::lifecycle::{self, app_statuses};
+use stage0::names::SameName;
 use stage0::paths::Dirs;
 use stage0::pods::{PodState, Pods};
 use stage0::prepare::{self, read_resolved, HostConfig, Overrides};
@@ -73,6 +74,8 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
             stdin: args.interactive,
             tty: args.tty,
         }),
+        name: args.name.clone(),
+        same_name: if args.replace { SameName::Replace } else { SameName::Refuse },
     };
     let detach_keys = stage0::terminal::parse_detach_keys(&args.detach_keys).map_err(|e| fail(Exit::Usage, e))?;
     let prepared = {

@@ -63,6 +63,12 @@ pub enum PrepareError {
     Interactive { file: String, why: String, exit: Exit },
     #[error("{file}: pid: host and ipc: host are for namespace pods with the host's user namespace: {why}")]
     HostNamespaces { file: String, why: &'static str },
+    #[error("{file}: {source}")]
+    Name {
+        file: String,
+        #[source]
+        source: crate::names::NameError,
+    },
 }
 
 impl ExitCodeOf for PrepareError {
@@ -78,6 +84,7 @@ impl ExitCodeOf for PrepareError {
             Self::Userns { source, .. } => source.exit(),
             Self::Volume(e) => e.exit(),
             Self::Interactive { exit, .. } => *exit,
+            Self::Name { source, .. } => source.exit(),
         }
     }
 }
@@ -114,6 +121,11 @@ pub struct Overrides {
     pub sandbox: bool,
     /// `pod run -i`/`-t`: the app that gets a stdin FIFO and/or a terminal.
     pub interactive: Option<Interactive>,
+    /// `pod run --name`: the pod's name instead of the pod file's.
+    pub name: Option<spec::AcName>,
+    /// Whether a live pod of the same name refuses the new one (`pod run`),
+    /// is replaced (`--replace`), or neither (the CRI).
+    pub same_name: crate::names::SameName,
 }
 
 /// `pod run -i -t [--app A]`: app A (by default the pod's only app) gets
@@ -310,7 +322,20 @@ pub(crate) fn resolve_app(
         stdin: app.stdin,
         tty: app.tty,
         devices: devices_of(app).map_err(err)?,
+        handlers: handlers_of(image_app, app),
     })
+}
+
+/// The image's `pre-start` and `post-stop` event handlers, which run
+/// whatever `exec` the pod file gives the app (as rkt ran them).
+fn handlers_of(image_app: Option<&spec::manifest::App>, app: &AppSpec) -> stage1::EventHandlers {
+    let handler =
+        |name: &str| image_app.and_then(|a| a.event_handlers.iter().find(|h| h.name == name)).map(|h| h.exec.clone());
+    stage1::EventHandlers {
+        pre_start: handler("pre-start"),
+        post_stop: handler("post-stop"),
+        start_timeout_ms: u64::try_from(app.start_timeout.as_millis()).unwrap_or(u64::MAX),
+    }
 }
 
 /// The app's devices, each host path checked to be a character or block
@@ -413,6 +438,9 @@ pub fn prepare(
     let file = path.display().to_string();
     let bytes = fs::read(path).map_err(io_err("read pod file", path))?;
     let mut pod_file = PodFile::parse(&bytes, &file)?;
+    if let Some(name) = &overrides.name {
+        pod_file.name = name.clone();
+    }
     if let Some(it) = &overrides.interactive {
         let i = it.pick(&pod_file, &file)?;
         pod_file.apps[i].stdin |= it.stdin;
@@ -471,7 +499,8 @@ pub fn prepare(
         apps.push(resolve_app(&file, app, &fetched.meta, image_app.as_ref(), fetched.lower)?);
     }
 
-    let mut locked = pods.create()?;
+    let mut locked = crate::names::create_named(pods, &pod_file.name, overrides.same_name)
+        .map_err(|source| PrepareError::Name { file: file.clone(), source })?;
     crashpoint("prepare.embryo");
     match write_pod(pods, &locked, &pod_file, &file, &host_sources, apps, overrides, host) {
         Ok(resolved) => {

@@ -39,6 +39,12 @@ pub fn unit_for(app: &App, cgroups: Vec<String>, seccomp_programs: usize) -> Uni
         Restart::Always => unit::Restart::Always,
     };
     u.timeout_stop = Duration::from_millis(app.stop_timeout_ms);
+    u.exec_start_pre = app.handlers.pre_start.clone();
+    u.exec_stop_post = app.handlers.post_stop.clone();
+    if u.exec_start_pre.is_some() {
+        // A unit's timeouts are positive (a zero one would not parse back).
+        u.timeout_start = Duration::from_millis(app.handlers.start_timeout_ms.max(1));
+    }
     u.oom_score_adjust = app.resources.oom_score_adj;
     u.shared_mounts = app
         .mounts

@@ -59,6 +59,18 @@ pub enum Phase {
     Ready {
         proc: Proc,
     },
+    /// The image's `pre-start` handler (`ExecStartPre=`) runs; the program
+    /// starts once it exits 0. It is killed at `deadline` (`TimeoutStartSec`).
+    PreStart {
+        handler: Handler,
+    },
+    /// The program ended; the image's `post-stop` handler (`ExecStopPost=`)
+    /// runs, killed at its `deadline` (`TimeoutStopSec`); then the app is
+    /// `next` (restarting, or done).
+    PostStop {
+        handler: Handler,
+        next: Box<Phase>,
+    },
     /// Ended; starts again at `at`.
     Restarting {
         at: Instant,
@@ -82,16 +94,52 @@ impl Phase {
         }
     }
 
+    /// The event handler running, if any.
+    pub fn handler_mut(&mut self) -> Option<&mut Handler> {
+        match self {
+            Phase::PreStart { handler } | Phase::PostStop { handler, .. } => Some(handler),
+            _ => None,
+        }
+    }
+
     pub fn state(&self) -> &'static str {
         match self {
             Phase::Waiting => "waiting",
-            Phase::Starting { .. } => "starting",
+            Phase::Starting { .. } | Phase::PreStart { .. } => "starting",
+            Phase::PostStop { .. } => "stopping",
             Phase::Running { .. } => "running",
             Phase::Ready { .. } => "ready",
             Phase::Restarting { .. } => "restarting",
             Phase::Done(verdict) => verdict.as_str(),
         }
     }
+}
+
+/// An image's event handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    PreStart,
+    PostStop,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::PreStart => "pre-start",
+            Hook::PostStop => "post-stop",
+        }
+    }
+}
+
+/// A running event handler: its process, its launch report (a failure
+/// before its exec), and when it is killed. `killed`: why it was, once it
+/// was (its deadline passed: `NotReady`; the app or pod was stopped).
+#[derive(Debug)]
+pub struct Handler {
+    pub pid: Pid,
+    pub report: OwnedFd,
+    pub deadline: Instant,
+    pub killed: Option<StopReason>,
 }
 
 /// How an app's dependents see it.
@@ -114,6 +162,9 @@ pub struct App {
     /// `ExecStart` and `ReadinessExec` for execve, or why they cannot be.
     pub argv: Result<Vec<CString>, String>,
     pub probe_argv: Option<Result<Vec<CString>, String>>,
+    /// `ExecStartPre` and `ExecStopPost`, likewise.
+    pub pre_start_argv: Option<Result<Vec<CString>, String>>,
+    pub post_stop_argv: Option<Result<Vec<CString>, String>>,
     pub phase: Phase,
     pub backoff: Backoff,
     pub restarts: u32,
@@ -147,6 +198,8 @@ impl App {
             ReadinessCheck::Exec(words) => Some(c_strings(words)),
             ReadinessCheck::Tcp(_) => None,
         });
+        let pre_start_argv = plan.unit.exec_start_pre.as_deref().map(c_strings);
+        let post_stop_argv = plan.unit.exec_stop_post.as_deref().map(c_strings);
         App {
             backoff: Backoff::new(plan.unit.restart_sec),
             plan,
@@ -154,6 +207,8 @@ impl App {
             cgroups,
             argv,
             probe_argv,
+            pre_start_argv,
+            post_stop_argv,
             phase: Phase::Waiting,
             restarts: 0,
             ever_ready: false,

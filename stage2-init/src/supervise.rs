@@ -23,7 +23,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use spec::unit::{render_duration, ReadinessCheck};
 
-use crate::app::{App, Phase, Probe, Proc, Settled, Stop};
+use crate::app::{App, Handler, Hook, Phase, Probe, Proc, Settled, Stop};
 use crate::exit::{self, judge, pod_exit_code, StopReason, Termination, Verdict, EXIT_LAUNCH_FAILED};
 use crate::launch::{self, Launch};
 use crate::plan::Plan;
@@ -159,7 +159,8 @@ impl Supervisor {
             // it is still running.
             for i in (0..self.apps.len()).rev() {
                 let dependents_alive = self.apps.iter().any(|a| a.phase.proc().is_some() && a.plan.deps.contains(&i));
-                let unsignalled = self.apps[i].phase.proc().is_some_and(|p| p.stop.is_none());
+                let unsignalled = self.apps[i].phase.proc().is_some_and(|p| p.stop.is_none())
+                    || matches!(&self.apps[i].phase, Phase::PreStart { handler } if handler.killed.is_none());
                 if unsignalled && !dependents_alive {
                     self.stop(i, StopReason::Pod, now);
                 }
@@ -178,6 +179,10 @@ impl Supervisor {
         }
         let stopping = self.stopping();
         let app = &mut self.apps[i];
+        if let Some(handler) = app.phase.handler_mut().filter(|h| h.killed.is_none() && h.deadline <= now) {
+            handler.killed = Some(StopReason::NotReady);
+            signal_group(handler.pid, Signal::SIGKILL);
+        }
         if let Some(proc) = app.phase.proc_mut() {
             if let Some(stop) = proc.stop.as_mut().filter(|s| !s.killed && s.kill_at <= now) {
                 stop.killed = true;
@@ -233,6 +238,9 @@ impl Supervisor {
             }
             match &app.phase {
                 Phase::Restarting { at } => consider(*at),
+                Phase::PreStart { handler } | Phase::PostStop { handler, .. } if handler.killed.is_none() => {
+                    consider(handler.deadline)
+                }
                 Phase::Running { proc, probe, deadline } if proc.stop.is_none() => {
                     consider(*deadline);
                     if let Probe::Idle { next } = probe {
@@ -254,6 +262,10 @@ impl Supervisor {
         }
         log!("asked again: killing every app");
         for app in &mut self.apps {
+            if let Some(handler) = app.phase.handler_mut() {
+                signal_group(handler.pid, Signal::SIGKILL);
+                handler.killed.get_or_insert(StopReason::Pod);
+            }
             if let Some(proc) = app.phase.proc_mut() {
                 signal_group(proc.pid, Signal::SIGKILL);
                 if let Some(stop) = proc.stop.as_mut() {
@@ -281,12 +293,15 @@ impl Supervisor {
         }
     }
 
-    /// A child ended: an app's process, a probe, or an orphan that was
-    /// reparented to us (nothing more to do for those once reaped).
+    /// A child ended: an app's process, an event handler, a probe, or an
+    /// orphan that was reparented to us (nothing more to do for those once
+    /// reaped).
     fn reaped(&mut self, pid: Pid, end: Termination) {
         let now = Instant::now();
         if let Some(i) = self.apps.iter().position(|a| a.phase.proc().is_some_and(|p| p.pid == pid)) {
             self.exited(i, end, now);
+        } else if let Some(i) = self.apps.iter_mut().position(|a| a.phase.handler_mut().is_some_and(|h| h.pid == pid)) {
+            self.handler_ended(i, end, now);
         } else if let Some(i) = self
             .apps
             .iter()
@@ -338,19 +353,122 @@ impl Supervisor {
         self.publish(i);
     }
 
+    /// Starts an app: its image's `pre-start` handler first, if it has one.
     fn start(&mut self, i: usize, now: Instant) {
         let app = &mut self.apps[i];
         if matches!(app.phase, Phase::Restarting { .. }) {
             app.restarts += 1;
         }
         (app.started_at, app.finished_at, app.last_end) = (Some(SystemTime::now()), None, None);
+        if app.pre_start_argv.is_none() {
+            return self.exec_program(i, now);
+        }
+        match self.spawn_handler(i, Hook::PreStart, now) {
+            Ok(handler) => {
+                let app = &mut self.apps[i];
+                app.phase = Phase::PreStart { handler };
+                app.message = "running its pre-start handler".into();
+                self.publish(i);
+            }
+            Err(e) => {
+                let message = format!("pre-start handler: {e}");
+                self.conclude(i, Termination::Code(EXIT_LAUNCH_FAILED), Some(message), None, now, now);
+            }
+        }
+    }
+
+    /// Forks the app's `pre-start` or `post-stop` handler as its program
+    /// would be (its rootfs, user, privileges, cgroups), stdin /dev/null and
+    /// its output into the app's log.
+    fn spawn_handler(&mut self, i: usize, hook: Hook, now: Instant) -> Result<Handler, String> {
+        let app = &mut self.apps[i];
+        let (argv, timeout) = match hook {
+            Hook::PreStart => (&app.pre_start_argv, app.plan.unit.timeout_start),
+            Hook::PostStop => (&app.post_stop_argv, app.plan.unit.timeout_stop),
+        };
+        let argv = match argv {
+            Some(Ok(argv)) => argv.clone(),
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err("none".into()),
+        };
+        if let Some(mut old) = app.writer.take() {
+            old.close();
+        }
+        let rootfs = Path::new(OsStr::from_bytes(app.rootfs.as_bytes()));
+        let stdio = output::open(&self.root, &self.logs_dir, app.name(), &app.plan.unit, rootfs, true)?;
+        let launch = Launch {
+            app: app.plan.name.as_str(),
+            unit: &app.plan.unit,
+            rootfs: app.rootfs.clone(),
+            cgroups: &app.cgroups,
+            argv,
+            seccomp: &app.plan.seccomp,
+            stdin: self.null.as_fd(),
+            stdout: stdio.stdout(),
+            stderr: stdio.stderr(),
+            terminal: false,
+        };
+        let spawned = launch::spawn(&launch).map_err(|e| format!("fork: {e}"));
+        (app.writer, _, _) = stdio.launched();
+        let spawned = spawned?;
+        log!("{}: {} handler started, pid {}", app.name(), hook.as_str(), spawned.pid);
+        Ok(Handler { pid: spawned.pid, report: spawned.report, deadline: now + timeout, killed: None })
+    }
+
+    /// An event handler ended. After `pre-start`, the program starts (it
+    /// exited 0) or this start fails; after `post-stop`, the app goes on.
+    fn handler_ended(&mut self, i: usize, end: Termination, now: Instant) {
+        let app = &mut self.apps[i];
+        let (handler, next) = match std::mem::replace(&mut app.phase, Phase::Waiting) {
+            Phase::PreStart { handler } => (handler, None),
+            Phase::PostStop { handler, next } => (handler, Some(next)),
+            other => {
+                app.phase = other;
+                return;
+            }
+        };
+        let failure = launch::read_report(&handler.report).filter(|m| !m.is_empty());
+        let hook = if next.is_none() { Hook::PreStart } else { Hook::PostStop };
+        let outcome = match (failure, handler.killed) {
+            (Some(failure), _) => failure,
+            (None, Some(StopReason::NotReady)) => {
+                let limit = if next.is_none() { app.plan.unit.timeout_start } else { app.plan.unit.timeout_stop };
+                format!("did not end within {}s; {}", render_duration(limit), end.describe())
+            }
+            (None, _) => end.describe(),
+        };
+        let Some(next) = next else {
+            return match handler.killed {
+                Some(StopReason::Pod | StopReason::Request) => self.finish_unstarted(
+                    i,
+                    Verdict::Stopped,
+                    "not started: stopped during its pre-start handler".into(),
+                ),
+                None if end == Termination::Code(0) => self.exec_program(i, now),
+                _ => {
+                    let message = format!("{} handler {outcome}", hook.as_str());
+                    self.conclude(i, Termination::Code(EXIT_LAUNCH_FAILED), Some(message), None, now, now)
+                }
+            };
+        };
+        log!("{}: {} handler {outcome}", app.name(), hook.as_str());
+        if let Some(mut writer) = app.writer.take() {
+            writer.close();
+        }
+        app.phase = *next;
+        self.publish(i);
+    }
+
+    /// Starts the app's program (after its `pre-start` handler, if any).
+    fn exec_program(&mut self, i: usize, now: Instant) {
+        let app = &mut self.apps[i];
         // What a previous run left in its pipes goes to the log first.
         if let Some(mut old) = app.writer.take() {
             old.close();
         }
         app.terminal = None;
         let rootfs = Path::new(OsStr::from_bytes(app.rootfs.as_bytes()));
-        let stdio = output::open(&self.root, &self.logs_dir, app.name(), &app.plan.unit, rootfs);
+        let stdio = output::open(&self.root, &self.logs_dir, app.name(), &app.plan.unit, rootfs, false);
         let spawned = match (&app.argv, stdio) {
             (Err(e), _) => Err(e.clone()),
             (_, Err(e)) => Err(e),
@@ -416,6 +534,14 @@ impl Supervisor {
     /// app already stopping is killed no later than `grace` from now.
     fn stop_within(&mut self, i: usize, reason: StopReason, now: Instant, grace: Duration) {
         let app = &mut self.apps[i];
+        if let Phase::PreStart { handler } = &mut app.phase {
+            // The program has not started: its pre-start handler ends now.
+            if handler.killed.is_none() {
+                handler.killed = Some(reason);
+                signal_group(handler.pid, Signal::SIGKILL);
+            }
+            return;
+        }
         let Some(proc) = app.phase.proc_mut() else { return };
         if let Some(stop) = proc.stop.as_mut() {
             stop.kill_at = stop.kill_at.min(now + grace);
@@ -508,6 +634,16 @@ impl Supervisor {
             app.phase = Phase::Done(verdict);
         }
         log!("{}: {}", app.name(), app.message);
+        if app.post_stop_argv.is_some() {
+            match self.spawn_handler(i, Hook::PostStop, now) {
+                Ok(handler) => {
+                    let app = &mut self.apps[i];
+                    let next = Box::new(std::mem::replace(&mut app.phase, Phase::Waiting));
+                    app.phase = Phase::PostStop { handler, next };
+                }
+                Err(e) => log!("{}: post-stop handler: {e}", self.apps[i].name()),
+            }
+        }
         self.publish(i);
     }
 

@@ -140,8 +140,9 @@ fn two_pods_of_one_file_serve_on_their_own_ports_at_once() {
     let live = Live::with_net(&[Example::Redis, Example::Web]);
     let net = live.net.clone().unwrap();
     let (p1, p2) = (free_port(), free_port());
-    let u1 = live.start(&live.web_db_file("one", p1));
-    let u2 = live.start(&live.web_db_file("two", p2));
+    // Named apart: a pod's name is unique among running pods.
+    let u1 = live.start_with(&live.web_db_file("one", p1), &["--name", "web-db-1"]);
+    let u2 = live.start_with(&live.web_db_file("two", p2), &["--name", "web-db-2"]);
     assert_ne!(u1, u2);
 
     // Each pod has its own redis: each counts from 1.

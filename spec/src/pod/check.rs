@@ -13,8 +13,8 @@ use super::scan::{self, FieldPath, Positions};
 use super::{privs, values};
 use super::{
     raw, Accel, AppSpec, ImageSpec, Isolation, Network, PodFile, PodFileError, PodFileErrorKind, PortMapping, Probe,
-    Readiness, Resources, RestartPolicy, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT, DEFAULT_STOP_TIMEOUT, MAX_APPS,
-    MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
+    Readiness, Resources, RestartPolicy, Volume, VolumeKind, DEFAULT_READINESS_TIMEOUT, DEFAULT_START_TIMEOUT,
+    DEFAULT_STOP_TIMEOUT, MAX_APPS, MAX_ENTRIES, MAX_POD_FILE_BYTES, MAX_VOLUMES,
 };
 use crate::name::{AcIdentifier, AcName};
 use crate::security::DEFAULT_CAPS;
@@ -350,6 +350,8 @@ impl Cx<'_> {
             }
         };
         let stop_timeout = self.duration(&path.key("stopTimeout"), a.stop_timeout.as_deref(), DEFAULT_STOP_TIMEOUT)?;
+        let start_timeout =
+            self.duration(&path.key("startTimeout"), a.start_timeout.as_deref(), DEFAULT_START_TIMEOUT)?;
         let mounts = self.mounts(path, &name, &a.mounts, volumes)?;
         let mut capabilities = match &a.capabilities {
             None => DEFAULT_CAPS,
@@ -383,6 +385,7 @@ impl Cx<'_> {
             resources,
             restart,
             stop_timeout,
+            start_timeout,
             mounts,
             capabilities,
             seccomp,

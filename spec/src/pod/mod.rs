@@ -22,7 +22,8 @@
 //!     ports: [{ name: http, host: 8080 }]      # hostIP, protocol
 //!     resources: { memory: 128Mi, cpu: 500m, pids: 256 }
 //!     restart: on-failure
-//!     stopTimeout: 10s
+//!     stopTimeout: 10s                         # also bounds the image's post-stop handler
+//!     startTimeout: 90s                        # bounds the image's pre-start handler
 //!     mounts: [{ volume: data, path: /data }]  # readOnly
 //!     capabilities: { add: [NET_ADMIN], drop: [MKNOD] }  # or CAP_NET_ADMIN; ALL
 //!     seccomp: unconfined                      # default: the default deny list
@@ -107,6 +108,9 @@ pub const MAX_DEPTH: usize = 32;
 pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time between the stop signal and SIGKILL when the file gives none.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an image's `pre-start` event handler may run (systemd's
+/// default `TimeoutStartSec=`).
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A parsed and validated pod file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,8 +235,11 @@ pub struct AppSpec {
     pub ports: Vec<PortMapping>,
     pub resources: Resources,
     pub restart: RestartPolicy,
-    /// Time between the stop signal and SIGKILL.
+    /// Time between the stop signal and SIGKILL; also how long the
+    /// image's `post-stop` handler may run.
     pub stop_timeout: Duration,
+    /// How long the image's `pre-start` handler may run before each start.
+    pub start_timeout: Duration,
     pub mounts: Vec<Mount>,
     /// The app's capability set: the default set with the file's
     /// `capabilities.add`/`drop` applied (see [`crate::security`]).

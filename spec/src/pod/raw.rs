@@ -145,6 +145,8 @@ pub(super) struct App {
     #[serde(default)]
     pub stop_timeout: Option<String>,
     #[serde(default)]
+    pub start_timeout: Option<String>,
+    #[serde(default)]
     pub mounts: Vec<Mount>,
     #[serde(default)]
     pub capabilities: Option<Capabilities>,

@@ -96,6 +96,8 @@ fn error_names_file_line_column_and_field() {
         e.to_string(),
         "web-db.yaml: line 26, column 18: apps[1].stopTimeout: \"10\" is not a duration (examples: 500ms, 10s, 2m)"
     );
+    let e = err(&EXAMPLE.replace("stopTimeout: 10s", "stopTimeout: 10s\n    startTimeout: soon"));
+    assert!(e.to_string().contains("apps[1].startTimeout: \"soon\" is not a duration"), "{e}");
 }
 
 #[test]
@@ -120,6 +122,7 @@ apps:
     resources: { memory: 1Gi, cpu: 0.5, pids: 10 }
     restart: always
     stopTimeout: 500ms
+    startTimeout: 2s
     mounts: [{ volume: etc, path: /etc/app, readOnly: true }]
 volumes:
   - { name: etc, kind: host, source: /srv/etc, readOnly: true }
@@ -140,6 +143,7 @@ volumes:
         Resources { memory_bytes: Some(1 << 30), cpu_millis: Some(500), pids: Some(10), ..Resources::default() }
     );
     assert_eq!((a.restart, a.stop_timeout), (RestartPolicy::Always, Duration::from_millis(500)));
+    assert_eq!(a.start_timeout, Duration::from_secs(2));
     assert!(a.mounts[0].read_only);
     assert_eq!(p.volumes[0].kind, VolumeKind::Host { source: "/srv/etc".into(), read_only: true });
 }

@@ -19,7 +19,9 @@
 //! After=db other
 //! Requires=db
 //! [Service]
+//! ExecStartPre=/usr/bin/prepare-data
 //! ExecStart=/usr/bin/redis-server --port 6379 "arg with spaces"
+//! ExecStopPost=/usr/bin/clean-up
 //! Environment="REDIS_ADDR=127.0.0.1:6379" B=2
 //! WorkingDirectory=/data
 //! User=redis
@@ -29,6 +31,7 @@
 //! Restart=on-failure
 //! RestartSec=0.5
 //! TimeoutStopSec=10
+//! TimeoutStartSec=90
 //! [X-Pod]
 //! ReadinessTCP=6379
 //! ReadinessTimeoutSec=60
@@ -47,7 +50,8 @@
 //!   after is *settled*: ready, or exited for good. If a required app ends
 //!   for good as a failure without ever having been ready, the requiring app
 //!   is not started.
-//! - `ExecStart=` (required), `ReadinessExec=`, `Environment=`,
+//! - `ExecStart=` (required), `ExecStartPre=`, `ExecStopPost=`,
+//!   `ReadinessExec=`, `Environment=`,
 //!   `SupplementaryGroups=`: words split on spaces and tabs, systemd quoting:
 //!   a word may be wrapped whole in `"..."` or `'...'` (the closing quote must
 //!   end the word); C escapes `\a \b \f \n \r \t \v \\ \" \' \s \xHH` work in
@@ -64,6 +68,16 @@
 //!   is the first backoff; it doubles up to 30 s and is reset once an app
 //!   stays up 10 s. `TimeoutStopSec=` (default 10) is the grace between
 //!   SIGTERM and SIGKILL.
+//! - `ExecStartPre=`/`ExecStopPost=` (each at most once): the image's
+//!   appc event handlers `pre-start` and `post-stop`. Each runs as the app
+//!   runs (its rootfs, environment, user, capabilities, cgroups, seccomp
+//!   filters), its output in the app's log. `pre-start` runs before every
+//!   start of the app's program and must exit 0 within `TimeoutStartSec=`
+//!   (default 90, as systemd's): otherwise (killed at the timeout) that
+//!   start fails, as a failed exec does. `post-stop` runs after every end of
+//!   the program (also when it was stopped, or its pre-start failed), within
+//!   `TimeoutStopSec=`; its exit code is logged and changes nothing else.
+//!   The app is not done, nor restarted, until its post-stop has ended.
 //! - Durations: seconds as a decimal number (`0.25`), or with an `s` or `ms`
 //!   suffix (`250ms`); at most [`MAX_DURATION`].
 //! - `[X-Pod]`: at most one of `ReadinessTCP=` (`PORT`, meaning
@@ -131,6 +145,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const DEFAULT_RESTART_SEC: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT_STOP: Duration = Duration::from_secs(10);
 pub const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(60);
+/// systemd's default `TimeoutStartSec=`: how long `ExecStartPre=` may run.
+pub const DEFAULT_TIMEOUT_START: Duration = Duration::from_secs(90);
 
 /// SIGTERM's number on Linux.
 pub const SIGTERM: i32 = 15;
@@ -142,6 +158,10 @@ pub struct Unit {
     pub after: Vec<AcName>,
     pub requires: Vec<AcName>,
     pub exec_start: Vec<String>,
+    /// `ExecStartPre=`: the appc `pre-start` event handler.
+    pub exec_start_pre: Option<Vec<String>>,
+    /// `ExecStopPost=`: the appc `post-stop` event handler.
+    pub exec_stop_post: Option<Vec<String>>,
     /// Unique names, in first-assignment order.
     pub environment: Vec<(String, String)>,
     pub working_directory: Option<String>,
@@ -151,6 +171,8 @@ pub struct Unit {
     pub restart: Restart,
     pub restart_sec: Duration,
     pub timeout_stop: Duration,
+    /// `TimeoutStartSec=`: how long `ExecStartPre=` may run.
+    pub timeout_start: Duration,
     /// `KillSignal=`: what stopping the app sends first (default SIGTERM;
     /// an OCI image's StopSignal), SIGKILL after `TimeoutStopSec`.
     pub kill_signal: i32,
@@ -277,6 +299,8 @@ impl Unit {
             after: Vec::new(),
             requires: Vec::new(),
             exec_start,
+            exec_start_pre: None,
+            exec_stop_post: None,
             environment: Vec::new(),
             working_directory: None,
             user: None,
@@ -285,6 +309,7 @@ impl Unit {
             restart: Restart::No,
             restart_sec: DEFAULT_RESTART_SEC,
             timeout_stop: DEFAULT_TIMEOUT_STOP,
+            timeout_start: DEFAULT_TIMEOUT_START,
             kill_signal: SIGTERM,
             oom_score_adjust: None,
             readiness: None,
@@ -354,6 +379,8 @@ impl Unit {
                 Section::Unit => &["Description", "After", "Requires"][..],
                 Section::Service => &[
                     "ExecStart",
+                    "ExecStartPre",
+                    "ExecStopPost",
                     "Environment",
                     "WorkingDirectory",
                     "User",
@@ -362,6 +389,7 @@ impl Unit {
                     "Restart",
                     "RestartSec",
                     "TimeoutStopSec",
+                    "TimeoutStartSec",
                     "KillSignal",
                     "OOMScoreAdjust",
                     "NoNewPrivileges",
@@ -418,6 +446,8 @@ impl Unit {
                     }
                 }
                 "ExecStart" => unit.exec_start = command(words()?).map_err(invalid)?,
+                "ExecStartPre" => unit.exec_start_pre = Some(command(words()?).map_err(invalid)?),
+                "ExecStopPost" => unit.exec_stop_post = Some(command(words()?).map_err(invalid)?),
                 "ReadinessExec" => readiness_check = Some(ReadinessCheck::Exec(command(words()?).map_err(invalid)?)),
                 "Environment" => {
                     if value.is_empty() {
@@ -545,6 +575,7 @@ impl Unit {
                 }
                 "RestartSec" => unit.restart_sec = duration(false)?,
                 "TimeoutStopSec" => unit.timeout_stop = duration(true)?,
+                "TimeoutStartSec" => unit.timeout_start = duration(true)?,
                 "KillSignal" => {
                     unit.kill_signal = signal_number(value)
                         .ok_or_else(|| invalid("expected a signal name (SIGQUIT) or number (1-64)"))?;
@@ -604,7 +635,13 @@ impl Unit {
             line(&mut out, "Requires", &join_words(&self.requires));
         }
         out.push_str("[Service]\n");
+        if let Some(argv) = &self.exec_start_pre {
+            line(&mut out, "ExecStartPre", &join_words(argv));
+        }
         line(&mut out, "ExecStart", &join_words(&self.exec_start));
+        if let Some(argv) = &self.exec_stop_post {
+            line(&mut out, "ExecStopPost", &join_words(argv));
+        }
         for (name, value) in &self.environment {
             line(&mut out, "Environment", &quote_word(&format!("{name}={value}")));
         }
@@ -625,6 +662,9 @@ impl Unit {
         line(&mut out, "Restart", restart);
         line(&mut out, "RestartSec", &render_duration(self.restart_sec));
         line(&mut out, "TimeoutStopSec", &render_duration(self.timeout_stop));
+        if self.timeout_start != DEFAULT_TIMEOUT_START {
+            line(&mut out, "TimeoutStartSec", &render_duration(self.timeout_start));
+        }
         if self.kill_signal != SIGTERM {
             line(&mut out, "KillSignal", &self.kill_signal.to_string());
         }

@@ -79,7 +79,9 @@ After=db
 After=other
 Requires=db
 [Service]
+ExecStartPre=/bin/prepare "a b"
 ExecStart=/usr/bin/redis-server --port 6379 "arg with spaces"
+ExecStopPost=clean-up
 Environment="REDIS_ADDR=127.0.0.1:6379" "B=2"
 Environment=B=3 C=
 WorkingDirectory=/data
@@ -89,6 +91,7 @@ SupplementaryGroups=audio 44
 Restart=on-failure
 RestartSec=0.5
 TimeoutStopSec=3
+TimeoutStartSec=2.5
 ; a comment
 [X-Pod]
 ReadinessExec=redis-cli ping
@@ -102,6 +105,9 @@ fn parse_full() {
     assert_eq!(u.after.iter().map(AcName::as_str).collect::<Vec<_>>(), ["db", "other"]);
     assert_eq!(u.dependencies().len(), 2);
     assert_eq!(u.exec_start[3], "arg with spaces");
+    assert_eq!(u.exec_start_pre, Some(vec!["/bin/prepare".to_owned(), "a b".to_owned()]));
+    assert_eq!(u.exec_stop_post, Some(vec!["clean-up".to_owned()]));
+    assert_eq!(u.timeout_start, Duration::from_millis(2500));
     let env: Vec<(&str, &str)> = u.environment.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     assert_eq!(env, [("REDIS_ADDR", "127.0.0.1:6379"), ("B", "3"), ("C", "")]);
     assert_eq!((u.user.as_deref(), u.group.as_deref()), (Some("redis"), Some("1000")));
@@ -165,6 +171,9 @@ fn errors_name_file_line_and_key() {
         ("[Unit]\nAfter=Db\n[Service]\nExecStart=x\n", "u.unit:2: After: invalid name \"Db\": a name is lowercase letters and digits separated by single '-'"),
         ("[Unit]\nDescription=x\n", "u.unit: ExecStart in [Service] is required"),
         ("[Service]\nExecStart=bin/x\n", "u.unit:2: ExecStart: invalid value \"bin/x\": the program must be an absolute path or a bare name looked up in PATH"),
+        ("[Service]\nExecStart=x\nExecStartPre=-/bin/y\n", "u.unit:3: ExecStartPre: invalid value \"-/bin/y\": systemd command prefixes (-@+!:) are not supported"),
+        ("[Service]\nExecStart=x\nExecStopPost=a\nExecStopPost=b\n", "u.unit:4: ExecStopPost: given twice"),
+        ("[Service]\nExecStart=x\nTimeoutStartSec=0\n", "u.unit:3: TimeoutStartSec: invalid value \"0\": expected a positive number of seconds, at most a year"),
         ("[Service]\nExecStart=-/bin/x\n", "u.unit:2: ExecStart: invalid value \"-/bin/x\": systemd command prefixes (-@+!:) are not supported"),
         ("[Service]\nExecStart=x\nEnvironment=1A=b\n", "u.unit:3: Environment: invalid value \"1A=b\": expected NAME=VALUE"),
         ("[Service]\nExecStart=x\nTimeoutStopSec=0\n", "u.unit:3: TimeoutStopSec: invalid value \"0\": expected a positive number of seconds, at most a year"),

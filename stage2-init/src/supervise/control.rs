@@ -175,16 +175,26 @@ impl Supervisor {
     fn stop_app(&mut self, i: usize, now: Instant, grace: Option<Duration>) -> Result<(), String> {
         let app = &mut self.apps[i];
         log!("{}: stop requested", app.name());
-        match &app.phase {
-            Phase::Starting { .. } | Phase::Running { .. } | Phase::Ready { .. } => match grace {
-                Some(grace) => self.stop_within(i, StopReason::Request, now, grace),
-                None => self.stop(i, StopReason::Request, now),
-            },
+        match &mut app.phase {
+            Phase::PreStart { .. } | Phase::Starting { .. } | Phase::Running { .. } | Phase::Ready { .. } => {
+                match grace {
+                    Some(grace) => self.stop_within(i, StopReason::Request, now, grace),
+                    None => self.stop(i, StopReason::Request, now),
+                }
+            }
             Phase::Restarting { .. } => {
                 let cause = app.message.split("; restarting in ").next().unwrap_or_default();
                 app.message = format!("{cause}; not restarted: stopped by request");
                 app.phase = Phase::Done(app.last_verdict.unwrap_or(Verdict::Stopped));
                 self.publish(i);
+            }
+            Phase::PostStop { next, .. } => {
+                // Its post-stop handler runs on; it is not started again.
+                if matches!(**next, Phase::Restarting { .. }) {
+                    let cause = app.message.split("; restarting in ").next().unwrap_or_default();
+                    app.message = format!("{cause}; not restarted: stopped by request");
+                    **next = Phase::Done(app.last_verdict.unwrap_or(Verdict::Stopped));
+                }
             }
             Phase::Waiting => self.finish_unstarted(i, Verdict::Stopped, "not started: stopped by request".into()),
             Phase::Done(_) => {}
@@ -236,7 +246,12 @@ impl Supervisor {
             {
                 Err(format!("app {name} is stopping; start it again once it has ended"))
             }
-            Phase::Starting { .. } | Phase::Running { .. } | Phase::Ready { .. } | Phase::Waiting => Ok(()),
+            Phase::PostStop { .. } => Err(format!("app {name} is stopping; start it again once it has ended")),
+            Phase::PreStart { .. }
+            | Phase::Starting { .. }
+            | Phase::Running { .. }
+            | Phase::Ready { .. }
+            | Phase::Waiting => Ok(()),
             Phase::Restarting { .. } | Phase::Done(_) => {
                 log!("{name}: start requested");
                 if self.apps[i].is_done() {

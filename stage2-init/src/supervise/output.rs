@@ -107,16 +107,24 @@ pub fn log_path(root: &Path, logs_dir: &Path, app: &str, unit: &Unit) -> PathBuf
 }
 
 /// Opens what app `app` (its rootfs at `rootfs`) gets as stdin, stdout
-/// and stderr for one start.
-pub fn open(root: &Path, logs_dir: &Path, app: &str, unit: &Unit, rootfs: &Path) -> Result<Stdio, String> {
+/// and stderr for one start; for one of its event handlers (`handler`),
+/// its log the same way, but stdin /dev/null and never a terminal.
+pub fn open(
+    root: &Path,
+    logs_dir: &Path,
+    app: &str,
+    unit: &Unit,
+    rootfs: &Path,
+    handler: bool,
+) -> Result<Stdio, String> {
     let path = log_path(root, logs_dir, app, unit);
     let file = open_log(&path)?;
-    let (stdin, stdin_keeper) = match unit.stdin_fifo {
+    let (stdin, stdin_keeper) = match unit.stdin_fifo && !handler {
         true => open_fifo(root, app).map(|(r, w)| (Some(r), Some(w)))?,
         false => (None, None),
     };
     let raw = unit.log_format == LogFormat::Raw;
-    if unit.tty {
+    if unit.tty && !handler {
         let (mut terminal, slave) = tty::open(rootfs)?;
         if let Some(fifo) = stdin {
             terminal.set_input(fifo)?;

@@ -396,7 +396,14 @@ impl Live {
 
     /// `pod run -d [--net NET] FILE`: the new pod's uuid.
     pub fn start(&self, file: &Path) -> String {
+        self.start_with(file, &[])
+    }
+
+    /// `pod run -d [--net NET] ARGS FILE` (`--name N`: a pod's name is
+    /// unique among running pods): the new pod's uuid.
+    pub fn start_with(&self, file: &Path, extra: &[&str]) -> String {
         let mut args = vec!["run", "-d"];
+        args.extend(extra);
         if let Some(net) = &self.net {
             args.extend(["--net", &net.name]);
         }
@@ -597,10 +604,16 @@ pub fn suid_image_of(live: &Live, name: &str, binary: &Path, file: &str) -> Path
     fs::copy(binary, &copy).unwrap();
     std::os::unix::fs::chown(&copy, Some(0), Some(0)).unwrap();
     fs::set_permissions(&copy, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o4755)).unwrap();
+    busybox_derived_image(live, name, &dir, serde_json::json!({ "exec": ["/bin/sh"], "user": "0", "group": "0" }))
+}
+
+/// `example.com/<name>:1`, built from `dir/rootfs` with `app` as its app
+/// section and busybox as its dependency; signed and fetched.
+pub fn busybox_derived_image(live: &Live, name: &str, dir: &Path, app: Value) -> PathBuf {
     let recipe = serde_json::json!({
         "name": format!("example.com/{name}"),
         "labels": { "version": "1" },
-        "app": { "exec": ["/bin/sh"], "user": "0", "group": "0" },
+        "app": app,
         "rootfs": { "dir": "rootfs" },
         "dependencies": [{ "imageName": "example.com/busybox", "labels": { "version": "1.35" } }],
     });

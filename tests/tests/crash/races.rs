@@ -8,11 +8,17 @@ use super::*;
 const RACERS: usize = 20;
 
 /// Starts `RACERS` copies of `pod ARGS` at once and waits for all of them.
+/// Each `pod run` names its pod `racer-<i>`: a pod's name is unique among
+/// running pods.
 fn race(live: &Live, args: &[&str], limit: Duration) -> Vec<Output> {
     let started = Instant::now();
     let handles: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let cmd = live.cmd(args);
+        .map(|i| {
+            let name = format!("racer-{i}");
+            let cmd = match args {
+                ["run", rest @ ..] => live.cmd(&[&["run", "--name", &name][..], rest].concat()),
+                _ => live.cmd(args),
+            };
             let what = args.join(" ");
             std::thread::spawn(move || output_within(cmd, limit, &what))
         })
