@@ -365,6 +365,8 @@ pub fn run_sandbox(host: &Host, config: proto::PodSandboxConfig, handler: &str) 
         // Its one host volume is kubelet's log directory: kubelet's choice,
         // as the containers' mounts are (mounts.rs).
         volumes: HostVolumePolicy::for_cri(dirs),
+        // Kubernetes' containers have the API server, not appc's service.
+        metadata: None,
     };
     let overrides = Overrides {
         isolation: Some(crate::vm::isolation(handler)),

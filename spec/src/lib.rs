@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod control;
 pub mod id;
 pub mod manifest;
+pub mod metadata;
 pub mod name;
 pub mod oci;
 pub mod pod;

@@ -383,6 +383,11 @@ pub struct Invocation {
     /// it (the VM stage1, whose VM is the pod's boundary) fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_parent: Option<String>,
+    /// The metadata service's unix socket (`crate::metadata`): the pod
+    /// registers there as it starts, and its apps' environment has
+    /// `AC_METADATA_URL`. Absent: the pod has no metadata service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_socket: Option<PathBuf>,
 }
 
 /// A user namespace's mapping: ids `0..size` inside are `uid..uid+size`

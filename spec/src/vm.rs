@@ -53,6 +53,51 @@ pub const ENTER_PORT: &str = "pod.enter";
 /// The command on [`CTL_PORT`] that stops the pod.
 pub const CTL_STOP: &str = "stop";
 
+/// Each app's volume mounts, relative to its directory `apps/<app>/` on
+/// the share: the host has bound the volumes into the app's rootfs, which
+/// the share carries as plain directories; the guest binds each onto itself
+/// (read-only where the mount is) so that it is a mount point in the app, as
+/// in a namespace pod. Lines `rw PATH` or `ro PATH`, parents first.
+pub const APP_MOUNTS: &str = "mounts";
+
+/// One line of [`APP_MOUNTS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestMount {
+    /// Absolute, inside the app's rootfs.
+    pub path: String,
+    pub read_only: bool,
+}
+
+impl GuestMount {
+    /// The file's text; `None` if a path cannot be one line.
+    pub fn render(mounts: &[GuestMount]) -> Option<String> {
+        let mut out = String::new();
+        for m in mounts {
+            if m.path.contains('\n') || !m.path.starts_with('/') {
+                return None;
+            }
+            let _ = writeln!(out, "{} {}", if m.read_only { "ro" } else { "rw" }, m.path);
+        }
+        Some(out)
+    }
+
+    /// The lines of the file; a malformed one is an error naming it.
+    pub fn parse(text: &str) -> Result<Vec<GuestMount>, String> {
+        text.lines()
+            .filter(|l| !l.is_empty())
+            .map(|line| match line.split_once(' ') {
+                Some(("ro", path)) if path.starts_with('/') => {
+                    Ok(GuestMount { path: path.to_owned(), read_only: true })
+                }
+                Some(("rw", path)) if path.starts_with('/') => {
+                    Ok(GuestMount { path: path.to_owned(), read_only: false })
+                }
+                _ => Err(format!("{line:?} is not `ro PATH` or `rw PATH`")),
+            })
+            .collect()
+    }
+}
+
 /// Per-pod facts the guest needs before it can run the units.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestConfig {
@@ -138,6 +183,20 @@ impl GuestConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_mounts_round_trip_and_refuse_what_is_not_one_line() {
+        let mounts = vec![
+            GuestMount { path: "/db".into(), read_only: false },
+            GuestMount { path: "/etc/my conf".into(), read_only: true },
+        ];
+        let text = GuestMount::render(&mounts).expect("renders");
+        assert_eq!(text, "rw /db\nro /etc/my conf\n");
+        assert_eq!(GuestMount::parse(&text), Ok(mounts));
+        assert_eq!(GuestMount::render(&[GuestMount { path: "/a\nrw /b".into(), read_only: true }]), None);
+        assert!(GuestMount::parse("rx /db\n").is_err());
+        assert!(GuestMount::parse("rw db\n").is_err());
+    }
 
     #[test]
     fn guest_config_round_trips() {

@@ -250,7 +250,13 @@ pub fn add_with_host_volumes(
     } else {
         fetcher.store().manifest(&fetched.meta.id).map_err(|e| image_err(e.into()))?.app
     };
-    let app = prepare::resolve_app(&file, spec, &fetched.meta, image_app.as_ref(), fetched.lower)?;
+    let volume_names: Vec<spec::AcName> = resolved
+        .volumes
+        .iter()
+        .map(|v| v.name.clone())
+        .chain(pod_file.volumes.iter().map(|v| v.name.clone()))
+        .collect();
+    let app = prepare::resolve_app(&file, spec, &fetched.meta, image_app.as_ref(), fetched.lower, &volume_names)?;
     if app.security.own_pid_namespace && crate::userns::recorded(&pod.dir).is_some() {
         // As a pod file's check says it (spec's `own_pid_with_userns`).
         let why = "pidNamespace: own cannot go with the pod's user namespace (not yet)";

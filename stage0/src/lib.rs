@@ -17,6 +17,7 @@ pub mod guest;
 pub mod keys;
 pub mod lifecycle;
 mod listfile;
+pub mod metadata;
 pub mod mirrors;
 pub mod names;
 pub mod oci;

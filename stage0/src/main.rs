@@ -157,6 +157,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Serve the appc metadata service (AC_METADATA_URL) for the pods in
+    /// the foreground, as a systemd service would; `pod run` starts it on
+    /// demand otherwise (runs pod-metadata, installed beside pod).
+    MetadataService,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -700,6 +704,7 @@ fn run(cli: Cli) -> Result<(), Failed> {
         }
         Command::Image(cmd) => image_cmd::image(&dirs, cmd)?,
         Command::Cri { args } => return cri(&dirs, cli.debug, args),
+        Command::MetadataService => return helper("pod-metadata", &dirs, cli.debug, Vec::new()),
         Command::Run(args) => return pods_cmd::run(&dirs, args, cli.debug),
         Command::List { format } => pods_cmd::list(&dirs, format)?,
         Command::Status { pod, format } => pods_cmd::status(&dirs, &pod, format)?,
@@ -730,8 +735,14 @@ fn run(cli: Cli) -> Result<(), Failed> {
 /// `pod cri ARGS`: execs pod-cri (the cri crate's binary, beside pod), so
 /// that neither stage0's library nor the `pod` binary links tokio and gRPC.
 fn cri(dirs: &Dirs, debug: bool, args: Vec<String>) -> Result<(), Failed> {
+    helper("pod-cri", dirs, debug, args)
+}
+
+/// Execs `name`, a binary installed beside pod, with the data and config
+/// directories in its environment.
+fn helper(name: &str, dirs: &Dirs, debug: bool, args: Vec<String>) -> Result<(), Failed> {
     use std::os::unix::process::CommandExt;
-    let bin = stage0::run::bin_dir().join("pod-cri");
+    let bin = stage0::run::bin_dir().join(name);
     let mut cmd = std::process::Command::new(&bin);
     if debug {
         cmd.arg("--debug");

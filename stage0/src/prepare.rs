@@ -107,6 +107,9 @@ pub struct HostConfig {
     pub subids: SubIds,
     /// Which host directories `kind: host` volumes may mount.
     pub volumes: HostVolumePolicy,
+    /// The running metadata service's socket (`crate::metadata`): the
+    /// pod's apps get `AC_METADATA_URL`. `None`: no metadata service.
+    pub metadata: Option<PathBuf>,
 }
 
 /// Overrides from the command line.
@@ -217,13 +220,15 @@ fn rebase(base: &Path, p: &str) -> String {
     }
 }
 
-/// Merges an image's app section with the pod file's overrides.
+/// Merges an image's app section with the pod file's overrides; `volumes`
+/// names the pod's volumes (which fill the image's mount points by name).
 pub(crate) fn resolve_app(
     file: &str,
     app: &AppSpec,
     meta: &store::ImageMeta,
     image_app: Option<&spec::App>,
     layers: Vec<PathBuf>,
+    volumes: &[spec::AcName],
 ) -> Result<stage1::App, PrepareError> {
     let err = |why: String| PrepareError::App { file: file.to_owned(), app: app.name.to_string(), why };
     let exec = match (&app.exec, image_app.map(|a| &a.exec)) {
@@ -313,7 +318,7 @@ pub(crate) fn resolve_app(
             oom_score_adj: app.resources.oom_score_adj,
         },
         ports,
-        mounts: mounts_of(file, app, meta, image_app)?,
+        mounts: mounts_of(file, app, meta, image_app, volumes)?,
         capabilities: app.capabilities,
         seccomp: crate::secprofile::resolve(&app.seccomp).map_err(err)?,
         read_only_root_fs: app.read_only_root_fs,
@@ -353,40 +358,59 @@ fn devices_of(app: &AppSpec) -> Result<Vec<stage1::Device>, String> {
     Ok(out)
 }
 
-/// The app's mounts: the pod file's, then, for an OCI image, an empty
-/// volume `<app>-<mount point>` on each of the image's `Volumes` the pod
-/// file mounts nothing on (as docker and podman give anonymous volumes).
+/// The app's mounts: the pod file's, then one on each of the image's
+/// mount points the pod file mounts nothing on. A pod volume named as the
+/// mount point fills it (as rkt filled them); otherwise an empty volume
+/// `<app>-<mount point>` does, made for the app and removed with the pod:
+/// docker's and podman's anonymous volume for an OCI image's `Volumes`,
+/// rkt's implicit empty volume for an ACI's mount point (said on stderr:
+/// an ACI's mount points are the data it expects to be given). A mount
+/// point's `readOnly` makes whatever fills it read-only.
 fn mounts_of(
     file: &str,
     app: &AppSpec,
     meta: &store::ImageMeta,
     image_app: Option<&spec::App>,
+    volumes: &[spec::AcName],
 ) -> Result<Vec<stage1::Mount>, PrepareError> {
+    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+    let points = image_app.map(|a| a.mount_points.as_slice()).unwrap_or_default();
     let mut mounts: Vec<stage1::Mount> = app
         .mounts
         .iter()
         .map(|m| stage1::Mount {
             volume: m.volume.clone(),
             path: m.path.clone(),
-            read_only: m.read_only,
+            read_only: m.read_only || points.iter().any(|mp| mp.read_only && same(&mp.path, &m.path)),
             propagation: m.propagation.into(),
             recursive_read_only: m.recursive_read_only,
         })
         .collect();
-    if meta.oci.is_none() {
-        return Ok(mounts);
-    }
-    let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
-    for mp in image_app.map(|a| a.mount_points.as_slice()).unwrap_or_default() {
+    for mp in points {
         if mounts.iter().any(|m| same(&m.path, &mp.path)) {
             continue;
         }
-        let name = format!("{}-{}", app.name, mp.name);
-        let volume = spec::AcName::new(&name).map_err(|e| PrepareError::App {
-            file: file.to_owned(),
-            app: app.name.to_string(),
-            why: format!("volume {name:?} for the image's mount point {}: {e}", mp.path),
-        })?;
+        let volume = if volumes.contains(&mp.name) {
+            mp.name.clone()
+        } else {
+            let name = format!("{}-{}", app.name, mp.name);
+            let volume = spec::AcName::new(&name).map_err(|e| PrepareError::App {
+                file: file.to_owned(),
+                app: app.name.to_string(),
+                why: format!("volume {name:?} for the image's mount point {}: {e}", mp.path),
+            })?;
+            if meta.oci.is_none() {
+                tracing::warn!(
+                    "{file}: app {}: image {} has mount point {} ({}) and the pod has no volume of that name: \
+                     it gets an empty volume {name}, removed with the pod",
+                    app.name,
+                    meta.name,
+                    mp.name,
+                    mp.path
+                );
+            }
+            volume
+        };
         mounts.push(stage1::Mount {
             volume,
             path: mp.path.clone(),
@@ -482,6 +506,10 @@ pub fn prepare(
 
     // Fetch (and verify) every image before creating anything on disk.
     let mut apps = Vec::new();
+    // The metadata service answers for namespace pods (not yet VM pods).
+    let metadata = host.metadata.as_ref().filter(|_| !vm);
+    let mut images = Vec::new();
+    let volume_names: Vec<spec::AcName> = pod_file.volumes.iter().map(|v| v.name.clone()).collect();
     for app in order {
         let r = image_ref(&app.image.source, &base);
         let image_err = |source| PrepareError::Image {
@@ -496,13 +524,22 @@ pub fn prepare(
         } else {
             fetcher.store().manifest(&fetched.meta.id).map_err(|e| image_err(e.into()))?.app
         };
-        apps.push(resolve_app(&file, app, &fetched.meta, image_app.as_ref(), fetched.lower)?);
+        if metadata.is_some() {
+            let facts = crate::metadata::ImageFacts::of(fetcher.store(), &fetched.meta, image_app.as_ref());
+            images.push(facts.map_err(|why| PrepareError::App {
+                file: file.clone(),
+                app: app.name.to_string(),
+                why,
+            })?);
+        }
+        apps.push(resolve_app(&file, app, &fetched.meta, image_app.as_ref(), fetched.lower, &volume_names)?);
     }
+    let metadata = metadata.map(|socket| (socket.clone(), images));
 
     let mut locked = crate::names::create_named(pods, &pod_file.name, overrides.same_name)
         .map_err(|source| PrepareError::Name { file: file.clone(), source })?;
     crashpoint("prepare.embryo");
-    match write_pod(pods, &locked, &pod_file, &file, &host_sources, apps, overrides, host) {
+    match write_pod(pods, &locked, &pod_file, &file, &host_sources, apps, overrides, host, metadata) {
         Ok(resolved) => {
             pods.transition(&mut locked, PodState::Prepared)?;
             crashpoint("prepare.prepared");
@@ -533,11 +570,22 @@ fn write_pod(
     pod_file: &PodFile,
     file: &str,
     host_sources: &[Option<PathBuf>],
-    apps: Vec<stage1::App>,
+    mut apps: Vec<stage1::App>,
     overrides: &Overrides,
     host: &HostConfig,
+    metadata: Option<(PathBuf, Vec<crate::metadata::ImageFacts>)>,
 ) -> Result<ResolvedPod, PrepareError> {
     let dir = &pod.dir;
+    let secrets = match &metadata {
+        Some(_) => Some(crate::metadata::new_secrets().map_err(|e| io_err("read random bytes for", dir)(e.into()))?),
+        None => None,
+    };
+    if let Some((token, _)) = &secrets {
+        for app in &mut apps {
+            app.env.retain(|(k, _)| k != "AC_METADATA_URL");
+            app.env.push(("AC_METADATA_URL".into(), spec::metadata::url(token)));
+        }
+    }
     // Only what every pod uses: `volumes/` comes with its first empty
     // volume, and stage1 makes `net/` (its CNI cache) for a CNI network.
     // Each directory is a journalled inode allocation on the host's disk.
@@ -570,7 +618,7 @@ fn write_pod(
         };
         volumes.push(stage1::Volume { name: v.name.clone(), source });
     }
-    // The anonymous volumes of OCI images' mount points (see `mounts_of`).
+    // The empty volumes of images' mount points the pod file left (see `mounts_of`).
     for m in apps.iter().flat_map(|a| &a.mounts) {
         if !volumes.iter().any(|v| v.name == m.volume) {
             let d = dir.join("volumes").join(m.volume.as_str());
@@ -616,6 +664,16 @@ fn write_pod(
     };
     write_json(&dir.join(stage1::POD_MANIFEST_FILE), &resolved)?;
     crashpoint("prepare.manifest");
+    if let (Some((_, images)), Some(secrets)) = (&metadata, secrets) {
+        let annotations: Vec<spec::metadata::Annotation> = pod_file
+            .annotations
+            .iter()
+            .map(|(k, v)| spec::metadata::Annotation { name: k.to_string(), value: v.clone() })
+            .collect();
+        let record = crate::metadata::record(&resolved, images, &annotations, secrets);
+        let path = dir.join(spec::metadata::POD_FILE);
+        crate::metadata::write_record(dir, &record).map_err(io_err("write", &path))?;
+    }
     // Held until stage1.json records the range: see userns.rs.
     let allocation = match overrides.userns.unwrap_or(pod_file.userns) {
         pod::UserNs::Host => None,
@@ -637,6 +695,7 @@ fn write_pod(
         vm: host.vm.clone().ok(),
         userns: allocation.as_ref().map(|a| a.map),
         cgroup_parent: pod_file.cgroup_parent.clone(),
+        metadata_socket: metadata.map(|(socket, _)| socket),
     };
     write_json(&dir.join(stage1::INVOCATION_FILE), &invocation)?;
     drop(allocation);
@@ -692,7 +751,7 @@ apps:
         assert_eq!(order, ["db", "web"]);
         let manifest = spec::ImageManifest::parse(IMAGE.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         let web = &pod.apps[1];
-        let app = resolve_app("p.yaml", web, &meta(), manifest.app.as_ref(), vec![PathBuf::from("/t")])
+        let app = resolve_app("p.yaml", web, &meta(), manifest.app.as_ref(), vec![PathBuf::from("/t")], &[])
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(app.exec, ["/usr/bin/web"]);
         assert_eq!(app.user, "www");
@@ -701,7 +760,7 @@ apps:
 
         let mut bad = web.clone();
         bad.ports[0].name = spec::AcName::new("https").unwrap_or_else(|e| panic!("{e}"));
-        let err = resolve_app("p.yaml", &bad, &meta(), manifest.app.as_ref(), vec![PathBuf::new()])
+        let err = resolve_app("p.yaml", &bad, &meta(), manifest.app.as_ref(), vec![PathBuf::new()], &[])
             .err()
             .map(|e| e.to_string());
         assert_eq!(
@@ -715,7 +774,7 @@ apps:
         let pod = PodFile::parse(POD.as_bytes(), "p.yaml").unwrap_or_else(|e| panic!("{e}"));
         let manifest = spec::ImageManifest::parse(IMAGE.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         let resolve = |app: &AppSpec| {
-            resolve_app("p.yaml", app, &meta(), manifest.app.as_ref(), vec![PathBuf::from("/t")])
+            resolve_app("p.yaml", app, &meta(), manifest.app.as_ref(), vec![PathBuf::from("/t")], &[])
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         assert_eq!(resolve(&pod.apps[1]).group, "www", "the image's user and group");
@@ -728,7 +787,7 @@ apps:
         web.security.no_new_privileges = false;
         assert_eq!(resolve(&web).security, web.security);
         web.seccomp = spec::security::SeccompSpec::Localhost("/no/such/profile.json".into());
-        let err = resolve_app("p.yaml", &web, &meta(), manifest.app.as_ref(), vec![]).err().map(|e| e.to_string());
+        let err = resolve_app("p.yaml", &web, &meta(), manifest.app.as_ref(), vec![], &[]).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("seccomp profile /no/such/profile.json")));
     }
 }

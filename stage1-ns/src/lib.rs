@@ -7,6 +7,7 @@ pub mod cgroups;
 pub mod crashpoint;
 pub mod devices;
 mod logtail;
+pub mod metadata;
 pub mod monitor;
 pub mod mounts;
 pub mod network;

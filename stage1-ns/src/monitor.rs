@@ -257,6 +257,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool, lock_fd: Option<i32>) -> Result<i3
         }
     }
     report_exit(pod_dir, status, hand_off);
+    unregister_metadata(&inv, &pod);
     made.teardown();
     Ok(status)
 }
@@ -514,6 +515,11 @@ fn pod_init(
         if private_net(pod, userns) {
             network::bring_lo_up().map_err(|e| format!("lo up: {e}"))?;
         }
+        // In the pod's network namespace for good (and still where the
+        // host's paths are): the pod's socket for the metadata service.
+        if let Some(socket) = &inv.metadata_socket {
+            register_metadata(socket, pod);
+        }
         // In the pod's net, ipc and uts namespaces now (not yet with a user
         // namespace, refused at the start): the values are the pod's.
         crate::podcfg::write_sysctls(pod, Path::new("/proc/sys")).map_err(|e| e.to_string())?;
@@ -555,11 +561,41 @@ fn pod_init(
     }
 }
 
+/// Hands the metadata service the pod's socket on its loopback (none on
+/// the host's network, which the service listens on itself). A pod the
+/// service cannot take runs without it: said in the pod's log, as its
+/// apps will see (their `AC_METADATA_URL` refuses connections).
+fn register_metadata(socket: &Path, pod: &ResolvedPod) {
+    let registered = if pod.network == spec::stage1::Network::Host {
+        crate::metadata::register(socket, &pod.uuid, None)
+    } else {
+        crate::metadata::listen_in_pod()
+            .map_err(|e| io::Error::new(e.kind(), format!("port {}: {e}", spec::metadata::PORT)))
+            .and_then(|l| crate::metadata::register(socket, &pod.uuid, Some(&l)))
+    };
+    if let Err(e) = registered {
+        eprintln!("pod-stage1-ns: warning: metadata service ({}): {e}", socket.display());
+    }
+}
+
+/// Tells the metadata service the pod has ended (best effort: the service
+/// also sees the pod's PID 1 end).
+fn unregister_metadata(inv: &Invocation, pod: &ResolvedPod) {
+    if let Some(socket) = &inv.metadata_socket {
+        if let Err(e) = crate::metadata::unregister(socket, &pod.uuid) {
+            if e.kind() != io::ErrorKind::NotFound && e.kind() != io::ErrorKind::ConnectionRefused {
+                eprintln!("pod-stage1-ns: warning: metadata service ({}): {e}", socket.display());
+            }
+        }
+    }
+}
+
 /// `pod-stage1-ns gc <pod dir>`: undoes what a monitor that died (kill -9)
 /// left: kills the pod's processes, removes its cgroups, detaches its
 /// network and removes its namespace file. Idempotent.
 pub fn gc(pod_dir: &Path) -> Result<(), Stage1Error> {
     let (inv, pod) = load(pod_dir)?;
+    unregister_metadata(&inv, &pod);
     let h = hierarchy()?;
     if let Some(cg) = cgroups::open_pod(&h, pod_loc(pod_dir, &inv, &pod)?)? {
         cg.kill_all()?;

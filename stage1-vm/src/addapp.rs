@@ -55,6 +55,7 @@ pub fn add(pod_dir: &Path, name: &AcName) -> Result<(), VmError> {
             path: p,
             source,
         })?;
+        crate::monitor::write_guest_mounts(pod_dir, &pod, app)?;
         ns::in_pod(|| {
             setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("setns mnt: {e}"))?;
             rootfs::setup_app(pod_dir, &pod, app, KernelFs::Skip, None, &mut BTreeSet::new(), None)

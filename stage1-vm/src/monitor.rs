@@ -24,8 +24,8 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
-use spec::stage1::{Isolation, Network, ResolvedPod, VmHost};
-use spec::vm::{GuestConfig, CTL_PORT, CTL_STOP, ENTER_PORT, GUEST_CONF, SHARE_TAG};
+use spec::stage1::{Isolation, Network, ResolvedPod, VmHost, VolumeSource};
+use spec::vm::{GuestConfig, GuestMount, APP_MOUNTS, CTL_PORT, CTL_STOP, ENTER_PORT, GUEST_CONF, SHARE_TAG};
 use stage1_ns::monitor::LogTail;
 use stage1_ns::network::{PortMapping, Protocol as NsProtocol};
 use stage1_ns::rootfs::{self, KernelFs};
@@ -221,6 +221,26 @@ fn boot_files(stage2: &Path, host: &VmHost) -> Result<(PathBuf, PathBuf), VmErro
     Ok((vmlinux, initrd))
 }
 
+/// Writes `apps/<app>/mounts` ([`spec::vm::APP_MOUNTS`]): the app's volume
+/// mounts, for the guest to make each a mount point of its own.
+pub(crate) fn write_guest_mounts(pod_dir: &Path, pod: &ResolvedPod, app: &spec::stage1::App) -> Result<(), VmError> {
+    let mut mounts: Vec<GuestMount> = app
+        .mounts
+        .iter()
+        .filter_map(|m| {
+            let volume = pod.volumes.iter().find(|v| v.name == m.volume)?;
+            let volume_ro = matches!(volume.source, VolumeSource::Host { read_only: true, .. });
+            Some(GuestMount { path: m.path.clone(), read_only: m.read_only || volume_ro })
+        })
+        .collect();
+    // Parents first: a volume mounted inside another one is bound after it.
+    mounts.sort_by_key(|m| Path::new(&m.path).components().count());
+    let text = GuestMount::render(&mounts)
+        .ok_or_else(|| VmError::Invalid(format!("app {}: a mount path is not one line", app.name)))?;
+    let path = pod_dir.join("apps").join(app.name.as_str()).join(APP_MOUNTS);
+    fs::write(&path, text).map_err(io_err("write", &path))
+}
+
 /// Mounts the apps' root filesystems, /etc files and volumes (in this
 /// process's own mount namespace, which dies with it and qemu), and writes
 /// the units and the guest's configuration.
@@ -238,6 +258,9 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
     rootfs::setup_apps(pod_dir, pod, KernelFs::Skip, None).map_err(fs_err)?;
     // Host volumes apps log into, where the guest's pod-init writes (the share).
     rootfs::bind_host_volumes(pod_dir, pod, None).map_err(fs_err)?;
+    for app in &pod.apps {
+        write_guest_mounts(pod_dir, pod, app)?;
+    }
     // The VM is the pod's resource boundary: no per-app cgroups in the units.
     stage1_ns::units::write_units(pod_dir, pod, &BTreeMap::new()).map_err(|(p, e)| io_err("write", &p)(e))?;
     let dir = VmDir::new(pod_dir);

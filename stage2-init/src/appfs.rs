@@ -31,9 +31,55 @@ pub(crate) fn app_rootfs_dirs(root: &Path) -> Result<Vec<PathBuf>, BootError> {
 /// Mounts every app's filesystems; `dev` is the guest's devtmpfs.
 pub(crate) fn setup_all(root: &Path, dev: &Path) -> Result<(), BootError> {
     for rootfs in app_rootfs_dirs(root)? {
-        mount_kernel_fs(&rootfs, dev)?;
+        setup_guest_app(&rootfs, dev)?;
     }
     Ok(())
+}
+
+/// One app's filesystems in a VM: its volume mount points (what the host
+/// listed in `apps/<app>/mounts`), then /proc, /sys, /dev and /tmp.
+pub(crate) fn setup_guest_app(rootfs: &Path, dev: &Path) -> Result<(), BootError> {
+    for (target, read_only) in guest_mounts(rootfs)? {
+        // The share carries the host's bind as a plain directory: bound
+        // onto itself it is a mount point again, as in a namespace pod.
+        do_mount(&target, &target, None, MsFlags::MS_BIND, None)?;
+        if read_only {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
+            do_mount(Path::new("none"), &target, None, flags, None)?;
+        }
+    }
+    mount_kernel_fs(rootfs, dev)
+}
+
+/// Undoes [`setup_guest_app`]'s volume binds (lazily), last first.
+pub(crate) fn unmount_guest_mounts(rootfs: &Path) {
+    for (target, _) in guest_mounts(rootfs).unwrap_or_default().iter().rev() {
+        let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The app's volume mount points in its rootfs, parents first, each
+/// resolved and checked to stay inside the rootfs (no app runs yet to
+/// change them, and a symlink in the image must not lead out).
+fn guest_mounts(rootfs: &Path) -> Result<Vec<(PathBuf, bool)>, BootError> {
+    let file = rootfs.with_file_name(spec::vm::APP_MOUNTS);
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(BootError::new("read", &file, e)),
+    };
+    let mounts = spec::vm::GuestMount::parse(&text).map_err(|e| BootError::new("parse", &file, e))?;
+    let root = rootfs.canonicalize().map_err(|e| BootError::new("resolve", rootfs, e))?;
+    let mut out = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let path = rootfs.join(m.path.trim_start_matches('/'));
+        let target = path.canonicalize().map_err(|e| BootError::new("resolve", &path, e))?;
+        if !target.starts_with(&root) {
+            return Err(BootError::new("mount", &path, "the volume's mount point leads out of the app's rootfs"));
+        }
+        out.push((target, m.read_only));
+    }
+    Ok(out)
 }
 
 fn mkdir_p(path: &Path) -> Result<(), BootError> {

@@ -172,7 +172,7 @@ pub(crate) fn app_added(root: &Path, app: &spec::AcName) -> Result<(), BootError
     if !is_guest() {
         return Ok(());
     }
-    appfs::mount_kernel_fs(&root.join("apps").join(app.as_str()).join("rootfs"), Path::new("/dev"))
+    appfs::setup_guest_app(&root.join("apps").join(app.as_str()).join("rootfs"), Path::new("/dev"))
 }
 
 /// An app removed from the running pod: detaches what [`app_added`] (or
@@ -190,6 +190,7 @@ pub(crate) fn app_removed(root: &Path, app: &spec::AcName) {
             Err(e) => log!("{app}: unmount {}: {e}", rootfs.join(dir).display()),
         }
     }
+    appfs::unmount_guest_mounts(&rootfs);
 }
 
 /// Ends every other process (agents, orphans), syncs, unmounts the share and

@@ -462,6 +462,17 @@ impl Live {
     }
 }
 
+/// Ends the metadata service of the data directory `data`, if one runs.
+pub fn stop_metadata_service(data: &Path) {
+    let pid_file = data.join("metadata").join("service.pid");
+    let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) else { return };
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == "pod-metadata" {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    let _ = fs::remove_file(pid_file);
+}
+
 impl Drop for Live {
     fn drop(&mut self) {
         // Never panic here: a test that failed is unwinding through this.
@@ -480,6 +491,8 @@ impl Drop for Live {
                 eprintln!("cleanup: {}", describe(&["gc"], &out));
             }
         }
+        // The metadata service `pod run` started for this data directory.
+        stop_metadata_service(&self.data);
         if let Some(net) = &self.net {
             if link_exists(&net.bridge) {
                 match Command::new("ip").args(["link", "del", &net.bridge]).output() {

@@ -1,0 +1,109 @@
+//! The appc metadata service (appc's ace.md, "App Container Metadata
+//! Service"): what stage0 records for it in the pod directory, what a
+//! stage1 tells the service when a pod starts, and the URL apps get.
+//!
+//! One service on the host answers for every pod (`pod metadata-service`,
+//! started on demand by `pod run`). A pod reaches it through a listening
+//! socket of its own, bound on [`PORT`] of the pod's loopback inside the
+//! pod's network namespace and handed to the service when the pod starts
+//! ([`Register`]): so a pod can reach no other pod's, and the service knows
+//! which pod asks by the socket the request came in on. The URL's path
+//! carries the pod's token as well ([`url`]), which is all that tells pods
+//! apart on the host's loopback (`network: host`).
+
+use serde::{Deserialize, Serialize};
+
+/// The service's port on each pod's loopback (and on the host's, for
+/// `network: host` pods): rkt's metadata service port. An app cannot bind
+/// it on the pod's addresses.
+pub const PORT: u16 = 2375;
+
+/// The pod's record for the service, in its pod directory (root's only:
+/// it holds the pod's HMAC key).
+pub const POD_FILE: &str = "metadata.json";
+
+/// The first path segment of every endpoint, after the token.
+pub const PATH_BASE: &str = "/acMetadata/v1";
+
+/// `AC_METADATA_URL` for a pod with this token.
+pub fn url(token: &str) -> String {
+    format!("http://127.0.0.1:{PORT}/{token}")
+}
+
+/// What stage0 records for the service ([`POD_FILE`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodRecord {
+    /// The secret in the pod's `AC_METADATA_URL` (hex, 128 bits).
+    pub token: String,
+    /// The pod's HMAC-SHA512 key (hex, 512 bits), for `pod/hmac/sign`.
+    pub hmac_key: String,
+    /// The pod's appc pod manifest, fully reified.
+    pub manifest: serde_json::Value,
+    /// Per app: its image's manifest and ID, and its annotations.
+    pub apps: Vec<AppRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppRecord {
+    pub name: String,
+    pub image_id: String,
+    /// The image's manifest as the image carries it (an ACI), or as
+    /// rendered from an OCI image's configuration.
+    pub image_manifest: serde_json::Value,
+    /// The image's annotations merged with the pod's for the app.
+    pub annotations: Vec<Annotation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Annotation {
+    pub name: String,
+    pub value: String,
+}
+
+/// A stage1's message on the service's unix socket when a pod starts. The
+/// pod's listening socket comes with it (SCM_RIGHTS) unless the pod shares
+/// the host's network; the sender's process (its PID 1) is the pod's for
+/// the service's bookkeeping: the pod ends when it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Register {
+    pub uuid: String,
+}
+
+/// A stage1's message once the pod has ended, before its network goes:
+/// the service closes the pod's socket (which holds its network namespace).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Unregister {
+    pub uuid: String,
+}
+
+/// One line on the socket: a request, answered by one line, `ok` or
+/// `error: ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Request {
+    Register(Register),
+    Unregister(Unregister),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_line_each() {
+        let r = Request::Register(Register { uuid: "u".into() });
+        let line = serde_json::to_string(&r).expect("json");
+        assert_eq!(line, r#"{"register":{"uuid":"u"}}"#);
+        assert_eq!(serde_json::from_str::<Request>(&line).expect("parse"), r);
+        assert!(serde_json::from_str::<Request>(r#"{"register":{"uuid":"u","x":1}}"#).is_err());
+    }
+
+    #[test]
+    fn the_url_carries_the_token() {
+        assert_eq!(url("00ff"), "http://127.0.0.1:2375/00ff");
+    }
+}

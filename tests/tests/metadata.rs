@@ -1,0 +1,191 @@
+//! The appc metadata service (appc's ace.md): every app of a pod gets
+//! `AC_METADATA_URL`, where the pod's manifest, uuid and annotations and
+//! each app's image manifest, ID and annotations are served, and an HMAC
+//! identity endpoint signs for the pod and verifies another pod's
+//! signatures. A pod reaches its own pod's data only. Asked from inside
+//! pods with busybox's wget, as an app would. Needs root; reports a skip
+//! without it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// `wget` of an endpoint with the header the spec asks for; prints the
+/// body, or `FAILED <status line>` if the request fails.
+const GET: &str = r#"get() { wget -q -S -O - --header 'Metadata-Flavor: AppContainer' "$AC_METADATA_URL/acMetadata/v1/$1" 2>/tmp/err || echo "FAILED $(grep -o 'HTTP/1.1 [0-9]*' /tmp/err | tail -1)"; }
+post() { wget -q -S -O - --header 'Metadata-Flavor: AppContainer' --post-data "$2" "$AC_METADATA_URL/acMetadata/v1/$1" 2>/tmp/err || echo "FAILED $(grep -o 'HTTP/1.1 [0-9]*' /tmp/err | tail -1)"; }
+"#;
+
+/// A pod of one busybox app running `script` (after [`GET`]), with the
+/// host directory `out` at /out; its network `network`.
+fn pod_yaml(name: &str, script: &str, out: &std::path::Path, network: &str) -> String {
+    let script = serde_json::to_string(&format!("{GET}{script}")).unwrap();
+    format!(
+        "name: {name}\nnetwork: {network}\nannotations: {{ example.com/owner: ops, example.com/tier: db }}\napps:\n  \
+         - name: probe\n    image: example.com/busybox:1.35\n    exec: [/bin/sh, -c, {script}]\n    \
+         mounts: [{{ volume: out, path: /out }}]\nvolumes:\n  - {{ name: out, kind: host, source: {} }}\n",
+        out.display()
+    )
+}
+
+fn out_dir(live: &Live, name: &str) -> std::path::PathBuf {
+    let dir = live.work.join(name);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn read(dir: &std::path::Path, name: &str) -> String {
+    let path = dir.join(name);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_owned()
+}
+
+#[test]
+fn apps_read_their_pods_metadata() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let out = out_dir(&live, "out");
+    let script = "echo \"$AC_METADATA_URL\" > /out/url; get pod/uuid > /out/uuid; get pod/annotations > /out/annotations; \
+                  get pod/manifest > /out/manifest; get apps/probe/image/id > /out/image-id; \
+                  get apps/probe/image/manifest > /out/image-manifest; get apps/nosuch/image/id > /out/nosuch; \
+                  wget -q -O - \"$AC_METADATA_URL/acMetadata/v1/pod/uuid\" > /out/no-header 2>&1 || echo refused >> /out/no-header";
+    let file = live.pod_file("meta", &pod_yaml("meta", script, &out, "none"));
+    let run = live.run_within(&["run", p(&file)], LIMIT);
+    assert!(run.status.success(), "{}", describe(&["run"], &run));
+    let uuid = live.ok(&["list", "--format", "json"]);
+    let pods: Vec<Value> = serde_json::from_str(&uuid).unwrap();
+    let uuid = pods[0]["uuid"].as_str().unwrap();
+
+    let url = read(&out, "url");
+    assert!(url.starts_with("http://127.0.0.1:2375/") && url.len() == "http://127.0.0.1:2375/".len() + 32, "{url}");
+    assert_eq!(read(&out, "uuid"), uuid, "pod/uuid is the pod's");
+    let annotations: Value = serde_json::from_str(&read(&out, "annotations")).unwrap();
+    assert_eq!(
+        annotations,
+        serde_json::json!([{ "name": "example.com/owner", "value": "ops" }, { "name": "example.com/tier", "value": "db" }])
+    );
+    let manifest: Value = serde_json::from_str(&read(&out, "manifest")).unwrap();
+    assert_eq!(
+        (manifest["acKind"].as_str(), manifest["apps"][0]["name"].as_str()),
+        (Some("PodManifest"), Some("probe"))
+    );
+    let image_id = read(&out, "image-id");
+    assert!(image_id.starts_with("sha512-"), "{image_id}");
+    assert_eq!(
+        manifest["apps"][0]["image"]["id"].as_str(),
+        Some(image_id.as_str()),
+        "the manifest names the image by ID"
+    );
+    let images = live.ok(&["image", "list", "--format", "json"]);
+    assert!(images.contains(&image_id), "the image ID is the store's: {images}");
+    let image: Value = serde_json::from_str(&read(&out, "image-manifest")).unwrap();
+    assert_eq!(image["name"].as_str(), Some("example.com/busybox"), "{image}");
+    assert_eq!(read(&out, "nosuch"), "FAILED HTTP/1.1 404");
+    assert_mentions(&read(&out, "no-header"), &["refused"]);
+    assert!(!read(&out, "no-header").contains(uuid), "no answer without the Metadata-Flavor header");
+}
+
+#[test]
+fn a_pod_proves_its_identity_to_another_which_cannot_read_its_data() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let (out_a, out_b) = (out_dir(&live, "a"), out_dir(&live, "b"));
+    // A signs and waits (running) for B to be done.
+    let sign = "get pod/uuid > /out/uuid; post pod/hmac/sign 'content=hello+world' > /out/signature; \
+                echo \"$AC_METADATA_URL\" > /out/url; while [ ! -e /out/done ]; do sleep 0.1; done";
+    let a = live.start(&live.pod_file("a", &pod_yaml("a", sign, &out_a, "none")));
+    live.wait_all_up(&a, LIMIT);
+    let wait_for = |path: &std::path::Path| {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while fs::read_to_string(path).map_or(true, |s| s.trim().is_empty()) {
+            assert!(std::time::Instant::now() < deadline, "{} never written", path.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&out_a.join("url"));
+    let (uuid_a, signature, url_a) = (read(&out_a, "uuid"), read(&out_a, "signature"), read(&out_a, "url"));
+    assert_eq!(uuid_a, a);
+    let token_a = url_a.rsplit('/').next().unwrap();
+    // B: verifies A's signature as A's, as its own, tampered; asks for A's
+    // data with A's token.
+    let form = |uuid: &str, content: &str| {
+        format!(
+            "content={content}&uuid={uuid}&signature={}",
+            signature.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D")
+        )
+    };
+    let script = format!(
+        "post pod/hmac/verify \"{}\" > /out/as-a; \
+         post pod/hmac/verify \"{}\" > /out/as-b; \
+         post pod/hmac/verify \"{}\" > /out/tampered; \
+         wget -q -S -O - --header 'Metadata-Flavor: AppContainer' \"http://127.0.0.1:2375/{token_a}/acMetadata/v1/pod/uuid\" > /out/a-data 2>/tmp/err \
+           || grep -o 'HTTP/1.1 [0-9]*' /tmp/err | tail -1 >> /out/a-data; \
+         get pod/uuid > /out/uuid",
+        form(&uuid_a, "hello+world"),
+        form("$(get pod/uuid)", "hello+world"),
+        form(&uuid_a, "hello+there"),
+    );
+    let b_file = live.pod_file("b", &pod_yaml("b", &script, &out_b, "none"));
+    let run = live.run_within(&["run", p(&b_file)], LIMIT);
+    fs::write(out_a.join("done"), "").unwrap();
+    assert!(run.status.success(), "{}", describe(&["run"], &run));
+    let uuid_b = read(&out_b, "uuid");
+    assert_ne!(uuid_b, uuid_a);
+    // A 200 has an empty body; a refusal writes FAILED and its status.
+    assert_eq!(read(&out_b, "as-a"), "", "A's signature verifies as A's, asked from B");
+    assert_eq!(read(&out_b, "as-b"), "FAILED HTTP/1.1 403", "and not as B's");
+    assert_eq!(read(&out_b, "tampered"), "FAILED HTTP/1.1 403", "nor for other content");
+    let a_data = read(&out_b, "a-data");
+    assert_eq!(a_data, "HTTP/1.1 403", "B's socket answers B alone, even with A's token");
+    let stop = live.run_within(&["stop", &a], LIMIT);
+    assert!(stop.status.success(), "{}", describe(&["stop"], &stop));
+}
+
+#[test]
+fn the_service_lets_go_of_an_ended_pods_socket() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let out = out_dir(&live, "out");
+    let file = live.pod_file("once", &pod_yaml("once", "get pod/uuid > /out/uuid", &out, "none"));
+    let run = live.run_within(&["run", p(&file)], LIMIT);
+    assert!(run.status.success(), "{}", describe(&["run"], &run));
+    assert!(!read(&out, "uuid").is_empty());
+    let pid: i32 = read(&live.data.join("metadata"), "service.pid").parse().unwrap();
+    let sockets = || {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.unwrap().path()).ok())
+            .filter(|l| l.to_string_lossy().starts_with("socket:"))
+            .count()
+    };
+    let before = sockets();
+    let uuid = live.start(&live.pod_file("sleeper", &pod_yaml("sleeper", "exec sleep 1000", &out, "none")));
+    live.wait_all_up(&uuid, LIMIT);
+    assert_eq!(sockets(), before + 1, "the running pod's socket is the service's");
+    let stop = live.run_within(&["stop", &uuid], LIMIT);
+    assert!(stop.status.success(), "{}", describe(&["stop"], &stop));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sockets() != before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended pod's socket is still held: {} vs {before}",
+            sockets()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
