@@ -97,6 +97,9 @@ bash "$(dirname "$0")/build-cosign.sh"
 # likewise (cri-tools v1.37.0); without them tests/tests/cri.rs and
 # tests/tests/critest.rs SKIP.
 bash "$(dirname "$0")/build-cri-tools.sh"
+# The ACE validator, appc's executor conformance suite (appc/spec v0.8.11),
+# and its two images; without them tests/tests/ace.rs SKIPs.
+bash "$(dirname "$0")/build-ace-validator.sh"
 
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install a Rust toolchain (rustup) first" >&2

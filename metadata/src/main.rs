@@ -78,7 +78,12 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         // Listening already: the parent returns, its caller connects.
         // SAFETY: single-threaded here (no runtime or thread yet).
         match unsafe { nix::unistd::fork() }.context("fork")? {
-            nix::unistd::ForkResult::Parent { .. } => return Ok(ExitCode::SUCCESS),
+            nix::unistd::ForkResult::Parent { .. } => {
+                // The lock is the child's now: dropping it here would
+                // unlock the description the child shares.
+                std::mem::forget(lock);
+                return Ok(ExitCode::SUCCESS);
+            }
             nix::unistd::ForkResult::Child => {}
         }
         nix::unistd::setsid().context("setsid")?;

@@ -34,6 +34,7 @@ use crate::answer::{self, Answer, Request};
 struct Served {
     dir: PathBuf,
     /// On the host's network: found by its token on the host's listener.
+    /// (A VM pod has neither that nor a listener: its relays connect.)
     host_network: bool,
     task: AbortHandle,
 }
@@ -66,14 +67,25 @@ impl Service {
         for conn in control.incoming() {
             match conn {
                 Ok(conn) => {
-                    let answer = match self.control(&conn, rt) {
-                        Ok(()) => "ok\n".to_owned(),
+                    let (answer, serve) = match self.control(&conn, rt) {
+                        Ok(serve) => ("ok\n".to_owned(), serve),
                         Err(e) => {
                             tracing::warn!("{e}");
-                            format!("error: {e}\n")
+                            (format!("error: {e}\n"), None)
                         }
                     };
-                    let _ = (&conn).write_all(answer.as_bytes());
+                    if (&conn).write_all(answer.as_bytes()).is_err() {
+                        continue;
+                    }
+                    if let Some(uuid) = serve {
+                        let me = self.clone();
+                        rt.spawn(async move {
+                            let conn = conn.set_nonblocking(true).and_then(|()| tokio::net::UnixStream::from_std(conn));
+                            if let Ok(conn) = conn {
+                                me.connection(conn, Some(uuid)).await;
+                            }
+                        });
+                    }
                 }
                 Err(e) => tracing::warn!("accepting a registration: {e}"),
             }
@@ -81,25 +93,36 @@ impl Service {
     }
 
     /// One request on the unix socket: a line, perhaps with a socket.
-    fn control(&self, conn: &UnixStream, rt: &Handle) -> Result<(), String> {
+    /// `Some(uuid)`: the connection goes on as an HTTP connection of that
+    /// pod's (a VM pod's relay).
+    fn control(&self, conn: &UnixStream, rt: &Handle) -> Result<Option<String>, String> {
         let (line, fd) = read_request(conn)?;
         let creds = getsockopt(conn, sockopt::PeerCredentials).map_err(|e| format!("SO_PEERCRED: {e}"))?;
         if creds.uid() != 0 {
             return Err(format!("uid {} may not register pods", creds.uid()));
         }
         match serde_json::from_str::<Control>(line.trim_end()).map_err(|e| format!("request {line:?}: {e}"))? {
-            Control::Register(r) => self.register(&r.uuid, fd, creds.pid(), rt),
+            Control::Register(r) => self.register(&r.uuid, fd, r.host_network, creds.pid(), rt).map(|()| None),
             Control::Unregister(r) => {
                 if let Some(served) = self.state().pods.remove(&r.uuid) {
                     served.task.abort();
                     tracing::info!(pod = %r.uuid, "unregistered");
                 }
-                Ok(())
+                Ok(None)
             }
+            Control::Connect(r) if self.state().pods.contains_key(&r.uuid) => Ok(Some(r.uuid)),
+            Control::Connect(r) => Err(format!("pod {} is not registered", r.uuid)),
         }
     }
 
-    fn register(&self, uuid: &str, listener: Option<OwnedFd>, pid: i32, rt: &Handle) -> Result<(), String> {
+    fn register(
+        &self,
+        uuid: &str,
+        listener: Option<OwnedFd>,
+        host_network: bool,
+        pid: i32,
+        rt: &Handle,
+    ) -> Result<(), String> {
         let pod = self.pods.find(uuid, |_| None).map_err(|e| format!("pod {uuid}: {e}"))?;
         if pod.uuid != uuid || pod.state != PodState::Running {
             return Err(format!("pod {uuid} is not running"));
@@ -108,7 +131,7 @@ impl Service {
         let pid = rustix::process::Pid::from_raw(pid).ok_or_else(|| format!("pod {uuid}: no pid"))?;
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
             .map_err(|e| format!("pod {uuid}: pidfd_open({pid:?}): {e}"))?;
-        let host_network = listener.is_none();
+        let host_network = host_network && listener.is_none();
         if host_network {
             self.host_listener(rt)?;
         }
@@ -170,15 +193,21 @@ impl Service {
         tracing::info!(pod = %uuid, "ended");
     }
 
-    /// One HTTP connection, from pod `pod` (its own listener) or from the
-    /// host's loopback (`None`: the token says which pod).
-    async fn connection(self, conn: tokio::net::TcpStream, pod: Option<String>) {
+    /// One HTTP connection, from pod `pod` (its own listener, or a VM
+    /// pod's relay) or from the host's loopback (`None`: the token says
+    /// which pod).
+    async fn connection<C>(self, conn: C, pod: Option<String>)
+    where
+        C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let service = service_fn(move |req| {
             let me = self.clone();
             let pod = pod.clone();
             async move { Ok::<_, Infallible>(me.request(req, pod.as_deref()).await) }
         });
-        let _ = http1::Builder::new().serve_connection(TokioIo::new(conn), service).await;
+        // half_close: a client (a relay whose guest side shut its writing) may
+        // end its request stream before the answer has gone out.
+        let _ = http1::Builder::new().half_close(true).serve_connection(TokioIo::new(conn), service).await;
     }
 
     async fn request(&self, req: hyper::Request<Incoming>, pod: Option<&str>) -> hyper::Response<Full<Bytes>> {

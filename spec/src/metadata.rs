@@ -10,6 +10,12 @@
 //! which pod asks by the socket the request came in on. The URL's path
 //! carries the pod's token as well ([`url`]), which is all that tells pods
 //! apart on the host's loopback (`network: host`).
+//!
+//! A VM pod's apps reach it at [`VM_ADDRESS`]: qemu's user-mode network
+//! runs `pod-stage1-vm metadata-relay` for each connection there, which
+//! hands the connection to the service as its pod's ([`Request::Connect`]).
+
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,9 +31,15 @@ pub const POD_FILE: &str = "metadata.json";
 /// The first path segment of every endpoint, after the token.
 pub const PATH_BASE: &str = "/acMetadata/v1";
 
-/// `AC_METADATA_URL` for a pod with this token.
-pub fn url(token: &str) -> String {
-    format!("http://127.0.0.1:{PORT}/{token}")
+/// Where a VM pod's guest reaches the service (qemu's user-mode network
+/// forwards it to the host; nothing answers there in a namespace pod).
+pub const VM_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+
+/// `AC_METADATA_URL` for a pod with this token: on the pod's loopback, or
+/// at [`VM_ADDRESS`] in a VM pod.
+pub fn url(vm: bool, token: &str) -> String {
+    let address = if vm { VM_ADDRESS } else { Ipv4Addr::LOCALHOST };
+    format!("http://{address}:{PORT}/{token}")
 }
 
 /// What stage0 records for the service ([`POD_FILE`]).
@@ -62,21 +74,24 @@ pub struct Annotation {
     pub value: String,
 }
 
-/// A stage1's message on the service's unix socket when a pod starts. The
-/// pod's listening socket comes with it (SCM_RIGHTS) unless the pod shares
-/// the host's network; the sender's process (its PID 1) is the pod's for
+/// A stage1's message on the service's unix socket when a pod starts. A
+/// namespace pod's listening socket comes with it (SCM_RIGHTS); a pod on
+/// the host's network is served on the host's loopback, by token; a VM
+/// pod's connections come through [`Request::Connect`]. The sender's
+/// process (a namespace pod's PID 1, a VM pod's monitor) is the pod's for
 /// the service's bookkeeping: the pod ends when it does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Register {
     pub uuid: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
 }
 
-/// A stage1's message once the pod has ended, before its network goes:
-/// the service closes the pod's socket (which holds its network namespace).
+/// A pod, by uuid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Unregister {
+pub struct PodId {
     pub uuid: String,
 }
 
@@ -86,7 +101,13 @@ pub struct Unregister {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum Request {
     Register(Register),
-    Unregister(Unregister),
+    /// A stage1's message once the pod has ended, before its network
+    /// goes: the service closes the pod's socket (which holds the pod's
+    /// network namespace).
+    Unregister(PodId),
+    /// From a VM pod's relay: the rest of this connection is one HTTP
+    /// connection of that pod's apps, after the `ok`.
+    Connect(PodId),
 }
 
 #[cfg(test)]
@@ -95,7 +116,7 @@ mod tests {
 
     #[test]
     fn requests_are_one_json_line_each() {
-        let r = Request::Register(Register { uuid: "u".into() });
+        let r = Request::Register(Register { uuid: "u".into(), host_network: false });
         let line = serde_json::to_string(&r).expect("json");
         assert_eq!(line, r#"{"register":{"uuid":"u"}}"#);
         assert_eq!(serde_json::from_str::<Request>(&line).expect("parse"), r);
@@ -104,6 +125,7 @@ mod tests {
 
     #[test]
     fn the_url_carries_the_token() {
-        assert_eq!(url("00ff"), "http://127.0.0.1:2375/00ff");
+        assert_eq!(url(false, "00ff"), "http://127.0.0.1:2375/00ff");
+        assert_eq!(url(true, "00ff"), "http://10.0.2.100:2375/00ff");
     }
 }

@@ -256,7 +256,18 @@ pub fn add_with_host_volumes(
         .map(|v| v.name.clone())
         .chain(pod_file.volumes.iter().map(|v| v.name.clone()))
         .collect();
-    let app = prepare::resolve_app(&file, spec, &fetched.meta, image_app.as_ref(), fetched.lower, &volume_names)?;
+    let mut app = prepare::resolve_app(&file, spec, &fetched.meta, image_app.as_ref(), fetched.lower, &volume_names)?;
+    // In a pod with the metadata service, the new app is served as well.
+    let metadata = match crate::metadata::read_record(&pod.dir) {
+        Some(record) => {
+            let facts = crate::metadata::ImageFacts::of(fetcher.store(), &fetched.meta, image_app.as_ref())
+                .map_err(|why| PrepareError::App { file: file.clone(), app: new.name.to_string(), why })?;
+            let vm = resolved.isolation == Isolation::Vm;
+            app.env.push(("AC_METADATA_URL".into(), spec::metadata::url(vm, &record.token)));
+            Some(facts)
+        }
+        None => None,
+    };
     if app.security.own_pid_namespace && crate::userns::recorded(&pod.dir).is_some() {
         // As a pod file's check says it (spec's `own_pid_with_userns`).
         let why = "pidNamespace: own cannot go with the pod's user namespace (not yet)";
@@ -283,6 +294,7 @@ pub fn add_with_host_volumes(
     if let Some(log) = app.log.as_ref().filter(|l| !updated.volumes.iter().any(|v| v.name == l.volume)) {
         return Err(AddAppError::NoVolume { uuid, app: new.name.to_string(), volume: log.volume.to_string() });
     }
+    let app_spec = app.clone();
     updated.apps.push(app);
 
     let app_dir = pod.dir.join("apps").join(new.name.as_str());
@@ -301,7 +313,16 @@ pub fn add_with_host_volumes(
                 source,
             })?;
         }
-        write_manifest(pod, &updated)
+        write_manifest(pod, &updated)?;
+        match &metadata {
+            Some(facts) => crate::metadata::add_app(&pod.dir, &app_spec, facts).map_err(|source| AddAppError::Io {
+                uuid: uuid.clone(),
+                op: "write",
+                path: pod.dir.join(spec::metadata::POD_FILE),
+                source,
+            }),
+            None => Ok(()),
+        }
     })();
     if let Err(e) = made {
         undo_dirs();
@@ -318,6 +339,7 @@ pub fn add_with_host_volumes(
     if let Err(e) = started {
         // The stage1 undid its part; the rest is ours.
         let _ = write_manifest(pod, &resolved);
+        let _ = crate::metadata::remove_app(&pod.dir, new.name.as_str());
         undo_dirs();
         return Err(e);
     }
@@ -386,7 +408,13 @@ pub fn remove(pod: &PodRef, name: &AcName) -> Result<(), AddAppError> {
         !(v.name.as_str().starts_with(&anonymous) && matches!(v.source, stage1::VolumeSource::Host { .. }))
             || updated.apps.iter().any(|a| a.mounts.iter().any(|m| m.volume == v.name))
     });
-    write_manifest(pod, &updated)
+    write_manifest(pod, &updated)?;
+    crate::metadata::remove_app(&pod.dir, name.as_str()).map_err(|source| AddAppError::Io {
+        uuid: pod.uuid.clone(),
+        op: "write",
+        path: pod.dir.join(spec::metadata::POD_FILE),
+        source,
+    })
 }
 
 /// Changes app `name`'s resources in `pod.json` around `apply`, which

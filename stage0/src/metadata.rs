@@ -96,36 +96,7 @@ pub fn new_secrets() -> Result<(String, String), getrandom::Error> {
 /// The pod's appc pod manifest: its apps (each image by ID), volumes,
 /// annotations and ports, with `images[i]` the facts of `pod.apps[i]`.
 pub fn pod_manifest(pod: &ResolvedPod, images: &[ImageFacts], annotations: &[Annotation]) -> Value {
-    let apps: Vec<Value> = pod
-        .apps
-        .iter()
-        .zip(images)
-        .map(|(app, image)| {
-            let mut entry = json!({
-                "name": app.name.as_str(),
-                "image": { "name": app.image_name.to_string(), "id": app.image_id.to_string(), "labels": image.labels },
-                "mounts": app.mounts.iter().map(|m| json!({ "volume": m.volume.as_str(), "path": m.path })).collect::<Vec<_>>(),
-                "annotations": [],
-            });
-            if app.read_only_root_fs {
-                entry["readOnlyRootFS"] = json!(true);
-            }
-            // The app as it runs; appc wants a group, which an app given a
-            // user alone only has once its passwd is read: left out then.
-            if !app.group.is_empty() {
-                entry["app"] = json!({
-                    "exec": app.exec,
-                    "user": app.user,
-                    "group": app.group,
-                    "workingDirectory": app.working_directory,
-                    "environment": app.env.iter()
-                        .filter(|(k, _)| k != "AC_METADATA_URL")
-                        .map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
-                });
-            }
-            entry
-        })
-        .collect();
+    let apps: Vec<Value> = pod.apps.iter().zip(images).map(|(app, image)| app_entry(app, image)).collect();
     let volumes: Vec<Value> = pod
         .volumes
         .iter()
@@ -155,11 +126,91 @@ pub fn pod_manifest(pod: &ResolvedPod, images: &[ImageFacts], annotations: &[Ann
     })
 }
 
+/// One app in the pod manifest.
+fn app_entry(app: &stage1::App, image: &ImageFacts) -> Value {
+    let mut entry = json!({
+        "name": app.name.as_str(),
+        "image": { "name": app.image_name.to_string(), "id": app.image_id.to_string(), "labels": image.labels },
+        "mounts": app.mounts.iter().map(|m| json!({ "volume": m.volume.as_str(), "path": m.path })).collect::<Vec<_>>(),
+        "annotations": [],
+    });
+    if app.read_only_root_fs {
+        entry["readOnlyRootFS"] = json!(true);
+    }
+    // The app as it runs; appc wants a group, which an app given a user
+    // alone only has once its passwd is read: left out then.
+    if !app.group.is_empty() {
+        entry["app"] = json!({
+            "exec": app.exec,
+            "user": app.user,
+            "group": app.group,
+            "workingDirectory": app.working_directory,
+            "environment": app.env.iter()
+                .filter(|(k, _)| k != "AC_METADATA_URL")
+                .map(|(k, v)| json!({ "name": k, "value": v })).collect::<Vec<_>>(),
+        });
+    }
+    entry
+}
+
+fn app_record(app: &stage1::App, image: &ImageFacts) -> AppRecord {
+    AppRecord {
+        name: app.name.to_string(),
+        image_id: app.image_id.to_string(),
+        image_manifest: image.manifest.clone(),
+        annotations: image.annotations.clone(),
+    }
+}
+
+/// The pod's record, if it has one (its apps get `AC_METADATA_URL`).
+pub fn read_record(pod_dir: &Path) -> Option<PodRecord> {
+    let bytes = fs::read(pod_dir.join(POD_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Replaces the pod's record (temp file and rename: the service reads it
+/// at any time).
+fn rewrite_record(pod_dir: &Path, record: &PodRecord) -> std::io::Result<()> {
+    let tmp = pod_dir.join(format!(".{POD_FILE}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    write_record_at(&tmp, record)?;
+    fs::rename(&tmp, pod_dir.join(POD_FILE))
+}
+
+/// An app added to the running pod (`pod app add`): its entry in the pod
+/// manifest and its own record.
+pub fn add_app(pod_dir: &Path, app: &stage1::App, image: &ImageFacts) -> std::io::Result<()> {
+    let Some(mut record) = read_record(pod_dir) else { return Ok(()) };
+    remove_from(&mut record, app.name.as_str());
+    if let Some(apps) = record.manifest.get_mut("apps").and_then(Value::as_array_mut) {
+        apps.push(app_entry(app, image));
+    }
+    record.apps.push(app_record(app, image));
+    rewrite_record(pod_dir, &record)
+}
+
+/// An app removed from the running pod.
+pub fn remove_app(pod_dir: &Path, name: &str) -> std::io::Result<()> {
+    let Some(mut record) = read_record(pod_dir) else { return Ok(()) };
+    remove_from(&mut record, name);
+    rewrite_record(pod_dir, &record)
+}
+
+fn remove_from(record: &mut PodRecord, name: &str) {
+    if let Some(apps) = record.manifest.get_mut("apps").and_then(Value::as_array_mut) {
+        apps.retain(|a| a.get("name").and_then(Value::as_str) != Some(name));
+    }
+    record.apps.retain(|a| a.name != name);
+}
+
 /// Writes the pod's record into its directory, readable by root alone.
 pub fn write_record(pod_dir: &Path, record: &PodRecord) -> std::io::Result<()> {
-    let path = pod_dir.join(POD_FILE);
+    write_record_at(&pod_dir.join(POD_FILE), record)
+}
+
+fn write_record_at(path: &Path, record: &PodRecord) -> std::io::Result<()> {
     let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     f.write_all(&json)
 }
 
@@ -170,17 +221,7 @@ pub fn record(
     annotations: &[Annotation],
     (token, hmac_key): (String, String),
 ) -> PodRecord {
-    let apps = pod
-        .apps
-        .iter()
-        .zip(images)
-        .map(|(app, image)| AppRecord {
-            name: app.name.to_string(),
-            image_id: app.image_id.to_string(),
-            image_manifest: image.manifest.clone(),
-            annotations: image.annotations.clone(),
-        })
-        .collect();
+    let apps = pod.apps.iter().zip(images).map(|(app, image)| app_record(app, image)).collect();
     PodRecord { token, hmac_key, manifest: pod_manifest(pod, images, annotations), apps }
 }
 

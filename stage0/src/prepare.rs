@@ -474,7 +474,7 @@ pub fn prepare(
     // Before anything is fetched or written: a refused host volume leaves
     // the store and the pods as they were.
     let host_sources = host.volumes.check(&pod_file, &file)?;
-    let vm = overrides.isolation.map_or(pod_file.isolation == pod::Isolation::Vm, |i| i == stage1::Isolation::Vm);
+    let vm = runs_in_vm(&pod_file, overrides);
     if overrides.userns.unwrap_or(pod_file.userns).own() {
         let host_net = match &overrides.network {
             Some(n) => *n == stage1::Network::Host,
@@ -506,8 +506,7 @@ pub fn prepare(
 
     // Fetch (and verify) every image before creating anything on disk.
     let mut apps = Vec::new();
-    // The metadata service answers for namespace pods (not yet VM pods).
-    let metadata = host.metadata.as_ref().filter(|_| !vm);
+    let metadata = host.metadata.as_ref();
     let mut images = Vec::new();
     let volume_names: Vec<spec::AcName> = pod_file.volumes.iter().map(|v| v.name.clone()).collect();
     for app in order {
@@ -554,6 +553,11 @@ pub fn prepare(
     }
 }
 
+/// Whether the pod runs in a VM (the command line's choice, or the file's).
+fn runs_in_vm(pod_file: &PodFile, overrides: &Overrides) -> bool {
+    overrides.isolation.map_or(pod_file.isolation == pod::Isolation::Vm, |i| i == stage1::Isolation::Vm)
+}
+
 fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), PrepareError> {
     let json = serde_json::to_vec_pretty(value).map_err(|e| io_err("serialize", path)(e.into()))?;
     fs::write(path, json).map_err(io_err("write", path))
@@ -576,6 +580,7 @@ fn write_pod(
     metadata: Option<(PathBuf, Vec<crate::metadata::ImageFacts>)>,
 ) -> Result<ResolvedPod, PrepareError> {
     let dir = &pod.dir;
+    let vm = runs_in_vm(pod_file, overrides);
     let secrets = match &metadata {
         Some(_) => Some(crate::metadata::new_secrets().map_err(|e| io_err("read random bytes for", dir)(e.into()))?),
         None => None,
@@ -583,7 +588,7 @@ fn write_pod(
     if let Some((token, _)) = &secrets {
         for app in &mut apps {
             app.env.retain(|(k, _)| k != "AC_METADATA_URL");
-            app.env.push(("AC_METADATA_URL".into(), spec::metadata::url(token)));
+            app.env.push(("AC_METADATA_URL".into(), spec::metadata::url(vm, token)));
         }
     }
     // Only what every pod uses: `volumes/` comes with its first empty

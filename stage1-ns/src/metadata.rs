@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use spec::metadata::{Register, Request, Unregister, PORT};
+use spec::metadata::{PodId, Register, Request, PORT};
 
 /// How long the service may take to answer (it answers at once).
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
@@ -25,7 +25,7 @@ pub fn listen_in_pod() -> io::Result<TcpListener> {
 /// Registers pod `uuid` with the service at `socket`, handing it
 /// `listener` (none for a pod on the host's network).
 pub fn register(socket: &Path, uuid: &str, listener: Option<&TcpListener>) -> io::Result<()> {
-    let request = Request::Register(Register { uuid: uuid.to_owned() });
+    let request = Request::Register(Register { uuid: uuid.to_owned(), host_network: listener.is_none() });
     let fds: Vec<i32> = listener.map(AsRawFd::as_raw_fd).into_iter().collect();
     ask(socket, &request, &fds)
 }
@@ -33,7 +33,57 @@ pub fn register(socket: &Path, uuid: &str, listener: Option<&TcpListener>) -> io
 /// Tells the service that pod `uuid` has ended: it closes the pod's socket
 /// (and with it its hold on the pod's network namespace) now.
 pub fn unregister(socket: &Path, uuid: &str) -> io::Result<()> {
-    ask(socket, &Request::Unregister(Unregister { uuid: uuid.to_owned() }), &[])
+    ask(socket, &Request::Unregister(PodId { uuid: uuid.to_owned() }), &[])
+}
+
+/// Registers VM pod `uuid`, whose connections come through
+/// [`relay`]; the caller (the VM's monitor) is the pod's process.
+pub fn register_vm(socket: &Path, uuid: &str) -> io::Result<()> {
+    ask(socket, &Request::Register(Register { uuid: uuid.to_owned(), host_network: false }), &[])
+}
+
+/// One connection of a VM pod's apps (qemu's user-mode network runs this
+/// for each, on its stdin and stdout): handed to the service as pod
+/// `uuid`'s, then relayed both ways until either side ends.
+pub fn relay(socket: &Path, uuid: &str) -> io::Result<()> {
+    let stream = UnixStream::connect(socket)?;
+    let mut line = serde_json::to_vec(&Request::Connect(PodId { uuid: uuid.to_owned() })).map_err(io::Error::other)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    // The answer, a byte at a time: what follows it is the HTTP answers.
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while answer.len() < 4096 {
+        match io::Read::read(&mut &stream, &mut byte)? {
+            0 => break,
+            _ if byte[0] == b'\n' => break,
+            _ => answer.push(byte[0]),
+        }
+    }
+    if answer != b"ok" {
+        return Err(io::Error::other(String::from_utf8_lossy(&answer).into_owned()));
+    }
+    let back = stream.try_clone()?;
+    std::thread::spawn(move || {
+        let _ = io::copy(&mut io::stdin().lock(), &mut &stream);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    });
+    // The service's end ends the relay (the thread goes with the process).
+    // Flushed chunk by chunk: stdout is line-buffered, and an HTTP body
+    // need not end with a newline.
+    let mut out = io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match io::Read::read(&mut &back, &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                out.write_all(&buf[..n])?;
+                out.flush()?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn ask(socket: &Path, request: &Request, fds: &[i32]) -> io::Result<()> {

@@ -33,7 +33,7 @@ use stage1_ns::rootfs::{self, KernelFs};
 use crate::accel::{self, HostProbe};
 use crate::control::Relay;
 use crate::qemu::{
-    self, Accel, Console, DirectBoot, HostFwd, Machine, Model, Protocol, SerialPort, Share9p, UserNet, Vm,
+    self, Accel, Console, DirectBoot, GuestFwd, HostFwd, Machine, Model, Protocol, SerialPort, Share9p, UserNet, Vm,
 };
 use crate::{initramfs, kernel, kmod, VmError};
 
@@ -98,10 +98,11 @@ fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> VmError {
 }
 
 /// The guest's network: none at all, or user-mode networking (restricted
-/// to the host forwards for `network: none`). The apps' ports and the
-/// pod-level ones (the CRI's port mappings) are forwarded by qemu from the
-/// host's address and port to the guest's.
-pub fn user_net(pod: &ResolvedPod) -> Result<Option<UserNet>, VmError> {
+/// to the forwards for `network: none`). The apps' ports and the pod-level
+/// ones (the CRI's port mappings) are forwarded by qemu from the host's
+/// address and port to the guest's; `metadata`, the metadata service's
+/// relay, from the guest to the host (a NIC even for `network: none`).
+pub fn user_net(pod: &ResolvedPod, metadata: Option<GuestFwd>) -> Result<Option<UserNet>, VmError> {
     let mut forwards = Vec::new();
     for p in pod.apps.iter().flat_map(|a| a.ports.iter()).chain(&pod.ports) {
         // The namespace stage1's parse: same protocols, same address rules.
@@ -123,9 +124,9 @@ pub fn user_net(pod: &ResolvedPod) -> Result<Option<UserNet>, VmError> {
         Network::Host => Err(VmError::Invalid(
             "a VM pod cannot use the host's network (network: host); use none or a network name".into(),
         )),
-        Network::None if forwards.is_empty() => Ok(None),
-        Network::None => Ok(Some(UserNet { restrict: true, forwards })),
-        Network::Cni { .. } => Ok(Some(UserNet { restrict: false, forwards })),
+        Network::None if forwards.is_empty() && metadata.is_none() => Ok(None),
+        Network::None => Ok(Some(UserNet { restrict: true, forwards, guest_forward: metadata })),
+        Network::Cni { .. } => Ok(Some(UserNet { restrict: false, forwards, guest_forward: metadata })),
     }
 }
 
@@ -359,7 +360,11 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     if let Some(w) = warning {
         eprintln!("pod-stage1-vm: warning: {w}");
     }
-    let net = user_net(&pod)?;
+    let metadata = match &inv.metadata_socket {
+        Some(socket) => Some(metadata_forward(socket, &pod.uuid)?),
+        None => None,
+    };
+    let net = user_net(&pod, metadata)?;
     let (vmlinux, initrd) = boot_files(&inv.stage2, host)?;
     // Under TCG the guest's TSC is the host's: its rate, if constant.
     let tsc_khz = if accel == Accel::Tcg && probe.constant_tsc { crate::tsc::host_khz(&host.cache_dir) } else { None };
@@ -391,6 +396,13 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     // Also before qemu, after the last unshare (a thread's process cannot).
     if let Err(e) = crate::streams::spawn(&dir.stream_socket(), dir.enter_socket()) {
         eprintln!("pod-stage1-vm: stream socket {}: {e}", dir.stream_socket().display());
+    }
+    // Before the guest's apps can ask; this process is the pod's for the
+    // service (it ends with the pod).
+    if let Some(socket) = &inv.metadata_socket {
+        if let Err(e) = stage1_ns::metadata::register_vm(socket, &pod.uuid) {
+            eprintln!("pod-stage1-vm: warning: metadata service ({}): {e}", socket.display());
+        }
     }
     let mut child = spawn_qemu(&host.qemu, &vm, &dir)?;
     stage1_ns::crashpoint::crashpoint("stage1-vm.qemu");
@@ -431,7 +443,22 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     if let Some(scope) = scope.as_mut() {
         scope.finish();
     }
+    if let Some(socket) = &inv.metadata_socket {
+        let _ = stage1_ns::metadata::unregister(socket, &pod.uuid);
+    }
     code
+}
+
+/// The guest's way to the metadata service: qemu runs this binary's
+/// `metadata-relay` for each connection to [`spec::metadata::VM_ADDRESS`].
+fn metadata_forward(socket: &Path, uuid: &str) -> Result<GuestFwd, VmError> {
+    let exe = std::env::current_exe().map_err(io_err("find", Path::new("/proc/self/exe")))?;
+    let words = [exe.as_path(), Path::new("metadata-relay"), socket, Path::new(uuid)];
+    let command = words
+        .iter()
+        .map(|w| w.to_str().map(str::to_owned).ok_or_else(|| VmError::Invalid(format!("{}: not UTF-8", w.display()))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(GuestFwd { address: spec::metadata::VM_ADDRESS, port: spec::metadata::PORT, command })
 }
 
 struct Limits {
@@ -648,22 +675,27 @@ mod tests {
     #[test]
     fn networks_map_to_user_mode_networking() {
         let none = pod(serde_json::json!("none"), &[(None, None, "")]);
-        assert_eq!(user_net(&none).expect("none"), None, "loopback only: no NIC");
+        assert_eq!(user_net(&none, None).expect("none"), None, "loopback only: no NIC");
         let fwd = pod(serde_json::json!("none"), &[(None, None, "127.0.0.1"), (None, None, "0.0.0.0")]);
-        let net = user_net(&fwd).expect("forwards").expect("a NIC");
+        let net = user_net(&fwd, None).expect("forwards").expect("a NIC");
         assert!(net.restrict, "network none: the guest reaches nothing outside");
         assert_eq!(net.forwards[0].host_ip, Some(std::net::Ipv4Addr::LOCALHOST));
         assert_eq!((net.forwards[1].host_ip, net.forwards[1].host_port), (None, 8081));
         let cni = pod(serde_json::json!({"cni": {"name": "default"}}), &[(None, None, "")]);
-        assert!(!user_net(&cni).expect("cni").expect("a NIC").restrict);
+        assert!(!user_net(&cni, None).expect("cni").expect("a NIC").restrict);
         let host = pod(serde_json::json!("host"), &[(None, None, "")]);
-        assert!(user_net(&host).is_err_and(|e| e.to_string().contains("network: host")));
+        assert!(user_net(&host, None).is_err_and(|e| e.to_string().contains("network: host")));
         // Pod-level ports (the CRI's port mappings) are forwarded as well.
         let mut sandbox = pod(serde_json::json!("none"), &[]);
         sandbox.ports = fwd.apps[0].ports.clone();
-        let net = user_net(&sandbox).expect("forwards").expect("a NIC");
+        let net = user_net(&sandbox, None).expect("forwards").expect("a NIC");
         assert_eq!((net.forwards.len(), net.forwards[0].host_port, net.forwards[0].guest_port), (1, 8080, 80));
         let v6 = pod(serde_json::json!("none"), &[(None, None, "::1")]);
-        assert!(user_net(&v6).is_err_and(|e| e.to_string().contains("IPv4")));
+        assert!(user_net(&v6, None).is_err_and(|e| e.to_string().contains("IPv4")));
+        // The metadata service's relay: a NIC for network none too.
+        let relay = GuestFwd { address: spec::metadata::VM_ADDRESS, port: 2375, command: vec!["/r".into()] };
+        let net = user_net(&none, Some(relay.clone())).expect("none").expect("a NIC");
+        assert!(net.restrict && net.forwards.is_empty());
+        assert_eq!(net.guest_forward, Some(relay));
     }
 }

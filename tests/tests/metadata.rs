@@ -189,3 +189,45 @@ fn the_service_lets_go_of_an_ended_pods_socket() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn an_app_added_to_a_running_pod_is_served_too() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let out = out_dir(&live, "out");
+    let uuid = live.start(&live.pod_file("host", &pod_yaml("host", "exec sleep 1000", &out, "none")));
+    live.wait_all_up(&uuid, LIMIT);
+    let script = format!("{GET}get pod/uuid; echo; get apps/late/image/id; echo; get apps/probe/image/id");
+    let args = [
+        "app",
+        "add",
+        &uuid,
+        "--name",
+        "late",
+        "--image",
+        "example.com/busybox:1.35",
+        "--exec",
+        "/bin/sh",
+        "-c",
+        &script,
+    ];
+    let added = live.run_within(&args, LIMIT);
+    assert!(added.status.success(), "{}", describe(&args, &added));
+    let deadline = std::time::Instant::now() + LIMIT;
+    let log = loop {
+        let log = live.ok(&["logs", &uuid, "late"]);
+        if log.lines().count() >= 3 || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.first().copied(), Some(uuid.as_str()), "{log}");
+    assert!(lines.get(1).is_some_and(|l| l.starts_with("sha512-")), "the added app's own image: {log}");
+    assert_eq!(lines.get(1), lines.get(2), "the same image as the first app's: {log}");
+    let stop = live.run_within(&["stop", &uuid], LIMIT);
+    assert!(stop.status.success(), "{}", describe(&["stop"], &stop));
+}

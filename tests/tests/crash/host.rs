@@ -110,11 +110,18 @@ impl Footprint {
         left.extend(
             all_procs()
                 .into_iter()
-                .filter(|p| p.state != 'Z' && p.cmdline.contains(&self.root))
+                // The metadata service `pod run` started is the host's,
+                // not a pod's: it stays, as a service does (README).
+                .filter(|p| p.state != 'Z' && p.cmdline.contains(&self.root) && !is_metadata_service(&p.cmdline))
                 .map(|p| format!("process {} {}", p.pid, p.cmdline)),
         );
         left
     }
+}
+
+/// Whether a command line is the data directory's metadata service.
+fn is_metadata_service(cmdline: &str) -> bool {
+    cmdline.split_whitespace().next().is_some_and(|argv0| argv0.ends_with("/pod-metadata"))
 }
 
 /// Every pod uuid under the environment's `pods/` (`embryo/.<uuid>` too).
