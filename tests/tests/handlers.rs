@@ -10,7 +10,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,13 +35,6 @@ fn handler_image(live: &Live, name: &str, pre_start: Option<&str>, post_stop: Op
 
 /// A host directory every user may write, for the handlers' and apps'
 /// traces: mounted at /out.
-fn out_dir(live: &Live) -> PathBuf {
-    let dir = live.work.join("out");
-    fs::create_dir_all(&dir).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-    dir
-}
-
 /// A one-app pod of `example.com/<image>:1` running `script`, with /out.
 fn pod_yaml(name: &str, image: &str, script: &str, extra: &str, out: &Path, isolation: &str) -> String {
     let script = serde_json::to_string(script).unwrap();
@@ -70,7 +62,7 @@ fn handlers_run_as_the_app_in_order(isolation: &str, uid: &str, limit: Duration)
     let live = Live::new(&[Example::Busybox]);
     let name = format!("hooked-{isolation}");
     handler_image(&live, &name, Some(PRE), Some(POST));
-    let out = out_dir(&live);
+    let out = live.out_dir("out");
     // It sees what pre-start left in its rootfs: pre-start ran first.
     let script = "cat /tmp/prepared > /out/app; echo app ran";
     let user = format!("    user: \"{uid}\"\n");
@@ -105,7 +97,7 @@ fn a_failing_pre_start_fails_the_app_before_its_program_runs() {
     }
     let live = Live::new(&[Example::Busybox]);
     handler_image(&live, "badpre", Some("echo cannot prepare >&2; exit 3"), Some(POST));
-    let out = out_dir(&live);
+    let out = live.out_dir("out");
     let file = live.pod_file("badpre", &pod_yaml("badpre", "badpre", "touch /out/app", "", &out, "namespace"));
     let run = live.run_within(&["run", p(&file)], LIMIT);
     assert!(!run.status.success(), "the pod fails: {}", describe(&["run"], &run));
@@ -126,7 +118,7 @@ fn a_pre_start_that_hangs_is_killed_at_the_start_timeout() {
     }
     let live = Live::new(&[Example::Busybox]);
     handler_image(&live, "slowpre", Some("exec sleep 1000"), None);
-    let out = out_dir(&live);
+    let out = live.out_dir("out");
     let extra = "    startTimeout: 1s\n";
     let file = live.pod_file("slowpre", &pod_yaml("slowpre", "slowpre", "touch /out/app", extra, &out, "namespace"));
     let started = std::time::Instant::now();
@@ -153,7 +145,7 @@ fn post_stop_runs_when_the_pod_is_stopped() {
     }
     let live = Live::new(&[Example::Busybox]);
     handler_image(&live, "stopped", Some(PRE), Some(POST));
-    let out = out_dir(&live);
+    let out = live.out_dir("out");
     let file = live.pod_file("stopped", &pod_yaml("stopped", "stopped", "exec sleep 1000", "", &out, "namespace"));
     let uuid = live.start(&file);
     live.wait_all_up(&uuid, LIMIT);

@@ -35,12 +35,6 @@ fn pod_yaml(name: &str, script: &str, out: &std::path::Path, network: &str) -> S
     )
 }
 
-fn out_dir(live: &Live, name: &str) -> std::path::PathBuf {
-    let dir = live.work.join(name);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn read(dir: &std::path::Path, name: &str) -> String {
     let path = dir.join(name);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_owned()
@@ -53,7 +47,7 @@ fn apps_read_their_pods_metadata() {
         return;
     }
     let live = Live::new(&[Example::Busybox]);
-    let out = out_dir(&live, "out");
+    let out = live.out_dir("out");
     let script = "echo \"$AC_METADATA_URL\" > /out/url; get pod/uuid > /out/uuid; get pod/annotations > /out/annotations; \
                   get pod/manifest > /out/manifest; get apps/probe/image/id > /out/image-id; \
                   get apps/probe/image/manifest > /out/image-manifest; get apps/nosuch/image/id > /out/nosuch; \
@@ -101,7 +95,7 @@ fn a_pod_proves_its_identity_to_another_which_cannot_read_its_data() {
         return;
     }
     let live = Live::new(&[Example::Busybox]);
-    let (out_a, out_b) = (out_dir(&live, "a"), out_dir(&live, "b"));
+    let (out_a, out_b) = (live.out_dir("a"), live.out_dir("b"));
     // A signs and waits (running) for B to be done.
     let sign = "get pod/uuid > /out/uuid; post pod/hmac/sign 'content=hello+world' > /out/signature; \
                 echo \"$AC_METADATA_URL\" > /out/url; while [ ! -e /out/done ]; do sleep 0.1; done";
@@ -160,7 +154,7 @@ fn the_service_lets_go_of_an_ended_pods_socket() {
         return;
     }
     let live = Live::new(&[Example::Busybox]);
-    let out = out_dir(&live, "out");
+    let out = live.out_dir("out");
     let file = live.pod_file("once", &pod_yaml("once", "get pod/uuid > /out/uuid", &out, "none"));
     let run = live.run_within(&["run", p(&file)], LIMIT);
     assert!(run.status.success(), "{}", describe(&["run"], &run));
@@ -197,7 +191,7 @@ fn an_app_added_to_a_running_pod_is_served_too() {
         return;
     }
     let live = Live::new(&[Example::Busybox]);
-    let out = out_dir(&live, "out");
+    let out = live.out_dir("out");
     let uuid = live.start(&live.pod_file("host", &pod_yaml("host", "exec sleep 1000", &out, "none")));
     live.wait_all_up(&uuid, LIMIT);
     let script = format!("{GET}get pod/uuid; echo; get apps/late/image/id; echo; get apps/probe/image/id");

@@ -12,7 +12,6 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -66,19 +65,12 @@ fn read(out: &std::path::Path, name: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_owned()
 }
 
-fn out_dir(live: &Live) -> PathBuf {
-    let dir = live.work.join("out");
-    fs::create_dir_all(&dir).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-    dir
-}
-
 /// Two apps of the image, the pod's `database` volume filling /db in both
 /// by its name alone; /config left unfilled.
 fn mount_points_are_filled(isolation: &str, limit: Duration) {
     let live = Live::new(&[Example::Busybox]);
     mount_point_image(&live);
-    let out = out_dir(&live);
+    let out = live.out_dir("out");
     let app = |name: &str, script: &str| {
         format!(
             "  - name: {name}\n    image: example.com/mp:1\n    exec: [/bin/sh, -c, {}]\n    \

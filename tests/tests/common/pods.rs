@@ -382,6 +382,16 @@ impl Live {
         &self.net.as_ref().expect("a Live made with_net").name
     }
 
+    /// A scratch directory every user may write (apps of any user leave
+    /// their traces there, mounted as a host volume).
+    pub fn out_dir(&self, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = self.work.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        dir
+    }
+
     /// Writes a pod file into the scratch dir.
     pub fn pod_file(&self, name: &str, yaml: &str) -> PathBuf {
         let f = self.work.join(format!("{name}.yaml"));
