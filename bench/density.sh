@@ -39,7 +39,7 @@ for t in python3 $([ "$PEER" = crun ] && echo crun); do
   command -v "$t" >/dev/null || { echo "$t is needed (apt-get install $t)" >&2; exit 1; }
 done
 . bench/lib.sh
-BENCH_PACKAGES=${BENCH_PACKAGES:-"-p stage0 -p stage1-ns -p stage2-init"}
+BENCH_PACKAGES=${BENCH_PACKAGES:-"-p stage0 -p stage1-ns -p stage2-init -p metadata"}
 bench_store density poddens0 251
 # POD_BIN=DIR: measure the pod, pod-stage1-ns and pod-init in DIR instead
 # (e.g. a copy of an earlier build, for a before/after comparison).

@@ -43,6 +43,10 @@ JSON
 
 bench_cleanup() {
   "$bin/pod" gc >/dev/null 2>&1 || true
+  # The metadata service `pod run` started for the bench's data directory.
+  local meta
+  meta=$(cat "$POD_DIR/metadata/service.pid" 2>/dev/null || true)
+  [ -n "$meta" ] && kill "$meta" 2>/dev/null || true
   ip link del "$bench_bridge" 2>/dev/null || true
   rm -rf "$work"
 }

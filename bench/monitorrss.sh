@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 samples=${SAMPLES:-3} wait_s=${WAIT:-3}
 [ "$(id -u)" = 0 ] || { echo "needs root" >&2; exit 1; }
 . bench/lib.sh
-BENCH_PACKAGES=${BENCH_PACKAGES:-"-p stage0 -p stage1-ns -p stage2-init"}
+BENCH_PACKAGES=${BENCH_PACKAGES:-"-p stage0 -p stage1-ns -p stage2-init -p metadata"}
 bench_store monitorrss podbench2 252
 for net in none default; do
   bench_sleep_pod "rss-$net" "$net" 600 > "$work/sleep-$net.yaml"

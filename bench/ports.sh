@@ -29,7 +29,7 @@ rounds=${ROUNDS:-3} duration=${DURATION:-5s}
 for t in wrk python3 unshare; do command -v $t >/dev/null || { echo "$t is needed (apt-get install $t)" >&2; exit 1; }; done
 [ "$(id -u)" = 0 ] || { echo "bench/ports.sh needs root" >&2; exit 1; }
 . bench/lib.sh
-BENCH_PACKAGES=${BENCH_PACKAGES:-"-p stage0 -p stage1-ns -p stage2-init"}
+BENCH_PACKAGES=${BENCH_PACKAGES:-"-p stage0 -p stage1-ns -p stage2-init -p metadata"}
 bench_store ports podbench3 253
 "$bin/pod" image build manifests/images/nginx.yaml -o "$work/nginx.aci" >"$work/build.log" 2>&1 ||
   { tail -20 "$work/build.log" >&2; exit 1; }

@@ -22,8 +22,9 @@ cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
 for t in crun python3; do command -v $t >/dev/null || { echo "$t is needed (apt-get install $t)" >&2; exit 1; }; done
 . bench/lib.sh
-# pod, pod-stage1-ns and pod-init are all this benchmark runs.
-BENCH_PACKAGES=${BENCH_PACKAGES:-"-p stage0 -p stage1-ns -p stage2-init"}
+# pod, pod-stage1-ns, pod-init and the metadata service (pod-metadata,
+# which `pod run` starts on demand) are all this benchmark runs.
+BENCH_PACKAGES=${BENCH_PACKAGES:-"-p stage0 -p stage1-ns -p stage2-init -p metadata"}
 bench_store run podbench0 250
 bench_true_pods
 tree=$(dirname "$(ls -d "$POD_DIR"/trees/*/rootfs)")/rootfs

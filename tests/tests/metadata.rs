@@ -225,3 +225,37 @@ fn an_app_added_to_a_running_pod_is_served_too() {
     let stop = live.run_within(&["stop", &uuid], LIMIT);
     assert!(stop.status.success(), "{}", describe(&["stop"], &stop));
 }
+
+#[test]
+fn pod_metadata_service_serves_in_the_foreground_and_pod_run_uses_it() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let mut service = live
+        .cmd(&["metadata-service"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = live.data.join("metadata").join("service.sock");
+    let deadline = std::time::Instant::now() + LIMIT;
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the service never listened on {}", socket.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A second one for the same data directory is refused.
+    let second = live.run(&["metadata-service"]);
+    assert_eq!(second.status.code(), Some(7), "{}", describe(&["metadata-service"], &second));
+    assert_mentions(&String::from_utf8_lossy(&second.stderr), &["already runs"]);
+    let out = live.out_dir("out");
+    let file = live.pod_file("fg", &pod_yaml("fg", "get pod/uuid > /out/uuid", &out, "none"));
+    let run = live.run_within(&["run", p(&file)], LIMIT);
+    assert!(run.status.success(), "{}", describe(&["run"], &run));
+    assert!(!read(&out, "uuid").starts_with("FAILED") && !read(&out, "uuid").is_empty());
+    let pid: u32 = read(&live.data.join("metadata"), "service.pid").parse().unwrap();
+    assert_eq!(pid, service.id(), "pod run used the running service instead of starting one");
+    service.kill().unwrap();
+    service.wait().unwrap();
+}
