@@ -19,20 +19,25 @@ use crate::store::{ImageMeta, Store};
 
 /// The service's unix socket for the pods of `dirs`.
 pub fn socket(dirs: &Dirs) -> PathBuf {
-    dirs.data.join("metadata").join("service.sock")
+    socket_in(&dirs.data)
 }
 
-/// The socket of the running service, started first if none runs (the
-/// `pod-metadata` beside `pod`, which returns once it listens).
-pub fn ensure(dirs: &Dirs) -> Result<PathBuf, String> {
-    let socket = socket(dirs);
+fn socket_in(data: &Path) -> PathBuf {
+    data.join("metadata").join("service.sock")
+}
+
+/// The socket of the running service for the data directory `data`,
+/// started first if none runs (the `pod-metadata` beside `pod`, which
+/// returns once it listens).
+pub fn ensure(data: &Path) -> Result<PathBuf, String> {
+    let socket = socket_in(data);
     if UnixStream::connect(&socket).is_ok() {
         return Ok(socket);
     }
     let bin = crate::run::bin_dir().join("pod-metadata");
     let status = Command::new(&bin)
         .arg("--dir")
-        .arg(&dirs.data)
+        .arg(data)
         .arg("--background")
         .status()
         .map_err(|e| format!("starting {}: {e}", bin.display()))?;

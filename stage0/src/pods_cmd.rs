@@ -52,13 +52,7 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         vm: stage0::guest::vm_host(&dirs.config),
         subids: stage0::userns::SubIds::default(),
         volumes: HostVolumePolicy::load(dirs)?,
-        metadata: match stage0::metadata::ensure(dirs) {
-            Ok(socket) => Some(socket),
-            Err(e) => {
-                tracing::warn!("the metadata service is not running ({e}): the pod's apps get no AC_METADATA_URL");
-                None
-            }
-        },
+        metadata: Some(dirs.data.clone()),
     };
     let overrides = Overrides {
         isolation: args.stage1.map(|s| match s {

@@ -107,8 +107,9 @@ pub struct HostConfig {
     pub subids: SubIds,
     /// Which host directories `kind: host` volumes may mount.
     pub volumes: HostVolumePolicy,
-    /// The running metadata service's socket (`crate::metadata`): the
-    /// pod's apps get `AC_METADATA_URL`. `None`: no metadata service.
+    /// The data directory whose metadata service (`crate::metadata`,
+    /// started on demand once the pod file and its images are good) the
+    /// pod's apps get as `AC_METADATA_URL`. `None`: no metadata service.
     pub metadata: Option<PathBuf>,
 }
 
@@ -533,7 +534,16 @@ pub fn prepare(
         }
         apps.push(resolve_app(&file, app, &fetched.meta, image_app.as_ref(), fetched.lower, &volume_names)?);
     }
-    let metadata = metadata.map(|socket| (socket.clone(), images));
+    // Only now that the pod file and its images are good: a refused pod
+    // starts nothing.
+    let metadata = match metadata.map(|data| crate::metadata::ensure(data)) {
+        Some(Ok(socket)) => Some((socket, images)),
+        Some(Err(e)) => {
+            tracing::warn!("the metadata service is not running ({e}): the pod's apps get no AC_METADATA_URL");
+            None
+        }
+        None => None,
+    };
 
     let mut locked = crate::names::create_named(pods, &pod_file.name, overrides.same_name)
         .map_err(|source| PrepareError::Name { file: file.clone(), source })?;
