@@ -227,6 +227,10 @@ pub(crate) struct RunArgs {
     /// --replace`.
     #[arg(long)]
     pub(crate) replace: bool,
+    /// No appc metadata service for this pod: its apps get no
+    /// AC_METADATA_URL, and a VM pod of network none no NIC for it.
+    #[arg(long)]
+    pub(crate) no_metadata: bool,
     /// Keys that detach from the app and leave the pod running (podman's
     /// syntax; "" for none).
     #[arg(long, default_value = stage0::terminal::DEFAULT_DETACH_KEYS)]

@@ -52,7 +52,7 @@ pub(crate) fn run(dirs: &Dirs, args: RunArgs, debug: bool) -> Result<(), Failed>
         vm: stage0::guest::vm_host(&dirs.config),
         subids: stage0::userns::SubIds::default(),
         volumes: HostVolumePolicy::load(dirs)?,
-        metadata: Some(dirs.data.clone()),
+        metadata: (!args.no_metadata).then(|| dirs.data.clone()),
     };
     let overrides = Overrides {
         isolation: args.stage1.map(|s| match s {

@@ -259,3 +259,18 @@ fn pod_metadata_service_serves_in_the_foreground_and_pod_run_uses_it() {
     service.kill().unwrap();
     service.wait().unwrap();
 }
+
+#[test]
+fn pod_run_no_metadata_gives_the_apps_no_url() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let out = live.out_dir("out");
+    let file = live.pod_file("bare", &pod_yaml("bare", "echo \"${AC_METADATA_URL-unset}\" > /out/url", &out, "none"));
+    let run = live.run_within(&["run", "--no-metadata", p(&file)], LIMIT);
+    assert!(run.status.success(), "{}", describe(&["run", "--no-metadata"], &run));
+    assert_eq!(read(&out, "url"), "unset");
+    assert!(!live.data.join("metadata").exists(), "no service was started");
+}

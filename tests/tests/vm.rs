@@ -256,7 +256,10 @@ fn kill_9_of_qemu_ends_the_pod_and_gc_leaves_nothing() {
         .flatten()
         .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
         .filter(|pid| {
-            String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(&root)
+            let cmdline =
+                String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).into_owned();
+            // The metadata service `pod run` started is the host's, not the pod's.
+            cmdline.contains(&root) && !cmdline.split('\0').next().is_some_and(|a| a.ends_with("/pod-metadata"))
         })
         .collect();
     assert!(mentioning.is_empty(), "processes of the pod left: {mentioning:?}");
