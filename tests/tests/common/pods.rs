@@ -472,15 +472,20 @@ impl Live {
     }
 }
 
-/// Ends the metadata service of the data directory `data`, if one runs.
+/// Ends the metadata services of the data directory `data` (found by
+/// their command line: a pid file can name only one).
 pub fn stop_metadata_service(data: &Path) {
-    let pid_file = data.join("metadata").join("service.pid");
-    let Some(pid) = fs::read_to_string(&pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) else { return };
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() == "pod-metadata" {
-        let _ = Command::new("kill").arg(pid.to_string()).status();
+    let dir = data.to_string_lossy().into_owned();
+    let Ok(procs) = fs::read_dir("/proc") else { return };
+    for pid in procs.flatten().filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok()) {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let ours = args.first().is_some_and(|a| a.ends_with("/pod-metadata"))
+            && args.windows(2).any(|w| w[0] == "--dir" && w[1] == dir);
+        if ours {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
     }
-    let _ = fs::remove_file(pid_file);
 }
 
 impl Drop for Live {
