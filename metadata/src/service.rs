@@ -11,7 +11,7 @@ use std::io::{BufRead as _, IoSliceMut, Write as _};
 use std::net::{Ipv4Addr, TcpListener as StdListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -21,7 +21,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use nix::sys::socket::{getsockopt, recvmsg, sockopt, ControlMessageOwned, MsgFlags};
-use spec::metadata::{PodRecord, Request as Control, POD_FILE, PORT};
+use spec::metadata::{PodRecord, Request as Control, PORT};
+use stage0::metadata::read_record;
 use stage0::pods::{PodState, Pods};
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Handle;
@@ -260,13 +261,6 @@ fn respond(a: Answer) -> hyper::Response<Full<Bytes>> {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     resp
-}
-
-/// The pod's record, read afresh (`pod app add` rewrites it).
-fn read_record(dir: &Path) -> Result<PodRecord, String> {
-    let path = dir.join(POD_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Reads one request line and the socket sent with it, if any.

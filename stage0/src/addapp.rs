@@ -258,12 +258,12 @@ pub fn add_with_host_volumes(
         .collect();
     let mut app = prepare::resolve_app(&file, spec, &fetched.meta, image_app.as_ref(), fetched.lower, &volume_names)?;
     // In a pod with the metadata service, the new app is served as well.
-    let metadata = match crate::metadata::read_record(&pod.dir) {
+    let metadata = match crate::metadata::read_record(&pod.dir).ok() {
         Some(record) => {
             let facts = crate::metadata::ImageFacts::of(fetcher.store(), &fetched.meta, image_app.as_ref())
                 .map_err(|why| PrepareError::App { file: file.clone(), app: new.name.to_string(), why })?;
             let vm = resolved.isolation == Isolation::Vm;
-            app.env.push(("AC_METADATA_URL".into(), spec::metadata::url(vm, &record.token)));
+            crate::metadata::give_url(&mut app, vm, &record.token);
             Some(facts)
         }
         None => None,

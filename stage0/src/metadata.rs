@@ -98,6 +98,13 @@ pub fn new_secrets() -> Result<(String, String), getrandom::Error> {
     Ok((hex::encode(token), hex::encode(key)))
 }
 
+/// Gives `app` the service's URL for a pod with this token (replacing any
+/// it was given: the URL is the service's to say).
+pub fn give_url(app: &mut stage1::App, vm: bool, token: &str) {
+    app.env.retain(|(k, _)| k != "AC_METADATA_URL");
+    app.env.push(("AC_METADATA_URL".into(), spec::metadata::url(vm, token)));
+}
+
 /// The pod's appc pod manifest: its apps (each image by ID), volumes,
 /// annotations and ports, with `images[i]` the facts of `pod.apps[i]`.
 pub fn pod_manifest(pod: &ResolvedPod, images: &[ImageFacts], annotations: &[Annotation]) -> Value {
@@ -167,10 +174,13 @@ fn app_record(app: &stage1::App, image: &ImageFacts) -> AppRecord {
     }
 }
 
-/// The pod's record, if it has one (its apps get `AC_METADATA_URL`).
-pub fn read_record(pod_dir: &Path) -> Option<PodRecord> {
-    let bytes = fs::read(pod_dir.join(POD_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+/// The pod's record, or why it has none readable (a pod without the
+/// service has none: its apps get no `AC_METADATA_URL`). The service reads
+/// it afresh for each request (`pod app add` rewrites it).
+pub fn read_record(pod_dir: &Path) -> Result<PodRecord, String> {
+    let path = pod_dir.join(POD_FILE);
+    let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Replaces the pod's record (temp file and rename: the service reads it
@@ -185,7 +195,7 @@ fn rewrite_record(pod_dir: &Path, record: &PodRecord) -> std::io::Result<()> {
 /// An app added to the running pod (`pod app add`): its entry in the pod
 /// manifest and its own record.
 pub fn add_app(pod_dir: &Path, app: &stage1::App, image: &ImageFacts) -> std::io::Result<()> {
-    let Some(mut record) = read_record(pod_dir) else { return Ok(()) };
+    let Ok(mut record) = read_record(pod_dir) else { return Ok(()) };
     remove_from(&mut record, app.name.as_str());
     if let Some(apps) = record.manifest.get_mut("apps").and_then(Value::as_array_mut) {
         apps.push(app_entry(app, image));
@@ -196,7 +206,7 @@ pub fn add_app(pod_dir: &Path, app: &stage1::App, image: &ImageFacts) -> std::io
 
 /// An app removed from the running pod.
 pub fn remove_app(pod_dir: &Path, name: &str) -> std::io::Result<()> {
-    let Some(mut record) = read_record(pod_dir) else { return Ok(()) };
+    let Ok(mut record) = read_record(pod_dir) else { return Ok(()) };
     remove_from(&mut record, name);
     rewrite_record(pod_dir, &record)
 }

@@ -597,8 +597,7 @@ fn write_pod(
     };
     if let Some((token, _)) = &secrets {
         for app in &mut apps {
-            app.env.retain(|(k, _)| k != "AC_METADATA_URL");
-            app.env.push(("AC_METADATA_URL".into(), spec::metadata::url(vm, token)));
+            crate::metadata::give_url(app, vm, token);
         }
     }
     // Only what every pod uses: `volumes/` comes with its first empty
