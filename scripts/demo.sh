@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release --workspace
-for bin in pod pod-stage1-ns pod-stage1-vm pod-init; do
+# pod runs the stage1s, pod-init, the metadata service and the CRI server
+# from the directory it is installed in.
+for bin in pod pod-stage1-ns pod-stage1-vm pod-init pod-metadata pod-cri; do
   install -m 0755 "target/release/$bin" "/usr/local/bin/$bin"
 done
 
