@@ -79,6 +79,7 @@ fn web_db_in_a_vm_counts_visits_enters_stops_and_leaves_nothing() {
 
     // The counter answers through the host port and counts: state in redis,
     // web reaching it on the guest's 127.0.0.1.
+    http_answering(port, UP_WITHIN);
     assert_eq!(http_get_ok(port, UP_WITHIN), "visits: 1\n");
     assert_eq!(http_get(port), Ok((200, "visits: 2\n".into())));
 

@@ -608,6 +608,36 @@ pub fn http_get_ok(port: u16, limit: Duration) -> String {
     }
 }
 
+/// Wait, for at most `limit`, until an HTTP server answers on
+/// 127.0.0.1:`port` (any status), probing with `HEAD /`, which the
+/// counter does not count (it has no HEAD handler). For a VM's forwarded
+/// port: qemu's user network accepts the host connection at once and keeps
+/// resending its SYN to the guest after the client gave up, so a `GET`
+/// sent before the guest listens can arrive seconds later and count.
+pub fn http_answering(port: u16, limit: Duration) {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let start = Instant::now();
+    loop {
+        let last = (|| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+            s.write_all(b"HEAD / HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).map_err(|e| e.to_string())?;
+            if reply.starts_with("HTTP/") {
+                Ok(())
+            } else {
+                Err(format!("no HTTP reply: {reply:?}"))
+            }
+        })();
+        match last {
+            Ok(()) => return,
+            Err(e) => assert!(start.elapsed() < limit, "no HTTP answer from {addr} within {limit:?}; last: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Whether a TCP connection to 127.0.0.1:`port` is refused.
 pub fn refused(port: u16) -> bool {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
