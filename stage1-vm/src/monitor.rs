@@ -275,7 +275,10 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
     let guest = GuestConfig {
         hostname: pod.hostname().to_owned(),
         address: net.map(|_| (qemu::GUEST_IP, qemu::GUEST_PREFIX)),
-        gateway: net.map(|_| qemu::GUEST_GATEWAY),
+        // A restricted NIC (network none: the metadata service and port
+        // forwards only) has no default route: nothing beyond its subnet
+        // is there to reach, and an app's attempt fails at once.
+        gateway: net.filter(|n| !n.restrict).map(|_| qemu::GUEST_GATEWAY),
         sandbox: pod.sandbox,
         // The guest's kernel is the pod's own: its pod-init writes them all.
         sysctls: pod.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

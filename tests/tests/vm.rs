@@ -96,6 +96,12 @@ fn web_db_in_a_vm_counts_visits_enters_stops_and_leaves_nothing() {
     let exit7 = ["enter", "--app", "web", &uuid, "python3", "-c", "raise SystemExit(7)"];
     let out = live.run_within(&exit7, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(7), "{}", describe(&["enter"], &out));
+    // network none: the guest's NIC (port forwards, the metadata service)
+    // has no route beyond its subnet, so a connection out fails in the
+    // guest's kernel (ENETUNREACH) and sends nothing.
+    let probe = "import socket,errno\ns=socket.socket()\ns.settimeout(5)\ntry:\n s.connect(('192.0.2.1',80))\nexcept OSError as e:\n print(errno.errorcode.get(e.errno,e))";
+    let out = live.run_within(&["enter", "--app", "web", &uuid, "python3", "-c", probe], Duration::from_secs(60));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ENETUNREACH", "{}", describe(&["enter"], &out));
 
     // pod stats: the VM is one row, its RAM the limit, qemu's threads.
     let out = live.run_within(&["stats", "--no-stream", "--format", "json", &uuid], Duration::from_secs(60));
