@@ -11,10 +11,14 @@
 //! carries the pod's token as well ([`url`]), which is all that tells pods
 //! apart on the host's loopback (`network: host`).
 //!
-//! A VM pod's apps reach it at [`VM_ADDRESS`]: qemu's user-mode network
-//! runs `pod-stage1-vm metadata-relay` for each connection there, which
-//! hands the connection to the service as its pod's ([`Request::Connect`]).
+//! A VM pod's apps reach it at the same URL, on the guest's loopback: the
+//! guest's metadata agent listens there and passes each request whole over
+//! the virtio-serial port `spec::vm::METADATA_PORT` ([`write_frame`]); the
+//! VM's monitor hands it to the service as its pod's ([`Request::Connect`])
+//! and passes the answer back. No network device is needed for it, so a
+//! `network: none` VM pod has none (nor qemu's user-mode network stack).
 
+use std::io::{self, BufRead, Write};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -31,15 +35,43 @@ pub const POD_FILE: &str = "metadata.json";
 /// The first path segment of every endpoint, after the token.
 pub const PATH_BASE: &str = "/acMetadata/v1";
 
-/// Where a VM pod's guest reaches the service (qemu's user-mode network
-/// forwards it to the host; nothing answers there in a namespace pod).
-pub const VM_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+/// `AC_METADATA_URL` for a pod with this token: on the pod's loopback
+/// (a namespace pod's or a VM's guest's).
+pub fn url(token: &str) -> String {
+    format!("http://{}:{PORT}/{token}", Ipv4Addr::LOCALHOST)
+}
 
-/// `AC_METADATA_URL` for a pod with this token: on the pod's loopback, or
-/// at [`VM_ADDRESS`] in a VM pod.
-pub fn url(vm: bool, token: &str) -> String {
-    let address = if vm { VM_ADDRESS } else { Ipv4Addr::LOCALHOST };
-    format!("http://{address}:{PORT}/{token}")
+/// The most a request or an answer on a VM's metadata port may hold
+/// (metadata answers are a few kB; an image manifest rarely 100 kB).
+pub const MAX_EXCHANGE: usize = 4 << 20;
+
+/// One request or answer on a VM's metadata port: its length in decimal,
+/// a newline, the bytes.
+pub fn write_frame(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    let mut frame = format!("{}\n", bytes.len()).into_bytes();
+    frame.extend_from_slice(bytes);
+    w.write_all(&frame)?;
+    w.flush()
+}
+
+/// The next frame ([`write_frame`]); `None` at the end of the stream
+/// between frames. A frame over [`MAX_EXCHANGE`] or a bad length line is
+/// an error (the stream cannot be resynchronised after it).
+pub fn read_frame(r: &mut impl BufRead) -> io::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    io::Read::take(r.by_ref(), 24).read_until(b'\n', &mut line)?;
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "bad frame length on the metadata port");
+    let text = std::str::from_utf8(line.strip_suffix(b"\n").ok_or_else(bad)?).map_err(|_| bad())?;
+    let len: usize = text.parse().map_err(|_| bad())?;
+    if len > MAX_EXCHANGE {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a {len}-byte frame on the metadata port")));
+    }
+    let mut bytes = vec![0u8; len];
+    r.read_exact(&mut bytes)?;
+    Ok(Some(bytes))
 }
 
 /// What stage0 records for the service ([`POD_FILE`]).
@@ -105,7 +137,7 @@ pub enum Request {
     /// goes: the service closes the pod's socket (which holds the pod's
     /// network namespace).
     Unregister(PodId),
-    /// From a VM pod's relay: the rest of this connection is one HTTP
+    /// From a VM pod's monitor: the rest of this connection is one HTTP
     /// connection of that pod's apps, after the `ok`.
     Connect(PodId),
 }
@@ -125,7 +157,20 @@ mod tests {
 
     #[test]
     fn the_url_carries_the_token() {
-        assert_eq!(url(false, "00ff"), "http://127.0.0.1:2375/00ff");
-        assert_eq!(url(true, "00ff"), "http://10.0.2.100:2375/00ff");
+        assert_eq!(url("00ff"), "http://127.0.0.1:2375/00ff");
+    }
+
+    #[test]
+    fn frames_carry_their_bytes_whole_and_refuse_garbage() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        write_frame(&mut wire, b"").expect("write");
+        let mut r = io::BufReader::new(&wire[..]);
+        assert_eq!(read_frame(&mut r).expect("read").as_deref(), Some(&b"GET / HTTP/1.1\r\n\r\n"[..]));
+        assert_eq!(read_frame(&mut r).expect("read").as_deref(), Some(&b""[..]));
+        assert_eq!(read_frame(&mut r).expect("end"), None);
+        for bad in [&b"x\n"[..], b"99999999999\n", b"5\nab", b"123456789012345678901234567890\n"] {
+            assert!(read_frame(&mut io::BufReader::new(bad)).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -30,6 +30,10 @@
 //! - [`ENTER_PORT`]: streams ([`mux`]): commands run in apps, with their
 //!   stdin, output and terminal, and TCP connections to the guest's
 //!   loopback, many at once.
+//! - [`METADATA_PORT`] (a pod with the metadata service): the guest's
+//!   requests to the service, each answered whole in turn
+//!   (`crate::metadata::write_frame`); [`GuestConfig::metadata`] tells the
+//!   guest to listen for its apps.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -50,6 +54,7 @@ pub const GUEST_CONF: &str = "vm/guest.conf";
 /// The virtio-serial port names.
 pub const CTL_PORT: &str = "pod.ctl";
 pub const ENTER_PORT: &str = "pod.enter";
+pub const METADATA_PORT: &str = "pod.metadata";
 /// The command on [`CTL_PORT`] that stops the pod.
 pub const CTL_STOP: &str = "stop";
 
@@ -112,6 +117,10 @@ pub struct GuestConfig {
     /// Namespaced sysctls (dotted keys) the guest's pod-init writes under
     /// its /proc/sys before the apps start: the pod's own kernel.
     pub sysctls: Vec<(String, String)>,
+    /// The pod has the metadata service: pod-init listens on the guest's
+    /// loopback for its apps and passes their requests over
+    /// [`METADATA_PORT`].
+    pub metadata: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -124,11 +133,15 @@ pub enum GuestConfigError {
 
 impl GuestConfig {
     /// `key=value` lines: `hostname`, `address` (`A.B.C.D/N`), `gateway`,
-    /// `sandbox=1` for a sandbox, `sysctl=KEY=VALUE` for each sysctl.
+    /// `sandbox=1` for a sandbox, `metadata=1` for the metadata service,
+    /// `sysctl=KEY=VALUE` for each sysctl.
     pub fn render(&self) -> String {
         let mut out = format!("hostname={}\n", self.hostname);
         if self.sandbox {
             out.push_str("sandbox=1\n");
+        }
+        if self.metadata {
+            out.push_str("metadata=1\n");
         }
         if let Some((ip, len)) = self.address {
             let _ = writeln!(out, "address={ip}/{len}");
@@ -147,6 +160,7 @@ impl GuestConfig {
         let mut address = None;
         let mut gateway = None;
         let mut sandbox = false;
+        let mut metadata = false;
         let mut sysctls = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let bad = |why: String| GuestConfigError::Line { line: i + 1, why };
@@ -163,6 +177,7 @@ impl GuestConfig {
                     address = Some((ip, len.ok_or_else(|| bad(format!("{value:?}: bad prefix length")))?));
                 }
                 "sandbox" if value == "1" => sandbox = true,
+                "metadata" if value == "1" => metadata = true,
                 "sysctl" => {
                     let (k, v) = value.split_once('=').ok_or_else(|| bad(format!("{value:?} is not KEY=VALUE")))?;
                     if k.is_empty() || k.split('.').any(|c| c.is_empty() || c == ".." || c.contains('/')) {
@@ -176,7 +191,8 @@ impl GuestConfig {
                 _ => return Err(bad(format!("unknown or invalid {key:?}"))),
             }
         }
-        Ok(Self { hostname: hostname.ok_or(GuestConfigError::NoHostname)?, address, gateway, sandbox, sysctls })
+        let hostname = hostname.ok_or(GuestConfigError::NoHostname)?;
+        Ok(Self { hostname, address, gateway, sandbox, sysctls, metadata })
     }
 }
 
@@ -206,16 +222,26 @@ mod tests {
             gateway: Some(Ipv4Addr::new(10, 0, 2, 2)),
             sandbox: false,
             sysctls: vec![("net.ipv4.ip_unprivileged_port_start".into(), "0".into())],
+            metadata: true,
         };
         assert_eq!(
             c.render(),
-            "hostname=web-db\naddress=10.0.2.15/24\ngateway=10.0.2.2\nsysctl=net.ipv4.ip_unprivileged_port_start=0\n"
+            "hostname=web-db\nmetadata=1\naddress=10.0.2.15/24\ngateway=10.0.2.2\n\
+             sysctl=net.ipv4.ip_unprivileged_port_start=0\n"
         );
         assert_eq!(GuestConfig::parse(&c.render()), Ok(c));
-        let lo = GuestConfig { hostname: "p".into(), address: None, gateway: None, sandbox: true, sysctls: vec![] };
+        let lo = GuestConfig {
+            hostname: "p".into(),
+            address: None,
+            gateway: None,
+            sandbox: true,
+            sysctls: vec![],
+            metadata: false,
+        };
         assert_eq!(lo.render(), "hostname=p\nsandbox=1\n");
         assert_eq!(GuestConfig::parse(&lo.render()), Ok(lo));
         assert!(GuestConfig::parse("hostname=p\nsandbox=yes\n").is_err());
+        assert!(GuestConfig::parse("hostname=p\nmetadata=0\n").is_err());
         for bad in ["sysctl=x", "sysctl=net..x=1", "sysctl=../x=1", "sysctl==1"] {
             assert!(GuestConfig::parse(&format!("hostname=p\n{bad}\n")).is_err(), "{bad}");
         }

@@ -262,8 +262,7 @@ pub fn add_with_host_volumes(
         Some(record) => {
             let facts = crate::metadata::ImageFacts::of(fetcher.store(), &fetched.meta, image_app.as_ref())
                 .map_err(|why| PrepareError::App { file: file.clone(), app: new.name.to_string(), why })?;
-            let vm = resolved.isolation == Isolation::Vm;
-            crate::metadata::give_url(&mut app, vm, &record.token);
+            crate::metadata::give_url(&mut app, &record.token);
             Some(facts)
         }
         None => None,

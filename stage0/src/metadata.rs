@@ -100,9 +100,9 @@ pub fn new_secrets() -> Result<(String, String), getrandom::Error> {
 
 /// Gives `app` the service's URL for a pod with this token (replacing any
 /// it was given: the URL is the service's to say).
-pub fn give_url(app: &mut stage1::App, vm: bool, token: &str) {
+pub fn give_url(app: &mut stage1::App, token: &str) {
     app.env.retain(|(k, _)| k != "AC_METADATA_URL");
-    app.env.push(("AC_METADATA_URL".into(), spec::metadata::url(vm, token)));
+    app.env.push(("AC_METADATA_URL".into(), spec::metadata::url(token)));
 }
 
 /// The pod's appc pod manifest: its apps (each image by ID), volumes,

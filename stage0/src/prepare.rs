@@ -590,14 +590,13 @@ fn write_pod(
     metadata: Option<(PathBuf, Vec<crate::metadata::ImageFacts>)>,
 ) -> Result<ResolvedPod, PrepareError> {
     let dir = &pod.dir;
-    let vm = runs_in_vm(pod_file, overrides);
     let secrets = match &metadata {
         Some(_) => Some(crate::metadata::new_secrets().map_err(|e| io_err("read random bytes for", dir)(e.into()))?),
         None => None,
     };
     if let Some((token, _)) = &secrets {
         for app in &mut apps {
-            crate::metadata::give_url(app, vm, token);
+            crate::metadata::give_url(app, token);
         }
     }
     // Only what every pod uses: `volumes/` comes with its first empty

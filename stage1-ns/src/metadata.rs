@@ -3,7 +3,7 @@
 //! binds the pod's listening socket on the pod's loopback and hands it to
 //! the service with the pod's uuid; the monitor says when the pod has ended.
 
-use std::io::{self, BufRead, BufReader, IoSlice, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -36,54 +36,39 @@ pub fn unregister(socket: &Path, uuid: &str) -> io::Result<()> {
     ask(socket, &Request::Unregister(PodId { uuid: uuid.to_owned() }), &[])
 }
 
-/// Registers VM pod `uuid`, whose connections come through
-/// [`relay`]; the caller (the VM's monitor) is the pod's process.
+/// Registers VM pod `uuid`, whose requests come through [`exchange`]; the
+/// caller (the VM's monitor) is the pod's process.
 pub fn register_vm(socket: &Path, uuid: &str) -> io::Result<()> {
     ask(socket, &Request::Register(Register { uuid: uuid.to_owned(), host_network: false }), &[])
 }
 
-/// One connection of a VM pod's apps (qemu's user-mode network runs this
-/// for each, on its stdin and stdout): handed to the service as pod
-/// `uuid`'s, then relayed both ways until either side ends.
-pub fn relay(socket: &Path, uuid: &str) -> io::Result<()> {
+/// One request of a VM pod's apps (`request`: the HTTP request, whole, as
+/// the guest's agent read it), made to the service as pod `uuid`'s on a
+/// connection of its own: the service's whole answer.
+pub fn exchange(socket: &Path, uuid: &str, request: &[u8]) -> io::Result<Vec<u8>> {
     let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(ANSWER_WITHIN))?;
+    stream.set_write_timeout(Some(ANSWER_WITHIN))?;
     let mut line = serde_json::to_vec(&Request::Connect(PodId { uuid: uuid.to_owned() })).map_err(io::Error::other)?;
     line.push(b'\n');
     (&stream).write_all(&line)?;
-    // The answer, a byte at a time: what follows it is the HTTP answers.
-    let mut answer = Vec::new();
-    let mut byte = [0u8; 1];
-    while answer.len() < 4096 {
-        match io::Read::read(&mut &stream, &mut byte)? {
-            0 => break,
-            _ if byte[0] == b'\n' => break,
-            _ => answer.push(byte[0]),
-        }
+    // The request only after the `ok`: the service reads its line in one
+    // gulp, which would take the request's first bytes along.
+    let mut reader = BufReader::new(&stream);
+    let mut answer = String::new();
+    (&mut reader).take(4096).read_line(&mut answer)?;
+    if answer.trim_end() != "ok" {
+        let why = answer.trim_end();
+        let why = if why.is_empty() { "the metadata service closed the connection" } else { why };
+        return Err(io::Error::other(why.strip_prefix("error: ").unwrap_or(why).to_owned()));
     }
-    if answer != b"ok" {
-        return Err(io::Error::other(String::from_utf8_lossy(&answer).into_owned()));
-    }
-    let back = stream.try_clone()?;
-    std::thread::spawn(move || {
-        let _ = io::copy(&mut io::stdin().lock(), &mut &stream);
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-    });
-    // The service's end ends the relay (the thread goes with the process).
-    // Flushed chunk by chunk: stdout is line-buffered, and an HTTP body
-    // need not end with a newline.
-    let mut out = io::stdout().lock();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match io::Read::read(&mut &back, &mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                out.write_all(&buf[..n])?;
-                out.flush()?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    (&stream).write_all(request)?;
+    // One request per connection: the service sees the request's end,
+    // answers, and closes.
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut http = Vec::new();
+    reader.take(spec::metadata::MAX_EXCHANGE as u64).read_to_end(&mut http)?;
+    Ok(http)
 }
 
 fn ask(socket: &Path, request: &Request, fds: &[i32]) -> io::Result<()> {

@@ -10,6 +10,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod kmod;
 mod machine;
+pub mod metadata;
 pub mod monitor;
 pub mod qemu;
 pub mod sample;

@@ -3,9 +3,8 @@
 //! with its status), `pod-stage1-vm gc POD_DIR` (clean up after a pod
 //! whose stage1 died) or, for a running pod, `pod-stage1-vm add-app|rm-app
 //! POD_DIR APP` (see addapp.rs) and `pod-stage1-vm stats POD_DIR` (one
-//! usage sample as JSON: see sample.rs); qemu runs `pod-stage1-vm
-//! metadata-relay SOCKET UUID` (see spec::metadata). See spec::stage1 and
-//! spec::vm for the contracts.
+//! usage sample as JSON: see sample.rs). See spec::stage1 and spec::vm for
+//! the contracts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,15 +23,6 @@ fn main() -> ExitCode {
     // not hold it past us.
     stage1_ns::sanitize();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        // Run by qemu for each connection of the guest's apps to the
-        // metadata service (spec::metadata), the connection on stdin/stdout.
-        ["metadata-relay", socket, uuid] => match stage1_ns::metadata::relay(&PathBuf::from(socket), uuid) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("pod-stage1-vm: metadata relay: {e}");
-                ExitCode::from(1)
-            }
-        },
         ["gc", dir] => match stage1_vm::monitor::gc(&PathBuf::from(dir)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

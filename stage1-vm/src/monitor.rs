@@ -25,7 +25,9 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 use spec::stage1::{Isolation, Network, ResolvedPod, VmHost, VolumeSource};
-use spec::vm::{GuestConfig, GuestMount, APP_MOUNTS, CTL_PORT, CTL_STOP, ENTER_PORT, GUEST_CONF, SHARE_TAG};
+use spec::vm::{
+    GuestConfig, GuestMount, APP_MOUNTS, CTL_PORT, CTL_STOP, ENTER_PORT, GUEST_CONF, METADATA_PORT, SHARE_TAG,
+};
 use stage1_ns::monitor::LogTail;
 use stage1_ns::network::{PortMapping, Protocol as NsProtocol};
 use stage1_ns::rootfs::{self, KernelFs};
@@ -33,7 +35,7 @@ use stage1_ns::rootfs::{self, KernelFs};
 use crate::accel::{self, HostProbe};
 use crate::control::Relay;
 use crate::qemu::{
-    self, Accel, Console, DirectBoot, GuestFwd, HostFwd, Machine, Model, Protocol, SerialPort, Share9p, UserNet, Vm,
+    self, Accel, Console, DirectBoot, HostFwd, Machine, Model, Protocol, SerialPort, Share9p, UserNet, Vm,
 };
 use crate::{initramfs, kernel, kmod, VmError};
 
@@ -83,6 +85,11 @@ impl VmDir {
     pub fn stream_socket(&self) -> PathBuf {
         self.0.join("stream.sock")
     }
+    /// qemu's end of the guest's metadata port (the monitor's metadata
+    /// thread holds it: `crate::metadata`).
+    pub fn metadata_socket(&self) -> PathBuf {
+        self.0.join("metadata.sock")
+    }
     /// The accelerator in use, for `pod list`.
     pub fn accel(&self) -> PathBuf {
         self.0.join("accel")
@@ -100,9 +107,9 @@ fn sys_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> VmError {
 /// The guest's network: none at all, or user-mode networking (restricted
 /// to the forwards for `network: none`). The apps' ports and the pod-level
 /// ones (the CRI's port mappings) are forwarded by qemu from the host's
-/// address and port to the guest's; `metadata`, the metadata service's
-/// relay, from the guest to the host (a NIC even for `network: none`).
-pub fn user_net(pod: &ResolvedPod, metadata: Option<GuestFwd>) -> Result<Option<UserNet>, VmError> {
+/// address and port to the guest's. (The metadata service needs no NIC:
+/// it has a virtio-serial port of its own.)
+pub fn user_net(pod: &ResolvedPod) -> Result<Option<UserNet>, VmError> {
     let mut forwards = Vec::new();
     for p in pod.apps.iter().flat_map(|a| a.ports.iter()).chain(&pod.ports) {
         // The namespace stage1's parse: same protocols, same address rules.
@@ -124,9 +131,9 @@ pub fn user_net(pod: &ResolvedPod, metadata: Option<GuestFwd>) -> Result<Option<
         Network::Host => Err(VmError::Invalid(
             "a VM pod cannot use the host's network (network: host); use none or a network name".into(),
         )),
-        Network::None if forwards.is_empty() && metadata.is_none() => Ok(None),
-        Network::None => Ok(Some(UserNet { restrict: true, forwards, guest_forward: metadata })),
-        Network::Cni { .. } => Ok(Some(UserNet { restrict: false, forwards, guest_forward: metadata })),
+        Network::None if forwards.is_empty() => Ok(None),
+        Network::None => Ok(Some(UserNet { restrict: true, forwards })),
+        Network::Cni { .. } => Ok(Some(UserNet { restrict: false, forwards })),
     }
 }
 
@@ -153,10 +160,10 @@ fn vm_for(
     kernel: PathBuf,
     initrd: PathBuf,
     net: Option<UserNet>,
-    debug: bool,
+    (metadata, debug): (bool, bool),
 ) -> Result<Vm, VmError> {
     let dir = VmDir::new(pod_dir);
-    for socket in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket()] {
+    for socket in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.metadata_socket()] {
         if socket.as_os_str().len() > qemu::MAX_SOCKET_PATH {
             return Err(VmError::Invalid(format!("{}: too long for a unix socket path", socket.display())));
         }
@@ -171,10 +178,14 @@ fn vm_for(
         console: Console { log: dir.console() },
         shares: vec![Share9p { id: "pod".into(), path: pod_dir.to_owned(), tag: SHARE_TAG.into() }],
         net,
-        ports: vec![
-            SerialPort { name: CTL_PORT.into(), socket: dir.ctl_socket() },
-            SerialPort { name: ENTER_PORT.into(), socket: dir.enter_socket() },
-        ],
+        ports: [
+            Some(SerialPort { name: CTL_PORT.into(), socket: dir.ctl_socket() }),
+            Some(SerialPort { name: ENTER_PORT.into(), socket: dir.enter_socket() }),
+            metadata.then(|| SerialPort { name: METADATA_PORT.into(), socket: dir.metadata_socket() }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     })
 }
 
@@ -245,7 +256,7 @@ pub(crate) fn write_guest_mounts(pod_dir: &Path, pod: &ResolvedPod, app: &spec::
 /// Mounts the apps' root filesystems, /etc files and volumes (in this
 /// process's own mount namespace, which dies with it and qemu), and writes
 /// the units and the guest's configuration.
-fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> Result<(), VmError> {
+fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>, metadata: bool) -> Result<(), VmError> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mount namespace"))?;
     let fs_err = |e: rootfs::RootfsError| VmError::Launch(e.to_string());
     rootfs::make_private().map_err(fs_err)?;
@@ -269,19 +280,20 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>) -> 
     for d in [pod_dir.join("status"), pod_dir.join("logs"), pod_dir.join("apps"), dir.path().to_owned()] {
         fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
     }
-    for stale in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket()] {
+    for stale in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.metadata_socket()] {
         let _ = fs::remove_file(stale);
     }
     let guest = GuestConfig {
         hostname: pod.hostname().to_owned(),
         address: net.map(|_| (qemu::GUEST_IP, qemu::GUEST_PREFIX)),
-        // A restricted NIC (network none: the metadata service and port
-        // forwards only) has no default route: nothing beyond its subnet
-        // is there to reach, and an app's attempt fails at once.
+        // A restricted NIC (network none: port forwards only) has no
+        // default route: nothing beyond its subnet is there to reach, and
+        // an app's attempt fails at once.
         gateway: net.filter(|n| !n.restrict).map(|_| qemu::GUEST_GATEWAY),
         sandbox: pod.sandbox,
         // The guest's kernel is the pod's own: its pod-init writes them all.
         sysctls: pod.sysctls.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata,
     };
     let conf = pod_dir.join(GUEST_CONF);
     fs::write(&conf, guest.render()).map_err(io_err("write", &conf))
@@ -363,15 +375,13 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     if let Some(w) = warning {
         eprintln!("pod-stage1-vm: warning: {w}");
     }
-    let metadata = match &inv.metadata_socket {
-        Some(socket) => Some(metadata_forward(socket, &pod.uuid)?),
-        None => None,
-    };
-    let net = user_net(&pod, metadata)?;
+    let metadata = inv.metadata_socket.is_some();
+    let net = user_net(&pod)?;
     let (vmlinux, initrd) = boot_files(&inv.stage2, host)?;
     // Under TCG the guest's TSC is the host's: its rate, if constant.
     let tsc_khz = if accel == Accel::Tcg && probe.constant_tsc { crate::tsc::host_khz(&host.cache_dir) } else { None };
-    let vm = vm_for(pod_dir, &pod, (host.machine, accel, tsc_khz), vmlinux, initrd, net.clone(), inv.debug)?;
+    let vm =
+        vm_for(pod_dir, &pod, (host.machine, accel, tsc_khz), vmlinux, initrd, net.clone(), (metadata, inv.debug))?;
 
     let mut mask = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD, Signal::SIGHUP] {
@@ -381,7 +391,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     // SIGRTMIN+4 is a stop request, like SIGTERM.
     let mask = stage1_ns::scope::with_poweroff(&mask);
     mask.thread_block().map_err(sys_err("block signals"))?;
-    prepare_pod_dir(pod_dir, &pod, net.as_ref())?;
+    prepare_pod_dir(pod_dir, &pod, net.as_ref(), metadata)?;
     stage1_ns::crashpoint::crashpoint("stage1-vm.mounted");
     let dir = VmDir::new(pod_dir);
     if inv.debug {
@@ -405,6 +415,9 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     if let Some(socket) = &inv.metadata_socket {
         if let Err(e) = stage1_ns::metadata::register_vm(socket, &pod.uuid) {
             eprintln!("pod-stage1-vm: warning: metadata service ({}): {e}", socket.display());
+        }
+        if let Err(e) = crate::metadata::spawn(dir.metadata_socket(), socket.clone(), pod.uuid.clone()) {
+            eprintln!("pod-stage1-vm: metadata port: {e}");
         }
     }
     let mut child = spawn_qemu(&host.qemu, &vm, &dir)?;
@@ -440,7 +453,7 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
     if let Ok(code) = &code {
         spec::stage1::write_exit(pod_dir, *code);
     }
-    for f in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.qemu_pid()] {
+    for f in [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.metadata_socket(), dir.qemu_pid()] {
         let _ = fs::remove_file(f);
     }
     if let Some(scope) = scope.as_mut() {
@@ -450,18 +463,6 @@ pub fn run(pod_dir: &Path, stream_logs: bool) -> Result<i32, VmError> {
         let _ = stage1_ns::metadata::unregister(socket, &pod.uuid);
     }
     code
-}
-
-/// The guest's way to the metadata service: qemu runs this binary's
-/// `metadata-relay` for each connection to [`spec::metadata::VM_ADDRESS`].
-fn metadata_forward(socket: &Path, uuid: &str) -> Result<GuestFwd, VmError> {
-    let exe = std::env::current_exe().map_err(io_err("find", Path::new("/proc/self/exe")))?;
-    let words = [exe.as_path(), Path::new("metadata-relay"), socket, Path::new(uuid)];
-    let command = words
-        .iter()
-        .map(|w| w.to_str().map(str::to_owned).ok_or_else(|| VmError::Invalid(format!("{}: not UTF-8", w.display()))))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(GuestFwd { address: spec::metadata::VM_ADDRESS, port: spec::metadata::PORT, command })
 }
 
 struct Limits {
@@ -616,9 +617,8 @@ pub fn gc(pod_dir: &Path) -> Result<(), VmError> {
             }
         }
     }
-    for f in
-        [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.qemu_pid(), pod_dir.join(spec::control::SOCKET)]
-    {
+    let sockets = [dir.ctl_socket(), dir.enter_socket(), dir.stream_socket(), dir.metadata_socket()];
+    for f in sockets.into_iter().chain([dir.qemu_pid(), pod_dir.join(spec::control::SOCKET)]) {
         match fs::remove_file(&f) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err("remove", &f)(e)),
             _ => {}
@@ -678,27 +678,22 @@ mod tests {
     #[test]
     fn networks_map_to_user_mode_networking() {
         let none = pod(serde_json::json!("none"), &[(None, None, "")]);
-        assert_eq!(user_net(&none, None).expect("none"), None, "loopback only: no NIC");
+        assert_eq!(user_net(&none).expect("none"), None, "loopback only: no NIC");
         let fwd = pod(serde_json::json!("none"), &[(None, None, "127.0.0.1"), (None, None, "0.0.0.0")]);
-        let net = user_net(&fwd, None).expect("forwards").expect("a NIC");
+        let net = user_net(&fwd).expect("forwards").expect("a NIC");
         assert!(net.restrict, "network none: the guest reaches nothing outside");
         assert_eq!(net.forwards[0].host_ip, Some(std::net::Ipv4Addr::LOCALHOST));
         assert_eq!((net.forwards[1].host_ip, net.forwards[1].host_port), (None, 8081));
         let cni = pod(serde_json::json!({"cni": {"name": "default"}}), &[(None, None, "")]);
-        assert!(!user_net(&cni, None).expect("cni").expect("a NIC").restrict);
+        assert!(!user_net(&cni).expect("cni").expect("a NIC").restrict);
         let host = pod(serde_json::json!("host"), &[(None, None, "")]);
-        assert!(user_net(&host, None).is_err_and(|e| e.to_string().contains("network: host")));
+        assert!(user_net(&host).is_err_and(|e| e.to_string().contains("network: host")));
         // Pod-level ports (the CRI's port mappings) are forwarded as well.
         let mut sandbox = pod(serde_json::json!("none"), &[]);
         sandbox.ports = fwd.apps[0].ports.clone();
-        let net = user_net(&sandbox, None).expect("forwards").expect("a NIC");
+        let net = user_net(&sandbox).expect("forwards").expect("a NIC");
         assert_eq!((net.forwards.len(), net.forwards[0].host_port, net.forwards[0].guest_port), (1, 8080, 80));
         let v6 = pod(serde_json::json!("none"), &[(None, None, "::1")]);
-        assert!(user_net(&v6, None).is_err_and(|e| e.to_string().contains("IPv4")));
-        // The metadata service's relay: a NIC for network none too.
-        let relay = GuestFwd { address: spec::metadata::VM_ADDRESS, port: 2375, command: vec!["/r".into()] };
-        let net = user_net(&none, Some(relay.clone())).expect("none").expect("a NIC");
-        assert!(net.restrict && net.forwards.is_empty());
-        assert_eq!(net.guest_forward, Some(relay));
+        assert!(user_net(&v6).is_err_and(|e| e.to_string().contains("IPv4")));
     }
 }

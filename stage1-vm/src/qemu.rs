@@ -182,40 +182,13 @@ impl HostFwd {
     }
 }
 
-/// A service the guest reaches at `address:port`: qemu runs `command` for
-/// each connection there, the connection on its stdin and stdout
-/// (`guestfwd=...-cmd:`; the metadata service's relay).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuestFwd {
-    pub address: Ipv4Addr,
-    pub port: u16,
-    pub command: Vec<String>,
-}
-
-impl GuestFwd {
-    fn render(&self) -> Result<String, QemuError> {
-        // qemu splits the command as a shell would (g_shell_parse_argv),
-        // without a shell: each word single-quoted.
-        let mut words = Vec::with_capacity(self.command.len());
-        for w in &self.command {
-            if w.contains('\'') {
-                return Err(QemuError::Invalid(format!("guestfwd command word {w:?} has a single quote")));
-            }
-            words.push(format!("'{w}'"));
-        }
-        Ok(format!("guestfwd=tcp:{}:{}-cmd:{}", self.address, self.port, esc(&words.join(" "))))
-    }
-}
-
 /// User-mode networking (slirp, inside the qemu process: no bridge, tap or
 /// host routes). The guest is 10.0.2.15/24 behind 10.0.2.2. `restrict`:
-/// the guest can reach nothing outside (host forwards and the guest
-/// forward still come in and go out).
+/// the guest can reach nothing outside (host forwards still come in).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserNet {
     pub restrict: bool,
     pub forwards: Vec<HostFwd>,
-    pub guest_forward: Option<GuestFwd>,
 }
 
 /// The guest address, gateway and prefix user-mode networking gives.
@@ -225,17 +198,13 @@ pub const GUEST_DNS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
 pub const GUEST_PREFIX: u8 = 24;
 
 impl UserNet {
-    fn args(&self, model: Model) -> Result<Vec<String>, QemuError> {
+    fn args(&self, model: Model) -> Vec<String> {
         let mut netdev = format!("user,id=net0,restrict={}", if self.restrict { "on" } else { "off" });
         for f in &self.forwards {
             netdev.push(',');
             netdev.push_str(&f.render());
         }
-        if let Some(g) = &self.guest_forward {
-            netdev.push(',');
-            netdev.push_str(&g.render()?);
-        }
-        Ok(vec!["-netdev".into(), netdev, "-device".into(), format!("{},netdev=net0", virtio(model, "net"))])
+        vec!["-netdev".into(), netdev, "-device".into(), format!("{},netdev=net0", virtio(model, "net"))]
     }
 }
 
@@ -300,7 +269,7 @@ impl Vm {
             a.extend(s.args(model)?);
         }
         if let Some(net) = &self.net {
-            a.extend(net.args(model)?);
+            a.extend(net.args(model));
         }
         a.extend(serial_args(&self.ports, model)?);
         Ok(a.into_iter().map(OsString::from).collect())
@@ -342,21 +311,6 @@ mod tests {
 
     const TWO_CPUS: Machine = Machine { model: Model::Pc, accel: Accel::Tcg, memory_mib: 640, cpus: 2, tsc_khz: None };
 
-    #[test]
-    fn a_guest_forward_runs_its_command_quoted() {
-        let g = GuestFwd {
-            address: Ipv4Addr::new(10, 0, 2, 100),
-            port: 2375,
-            command: vec!["/usr/lib/pod/pod-stage1-vm".into(), "metadata-relay".into(), "/a,b c".into()],
-        };
-        assert_eq!(
-            g.render().expect("renders"),
-            "guestfwd=tcp:10.0.2.100:2375-cmd:'/usr/lib/pod/pod-stage1-vm' 'metadata-relay' '/a,,b c'"
-        );
-        let quoted = GuestFwd { command: vec!["it's".into()], ..g };
-        assert!(quoted.render().is_err());
-    }
-
     fn vm() -> Vm {
         Vm {
             name: "pod-1234".into(),
@@ -379,7 +333,6 @@ mod tests {
                     },
                     HostFwd { protocol: Protocol::Udp, host_ip: None, host_port: 5353, guest_port: 53 },
                 ],
-                guest_forward: None,
             }),
             ports: vec![
                 SerialPort { name: "pod.ctl".into(), socket: "/pods/p/vm/ctl.sock".into() },

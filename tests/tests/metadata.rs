@@ -274,3 +274,40 @@ fn pod_run_no_metadata_gives_the_apps_no_url() {
     assert_eq!(read(&out, "url"), "unset");
     assert!(!live.data.join("metadata").exists(), "no service was started");
 }
+
+// A VM pod's apps find the service at the same URL, on the guest's
+// loopback: the guest's agent passes each request over a virtio-serial
+// port of its own, so a `network: none` VM pod has no network device at
+// all (and qemu no user-mode network stack for it).
+#[test]
+fn a_vm_pods_apps_reach_the_service_without_a_network_device() {
+    if let Some(why) = skip_reason_vm() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let out = live.out_dir("out");
+    let script = "echo \"$AC_METADATA_URL\" > /out/url; ls /sys/class/net > /out/netdevs; get pod/uuid > /out/uuid; \
+                  get apps/probe/image/id > /out/image-id; get pod/nosuch > /out/nosuch; \
+                  sig=$(post pod/hmac/sign 'content=hello+world'); echo \"$sig\" > /out/signature; \
+                  enc=$(echo \"$sig\" | sed 's/+/%2B/g; s/\\//%2F/g; s/=/%3D/g'); \
+                  post pod/hmac/verify \"content=hello+world&uuid=$(get pod/uuid)&signature=$enc\" > /out/verified; \
+                  post pod/hmac/verify \"content=hello+there&uuid=$(get pod/uuid)&signature=$enc\" > /out/tampered";
+    let yaml =
+        pod_yaml("meta-vm", script, &out, "none").replacen("network: none\n", "network: none\nisolation: vm\n", 1);
+    let file = live.pod_file("meta-vm", &yaml);
+    let run = live.run_within(&["run", p(&file)], Duration::from_secs(240));
+    assert!(run.status.success(), "{}", describe(&["run"], &run));
+    let pods: Vec<Value> = serde_json::from_str(&live.ok(&["list", "--format", "json"])).unwrap();
+    let uuid = pods[0]["uuid"].as_str().unwrap();
+
+    let url = read(&out, "url");
+    assert!(url.starts_with("http://127.0.0.1:2375/") && url.len() == "http://127.0.0.1:2375/".len() + 32, "{url}");
+    assert_eq!(read(&out, "netdevs"), "lo", "network none: the guest has loopback only");
+    assert_eq!(read(&out, "uuid"), uuid, "pod/uuid is the pod's");
+    assert!(read(&out, "image-id").starts_with("sha512-"), "{}", read(&out, "image-id"));
+    assert_eq!(read(&out, "nosuch"), "FAILED HTTP/1.1 404");
+    assert!(read(&out, "signature").len() > 40, "a signature: {}", read(&out, "signature"));
+    assert_eq!(read(&out, "verified"), "", "the pod's signature verifies as its own");
+    assert_eq!(read(&out, "tampered"), "FAILED HTTP/1.1 403", "and not for other content");
+}

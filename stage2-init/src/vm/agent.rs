@@ -3,7 +3,8 @@
 //! agent turns `stop` into SIGTERM for PID 1 and relays the host's control
 //! requests to PID 1's guest-local control socket (`spec::vm::relay`); the
 //! stream agent runs commands in apps and connects to the guest's
-//! loopback (`streams.rs`).
+//! loopback (`streams.rs`); the metadata agent passes the apps' requests
+//! to the metadata service (`metadata.rs`).
 //!
 //! While nothing is connected on the host side, a port reads EOF and polls
 //! as hung up; the agents then sleep [`IDLE`] and look again, never spin.
@@ -20,7 +21,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
 use spec::control::{ErrorKind, Response, MAX_RESPONSE};
-use spec::vm::{relay, CTL_PORT, CTL_STOP, ENTER_PORT};
+use spec::vm::{relay, CTL_PORT, CTL_STOP, ENTER_PORT, METADATA_PORT};
 
 use crate::log;
 use crate::sys::{self, Fork};
@@ -171,11 +172,16 @@ fn spawn(port_name: &'static str, serve: impl FnOnce(Port)) {
     }
 }
 
-/// Starts the ctl and enter agents for the pod at `root`.
-pub(crate) fn start_all(root: &Path) {
+/// Starts the ctl and enter agents for the pod at `root`, and the
+/// metadata agent on `metadata` if the pod has the service.
+pub(crate) fn start_all(root: &Path, metadata: Option<std::net::TcpListener>) {
     spawn(CTL_PORT, serve_ctl);
     let root = root.to_owned();
     spawn(ENTER_PORT, move |port| super::streams::serve(port.into_file(), &root));
+    if let Some(listener) = metadata {
+        // PID 1's copy goes with the closure when this returns.
+        spawn(METADATA_PORT, move |port| super::metadata::serve(port.into_file(), &listener));
+    }
 }
 
 /// `stop` → SIGTERM to PID 1, which has it blocked and reads it from its

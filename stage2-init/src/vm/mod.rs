@@ -11,6 +11,7 @@
 mod agent;
 mod boot;
 mod enter;
+mod metadata;
 mod net;
 mod streams;
 
@@ -141,7 +142,16 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<GuestConfig, BootErr
     if let Some(dir) = Path::new(GUEST_CONTROL_SOCKET).parent() {
         std::fs::create_dir_all(dir).map_err(|e| BootError::new("create directory", dir, e))?;
     }
-    agent::start_all(root);
+    // Bound here, before the apps can take the port, for the agent.
+    let metadata = match conf.metadata {
+        true => {
+            Some(std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, spec::metadata::PORT)).map_err(|e| {
+                BootError::new("listen for the metadata service on", format!("127.0.0.1:{}", spec::metadata::PORT), e)
+            })?)
+        }
+        false => None,
+    };
+    agent::start_all(root, metadata);
     step("agents started");
     Ok(conf)
 }
