@@ -7,7 +7,7 @@
 use std::io::{self, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spec::metadata::{read_frame, write_frame};
 
@@ -18,15 +18,11 @@ const PORT_WAIT: Duration = Duration::from_secs(10);
 /// (qemu's socket) for pod `uuid`, with the service at `service`.
 pub fn spawn(port: PathBuf, service: PathBuf, uuid: String) -> io::Result<()> {
     std::thread::Builder::new().name("metadata".into()).spawn(move || {
-        let deadline = Instant::now() + PORT_WAIT;
-        let stream = loop {
-            match UnixStream::connect(&port) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => {
-                    eprintln!("pod-stage1-vm: metadata port {}: {e}", port.display());
-                    return;
-                }
+        let stream = match crate::streams::connect_port(&port, PORT_WAIT) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pod-stage1-vm: metadata port {}: {e}", port.display());
+                return;
             }
         };
         if let Err(e) = serve(&stream, &service, &uuid) {

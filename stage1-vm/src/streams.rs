@@ -47,15 +47,11 @@ pub fn spawn(listen: &Path, port: PathBuf) -> io::Result<()> {
     let listener = bound?;
     listener.set_nonblocking(true)?;
     std::thread::Builder::new().name("streams".into()).spawn(move || {
-        let deadline = Instant::now() + PORT_WAIT;
-        let port = loop {
-            match UnixStream::connect(&port) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                Err(e) => {
-                    eprintln!("pod-stage1-vm: stream port {}: {e}", port.display());
-                    return;
-                }
+        let port = match connect_port(&port, PORT_WAIT) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pod-stage1-vm: stream port {}: {e}", port.display());
+                return;
             }
         };
         if let Err(e) = Router::new(listener, port).and_then(|mut r| r.run()) {
@@ -63,6 +59,18 @@ pub fn spawn(listen: &Path, port: PathBuf) -> io::Result<()> {
         }
     })?;
     Ok(())
+}
+
+/// Connects to qemu's socket of a virtio-serial port, waiting up to `wait`
+/// for qemu to listen on it.
+pub(crate) fn connect_port(path: &Path, wait: Duration) -> io::Result<UnixStream> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match UnixStream::connect(path) {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            connected => return connected,
+        }
+    }
 }
 
 #[derive(Debug)]
