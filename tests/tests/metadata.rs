@@ -288,6 +288,7 @@ fn a_vm_pods_apps_reach_the_service_without_a_network_device() {
     let live = Live::new(&[Example::Busybox]);
     let out = live.out_dir("out");
     let script = "echo \"$AC_METADATA_URL\" > /out/url; ls /sys/class/net > /out/netdevs; get pod/uuid > /out/uuid; \
+                  wget -q -S -O /dev/null --header 'Metadata-Flavor: AppContainer' \"$AC_METADATA_URL/acMetadata/v1/pod/uuid\" 2> /out/headers; \
                   get apps/probe/image/id > /out/image-id; get pod/nosuch > /out/nosuch; \
                   sig=$(post pod/hmac/sign 'content=hello+world'); echo \"$sig\" > /out/signature; \
                   enc=$(echo \"$sig\" | sed 's/+/%2B/g; s/\\//%2F/g; s/=/%3D/g'); \
@@ -310,4 +311,7 @@ fn a_vm_pods_apps_reach_the_service_without_a_network_device() {
     assert!(read(&out, "signature").len() > 40, "a signature: {}", read(&out, "signature"));
     assert_eq!(read(&out, "verified"), "", "the pod's signature verifies as its own");
     assert_eq!(read(&out, "tampered"), "FAILED HTTP/1.1 403", "and not for other content");
+    // One request per connection in the guest: a client that kept the
+    // connection for its next request (Go's does) would be reset.
+    assert_mentions(&read(&out, "headers"), &["HTTP/1.1 200", "Connection: close"]);
 }

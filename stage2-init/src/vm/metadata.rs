@@ -32,7 +32,7 @@ pub(crate) fn serve(port: File, listener: &TcpListener) {
             Ok(request) => {
                 let asked = write_frame(&mut out, &request).and_then(|()| read_frame(&mut from_host));
                 match asked {
-                    Ok(Some(answer)) => answer,
+                    Ok(Some(answer)) => closing(answer),
                     Ok(None) => error(502, "the host end of the metadata port is closed"),
                     Err(e) => {
                         log!("metadata port: {e}");
@@ -88,6 +88,22 @@ pub(crate) fn read_request(conn: &mut impl Read) -> Result<Vec<u8>, (u16, String
     Ok(request)
 }
 
+/// `answer` with `Connection: close`: the agent serves one request per
+/// connection, so a client must not send another on it (Go's client would
+/// reuse it and, for a POST, fail on the reset instead of retrying).
+pub(crate) fn closing(answer: Vec<u8>) -> Vec<u8> {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else { return answer };
+    let head = String::from_utf8_lossy(&answer[..end]);
+    let mut lines: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.split(':').next().is_some_and(|n| n.trim().eq_ignore_ascii_case("connection")))
+        .collect();
+    lines.push("Connection: close");
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(&answer[end..]);
+    out
+}
+
 fn error(code: u16, why: &str) -> Vec<u8> {
     let body = format!("{why}\n");
     format!(
@@ -120,6 +136,18 @@ mod tests {
         assert_eq!(read_request(&mut &wire[..]).expect("read"), &wire[..wire.len() - 5]);
         let get = b"GET /t/acMetadata/v1/pod/uuid HTTP/1.1\r\nMetadata-Flavor: AppContainer\r\n\r\n";
         assert_eq!(read_request(&mut &get[..]).expect("read"), get);
+    }
+
+    #[test]
+    fn every_answer_closes_its_connection() {
+        let keep = b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok".to_vec();
+        assert_eq!(
+            String::from_utf8(closing(keep)).expect("utf8"),
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nConnection: close\r\n\r\nok"
+        );
+        let plain = b"HTTP/1.1 204 No Content\r\n\r\n".to_vec();
+        assert_eq!(closing(plain), b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        assert_eq!(closing(b"garbage".to_vec()), b"garbage", "not HTTP: passed on as it is");
     }
 
     #[test]
