@@ -75,6 +75,45 @@ entry("bin/busybox", 0o100755, open("/bin/busybox", "rb").read())
 entry("init", 0o100755, b"#!/bin/busybox sh\n/bin/busybox reboot -f\n")
 entry("TRAILER!!!", 0)
 PY
+# The floor: what any runtime that shares the app's files over 9p pays.
+# The same initramfs, but its /init mounts a 9p share (pod-init's mount
+# options) holding busybox, runs `true` from it in a chroot, then powers
+# off; qemu has the devices a VM pod's has (the 9p share, virtio-serial
+# with three ports). Everything pod-init does beyond that (the app's
+# /proc, /sys and /dev, its user, capabilities and seccomp filter, the
+# status files, the agents) is the difference between this and `pod run`.
+mkdir -p "$work/floor/bin"
+cp /bin/busybox "$work/floor/bin/busybox"
+share_options=$(sed -n 's/^pub(crate) const SHARE_OPTIONS: &str = "\(.*\)";/\1/p' stage2-init/src/vm/boot.rs)
+[ -n "$share_options" ] || { echo "no SHARE_OPTIONS in stage2-init/src/vm/boot.rs" >&2; exit 1; }
+python3 - "$work/min.cpio" "$work/floor.cpio" "$share_options" <<'PY'
+import sys
+data = open(sys.argv[1], "rb").read()
+init = (b"#!/bin/busybox sh\n/bin/busybox mkdir /mnt\n"
+        b"/bin/busybox mount -t 9p -o " + sys.argv[3].encode() + b" pod /mnt\n"
+        b"/bin/busybox chroot /mnt /bin/busybox true && echo floor-ok\n/bin/busybox reboot -f\n")
+# Replace the init entry: rebuild from the same list with the new /init.
+def entries(buf):
+    at = 0
+    while True:
+        fields = [int(buf[at + 6 + 8 * i: at + 14 + 8 * i], 16) for i in range(13)]
+        size, nlen = fields[6], fields[11]
+        name_end = at + 110 + nlen
+        name = buf[at + 110: name_end - 1].decode()
+        data_at = name_end + (-(110 + nlen) % 4)
+        yield name, fields, buf[data_at: data_at + size]
+        if name == "TRAILER!!!":
+            return
+        at = data_at + size + (-size % 4)
+out = open(sys.argv[2], "wb")
+for name, fields, body in entries(data):
+    if name == "init":
+        body = init
+    fields[6] = len(body)
+    n = name.encode() + b"\0"
+    out.write(b"070701" + b"".join(b"%08x" % f for f in fields) + n)
+    out.write(b"\0" * (-(110 + len(n)) % 4) + body + b"\0" * (-len(body) % 4))
+PY
 
 # 128 MiB for the app plus stage1-vm's 128 MiB overhead: the pod's VM size;
 # the machine model and kernel command line are the ones stage1-vm uses for
@@ -86,12 +125,18 @@ tick=""
 [ "$accel" = tcg ] && tick=" noapictimer"
 tsc_khz=$(awk '{print $2}' "$POD_CACHE_DIR/vm/tsc-khz" 2>/dev/null || true)
 [ "$accel" = tcg ] && [ -n "$tsc_khz" ] && tick="$tick tsc_early_khz=$tsc_khz tsc=reliable"
-peer() { # KERNEL MACHINE
+peer() { # KERNEL MACHINE [INITRD CONSOLE-LOG]
   echo qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot -machine "$2,accel=$accel" -cpu "$cpu" \
-    -m 256M -smp 1 -kernel "$1" -initrd "$work/min.cpio" \
+    -m 256M -smp 1 -kernel "$1" -initrd "${3:-$work/min.cpio}" \
     -append "'console=ttyS0 reboot=t panic=-1 pci=noacpi rdinit=/init$tick modprobe.blacklist=virtio_net,net_failover,failover quiet loglevel=3'" \
-    -serial "file:$work/peer-console.log"
+    -serial "file:${4:-$work/peer-console.log}"
 }
+# The floor's devices, as stage1-vm gives a VM pod on microvm.
+floor_devices="-fsdev local,id=pod,path=$work/floor,security_model=passthrough,multidevs=remap \
+  -device virtio-9p-device,fsdev=pod,mount_tag=pod -device virtio-serial-device,id=vser0,max_ports=4"
+for i in 0 1 2; do
+  floor_devices="$floor_devices -chardev null,id=port$i -device virtserialport,bus=vser0.0,chardev=port$i,name=port$i"
+done
 echo "accelerator: $accel; kernels: pod's own $(cat "$(dirname "$pod_kernel")/version" 2>/dev/null) ($(du -k "$pod_kernel" | cut -f1) kB), Debian's $(cat /usr/lib/pod/guest/version 2>/dev/null); $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Interleaved, the order rotated per round, rather than hyperfine's one
 # block per command: on a shared machine the load drifts over a run, and
@@ -105,6 +150,7 @@ cmds = {
     "pod run, pod's kernel": (pod, {"POD_CONFIG": "$work/config-pod"}),
     "pod run, Debian's kernel": (pod, {"POD_CONFIG": "$work/config-debian"}),
     "qemu, Debian's kernel": (shlex.split("""$(peer "$debian_vmlinux" pc)"""), {}),
+    "floor, pod's kernel": (shlex.split("""$(peer "$pod_kernel" microvm,acpi=off,x-option-roms=off "$work/floor.cpio" "$work/floor-console.log") $floor_devices"""), {}),
 }
 def timed(cmd, env):
     e = dict(os.environ, **env)
@@ -127,5 +173,9 @@ pod_deb, peer_deb = med["pod run, Debian's kernel"], med["qemu, Debian's kernel"
 print(f"pod run (own kernel) = {own/peer_own:.2f}x bare qemu with the same kernel (target <= 1.10x)")
 print(f"pod run (own kernel) = {own/pod_deb:.2f}x pod run with Debian's kernel")
 print(f"pod run (own kernel) = {own/peer_deb:.2f}x bare qemu with Debian's kernel (target <= 0.50x)")
+floor = med["floor, pod's kernel"]
+print(f"floor (9p mount, chroot, true) = {floor/peer_own:.2f}x bare qemu with the same kernel; pod run = {own/floor:.2f}x the floor")
+if "floor-ok" not in open("$work/floor-console.log", errors="replace").read():
+    sys.exit("the floor's /init did not run true from the share; its console:\n" + open("$work/floor-console.log", errors="replace").read()[-2000:])
 PY
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
