@@ -41,6 +41,29 @@ pub fn url(token: &str) -> String {
     format!("http://{}:{PORT}/{token}", Ipv4Addr::LOCALHOST)
 }
 
+/// A plain-text HTTP answer for a request the metadata service never saw
+/// (the request was bad, or the service could not be asked), closing the
+/// connection: what the guest's agent and the VM's monitor answer
+/// themselves.
+pub fn text_answer(code: u16, why: &str) -> Vec<u8> {
+    let reason = match code {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    let body = format!("{why}\n");
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// The most a request or an answer on a VM's metadata port may hold
 /// (metadata answers are a few kB; an image manifest rarely 100 kB).
 pub const MAX_EXCHANGE: usize = 4 << 20;

@@ -36,21 +36,13 @@ pub fn spawn(port: PathBuf, service: PathBuf, uuid: String) -> io::Result<()> {
 fn serve(port: &UnixStream, service: &std::path::Path, uuid: &str) -> io::Result<()> {
     let mut reader = BufReader::new(port);
     while let Some(request) = read_frame(&mut reader)? {
-        let answer = stage1_ns::metadata::exchange(service, uuid, &request).unwrap_or_else(|e| unavailable(&e));
+        let answer = stage1_ns::metadata::exchange(service, uuid, &request).unwrap_or_else(|e| {
+            // The service could not be asked (not running, or it refused the pod).
+            spec::metadata::text_answer(503, &format!("metadata service unavailable: {e}"))
+        });
         write_frame(&mut &*port, &answer)?;
     }
     Ok(())
-}
-
-/// The answer when the service could not be asked (not running, or it
-/// refused the pod).
-fn unavailable(e: &io::Error) -> Vec<u8> {
-    let body = format!("metadata service unavailable: {e}\n");
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::io::{BufReader, Read, Write};
 use std::net::TcpListener;
 use std::time::Duration;
 
-use spec::metadata::{read_frame, write_frame};
+use spec::metadata::{read_frame, text_answer as error, write_frame};
 
 use crate::log;
 
@@ -102,27 +102,6 @@ pub(crate) fn closing(answer: Vec<u8>) -> Vec<u8> {
     let mut out = lines.join("\r\n").into_bytes();
     out.extend_from_slice(&answer[end..]);
     out
-}
-
-fn error(code: u16, why: &str) -> Vec<u8> {
-    let body = format!("{why}\n");
-    format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        reason(code),
-        body.len()
-    )
-    .into_bytes()
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        400 => "Bad Request",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        _ => "Bad Gateway",
-    }
 }
 
 #[cfg(test)]
