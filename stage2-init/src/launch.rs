@@ -313,10 +313,15 @@ fn read_creds(unit: &Unit) -> Result<Creds, ChildError> {
 }
 
 /// The app's environment: nothing from pod-init's, then the unit's on top.
+/// appc's ace.md wants `PATH`, `AC_APP_NAME` and `container` (the
+/// executor's name, as rkt's `container=rkt` and podman's
+/// `container=podman`: what systemd in an app reads to know it is in a
+/// container); `AC_METADATA_URL` comes with the unit's.
 pub fn environment(app: &str, unit: &Unit, creds: &Creds) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
         ("AC_APP_NAME".to_owned(), app.to_owned()),
+        ("container".to_owned(), "pod".to_owned()),
         ("HOME".to_owned(), creds.home.clone()),
     ];
     if let Some(name) = &creds.name {
@@ -373,8 +378,11 @@ mod tests {
         let creds = Creds { uid: 5, gid: 5, groups: vec![5], name: Some("app".into()), home: "/home/app".into() };
         let env = environment("web", &unit, &creds);
         let pairs: Vec<String> = env.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        assert_eq!(pairs, ["PATH=/opt/bin", "AC_APP_NAME=web", "HOME=/home/app", "USER=app", "LOGNAME=app", "A=1"]);
+        assert_eq!(
+            pairs,
+            ["PATH=/opt/bin", "AC_APP_NAME=web", "container=pod", "HOME=/home/app", "USER=app", "LOGNAME=app", "A=1"]
+        );
         let anonymous = Creds { name: None, home: "/".into(), ..creds };
-        assert_eq!(environment("web", &Unit::new(vec!["x".into()]), &anonymous).len(), 3);
+        assert_eq!(environment("web", &Unit::new(vec!["x".into()]), &anonymous).len(), 4);
     }
 }

@@ -210,7 +210,7 @@ fn user_environment_and_working_directory() {
         return;
     }
     let pod = Pod::new();
-    let script = r#"id -u; id -g; id -G; pwd; echo "G=$GREETING"; echo "H=$HOME U=$USER L=$LOGNAME A=$AC_APP_NAME"; echo "T=${TERM-unset} LEAK=${LEAK-unset}"; echo "P=$PATH"; cat; echo stdin-eof"#;
+    let script = r#"id -u; id -g; id -G; pwd; echo "G=$GREETING"; echo "H=$HOME U=$USER L=$LOGNAME A=$AC_APP_NAME C=$container"; echo "T=${TERM-unset} LEAK=${LEAK-unset}"; echo "P=$PATH"; cat; echo stdin-eof"#;
     pod.app(
         "who",
         &format!(
@@ -219,7 +219,8 @@ fn user_environment_and_working_directory() {
         ),
     );
     assert_eq!(pod.start().exit_code(), 0, "{}", pod.stderr());
-    let want = "1000\n1000\n1000 2000\n/home/app\nG=hello world\nH=/home/app U=app L=app A=who\nT=unset LEAK=unset\n\
+    let want =
+        "1000\n1000\n1000 2000\n/home/app\nG=hello world\nH=/home/app U=app L=app A=who C=pod\nT=unset LEAK=unset\n\
                 P=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nstdin-eof\n";
     assert_eq!(pod.log("who"), want);
 }
