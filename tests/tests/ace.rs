@@ -48,11 +48,17 @@ fn live_with_validator() -> Result<Live, String> {
     Ok(live)
 }
 
+/// One validator pod at a time: the VM's emulated guest is what races the
+/// validator's deadline, and a namespace pod starting beside it on a
+/// 2-core host takes CPU it would have had.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs the validator's pod with `stage1`; the lines of the checks that
 /// failed (empty: all passed), and what to show if some did.
 fn run_validator(live: &Live, stage1: &str, attempt: usize, limit: Duration) -> (Vec<&'static str>, String) {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/ace-validator.yaml");
     let name = format!("ace-{stage1}-{attempt}");
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let run = live.run_within(&["run", "--stage1", stage1, "--name", &name, p(&manifest)], limit);
     let logs: Vec<(&str, String)> = ["ace-validator-main", "ace-validator-sidekick"]
         .into_iter()
@@ -99,11 +105,15 @@ fn the_ace_validator_passes_in_a_vm_pod() {
         Ok(live) => live,
         Err(why) => return eprintln!("SKIP: {why}"),
     };
-    // The validator gives each metadata request 100 ms, which an emulated
-    // (TCG) guest's first connection sometimes overruns on a loaded host:
-    // up to three runs, and every failure is shown.
+    // The validator gives each metadata request 100 ms (a new
+    // http.Client each, validator.go), which an emulated (TCG) guest's
+    // first request often overruns on a loaded host: the Go client's
+    // net/http code is run (and translated by TCG) for the first time, and
+    // its pages are read in over 9p as it runs; pod's part of that request
+    // (agent, port, service) takes about 20 ms under TCG (busybox wget,
+    // measured in a VM pod). Up to five runs, and every failure is shown.
     let mut seen = Vec::new();
-    for attempt in 1..=3 {
+    for attempt in 1..=5 {
         let (failed, shown) = run_validator(&live, "vm", attempt, Duration::from_secs(300));
         if failed.is_empty() {
             if !seen.is_empty() {
@@ -121,5 +131,5 @@ fn the_ace_validator_passes_in_a_vm_pod() {
         assert!(deadline_only, "run {attempt} failed {failed:?}:\n{shown}");
         seen.push(format!("run {attempt} failed {failed:?}:\n{shown}"));
     }
-    panic!("the ACE validator failed in all three VM runs:\n{}", seen.join("\n"));
+    panic!("the ACE validator failed in all five VM runs:\n{}", seen.join("\n"));
 }
