@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds the VM pods' own guest kernel: Debian's kernel source
-# (linux-source-X.Y) configured as `make tinyconfig` plus the fragment
+# (linux-source-X.Y) with stage1-vm/kernel/patches/*.patch applied,
+# configured as `make tinyconfig` plus the fragment
 # stage1-vm/kernel/pod-guest.config, everything built in, no modules, as
 # Firecracker and Kata ship theirs. Idempotent and cached: the result goes to
 # /usr/lib/pod/guest/kernel-<key>/vmlinux, where <key> hashes the fragment,
-# this script and the source package's version, and
+# the patches, this script and the source package's version, and
 # /usr/lib/pod/guest/pod-kernel points at the current one. A key that is
 # built already is not built again.
 #
@@ -19,10 +20,15 @@ guest=${POD_GUEST_DIR:-/usr/lib/pod/guest}
 fragment=stage1-vm/kernel/pod-guest.config
 jobs=${JOBS:-$(nproc)}
 
+# Patches applied over the source, in name order (stage1-vm/kernel/patches,
+# each explaining itself in its header), as Kata carries its own.
+patches=(stage1-vm/kernel/patches/*.patch)
+[ -e "${patches[0]}" ] || patches=()
+
 # Debian 12's kernel source package (the newest linux-source-X.Y apt knows).
 pkg=$(apt-cache search --names-only '^linux-source-[0-9]+\.[0-9]+$' | awk '{print $1}' | sort -V | tail -1)
 [ -n "$pkg" ] || { echo "no linux-source-X.Y package in apt's lists (apt-get update?)" >&2; exit 1; }
-tools=(bc bison flex libelf-dev xz-utils make gcc libc6-dev)
+tools=(bc bison flex libelf-dev xz-utils make gcc libc6-dev patch)
 missing=()
 for p in "$pkg" "${tools[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -32,7 +38,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 version=$(dpkg-query -W -f='${Version}' "$pkg")
-key=$( { echo "$pkg $version"; cat "$fragment" "$0"; } | sha256sum | cut -c1-16)
+key=$( { echo "$pkg $version"; cat "$fragment" "$0" "${patches[@]}"; } | sha256sum | cut -c1-16)
 out=$guest/kernel-$key
 if [ -f "$out/vmlinux" ]; then
   ln -sfn "kernel-$key" "$guest/pod-kernel.tmp" && mv -T "$guest/pod-kernel.tmp" "$guest/pod-kernel"
@@ -48,6 +54,13 @@ started=$(date +%s)
 tar -xf "$tarball" -C "$tmp"
 src=$(find "$tmp" -mindepth 1 -maxdepth 1 -type d | head -1)
 log=$tmp/build.log
+for p in "${patches[@]}"; do
+  if ! patch -d "$src" -p1 --batch --forward <"$p" >>"$log" 2>&1; then
+    tail -20 "$log" >&2
+    echo "$p does not apply to $pkg $version (log above)" >&2
+    exit 1
+  fi
+done
 make -C "$src" ARCH=x86_64 tinyconfig >"$log" 2>&1
 "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$fragment" >>"$log" 2>&1
 make -C "$src" ARCH=x86_64 olddefconfig >>"$log" 2>&1
@@ -76,6 +89,7 @@ mkdir "$out.tmp"
 cp "$src/vmlinux" "$out.tmp/vmlinux"
 cp "$src/.config" "$out.tmp/config"
 echo "$pkg $version" > "$out.tmp/version"
+for p in "${patches[@]}"; do basename "$p"; done > "$out.tmp/patches"
 mv -T "$out.tmp" "$out"
 ln -sfn "kernel-$key" "$guest/pod-kernel.tmp" && mv -T "$guest/pod-kernel.tmp" "$guest/pod-kernel"
 # Kernels of older keys: nothing boots them any more.
