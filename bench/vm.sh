@@ -58,61 +58,35 @@ POD_CONFIG=$work/config-debian "$bin/pod" run "$work/true.yaml" >/dev/null 2>&1
 debian_vmlinux=$(ls "$POD_CACHE_DIR"/vm/vmlinux-*)
 
 # The peer's initramfs: busybox, and an /init that reboots (-no-reboot: qemu exits).
-python3 - "$work/min.cpio" <<'PY'
-import sys
-out = open(sys.argv[1], "wb")
-ino = 0
-def entry(name, mode, data=b"", rdev=(0, 0)):
-    global ino
-    ino += 1
-    n = name.encode() + b"\0"
-    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(n), 0]
-    out.write(b"070701" + b"".join(b"%08x" % f for f in fields) + n)
-    out.write(b"\0" * (-(110 + len(n)) % 4) + data + b"\0" * (-len(data) % 4))
-entry("dev", 0o40755); entry("bin", 0o40755)
-entry("dev/console", 0o20600, rdev=(5, 1))
-entry("bin/busybox", 0o100755, open("/bin/busybox", "rb").read())
-entry("init", 0o100755, b"#!/bin/busybox sh\n/bin/busybox reboot -f\n")
-entry("TRAILER!!!", 0)
-PY
-# The floor: what any runtime that shares the app's files over 9p pays.
-# The same initramfs, but its /init mounts a 9p share (pod-init's mount
-# options) holding busybox, runs `true` from it in a chroot, then powers
-# off; qemu has the devices a VM pod's has (the 9p share, virtio-serial
-# with three ports). Everything pod-init does beyond that (the app's
-# /proc, /sys and /dev, its user, capabilities and seccomp filter, the
-# status files, the agents) is the difference between this and `pod run`.
+# The floor's (what any runtime that shares the app's files over 9p pays):
+# the same, but its /init mounts a 9p share (pod-init's mount options)
+# holding busybox, runs `true` from it in a chroot, then powers off; qemu
+# has the devices a VM pod's has (the 9p share, virtio-serial with three
+# ports). Everything pod-init does beyond that (the app's /proc, /sys and
+# /dev, its user, capabilities and seccomp filter, the status files, the
+# agents) is the difference between the floor and `pod run`.
 mkdir -p "$work/floor/bin"
 cp /bin/busybox "$work/floor/bin/busybox"
 share_options=$(sed -n 's/^pub(crate) const SHARE_OPTIONS: &str = "\(.*\)";/\1/p' stage2-init/src/vm/boot.rs)
 [ -n "$share_options" ] || { echo "no SHARE_OPTIONS in stage2-init/src/vm/boot.rs" >&2; exit 1; }
 python3 - "$work/min.cpio" "$work/floor.cpio" "$share_options" <<'PY'
 import sys
-data = open(sys.argv[1], "rb").read()
-init = (b"#!/bin/busybox sh\n/bin/busybox mkdir /mnt\n"
-        b"/bin/busybox mount -t 9p -o " + sys.argv[3].encode() + b" pod /mnt\n"
-        b"/bin/busybox chroot /mnt /bin/busybox true && echo floor-ok\n/bin/busybox reboot -f\n")
-# Replace the init entry: rebuild from the same list with the new /init.
-def entries(buf):
-    at = 0
-    while True:
-        fields = [int(buf[at + 6 + 8 * i: at + 14 + 8 * i], 16) for i in range(13)]
-        size, nlen = fields[6], fields[11]
-        name_end = at + 110 + nlen
-        name = buf[at + 110: name_end - 1].decode()
-        data_at = name_end + (-(110 + nlen) % 4)
-        yield name, fields, buf[data_at: data_at + size]
-        if name == "TRAILER!!!":
-            return
-        at = data_at + size + (-size % 4)
-out = open(sys.argv[2], "wb")
-for name, fields, body in entries(data):
-    if name == "init":
-        body = init
-    fields[6] = len(body)
-    n = name.encode() + b"\0"
-    out.write(b"070701" + b"".join(b"%08x" % f for f in fields) + n)
-    out.write(b"\0" * (-(110 + len(n)) % 4) + body + b"\0" * (-len(body) % 4))
+def initramfs(path, init):
+    entries = [("dev", 0o40755, b"", (0, 0)), ("bin", 0o40755, b"", (0, 0)),
+               ("dev/console", 0o20600, b"", (5, 1)),
+               ("bin/busybox", 0o100755, open("/bin/busybox", "rb").read(), (0, 0)),
+               ("init", 0o100755, b"#!/bin/busybox sh\n" + init + b"/bin/busybox reboot -f\n", (0, 0)),
+               ("TRAILER!!!", 0, b"", (0, 0))]
+    with open(path, "wb") as out:
+        for ino, (name, mode, data, rdev) in enumerate(entries, 1):
+            n = name.encode() + b"\0"
+            fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(n), 0]
+            out.write(b"070701" + b"".join(b"%08x" % f for f in fields) + n)
+            out.write(b"\0" * (-(110 + len(n)) % 4) + data + b"\0" * (-len(data) % 4))
+initramfs(sys.argv[1], b"")
+initramfs(sys.argv[2], b"/bin/busybox mkdir /mnt\n"
+          b"/bin/busybox mount -t 9p -o " + sys.argv[3].encode() + b" pod /mnt\n"
+          b"/bin/busybox chroot /mnt /bin/busybox true && echo floor-ok\n")
 PY
 
 # 128 MiB for the app plus stage1-vm's 128 MiB overhead: the pod's VM size;
