@@ -260,8 +260,8 @@ pub fn discard_failed(pods: &stage0::pods::Pods, uuid: &str) {
     }
 }
 
-/// Whether the kernel OOM-killed in the app's cgroup, as the stage1
-/// monitor records it (`status/<app>.oom`).
+/// Whether the kernel OOM-killed in the app's cgroup, as pod-init and
+/// the stage1 monitor record it (`status/<app>.oom`).
 pub fn oom_killed(pod_dir: &std::path::Path, app: &str) -> bool {
     std::fs::read_to_string(pod_dir.join("status").join(format!("{app}.oom")))
         .ok()

@@ -96,15 +96,21 @@ impl Supervisor {
         }
     }
 
-    /// The kernel counts OOM kills per cgroup; pod-init only sees SIGKILL.
-    /// Records them beside the app's status so `pod status` can say why.
+    /// The kernel counts OOM kills per cgroup; an app's process only ends
+    /// by SIGKILL. Records them beside the app's status so `pod status`
+    /// can say why, while the app runs on (a child of it killed); pod-init
+    /// records the count as it reaps the app, when the cgroups surely exist.
     fn note_ooms(&mut self) {
         let Some((cg, apps)) = self.watched.current() else { return };
         for name in apps {
             let n = cg.oom_kills(&name).unwrap_or(0);
             if n > 0 && self.ooms.get(&name) != Some(&n) {
-                let p = self.pod_dir.join("status").join(format!("{name}.oom"));
-                let _ = fs::write(p, format!("{n}\n"));
+                // Replaced whole (pod-init writes the file too, as it
+                // reaps the app: stage2-init's cgroupfs::oom_kills).
+                let dir = self.pod_dir.join("status");
+                let tmp = dir.join(format!(".{name}.oom.stage1"));
+                let _ =
+                    fs::write(&tmp, format!("{n}\n")).and_then(|()| fs::rename(&tmp, dir.join(format!("{name}.oom"))));
                 self.ooms.insert(name, n);
             }
         }

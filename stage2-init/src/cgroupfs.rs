@@ -75,6 +75,28 @@ pub fn hierarchies(dirs: &[PathBuf]) -> Vec<Hierarchy> {
     out
 }
 
+/// The kernel's count of OOM kills in the app's cgroups, named by their
+/// `cgroup.procs` files as `App::cgroups` holds them (cgroup v2
+/// `memory.events`, v1 `memory.oom_control`: `oom_kill`), 0 where no
+/// memory cgroup says.
+///
+/// pod-init reads it as it reaps the app, while the cgroups surely exist:
+/// the stage1 monitor counts too, but only after the pod's end may it be
+/// too late, as systemd removes a pod's scope, cgroups and all, as soon as
+/// PID 1 (the last process in it) has exited.
+pub fn oom_kills(procs_files: &[PathBuf]) -> u64 {
+    let count = |file: PathBuf| -> Option<u64> {
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok())
+    };
+    procs_files
+        .iter()
+        .filter_map(|f| f.parent())
+        .filter_map(|d| count(d.join("memory.events")).or_else(|| count(d.join("memory.oom_control"))))
+        .max()
+        .unwrap_or(0)
+}
+
 /// The controllers of a v1 hierarchy, from its directory's file names
 /// (`memory.limit_in_bytes` → `memory`), sorted as hosts name them.
 fn v1_controllers<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
@@ -165,6 +187,22 @@ mod tests {
         assert!(!needs_cpuset(&[v1("memory"), v1("cpuset")]));
         assert!(!needs_cpuset(&[v2]));
         assert!(!needs_cpuset(&[]));
+    }
+
+    #[test]
+    fn oom_kills_are_read_from_either_version() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (v2, v1, cpu) = (dir.path().join("v2"), dir.path().join("v1"), dir.path().join("cpu"));
+        for d in [&v2, &v1, &cpu] {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let write = |p: PathBuf, s: &str| std::fs::write(p, s).unwrap_or_else(|e| panic!("{e}"));
+        write(v2.join("memory.events"), "low 0\nhigh 0\nmax 9\noom 2\noom_kill 2\noom_group_kill 0\n");
+        write(v1.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n");
+        let procs = |d: &Path| d.join("cgroup.procs");
+        assert_eq!(oom_kills(&[procs(&v2)]), 2);
+        assert_eq!(oom_kills(&[procs(&cpu), procs(&v1)]), 1, "the memory hierarchy's, among others");
+        assert_eq!(oom_kills(&[procs(&cpu), procs(&dir.path().join("gone"))]), 0);
     }
 
     #[test]

@@ -595,6 +595,13 @@ impl Supervisor {
         }
         // Input for it has nowhere to go.
         app.terminal = None;
+        // Read now: the cgroups may be gone by the time stage1 looks.
+        let ooms = crate::cgroupfs::oom_kills(&app.cgroups);
+        if ooms > 0 {
+            let name = format!("{}.oom", app.name());
+            let result = status::write_atomic(&self.status_dir, &name, &format!("{ooms}\n"));
+            self.note_status_error(result, &name);
+        }
         let reason = proc.stop.as_ref().map(|s| s.reason);
         self.conclude(i, end, failure, reason, proc.since, now);
     }
