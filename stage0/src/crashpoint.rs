@@ -91,7 +91,9 @@ pub fn crashpoint(step: &str) {
     debug_assert!(STEPS.contains(&step), "crashpoint {step:?} is not listed in STEPS");
     let armed = ARMED.get_or_init(|| std::env::var(ENV).ok());
     if armed.as_deref() == Some(step) {
-        eprintln!("pod: {ENV}={step}: SIGKILL");
+        // One write (see stage1-ns's crashpoint: a shared pipe).
+        let line = format!("pod: {ENV}={step}: SIGKILL\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         // raise(3) SIGKILL cannot be caught: it is a kill -9.
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }

@@ -17,7 +17,10 @@ pub fn arm() {
 pub fn crashpoint(step: &str) {
     #[cfg(debug_assertions)]
     if ARMED.get().and_then(Option::as_deref) == Some(step) {
-        eprintln!("pod-stage1: POD_TEST_KILL_AT={step}: SIGKILL");
+        // One write: pod-init's lines go to the same pipe, and eprintln!
+        // writes its pieces one by one (the tests look for the whole line).
+        let line = format!("pod-stage1: POD_TEST_KILL_AT={step}: SIGKILL\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
     #[cfg(not(debug_assertions))]
