@@ -99,6 +99,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let service = metadata::service::Service::new(stage0::pods::Pods::new(&dirs));
     let handle = rt.handle().clone();
+    service.adopt(&socket, &handle);
     std::thread::Builder::new().name("registrations".into()).spawn(move || service.serve_control(&control, &handle))?;
     rt.block_on(std::future::pending::<()>());
     drop(lock);

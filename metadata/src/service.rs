@@ -3,7 +3,8 @@
 //! and an HTTP/1.1 server (hyper) on every pod's socket, and on the host's
 //! loopback for pods on the host's network. A pod is served until its
 //! stage1 says it ended or its PID 1 (the registering process, watched
-//! through a pidfd) ends, whichever comes first.
+//! through a pidfd) ends, whichever comes first. A service (re)started
+//! while pods run adopts them first (adopt.rs).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -60,6 +61,18 @@ impl Service {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers the running pods of the data directory that use the
+    /// service at `socket` again (adopt.rs): at the service's start, before
+    /// it answers registrations.
+    pub fn adopt(&self, socket: &std::path::Path, rt: &Handle) {
+        for found in crate::adopt::find(&self.pods, socket) {
+            let registered = found.and_then(|a| self.register(&a.uuid, a.listener, a.host_network, a.pid, rt));
+            if let Err(e) = registered {
+                tracing::warn!("adopting a running pod: {e}");
+            }
+        }
     }
 
     /// Answers registrations on `control` for ever (a thread of its own);

@@ -315,3 +315,94 @@ fn a_vm_pods_apps_reach_the_service_without_a_network_device() {
     // connection for its next request (Go's does) would be reset.
     assert_mentions(&read(&out, "headers"), &["HTTP/1.1 200", "Connection: close"]);
 }
+
+/// A service restarted while pods run (a crash, `systemctl restart`)
+/// takes them back: each running pod's apps are answered again, as their
+/// stage1 registered them (a namespace pod's own loopback, one on the
+/// host's network, a VM pod where the host can run one).
+#[test]
+fn a_restarted_service_adopts_the_running_pods() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let out = live.out_dir("out");
+    // Each app answers a file `/out/ask-<pod>` with `/out/<pod>`: its pod's
+    // uuid as the service tells it, or FAILED.
+    let asker = |name: &str| {
+        format!(
+            "while :; do if [ -e /out/ask-{name} ]; then rm /out/ask-{name}; get pod/uuid > /out/.{name}; \
+             mv /out/.{name} /out/{name}; fi; sleep 0.1; done"
+        )
+    };
+    let mut pods = vec![("own", "none", false), ("hostnet", "host", false)];
+    match skip_reason_vm() {
+        None => pods.push(("vm", "none", true)),
+        Some(why) => eprintln!("SKIP (the VM pod's part): {why}"),
+    }
+    let uuids: Vec<(&str, String)> = pods
+        .iter()
+        .map(|&(name, network, vm)| {
+            let mut yaml = pod_yaml(name, &asker(name), &out, network);
+            if vm {
+                yaml = yaml.replacen("network: none\n", "network: none\nisolation: vm\n", 1);
+            }
+            let uuid = live.start(&live.pod_file(name, &yaml));
+            live.wait_all_up(&uuid, Duration::from_secs(240));
+            (name, uuid)
+        })
+        .collect();
+    let ask = |name: &str| -> String {
+        let answer = out.join(name);
+        let _ = fs::remove_file(&answer);
+        fs::write(out.join(format!("ask-{name}")), "").unwrap();
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !answer.exists() {
+            assert!(std::time::Instant::now() < deadline, "pod {name} never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        read(&out, name)
+    };
+    for (name, uuid) in &uuids {
+        assert_eq!(&ask(name), uuid, "pod {name}, before");
+    }
+
+    // The service dies: nothing answers.
+    let pid: i32 = read(&live.data.join("metadata"), "service.pid").parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while std::path::Path::new(&format!("/proc/{pid}/stat")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+    {
+        assert!(std::time::Instant::now() < deadline, "the service did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (name, _) in &uuids {
+        assert!(ask(name).starts_with("FAILED"), "pod {name} was answered with no service");
+    }
+
+    // Started again (as `pod run` would, on demand): every pod is back.
+    let mut service = live
+        .cmd(&["metadata-service"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = live.data.join("metadata").join("service.sock");
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the service never listened on {}", socket.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answers: Vec<(&str, String, String)> = uuids.iter().map(|(n, u)| (*n, u.clone(), ask(n))).collect();
+    for (name, _) in &uuids {
+        let stop = live.run_within(&["stop", name], LIMIT);
+        assert!(stop.status.success(), "{}", describe(&["stop"], &stop));
+    }
+    service.kill().unwrap();
+    let log = service.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&log.stderr);
+    for (name, uuid, answer) in answers {
+        assert_eq!(answer, uuid, "pod {name}, after the restart; the service's log:\n{log}");
+    }
+}
