@@ -61,7 +61,7 @@ for p in "${patches[@]}"; do
     exit 1
   fi
 done
-make -C "$src" ARCH=x86_64 tinyconfig >"$log" 2>&1
+make -C "$src" ARCH=x86_64 tinyconfig >>"$log" 2>&1
 "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$fragment" >>"$log" 2>&1
 make -C "$src" ARCH=x86_64 olddefconfig >>"$log" 2>&1
 # Every option the fragment sets must have survived (a dependency not met

@@ -33,12 +33,13 @@ macro_rules! skip_unless_vms {
 }
 
 /// What a VM pod's app sees of its guest: the kernel release, the loaded
-/// modules (or that the kernel has no module support), and its virtio
-/// devices' bus.
+/// modules (or that the kernel has no module support), its virtio
+/// devices' bus, and `kernel.dmesg_restrict`.
 struct Guest {
     release: String,
     modules: String,
     bus: String,
+    dmesg_restrict: String,
 }
 
 /// Runs a VM pod whose app prints what [`Guest`] holds.
@@ -46,7 +47,8 @@ fn guest_kernel(live: &Live) -> Guest {
     let script = "uname -r; if [ -e /proc/modules ]; then echo modules: $(cut -d' ' -f1 /proc/modules | sort); \
                   else echo no module support; fi; \
                   echo pci $(ls /sys/bus/pci/devices 2>/dev/null | wc -l) \
-                  mmio $(ls -d /sys/bus/platform/devices/virtio-mmio* 2>/dev/null | wc -l)";
+                  mmio $(ls -d /sys/bus/platform/devices/virtio-mmio* 2>/dev/null | wc -l); \
+                  cat /proc/sys/kernel/dmesg_restrict";
     let file = live.pod_file(
         "kernel",
         &format!(
@@ -58,8 +60,9 @@ fn guest_kernel(live: &Live) -> Guest {
     assert!(out.status.success(), "{}", describe(&["run"], &out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("[k] ")).collect();
-    assert_eq!(lines.len(), 3, "{}", describe(&["run"], &out));
-    Guest { release: lines[0].trim().to_owned(), modules: lines[1].trim().to_owned(), bus: lines[2].trim().to_owned() }
+    assert_eq!(lines.len(), 4, "{}", describe(&["run"], &out));
+    let [release, modules, bus, dmesg_restrict] = [0, 1, 2, 3].map(|i| lines[i].trim().to_owned());
+    Guest { release, modules, bus, dmesg_restrict }
 }
 
 /// `pci N mmio M` → (N, M).
@@ -84,6 +87,9 @@ fn a_vm_pod_boots_pods_own_kernel_and_loads_no_module() {
     let g = guest_kernel(&live);
     assert_ne!(g.release, debian_release(), "the guest booted Debian's kernel");
     assert_eq!(g.modules, "no module support", "release {}", g.release);
+    // Hardened as Debian's kernel is (see pods_own_kernel_is_built_hardened):
+    // the kernel log is for CAP_SYSLOG only.
+    assert_eq!(g.dmesg_restrict, "1", "kernel.dmesg_restrict");
     // microvm: the virtio devices are virtio-mmio ones, and there is no PCI bus.
     let (pci, mmio) = bus_counts(&g.bus);
     assert_eq!(pci, 0, "{}", g.bus);
@@ -95,6 +101,36 @@ fn a_vm_pod_boots_pods_own_kernel_and_loads_no_module() {
     assert!(pci > 0 && mmio == 0, "{}", g.bus);
 }
 
+/// pod's own kernel is built with the hardening Debian's kernel has
+/// (stage1-vm/kernel/pod-guest.config): what its build recorded beside it.
+#[test]
+fn pods_own_kernel_is_built_hardened() {
+    let config = Path::new(POD_KERNEL).with_file_name("config");
+    let Ok(text) = fs::read_to_string(&config) else {
+        eprintln!("SKIP: pod's own guest kernel is not built ({}: scripts/build-guest-kernel.sh)", config.display());
+        return;
+    };
+    let set: Vec<&str> = text.lines().filter(|l| l.ends_with("=y")).map(|l| l.trim_end_matches("=y")).collect();
+    let missing: Vec<&str> = [
+        "CONFIG_STACKPROTECTOR_STRONG",
+        "CONFIG_RANDOMIZE_KSTACK_OFFSET_DEFAULT",
+        "CONFIG_VMAP_STACK",
+        "CONFIG_HARDENED_USERCOPY",
+        "CONFIG_FORTIFY_SOURCE",
+        "CONFIG_SLAB_FREELIST_HARDENED",
+        "CONFIG_SLAB_FREELIST_RANDOM",
+        "CONFIG_LIST_HARDENED",
+        "CONFIG_STRICT_KERNEL_RWX",
+        "CONFIG_SECCOMP_FILTER",
+        "CONFIG_SECURITY_DMESG_RESTRICT",
+    ]
+    .into_iter()
+    .filter(|o| !set.contains(o))
+    .collect();
+    assert!(missing.is_empty(), "{} lacks {missing:?}", config.display());
+    assert!(!set.contains(&"CONFIG_MODULES"), "no module support: nothing to load into the guest's kernel");
+}
+
 #[test]
 fn vm_kernel_debian_boots_debians_kernel_with_its_modules() {
     skip_unless_vms!();
@@ -103,6 +139,7 @@ fn vm_kernel_debian_boots_debians_kernel_with_its_modules() {
     let g = guest_kernel(&live);
     assert_eq!(g.release, debian_release());
     assert!(bus_counts(&g.bus).0 > 0, "Debian's kernel boots on the PC: {}", g.bus);
+    assert_eq!(g.dmesg_restrict, "1", "kernel.dmesg_restrict");
     let modules = &g.modules;
     let loaded: Vec<&str> =
         modules.strip_prefix("modules:").unwrap_or_else(|| panic!("{modules}")).split_whitespace().collect();
