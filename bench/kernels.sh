@@ -20,39 +20,18 @@ for k in "${kernels[@]}"; do
   [ -f "$k" ] || { echo "no kernel at $k" >&2; exit 1; }
 done
 command -v qemu-system-x86_64 >/dev/null || { echo "qemu-system-x86_64 is needed (scripts/install-deps.sh)" >&2; exit 1; }
-cargo build --release -q --workspace
-bin=$PWD/target/release
-
-work=$(mktemp -d /var/tmp/pod-bench-kernels.XXXXXX)
-export POD_DIR=$work/store POD_CONFIG=$work/config POD_CACHE_DIR=$work/cache
-cleanup() {
-  "$bin/pod" gc >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$bin/pod" image build manifests/images/busybox.yaml -o "$work/busybox.aci" >/dev/null 2>&1
-"$bin/pod" fetch --insecure-options=image "$work/busybox.aci" >/dev/null 2>&1
-if grep -qwE 'vmx|svm' /proc/cpuinfo; then accel=kvm; else accel=tcg; fi
-cat > "$work/true.yaml" <<YAML
-name: bench-kernels
-isolation: vm
-accel: $accel
-network: none
-apps:
-  - name: t
-    image: example.com/busybox:1.35
-    exec: [/bin/busybox, "true"]
-    resources: { memory: 128Mi, cpu: 1000m }
-YAML
+. bench/lib.sh
+bench_store kernels podbench8 238
+export POD_CACHE_DIR=$work/cache
+bench_vm_true_pod
 # One configuration directory per kernel (stage1.yaml's vm.kernel), on
 # the machine pod's own kernel boots on; a first run of each builds its
 # initramfs.
 for i in 0 1; do
   mkdir -p "$work/config-$i"
   printf 'vm: { kernel: %s, machine: microvm }\n' "${kernels[$i]}" > "$work/config-$i/stage1.yaml"
-  POD_CONFIG=$work/config-$i "$bin/pod" run "$work/true.yaml" >/dev/null 2>&1 \
-    || { echo "a VM pod does not run with ${kernels[$i]}:" >&2; POD_CONFIG=$work/config-$i "$bin/pod" run "$work/true.yaml" >&2; exit 1; }
+  POD_CONFIG=$work/config-$i "$bin/pod" run "$work/true-vm.yaml" >/dev/null 2>&1 \
+    || { echo "a VM pod does not run with ${kernels[$i]}:" >&2; POD_CONFIG=$work/config-$i "$bin/pod" run "$work/true-vm.yaml" >&2; exit 1; }
 done
 
 echo "accelerator: $accel; $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -64,7 +43,7 @@ runs, work, pod, kernels = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[
 def timed(i):
     env = dict(os.environ, POD_CONFIG=f"{work}/config-{i}")
     t = time.monotonic()
-    r = subprocess.run([pod, "run", f"{work}/true.yaml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    r = subprocess.run([pod, "run", f"{work}/true-vm.yaml"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     if r.returncode != 0:
         sys.exit(f"pod run with {kernels[i]} exited with {r.returncode}")
     return time.monotonic() - t

@@ -5,6 +5,7 @@
 #   bench_store NAME BRIDGE SUBNET_OCTET   # sets bin, work, POD_DIR, POD_CONFIG
 #   bench_true_pods                        # $work/true-none.yaml, $work/true-bench.yaml
 #   bench_sleep_pod NAME NET SECS          # a one-app busybox sleep pod file, on stdout
+#   bench_vm_true_pod                      # $work/true-vm.yaml; sets accel (kvm or tcg)
 
 bench_store() {
   local name=$1
@@ -75,5 +76,23 @@ apps:
   - name: s
     image: example.com/busybox:1.35
     exec: [/bin/busybox, sleep, "$3"]
+YAML
+}
+
+# A one-app VM pod running `true` ($work/true-vm.yaml) on the accelerator
+# `accel: auto` would pick: KVM where the CPU has vmx/svm, else TCG (set in
+# $accel for the caller to print).
+bench_vm_true_pod() {
+  if grep -qwE 'vmx|svm' /proc/cpuinfo; then accel=kvm; else accel=tcg; fi
+  cat > "$work/true-vm.yaml" <<YAML
+name: bench-vm
+isolation: vm
+accel: $accel
+network: none
+apps:
+  - name: t
+    image: example.com/busybox:1.35
+    exec: [/bin/busybox, "true"]
+    resources: { memory: 128Mi, cpu: 1000m }
 YAML
 }

@@ -18,33 +18,13 @@ runs=${RUNS:-7}
 for t in qemu-system-x86_64 python3; do
   command -v $t >/dev/null || { echo "$t is needed (scripts/install-deps.sh)" >&2; exit 1; }
 done
-cargo build --release -q --workspace
-bin=$PWD/target/release
-
-work=$(mktemp -d /var/tmp/pod-bench-vm.XXXXXX)
-export POD_DIR=$work/store POD_CONFIG=$work/config POD_CACHE_DIR=$work/cache
+. bench/lib.sh
+bench_store vm podbench9 239
+export POD_CACHE_DIR=$work/cache
 pod_kernel=/usr/lib/pod/guest/pod-kernel/vmlinux
 [ -f "$pod_kernel" ] || { echo "no $pod_kernel: run scripts/build-guest-kernel.sh" >&2; exit 1; }
-cleanup() {
-  "$bin/pod" gc >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$bin/pod" image build manifests/images/busybox.yaml -o "$work/busybox.aci" >/dev/null 2>&1
-"$bin/pod" fetch --insecure-options=image "$work/busybox.aci" >/dev/null 2>&1
-if grep -qwE 'vmx|svm' /proc/cpuinfo; then accel=kvm; cpu=host; else accel=tcg; cpu=max; fi
-cat > "$work/true.yaml" <<YAML
-name: bench-vm
-isolation: vm
-accel: $accel
-network: none
-apps:
-  - name: t
-    image: example.com/busybox:1.35
-    exec: [/bin/busybox, "true"]
-    resources: { memory: 128Mi, cpu: 1000m }
-YAML
+bench_vm_true_pod
+if [ "$accel" = kvm ]; then cpu=host; else cpu=max; fi
 # The two kernels, by configuration directory (stage1.yaml's vm.kernel).
 mkdir -p "$work/config-debian"
 cp -a "$POD_CONFIG" "$work/config-pod" 2>/dev/null || mkdir -p "$work/config-pod"
@@ -53,8 +33,8 @@ echo 'vm: { kernel: pod }' > "$work/config-pod/stage1.yaml"
 echo 'vm: { kernel: debian }' > "$work/config-debian/stage1.yaml"
 # Warm up: the first runs decompress Debian's kernel and build the initramfs
 # images (one per kernel).
-POD_CONFIG=$work/config-pod "$bin/pod" run "$work/true.yaml" >/dev/null 2>&1
-POD_CONFIG=$work/config-debian "$bin/pod" run "$work/true.yaml" >/dev/null 2>&1
+POD_CONFIG=$work/config-pod "$bin/pod" run "$work/true-vm.yaml" >/dev/null 2>&1
+POD_CONFIG=$work/config-debian "$bin/pod" run "$work/true-vm.yaml" >/dev/null 2>&1
 debian_vmlinux=$(ls "$POD_CACHE_DIR"/vm/vmlinux-*)
 
 # The peer's initramfs: busybox, and an /init that reboots (-no-reboot: qemu exits).
@@ -118,7 +98,7 @@ echo "accelerator: $accel; kernels: pod's own $(cat "$(dirname "$pod_kernel")/ve
 python3 - "$runs" "$accel" <<PY
 import shlex, statistics, subprocess, sys, time, os
 runs, accel = int(sys.argv[1]), sys.argv[2]
-pod = ["$bin/pod", "run", "$work/true.yaml"]
+pod = ["$bin/pod", "run", "$work/true-vm.yaml"]
 cmds = {
     "qemu, pod's kernel": (shlex.split("""$(peer "$pod_kernel" microvm,acpi=off,x-option-roms=off)"""), {}),
     "pod run, pod's kernel": (pod, {"POD_CONFIG": "$work/config-pod"}),
