@@ -138,7 +138,8 @@ pub(crate) fn enter_on(
     }
     let (unit, seccomp) = stage2_init::plan::load_app(root, &name)
         .map_err(|e| EnterError::Unit { app: app.to_owned(), message: e.to_string() })?;
-    let cgroups = stage2_init::plan::cgroup_procs(root, &unit);
+    let cgroups = stage2_init::plan::cgroup_procs(root, app, &unit)
+        .map_err(|message| EnterError::Unit { app: app.to_owned(), message })?;
     // The app's own namespaces, as host root (they are the pod's or its
     // descendants); its mount namespace comes last, after the cgroups.
     // The pod's /proc (the app's, as stage1 mounted it in the pod's

@@ -167,7 +167,8 @@ fn add_app(
         unshare(CloneFlags::CLONE_NEWNS).map_err(sys_err("unshare mount namespace"))?;
         rootfs::make_private().map_err(|e| Stage1Error::Launch(e.to_string()))?;
     }
-    units::write_app(pod_dir, app, cgroup_dirs.len(), &mut None).map_err(|(p, e)| io_err("write", &p)(e))?;
+    units::write_app(pod_dir, app, units::Enforcer::Host(cgroup_dirs.len()), &mut None)
+        .map_err(|(p, e)| io_err("write", &p)(e))?;
 
     // Everything from the host's side of the mount namespaces, detached.
     let base = pod_dir.join("apps").join(name);

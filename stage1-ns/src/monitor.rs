@@ -443,7 +443,7 @@ fn prepare_host(
 
     let resolv = crate::podcfg::resolv_conf(pod, Path::new("/etc/resolv.conf"));
     rootfs::write_etc(pod_dir, pod.hostname(), &ips, &resolv).map_err(|e| Stage1Error::Launch(e.to_string()))?;
-    units::write_units(pod_dir, pod, &app_cgroups).map_err(|(p, e)| io_err("write", &p)(e))?;
+    units::write_units(pod_dir, pod, Some(&app_cgroups)).map_err(|(p, e)| io_err("write", &p)(e))?;
     for sub in ["status", "logs"] {
         let d = pod_dir.join(sub);
         fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;

@@ -13,10 +13,23 @@ use spec::security::{GroupsPolicy, Seccomp};
 use spec::stage1::{App, Probe, ResolvedPod, Restart};
 use spec::unit::{self, ReadinessCheck, Unit};
 
+/// Who enforces an app's resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enforcer {
+    /// The stage1, in `n` cgroup directories of the host it made, which
+    /// the app's processes join (`Cgroup=`).
+    Host(usize),
+    /// pod-init, in a cgroup of the guest's it makes for the app (the VM
+    /// stage1): the unit carries the limits (`MemoryMax=`...).
+    Guest,
+}
+
 /// The unit for one app; `cgroups` are the paths (inside the pod root) of
-/// the cgroup directories its processes join; `seccomp_programs`: how many
-/// seccomp programs [`write_app`] wrote for it.
-pub fn unit_for(app: &App, cgroups: Vec<String>, seccomp_programs: usize) -> Unit {
+/// the cgroup directories its processes join (none: see `guest_limits`);
+/// `seccomp_programs`: how many seccomp programs [`write_app`] wrote for
+/// it; with `guest_limits`, the unit carries the app's limits for pod-init
+/// ([`Enforcer::Guest`]).
+pub fn unit_for(app: &App, cgroups: Vec<String>, seccomp_programs: usize, guest_limits: bool) -> Unit {
     let mut u = Unit::new(app.exec.clone());
     u.description = Some(format!("{} ({})", app.name, app.image_name));
     u.after = app.after.clone();
@@ -46,6 +59,15 @@ pub fn unit_for(app: &App, cgroups: Vec<String>, seccomp_programs: usize) -> Uni
         u.timeout_start = Duration::from_millis(app.handlers.start_timeout_ms.max(1));
     }
     u.oom_score_adjust = app.resources.oom_score_adj;
+    if guest_limits {
+        let r = app.resources;
+        u.limits = unit::Limits {
+            memory_max: r.memory_bytes,
+            tasks_max: r.pids,
+            cpu_millis: r.cpu_millis,
+            cpu_weight: r.cpu_shares.map(crate::cgroups::cpu_weight),
+        };
+    }
     u.shared_mounts = app
         .mounts
         .iter()
@@ -84,29 +106,34 @@ fn seccomp_file(app: &App, n: usize) -> String {
     }
 }
 
-/// Writes `<pod>/units/<app>.unit` for every app.
+/// Writes `<pod>/units/<app>.unit` for every app: `cgroups`, the host
+/// cgroup directories of each app, or `None` where pod-init enforces the
+/// limits ([`Enforcer::Guest`]).
 pub fn write_units(
     pod_dir: &Path,
     pod: &ResolvedPod,
-    cgroups: &BTreeMap<String, Vec<PathBuf>>,
+    cgroups: Option<&BTreeMap<String, Vec<PathBuf>>>,
 ) -> Result<(), (PathBuf, io::Error)> {
     let dir = pod_dir.join("units");
     fs::create_dir_all(&dir).map_err(|e| (dir.clone(), e))?;
     let mut filters = None;
     for app in &pod.apps {
-        let n = cgroups.get(app.name.as_str()).map_or(0, Vec::len);
-        write_app(pod_dir, app, n, &mut filters)?;
+        let enforcer = match cgroups {
+            Some(c) => Enforcer::Host(c.get(app.name.as_str()).map_or(0, Vec::len)),
+            None => Enforcer::Guest,
+        };
+        write_app(pod_dir, app, enforcer, &mut filters)?;
     }
     Ok(())
 }
 
-/// Writes one app's unit (`cgroups`: how many cgroup directories it joins)
-/// and, with the default profile, its seccomp filters, compiled once into
-/// `filters` for every app that needs them.
+/// Writes one app's unit (its limits enforced by `enforcer`) and, with
+/// the default profile, its seccomp filters, compiled once into `filters`
+/// for every app that needs them.
 pub fn write_app(
     pod_dir: &Path,
     app: &App,
-    cgroups: usize,
+    enforcer: Enforcer,
     filters: &mut Option<Vec<Vec<u8>>>,
 ) -> Result<(), (PathBuf, io::Error)> {
     let dir = pod_dir.join("units");
@@ -130,8 +157,12 @@ pub fn write_app(
         fs::write(&p, bytes).map_err(|e| (p.clone(), e))?;
     }
     let p = dir.join(format!("{}.unit", app.name));
+    let (cgroups, guest) = match enforcer {
+        Enforcer::Host(n) => (n, false),
+        Enforcer::Guest => (0, true),
+    };
     let paths = (0..cgroups).map(|i| crate::rootfs::cgroup_path_in_pod(app.name.as_str(), i)).collect();
-    fs::write(&p, unit_for(app, paths, programs.len()).render()).map_err(|e| (p.clone(), e))
+    fs::write(&p, unit_for(app, paths, programs.len(), guest).render()).map_err(|e| (p.clone(), e))
 }
 
 /// Whether `file` in `units/` is one [`write_app`] writes for `app`: its

@@ -12,7 +12,8 @@
 //! (joined through the monitor's pid in `pid`) and its unit; the guest's
 //! pod-init gives it /proc, /sys and /dev when told to `add` it. Unlike a
 //! namespace pod there are no per-app cgroups on the host (the VM is the
-//! pod's resource boundary, as at boot) and no pivoted root to carry
+//! pod's boundary; pod-init makes the app's cgroup in the guest, as at
+//! boot) and no pivoted root to carry
 //! mounts into. Removing detaches the rootfs (its volumes and /etc files
 //! go along) and removes the app's files, idempotently; it is also the
 //! undo of a failed add.
@@ -49,12 +50,9 @@ pub fn add(pod_dir: &Path, name: &AcName) -> Result<(), VmError> {
     }
     let made = (|| {
         let mnt_ns = ns::pod_pid(pod_dir).and_then(|pid| ns::open_ns(pid, "mnt")).map_err(stage1_err)?;
-        // No cgroups: the unit joins none, as at boot.
-        stage1_ns::units::write_app(pod_dir, app, 0, &mut None).map_err(|(p, source)| VmError::Io {
-            op: "write",
-            path: p,
-            source,
-        })?;
+        // No cgroups of the host's: pod-init enforces the limits, as at boot.
+        stage1_ns::units::write_app(pod_dir, app, stage1_ns::units::Enforcer::Guest, &mut None)
+            .map_err(|(p, source)| VmError::Io { op: "write", path: p, source })?;
         crate::monitor::write_guest_mounts(pod_dir, &pod, app)?;
         ns::in_pod(|| {
             setns(&mnt_ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("setns mnt: {e}"))?;

@@ -9,7 +9,6 @@
 //! channel (`control.sock`) is served here and relayed to the guest
 //! (control.rs).
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -273,8 +272,9 @@ fn prepare_pod_dir(pod_dir: &Path, pod: &ResolvedPod, net: Option<&UserNet>, met
     for app in &pod.apps {
         write_guest_mounts(pod_dir, pod, app)?;
     }
-    // The VM is the pod's resource boundary: no per-app cgroups in the units.
-    stage1_ns::units::write_units(pod_dir, pod, &BTreeMap::new()).map_err(|(p, e)| io_err("write", &p)(e))?;
+    // No cgroups of the host's: the VM is the pod's boundary, and pod-init
+    // enforces each app's limits in a cgroup of the guest's.
+    stage1_ns::units::write_units(pod_dir, pod, None).map_err(|(p, e)| io_err("write", &p)(e))?;
     let dir = VmDir::new(pod_dir);
     // `apps/` even for a sandbox with none yet: the guest lists it at boot.
     for d in [pod_dir.join("status"), pod_dir.join("logs"), pod_dir.join("apps"), dir.path().to_owned()] {

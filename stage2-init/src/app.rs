@@ -192,8 +192,11 @@ impl App {
         // No NUL: the root was a C string (an argument) and the rest is an
         // app name; an empty path would fail the launch, visibly.
         let rootfs = CString::new(rootfs.into_os_string().into_vec()).unwrap_or_default();
-        let cgroups = crate::plan::cgroup_procs(root, &plan.unit);
-        let argv = c_strings(&plan.unit.exec_start);
+        // Limits that cannot be enforced fail the app's start, naming why.
+        let (cgroups, argv) = match crate::plan::cgroup_procs(root, plan.name.as_str(), &plan.unit) {
+            Ok(cgroups) => (cgroups, c_strings(&plan.unit.exec_start)),
+            Err(e) => (Vec::new(), Err(format!("the app's limits: {e}"))),
+        };
         let probe_argv = plan.unit.readiness.as_ref().and_then(|r| match &r.check {
             ReadinessCheck::Exec(words) => Some(c_strings(words)),
             ReadinessCheck::Tcp(_) => None,

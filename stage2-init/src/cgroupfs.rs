@@ -75,6 +75,31 @@ pub fn hierarchies(dirs: &[PathBuf]) -> Vec<Hierarchy> {
     out
 }
 
+/// Where a VM guest's pod-init mounts the guest's cgroup2 hierarchy, in
+/// which it makes each limited app a cgroup of its own ([`guest_app`]).
+pub const GUEST_ROOT: &str = "/sys/fs/cgroup";
+
+/// The cgroup of app `app` under the cgroup2 root `root` (the guest's,
+/// [`GUEST_ROOT`]), made if missing, with `limits` written into it and
+/// their controllers enabled for the root's children. Idempotent: an
+/// app's restart, `pod enter` and an app added later take the same path.
+pub fn guest_app(root: &Path, app: &str, limits: &spec::unit::Limits) -> Result<PathBuf, String> {
+    let write =
+        |file: PathBuf, value: &str| std::fs::write(&file, value).map_err(|e| format!("{}: {e}", file.display()));
+    let enable: Vec<String> = limits.controllers().iter().map(|c| format!("+{c}")).collect();
+    write(root.join("cgroup.subtree_control"), &enable.join(" "))?;
+    let dir = root.join(app);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    }
+    for (file, value) in limits.cgroup2_files() {
+        write(dir.join(file), &value)?;
+    }
+    Ok(dir)
+}
+
 /// The kernel's count of OOM kills in the app's cgroups, named by their
 /// `cgroup.procs` files as `App::cgroups` holds them (cgroup v2
 /// `memory.events`, v1 `memory.oom_control`: `oom_kill`), 0 where no
@@ -187,6 +212,27 @@ mod tests {
         assert!(!needs_cpuset(&[v1("memory"), v1("cpuset")]));
         assert!(!needs_cpuset(&[v2]));
         assert!(!needs_cpuset(&[]));
+    }
+
+    #[test]
+    fn a_guest_apps_cgroup_gets_its_limits() {
+        // A directory standing in for cgroupfs: the files are plain ones.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let limits = spec::unit::Limits {
+            memory_max: Some(33_554_432),
+            tasks_max: Some(64),
+            cpu_millis: None,
+            cpu_weight: None,
+        };
+        let app = guest_app(dir.path(), "web", &limits).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(app, dir.path().join("web"));
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read(dir.path().join("cgroup.subtree_control")), "+memory +pids");
+        assert_eq!((read(app.join("memory.max")), read(app.join("pids.max"))), ("33554432".into(), "64".into()));
+        assert!(!app.join("cpu.max").exists(), "no CPU limit, no cpu.max");
+        guest_app(dir.path(), "web", &limits).unwrap_or_else(|e| panic!("again: {e}"));
+        let err = guest_app(&dir.path().join("none"), "web", &limits).expect_err("no cgroup root");
+        assert!(err.contains("cgroup.subtree_control"), "{err}");
     }
 
     #[test]

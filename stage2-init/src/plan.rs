@@ -94,10 +94,17 @@ pub fn load_app(root: &Path, app: &AcName) -> Result<(Unit, Vec<SeccompProgram>)
     Ok((unit, seccomp))
 }
 
-/// `cgroup.procs` of each of the unit's `Cgroup=` directories (paths
-/// inside the pod root `root`).
-pub fn cgroup_procs(root: &Path, unit: &Unit) -> Vec<PathBuf> {
-    unit.cgroups.iter().map(|c| root.join(c.trim_start_matches('/')).join("cgroup.procs")).collect()
+/// `cgroup.procs` of each cgroup app `app`'s processes join: the unit's
+/// `Cgroup=` directories (paths inside the pod root `root`), or, for a
+/// unit with limits and no `Cgroup=` (a VM pod's), the guest cgroup
+/// pod-init makes for the app with them (made or updated here: see
+/// [`crate::cgroupfs::guest_app`]). `Err`: why the limits cannot be.
+pub fn cgroup_procs(root: &Path, app: &str, unit: &Unit) -> Result<Vec<PathBuf>, String> {
+    if unit.cgroups.is_empty() && !unit.limits.is_empty() {
+        let dir = crate::cgroupfs::guest_app(Path::new(crate::cgroupfs::GUEST_ROOT), app, &unit.limits)?;
+        return Ok(vec![dir.join("cgroup.procs")]);
+    }
+    Ok(unit.cgroups.iter().map(|c| root.join(c.trim_start_matches('/')).join("cgroup.procs")).collect())
 }
 
 /// `root/units/<app>.unit`, parsed; the app must have its rootfs.

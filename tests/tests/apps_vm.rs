@@ -62,9 +62,13 @@ fn apps_are_added_stopped_started_and_removed_in_a_running_vm() {
     // the guest is up (the request waits for its boot).
     assert!(app_list(&live, &uuid).is_empty());
 
-    // Added while the VM runs: it runs there, its output in its log.
-    let script = "echo hello from $(uname -r) in the vm; exec sleep 1000";
-    run_ok(&live, &["app", "add", &uuid, "--name", "hello", "--image", BUSYBOX, "--exec", "/bin/sh", "-c", script]);
+    // Added while the VM runs: it runs there, its output in its log, held
+    // to its own memory limit in a cgroup of the guest's.
+    let script = "echo hello from $(uname -r) in the vm, memory.max $(cat /sys/fs/cgroup/memory.max); exec sleep 1000";
+    let keys = r#"{"resources": {"memory": "48Mi"}}"#;
+    let add =
+        ["app", "add", &uuid, "--name", "hello", "--image", BUSYBOX, "--app-keys", keys, "--exec", "/bin/sh", "-c"];
+    run_ok(&live, &[&add[..], &[script]].concat());
     let list = app_list(&live, &uuid);
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0]["app"], "hello");
@@ -75,9 +79,11 @@ fn apps_are_added_stopped_started_and_removed_in_a_running_vm() {
     assert!(said, "no output in the log: {}", log_of(&live, &uuid, "hello"));
     let log = log_of(&live, &uuid, "hello");
     assert!(!log.contains(&format!("from {} in", host_kernel.trim())), "ran on the host's kernel: {log}");
-    // It runs in the app's own rootfs, with the guest's /proc.
-    let out = run_ok(&live, &["enter", "--app", "hello", &uuid, "/bin/sh", "-c", "ls /bin/busybox; ls /proc/1/"]);
-    assert!(out.contains("/bin/busybox") && out.contains("cmdline"), "{out}");
+    assert!(log.contains("memory.max 50331648"), "not in a cgroup with its limit: {log}");
+    // It runs in the app's own rootfs, with the guest's /proc, in its cgroup.
+    let enter = "ls /bin/busybox; ls /proc/1/; cat /sys/fs/cgroup/memory.max";
+    let out = run_ok(&live, &["enter", "--app", "hello", &uuid, "/bin/sh", "-c", enter]);
+    assert!(out.contains("/bin/busybox") && out.contains("cmdline") && out.contains("50331648"), "{out}");
 
     // A duplicate name: exit 7, the app untouched.
     let args = ["app", "add", &uuid, "--name", "hello", "--image", BUSYBOX, "--exec", "/bin/sh"];

@@ -152,6 +152,42 @@ fn a_vm_pod_exits_with_its_apps_status_and_streams_their_output() {
     assert!(processes_with_arg(&format!("pod-{uuid}")).is_empty(), "qemu outlived the pod");
 }
 
+/// Each app's limits hold inside the VM, as in a namespace pod (and as
+/// Kata's agent gives each container a cgroup in its guest): pod-init
+/// makes the app a cgroup of the guest's with them, which the app sees as
+/// its /sys/fs/cgroup. The VM has room for both apps' 64 MiB; only the one
+/// limited to 32 MiB is OOM-killed, and status says so.
+#[test]
+fn each_app_of_a_vm_pod_is_held_to_its_own_limits() {
+    skip_unless_vms!();
+    let live = Live::new(&[Example::Busybox]);
+    let hog = "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo $0 holds ${#x} bytes";
+    let small = format!("echo $(cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max); {hog}");
+    let (small, large) = (serde_json::to_string(&small).unwrap(), serde_json::to_string(hog).unwrap());
+    let file = live.pod_file(
+        "limits",
+        &format!(
+            "name: limits\nisolation: vm\nnetwork: none\napps:\n\
+             - name: small\n  image: example.com/busybox:1.35\n  resources: {{ memory: 32Mi, pids: 64, cpu: 500m }}\n  \
+             exec: [/bin/sh, -c, {small}, small]\n\
+             - name: large\n  image: example.com/busybox:1.35\n  resources: {{ memory: 256Mi }}\n  \
+             exec: [/bin/sh, -c, {large}, large]\n"
+        ),
+    );
+    let out = live.run_within(&["run", p(&file)], RUN_LIMIT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(137), "{}", describe(&["run"], &out));
+    assert!(stdout.contains("[small] 33554432 64 50000 100000"), "the app's own cgroup: {}", describe(&["run"], &out));
+    assert!(!stdout.contains("small holds"), "the small app got its memory: {}", describe(&["run"], &out));
+    assert!(stdout.contains("[large] large holds 67108864 bytes"), "{}", describe(&["run"], &out));
+    let uuid = live.pods().first().and_then(|e| e["uuid"].as_str().map(str::to_owned)).unwrap();
+    let small = live.app_status(&uuid, "small");
+    assert_eq!(small["signal"], 9, "{small}");
+    assert!(small["oomKills"].as_u64().unwrap_or(0) >= 1, "{small}");
+    assert!(small["message"].as_str().unwrap_or("").contains("OOM"), "{small}");
+    assert_eq!(live.app_status(&uuid, "large")["exitCode"], 0);
+}
+
 #[test]
 fn forcing_kvm_where_it_cannot_boot_fails_fast_and_clearly() {
     skip_unless_vms!();

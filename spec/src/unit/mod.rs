@@ -91,6 +91,10 @@
 //!   probes) joins them before exec, writing its pid into each
 //!   `cgroup.procs`, then unshares a cgroup namespace, so the app sees its
 //!   own cgroup as the root. stage1 binds these directories into the pod root.
+//! - `MemoryMax=` (bytes), `TasksMax=`, `CPUQuota=` (`50%`, one decimal),
+//!   `CPUWeight=` (1-10000), each at most once: limits pod-init enforces
+//!   itself, in a cgroup v2 of its own for the app, when the unit names no
+//!   `Cgroup=` (the VM stage1's units: see [`Limits`]).
 //! - `[X-Pod] Capabilities=`: the app's capability set, `CAP_` names (or
 //!   without the prefix), given at most once; empty means none; absent means
 //!   [`DEFAULT_CAPS`] (Docker's default). Every other capability leaves the
@@ -131,9 +135,11 @@ use crate::name::{AcName, NameError};
 use crate::security::{CapSet, DEFAULT_CAPS};
 use crate::stdio::LogFormat;
 
+mod limits;
 mod values;
 mod words;
 
+pub use limits::Limits;
 use values::{account_ok, command, env_name_ok, tcp_addr};
 pub use values::{parse_duration, render_duration, signal_number};
 pub use words::{join_words, quote_word, split_words, QuoteError};
@@ -179,6 +185,9 @@ pub struct Unit {
     /// `OOMScoreAdjust=` (-1000 to 1000): the app's `oom_score_adj`, set
     /// before it drops its privileges; absent: inherited from pod-init.
     pub oom_score_adjust: Option<i32>,
+    /// `MemoryMax=`, `TasksMax=`, `CPUQuota=`, `CPUWeight=`: limits
+    /// pod-init enforces in a cgroup of its own for the app (limits.rs).
+    pub limits: Limits,
     pub readiness: Option<Readiness>,
     /// `[X-Pod] Cgroup=`: cgroup directories (paths inside the pod root)
     /// the app's process joins before exec, by writing its pid into each
@@ -312,6 +321,7 @@ impl Unit {
             timeout_start: DEFAULT_TIMEOUT_START,
             kill_signal: SIGTERM,
             oom_score_adjust: None,
+            limits: Limits::default(),
             readiness: None,
             cgroups: Vec::new(),
             capabilities: DEFAULT_CAPS,
@@ -393,6 +403,10 @@ impl Unit {
                     "KillSignal",
                     "OOMScoreAdjust",
                     "NoNewPrivileges",
+                    "MemoryMax",
+                    "TasksMax",
+                    "CPUQuota",
+                    "CPUWeight",
                 ][..],
                 Section::Pod => &[
                     "ReadinessTCP",
@@ -584,6 +598,7 @@ impl Unit {
                     let adj = value.parse::<i32>().ok().filter(|n| (-1000..=1000).contains(n));
                     unit.oom_score_adjust = Some(adj.ok_or_else(|| invalid("expected a number from -1000 to 1000"))?);
                 }
+                "MemoryMax" | "TasksMax" | "CPUQuota" | "CPUWeight" => unit.limits.set(key, value).map_err(invalid)?,
                 "ReadinessTimeoutSec" => readiness_timeout = Some((duration(true)?, lineno, value)),
                 "ReadinessTCP" => {
                     readiness_check = Some(ReadinessCheck::Tcp(
@@ -670,6 +685,9 @@ impl Unit {
         }
         if let Some(adj) = self.oom_score_adjust {
             line(&mut out, "OOMScoreAdjust", &adj.to_string());
+        }
+        for (key, value) in self.limits.render() {
+            line(&mut out, key, &value);
         }
         if !self.no_new_privileges {
             line(&mut out, "NoNewPrivileges", "no");

@@ -141,6 +141,16 @@ fn defaults_and_round_trip() {
     assert_eq!(Unit::parse(&adj.render(), "r").expect("round trip"), adj);
     let e = Unit::parse("[Service]\nExecStart=sleep 1\nOOMScoreAdjust=1001\n", "o.unit").expect_err("range");
     assert!(e.to_string().contains("-1000 to 1000"), "{e}");
+    let limited = Unit::parse("[Service]\nExecStart=x\nMemoryMax=33554432\nCPUQuota=50%\n", "l.unit").expect("parse");
+    assert_eq!(
+        (limited.limits.memory_max, limited.limits.cpu_millis, limited.limits.tasks_max),
+        (Some(33_554_432), Some(500), None)
+    );
+    assert_eq!(Unit::parse(&limited.render(), "r").expect("round trip"), limited);
+    let e = Unit::parse("[Service]\nExecStart=x\nMemoryMax=1\nMemoryMax=2\n", "l.unit").expect_err("twice");
+    assert!(e.to_string().contains("MemoryMax"), "{e}");
+    let e = Unit::parse("[Service]\nExecStart=x\nCPUQuota=half\n", "l.unit").expect_err("bad");
+    assert!(e.to_string().contains("percentage") && e.to_string().contains("l.unit"), "{e}");
 
     let mut odd = Unit::new(vec!["/bin/sh".into(), "-c".into(), "echo \"$1\" 'x'\n\\".into(), String::new()]);
     odd.description = Some(String::new());

@@ -45,6 +45,18 @@ pub(crate) fn mount_kernel_filesystems() -> Result<(), BootError> {
     Ok(())
 }
 
+/// The guest's cgroup2 hierarchy at [`crate::cgroupfs::GUEST_ROOT`], where
+/// pod-init enforces the apps' limits. Not fatal to the boot: only apps
+/// with limits need it, and they fail to start naming why.
+pub(crate) fn mount_cgroup2() -> Result<(), BootError> {
+    let path = Path::new(crate::cgroupfs::GUEST_ROOT);
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match mount(Some("cgroup2"), path, Some("cgroup2"), flags, None::<&str>) {
+        Ok(()) | Err(Errno::EBUSY) => Ok(()),
+        Err(e) => Err(BootError::new("mount", path, format!("cgroup2: {e}"))),
+    }
+}
+
 /// The `*.ko` files of `dir`, in lexical order (dependencies first).
 pub(crate) fn module_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };

@@ -72,7 +72,7 @@ pub(crate) fn start(
     app_pid(&root.join("status"), app)?;
     let name = AcName::new(app).map_err(|_| format!("{app:?} is not an app name"))?;
     let (unit, seccomp) = plan::load_app(root, &name).map_err(|e| e.to_string())?;
-    let cgroups = plan::cgroup_procs(root, &unit);
+    let cgroups = plan::cgroup_procs(root, app, &unit)?;
     let rootfs_path = root.join("apps").join(app).join("rootfs");
     let argv = launch::c_strings(argv)?;
     // The child's ends (given as 0, 1, 2) and ours.

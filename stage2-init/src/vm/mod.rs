@@ -125,6 +125,9 @@ fn prepare(root: &Path, share_mounted: &mut bool) -> Result<GuestConfig, BootErr
     }
     let step = crate::log_debug;
     step("kernel filesystems mounted");
+    if let Err(e) = boot::mount_cgroup2() {
+        log!("{e} (apps with limits will not start)");
+    }
     boot::load_modules(Path::new(spec::vm::MODULES_DIR), &boot::blacklist(&cmdline), &|m| step(&format!("module {m}")));
     step("modules loaded");
     boot::mount_share(root)?;
