@@ -324,7 +324,9 @@ impl Supervisor {
                 }
             }
         }
-        let _ = std::fs::remove_file(self.status_dir.join(format!("{name}.json")));
+        for file in [format!("{name}.json"), format!("{name}.oom")] {
+            let _ = std::fs::remove_file(self.status_dir.join(file));
+        }
         log!("{name}: removed");
         Response::Ok(Vec::new())
     }

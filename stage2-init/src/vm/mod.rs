@@ -203,6 +203,13 @@ pub(crate) fn app_removed(root: &Path, app: &spec::AcName) {
         }
     }
     appfs::unmount_guest_mounts(&rootfs);
+    // Its cgroup of the guest's, if it had limits (empty now: it ended).
+    let cgroup = Path::new(crate::cgroupfs::GUEST_ROOT).join(app.as_str());
+    match std::fs::remove_dir(&cgroup) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log!("{app}: remove {}: {e}", cgroup.display()),
+    }
 }
 
 /// Ends every other process (agents, orphans, `pod enter` sessions),
