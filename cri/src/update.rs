@@ -210,6 +210,13 @@ pub fn update_container(
             "container {id} is not running ({name}): only a running container's resources can be updated"
         )));
     }
+    if crate::vm::isolation(&c.sandbox.record.runtime_handler) == spec::stage1::Isolation::Vm {
+        return Err(CriError::FailedPrecondition(format!(
+            "container {id} is in a {} sandbox: its limits are held by the VM's guest, where they cannot be \
+             updated yet (they are the ones it was created with)",
+            crate::vm::VM_HANDLER
+        )));
+    }
     let linux = linux.ok_or_else(|| CriError::InvalidArgument("no linux resources given".into()))?;
     let update = to_update(&linux)?;
     let h = live.hierarchy()?;

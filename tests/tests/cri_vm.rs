@@ -42,6 +42,7 @@ fn a_vm_sandbox_runs_containers_with_crictl() {
             "image": {"image": Example::Busybox.reference()},
             "command": ["/bin/sh", "-c", "echo \"hello $GREETING from $(uname -r)\"; exec sleep 1000"],
             "envs": [{"key": "GREETING", "value": "vm"}],
+            "linux": {"resources": {"memory_limit_in_bytes": 100_663_296_u64}},
         })
         .to_string(),
     )
@@ -88,6 +89,11 @@ fn a_vm_sandbox_runs_containers_with_crictl() {
     assert!(!ps.contains("4321"), "the timed out command still runs in the guest:\n{ps}");
 
     exec_in_the_guest(&s, &container, host_kernel.trim());
+    // Its memory limit holds in the guest, in a cgroup of its own there; an
+    // update is refused, saying why (the guest holds the limits).
+    let limit = s.ok(&["exec", "-s", &container, "/bin/sh", "-c", "read v </sys/fs/cgroup/memory.max; echo $v"]);
+    assert_eq!(limit.trim(), "100663296", "the container's cgroup in the guest");
+    assert_mentions(&s.fails(&["update", "--memory", "67108864", &container]), &["FailedPrecondition", "pod-vm"]);
     serve_from_the_guest(&s, &live, &sandbox, &sandbox_json, host_port);
     // A container with stdin is refused, saying why.
     let with_stdin = live.work.join("stdin.json");
