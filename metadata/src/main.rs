@@ -101,7 +101,27 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let handle = rt.handle().clone();
     service.adopt(&socket, &handle);
     std::thread::Builder::new().name("registrations".into()).spawn(move || service.serve_control(&control, &handle))?;
-    rt.block_on(std::future::pending::<()>());
+    rt.block_on(socket_gone(&socket));
     drop(lock);
     Ok(ExitCode::SUCCESS)
+}
+
+/// How often the service checks that its socket is still its own.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Returns once the service's socket is removed or replaced (its data
+/// directory deleted, or another service bound the path): nothing can
+/// reach the service any more, which would otherwise run on for ever.
+async fn socket_gone(socket: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let id = || fs::metadata(socket).map(|m| (m.dev(), m.ino())).ok();
+    let bound = id();
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tick.tick().await;
+        if id() != bound {
+            tracing::info!(socket = %socket.display(), "the socket was removed or replaced: exiting");
+            return;
+        }
+    }
 }

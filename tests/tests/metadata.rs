@@ -406,3 +406,30 @@ fn a_restarted_service_adopts_the_running_pods() {
         assert_eq!(answer, uuid, "pod {name}, after the restart; the service's log:\n{log}");
     }
 }
+
+/// A service whose socket is removed (its data directory deleted) or
+/// replaced ends by itself: nothing could reach it any more.
+#[test]
+fn the_service_ends_when_its_socket_is_removed() {
+    if let Some(why) = skip_reason(false) {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let live = Live::new(&[Example::Busybox]);
+    let out = live.out_dir("out");
+    let run = live.run_within(
+        &["run", p(&live.pod_file("one", &pod_yaml("one", "get pod/uuid > /out/uuid", &out, "none")))],
+        LIMIT,
+    );
+    assert!(run.status.success(), "{}", describe(&["run"], &run));
+    let pid = read(&live.data.join("metadata"), "service.pid");
+    let alive = || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(alive(), "the service ended with its socket still there");
+    fs::remove_file(live.data.join("metadata").join("service.sock")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alive() {
+        assert!(std::time::Instant::now() < deadline, "the service {pid} outlived its socket");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
