@@ -59,10 +59,8 @@ fn adopt(dir: &Path, uuid: &str, socket: &Path) -> Result<Option<Adoption>, Stri
     }
     let pod: ResolvedPod =
         stage0::prepare::read_resolved(dir).ok_or_else(|| format!("pod {uuid}: no readable pod manifest"))?;
-    let pid: i32 = std::fs::read_to_string(dir.join("pid"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("pod {uuid}: no pid file (still starting?)"))?;
+    // A VM pod's `pid` file names its monitor, the process that registered it.
+    let pid = stage0::enter::init_pid(dir).ok_or_else(|| format!("pod {uuid}: no pid file (still starting?)"))?;
     let (listener, host_network) = match (pod.isolation, &pod.network) {
         (Isolation::Vm, _) => (None, false),
         (Isolation::Namespace, Network::Host) => (None, true),
